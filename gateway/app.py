@@ -1,0 +1,108 @@
+"""The ASGI app factory: routes, error mapping, and the lifespan that opens the database."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from gateway import api
+from gateway.context import GatewayContext, stream_token_secret
+from gateway.errors import AuthError, ConfigError, NotFoundError
+from gateway.metrics import GatewayMetrics
+from gateway.providers.registry import build_default_providers
+from gateway.session import Providers, SessionConfig
+from gateway.settings import Settings
+from gateway.twilio_routes import twilio_status, twilio_voice
+from gateway.twilio_stream import twilio_stream_endpoint
+from storage import CallNotFound, StorageError, open_database
+from telephony.errors import SignatureError
+from telephony.twilio import TwilioSignatureValidator
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, providers: Providers | None = None) -> Starlette:
+    """Build the gateway app; `settings.mongodb_url` must name a reachable MongoDB server."""
+    settings = settings.with_runtime_secrets()
+    if settings.mongodb_url is None:
+        raise ConfigError("create_app needs MONGODB_URL (the CLI starts the embedded server)")
+    mongodb_url = settings.mongodb_url
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        database = await open_database(mongodb_url, settings.mongodb_db)
+        assert settings.twilio_auth_token is not None
+        app.state.gateway = GatewayContext(
+            settings=settings,
+            store=database.calls,
+            providers=providers or build_default_providers(settings),
+            twilio_validator=TwilioSignatureValidator(
+                settings.twilio_auth_token.get_secret_value()
+            ),
+            stream_token_secret=stream_token_secret(settings),
+            session_config=SessionConfig(
+                silence_ms=settings.vad_silence_ms, min_speech_ms=settings.vad_min_speech_ms
+            ),
+            metrics=GatewayMetrics(),
+        )
+        log.info("gateway ready", extra={"public_url": settings.public_url})
+        try:
+            yield
+        finally:
+            await database.close()
+
+    routes = [
+        Route("/health", api.health, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/calls", api.list_calls, methods=["GET"]),
+        Route("/calls/{call_id}", api.get_call, methods=["GET"]),
+        Route("/twilio/voice", twilio_voice, methods=["POST"]),
+        Route("/twilio/status", twilio_status, methods=["POST"]),
+        WebSocketRoute("/twilio/stream", twilio_stream_endpoint),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_EXCEPTION_HANDLERS)
+    app.state.settings = settings
+    return app
+
+
+async def _auth_error(request: Request, exc: Exception) -> Response:
+    log.info("request refused: %s", exc, extra={"path": request.url.path})
+    return api.error_response(401, "unauthorized", str(exc))
+
+
+async def _signature_error(request: Request, exc: Exception) -> Response:
+    log.warning("twilio signature refused: %s", exc, extra={"path": request.url.path})
+    return api.error_response(403, "forbidden", str(exc))
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return api.error_response(404, "not_found", str(exc) or "not found")
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    log.error("storage failure: %s", exc, extra={"path": request.url.path})
+    return api.error_response(503, "storage_unavailable", "the database is unavailable")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(
+        {"error": {"code": "http_error", "message": exc.detail}}, status_code=exc.status_code
+    )
+
+
+_EXCEPTION_HANDLERS = {
+    AuthError: _auth_error,
+    SignatureError: _signature_error,
+    CallNotFound: _not_found,
+    NotFoundError: _not_found,
+    StorageError: _storage_error,
+    HTTPException: _http_error,
+}

@@ -1,0 +1,32 @@
+"""What the routes share: settings, the store, providers and the Twilio helpers, built once."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from gateway.metrics import GatewayMetrics
+from gateway.session import Providers, SessionConfig
+from gateway.settings import Settings
+from storage import CallStore
+from telephony.twilio import TwilioSignatureValidator
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayContext:
+    settings: Settings
+    store: CallStore
+    providers: Providers
+    twilio_validator: TwilioSignatureValidator
+    stream_token_secret: bytes
+    session_config: SessionConfig
+    metrics: GatewayMetrics
+
+
+def stream_token_secret(settings: Settings) -> bytes:
+    """The key of per-call stream tokens: explicit, or derived from the Twilio auth token."""
+    if settings.stream_token_secret is not None:
+        return settings.stream_token_secret.get_secret_value().encode()
+    assert settings.twilio_auth_token is not None
+    token = settings.twilio_auth_token.get_secret_value().encode()
+    return hashlib.sha256(b"voice-gateway stream token|" + token).digest()

@@ -1,0 +1,68 @@
+"""The gateway's error tree, mapped to HTTP statuses and WebSocket close codes at the edge.
+
+    GatewayError
+    ├── ConfigError            settings that cannot work (startup fails loudly)
+    ├── AuthError              missing or wrong API key                  -> HTTP 401
+    ├── NotFoundError          unknown resource                          -> HTTP 404
+    ├── ProviderError          an STT / LLM / TTS failure (`retryable`)
+    └── (re-exported)
+        telephony.errors.ProtocolError   bad Media Streams input  -> WS close code + reason
+        telephony.errors.SignatureError  bad X-Twilio-Signature / stream token -> HTTP 403
+        storage.errors.StorageError      database failure         -> HTTP 503
+
+A broad ``except`` appears only where a task ends; it logs with the call id.
+"""
+
+from __future__ import annotations
+
+from storage.errors import CallNotFound, StorageError
+from telephony.errors import ProtocolError, SignatureError, TelephonyError
+
+__all__ = [
+    "AuthError",
+    "CallNotFound",
+    "ConfigError",
+    "GatewayError",
+    "NotFoundError",
+    "ProtocolError",
+    "ProviderError",
+    "SignatureError",
+    "StorageError",
+    "TelephonyError",
+]
+
+
+class GatewayError(Exception):
+    """Root of the gateway's own errors."""
+
+
+class ConfigError(GatewayError):
+    """Settings that cannot work."""
+
+
+class AuthError(GatewayError):
+    """Missing or wrong API key."""
+
+
+class NotFoundError(GatewayError):
+    """The requested resource does not exist (for this caller)."""
+
+
+class ProviderError(GatewayError):
+    """A speech or language provider failed.
+
+    `retryable` follows the usual HTTP reading: 4xx are final except 408 and 429.
+    """
+
+    def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        if self.status is None:
+            return True
+        if self.status in (408, 429):
+            return True
+        return not 400 <= self.status < 500

@@ -1,0 +1,1 @@
+"""Speech-to-text, agent (LLM) and text-to-speech providers behind one small interface each."""

@@ -1,0 +1,115 @@
+"""Offline speech-to-text with PocketSphinx (its English model ships in the PyPI wheel).
+
+Decoding runs on one worker thread per call stream, in order, so many calls never block
+the event loop. Optionally a domain language model (an ARPA file) replaces the general
+one: `bench/stt_wer.py` measures both on phone-quality speech.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+from pocketsphinx import Config, Decoder
+
+from audio.frames import AudioFrame
+from gateway.errors import ProviderError
+from gateway.providers.base import Transcript
+
+log = logging.getLogger(__name__)
+
+_FILLER = re.compile(r"<[^>]*>|\[[^\]]*\]|\([0-9]+\)")
+
+
+def _clean(hypothesis: str) -> str:
+    return " ".join(_FILLER.sub(" ", hypothesis).split()).lower()
+
+
+class PocketSphinxSTT:
+    """`STT` on PocketSphinx's bundled en-us model at 16 kHz; `lm_path` picks another LM."""
+
+    name = "pocketsphinx"
+    sample_rate = 16000
+
+    def __init__(self, *, lm_path: Path | None = None, dict_path: Path | None = None) -> None:
+        self._lm_path = lm_path
+        self._dict_path = dict_path
+
+    def _decoder(self) -> Decoder:
+        config = Config(loglevel="FATAL")
+        if self._lm_path is not None:
+            config["lm"] = str(self._lm_path)
+        if self._dict_path is not None:
+            config["dict"] = str(self._dict_path)
+        return Decoder(config)
+
+    async def open_stream(self, *, call_id: str) -> PocketSphinxStream:
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"stt-{call_id[-6:]}"
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            decoder = await loop.run_in_executor(executor, self._decoder)
+        except RuntimeError as exc:
+            executor.shutdown(wait=False)
+            raise ProviderError(f"pocketsphinx failed to start: {exc}", provider=self.name) from exc
+        return PocketSphinxStream(decoder, executor)
+
+
+class PocketSphinxStream:
+    """One call's recogniser: frames in, one final transcript per `end_utterance()`."""
+
+    def __init__(self, decoder: Decoder, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+        self._decoder = decoder
+        self._executor = executor
+        self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        self._in_utterance = False
+        self._closed = False
+
+    def _feed(self, pcm: bytes) -> None:
+        if not self._in_utterance:
+            self._decoder.start_utt()
+            self._in_utterance = True
+        self._decoder.process_raw(pcm, False, False)
+
+    def _finish(self) -> str:
+        if not self._in_utterance:
+            return ""
+        self._decoder.end_utt()
+        self._in_utterance = False
+        hypothesis = self._decoder.hyp()
+        return _clean(hypothesis.hypstr) if hypothesis is not None else ""
+
+    async def push(self, frame: AudioFrame) -> None:
+        if self._closed:
+            return
+        pcm = np.ascontiguousarray(frame.pcm, dtype=np.int16).tobytes()
+        loop = asyncio.get_running_loop()
+        # Submitted in order on a single worker; not awaited, so the caller never waits.
+        loop.run_in_executor(self._executor, self._feed, pcm)
+
+    async def end_utterance(self) -> None:
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        text = await loop.run_in_executor(self._executor, self._finish)
+        await self._queue.put(Transcript(text=text, is_final=True))
+
+    async def transcripts(self) -> AsyncIterator[Transcript]:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            yield item
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._queue.put(None)
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,74 @@
+"""All settings, read once from the environment and `.env` (the only place that reads them)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Gateway settings: build one with `Settings()` in the CLI or app factory, pass it down."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # The externally visible base URL (what Twilio calls); http maps to ws, https to wss.
+    public_url: str = "http://127.0.0.1:8080"
+
+    twilio_auth_token: SecretStr | None = None
+    # Secret for per-call stream tokens; derived from the Twilio auth token when unset so
+    # that every gateway behind one load balancer agrees.
+    stream_token_secret: SecretStr | None = None
+    stream_token_ttl_s: float = 120.0
+
+    gateway_api_key: SecretStr | None = None
+
+    # Unset: the gateway starts its embedded FerretDB (data under `data_dir`).
+    mongodb_url: str | None = None
+    mongodb_db: str = "voice_gateway"
+    data_dir: Path = Path("./data")
+    ferretdb_port: int = 0
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # Turn-taking.
+    vad_silence_ms: int = Field(default=600, ge=100, le=5000)
+    vad_min_speech_ms: int = Field(default=120, ge=20, le=2000)
+    # Agent audio sent ahead of real time; absorbs event-loop jitter without delaying clear.
+    playout_lead_ms: int = Field(default=60, ge=0, le=1000)
+    max_ws_message_bytes: int = 64 * 1024
+
+    assistant_greeting: str = (
+        "Hello! You are talking to the demo assistant. How can I help you today?"
+    )
+    tts_voice: str = "en-us"
+    tts_words_per_minute: int = Field(default=175, ge=80, le=450)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_http(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("PUBLIC_URL must be an http(s) base URL, e.g. https://gw.example.com")
+        if parts.query or parts.fragment:
+            raise ValueError("PUBLIC_URL must not carry a query string or fragment")
+        return value.rstrip("/")
+
+    def with_runtime_secrets(self) -> Settings:
+        """Return settings where unset secrets are filled with random per-process values."""
+        updates: dict[str, object] = {}
+        if self.twilio_auth_token is None:
+            updates["twilio_auth_token"] = SecretStr(secrets.token_hex(16))
+        if self.gateway_api_key is None:
+            updates["gateway_api_key"] = SecretStr("vg_" + secrets.token_urlsafe(24))
+        return self.model_copy(update=updates) if updates else self
+
+    def public_url_for(self, path: str) -> str:
+        """The externally visible http(s) URL of `path` (what Twilio signs for form POSTs)."""
+        return self.public_url + path

@@ -1,0 +1,353 @@
+"""A simulated Twilio call: it speaks to the gateway exactly as Twilio does.
+
+Used by `voice-gateway demo`, the end-to-end tests and the load benchmark. It POSTs the
+signed voice webhook, follows the TwiML `<Connect><Stream>`, opens the signed WebSocket,
+sends `connected` and `start`, then streams the caller's microphone as 20 ms mu-law media
+in real time (silence when nobody talks), plays the agent's audio out in real time and
+echoes each mark once the audio before it has played, as Twilio does; `clear` empties the
+playout buffer and returns its pending marks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import json
+import logging
+import secrets
+import shutil
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from audio.codec import ulaw_encode
+from audio.resample import StreamResampler
+from telephony.twilio import TwilioSignatureValidator
+
+log = logging.getLogger(__name__)
+
+FRAME_BYTES = 160
+FRAME_S = 0.020
+_MU_SILENCE = b"\xff" * FRAME_BYTES
+
+
+def espeak_mulaw(text: str, *, voice: str = "en-us", words_per_minute: int = 165) -> bytes:
+    """Caller speech for `text`: espeak-ng audio as 8 kHz mu-law, whole 20 ms frames."""
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        raise RuntimeError("espeak-ng is not installed (Debian package espeak-ng)")
+    wav = subprocess.run(
+        [binary, "--stdout", "-v", voice, "-s", str(words_per_minute), "--", text],
+        check=True,
+        capture_output=True,
+    ).stdout
+    pcm = np.frombuffer(wav[44:], dtype="<i2").astype(np.int16)
+    resampler = StreamResampler(22050, 8000)
+    out = np.concatenate([resampler.process(pcm), resampler.flush()])
+    data = ulaw_encode(out)
+    return data + b"\xff" * (-len(data) % FRAME_BYTES)
+
+
+@dataclass(slots=True)
+class CallLog:
+    """What the simulated phone observed, with times on the monotonic clock."""
+
+    media_frames: int = 0
+    first_media_at: float | None = None
+    last_media_at: float | None = None
+    clears: list[float] = field(default_factory=list)
+    marks_echoed: list[str] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str = ""
+    closed_at: float | None = None
+    # Arrival time of every media frame, for pacing statistics.
+    arrivals: list[float] = field(default_factory=list)
+
+
+class SimulatedTwilioCall:
+    """One phone call placed through the gateway as Twilio would place it."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        public_url: str,
+        auth_token: str,
+        from_number: str = "+15550001111",
+        to_number: str = "+15550002222",
+        record_arrivals: bool = False,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.public_url = public_url.rstrip("/")
+        self._signer = TwilioSignatureValidator(auth_token)
+        self.call_sid = "CA" + secrets.token_hex(16)
+        self.stream_sid = "MZ" + secrets.token_hex(16)
+        self.account_sid = "AC" + secrets.token_hex(16)
+        self.from_number = from_number
+        self.to_number = to_number
+        self.log = CallLog()
+        self.call_id: str | None = None
+        self._record_arrivals = record_arrivals
+        self._ws: ClientConnection | None = None
+        self._mic: collections.deque[bytes] = collections.deque()
+        self._mic_idle = asyncio.Event()
+        self._mic_idle.set()
+        # The agent's audio waiting to be "played" and marks in between.
+        self._speaker: collections.deque[bytes | str] = collections.deque()
+        self._speaker_idle_since: float = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sequence = 0
+        self._media_chunk = 0
+        self._closed = asyncio.Event()
+        self._stopped = False
+
+    # ------------------------------------------------------------------ set-up
+
+    async def answer(self, http: httpx.AsyncClient) -> tuple[str, dict[str, str]]:
+        """POST the signed voice webhook; return the stream URL and parameters of the TwiML."""
+        form = {
+            "AccountSid": self.account_sid,
+            "ApiVersion": "2010-04-01",
+            "CallSid": self.call_sid,
+            "CallStatus": "ringing",
+            "Direction": "inbound",
+            "From": self.from_number,
+            "To": self.to_number,
+        }
+        url = self.public_url + "/twilio/voice"
+        headers = {"X-Twilio-Signature": self._signer.sign(url, form)}
+        response = await http.post(self.base_url + "/twilio/voice", data=form, headers=headers)
+        response.raise_for_status()
+        stream = ET.fromstring(response.text).find("./Connect/Stream")
+        if stream is None:
+            raise RuntimeError(f"no <Connect><Stream> in TwiML: {response.text}")
+        params = {p.attrib["name"]: p.attrib["value"] for p in stream.findall("Parameter")}
+        self.call_id = params.get("call_id")
+        return stream.attrib["url"], params
+
+    async def connect(self, stream_url: str, params: dict[str, str]) -> None:
+        """Open the signed WebSocket and send `connected` + `start`, then stream."""
+        local_url = stream_url.replace(
+            self.public_url.replace("http", "ws", 1), self.base_url.replace("http", "ws", 1)
+        )
+        signature = self._signer.sign(stream_url, {})
+        self._ws = await websockets.connect(
+            local_url, additional_headers={"X-Twilio-Signature": signature}, max_size=2**20
+        )
+        await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await self._send(
+            {
+                "event": "start",
+                "sequenceNumber": self._next_sequence(),
+                "start": {
+                    "accountSid": self.account_sid,
+                    "streamSid": self.stream_sid,
+                    "callSid": self.call_sid,
+                    "tracks": ["inbound"],
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                    "customParameters": params,
+                },
+                "streamSid": self.stream_sid,
+            }
+        )
+        self._tasks = [
+            asyncio.create_task(self._microphone(), name="mic"),
+            asyncio.create_task(self._receive(), name="receive"),
+            asyncio.create_task(self._playout(), name="playout"),
+        ]
+
+    async def start(self, http: httpx.AsyncClient) -> None:
+        stream_url, params = await self.answer(http)
+        await self.connect(stream_url, params)
+
+    # ------------------------------------------------------------------ actions
+
+    def say(self, mulaw: bytes) -> None:
+        """Queue caller speech (8 kHz mu-law) on the microphone."""
+        for offset in range(0, len(mulaw), FRAME_BYTES):
+            self._mic.append(mulaw[offset : offset + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff"))
+        self._mic_idle.clear()
+
+    async def wait_said(self) -> None:
+        """Wait until the microphone queue has been sent."""
+        await self._mic_idle.wait()
+
+    async def send_dtmf(self, digit: str) -> None:
+        await self._send(
+            {
+                "event": "dtmf",
+                "streamSid": self.stream_sid,
+                "sequenceNumber": self._next_sequence(),
+                "dtmf": {"track": "inbound_track", "digit": digit},
+            }
+        )
+
+    @property
+    def agent_speaking(self) -> bool:
+        return bool(self._speaker)
+
+    async def wait_agent_audio(self, within_s: float = 15.0) -> float:
+        """Wait until agent audio is playing; return when it started."""
+        deadline = time.monotonic() + within_s
+        while not self._speaker:
+            if time.monotonic() > deadline or self._closed.is_set():
+                raise TimeoutError("the agent did not speak")
+            await asyncio.sleep(0.01)
+        return time.monotonic()
+
+    async def wait_agent_silent(self, quiet_s: float = 0.8, within_s: float = 30.0) -> None:
+        """Wait until the agent has been silent for `quiet_s` (its audio all played)."""
+        deadline = time.monotonic() + within_s
+        while True:
+            if self._closed.is_set():
+                return
+            if not self._speaker and time.monotonic() - self._speaker_idle_since >= quiet_s:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("the agent kept talking")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Hang up as Twilio does: send `stop` and wait for the gateway to close."""
+        if not self._stopped and not self._closed.is_set():
+            self._stopped = True
+            await self._send(
+                {
+                    "event": "stop",
+                    "sequenceNumber": self._next_sequence(),
+                    "streamSid": self.stream_sid,
+                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+                }
+            )
+        await self.wait_closed()
+
+    async def wait_closed(self, within_s: float = 10.0) -> None:
+        await asyncio.wait_for(self._closed.wait(), within_s)
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._ws is not None:
+            await self._ws.close()
+
+    # ------------------------------------------------------------------ tasks
+
+    def _next_sequence(self) -> str:
+        self._sequence += 1
+        return str(self._sequence)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        assert self._ws is not None
+        await self._ws.send(json.dumps(message))
+
+    async def _microphone(self) -> None:
+        """Send one 20 ms media frame every 20 ms, as Twilio does for the inbound track."""
+        t0 = time.monotonic()
+        start_ts = 0
+        while not self._stopped:
+            if self._mic:
+                frame = self._mic.popleft()
+            else:
+                frame = _MU_SILENCE
+                self._mic_idle.set()
+            self._media_chunk += 1
+            payload = base64.b64encode(frame).decode()
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._send(
+                    {
+                        "event": "media",
+                        "sequenceNumber": self._next_sequence(),
+                        "media": {
+                            "track": "inbound",
+                            "chunk": str(self._media_chunk),
+                            "timestamp": str(start_ts),
+                            "payload": payload,
+                        },
+                        "streamSid": self.stream_sid,
+                    }
+                )
+            start_ts += 20
+            next_at = t0 + self._media_chunk * FRAME_S
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def _receive(self) -> None:
+        assert self._ws is not None
+        try:
+            async for raw in self._ws:
+                message = json.loads(raw)
+                event = message.get("event")
+                now = time.monotonic()
+                if event == "media":
+                    self.log.media_frames += 1
+                    self.log.first_media_at = self.log.first_media_at or now
+                    self.log.last_media_at = now
+                    if self._record_arrivals:
+                        self.log.arrivals.append(now)
+                    self._speaker.append(base64.b64decode(message["media"]["payload"]))
+                elif event == "mark":
+                    self._speaker.append(message["mark"]["name"])
+                elif event == "clear":
+                    self.log.clears.append(now)
+                    pending = [item for item in self._speaker if isinstance(item, str)]
+                    self._speaker.clear()
+                    self._speaker_idle_since = now
+                    for name in pending:
+                        await self._echo_mark(name)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            if self._ws.close_code is not None:
+                self.log.close_code = self._ws.close_code
+                self.log.close_reason = self._ws.close_reason or ""
+            self.log.closed_at = time.monotonic()
+            self._closed.set()
+
+    async def _playout(self) -> None:
+        """Play the agent's audio in real time; echo marks when playback reaches them."""
+        t_next = time.monotonic()
+        while True:
+            await self._echo_marks_async()
+            if self._speaker and isinstance(self._speaker[0], bytes):
+                self._speaker.popleft()
+                if not self._speaker:
+                    self._speaker_idle_since = time.monotonic()
+                t_next = max(t_next + FRAME_S, time.monotonic() - FRAME_S)
+                await asyncio.sleep(max(0.0, t_next - time.monotonic()))
+                await self._echo_marks_async()
+            else:
+                t_next = time.monotonic()
+                await asyncio.sleep(0.005)
+
+    async def _echo_marks_async(self) -> None:
+        while self._speaker and isinstance(self._speaker[0], str):
+            name = self._speaker.popleft()
+            if not self._speaker:
+                self._speaker_idle_since = time.monotonic()
+            assert isinstance(name, str)
+            await self._echo_mark(name)
+
+    async def _echo_mark(self, name: str) -> None:
+        self.log.marks_echoed.append(name)
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self._send(
+                {
+                    "event": "mark",
+                    "sequenceNumber": self._next_sequence(),
+                    "streamSid": self.stream_sid,
+                    "mark": {"name": name},
+                }
+            )

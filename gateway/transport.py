@@ -1,0 +1,33 @@
+"""What a call transport offers the call session: paced agent audio, marks, clear, hang-up."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from audio.frames import PCM16
+
+
+class CallTransport(Protocol):
+    """The session's view of a call leg (Twilio Media Stream, LiveKit room, ...).
+
+    Inbound audio and events are pushed into the session by the transport's driver; this
+    interface is the other direction.
+    """
+
+    sample_rate: int  # the rate of caller frames in and agent audio out
+
+    async def play(self, pcm: PCM16) -> None:
+        """Queue agent audio for paced playout (may wait while too much is queued)."""
+        ...
+
+    async def mark(self, name: str) -> None:
+        """Queue a marker after the audio queued so far; the session hears it back once played."""
+        ...
+
+    async def clear(self) -> None:
+        """Drop all agent audio not yet played (barge-in)."""
+        ...
+
+    async def hang_up(self) -> None:
+        """End the call leg from the gateway's side."""
+        ...

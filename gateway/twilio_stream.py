@@ -1,0 +1,167 @@
+"""The `/twilio/stream` WebSocket driver: feeds Twilio's text into the sans-I/O protocol,
+hands typed events to the call session, and writes what the protocol wants sent.
+
+Refusals happen before any audio flows: a bad upgrade signature closes before accept
+(HTTP 403); a missing or wrong per-call stream token closes right after `start` (1008).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from audio.codec import ulaw_decode
+from audio.frames import AudioFrame
+from gateway.context import GatewayContext
+from gateway.logs import call_id_var
+from gateway.session import CallSession
+from gateway.twilio_transport import TwilioTransport
+from storage import CallNotFound, CallStatus
+from telephony.errors import ProtocolError, SignatureError
+from telephony.twilio import (
+    AudioReceived,
+    DtmfReceived,
+    MarkPlayed,
+    MediaStreamProtocol,
+    Start,
+    StreamStarted,
+    StreamStopped,
+    stream_url_for,
+    verify_stream_token,
+)
+
+log = logging.getLogger(__name__)
+
+POLICY_VIOLATION = 1008
+
+
+async def twilio_stream_endpoint(websocket: WebSocket) -> None:
+    """Serve one Twilio Media Stream until `stop`, a hang-up, or bad input."""
+    ctx: GatewayContext = websocket.app.state.gateway
+    url = stream_url_for(ctx.settings.public_url)
+    try:
+        ctx.twilio_validator.check(url, {}, websocket.headers.get("x-twilio-signature"))
+    except SignatureError as exc:
+        log.warning("stream upgrade refused: %s", exc)
+        await websocket.close(code=POLICY_VIOLATION)  # before accept: an HTTP 403
+        return
+    await websocket.accept()
+    await _StreamDriver(ctx, websocket).run()
+
+
+class _StreamDriver:
+    def __init__(self, ctx: GatewayContext, websocket: WebSocket) -> None:
+        self._ctx = ctx
+        self._ws = websocket
+        self._protocol = MediaStreamProtocol()
+        self._session: CallSession | None = None
+        self._transport: TwilioTransport | None = None
+        self._pacer: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        end_reason, status = "stream-closed", CallStatus.COMPLETED
+        try:
+            end_reason, status = await self._receive_loop()
+        except ProtocolError as exc:
+            log.warning(
+                "media stream closed on bad input: %s", exc.reason, extra={"code": exc.code}
+            )
+            end_reason, status = "protocol-error", CallStatus.FAILED
+            self._ctx.metrics.protocol_errors_total += 1
+            await self._close(exc.code, exc.reason)
+        except SignatureError as exc:
+            log.warning("media stream refused: %s", exc)
+            end_reason, status = "stream-token-refused", CallStatus.FAILED
+            await self._close(POLICY_VIOLATION, str(exc)[:120])
+        except Exception:  # the connection task ends here: log with the call id, close
+            log.exception("media stream failed")
+            end_reason, status = "gateway-error", CallStatus.FAILED
+            await self._close(1011, "internal error")
+        finally:
+            if self._session is not None:
+                await self._session.end(reason=end_reason, status=status)
+                self._ctx.metrics.calls_active -= 1
+                stats = self._transport.stats if self._transport else None
+                log.info("media stream closed", extra={"pacing": stats})
+            if self._pacer is not None:
+                self._pacer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._pacer
+            await self._close(1000, "call ended")
+
+    async def _receive_loop(self) -> tuple[str, CallStatus]:
+        max_bytes = self._ctx.settings.max_ws_message_bytes
+        while True:
+            message = await self._ws.receive()
+            if message["type"] == "websocket.disconnect":
+                if self._session is not None and self._session.ended.is_set():
+                    return self._session.end_reason or "agent-ended", CallStatus.COMPLETED
+                return "stream-disconnected", CallStatus.COMPLETED
+            text = message.get("text")
+            if text is None:
+                raise ProtocolError(1003, "Media Streams messages are text frames")
+            if len(text) > max_bytes:
+                raise ProtocolError(1009, "message too big")
+            self._protocol.receive_text(text)
+            for event in self._protocol.events():
+                if isinstance(event, AudioReceived):
+                    self._ctx.metrics.inbound_frames_total += 1
+                    if self._session is not None:
+                        pcm = ulaw_decode(event.payload)
+                        await self._session.on_audio(AudioFrame(pcm, 8000))
+                elif isinstance(event, MarkPlayed):
+                    if self._session is not None:
+                        self._session.on_mark(event.name)
+                elif isinstance(event, DtmfReceived):
+                    if self._session is not None:
+                        await self._session.on_dtmf(event.digit)
+                elif isinstance(event, StreamStarted):
+                    await self._start_session(event.start)
+                elif isinstance(event, StreamStopped):
+                    return "caller-hung-up", CallStatus.COMPLETED
+
+    async def _start_session(self, start: Start) -> None:
+        ctx = self._ctx
+        params = start.custom_parameters
+        token = params.get("token")
+        if not token:
+            raise SignatureError("missing stream token")
+        verify_stream_token(ctx.stream_token_secret, token, start.call_sid, now=time.time())
+        call_id = params.get("call_id", "")
+        try:
+            call = await ctx.store.get_call(call_id)
+        except CallNotFound as exc:
+            raise SignatureError("stream token names no call of this gateway") from exc
+        if call.call_sid != start.call_sid:
+            raise SignatureError("stream token belongs to another call")
+        call_id_var.set(call.id)
+        await ctx.store.set_stream(call.id, start.stream_sid)
+        await ctx.store.set_status(call.id, CallStatus.IN_PROGRESS)
+        self._transport = TwilioTransport(
+            protocol=self._protocol,
+            send_text=self._ws.send_text,
+            close=lambda: self._close(1000, "call ended"),
+            metrics=ctx.metrics,
+            lead_ms=ctx.settings.playout_lead_ms,
+        )
+        self._pacer = asyncio.create_task(self._transport.run(), name="pacer")
+        self._session = CallSession(
+            call_id=call.id,
+            transport=self._transport,
+            providers=ctx.providers,
+            store=ctx.store,
+            config=ctx.session_config,
+        )
+        ctx.metrics.calls_started_total += 1
+        ctx.metrics.calls_active += 1
+        log.info("media stream started", extra={"call_sid": start.call_sid})
+        await self._session.start()
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(RuntimeError, OSError):
+                await self._ws.close(code=code, reason=reason)

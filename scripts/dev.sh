@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One entry point for people and CI: installs what is missing, then runs a command.
+#   scripts/dev.sh demo     install everything, start the gateway, place a simulated call
+#   scripts/dev.sh test     install everything, lint, run the whole test suite
+#   scripts/dev.sh serve    install everything, run the gateway
+#   scripts/dev.sh bench    install everything, run the benchmarks
+# Built tools live in a per-user cache outside the clone, keyed by version:
+#   ${VOICE_GATEWAY_CACHE:-~/.cache/voice-gateway}/{venv-<hash>,ferretdb-<version>}
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${VOICE_GATEWAY_CACHE:-$HOME/.cache/voice-gateway}"
+PYTHON="${PYTHON:-python3}"
+mkdir -p "$CACHE"
+
+log() { echo "[dev.sh] $*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root for: $*"; return 1; fi
+}
+
+ensure_debian_packages() {
+  local missing=()
+  command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+  command -v go >/dev/null || missing+=(golang-go)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >&2
+  fi
+}
+
+ensure_venv() {
+  local key
+  key="$( (cat "$ROOT/pyproject.toml"; "$PYTHON" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-12)"
+  VENV="$CACHE/venv-$key"
+  if [ ! -x "$VENV/bin/voice-gateway" ] || [ ! -f "$VENV/.complete" ]; then
+    log "creating virtualenv $VENV"
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip >&2
+    "$VENV/bin/pip" install -q -e "$ROOT[test]" >&2
+    touch "$VENV/.complete"
+  fi
+  # The venv is shared by clones: point its editable install at this one (no downloads).
+  "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" >&2
+}
+
+ensure_ferretdb() {
+  FERRETDB_BIN="$(bash "$ROOT/scripts/ensure-ferretdb.sh")"
+  export FERRETDB_BIN
+}
+
+ensure_all() {
+  ensure_debian_packages
+  ensure_venv
+  ensure_ferretdb
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  demo)
+    ensure_all
+    cd "$ROOT" && exec "$VENV/bin/voice-gateway" demo "$@" ;;
+  serve)
+    ensure_all
+    cd "$ROOT" && exec "$VENV/bin/voice-gateway" serve "$@" ;;
+  test)
+    ensure_all
+    cd "$ROOT"
+    "$VENV/bin/ruff" check .
+    exec "$VENV/bin/pytest" -q "$@" ;;
+  bench)
+    ensure_all
+    cd "$ROOT"
+    for b in bench/audio_bench.py bench/stt_wer.py bench/load_bench.py; do
+      log "running $b"; "$VENV/bin/python" "$b"
+    done ;;
+  *)
+    echo "usage: scripts/dev.sh demo|serve|test|bench" >&2; exit 2 ;;
+esac

@@ -1,0 +1,1 @@
+"""Call transports and carrier APIs. Protocol classes here never touch a socket."""

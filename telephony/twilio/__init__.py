@@ -1,0 +1,65 @@
+"""Twilio Media Streams (sans-I/O protocol and typed messages), TwiML and request signatures."""
+
+from telephony.twilio.messages import (
+    AccountSid,
+    CallSid,
+    Clear,
+    Connected,
+    Dtmf,
+    InboundMessage,
+    Mark,
+    Media,
+    MediaFormat,
+    OutboundMark,
+    OutboundMedia,
+    Start,
+    Stop,
+    StreamSid,
+    Unknown,
+    parse_message,
+)
+from telephony.twilio.protocol import (
+    AudioReceived,
+    DtmfReceived,
+    MarkPlayed,
+    MediaStreamProtocol,
+    StreamEvent,
+    StreamStarted,
+    StreamState,
+    StreamStopped,
+)
+from telephony.twilio.signature import TwilioSignatureValidator
+from telephony.twilio.stream_token import issue_stream_token, verify_stream_token
+from telephony.twilio.twiml import connect_stream_twiml, stream_url_for
+
+__all__ = [
+    "AccountSid",
+    "AudioReceived",
+    "CallSid",
+    "Clear",
+    "Connected",
+    "Dtmf",
+    "DtmfReceived",
+    "InboundMessage",
+    "Mark",
+    "MarkPlayed",
+    "Media",
+    "MediaFormat",
+    "MediaStreamProtocol",
+    "OutboundMark",
+    "OutboundMedia",
+    "Start",
+    "Stop",
+    "StreamEvent",
+    "StreamSid",
+    "StreamStarted",
+    "StreamState",
+    "StreamStopped",
+    "TwilioSignatureValidator",
+    "Unknown",
+    "connect_stream_twiml",
+    "issue_stream_token",
+    "parse_message",
+    "stream_url_for",
+    "verify_stream_token",
+]

@@ -1,0 +1,248 @@
+"""Twilio Media Streams messages as typed values: parse what Twilio sends, serialize what we send.
+
+Shapes follow Twilio's "Media Streams - WebSocket Messages" reference. Raw dicts never
+leave this module. Unknown extra fields are ignored (Twilio may add some); an unknown
+`event` parses to `Unknown` so the protocol can ignore it instead of failing the call.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NewType
+
+from telephony.errors import ProtocolError
+
+CallSid = NewType("CallSid", str)
+StreamSid = NewType("StreamSid", str)
+AccountSid = NewType("AccountSid", str)
+
+MAX_MESSAGE_CHARS = 64 * 1024
+
+INVALID_PAYLOAD = 1007
+MESSAGE_TOO_BIG = 1009
+
+
+def _field(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind):
+        raise ProtocolError(INVALID_PAYLOAD, f"{where}.{key} missing or not {kind.__name__}")
+    return value
+
+
+def _optional_str(obj: Mapping[str, Any], key: str, default: str = "") -> str:
+    value = obj.get(key, default)
+    return value if isinstance(value, str) else default
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFormat:
+    encoding: str
+    sample_rate: int
+    channels: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    protocol: str
+    version: str
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> Connected:
+        return cls(protocol=_optional_str(obj, "protocol"), version=_optional_str(obj, "version"))
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    stream_sid: StreamSid
+    call_sid: CallSid
+    account_sid: AccountSid
+    tracks: tuple[str, ...]
+    custom_parameters: Mapping[str, str]
+    media_format: MediaFormat
+    sequence_number: str
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> Start:
+        start = _field(obj, "start", dict, "start")
+        fmt = _field(start, "mediaFormat", dict, "start")
+        params = start.get("customParameters") or {}
+        if not isinstance(params, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in params.items()
+        ):
+            raise ProtocolError(INVALID_PAYLOAD, "start.customParameters must map strings")
+        tracks = start.get("tracks", ["inbound"])
+        if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
+            raise ProtocolError(INVALID_PAYLOAD, "start.tracks must be a list of strings")
+        return cls(
+            stream_sid=StreamSid(
+                _optional_str(start, "streamSid") or _field(obj, "streamSid", str, "start")
+            ),
+            call_sid=CallSid(_field(start, "callSid", str, "start")),
+            account_sid=AccountSid(_optional_str(start, "accountSid")),
+            tracks=tuple(tracks),
+            custom_parameters=MappingProxyType(dict(params)),
+            media_format=MediaFormat(
+                encoding=_field(fmt, "encoding", str, "start.mediaFormat"),
+                sample_rate=_field(fmt, "sampleRate", int, "start.mediaFormat"),
+                channels=_field(fmt, "channels", int, "start.mediaFormat"),
+            ),
+            sequence_number=_optional_str(obj, "sequenceNumber"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    stream_sid: StreamSid
+    sequence_number: str
+    track: str
+    chunk: str
+    timestamp_ms: int
+    payload: bytes
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> Media:
+        media = _field(obj, "media", dict, "media")
+        encoded = _field(media, "payload", str, "media")
+        try:
+            payload = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(INVALID_PAYLOAD, "media.payload is not base64") from exc
+        timestamp = media.get("timestamp", "0")
+        try:
+            timestamp_ms = int(timestamp)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(INVALID_PAYLOAD, "media.timestamp is not a number") from exc
+        return cls(
+            stream_sid=StreamSid(_optional_str(obj, "streamSid")),
+            sequence_number=_optional_str(obj, "sequenceNumber"),
+            track=_optional_str(media, "track", "inbound"),
+            chunk=_optional_str(media, "chunk"),
+            timestamp_ms=timestamp_ms,
+            payload=payload,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    stream_sid: StreamSid
+    name: str
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> Mark:
+        mark = _field(obj, "mark", dict, "mark")
+        return cls(
+            stream_sid=StreamSid(_optional_str(obj, "streamSid")),
+            name=_field(mark, "name", str, "mark"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    stream_sid: StreamSid
+    digit: str
+    track: str
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> Dtmf:
+        dtmf = _field(obj, "dtmf", dict, "dtmf")
+        return cls(
+            stream_sid=StreamSid(_optional_str(obj, "streamSid")),
+            digit=_field(dtmf, "digit", str, "dtmf"),
+            track=_optional_str(dtmf, "track", "inbound_track"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    stream_sid: StreamSid
+    call_sid: CallSid
+    account_sid: AccountSid
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> Stop:
+        stop = obj.get("stop")
+        stop = stop if isinstance(stop, dict) else {}
+        return cls(
+            stream_sid=StreamSid(_optional_str(obj, "streamSid")),
+            call_sid=CallSid(_optional_str(stop, "callSid")),
+            account_sid=AccountSid(_optional_str(stop, "accountSid")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """An event this gateway does not know; Twilio may add new ones."""
+
+    event: str
+
+
+InboundMessage = Connected | Start | Media | Mark | Dtmf | Stop | Unknown
+
+_PARSERS: Mapping[str, Any] = {
+    "connected": Connected.parse,
+    "start": Start.parse,
+    "media": Media.parse,
+    "mark": Mark.parse,
+    "dtmf": Dtmf.parse,
+    "stop": Stop.parse,
+}
+
+
+def parse_message(text: str) -> InboundMessage:
+    """Parse one text frame from Twilio; raise `ProtocolError` with a close code if bad."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise ProtocolError(MESSAGE_TOO_BIG, "message over 64 KiB")
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(INVALID_PAYLOAD, "message is not JSON") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(INVALID_PAYLOAD, "message is not a JSON object")
+    event = obj.get("event")
+    if not isinstance(event, str):
+        raise ProtocolError(INVALID_PAYLOAD, "message has no event")
+    parser = _PARSERS.get(event)
+    if parser is None:
+        return Unknown(event)
+    message: InboundMessage = parser(obj)
+    return message
+
+
+def _compact(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMedia:
+    stream_sid: StreamSid
+    payload: bytes
+
+    def serialize(self) -> str:
+        encoded = base64.b64encode(self.payload).decode("ascii")
+        return _compact(
+            {"event": "media", "streamSid": self.stream_sid, "media": {"payload": encoded}}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMark:
+    stream_sid: StreamSid
+    name: str
+
+    def serialize(self) -> str:
+        return _compact(
+            {"event": "mark", "streamSid": self.stream_sid, "mark": {"name": self.name}}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Clear:
+    stream_sid: StreamSid
+
+    def serialize(self) -> str:
+        return _compact({"event": "clear", "streamSid": self.stream_sid})

@@ -1,0 +1,30 @@
+"""TwiML that connects a call's audio to the gateway's Media Streams endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+
+def stream_url_for(public_url: str, path: str = "/twilio/stream") -> str:
+    """The WebSocket URL of `path` under the public base URL (https -> wss, http -> ws)."""
+    parts = urlsplit(public_url)
+    scheme = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"not an http(s) base URL: {public_url!r}")
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{path}"
+
+
+def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
+    """`<Connect><Stream>` TwiML; values travel as `<Parameter>`s, as Twilio refuses a query."""
+    if urlsplit(stream_url).query:
+        raise ValueError("Twilio <Stream> URLs cannot carry a query string; use parameters")
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=stream_url)
+    for name, value in parameters.items():
+        stream.parameter(name=name, value=value)
+    response.append(connect)
+    return str(response.to_xml(xml_declaration=True))
