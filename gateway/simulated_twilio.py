@@ -40,7 +40,7 @@ FRAME_S = 0.020
 _MU_SILENCE = b"\xff" * FRAME_BYTES
 
 
-def espeak_mulaw(text: str, *, voice: str = "en-us", words_per_minute: int = 165) -> bytes:
+def espeak_mulaw(text: str, *, voice: str = "en-us+f3", words_per_minute: int = 140) -> bytes:
     """Caller speech for `text`: espeak-ng audio as 8 kHz mu-law, whole 20 ms frames."""
     binary = shutil.which("espeak-ng")
     if binary is None:

@@ -1,8 +1,11 @@
 """Offline speech-to-text with PocketSphinx (its English model ships in the PyPI wheel).
 
-Decoding runs on one worker thread per call stream, in order, so many calls never block
-the event loop. Optionally a domain language model (an ARPA file) replaces the general
-one: `bench/stt_wer.py` measures both on phone-quality speech.
+An utterance's audio is collected as it streams in and decoded in one pass when the
+session's endpointing closes the turn: PocketSphinx's batch cepstral-mean normalisation
+is far more accurate on telephone-band audio than its live estimate (which starts from
+wide-band statistics), at ~0.1 s of decoding per utterance. Decoding runs on one worker
+thread per call, so many calls never block the event loop. A domain language model (an
+ARPA file) may replace the general one: `bench/stt_wer.py` measures both.
 """
 
 from __future__ import annotations
@@ -68,36 +71,28 @@ class PocketSphinxStream:
         self._decoder = decoder
         self._executor = executor
         self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
-        self._in_utterance = False
+        self._utterance: list[bytes] = []
         self._closed = False
 
-    def _feed(self, pcm: bytes) -> None:
-        if not self._in_utterance:
-            self._decoder.start_utt()
-            self._in_utterance = True
-        self._decoder.process_raw(pcm, False, False)
-
-    def _finish(self) -> str:
-        if not self._in_utterance:
+    def _decode(self, pcm: bytes) -> str:
+        if not pcm:
             return ""
+        self._decoder.start_utt()
+        self._decoder.process_raw(pcm, False, True)
         self._decoder.end_utt()
-        self._in_utterance = False
         hypothesis = self._decoder.hyp()
         return _clean(hypothesis.hypstr) if hypothesis is not None else ""
 
     async def push(self, frame: AudioFrame) -> None:
-        if self._closed:
-            return
-        pcm = np.ascontiguousarray(frame.pcm, dtype=np.int16).tobytes()
-        loop = asyncio.get_running_loop()
-        # Submitted in order on a single worker; not awaited, so the caller never waits.
-        loop.run_in_executor(self._executor, self._feed, pcm)
+        if not self._closed:
+            self._utterance.append(np.ascontiguousarray(frame.pcm, dtype=np.int16).tobytes())
 
     async def end_utterance(self) -> None:
         if self._closed:
             return
+        pcm, self._utterance = b"".join(self._utterance), []
         loop = asyncio.get_running_loop()
-        text = await loop.run_in_executor(self._executor, self._finish)
+        text = await loop.run_in_executor(self._executor, self._decode, pcm)
         await self._queue.put(Transcript(text=text, is_final=True))
 
     async def transcripts(self) -> AsyncIterator[Transcript]:
