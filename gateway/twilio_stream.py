@@ -64,24 +64,24 @@ class _StreamDriver:
 
     async def run(self) -> None:
         end_reason, status = "stream-closed", CallStatus.COMPLETED
+        close_code, close_reason = 1000, "call ended"
         try:
             end_reason, status = await self._receive_loop()
         except ProtocolError as exc:
-            log.warning(
-                "media stream closed on bad input: %s", exc.reason, extra={"code": exc.code}
-            )
-            end_reason, status = "protocol-error", CallStatus.FAILED
+            log.warning("media stream closed on bad input: %s", exc.reason, extra={"code": exc.code})
             self._ctx.metrics.protocol_errors_total += 1
-            await self._close(exc.code, exc.reason)
+            end_reason, status = "protocol-error", CallStatus.FAILED
+            close_code, close_reason = exc.code, exc.reason
         except SignatureError as exc:
             log.warning("media stream refused: %s", exc)
             end_reason, status = "stream-token-refused", CallStatus.FAILED
-            await self._close(POLICY_VIOLATION, str(exc)[:120])
+            close_code, close_reason = POLICY_VIOLATION, str(exc)[:120]
         except Exception:  # the connection task ends here: log with the call id, close
             log.exception("media stream failed")
             end_reason, status = "gateway-error", CallStatus.FAILED
-            await self._close(1011, "internal error")
+            close_code, close_reason = 1011, "internal error"
         finally:
+            # Finalise what is stored before the peer sees the socket close.
             if self._session is not None:
                 await self._session.end(reason=end_reason, status=status)
                 self._ctx.metrics.calls_active -= 1
@@ -91,7 +91,7 @@ class _StreamDriver:
                 self._pacer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._pacer
-            await self._close(1000, "call ended")
+            await self._close(close_code, close_reason)
 
     async def _receive_loop(self) -> tuple[str, CallStatus]:
         max_bytes = self._ctx.settings.max_ws_message_bytes
