@@ -3,6 +3,7 @@ adaptive noise floor; pure and synchronous)."""
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,26 +38,29 @@ EndpointEvent = SpeechStarted | SpeechEnded
 
 
 class EnergyVAD:
-    """Classifies frames as speech when they stand out from a tracked noise floor."""
+    """Classifies frames as speech when they stand out from the noise floor.
 
-    def __init__(self, *, margin_db: float = 12.0, min_level_dbfs: float = -48.0) -> None:
+    The floor is the quietest frame of the last `window_frames` (minimum statistics):
+    speech always has pauses between words, so the minimum follows the background even
+    while someone talks, and a steady noise stops counting as speech within the window.
+    """
+
+    def __init__(
+        self, *, margin_db: float = 12.0, min_level_dbfs: float = -48.0, window_frames: int = 100
+    ) -> None:
         self._margin_db = margin_db
         self._min_level = min_level_dbfs
-        self._floor = -70.0
+        self._levels: collections.deque[float] = collections.deque(maxlen=window_frames)
 
     @property
     def noise_floor_dbfs(self) -> float:
-        return self._floor
+        return min(self._levels) if self._levels else -90.0
 
     def is_speech(self, pcm: npt.NDArray[np.int16]) -> bool:
         level = frame_level_dbfs(pcm)
-        speech = level > self._min_level and level > self._floor + self._margin_db
-        if level < self._floor:
-            self._floor = 0.7 * self._floor + 0.3 * level  # falls fast
-        elif not speech:
-            self._floor = 0.98 * self._floor + 0.02 * level  # rises slowly
-        self._floor = max(self._floor, -90.0)
-        return speech
+        self._levels.append(level)
+        floor = max(self.noise_floor_dbfs, -90.0)
+        return level > self._min_level and level > floor + self._margin_db
 
 
 class Endpointer:

@@ -68,7 +68,9 @@ class _StreamDriver:
         try:
             end_reason, status = await self._receive_loop()
         except ProtocolError as exc:
-            log.warning("media stream closed on bad input: %s", exc.reason, extra={"code": exc.code})
+            log.warning(
+                "media stream closed on bad input: %s", exc.reason, extra={"code": exc.code}
+            )
             self._ctx.metrics.protocol_errors_total += 1
             end_reason, status = "protocol-error", CallStatus.FAILED
             close_code, close_reason = exc.code, exc.reason

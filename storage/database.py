@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from beanie import init_beanie
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from storage.documents import CallDocument, TurnDocument
 from storage.errors import StorageError
 from storage.repository import CallRepository
+
+_DOCUMENTS: list[type[CallDocument] | type[TurnDocument]] = [CallDocument, TurnDocument]
+
+
+async def _ensure_indexes(
+    collection: AsyncCollection[dict[str, object]], indexes: list[IndexModel]
+) -> None:
+    """Create the indexes a collection lacks, by name.
+
+    Beanie re-sends every index at start; FerretDB 1.24 drops the connection when asked to
+    create an index that already exists, so only missing ones are sent.
+    """
+    existing = {index["name"] async for index in await collection.list_indexes()}
+    missing = [index for index in indexes if index.document["name"] not in existing]
+    if missing:
+        await collection.create_indexes(missing)
 
 
 class Database:
@@ -29,7 +46,10 @@ async def open_database(url: str, db_name: str, *, timeout_s: float = 10.0) -> D
     )
     try:
         await client.admin.command("ping")
-        await init_beanie(database=client[db_name], document_models=[CallDocument, TurnDocument])
+        database = client[db_name]
+        await init_beanie(database=database, document_models=_DOCUMENTS, skip_indexes=True)
+        for document in _DOCUMENTS:
+            await _ensure_indexes(database[document.Settings.name], document.Settings.indexes)
     except PyMongoError as exc:
         await client.close()
         raise StorageError(f"cannot open MongoDB at {url}: {exc}") from exc

@@ -1,0 +1,137 @@
+"""Call storage against the real MongoDB-wire server (FerretDB on SQLite)."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from storage import (
+    CallNotFound,
+    CallStatus,
+    Database,
+    Direction,
+    EmbeddedFerretDB,
+    NewCall,
+    open_database,
+)
+
+
+def _new_call(sid: str = "CA1") -> NewCall:
+    return NewCall(
+        transport="twilio",
+        call_sid=sid,
+        from_number="+15550001111",
+        to_number="+15550002222",
+        direction=Direction.INBOUND,
+        metadata={"campaign": "spring"},
+    )
+
+
+async def test_call_lifecycle_with_turns(database: Database) -> None:
+    store = database.calls
+    t0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    call = await store.create_call(_new_call(), started_at=t0)
+    assert call.status is CallStatus.RINGING and call.started_at == t0
+    await store.set_status(call.id, CallStatus.IN_PROGRESS)
+    await store.set_stream(call.id, "MZ1")
+    greeting = await store.add_turn(
+        call.id, speaker="agent", text="Hello", start_ms=0, end_ms=1500.04
+    )
+    await store.add_turn(call.id, speaker="caller", text="hours", start_ms=2000, end_ms=3000)
+    reply = await store.add_turn(
+        call.id, speaker="agent", text="We are open", start_ms=3500, end_ms=5000
+    )
+    await store.update_turn(reply.id, text="We are", end_ms=4200, interrupted=True)
+    assert (greeting.index, reply.index) == (0, 2)
+
+    ended = await store.finish_call(
+        call.id,
+        status=CallStatus.COMPLETED,
+        end_reason="caller-hung-up",
+        ended_at=t0 + timedelta(seconds=42),
+    )
+    assert ended.status is CallStatus.COMPLETED
+    assert ended.duration_s == 42.0
+    assert ended.stream_sid == "MZ1"
+    assert [t.text for t in ended.turns] == ["Hello", "hours", "We are"]
+    assert [t.speaker for t in ended.turns] == ["agent", "caller", "agent"]
+    assert ended.turns[2].interrupted and not ended.turns[0].interrupted
+    assert ended.turns[0].end_ms == 1500.0
+    assert ended.metadata == {"campaign": "spring"}
+    assert ended.ended_at is not None and ended.ended_at.tzinfo is not None
+
+    # Finishing again keeps the first outcome.
+    again = await store.finish_call(
+        call.id, status=CallStatus.FAILED, end_reason="late", ended_at=t0 + timedelta(hours=1)
+    )
+    assert (again.status, again.end_reason, again.duration_s) == (
+        CallStatus.COMPLETED,
+        "caller-hung-up",
+        42.0,
+    )
+
+
+async def test_lookup_and_listing(database: Database) -> None:
+    store = database.calls
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    ids = [
+        (await store.create_call(_new_call(f"CA{i}"), started_at=base + timedelta(minutes=i))).id
+        for i in range(3)
+    ]
+    listed = await store.list_calls(limit=10)
+    assert [c.id for c in listed] == list(reversed(ids))
+    assert len(await store.list_calls(limit=2)) == 2
+    found = await store.get_call_by_sid("CA1")
+    assert found is not None and found.id == ids[1]
+    assert await store.get_call_by_sid("CA-nope") is None
+    with pytest.raises(CallNotFound):
+        await store.get_call("0" * 24)
+    with pytest.raises(CallNotFound):
+        await store.get_call("not-an-id")
+
+
+async def test_turns_survive_a_crash(mongo_url: str) -> None:
+    """Turns are written as they happen: a new connection sees them without any finish."""
+    name = "crash_test"
+    first = await open_database(mongo_url, name)
+    call = await first.calls.create_call(_new_call("CA-crash"), started_at=datetime.now(UTC))
+    await first.calls.add_turn(call.id, speaker="agent", text="Hi", start_ms=0, end_ms=10)
+    await first.calls.add_turn(call.id, speaker="caller", text="help", start_ms=20, end_ms=30)
+    await first.close()  # no finish_call: the process "died"
+
+    second = await open_database(mongo_url, name)
+    try:
+        stored = await second.calls.get_call(call.id)
+        assert [t.text for t in stored.turns] == ["Hi", "help"]
+        assert stored.status is CallStatus.RINGING and stored.ended_at is None
+        # A new process continues the numbering after the stored turns.
+        turn = await second.calls.add_turn(
+            call.id, speaker="agent", text="later", start_ms=40, end_ms=50
+        )
+        assert turn.index == 2
+    finally:
+        await second.close()
+
+
+def test_embedded_server_keeps_data_across_restarts(tmp_path: object) -> None:
+    import asyncio
+    from pathlib import Path
+
+    data_dir = Path(str(tmp_path)) / "db"
+
+    async def write(url: str) -> str:
+        db = await open_database(url, "persist")
+        call = await db.calls.create_call(_new_call("CA-persist"), started_at=datetime.now(UTC))
+        await db.close()
+        return call.id
+
+    async def read(url: str, call_id: str) -> str:
+        db = await open_database(url, "persist")
+        try:
+            return (await db.calls.get_call(call_id)).call_sid
+        finally:
+            await db.close()
+
+    with EmbeddedFerretDB(data_dir=data_dir) as server:
+        call_id = asyncio.run(write(server.url))
+    with EmbeddedFerretDB(data_dir=data_dir) as server:
+        assert asyncio.run(read(server.url, call_id)) == "CA-persist"
