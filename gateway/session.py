@@ -244,12 +244,15 @@ class CallSession:
 
     async def _barge_in(self) -> None:
         log.info("barge-in: caller spoke over the agent")
-        await self._transport.clear()
-        await self._cancel_reply(store_heard=True)
-
-    async def _cancel_reply(self, *, store_heard: bool) -> None:
-        task, self._reply_task = self._reply_task, None
+        # What was heard is fixed now; marks that a clear returns do not count as played.
         heard = self._playback.heard_text()
+        await self._transport.clear()
+        await self._cancel_reply(store_heard=True, heard=heard)
+
+    async def _cancel_reply(self, *, store_heard: bool, heard: str | None = None) -> None:
+        task, self._reply_task = self._reply_task, None
+        if heard is None:
+            heard = self._playback.heard_text()
         full = self._playback.full_text()
         if task is not None and not task.done():
             task.cancel()

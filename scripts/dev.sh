@@ -39,7 +39,7 @@ ensure_venv() {
     log "creating virtualenv $VENV"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip >&2
+    "$VENV/bin/pip" install -q --upgrade pip "setuptools>=77" wheel >&2
     "$VENV/bin/pip" install -q -e "$ROOT[test]" >&2
     touch "$VENV/.complete"
   fi

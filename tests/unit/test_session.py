@@ -1,0 +1,222 @@
+"""CallSession with in-process doubles of its own collaborators (transport, providers, store).
+
+The wire-level proof is tests/integration/test_e2e_twilio.py; these pin the turn-taking
+rules: greet first, answer after end of turn, barge-in clears and keeps only what was heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+
+from audio.frames import AudioFrame
+from gateway.providers.base import Transcript
+from gateway.providers.local_agent import LocalScriptedAgent
+from gateway.session import CallSession, Providers, SessionConfig
+from storage import CallRecord, CallStatus, Speaker, TurnRecord
+
+RATE = 8000
+
+
+class FakeTransport:
+    """Plays audio in real time (sped up) and echoes marks, like a phone would."""
+
+    sample_rate = RATE
+
+    def __init__(self, session_ref: list[CallSession], speed: float = 5.0) -> None:
+        self._session_ref = session_ref
+        self._speed = speed
+        self.played_samples = 0
+        self.clears = 0
+        self.hung_up = False
+        self._queue: asyncio.Queue[int | str] = asyncio.Queue()
+        self._task = asyncio.create_task(self._playout())
+
+    async def play(self, pcm: npt.NDArray[np.int16]) -> None:
+        await self._queue.put(int(pcm.shape[0]))
+
+    async def mark(self, name: str) -> None:
+        await self._queue.put(name)
+
+    async def clear(self) -> None:
+        self.clears += 1
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, str):
+                self._session_ref[0].on_mark(item)
+
+    async def hang_up(self) -> None:
+        self.hung_up = True
+
+    async def _playout(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, int):
+                await asyncio.sleep(item / RATE / self._speed)
+                self.played_samples += item
+            else:
+                self._session_ref[0].on_mark(item)
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+
+
+class ScriptedSTT:
+    """Returns the next scripted text for each utterance the session closes."""
+
+    name = "scripted"
+    sample_rate = 16000
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.pushed = 0
+
+    async def open_stream(self, *, call_id: str) -> ScriptedSTT:
+        self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        return self
+
+    async def push(self, frame: AudioFrame) -> None:
+        assert frame.rate == 16000
+        self.pushed += 1
+
+    async def end_utterance(self) -> None:
+        await self._queue.put(Transcript(self.texts.pop(0) if self.texts else "", True))
+
+    async def transcripts(self) -> AsyncIterator[Transcript]:
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    async def aclose(self) -> None:
+        await self._queue.put(None)
+
+
+class ToneTTS:
+    """100 ms of tone per word, at 24 kHz, in 20 ms chunks."""
+
+    name = "tone"
+    sample_rate = 24000
+
+    async def synthesize(self, text: str, *, call_id: str) -> AsyncIterator[npt.NDArray[np.int16]]:
+        samples = 2400 * len(text.split())
+        tone = (8000 * np.sin(np.arange(samples) * 0.2)).astype(np.int16)
+        for i in range(0, samples, 480):
+            await asyncio.sleep(0)
+            yield tone[i : i + 480]
+
+
+@dataclass
+class MemoryStore:
+    turns: list[dict[str, object]] = field(default_factory=list)
+    finished: list[tuple[CallStatus, str]] = field(default_factory=list)
+
+    async def add_turn(
+        self,
+        call_id: str,
+        *,
+        speaker: Speaker,
+        text: str,
+        start_ms: float,
+        end_ms: float,
+        interrupted: bool = False,
+    ) -> TurnRecord:
+        self.turns.append({"speaker": speaker, "text": text, "interrupted": interrupted})
+        return TurnRecord(
+            "t", call_id, len(self.turns), speaker, text, start_ms, end_ms, interrupted,
+            datetime.now(),
+        )  # fmt: skip
+
+    async def finish_call(
+        self, call_id: str, *, status: CallStatus, end_reason: str, ended_at: datetime
+    ) -> CallRecord | None:
+        self.finished.append((status, end_reason))
+        return None
+
+
+def _speech(ms: int) -> list[np.ndarray]:
+    t = np.arange(RATE * ms // 1000) / RATE
+    voiced = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 10)) * 4000
+    pcm = voiced.astype(np.int16)
+    return [pcm[i : i + 160] for i in range(0, len(pcm), 160)]
+
+
+def _silence(ms: int) -> list[np.ndarray]:
+    return [np.zeros(160, dtype=np.int16)] * (ms // 20)
+
+
+async def _feed(session: CallSession, frames: list[np.ndarray], speed: float = 20.0) -> None:
+    for frame in frames:
+        await session.on_audio(AudioFrame(frame, RATE))
+        await asyncio.sleep(0.02 / speed)
+
+
+async def _run(
+    texts: list[str], script: list[tuple[str, int]]
+) -> tuple[MemoryStore, FakeTransport]:
+    ref: list[CallSession] = []
+    transport = FakeTransport(ref)
+    store = MemoryStore()
+    session = CallSession(
+        call_id="call-1",
+        transport=transport,
+        providers=Providers(
+            ScriptedSTT(texts), LocalScriptedAgent(greeting="Hello, how can I help?"), ToneTTS()
+        ),
+        store=store,  # type: ignore[arg-type]
+        config=SessionConfig(silence_ms=400),
+    )  # fmt: skip
+    ref.append(session)
+    await session.start()
+    for kind, ms in script:
+        await _feed(session, _speech(ms) if kind == "speech" else _silence(ms))
+    await session.end(reason="caller-hung-up")
+    await transport.aclose()
+    return store, transport
+
+
+async def test_greets_then_answers_after_the_caller_stops() -> None:
+    store, transport = await _run(
+        ["what are your opening hours"],
+        [("silence", 3000), ("speech", 1000), ("silence", 8000)],
+    )
+    assert [t["speaker"] for t in store.turns] == ["agent", "caller", "agent"]
+    assert store.turns[0]["text"] == "Hello, how can I help?"
+    assert str(store.turns[2]["text"]).startswith("We are open")
+    assert not any(t["interrupted"] for t in store.turns)
+    assert transport.clears == 0
+    assert store.finished == [(CallStatus.COMPLETED, "caller-hung-up")]
+
+
+async def test_barge_in_clears_and_keeps_only_what_was_heard() -> None:
+    # Audio plays 5x faster than real time, the caller talks 20x: the caller talks over
+    # the 1.7 s booking answer (340 ms here) soon after it starts.
+    store, transport = await _run(
+        ["i want to book an appointment", "yes please"],
+        [("silence", 3000), ("speech", 800), ("silence", 1000), ("speech", 800), ("silence", 8000)],
+    )
+    assert transport.clears == 1
+    interrupted = [t for t in store.turns if t["interrupted"]]
+    assert len(interrupted) == 1
+    heard = str(interrupted[0]["text"])
+    full = "I can book that for you. Our next free slot is tomorrow at ten in the morning."
+    assert full.startswith(heard) and len(heard) < len(full)
+    speakers = [t["speaker"] for t in store.turns]
+    assert speakers == ["agent", "caller", "agent", "caller", "agent"]
+
+
+async def test_agent_hangs_up_after_saying_goodbye() -> None:
+    store, transport = await _run(
+        ["goodbye"], [("silence", 3000), ("speech", 600), ("silence", 3000)]
+    )
+    assert transport.hung_up
+    assert store.turns[-1]["text"] == "Thank you for calling. Goodbye!"
+    assert store.finished == [(CallStatus.COMPLETED, "agent-ended")]
+
+
+async def test_noise_without_words_gets_no_reply() -> None:
+    store, _ = await _run([""], [("silence", 3000), ("speech", 600), ("silence", 3000)])
+    assert [t["speaker"] for t in store.turns] == ["agent"]
