@@ -1,0 +1,125 @@
+"""Per-frame cost of the audio paths and the audio each resampler holds back.
+
+    python bench/audio_bench.py
+
+Inbound: 160 bytes of mu-law -> decode -> 8k->16k (what the STT gets).
+Outbound: a 20 ms TTS chunk -> resample to 8 kHz -> encode -> base64 -> Twilio media JSON.
+Hold-back: after each 20 ms chunk, how far the emitted output lags the input (mean/max),
+for our resampler and for soxr.ResampleStream at HQ and VHQ on the same paths.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import soxr
+
+from audio.codec import ulaw_decode, ulaw_encode
+from audio.resample import StreamResampler
+
+FRAMES = 5000
+PATHS = [(8000, 16000), (16000, 8000), (24000, 8000), (22050, 8000), (48000, 16000), (16000, 48000)]
+
+
+def _percentiles(samples_us: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples_us)
+    return statistics.median(ordered), ordered[int(len(ordered) * 0.99)]
+
+
+def _time_per_frame(step: Callable[[int], object]) -> tuple[float, float]:
+    for i in range(200):  # warm-up
+        step(i)
+    costs = []
+    for i in range(FRAMES):
+        t0 = time.perf_counter_ns()
+        step(i)
+        costs.append((time.perf_counter_ns() - t0) / 1000)
+    return _percentiles(costs)
+
+
+def _speechlike(rate: int, seconds: float) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    t = np.arange(int(rate * seconds)) / rate
+    voiced = sum(np.sin(2 * np.pi * 130 * k * t) / k for k in range(1, 20))
+    return (voiced * 3000 + rng.standard_normal(t.size) * 300).astype(np.int16)
+
+
+def inbound_path() -> tuple[float, float]:
+    mulaw = ulaw_encode(_speechlike(8000, FRAMES * 0.02 + 5))
+    resampler = StreamResampler(8000, 16000)
+
+    def step(i: int) -> object:
+        return resampler.process(ulaw_decode(mulaw[i * 160 % (len(mulaw) - 160) :][:160]))
+
+    return _time_per_frame(step)
+
+
+def outbound_path(tts_rate: int) -> tuple[float, float]:
+    chunk = tts_rate // 50
+    pcm = _speechlike(tts_rate, FRAMES * 0.02 + 5)
+    resampler = StreamResampler(tts_rate, 8000)
+
+    def step(i: int) -> object:
+        start = i * chunk % (len(pcm) - chunk)
+        payload = base64.b64encode(ulaw_encode(resampler.process(pcm[start : start + chunk])))
+        return json.dumps(
+            {"event": "media", "streamSid": "MZ" + "0" * 32, "media": {"payload": payload.decode()}}
+        )
+
+    return _time_per_frame(step)
+
+
+def _held_ms(process: Callable[[np.ndarray], np.ndarray], in_rate: int, out_rate: int) -> list[float]:
+    x = _speechlike(in_rate, 3.0)
+    chunk = in_rate // 50
+    emitted = 0
+    held = []
+    for i in range(0, len(x) - chunk + 1, chunk):
+        emitted += len(process(x[i : i + chunk]))
+        ideal = (i + chunk) * out_rate / in_rate
+        held.append(1000 * (ideal - emitted) / out_rate)
+    return held[5:]  # after the start-up transient
+
+
+def hold_back_table() -> list[str]:
+    rows = [
+        f"{'path':>13} | {'ours mean/max ms':>16} | {'group delay':>11} | "
+        f"{'soxr HQ mean/max':>16} | {'soxr VHQ mean/max':>17}"
+    ]
+    for in_rate, out_rate in PATHS:
+        ours = StreamResampler(in_rate, out_rate)
+        held = _held_ms(ours.process, in_rate, out_rate)
+        cells = [f"{statistics.mean(held):.2f} / {max(held):.2f}"]
+        for quality in ("HQ", "VHQ"):
+            stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality=quality)
+            soxr_held = _held_ms(lambda x, s=stream: s.resample_chunk(x), in_rate, out_rate)
+            cells.append(f"{statistics.mean(soxr_held):.1f} / {max(soxr_held):.1f}")
+        rows.append(
+            f"{in_rate:>5}->{out_rate:<6} | {cells[0]:>16} | {ours.delay_ms:>8.2f} ms | "
+            f"{cells[1]:>16} | {cells[2]:>17}"
+        )
+    return rows
+
+
+def main() -> int:
+    out = sys.stdout.write
+    out("per-frame cost (20 ms frames, microseconds, p50 / p99)\n")
+    p50, p99 = inbound_path()
+    out(f"  inbound  mu-law decode + 8k->16k                       {p50:7.1f} / {p99:7.1f}\n")
+    for rate in (24000, 22050, 16000):
+        p50, p99 = outbound_path(rate)
+        out(f"  outbound {rate // 1000:>2}k->8k + encode + base64 + JSON{'':>9} {p50:7.1f} / {p99:7.1f}\n")
+    out("\naudio held back inside the resampler (after each 20 ms chunk)\n")
+    for row in hold_back_table():
+        out("  " + row + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
