@@ -75,7 +75,9 @@ def outbound_path(tts_rate: int) -> tuple[float, float]:
     return _time_per_frame(step)
 
 
-def _held_ms(process: Callable[[np.ndarray], np.ndarray], in_rate: int, out_rate: int) -> list[float]:
+def _held_ms(
+    process: Callable[[np.ndarray], np.ndarray], in_rate: int, out_rate: int
+) -> list[float]:
     x = _speechlike(in_rate, 3.0)
     chunk = in_rate // 50
     emitted = 0
@@ -111,10 +113,11 @@ def main() -> int:
     out = sys.stdout.write
     out("per-frame cost (20 ms frames, microseconds, p50 / p99)\n")
     p50, p99 = inbound_path()
-    out(f"  inbound  mu-law decode + 8k->16k                       {p50:7.1f} / {p99:7.1f}\n")
+    out(f"  {'inbound  mu-law decode + 8k->16k':<54} {p50:7.1f} / {p99:7.1f}\n")
     for rate in (24000, 22050, 16000):
         p50, p99 = outbound_path(rate)
-        out(f"  outbound {rate // 1000:>2}k->8k + encode + base64 + JSON{'':>9} {p50:7.1f} / {p99:7.1f}\n")
+        label = f"outbound {rate // 1000:>2}k->8k + encode + base64 + JSON"
+        out(f"  {label:<54} {p50:7.1f} / {p99:7.1f}\n")
     out("\naudio held back inside the resampler (after each 20 ms chunk)\n")
     for row in hold_back_table():
         out("  " + row + "\n")

@@ -76,7 +76,9 @@ def main() -> int:
     audio = {(t, v, s): phone_audio(t, v, s) for t in UTTERANCES for v, s in VOICES}
     seconds = sum(len(a) for a in audio.values()) / 16000
     out = sys.stdout.write
-    out(f"{len(UTTERANCES)} utterances x {len(VOICES)} espeak-ng voices, {seconds:.0f} s of audio\n")
+    out(
+        f"{len(UTTERANCES)} utterances x {len(VOICES)} espeak-ng voices, {seconds:.0f} s of audio\n"
+    )
     out(f"{'recogniser':<34} {'WER all':>8} {'WER en-us+f3 140':>17} {'RTF':>6}\n")
     for name, decoder in candidates.items():
         errors = words = best_errors = best_words = 0

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -30,7 +32,13 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, *, providers: Providers | None = None) -> Starlette:
     """Build the gateway app; `settings.mongodb_url` must name a reachable MongoDB server."""
-    settings = settings.with_runtime_secrets()
+    if settings.twilio_auth_token is None:
+        log.warning("TWILIO_AUTH_TOKEN is not set: every Twilio request will be refused (403)")
+        settings = settings.model_copy(
+            update={"twilio_auth_token": SecretStr(secrets.token_hex(16))}
+        )
+    if settings.gateway_api_key is None:
+        log.warning("GATEWAY_API_KEY is not set: the calls API refuses every request (401)")
     if settings.mongodb_url is None:
         raise ConfigError("create_app needs MONGODB_URL (the CLI starts the embedded server)")
     mongodb_url = settings.mongodb_url

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     def with_runtime_secrets(self) -> Settings:
-        """Return settings where unset secrets are filled with random per-process values."""
+        """Settings whose unset secrets are random per-process values (for the demo)."""
         updates: dict[str, object] = {}
         if self.twilio_auth_token is None:
             updates["twilio_auth_token"] = SecretStr(secrets.token_hex(16))
