@@ -100,12 +100,17 @@ async def _run_level(
         after["voice_gateway_outbound_frames_late_total"]
         - before["voice_gateway_outbound_frames_late_total"]
     )
+    underruns = (
+        after["voice_gateway_outbound_underruns_total"]
+        - before["voice_gateway_outbound_underruns_total"]
+    )
     gaps.sort()
     return {
         "calls": n,
         "failed": len(failures),
         "frames": sent,
         "late_pct": 100.0 * late / sent if sent else 0.0,
+        "underruns": underruns,
         "gap_p50_ms": statistics.median(gaps) if gaps else 0.0,
         "gap_p99_ms": gaps[int(len(gaps) * 0.99)] if gaps else 0.0,
         "mib_per_call": (rss_busy - rss_idle) / 1024 / n,
@@ -153,7 +158,7 @@ def main() -> int:
         speech = [espeak_mulaw(line) for line in LINES]
         header = (
             f"{'calls':>5} {'failed':>6} {'frames':>8} {'late %':>7} "
-            f"{'gap p50':>8} {'gap p99':>8} {'MiB/call':>8}"
+            f"{'underruns':>9} {'gap p50':>8} {'gap p99':>8} {'MiB/call':>8}"
         )
         sys.stdout.write(header + "\n")
         best = 0
@@ -161,6 +166,7 @@ def main() -> int:
             r = asyncio.run(_run_level(base, token, server.pid, n, args.call_seconds, speech))
             sys.stdout.write(
                 f"{n:>5} {r['failed']:>6.0f} {r['frames']:>8.0f} {r['late_pct']:>7.3f} "
+                f"{r['underruns']:>9.0f} "
                 f"{r['gap_p50_ms']:>8.1f} {r['gap_p99_ms']:>8.1f} {r['mib_per_call']:>8.2f}\n"
             )
             sys.stdout.flush()

@@ -22,7 +22,7 @@ from pocketsphinx import Config, Decoder
 
 from audio.codec import ulaw_decode, ulaw_encode
 from audio.resample import StreamResampler
-from gateway.providers.domain_lm import default_lm_file
+from gateway.providers.domain_lm import default_dict_file, default_lm_file
 
 # Held-out phrasings: none of these lines is in the domain corpus verbatim.
 UTTERANCES = [
@@ -70,7 +70,7 @@ def main() -> int:
     candidates = {
         "pocketsphinx en-us, general LM": Decoder(Config(loglevel="FATAL")),
         "pocketsphinx en-us, domain LM": Decoder(
-            Config(loglevel="FATAL", lm=str(default_lm_file()))
+            Config(loglevel="FATAL", lm=str(default_lm_file()), dict=str(default_dict_file()))
         ),
     }
     audio = {(t, v, s): phone_audio(t, v, s) for t in UTTERANCES for v, s in VOICES}

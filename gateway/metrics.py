@@ -12,7 +12,8 @@ class GatewayMetrics:
     calls_started_total: int = 0
     calls_active: int = 0
     outbound_frames_total: int = 0
-    outbound_frames_late_total: int = 0  # sent more than 20 ms behind their schedule
+    outbound_frames_late_total: int = 0  # sent more than 20 ms after they were due to play
+    outbound_underruns_total: int = 0  # agent audio ran out mid-speech (producer too slow)
     inbound_frames_total: int = 0
     protocol_errors_total: int = 0
 

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     playout_lead_ms: int = Field(default=60, ge=0, le=1000)
     max_ws_message_bytes: int = 64 * 1024
 
+    # Offline recognisers loaded at start; more load on demand (~35 ms each).
+    stt_prewarm: int = Field(default=4, ge=0, le=256)
+
     assistant_greeting: str = (
         "Hello! You are talking to the demo assistant. How can I help you today?"
     )

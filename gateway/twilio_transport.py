@@ -29,7 +29,8 @@ _SILENCE = b"\xff"  # mu-law code of zero
 @dataclass(slots=True)
 class PacingStats:
     frames_sent: int = 0
-    frames_late: int = 0  # sent more than one frame period behind schedule
+    frames_late: int = 0  # sent more than 20 ms after the time it is due to play
+    underruns: int = 0  # the queue ran dry mid-speech: the producer, not the pacer, was late
     max_lateness_ms: float = 0.0
 
 
@@ -125,15 +126,20 @@ class TwilioTransport:
                 self._space.set()
             generation = self._generation
             now = self._clock()
-            if self._next_due is None or now > self._next_due + FRAME_S * 5:
-                # Nothing was playing (or the producer fell far behind): start a new schedule.
+            if self._next_due is None or now > self._next_due:
+                # Twilio's buffer has run dry (or nothing was playing): a new schedule starts
+                # now. Within a second of the last frame that is a gap the caller heard.
+                if self._next_due is not None and now - self._next_due < 1.0:
+                    self.stats.underruns += 1
+                    self._metrics.outbound_underruns_total += 1
                 self._next_due = now
+            # Frame k is due to play at `_next_due`; it is sent `lead` ahead of that.
             delay = self._next_due - self._lead_s - now
             if delay > 0:
                 await asyncio.sleep(delay)
             if generation != self._generation or self._closed:
                 continue  # cleared while waiting
-            lateness = self._clock() - (self._next_due - self._lead_s)
+            lateness = self._clock() - self._next_due
             if lateness > FRAME_S:
                 self.stats.frames_late += 1
                 self._metrics.outbound_frames_late_total += 1

@@ -44,7 +44,9 @@ ensure_venv() {
     touch "$VENV/.complete"
   fi
   # The venv is shared by clones: point its editable install at this one (no downloads).
-  "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" >&2
+  if ! "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" >/dev/null 2>&1; then
+    "$VENV/bin/pip" install --no-deps --no-build-isolation -e "$ROOT" >&2
+  fi
 }
 
 ensure_ferretdb() {

@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +43,12 @@ def ferretdb_binary() -> Path:
     if built.returncode != 0:
         raise StorageError("building FerretDB failed:\n" + built.stderr[-2000:])
     return Path(built.stdout.strip())
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the gateway dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
 
 
 def _free_port() -> int:
@@ -82,6 +90,7 @@ class EmbeddedFerretDB:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         deadline = time.monotonic() + self._timeout
         while not self._answers():

@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +34,22 @@ def _clean(hypothesis: str) -> str:
 
 
 class PocketSphinxSTT:
-    """`STT` on PocketSphinx's bundled en-us model at 16 kHz; `lm_path` picks another LM."""
+    """`STT` on PocketSphinx's bundled en-us model at 16 kHz; `lm_path` picks another LM.
+
+    Loading a decoder takes ~0.25 s and holds the GIL, which would stall every other call
+    on the event loop; decoders are therefore pooled: a call takes one from the pool and
+    gives it back at hang-up, so a steady load creates none. `prewarm` loads some ahead.
+    """
 
     name = "pocketsphinx"
     sample_rate = 16000
 
-    def __init__(self, *, lm_path: Path | None = None, dict_path: Path | None = None) -> None:
+    def __init__(
+        self, *, lm_path: Path | None = None, dict_path: Path | None = None, prewarm: int = 0
+    ) -> None:
         self._lm_path = lm_path
         self._dict_path = dict_path
+        self._pool: list[Decoder] = [self._decoder() for _ in range(prewarm)]
 
     def _decoder(self) -> Decoder:
         config = Config(loglevel="FATAL")
@@ -55,20 +63,32 @@ class PocketSphinxSTT:
         executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"stt-{call_id[-6:]}"
         )
-        loop = asyncio.get_running_loop()
-        try:
-            decoder = await loop.run_in_executor(executor, self._decoder)
-        except RuntimeError as exc:
-            executor.shutdown(wait=False)
-            raise ProviderError(f"pocketsphinx failed to start: {exc}", provider=self.name) from exc
-        return PocketSphinxStream(decoder, executor)
+        if self._pool:
+            decoder = self._pool.pop()
+        else:
+            loop = asyncio.get_running_loop()
+            try:
+                decoder = await loop.run_in_executor(executor, self._decoder)
+            except RuntimeError as exc:
+                executor.shutdown(wait=False)
+                raise ProviderError(
+                    f"pocketsphinx failed to start: {exc}", provider=self.name
+                ) from exc
+        return PocketSphinxStream(decoder, executor, release=self._pool.append)
 
 
 class PocketSphinxStream:
     """One call's recogniser: frames in, one final transcript per `end_utterance()`."""
 
-    def __init__(self, decoder: Decoder, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        decoder: Decoder,
+        executor: concurrent.futures.ThreadPoolExecutor,
+        *,
+        release: Callable[[Decoder], None],
+    ) -> None:
         self._decoder = decoder
+        self._release = release
         self._executor = executor
         self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
         self._utterance: list[bytes] = []
@@ -107,4 +127,6 @@ class PocketSphinxStream:
             return
         self._closed = True
         await self._queue.put(None)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # Wait for a decode in flight so the decoder is idle when another call takes it.
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        self._release(self._decoder)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.providers.domain_lm import default_lm_file
+from gateway.providers.domain_lm import default_dict_file, default_lm_file
 from gateway.providers.local_agent import LocalScriptedAgent
 from gateway.providers.local_stt import PocketSphinxSTT
 from gateway.providers.local_tts import EspeakTTS
@@ -13,7 +13,11 @@ from gateway.settings import Settings
 def build_default_providers(settings: Settings) -> Providers:
     """The embedded defaults: offline STT, espeak-ng TTS and the local scripted agent."""
     return Providers(
-        stt=PocketSphinxSTT(lm_path=default_lm_file()),
+        stt=PocketSphinxSTT(
+            lm_path=default_lm_file(),
+            dict_path=default_dict_file(),
+            prewarm=settings.stt_prewarm,
+        ),
         llm=LocalScriptedAgent(greeting=settings.assistant_greeting),
         tts=EspeakTTS(voice=settings.tts_voice, words_per_minute=settings.tts_words_per_minute),
     )
