@@ -69,7 +69,10 @@ def demo(settings: Settings) -> int:
     base = f"http://127.0.0.1:{port}"
     settings = settings.model_copy(update={"public_url": base}).with_runtime_secrets()
     with _database(settings) as ready:
-        _out(f"database: {ready.mongodb_url} (db {ready.mongodb_db!r}, data in {ready.data_dir})")
+        where = "embedded FerretDB, files in " + str(ready.data_dir.resolve())
+        if settings.mongodb_url is not None:
+            where = "MONGODB_URL"
+        _out(f"database: {ready.mongodb_url} (db {ready.mongodb_db!r}, {where})")
         server = uvicorn.Server(_uvicorn_config(ready, host="127.0.0.1", port=port))
         return asyncio.run(run_demo_call(server, ready, base_url=base, out=_out))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -30,3 +31,17 @@ async def database(mongo_url: str) -> AsyncIterator[Database]:
         yield db
     finally:
         await db.close()
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail an async test that leaves asyncio tasks running behind it."""
+    yield
+    current = asyncio.current_task()
+    for _ in range(50):
+        leaked = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not leaked:
+            return
+        await asyncio.sleep(0.01)
+    names = ", ".join(sorted(t.get_name() for t in leaked))
+    pytest.fail(f"asyncio tasks leaked by the test: {names}")
