@@ -15,7 +15,8 @@ def _decode_table() -> npt.NDArray[np.int16]:
     step = 4 << (exponent + 1)
     mantissa &= 0x0F
     magnitude = (0x80 << exponent) + step * mantissa + step // 2 - 4 * 33
-    return (sign * magnitude).astype(np.int16)
+    table: npt.NDArray[np.int16] = (sign * magnitude).astype(np.int16)
+    return table
 
 
 def _encode_table() -> npt.NDArray[np.uint8]:
@@ -33,7 +34,8 @@ def _encode_table() -> npt.NDArray[np.uint8]:
     low = 0x0F - ((absno >> segno) & 0x0F)
     code = (high << 4) | low
     code = np.where(pcm >= 0, code | 0x80, code)
-    return code.astype(np.uint8)
+    table: npt.NDArray[np.uint8] = code.astype(np.uint8)
+    return table
 
 
 ULAW_DECODE: npt.NDArray[np.int16] = _decode_table()
@@ -43,10 +45,12 @@ ULAW_SILENCE = 0xFF
 
 def ulaw_decode(data: bytes) -> npt.NDArray[np.int16]:
     """Mu-law bytes to int16 PCM."""
-    return ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)]
+    pcm: npt.NDArray[np.int16] = ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)]
+    return pcm
 
 
 def ulaw_encode(pcm: npt.NDArray[np.int16]) -> bytes:
     """Int16 PCM to mu-law bytes."""
     samples = np.ascontiguousarray(pcm, dtype=np.int16)
-    return ULAW_ENCODE[samples.view(np.uint16)].tobytes()
+    codes: npt.NDArray[np.uint8] = ULAW_ENCODE[samples.view(np.uint16)]
+    return codes.tobytes()

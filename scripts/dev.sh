@@ -73,6 +73,7 @@ case "$cmd" in
     ensure_all
     cd "$ROOT"
     "$VENV/bin/ruff" check .
+    "$VENV/bin/mypy"
     exec "$VENV/bin/pytest" -q "$@" ;;
   bench)
     ensure_all

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-import pymongo
-from beanie import PydanticObjectId
+from beanie import PydanticObjectId, SortDirection
 from bson.errors import InvalidId
 from pymongo.errors import PyMongoError
 
@@ -28,7 +27,9 @@ _FINAL = {
 }
 
 
-def _driver_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _driver_errors(
+    func: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
     """Map driver exceptions to `StorageError` at this boundary."""
 
     @functools.wraps(func)
@@ -231,7 +232,7 @@ class CallRepository:
             raise CallNotFound(f"no call {call_id!r}")
         turns = (
             await TurnDocument.find(TurnDocument.call_id == call_id)
-            .sort([("index", pymongo.ASCENDING)])
+            .sort([("index", SortDirection.ASCENDING)])
             .to_list()
         )
         return _call_record(doc, tuple(_turn_record(t) for t in turns))
@@ -245,7 +246,7 @@ class CallRepository:
     async def list_calls(self, *, limit: int = 50) -> list[CallRecord]:
         docs = (
             await CallDocument.find_all()
-            .sort([("started_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)])
+            .sort([("started_at", SortDirection.DESCENDING), ("_id", SortDirection.DESCENDING)])
             .limit(limit)
             .to_list()
         )
