@@ -64,6 +64,9 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         try:
             yield
         finally:
+            close_llm = getattr(app.state.gateway.providers.llm, "aclose", None)
+            if close_llm is not None:
+                await close_llm()
             await database.close()
 
     routes = [

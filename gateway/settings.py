@@ -44,6 +44,16 @@ class Settings(BaseSettings):
     playout_lead_ms: int = Field(default=60, ge=0, le=1000)
     max_ws_message_bytes: int = 64 * 1024
 
+    # The agent: an OpenAI-compatible chat model when a key is set, else the local agent.
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None  # e.g. http://127.0.0.1:11434/v1 for Ollama
+    openai_model: str = "gpt-4o-mini"
+    assistant_system_prompt: str = (
+        "You are a friendly phone assistant. Answer in one or two short spoken sentences, "
+        "without lists or markdown. When the caller says goodbye, say goodbye and call "
+        "the end_call tool."
+    )
+
     # Offline recognisers loaded at start; more load on demand (~35 ms each).
     stt_prewarm: int = Field(default=4, ge=0, le=256)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +35,16 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def gateway(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+@contextlib.contextmanager
+def run_gateway(
+    mongo_url: str, log_dir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[GatewayProcess]:
+    """`voice-gateway serve` as its own process on a free loopback port, until the block ends."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     auth_token = uuid.uuid4().hex
     api_key = "test-key-" + uuid.uuid4().hex
-    log_path = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    log_path = log_dir / "gateway.log"
     env = {
         **os.environ,
         "MONGODB_URL": mongo_url,
@@ -49,6 +53,7 @@ def gateway(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "TWILIO_AUTH_TOKEN": auth_token,
         "GATEWAY_API_KEY": api_key,
         "LOG_LEVEL": "INFO",
+        **(extra_env or {}),
     }
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
@@ -59,23 +64,54 @@ def gateway(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         )
     process = GatewayProcess(base, auth_token, api_key, log_path)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("gateway exited:\n" + process.log_text())
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("gateway did not start:\n" + process.log_text())
-            time.sleep(0.1)
+        _wait_until_up(base + "/health", proc, process.log_text)
         yield process
     finally:
-        proc.terminate()
+        _stop(proc)
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log_text: Callable[[], str]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited:\n" + log_text())
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not start:\n" + log_text())
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def gateway(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    with run_gateway(mongo_url, tmp_path_factory.mktemp("gateway")) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def openai_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local server speaking OpenAI's chat-completions streaming protocol."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "tests.fakes.openai_server:app", "--port", str(port),
+         "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_until_up(f"http://127.0.0.1:{port}/v1/chat/completions", proc, lambda: "")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        _stop(proc)
