@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from audio.frames import PCM16, AudioFrame
 from audio.resample import StreamResampler
 from audio.vad import Endpointer, SpeechEnded, SpeechStarted
+from gateway.errors import ProviderError
 from gateway.playback import PlaybackTracker
 from gateway.providers.base import LLM, STT, TTS, ChatMessage, HangUp, STTStream, TextDelta
 from gateway.sentences import SentenceChunker
@@ -38,7 +39,7 @@ class SessionConfig:
     min_speech_ms: int = 120
     # Audio kept from before the VAD confirmed speech, so the first syllable reaches STT.
     preroll_ms: int = 300
-    stt_timeout_s: float = 10.0
+    apology: str = "Sorry, I am having trouble right now. Could you say that again?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,18 +202,38 @@ class CallSession:
         self._agent_turn_start_ms = self._now_ms()
         self._reply_task = asyncio.create_task(self._reply(), name="reply")
 
-    async def _reply(self) -> None:
+    async def _generate(self) -> HangUp | None:
+        """Stream one reply from the agent into speech; return its hang-up, if any."""
         hang_up: HangUp | None = None
         chunker = SentenceChunker()
+        async for event in self._providers.llm.respond(self._history, call_id=self.call_id):
+            if isinstance(event, TextDelta):
+                for sentence in chunker.push(event.text):
+                    await self._speak(sentence)
+            elif isinstance(event, HangUp):
+                hang_up = event
+        for sentence in chunker.flush():
+            await self._speak(sentence)
+        return hang_up
+
+    async def _generate_or_apologise(self) -> HangUp | None:
+        """A failed agent is retried once if nothing was said yet, then the caller hears an
+        apology instead of silence; the call goes on."""
+        for attempt in (1, 2):
+            try:
+                return await self._generate()
+            except ProviderError as exc:
+                log.warning(
+                    "agent failed: %s", exc, extra={"provider": exc.provider, "attempt": attempt}
+                )
+                if attempt == 2 or not exc.retryable or self._playback.full_text():
+                    break
+        await self._speak(self._config.apology)
+        return None
+
+    async def _reply(self) -> None:
         try:
-            async for event in self._providers.llm.respond(self._history, call_id=self.call_id):
-                if isinstance(event, TextDelta):
-                    for sentence in chunker.push(event.text):
-                        await self._speak(sentence)
-                elif isinstance(event, HangUp):
-                    hang_up = event
-            for sentence in chunker.flush():
-                await self._speak(sentence)
+            hang_up = await self._generate_or_apologise()
             await self._playback.wait_all_played()
         except asyncio.CancelledError:
             raise

@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
 from storage.errors import StorageError
 
 FERRETDB_VERSION = "v1.24.2"
@@ -26,23 +29,31 @@ def _cache_dir() -> Path:
 
 
 def ferretdb_binary() -> Path:
-    """The FerretDB binary: $FERRETDB_BIN, the per-user cache, or built now from a checkout."""
+    """The FerretDB binary: $FERRETDB_BIN, the per-user cache, or built now from a checkout.
+
+    Building runs scripts/ensure-ferretdb.sh (needs Go and the Go module proxy), so an
+    installed package with no checkout beside it can only use the first two.
+    """
     explicit = os.environ.get("FERRETDB_BIN")
     if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise StorageError(f"FERRETDB_BIN={explicit} is not an executable file")
         return Path(explicit)
     cached = _cache_dir() / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
-    if cached.exists():
+    if os.access(cached, os.X_OK):
         return cached
     script = _REPO_ROOT / "scripts" / "ensure-ferretdb.sh"
-    if not script.exists():
+    if not (script.is_file() and (_REPO_ROOT / "tools" / "ferretdb" / "main.go").is_file()):
         raise StorageError(
-            f"FerretDB is not built: run scripts/ensure-ferretdb.sh from a checkout, "
-            f"set FERRETDB_BIN, or set MONGODB_URL (looked for {cached})"
+            f"FerretDB is not built and this is not a checkout to build it from: "
+            f"run scripts/ensure-ferretdb.sh in a clone of the repository (needs Go), "
+            f"set FERRETDB_BIN to a FerretDB {FERRETDB_VERSION} binary, or set MONGODB_URL "
+            f"(looked for {cached})"
         )
     built = subprocess.run(["bash", str(script)], check=False, capture_output=True, text=True)
     if built.returncode != 0:
-        raise StorageError("building FerretDB failed:\n" + built.stderr[-2000:])
-    return Path(built.stdout.strip())
+        raise StorageError(f"{script} failed:\n" + built.stderr[-2000:])
+    return Path(built.stdout.strip().splitlines()[-1])
 
 
 def _die_with_parent() -> None:
@@ -76,37 +87,60 @@ class EmbeddedFerretDB:
         return self.data_dir / "ferretdb.log"
 
     def start(self) -> None:
+        """Start the server and return once it answers a MongoDB `ping`."""
+        if self._proc is not None:
+            raise StorageError("FerretDB is already running")
         binary = ferretdb_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "FERRETDB_TELEMETRY": "disable", "DO_NOT_TRACK": "1"}
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [
-                    str(binary),
-                    f"--listen-addr=127.0.0.1:{self.port}",
-                    f"--data-dir={self.data_dir}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        deadline = time.monotonic() + self._timeout
-        while not self._answers():
-            if self._proc.poll() is not None:
-                raise StorageError("FerretDB exited at start:\n" + self._log_tail())
-            if time.monotonic() > deadline:
-                self.stop()
-                raise StorageError("FerretDB did not start in time:\n" + self._log_tail())
-            time.sleep(0.05)
-
-    def _answers(self) -> bool:
+            try:
+                self._proc = subprocess.Popen(
+                    [
+                        str(binary),
+                        f"--listen-addr=127.0.0.1:{self.port}",
+                        f"--data-dir={self.data_dir}",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                )
+            except OSError as exc:
+                raise StorageError(f"cannot run FerretDB at {binary}: {exc}") from exc
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+            self._wait_until_ready(self._proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + self._timeout
+        client: MongoClient[dict[str, object]] = MongoClient(
+            self.url, serverSelectionTimeoutMS=250, connectTimeoutMS=250, directConnection=True
+        )
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise StorageError(
+                        f"FerretDB exited with status {proc.returncode} at start "
+                        f"(log {self.log_path}):\n{self._log_tail()}"
+                    )
+                try:
+                    client.admin.command("ping")
+                    return
+                except PyMongoError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise StorageError(
+                        f"FerretDB did not answer a ping within {self._timeout:g} s "
+                        f"(log {self.log_path}):\n{self._log_tail()}"
+                    )
+                time.sleep(0.05)
+        finally:
+            client.close()
 
     def _log_tail(self) -> str:
         try:
@@ -115,6 +149,7 @@ class EmbeddedFerretDB:
             return ""
 
     def stop(self) -> None:
+        """SIGTERM, up to 10 s to exit cleanly (SQLite flushes), then SIGKILL."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return

@@ -7,7 +7,7 @@ rules: greet first, answer after end of turn, barge-in clears and keeps only wha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -15,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from audio.frames import AudioFrame
-from gateway.providers.base import Transcript
+from gateway.errors import ProviderError
+from gateway.providers.base import ChatMessage, LLMEvent, Transcript
 from gateway.providers.local_agent import LocalScriptedAgent
 from gateway.session import CallSession, Providers, SessionConfig
 from storage import CallRecord, CallStatus, Speaker, TurnRecord
@@ -220,3 +221,66 @@ async def test_agent_hangs_up_after_saying_goodbye() -> None:
 async def test_noise_without_words_gets_no_reply() -> None:
     store, _ = await _run([""], [("silence", 3000), ("speech", 600), ("silence", 3000)])
     assert [t["speaker"] for t in store.turns] == ["agent"]
+
+
+class FlakyAgent:
+    """Fails its first `failures` replies to the caller, then answers like the local agent."""
+
+    name = "flaky"
+
+    def __init__(self, failures: int, *, retryable: bool = True) -> None:
+        self._failures = failures
+        self._retryable = retryable
+        self._agent = LocalScriptedAgent(greeting="Hello, how can I help?")
+        self.calls = 0
+
+    async def respond(
+        self, history: Sequence[ChatMessage], *, call_id: str
+    ) -> AsyncIterator[LLMEvent]:
+        if any(m.role == "user" for m in history):
+            self.calls += 1
+            if self.calls <= self._failures:
+                raise ProviderError(
+                    "upstream 503", provider=self.name, status=503 if self._retryable else 400
+                )
+        async for event in self._agent.respond(history, call_id=call_id):
+            yield event
+
+
+async def _run_with_agent(agent: FlakyAgent) -> MemoryStore:
+    ref: list[CallSession] = []
+    transport = FakeTransport(ref)
+    store = MemoryStore()
+    session = CallSession(
+        call_id="call-2",
+        transport=transport,
+        providers=Providers(ScriptedSTT(["what are your hours"]), agent, ToneTTS()),
+        store=store,  # type: ignore[arg-type]
+        config=SessionConfig(silence_ms=400),
+    )
+    ref.append(session)
+    await session.start()
+    for kind, ms in [("silence", 3000), ("speech", 800), ("silence", 12000)]:
+        await _feed(session, _speech(ms) if kind == "speech" else _silence(ms))
+    await session.end(reason="caller-hung-up")
+    await transport.aclose()
+    return store
+
+
+async def test_a_failed_agent_is_retried_once() -> None:
+    agent = FlakyAgent(failures=1)
+    store = await _run_with_agent(agent)
+    assert agent.calls == 2
+    assert str(store.turns[-1]["text"]).startswith("We are open")
+
+
+async def test_an_agent_that_keeps_failing_gets_an_apology_not_silence() -> None:
+    for agent in (FlakyAgent(failures=5), FlakyAgent(failures=5, retryable=False)):
+        store = await _run_with_agent(agent)
+        assert store.turns[-1] == {
+            "speaker": "agent",
+            "text": SessionConfig().apology,
+            "interrupted": False,
+        }
+        assert store.finished == [(CallStatus.COMPLETED, "caller-hung-up")]
+    assert agent.calls == 1  # a final (4xx) error is not retried
