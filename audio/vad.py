@@ -93,6 +93,11 @@ class Endpointer:
     def in_speech(self) -> bool:
         return self._in_speech
 
+    @property
+    def position_ms(self) -> float:
+        """Stream time at the end of the last frame fed."""
+        return 1000.0 * self._samples / self._rate
+
     def feed(self, pcm: npt.NDArray[np.int16]) -> list[EndpointEvent]:
         """Take one frame; return the events it completes (usually none)."""
         start_ms = 1000.0 * self._samples / self._rate

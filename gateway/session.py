@@ -24,6 +24,7 @@ from audio.frames import PCM16, AudioFrame
 from audio.resample import StreamResampler
 from audio.vad import Endpointer, SpeechEnded, SpeechStarted
 from gateway.errors import ProviderError
+from gateway.latency import TurnLatency
 from gateway.playback import PlaybackTracker
 from gateway.providers.base import LLM, STT, TTS, ChatMessage, HangUp, STTStream, TextDelta
 from gateway.sentences import SentenceChunker
@@ -80,13 +81,15 @@ class CallSession:
         frames_kept = max(1, self._config.preroll_ms // 20)
         self._preroll: collections.deque[AudioFrame] = collections.deque(maxlen=frames_kept)
         self._utterance_active = False
-        self._utterance_spans: collections.deque[tuple[float, float]] = collections.deque()
+        # (start ms, end ms, wall-clock time speech ended) of utterances awaiting their text
+        self._utterance_spans: collections.deque[tuple[float, float, float]] = collections.deque()
         self._utterance_start_ms = 0.0
         self._stt_stream: STTStream | None = None
         self._stt_task: asyncio.Task[None] | None = None
         self._reply_task: asyncio.Task[None] | None = None
         self._playback = PlaybackTracker(rate=rate, clock=clock)
         self._agent_turn_start_ms = 0.0
+        self._latency: TurnLatency | None = None
         self._history: list[ChatMessage] = []
         self._end_lock = asyncio.Lock()
         self.ended = asyncio.Event()
@@ -169,7 +172,8 @@ class CallSession:
 
     async def _on_speech_ended(self, at_ms: float) -> None:
         self._utterance_active = False
-        self._utterance_spans.append((self._utterance_start_ms, at_ms))
+        ended_at = self._clock() - (self._endpointer.position_ms - at_ms) / 1000.0
+        self._utterance_spans.append((self._utterance_start_ms, at_ms, ended_at))
         if self._stt_stream is not None:
             await self._stt_stream.end_utterance()
 
@@ -178,9 +182,13 @@ class CallSession:
         async for transcript in self._stt_stream.transcripts():
             if not transcript.is_final:
                 continue
-            start_ms, end_ms = (
-                self._utterance_spans.popleft() if self._utterance_spans else (0.0, self._now_ms())
+            start_ms, end_ms, ended_at = (
+                self._utterance_spans.popleft()
+                if self._utterance_spans
+                else (0.0, self._now_ms(), self._clock())
             )
+            latency = TurnLatency(speech_ended_at=ended_at, clock=self._clock)
+            latency.mark("stt_final")
             text = transcript.text.strip()
             if not text:
                 log.info("utterance with no words ignored")
@@ -194,13 +202,18 @@ class CallSession:
                 continue  # the caller already goes on talking; answer after that utterance
             if self._reply_task is not None:
                 await self._cancel_reply(store_heard=True)
-            self._start_reply()
+            self._start_reply(latency)
 
     # ------------------------------------------------------------ agent replies
 
-    def _start_reply(self) -> None:
+    def _start_reply(self, latency: TurnLatency | None = None) -> None:
         self._agent_turn_start_ms = self._now_ms()
+        self._latency = latency
         self._reply_task = asyncio.create_task(self._reply(), name="reply")
+
+    def _mark(self, stage: str) -> None:
+        if self._latency is not None:
+            self._latency.mark(stage)
 
     async def _generate(self) -> HangUp | None:
         """Stream one reply from the agent into speech; return its hang-up, if any."""
@@ -208,6 +221,7 @@ class CallSession:
         chunker = SentenceChunker()
         async for event in self._providers.llm.respond(self._history, call_id=self.call_id):
             if isinstance(event, TextDelta):
+                self._mark("llm_first_token")
                 for sentence in chunker.push(event.text):
                     await self._speak(sentence)
             elif isinstance(event, HangUp):
@@ -252,6 +266,7 @@ class CallSession:
     async def _speak(self, sentence: str) -> None:
         mark = self._playback.begin_segment(sentence)
         async for chunk in self._providers.tts.synthesize(sentence, call_id=self.call_id):
+            self._mark("tts_first_byte")
             await self._play(self._out_resampler.process(chunk))
         # The resampler holds a few ms of the sentence's tail: emit it, never drop it.
         await self._play(self._out_resampler.flush())
@@ -262,6 +277,7 @@ class CallSession:
         if pcm.shape[0]:
             self._playback.add_audio(int(pcm.shape[0]))
             await self._transport.play(pcm)
+            self._mark("first_frame_out")
 
     async def _barge_in(self) -> None:
         log.info("barge-in: caller spoke over the agent")
@@ -288,6 +304,7 @@ class CallSession:
 
     async def _store_agent_turn(self, text: str, *, interrupted: bool) -> None:
         self._playback.reset()
+        latency, self._latency = self._latency, None
         if not text and not interrupted:
             return
         await self._store.add_turn(
@@ -297,6 +314,7 @@ class CallSession:
             start_ms=self._agent_turn_start_ms,
             end_ms=self._now_ms(),
             interrupted=interrupted,
+            latency=latency.as_ms() if latency is not None else None,
         )
         if text:
             self._history.append(ChatMessage(role="assistant", content=text))

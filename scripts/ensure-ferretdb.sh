@@ -14,7 +14,7 @@ if [ ! -x "$OUT" ]; then
   echo "ensure-ferretdb: building FerretDB $VERSION into $OUT (first time only)" >&2
   tmp="$(mktemp "$OUT.XXXXXX")"
   trap 'rm -f "$tmp"' EXIT
-  (cd "$ROOT/tools/ferretdb" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$tmp" .) >&2
+  (cd "$ROOT/tools/ferretdb" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -buildvcs=false -o "$tmp" .) >&2
   chmod +x "$tmp"
   mv "$tmp" "$OUT"
   trap - EXIT

@@ -19,8 +19,8 @@ async def _ensure_indexes(
 ) -> None:
     """Create the indexes a collection lacks, by name.
 
-    Beanie re-sends every index at start; FerretDB 1.24 drops the connection when asked to
-    create an index that already exists, so only missing ones are sent.
+    Beanie re-sends every index at start; FerretDB 1.24 panics and drops the connection on a
+    `createIndexes` whose indexes (two or more) all exist already, so only missing ones are sent.
     """
     existing = {index["name"] async for index in await collection.list_indexes()}
     missing = [index for index in indexes if index.document["name"] not in existing]
@@ -29,14 +29,21 @@ async def _ensure_indexes(
 
 
 class Database:
-    """An open database: the repositories over it, and `close()`."""
+    """An open database: the repositories over it (`calls`), and `close()`.
+
+    Beanie binds document classes to one database per process: the last `open_database`
+    wins, so a process opens one at a time (tests close theirs before opening another).
+    """
 
     def __init__(self, client: AsyncMongoClient[dict[str, object]]) -> None:
         self._client = client
         self.calls = CallRepository()
 
     async def close(self) -> None:
-        await self._client.close()
+        try:
+            await self._client.close()
+        except PyMongoError as exc:
+            raise StorageError(f"closing the database connection failed: {exc}") from exc
 
 
 async def open_database(url: str, db_name: str, *, timeout_s: float = 10.0) -> Database:

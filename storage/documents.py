@@ -1,6 +1,10 @@
-"""Beanie documents. Turns live in their own collection so each is one insert when it
-happens (nothing read-modify-written, nothing lost in a crash); FerretDB needs no
-transactions, `$lookup`, TTL or text index for any of this."""
+"""Beanie documents: the stored shape of calls and turns (they never leave `storage/`).
+
+Turns live in their own collection so each is one insert when it happens (nothing
+read-modify-written, nothing lost in a crash) and cutting an interrupted turn is one update.
+Everything here runs on FerretDB 1.24 (SQLite) as on MongoDB: no transactions, `$lookup`,
+TTL, text or partial indexes; plain and unique indexes only.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ class CallDocument(Document):
     ended_at: datetime | None = None
     duration_s: float | None = None
     end_reason: str | None = None
+    latency_p50: dict[str, float] | None = None
+    latency_p95: dict[str, float] | None = None
 
     class Settings:
         name = "calls"
@@ -43,12 +49,17 @@ class TurnDocument(Document):
     start_ms: float
     end_ms: float
     interrupted: bool = False
+    # Agent turns: ms from the caller's end of speech to each stage of the answer.
+    latency: dict[str, float] | None = None
     created_at: datetime
 
     class Settings:
         name = "turns"
         indexes: ClassVar[list[pymongo.IndexModel]] = [
+            # Unique: two writers can never store two turns at one position of a call.
             pymongo.IndexModel(
-                [("call_id", pymongo.ASCENDING), ("index", pymongo.ASCENDING)], name="call_turns"
+                [("call_id", pymongo.ASCENDING), ("index", pymongo.ASCENDING)],
+                name="call_id_index_unique",
+                unique=True,
             ),
         ]

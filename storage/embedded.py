@@ -118,27 +118,36 @@ class EmbeddedFerretDB:
 
     def _wait_until_ready(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + self._timeout
+        while not (self._accepts() and self._answers_ping()):
+            if proc.poll() is not None:
+                raise StorageError(
+                    f"FerretDB exited with status {proc.returncode} at start "
+                    f"(log {self.log_path}):\n{self._log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"FerretDB did not answer a ping within {self._timeout:g} s "
+                    f"(log {self.log_path}):\n{self._log_tail()}"
+                )
+            time.sleep(0.02)
+
+    def _accepts(self) -> bool:
+        # A plain connect first: the driver's monitor would back off 500 ms after a refusal.
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _answers_ping(self) -> bool:
         client: MongoClient[dict[str, object]] = MongoClient(
-            self.url, serverSelectionTimeoutMS=250, connectTimeoutMS=250, directConnection=True
+            self.url, directConnection=True, serverSelectionTimeoutMS=1000
         )
         try:
-            while True:
-                if proc.poll() is not None:
-                    raise StorageError(
-                        f"FerretDB exited with status {proc.returncode} at start "
-                        f"(log {self.log_path}):\n{self._log_tail()}"
-                    )
-                try:
-                    client.admin.command("ping")
-                    return
-                except PyMongoError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise StorageError(
-                        f"FerretDB did not answer a ping within {self._timeout:g} s "
-                        f"(log {self.log_path}):\n{self._log_tail()}"
-                    )
-                time.sleep(0.05)
+            client.admin.command("ping")
+            return True
+        except PyMongoError:
+            return False
         finally:
             client.close()
 

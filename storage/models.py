@@ -52,6 +52,7 @@ class TurnRecord:
     end_ms: float
     interrupted: bool
     created_at: datetime
+    latency: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +72,5 @@ class CallRecord:
     duration_s: float | None
     end_reason: str | None
     turns: tuple[TurnRecord, ...] = ()
+    latency_p50: Mapping[str, float] | None = None
+    latency_p95: Mapping[str, float] | None = None

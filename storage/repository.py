@@ -1,15 +1,20 @@
-"""Calls and their transcript turns: the typed API the gateway uses, over beanie documents."""
+"""Calls and their transcript turns: the typed API the gateway uses, over beanie documents.
+
+Every method is one or two small queries, and a turn is one insert when it is said, so a
+crash loses nothing already spoken. Driver errors become `StorageError` here.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine
+import math
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from beanie import PydanticObjectId, SortDirection
 from bson.errors import InvalidId
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from storage.documents import CallDocument, TurnDocument
 from storage.errors import CallNotFound, StorageError
@@ -17,14 +22,6 @@ from storage.models import CallRecord, CallStatus, Direction, NewCall, Speaker, 
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_FINAL = {
-    CallStatus.COMPLETED,
-    CallStatus.FAILED,
-    CallStatus.BUSY,
-    CallStatus.NO_ANSWER,
-    CallStatus.CANCELED,
-}
 
 
 def _driver_errors(
@@ -57,6 +54,7 @@ class CallStore(Protocol):
         start_ms: float,
         end_ms: float,
         interrupted: bool = False,
+        latency: Mapping[str, float] | None = None,
     ) -> TurnRecord: ...
     async def update_turn(
         self, turn_id: str, *, text: str, end_ms: float, interrupted: bool
@@ -69,14 +67,25 @@ class CallStore(Protocol):
     async def list_calls(self, *, limit: int = 50) -> list[CallRecord]: ...
 
 
-def _object_id(call_id: str) -> PydanticObjectId:
+def _object_id(value: str, *, what: str) -> PydanticObjectId:
     try:
-        return PydanticObjectId(call_id)
+        return PydanticObjectId(value)
     except (InvalidId, TypeError) as exc:
-        raise CallNotFound(f"no call {call_id!r}") from exc
+        if what == "call":
+            raise CallNotFound(f"no call {value!r}") from exc
+        raise StorageError(f"no {what} {value!r}") from exc
+
+
+def _stored_time(value: datetime) -> datetime:
+    """UTC at BSON's millisecond precision, so what a write returns equals what reads return."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: storage takes timezone-aware times")
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 def _utc(value: datetime | None) -> datetime | None:
+    # The client is tz_aware; this only guards documents built in memory.
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
@@ -96,6 +105,7 @@ def _turn_record(doc: TurnDocument) -> TurnRecord:
         end_ms=doc.end_ms,
         interrupted=doc.interrupted,
         created_at=created,
+        latency=doc.latency,
     )
 
 
@@ -118,11 +128,34 @@ def _call_record(doc: CallDocument, turns: tuple[TurnRecord, ...] = ()) -> CallR
         duration_s=doc.duration_s,
         end_reason=doc.end_reason,
         turns=turns,
+        latency_p50=doc.latency_p50,
+        latency_p95=doc.latency_p95,
     )
 
 
+def _latency_percentiles(
+    per_turn: list[dict[str, float]],
+) -> tuple[dict[str, float] | None, dict[str, float] | None]:
+    """p50 and p95 (nearest rank) of every latency stage over a call's agent turns."""
+    if not per_turn:
+        return None, None
+    stages = sorted({stage for turn in per_turn for stage in turn})
+    p50: dict[str, float] = {}
+    p95: dict[str, float] = {}
+    for stage in stages:
+        values = sorted(turn[stage] for turn in per_turn if stage in turn)
+        p50[stage] = values[max(0, math.ceil(0.50 * len(values)) - 1)]
+        p95[stage] = values[max(0, math.ceil(0.95 * len(values)) - 1)]
+    return p50, p95
+
+
 class CallRepository:
-    """`CallStore` on MongoDB (through beanie); initialise beanie first (`open_database`)."""
+    """`CallStore` on MongoDB (through beanie); initialise beanie first (`open_database`).
+
+    Turn positions come from a per-call counter kept here, seeded from the stored turns the
+    first time a call is written by this process; the unique (call_id, index) index makes a
+    second writer re-seed instead of overwriting.
+    """
 
     def __init__(self) -> None:
         self._next_index: dict[str, int] = {}
@@ -139,25 +172,36 @@ class CallRepository:
             assistant_id=call.assistant_id,
             metadata=dict(call.metadata),
             status=CallStatus.RINGING.value,
-            started_at=started_at,
+            started_at=_stored_time(started_at),
         )
         await doc.insert()
         return _call_record(doc)
 
-    async def _update(self, call_id: str, fields: dict[str, Any]) -> None:
-        result = await CallDocument.find_one(CallDocument.id == _object_id(call_id)).update(
-            {"$set": fields}
-        )
-        if result is not None and getattr(result, "matched_count", 1) == 0:
+    async def _update_open_call(self, call_id: str, fields: dict[str, Any]) -> None:
+        """Set fields on a call not yet finished; a finished call keeps its final state."""
+        oid = _object_id(call_id, what="call")
+        calls = CallDocument.get_pymongo_collection()
+        result = await calls.update_one({"_id": oid, "ended_at": None}, {"$set": fields})
+        if result.matched_count == 0 and await calls.count_documents({"_id": oid}) == 0:
             raise CallNotFound(f"no call {call_id!r}")
 
     @_driver_errors
     async def set_status(self, call_id: str, status: CallStatus) -> None:
-        await self._update(call_id, {"status": status.value})
+        """Record a progress status (a late callback after `finish_call` changes nothing)."""
+        await self._update_open_call(call_id, {"status": status.value})
 
     @_driver_errors
     async def set_stream(self, call_id: str, stream_sid: str) -> None:
-        await self._update(call_id, {"stream_sid": stream_sid})
+        await self._update_open_call(call_id, {"stream_sid": stream_sid})
+
+    async def _stored_next_index(self, call_id: str) -> int:
+        last = (
+            await TurnDocument.find(TurnDocument.call_id == call_id)
+            .sort([("index", SortDirection.DESCENDING)])
+            .limit(1)
+            .to_list()
+        )
+        return last[0].index + 1 if last else 0
 
     @_driver_errors
     async def add_turn(
@@ -169,65 +213,83 @@ class CallRepository:
         start_ms: float,
         end_ms: float,
         interrupted: bool = False,
+        latency: Mapping[str, float] | None = None,
     ) -> TurnRecord:
-        if call_id not in self._next_index:
-            self._next_index[call_id] = await TurnDocument.find(
-                TurnDocument.call_id == call_id
-            ).count()
-        index = self._next_index[call_id]
-        self._next_index[call_id] = index + 1
-        doc = TurnDocument(
-            call_id=call_id,
-            index=index,
-            speaker=speaker,
-            text=text,
-            start_ms=round(start_ms, 1),
-            end_ms=round(end_ms, 1),
-            interrupted=interrupted,
-            created_at=datetime.now(UTC),
-        )
-        await doc.insert()
-        return _turn_record(doc)
+        """Store one turn at the call's next position: a single insert."""
+        for _ in range(3):
+            if call_id not in self._next_index:
+                self._next_index[call_id] = await self._stored_next_index(call_id)
+            index = self._next_index[call_id]
+            doc = TurnDocument(
+                call_id=call_id,
+                index=index,
+                speaker=speaker,
+                text=text,
+                start_ms=round(start_ms, 1),
+                end_ms=round(end_ms, 1),
+                interrupted=interrupted,
+                latency=dict(latency) if latency else None,
+                created_at=_stored_time(datetime.now(UTC)),
+            )
+            try:
+                await doc.insert()
+            except DuplicateKeyError:
+                # Another writer took this position: read the stored turns again.
+                self._next_index.pop(call_id, None)
+                continue
+            self._next_index[call_id] = index + 1
+            return _turn_record(doc)
+        raise StorageError(f"could not find a free turn position for call {call_id!r}")
 
     @_driver_errors
     async def update_turn(
         self, turn_id: str, *, text: str, end_ms: float, interrupted: bool
     ) -> None:
-        await TurnDocument.find_one(TurnDocument.id == _object_id(turn_id)).update(
-            {"$set": {"text": text, "end_ms": round(end_ms, 1), "interrupted": interrupted}}
+        """Rewrite a turn in place, e.g. cut an agent turn to what the caller heard."""
+        turns = TurnDocument.get_pymongo_collection()
+        result = await turns.update_one(
+            {"_id": _object_id(turn_id, what="turn")},
+            {"$set": {"text": text, "end_ms": round(end_ms, 1), "interrupted": interrupted}},
         )
+        if result.matched_count == 0:
+            raise StorageError(f"no turn {turn_id!r}")
 
     @_driver_errors
     async def finish_call(
         self, call_id: str, *, status: CallStatus, end_reason: str, ended_at: datetime
     ) -> CallRecord:
-        doc = await CallDocument.get(_object_id(call_id))
+        """Record the outcome once: finishing an already finished call keeps the first."""
+        doc = await CallDocument.get(_object_id(call_id, what="call"))
         if doc is None:
             raise CallNotFound(f"no call {call_id!r}")
-        if doc.ended_at is None and CallStatus(doc.status) not in _FINAL:
+        if doc.ended_at is None:
+            ended = _stored_time(ended_at)
             started = _utc(doc.started_at)
             assert started is not None
-            duration = max(0.0, (ended_at - started).total_seconds())
-            # Only a call not yet finished is updated: finishing twice keeps the first.
-            await CallDocument.find_one(
-                CallDocument.id == doc.id,
-                CallDocument.ended_at == None,  # noqa: E711
-            ).update(
+            duration = max(0.0, (ended - started).total_seconds())
+            turns = await TurnDocument.find(TurnDocument.call_id == call_id).to_list()
+            p50, p95 = _latency_percentiles([t.latency for t in turns if t.latency])
+            # The filter on ended_at makes the first of two racing finishes win.
+            await CallDocument.get_pymongo_collection().update_one(
+                {"_id": doc.id, "ended_at": None},
                 {
                     "$set": {
                         "status": status.value,
                         "end_reason": end_reason,
-                        "ended_at": ended_at,
+                        "ended_at": ended,
                         "duration_s": round(duration, 3),
+                        "latency_p50": p50,
+                        "latency_p95": p95,
                     }
-                }
+                },
             )
         self._next_index.pop(call_id, None)
         return await self.get_call(call_id)
 
     @_driver_errors
     async def get_call(self, call_id: str) -> CallRecord:
-        doc = await CallDocument.get(_object_id(call_id))
+        """The call with its turns in order; `CallNotFound` if there is none."""
+        doc = await CallDocument.get(_object_id(call_id, what="call"))
         if doc is None:
             raise CallNotFound(f"no call {call_id!r}")
         turns = (
@@ -239,11 +301,20 @@ class CallRepository:
 
     @_driver_errors
     async def get_call_by_sid(self, call_sid: str) -> CallRecord | None:
-        doc = await CallDocument.find_one(CallDocument.call_sid == call_sid)
-        return None if doc is None else _call_record(doc)
+        """The newest call with this transport id, without turns."""
+        docs = (
+            await CallDocument.find(CallDocument.call_sid == call_sid)
+            .sort([("started_at", SortDirection.DESCENDING)])
+            .limit(1)
+            .to_list()
+        )
+        return _call_record(docs[0]) if docs else None
 
     @_driver_errors
     async def list_calls(self, *, limit: int = 50) -> list[CallRecord]:
+        """The newest calls first, without turns."""
+        if limit < 1:
+            return []
         docs = (
             await CallDocument.find_all()
             .sort([("started_at", SortDirection.DESCENDING), ("_id", SortDirection.DESCENDING)])

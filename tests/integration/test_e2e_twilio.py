@@ -99,6 +99,14 @@ async def test_call_greeting_answer_barge_in_and_stop(gateway: GatewayProcess) -
     assert len(interrupted[0]["text"]) < len(full_reply)
     starts = [t["start_ms"] for t in turns]
     assert starts == sorted(starts)
+    # Answers carry their latency from the caller's end of speech; the call keeps p50/p95.
+    answered = [t for t in turns[1:] if t["speaker"] == "agent" and not t["interrupted"]]
+    stages = ["stt_final", "llm_first_token", "tts_first_byte", "first_frame_out"]
+    for turn in answered:
+        assert list(turn["latency"]) == stages
+        assert 0 < turn["latency"]["stt_final"] <= turn["latency"]["first_frame_out"] < 2000
+    assert set(stored["latency_p50"]) == set(stages)
+    assert stored["latency_p95"]["first_frame_out"] >= stored["latency_p50"]["first_frame_out"]
 
 
 async def test_agent_hangs_up_after_goodbye(gateway: GatewayProcess) -> None:

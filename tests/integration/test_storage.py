@@ -1,16 +1,19 @@
 """Call storage against the real MongoDB-wire server (FerretDB on SQLite)."""
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from storage import (
     CallNotFound,
+    CallRepository,
     CallStatus,
     Database,
     Direction,
-    EmbeddedFerretDB,
     NewCall,
+    StorageError,
     open_database,
 )
 
@@ -91,7 +94,7 @@ async def test_lookup_and_listing(database: Database) -> None:
 
 async def test_turns_survive_a_crash(mongo_url: str) -> None:
     """Turns are written as they happen: a new connection sees them without any finish."""
-    name = "crash_test"
+    name = "crash_" + uuid.uuid4().hex[:12]
     first = await open_database(mongo_url, name)
     call = await first.calls.create_call(_new_call("CA-crash"), started_at=datetime.now(UTC))
     await first.calls.add_turn(call.id, speaker="agent", text="Hi", start_ms=0, end_ms=10)
@@ -110,28 +113,48 @@ async def test_turns_survive_a_crash(mongo_url: str) -> None:
         assert turn.index == 2
     finally:
         await second.close()
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_url)
+        await client.drop_database(name)
+        await client.close()
 
 
-def test_embedded_server_keeps_data_across_restarts(tmp_path: object) -> None:
-    import asyncio
-    from pathlib import Path
+async def test_two_writers_never_share_a_turn_position(database: Database) -> None:
+    """A writer with a stale counter re-reads the stored turns (unique index)."""
+    call = await database.calls.create_call(_new_call(), started_at=datetime.now(UTC))
+    other = CallRepository()
+    await other.add_turn(call.id, speaker="caller", text="a", start_ms=0, end_ms=1)
+    await database.calls.add_turn(call.id, speaker="agent", text="b", start_ms=1, end_ms=2)
+    late = await other.add_turn(call.id, speaker="caller", text="c", start_ms=2, end_ms=3)
+    assert late.index == 2
+    stored = await database.calls.get_call(call.id)
+    assert [(t.index, t.text) for t in stored.turns] == [(0, "a"), (1, "b"), (2, "c")]
 
-    data_dir = Path(str(tmp_path)) / "db"
 
-    async def write(url: str) -> str:
-        db = await open_database(url, "persist")
-        call = await db.calls.create_call(_new_call("CA-persist"), started_at=datetime.now(UTC))
-        await db.close()
-        return call.id
+async def test_a_finished_call_keeps_its_final_state(database: Database) -> None:
+    store = database.calls
+    t0 = datetime(2026, 3, 1, 9, 30, 0, 123456, tzinfo=UTC)
+    call = await store.create_call(_new_call(), started_at=t0)
+    assert call.started_at == t0.replace(microsecond=123000)  # BSON keeps milliseconds
+    assert call == await store.get_call(call.id)
+    await store.finish_call(
+        call.id, status=CallStatus.BUSY, end_reason="busy", ended_at=t0 + timedelta(seconds=1)
+    )
+    await store.set_status(call.id, CallStatus.IN_PROGRESS)  # a late, out-of-order callback
+    assert (await store.get_call(call.id)).status is CallStatus.BUSY
+    with pytest.raises(CallNotFound):
+        await store.set_status("0" * 24, CallStatus.IN_PROGRESS)
 
-    async def read(url: str, call_id: str) -> str:
-        db = await open_database(url, "persist")
-        try:
-            return (await db.calls.get_call(call_id)).call_sid
-        finally:
-            await db.close()
 
-    with EmbeddedFerretDB(data_dir=data_dir) as server:
-        call_id = asyncio.run(write(server.url))
-    with EmbeddedFerretDB(data_dir=data_dir) as server:
-        assert asyncio.run(read(server.url, call_id)) == "CA-persist"
+async def test_unknown_turn_and_naive_times_are_refused(database: Database) -> None:
+    store = database.calls
+    with pytest.raises(StorageError, match="no turn"):
+        await store.update_turn("0" * 24, text="x", end_ms=1, interrupted=True)
+    with pytest.raises(ValueError, match="naive"):
+        await store.create_call(_new_call(), started_at=datetime(2026, 1, 1))
+
+
+async def test_driver_errors_surface_as_storage_errors(database: Database) -> None:
+    call = await database.calls.create_call(_new_call(), started_at=datetime.now(UTC))
+    await database.close()  # the client now refuses work: a PyMongoError inside
+    with pytest.raises(StorageError, match="database error"):
+        await database.calls.get_call(call.id)

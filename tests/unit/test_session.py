@@ -7,7 +7,7 @@ rules: greet first, answer after end of turn, barge-in clears and keeps only wha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -114,6 +114,7 @@ class ToneTTS:
 class MemoryStore:
     turns: list[dict[str, object]] = field(default_factory=list)
     finished: list[tuple[CallStatus, str]] = field(default_factory=list)
+    latencies: list[dict[str, float]] = field(default_factory=list)
 
     async def add_turn(
         self,
@@ -124,8 +125,11 @@ class MemoryStore:
         start_ms: float,
         end_ms: float,
         interrupted: bool = False,
+        latency: Mapping[str, float] | None = None,
     ) -> TurnRecord:
         self.turns.append({"speaker": speaker, "text": text, "interrupted": interrupted})
+        if latency is not None:
+            self.latencies.append(dict(latency))
         return TurnRecord(
             "t", call_id, len(self.turns), speaker, text, start_ms, end_ms, interrupted,
             datetime.now(),
@@ -190,6 +194,13 @@ async def test_greets_then_answers_after_the_caller_stops() -> None:
     assert not any(t["interrupted"] for t in store.turns)
     assert transport.clears == 0
     assert store.finished == [(CallStatus.COMPLETED, "caller-hung-up")]
+    # The answer's latency, measured from the caller's end of speech, stage by stage.
+    [latency] = store.latencies
+    assert list(latency) == ["stt_final", "llm_first_token", "tts_first_byte", "first_frame_out"]
+    stages = list(latency.values())
+    assert stages == sorted(stages)
+    # Endpointing waits 400 ms of silence (20 ms at 20x); all stages follow within ~1 s.
+    assert 0 <= stages[0] < 1000 and stages[-1] < 1500
 
 
 async def test_barge_in_clears_and_keeps_only_what_was_heard() -> None:
