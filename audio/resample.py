@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -88,11 +89,13 @@ class StreamResampler:
 
     def process(self, pcm: npt.NDArray[np.int16] | npt.NDArray[np.floating]) -> PCM16:
         """Feed input; return the output samples that are complete (int16)."""
-        x = np.asarray(pcm, dtype=np.float64).reshape(-1)
         if self._identity:
-            self._n_in += x.size
-            self._n_out += x.size
-            return _to_int16(x)
+            self._n_in += pcm.size
+            self._n_out += pcm.size
+            if pcm.dtype == np.int16:
+                return cast(PCM16, pcm.reshape(-1))
+            return _to_int16(np.asarray(pcm, dtype=np.float64).reshape(-1))
+        x = np.asarray(pcm, dtype=np.float64).reshape(-1)
         if x.size:
             self._history = np.concatenate([self._history, x])
             self._n_in += x.size

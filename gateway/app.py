@@ -21,6 +21,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.providers.registry import build_default_providers
 from gateway.session import Providers, SessionConfig
 from gateway.settings import Settings
+from gateway.twilio_rest import twilio_calls
 from gateway.twilio_routes import twilio_status, twilio_voice
 from gateway.twilio_stream import twilio_stream_endpoint
 from storage import CallNotFound, StorageError, open_database
@@ -47,10 +48,12 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         database = await open_database(mongodb_url, settings.mongodb_db)
         assert settings.twilio_auth_token is not None
+        metrics = GatewayMetrics()
         app.state.gateway = GatewayContext(
             settings=settings,
             store=database.calls,
-            providers=providers or build_default_providers(settings),
+            providers=providers
+            or build_default_providers(settings, on_stt_reconnect=metrics.stt_reconnected),
             twilio_validator=TwilioSignatureValidator(
                 settings.twilio_auth_token.get_secret_value()
             ),
@@ -58,15 +61,18 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
             session_config=SessionConfig(
                 silence_ms=settings.vad_silence_ms, min_speech_ms=settings.vad_min_speech_ms
             ),
-            metrics=GatewayMetrics(),
+            metrics=metrics,
+            twilio_calls=twilio_calls(settings),
         )
         log.info("gateway ready", extra={"public_url": settings.public_url})
         try:
             yield
         finally:
-            close_llm = getattr(app.state.gateway.providers.llm, "aclose", None)
-            if close_llm is not None:
-                await close_llm()
+            used = app.state.gateway.providers
+            for provider in (used.stt, used.llm, used.tts, used.fallback_stt, used.fallback_tts):
+                close = getattr(provider, "aclose", None)
+                if close is not None:
+                    await close()
             await database.close()
 
     routes = [

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from gateway.metrics import GatewayMetrics
 from gateway.session import Providers, SessionConfig
 from gateway.settings import Settings
+from gateway.twilio_rest import TwilioCalls
 from storage import CallStore
 from telephony.twilio import TwilioSignatureValidator
 
@@ -21,6 +22,7 @@ class GatewayContext:
     stream_token_secret: bytes
     session_config: SessionConfig
     metrics: GatewayMetrics
+    twilio_calls: TwilioCalls | None = None
 
 
 def stream_token_secret(settings: Settings) -> bytes:

@@ -66,3 +66,7 @@ class ProviderError(GatewayError):
         if self.status in (408, 429):
             return True
         return not 400 <= self.status < 500
+
+
+class TransferError(GatewayError):
+    """A call could not be transferred (no way to do it on this transport, or it failed)."""

@@ -1,8 +1,27 @@
-"""Process counters exported at `GET /metrics` in the Prometheus text format."""
+"""Process metrics exported at `GET /metrics` in the Prometheus text format."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import bisect
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from gateway.latency import STAGES
+
+# Upper bounds (ms) of the per-turn latency histogram buckets.
+LATENCY_BUCKETS_MS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000)
+
+
+@dataclass(slots=True)
+class _Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS_MS, value)] += 1
+        self.total += value
+        self.n += 1
 
 
 @dataclass(slots=True)
@@ -16,12 +35,45 @@ class GatewayMetrics:
     outbound_underruns_total: int = 0  # agent audio ran out mid-speech (producer too slow)
     inbound_frames_total: int = 0
     protocol_errors_total: int = 0
+    stt_reconnects_total: int = 0
+    provider_failures: dict[str, int] = field(default_factory=dict)
+    turn_latency: dict[str, _Histogram] = field(
+        default_factory=lambda: {stage: _Histogram() for stage in STAGES}
+    )
+
+    def provider_failed(self, provider: str) -> None:
+        """Count one failure of `provider` (a dropped socket, an error answer, a timeout)."""
+        self.provider_failures[provider] = self.provider_failures.get(provider, 0) + 1
+
+    def stt_reconnected(self) -> None:
+        self.stt_reconnects_total += 1
+
+    def observe_turn(self, latency_ms: Mapping[str, float]) -> None:
+        """Add one agent turn's latency (ms after the caller's end of speech) per stage."""
+        for stage, value in latency_ms.items():
+            self.turn_latency.setdefault(stage, _Histogram()).observe(value)
 
     def render(self) -> str:
-        """The counters in the Prometheus text exposition format."""
+        """The metrics in the Prometheus text exposition format."""
         lines = []
         for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int):
+                continue
             kind = "gauge" if f.name == "calls_active" else "counter"
             lines.append(f"# TYPE voice_gateway_{f.name} {kind}")
-            lines.append(f"voice_gateway_{f.name} {getattr(self, f.name)}")
+            lines.append(f"voice_gateway_{f.name} {value}")
+        lines.append("# TYPE voice_gateway_provider_failures_total counter")
+        for provider, count in sorted(self.provider_failures.items()):
+            lines.append(f'voice_gateway_provider_failures_total{{provider="{provider}"}} {count}')
+        name = "voice_gateway_turn_latency_ms"
+        lines.append(f"# HELP {name} Caller end of speech to each stage of the agent's answer.")
+        lines.append(f"# TYPE {name} histogram")
+        for stage, hist in self.turn_latency.items():
+            cumulative = 0
+            for bound, count in zip((*LATENCY_BUCKETS_MS, "+Inf"), hist.counts, strict=True):
+                cumulative += count
+                lines.append(f'{name}_bucket{{stage="{stage}",le="{bound}"}} {cumulative}')
+            lines.append(f'{name}_sum{{stage="{stage}"}} {hist.total:.1f}')
+            lines.append(f'{name}_count{{stage="{stage}"}} {hist.n}')
         return "\n".join(lines) + "\n"

@@ -78,11 +78,11 @@ class PlaybackTracker:
         await self._all_played.wait()
 
     def full_text(self) -> str:
-        return " ".join(s.text for s in self._segments)
+        return " ".join(s.text for s in self._segments if s.text)
 
     def heard_text(self) -> str:
         """The text the caller heard: played segments plus the played share of the next one."""
-        heard = [s.text for s in self._segments if s.played]
+        heard = [s.text for s in self._segments if s.played and s.text]
         head = next((s for s in self._segments if not s.played), None)
         if head is not None and head.samples > 0 and self._head_started_at is not None:
             played_s = max(0.0, self.clock() - self._head_started_at)

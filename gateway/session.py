@@ -20,18 +20,38 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from audio.dtmf import dtmf_tones
 from audio.frames import PCM16, AudioFrame
 from audio.resample import StreamResampler
 from audio.vad import Endpointer, SpeechEnded, SpeechStarted
 from gateway.errors import ProviderError
 from gateway.latency import TurnLatency
+from gateway.metrics import GatewayMetrics
 from gateway.playback import PlaybackTracker
-from gateway.providers.base import LLM, STT, TTS, ChatMessage, HangUp, STTStream, TextDelta
+from gateway.providers.base import (
+    LLM,
+    STT,
+    TTS,
+    ChatMessage,
+    HangUp,
+    SegmentDone,
+    SendDtmf,
+    SpeechAudio,
+    SpeechStream,
+    STTStream,
+    TextDelta,
+    TransferCall,
+    TTSConnection,
+    Usage,
+)
 from gateway.sentences import SentenceChunker
 from gateway.transport import CallTransport
 from storage import CallStatus, CallStore
 
 log = logging.getLogger(__name__)
+
+
+Action = HangUp | TransferCall | SendDtmf
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +61,9 @@ class SessionConfig:
     # Audio kept from before the VAD confirmed speech, so the first syllable reaches STT.
     preroll_ms: int = 300
     apology: str = "Sorry, I am having trouble right now. Could you say that again?"
+    # Bounds on the agent: no first token / no audio within these ends the attempt.
+    llm_first_token_timeout_s: float = 8.0
+    tts_first_audio_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +71,31 @@ class Providers:
     stt: STT
     llm: LLM
     tts: TTS
+    # Local engines that need no network: the fallback STT serves a call whose STT cannot
+    # be opened; the fallback TTS speaks the apology when `tts` itself failed.
+    fallback_stt: STT | None = None
+    fallback_tts: TTS | None = None
+
+
+class _Voice:
+    """One TTS of the call: its connection (opened on first use) and its output resampler."""
+
+    def __init__(self, tts: TTS, *, call_id: str, transport_rate: int) -> None:
+        self.tts = tts
+        self._call_id = call_id
+        self.rate = tts.output_rate(transport_rate)
+        self.resampler = StreamResampler(self.rate, transport_rate)
+        self._connection: TTSConnection | None = None
+
+    async def turn(self) -> SpeechStream:
+        if self._connection is None:
+            self._connection = await self.tts.open(call_id=self._call_id, sample_rate=self.rate)
+        return self._connection.turn()
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            await self._connection.aclose()
+            self._connection = None
 
 
 class CallSession:
@@ -62,6 +110,7 @@ class CallSession:
         store: CallStore,
         config: SessionConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.call_id = call_id
         self._transport = transport
@@ -69,10 +118,16 @@ class CallSession:
         self._store = store
         self._config = config or SessionConfig()
         self._clock = clock
+        self._metrics = metrics
         self._started_at = clock()
         rate = transport.sample_rate
-        self._in_resampler = StreamResampler(rate, providers.stt.sample_rate)
-        self._out_resampler = StreamResampler(providers.tts.sample_rate, rate)
+        self._use_stt(providers.stt)
+        self._voice = _Voice(providers.tts, call_id=call_id, transport_rate=rate)
+        self._fallback_voice = (
+            _Voice(providers.fallback_tts, call_id=call_id, transport_rate=rate)
+            if providers.fallback_tts is not None
+            else None
+        )
         self._endpointer = Endpointer(
             rate=rate,
             min_speech_ms=self._config.min_speech_ms,
@@ -91,6 +146,7 @@ class CallSession:
         self._agent_turn_start_ms = 0.0
         self._latency: TurnLatency | None = None
         self._history: list[ChatMessage] = []
+        self._usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self._end_lock = asyncio.Lock()
         self.ended = asyncio.Event()
         self.end_reason: str | None = None
@@ -99,23 +155,39 @@ class CallSession:
 
     async def start(self) -> None:
         """Open the STT stream and let the agent greet first."""
-        self._stt_stream = await self._providers.stt.open_stream(call_id=self.call_id)
+        try:
+            self._stt_stream = await self._stt.open_stream(
+                call_id=self.call_id, sample_rate=self._stt_rate
+            )
+        except ProviderError as exc:
+            fallback = self._providers.fallback_stt
+            if fallback is None:
+                raise
+            log.warning("STT unavailable, using %s: %s", fallback.name, exc)
+            self._count_failure(exc.provider)
+            self._use_stt(fallback)
+            self._stt_stream = await fallback.open_stream(
+                call_id=self.call_id, sample_rate=self._stt_rate
+            )
         self._stt_task = asyncio.create_task(self._consume_transcripts(), name="stt")
         self._start_reply()
+
+    def _use_stt(self, stt: STT) -> None:
+        self._stt = stt
+        self._stt_rate = stt.input_rate(self._transport.sample_rate)
+        self._in_resampler = StreamResampler(self._transport.sample_rate, self._stt_rate)
 
     async def on_audio(self, frame: AudioFrame) -> None:
         """Take one frame of caller audio at the transport's rate."""
         if self.ended.is_set():
             return
-        stt_frame = AudioFrame(
-            self._in_resampler.process(frame.pcm), self._providers.stt.sample_rate
-        )
+        stt_frame = AudioFrame(self._in_resampler.process(frame.pcm), self._stt_rate)
         was_active = self._utterance_active
         events = self._endpointer.feed(frame.pcm)
         for event in events:
             if isinstance(event, SpeechStarted):
                 await self._on_speech_started(event.at_ms)
-        if self._utterance_active or was_active:
+        if self._stt.continuous or self._utterance_active or was_active:
             await self._push_stt(stt_frame)
         else:
             self._preroll.append(stt_frame)
@@ -147,8 +219,16 @@ class CallSession:
                     await self._stt_task
             if self._stt_stream is not None:
                 await self._stt_stream.aclose()
+            for voice in (self._voice, self._fallback_voice):
+                if voice is not None:
+                    with contextlib.suppress(Exception):
+                        await voice.aclose()
             await self._store.finish_call(
-                self.call_id, status=status, end_reason=reason, ended_at=datetime.now(UTC)
+                self.call_id,
+                status=status,
+                end_reason=reason,
+                ended_at=datetime.now(UTC),
+                usage=self._usage if any(self._usage.values()) else None,
             )
             log.info("call ended", extra={"reason": reason, "status": str(status)})
 
@@ -164,11 +244,15 @@ class CallSession:
     async def _on_speech_started(self, at_ms: float) -> None:
         self._utterance_active = True
         self._utterance_start_ms = at_ms
-        for frame in self._preroll:
-            await self._push_stt(frame)
+        if not self._stt.continuous:
+            for frame in self._preroll:
+                await self._push_stt(frame)
         self._preroll.clear()
-        if self._reply_task is not None or self._playback.playing:
+        if self._agent_speaking():
             await self._barge_in()
+
+    def _agent_speaking(self) -> bool:
+        return self._reply_task is not None or self._playback.playing
 
     async def _on_speech_ended(self, at_ms: float) -> None:
         self._utterance_active = False
@@ -181,6 +265,10 @@ class CallSession:
         assert self._stt_stream is not None
         async for transcript in self._stt_stream.transcripts():
             if not transcript.is_final:
+                # Words heard before the VAD is sure: a faster barge-in.
+                if transcript.text.strip() and self._agent_speaking():
+                    log.info("barge-in on interim transcript")
+                    await self._barge_in()
                 continue
             start_ms, end_ms, ended_at = (
                 self._utterance_spans.popleft()
@@ -215,39 +303,152 @@ class CallSession:
         if self._latency is not None:
             self._latency.mark(stage)
 
-    async def _generate(self) -> HangUp | None:
-        """Stream one reply from the agent into speech; return its hang-up, if any."""
-        hang_up: HangUp | None = None
-        chunker = SentenceChunker()
-        async for event in self._providers.llm.respond(self._history, call_id=self.call_id):
-            if isinstance(event, TextDelta):
-                self._mark("llm_first_token")
-                for sentence in chunker.push(event.text):
-                    await self._speak(sentence)
-            elif isinstance(event, HangUp):
-                hang_up = event
-        for sentence in chunker.flush():
-            await self._speak(sentence)
-        return hang_up
+    async def _generate(self, voice: _Voice) -> list[Action]:
+        """Stream one reply from the agent into speech; return the call actions it asked for.
 
-    async def _generate_or_apologise(self) -> HangUp | None:
-        """A failed agent is retried once if nothing was said yet, then the caller hears an
-        apology instead of silence; the call goes on."""
+        The LLM's sentences go to the TTS as soon as each is complete while a second task
+        plays the audio that comes back, so the first words play before the LLM is done.
+        """
+        actions: list[Action] = []
+        speech = await voice.turn()
+        texts: list[str] = []
+        player = asyncio.create_task(self._play_speech(speech, voice, texts), name="player")
+        try:
+            chunker = SentenceChunker()
+            events = aiter(self._providers.llm.respond(self._history, call_id=self.call_id))
+            timeout: float | None = self._config.llm_first_token_timeout_s
+            while True:
+                try:
+                    async with asyncio.timeout(timeout):
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    raise ProviderError(
+                        "no answer from the agent in time", provider=self._providers.llm.name
+                    ) from exc
+                if player.done():
+                    player.result()  # the TTS failed: stop asking the LLM
+                if isinstance(event, Usage):
+                    self._usage["prompt_tokens"] += event.prompt_tokens
+                    self._usage["completion_tokens"] += event.completion_tokens
+                elif isinstance(event, TextDelta):
+                    self._mark("llm_first_token")
+                    timeout = None
+                    for sentence in chunker.push(event.text):
+                        texts.append(sentence)
+                        await speech.say(sentence)
+                else:
+                    actions.append(event)
+            for sentence in chunker.flush():
+                texts.append(sentence)
+                await speech.say(sentence)
+            await speech.finish()
+            await player
+        finally:
+            if not player.done():
+                player.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ProviderError):
+                    await player
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1.0):
+                        await speech.cancel()
+        return actions
+
+    async def _play_speech(self, speech: SpeechStream, voice: _Voice, texts: list[str]) -> None:
+        """Play the turn's audio in order, one playback segment (and mark) per sentence."""
+        opened = -1
+        mark = ""
+        segment_open = False
+        events = aiter(speech.audio())
+        try:
+            while True:
+                # Bounded: a TTS that goes quiet mid-turn must not leave the caller in silence.
+                try:
+                    async with asyncio.timeout(self._config.tts_first_audio_timeout_s):
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError as exc:
+                    raise ProviderError(
+                        "no audio from TTS in time", provider=voice.tts.name
+                    ) from exc
+                if event.segment > opened:
+                    opened = event.segment
+                    text = texts[opened] if opened < len(texts) else ""
+                    mark = self._playback.begin_segment(text)
+                    segment_open = True
+                if isinstance(event, SpeechAudio):
+                    self._mark("tts_first_byte")
+                    await self._play(voice.resampler.process(event.pcm))
+                elif isinstance(event, SegmentDone):
+                    # The resampler holds a few ms of the sentence's tail: never drop it.
+                    await self._play(voice.resampler.flush())
+                    self._playback.close_segment()
+                    segment_open = False
+                    await self._transport.mark(mark)
+        except ProviderError:
+            if segment_open:  # what was sent still plays: its mark must come back
+                self._playback.close_segment()
+                await self._transport.mark(mark)
+            raise
+
+    async def _generate_or_apologise(self) -> list[Action]:
+        """A failed agent (LLM or TTS) is retried once if nothing was said yet, then the
+        caller hears an apology instead of silence; the call goes on."""
+        tts_failed = False
         for attempt in (1, 2):
             try:
-                return await self._generate()
+                return await self._generate(self._voice)
             except ProviderError as exc:
                 log.warning(
                     "agent failed: %s", exc, extra={"provider": exc.provider, "attempt": attempt}
                 )
+                self._count_failure(exc.provider)
+                tts_failed = exc.provider == self._voice.tts.name
+                if tts_failed:
+                    with contextlib.suppress(Exception):
+                        await self._voice.aclose()  # a fresh connection for the next try
                 if attempt == 2 or not exc.retryable or self._playback.full_text():
                     break
-        await self._speak(self._config.apology)
-        return None
+        await self._apologise(prefer_fallback=tts_failed)
+        return []
+
+    async def _apologise(self, *, prefer_fallback: bool) -> None:
+        """Speak the apology: through the fallback (local) TTS first if the main TTS failed."""
+        voices = [self._voice, self._fallback_voice]
+        if prefer_fallback:
+            voices.reverse()
+        failure: ProviderError | None = None
+        for voice in voices:
+            if voice is None:
+                continue
+            try:
+                await self._speak_text(self._config.apology, voice)
+                return
+            except ProviderError as exc:
+                log.warning("apology failed: %s", exc, extra={"provider": exc.provider})
+                self._count_failure(exc.provider)
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def _speak_text(self, text: str, voice: _Voice) -> None:
+        speech = await voice.turn()
+        await speech.say(text)
+        await speech.finish()
+        try:
+            await self._play_speech(speech, voice, [text])
+        finally:
+            await speech.cancel()
+
+    def _count_failure(self, provider: str) -> None:
+        if self._metrics is not None:
+            self._metrics.provider_failed(provider)
 
     async def _reply(self) -> None:
         try:
-            hang_up = await self._generate_or_apologise()
+            actions = await self._generate_or_apologise()
             await self._playback.wait_all_played()
         except asyncio.CancelledError:
             raise
@@ -259,19 +460,32 @@ class CallSession:
             return
         self._reply_task = None
         await self._store_agent_turn(self._playback.full_text(), interrupted=False)
-        if hang_up is not None:
-            await self.end(reason=hang_up.reason)
-            await self._transport.hang_up()
+        for action in actions:
+            if isinstance(action, SendDtmf):
+                await self._send_dtmf(action.digits)
+            elif isinstance(action, TransferCall):
+                log.info("agent transfers the call", extra={"to": action.to})
+                try:
+                    await self._transport.transfer(action.to)
+                except Exception:
+                    log.exception("transfer failed; the call goes on")
+                    continue
+                await self.end(reason="transferred")
+                return
+            else:
+                await self.end(reason=action.reason)
+                await self._transport.hang_up()
+                return
 
-    async def _speak(self, sentence: str) -> None:
-        mark = self._playback.begin_segment(sentence)
-        async for chunk in self._providers.tts.synthesize(sentence, call_id=self.call_id):
-            self._mark("tts_first_byte")
-            await self._play(self._out_resampler.process(chunk))
-        # The resampler holds a few ms of the sentence's tail: emit it, never drop it.
-        await self._play(self._out_resampler.flush())
+    async def _send_dtmf(self, digits: str) -> None:
+        """Play `digits` as in-band DTMF tones (they cross any G.711 leg) and wait for them."""
+        log.info("agent sends DTMF", extra={"digits": digits})
+        mark = self._playback.begin_segment("")
+        await self._play(dtmf_tones(digits, self._transport.sample_rate))
         self._playback.close_segment()
         await self._transport.mark(mark)
+        await self._playback.wait_all_played()
+        self._playback.reset()
 
     async def _play(self, pcm: PCM16) -> None:
         if pcm.shape[0]:
@@ -295,8 +509,10 @@ class CallSession:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        # Whatever the resampler still holds belongs to the cleared reply.
-        self._out_resampler.flush()
+        # Whatever the resamplers still hold belongs to the cleared reply.
+        self._voice.resampler.flush()
+        if self._fallback_voice is not None:
+            self._fallback_voice.resampler.flush()
         if store_heard and full:
             await self._store_agent_turn(heard, interrupted=heard != full)
         else:
@@ -307,6 +523,9 @@ class CallSession:
         latency, self._latency = self._latency, None
         if not text and not interrupted:
             return
+        latency_ms = latency.as_ms() if latency is not None else None
+        if latency_ms and self._metrics is not None:
+            self._metrics.observe_turn(latency_ms)
         await self._store.add_turn(
             self.call_id,
             speaker="agent",
@@ -314,7 +533,7 @@ class CallSession:
             start_ms=self._agent_turn_start_ms,
             end_ms=self._now_ms(),
             interrupted=interrupted,
-            latency=latency.as_ms() if latency is not None else None,
+            latency=latency_ms,
         )
         if text:
             self._history.append(ChatMessage(role="assistant", content=text))

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HttpToolSetting(BaseModel):
+    """An HTTP tool the agent may call: its arguments are POSTed as JSON to `url`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    url: str = Field(pattern=r"^https?://")
+    timeout_s: float = Field(default=5.0, gt=0, le=30)
+    headers: dict[str, str] = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):
@@ -53,6 +65,33 @@ class Settings(BaseSettings):
         "without lists or markdown. When the caller says goodbye, say goodbye and call "
         "the end_call tool."
     )
+
+    # Which provider serves each role: "auto" takes the cloud one when its key is set.
+    stt_provider: Literal["auto", "deepgram", "local"] = "auto"
+    llm_provider: Literal["auto", "openai", "local"] = "auto"
+    tts_provider: Literal["auto", "cartesia", "local"] = "auto"
+
+    # Deepgram live STT. The base URL may be ws(s):// or http(s)://, e.g. ws://127.0.0.1:9001.
+    deepgram_api_key: SecretStr | None = None
+    deepgram_base_url: str | None = None
+    deepgram_model: str = "nova-3"
+    deepgram_language: str = "en"
+
+    # Cartesia TTS. The base URL may be ws(s):// or http(s)://.
+    cartesia_api_key: SecretStr | None = None
+    cartesia_base_url: str | None = None
+    cartesia_model: str = "sonic-3"
+    cartesia_voice: str = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
+    cartesia_language: str = "en"
+
+    # Tools of the default assistant: JSON list of {name, description, parameters, url,
+    # timeout_s, headers}; transfer_call is offered only towards these destinations.
+    assistant_http_tools: list[HttpToolSetting] = Field(default_factory=list)
+    assistant_transfer_targets: list[str] = Field(default_factory=list)
+
+    # Twilio REST (transfers; outbound calls). The base URL is for tests and edges.
+    twilio_account_sid: str | None = None
+    twilio_api_base_url: str | None = None
 
     # Offline recognisers loaded at start; more load on demand (~35 ms each).
     stt_prewarm: int = Field(default=4, ge=0, le=256)

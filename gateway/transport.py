@@ -31,3 +31,9 @@ class CallTransport(Protocol):
     async def hang_up(self) -> None:
         """End the call leg from the gateway's side."""
         ...
+
+    async def transfer(self, to: str) -> None:
+        """Hand the caller to `to` (a number or SIP URI); the gateway's leg then ends.
+
+        Raises `TransferError` if the transport cannot transfer."""
+        ...

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -149,6 +150,7 @@ class _StreamDriver:
             close=lambda: self._close(1000, "call ended"),
             metrics=ctx.metrics,
             lead_ms=ctx.settings.playout_lead_ms,
+            transfer=self._transfer_for(start.call_sid),
         )
         self._pacer = asyncio.create_task(self._transport.run(), name="pacer")
         self._session = CallSession(
@@ -157,11 +159,22 @@ class _StreamDriver:
             providers=ctx.providers,
             store=ctx.store,
             config=ctx.session_config,
+            metrics=ctx.metrics,
         )
         ctx.metrics.calls_started_total += 1
         ctx.metrics.calls_active += 1
         log.info("media stream started", extra={"call_sid": start.call_sid})
         await self._session.start()
+
+    def _transfer_for(self, call_sid: str) -> Callable[[str], Awaitable[None]] | None:
+        calls = self._ctx.twilio_calls
+        if calls is None:
+            return None
+
+        async def transfer(to: str) -> None:
+            await calls.transfer(call_sid, to)
+
+        return transfer
 
     async def _close(self, code: int, reason: str) -> None:
         if self._ws.application_state == WebSocketState.CONNECTED:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from audio.codec import ulaw_encode
 from audio.frames import PCM16
+from gateway.errors import TransferError
 from gateway.metrics import GatewayMetrics
 from telephony.twilio import MediaStreamProtocol
 
@@ -48,12 +49,14 @@ class TwilioTransport:
         metrics: GatewayMetrics,
         lead_ms: int = 60,
         max_queued_ms: int = 2000,
+        transfer: Callable[[str], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._protocol = protocol
         self._send_text = send_text
         self._metrics = metrics
         self._close = close
+        self._transfer = transfer
         self._lead_s = lead_ms / 1000.0
         self._max_queued_frames = max(1, max_queued_ms // 20)
         self._clock = clock
@@ -108,6 +111,12 @@ class TwilioTransport:
         self._closed = True
         self._wakeup.set()
         await self._close()
+
+    async def transfer(self, to: str) -> None:
+        """Dial `to` through Twilio's REST API (needs TWILIO_ACCOUNT_SID)."""
+        if self._transfer is None:
+            raise TransferError("transfers need TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        await self._transfer(to)
 
     async def run(self) -> None:
         """Send queued frames on a 20 ms schedule, `lead_ms` ahead of real time."""

@@ -32,6 +32,7 @@ class CallDocument(Document):
     end_reason: str | None = None
     latency_p50: dict[str, float] | None = None
     latency_p95: dict[str, float] | None = None
+    usage: dict[str, int] | None = None  # LLM tokens of the whole call
 
     class Settings:
         name = "calls"

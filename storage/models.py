@@ -74,3 +74,4 @@ class CallRecord:
     turns: tuple[TurnRecord, ...] = ()
     latency_p50: Mapping[str, float] | None = None
     latency_p95: Mapping[str, float] | None = None
+    usage: Mapping[str, int] | None = None

@@ -60,7 +60,13 @@ class CallStore(Protocol):
         self, turn_id: str, *, text: str, end_ms: float, interrupted: bool
     ) -> None: ...
     async def finish_call(
-        self, call_id: str, *, status: CallStatus, end_reason: str, ended_at: datetime
+        self,
+        call_id: str,
+        *,
+        status: CallStatus,
+        end_reason: str,
+        ended_at: datetime,
+        usage: Mapping[str, int] | None = None,
     ) -> CallRecord: ...
     async def get_call(self, call_id: str) -> CallRecord: ...
     async def get_call_by_sid(self, call_sid: str) -> CallRecord | None: ...
@@ -130,6 +136,7 @@ def _call_record(doc: CallDocument, turns: tuple[TurnRecord, ...] = ()) -> CallR
         turns=turns,
         latency_p50=doc.latency_p50,
         latency_p95=doc.latency_p95,
+        usage=doc.usage,
     )
 
 
@@ -256,7 +263,13 @@ class CallRepository:
 
     @_driver_errors
     async def finish_call(
-        self, call_id: str, *, status: CallStatus, end_reason: str, ended_at: datetime
+        self,
+        call_id: str,
+        *,
+        status: CallStatus,
+        end_reason: str,
+        ended_at: datetime,
+        usage: Mapping[str, int] | None = None,
     ) -> CallRecord:
         """Record the outcome once: finishing an already finished call keeps the first."""
         doc = await CallDocument.get(_object_id(call_id, what="call"))
@@ -280,6 +293,7 @@ class CallRepository:
                         "duration_s": round(duration, 3),
                         "latency_p50": p50,
                         "latency_p95": p95,
+                        "usage": dict(usage) if usage else None,
                     }
                 },
             )

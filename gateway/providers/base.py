@@ -2,10 +2,16 @@
 
 All three stream. The session never knows which implementation it holds.
 
-Order of calls for STT: ``open_stream()`` once per call, then ``push()`` for every
-inbound frame, ``end_utterance()`` when the session's endpointing decides the caller
-finished a turn (the stream then yields a final `Transcript` for the audio pushed so
-far), ``transcripts()`` is iterated by one consumer task, ``aclose()`` at hang-up.
+Order of calls for STT: ``open_stream()`` once per call, then ``push()`` for inbound
+frames (every frame if the STT is `continuous`, else only the caller's speech),
+``end_utterance()`` when the session's endpointing decides the caller finished a turn
+(the stream then yields one final `Transcript` for the audio pushed so far),
+``transcripts()`` is iterated by one consumer task, ``aclose()`` at hang-up.
+
+Order of calls for TTS: ``open()`` once per call (it may connect lazily), then one
+``turn()`` per agent reply: ``say()`` each sentence as soon as it is complete,
+``finish()`` after the last one, while one consumer iterates ``audio()``;
+``cancel()`` on barge-in. ``aclose()`` at hang-up.
 """
 
 from __future__ import annotations
@@ -42,9 +48,15 @@ class STTStream(Protocol):
 
 class STT(Protocol):
     name: str
-    sample_rate: int  # the rate `push()` expects
+    # True: wants every inbound frame (a streaming recogniser with its own context);
+    # False: only the caller's speech, as the session's VAD finds it.
+    continuous: bool
 
-    async def open_stream(self, *, call_id: str) -> STTStream: ...
+    def input_rate(self, transport_rate: int) -> int:
+        """The rate `push()` takes on a transport of `transport_rate` (no resampling if equal)."""
+        ...
+
+    async def open_stream(self, *, call_id: str, sample_rate: int) -> STTStream: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +79,29 @@ class HangUp:
     reason: str
 
 
-LLMEvent = TextDelta | HangUp
+@dataclass(frozen=True, slots=True)
+class TransferCall:
+    """The agent hands the caller to `to` (E.164 number or SIP URI) after its reply."""
+
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendDtmf:
+    """The agent presses keys (e.g. to navigate a phone menu) after its reply."""
+
+    digits: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens one model request used (the session adds them up on the call)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+LLMEvent = TextDelta | HangUp | TransferCall | SendDtmf | Usage
 
 
 class LLM(Protocol):
@@ -78,10 +112,51 @@ class LLM(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SpeechAudio:
+    """PCM16 for the `segment`-th text given to `SpeechStream.say()` (from 0)."""
+
+    segment: int
+    pcm: npt.NDArray[np.int16]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentDone:
+    """All audio of the `segment`-th text has been yielded."""
+
+    segment: int
+
+
+SpeechEvent = SpeechAudio | SegmentDone
+
+
+class SpeechStream(Protocol):
+    """The speech of one agent turn: text in sentence by sentence, audio out in order."""
+
+    async def say(self, text: str) -> None: ...
+
+    async def finish(self) -> None:
+        """No more text: `audio()` ends once everything said has been synthesised."""
+        ...
+
+    def audio(self) -> AsyncIterator[SpeechEvent]: ...
+
+    async def cancel(self) -> None:
+        """Stop synthesis now (barge-in); safe to call at any point, also twice."""
+        ...
+
+
+class TTSConnection(Protocol):
+    def turn(self) -> SpeechStream: ...
+
+    async def aclose(self) -> None: ...
+
+
 class TTS(Protocol):
     name: str
-    sample_rate: int  # the rate of the PCM it yields
 
-    def synthesize(self, text: str, *, call_id: str) -> AsyncIterator[npt.NDArray[np.int16]]:
-        """Stream mono PCM16 chunks for `text` at `sample_rate`."""
+    def output_rate(self, transport_rate: int) -> int:
+        """The PCM rate it yields on a transport of `transport_rate`."""
         ...
+
+    async def open(self, *, call_id: str, sample_rate: int) -> TTSConnection: ...

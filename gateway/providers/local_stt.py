@@ -59,7 +59,15 @@ class PocketSphinxSTT:
             config["dict"] = str(self._dict_path)
         return Decoder(config)
 
-    async def open_stream(self, *, call_id: str) -> PocketSphinxStream:
+    continuous = False
+
+    def input_rate(self, transport_rate: int) -> int:
+        """The bundled acoustic model is 16 kHz."""
+        return self.sample_rate
+
+    async def open_stream(self, *, call_id: str, sample_rate: int) -> PocketSphinxStream:
+        if sample_rate != self.sample_rate:
+            raise ProviderError(f"PocketSphinx takes {self.sample_rate} Hz", provider=self.name)
         executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"stt-{call_id[-6:]}"
         )

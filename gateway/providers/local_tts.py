@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.errors import ProviderError
+from gateway.providers.sentence_speech import SentenceConnection
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,13 @@ class EspeakTTS:
         self._binary = binary
         self._voice = voice
         self._wpm = words_per_minute
+
+    def output_rate(self, transport_rate: int) -> int:
+        """espeak-ng always writes 22.05 kHz."""
+        return self.sample_rate
+
+    async def open(self, *, call_id: str, sample_rate: int) -> SentenceConnection:
+        return SentenceConnection(lambda text: self.synthesize(text, call_id=call_id))
 
     async def synthesize(self, text: str, *, call_id: str) -> AsyncIterator[npt.NDArray[np.int16]]:
         """Stream mono PCM16 chunks of `text` at 22.05 kHz."""

@@ -1,24 +1,33 @@
 """The agent on OpenAI's streaming chat completions (any OpenAI-compatible base URL).
 
 Text deltas stream out as they arrive, so the first sentence reaches TTS before the model
-has finished. Tool calls stream as argument fragments and are acted on once complete;
-the built-in `end_call` tool ends the call after the reply is spoken.
+has finished. Tool calls stream as argument fragments and are acted on once complete.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import httpx
 import openai
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from gateway.errors import ProviderError
-from gateway.providers.base import ChatMessage, HangUp, LLMEvent, TextDelta
+from gateway.providers.base import (
+    ChatMessage,
+    HangUp,
+    LLMEvent,
+    SendDtmf,
+    TextDelta,
+    TransferCall,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +44,85 @@ END_CALL_TOOL: dict[str, Any] = {
     },
 }
 
+SEND_DTMF_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "send_dtmf",
+        "description": "Press phone keys, e.g. to choose an option in an automated menu.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "digits": {"type": "string", "pattern": "^[0-9*#A-D]{1,32}$"},
+            },
+            "required": ["digits"],
+        },
+    },
+}
+
+_DTMF = re.compile(r"^[0-9*#A-D]{1,32}$")
+_MAX_TOOL_ROUNDS = 4
+_MAX_TOOL_RESULT_CHARS = 4000
+
+
+def transfer_tool(targets: Sequence[str]) -> dict[str, Any]:
+    """The `transfer_call` tool, limited to the configured destinations."""
+    return {
+        "type": "function",
+        "function": {
+            "name": "transfer_call",
+            "description": "Transfer the caller to a person or another line.",
+            "parameters": {
+                "type": "object",
+                "properties": {"to": {"type": "string", "enum": list(targets)}},
+                "required": ["to"],
+            },
+        },
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class HttpTool:
+    """An assistant-defined tool: the model's arguments are POSTed as JSON to `url`."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+    url: str
+    timeout_s: float = 5.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": dict(self.parameters),
+            },
+        }
+
 
 @dataclass(slots=True)
 class _PendingToolCall:
+    id: str = ""
     name: str = ""
     arguments: list[str] = field(default_factory=list)
 
-
-@dataclass(slots=True)
-class TokenUsage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    def args(self) -> dict[str, Any]:
+        try:
+            parsed = json.loads("".join(self.arguments) or "{}")
+        except json.JSONDecodeError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
 
 
 class OpenAIChatLLM:
-    """`LLM` on `chat.completions` with `stream=True`; the greeting is spoken as configured."""
+    """`LLM` on `chat.completions` with `stream=True`; the greeting is spoken as configured.
+
+    Built-in tools become call actions (`end_call`, `send_dtmf`, and `transfer_call` when
+    transfer targets are configured). Assistant HTTP tools are called by the gateway, with
+    a timeout, and their answer goes back to the model, which then goes on speaking.
+    """
 
     name = "openai"
 
@@ -62,6 +135,8 @@ class OpenAIChatLLM:
         greeting: str,
         base_url: str | None = None,
         timeout_s: float = 20.0,
+        http_tools: Sequence[HttpTool] = (),
+        transfer_targets: Sequence[str] = (),
     ) -> None:
         self._client = AsyncOpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0
@@ -69,40 +144,86 @@ class OpenAIChatLLM:
         self._model = model
         self._system_prompt = system_prompt
         self._greeting = greeting
-        self.usage = TokenUsage()
+        self._http_tools = {tool.name: tool for tool in http_tools}
+        self._transfer_targets = tuple(transfer_targets)
+        self._tools = [END_CALL_TOOL, SEND_DTMF_TOOL]
+        if self._transfer_targets:
+            self._tools.append(transfer_tool(self._transfer_targets))
+        self._tools += [tool.schema() for tool in http_tools]
+        self._http = httpx.AsyncClient(follow_redirects=False)
 
     async def aclose(self) -> None:
         """Close the HTTP connections of the client."""
         await self._client.close()
+        await self._http.aclose()
 
     async def respond(
         self, history: Sequence[ChatMessage], *, call_id: str
     ) -> AsyncIterator[LLMEvent]:
-        """Stream the model's reply; `HangUp` follows the text if it called `end_call`."""
+        """Stream the model's reply; call actions follow the text that goes with them."""
         if not any(m.role == "user" for m in history):
             yield TextDelta(self._greeting)
             return
-        messages: list[dict[str, str]] = [{"role": "system", "content": self._system_prompt}]
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self._system_prompt}]
         messages += [{"role": m.role, "content": m.content} for m in history]
-        tool_calls: dict[int, _PendingToolCall] = {}
+        for _ in range(_MAX_TOOL_ROUNDS):
+            calls: dict[int, _PendingToolCall] = {}
+            text: list[str] = []
+            async for event in self._stream(messages, calls):
+                if isinstance(event, TextDelta):
+                    text.append(event.text)
+                yield event
+            if not calls:
+                return
+            results: list[str] = []
+            needs_answer = False
+            for call in calls.values():
+                result, action = await self._run_tool(call)
+                results.append(result)
+                if action is not None:
+                    yield action
+                needs_answer = needs_answer or call.name in self._http_tools
+            if not needs_answer:
+                return
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": "".join(text) or None,
+                    "tool_calls": [
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": "".join(c.arguments)},
+                        }
+                        for c in calls.values()
+                    ],
+                }
+            )
+            for call, result in zip(calls.values(), results, strict=True):
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+        log.warning("tool rounds exhausted", extra={"rounds": _MAX_TOOL_ROUNDS})
+
+    async def _stream(
+        self, messages: list[dict[str, Any]], calls: dict[int, _PendingToolCall]
+    ) -> AsyncIterator[LLMEvent]:
         try:
             stream = await self._client.chat.completions.create(
                 model=self._model,
                 messages=cast(list[ChatCompletionMessageParam], messages),
-                tools=[cast(ChatCompletionFunctionToolParam, END_CALL_TOOL)],
+                tools=cast(list[ChatCompletionFunctionToolParam], self._tools),
                 stream=True,
                 stream_options={"include_usage": True},
             )
             async for chunk in stream:
                 if chunk.usage is not None:
-                    self.usage.prompt_tokens += chunk.usage.prompt_tokens
-                    self.usage.completion_tokens += chunk.usage.completion_tokens
+                    yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                 for choice in chunk.choices:
                     delta = choice.delta
                     if delta.content:
                         yield TextDelta(delta.content)
                     for call in delta.tool_calls or ():
-                        pending = tool_calls.setdefault(call.index, _PendingToolCall())
+                        pending = calls.setdefault(call.index, _PendingToolCall())
+                        pending.id = pending.id or call.id or f"call_{call.index}"
                         if call.function is not None:
                             pending.name += call.function.name or ""
                             pending.arguments.append(call.function.arguments or "")
@@ -110,19 +231,43 @@ class OpenAIChatLLM:
             raise ProviderError(str(exc), provider=self.name, status=exc.status_code) from exc
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             raise ProviderError(str(exc), provider=self.name) from exc
-        for tool in tool_calls.values():
-            if tool.name == "end_call":
-                reason = _argument(tool, "reason") or "agent-ended"
-                log.info("agent ends the call", extra={"reason": reason})
-                yield HangUp(reason="agent-ended")
-            else:
-                log.warning("unknown tool call ignored", extra={"tool": tool.name})
 
+    async def _run_tool(self, call: _PendingToolCall) -> tuple[str, LLMEvent | None]:
+        """Act on one complete tool call: its result for the model and the call action."""
+        args = call.args()
+        if call.name == "end_call":
+            log.info("agent ends the call", extra={"reason": args.get("reason")})
+            return "The call will end after your reply.", HangUp(reason="agent-ended")
+        if call.name == "send_dtmf":
+            digits = str(args.get("digits", "")).upper()
+            if not _DTMF.match(digits):
+                return json.dumps({"error": "digits must be 0-9, *, #, A-D"}), None
+            return f"Pressed {digits}.", SendDtmf(digits)
+        if call.name == "transfer_call":
+            to = str(args.get("to", ""))
+            if to not in self._transfer_targets:
+                log.warning("transfer to an unlisted destination refused", extra={"to": to})
+                return json.dumps({"error": "not an allowed destination"}), None
+            return f"Transferring to {to}.", TransferCall(to)
+        tool = self._http_tools.get(call.name)
+        if tool is None:
+            log.warning("unknown tool call ignored", extra={"tool": call.name})
+            return json.dumps({"error": f"no tool named {call.name}"}), None
+        return await self._call_http(tool, args), None
 
-def _argument(call: _PendingToolCall, key: str) -> str | None:
-    try:
-        parsed = json.loads("".join(call.arguments) or "{}")
-    except json.JSONDecodeError:
-        return None
-    value = parsed.get(key) if isinstance(parsed, dict) else None
-    return value if isinstance(value, str) else None
+    async def _call_http(self, tool: HttpTool, args: dict[str, Any]) -> str:
+        """POST the arguments to the tool's URL; its body (or the error) is the result."""
+        try:
+            response = await self._http.post(
+                tool.url, json=args, headers=dict(tool.headers), timeout=tool.timeout_s
+            )
+        except httpx.TimeoutException:
+            log.warning("tool timed out", extra={"tool": tool.name})
+            return json.dumps({"error": f"{tool.name} did not answer in {tool.timeout_s} s"})
+        except httpx.HTTPError as exc:
+            log.warning("tool failed: %s", exc, extra={"tool": tool.name})
+            return json.dumps({"error": f"{tool.name} is unreachable"})
+        log.info("tool called", extra={"tool": tool.name, "status": response.status_code})
+        if response.status_code >= 400:
+            return json.dumps({"error": f"{tool.name} answered HTTP {response.status_code}"})
+        return response.text[:_MAX_TOOL_RESULT_CHARS]

@@ -16,8 +16,10 @@ import numpy.typing as npt
 
 from audio.frames import AudioFrame
 from gateway.errors import ProviderError
+from gateway.metrics import GatewayMetrics
 from gateway.providers.base import ChatMessage, LLMEvent, Transcript
 from gateway.providers.local_agent import LocalScriptedAgent
+from gateway.providers.sentence_speech import SentenceConnection
 from gateway.session import CallSession, Providers, SessionConfig
 from storage import CallRecord, CallStatus, Speaker, TurnRecord
 
@@ -71,13 +73,16 @@ class ScriptedSTT:
     """Returns the next scripted text for each utterance the session closes."""
 
     name = "scripted"
-    sample_rate = 16000
+    continuous = False
 
     def __init__(self, texts: list[str]) -> None:
         self.texts = texts
         self.pushed = 0
 
-    async def open_stream(self, *, call_id: str) -> ScriptedSTT:
+    def input_rate(self, transport_rate: int) -> int:
+        return 16000
+
+    async def open_stream(self, *, call_id: str, sample_rate: int) -> ScriptedSTT:
         self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
         return self
 
@@ -101,6 +106,12 @@ class ToneTTS:
 
     name = "tone"
     sample_rate = 24000
+
+    def output_rate(self, transport_rate: int) -> int:
+        return self.sample_rate
+
+    async def open(self, *, call_id: str, sample_rate: int) -> SentenceConnection:
+        return SentenceConnection(lambda text: self.synthesize(text, call_id=call_id))
 
     async def synthesize(self, text: str, *, call_id: str) -> AsyncIterator[npt.NDArray[np.int16]]:
         samples = 2400 * len(text.split())
@@ -136,7 +147,13 @@ class MemoryStore:
         )  # fmt: skip
 
     async def finish_call(
-        self, call_id: str, *, status: CallStatus, end_reason: str, ended_at: datetime
+        self,
+        call_id: str,
+        *,
+        status: CallStatus,
+        end_reason: str,
+        ended_at: datetime,
+        usage: Mapping[str, int] | None = None,
     ) -> CallRecord | None:
         self.finished.append((status, end_reason))
         return None
@@ -295,3 +312,53 @@ async def test_an_agent_that_keeps_failing_gets_an_apology_not_silence() -> None
         }
         assert store.finished == [(CallStatus.COMPLETED, "caller-hung-up")]
     assert agent.calls == 1  # a final (4xx) error is not retried
+
+
+class BrokenTTS(ToneTTS):
+    """Starts speaking, then its connection drops (after `good_chunks` chunks)."""
+
+    name = "broken-tts"
+
+    def __init__(self, good_chunks: int = 2) -> None:
+        self._good_chunks = good_chunks
+        self.attempts = 0
+
+    async def synthesize(self, text: str, *, call_id: str) -> AsyncIterator[npt.NDArray[np.int16]]:
+        self.attempts += 1
+        n = 0
+        async for chunk in super().synthesize(text, call_id=call_id):
+            if n == self._good_chunks:
+                raise ProviderError("socket dropped", provider=self.name)
+            n += 1
+            yield chunk
+
+
+async def test_a_tts_that_drops_mid_turn_gives_way_to_the_fallback_apology() -> None:
+    ref: list[CallSession] = []
+    transport = FakeTransport(ref)
+    store = MemoryStore()
+    metrics = GatewayMetrics()
+    broken = BrokenTTS()
+    session = CallSession(
+        call_id="call-3",
+        transport=transport,
+        providers=Providers(
+            ScriptedSTT([]), LocalScriptedAgent(greeting="Hello, how can I help?"), broken,
+            fallback_tts=ToneTTS(),
+        ),
+        store=store,  # type: ignore[arg-type]
+        config=SessionConfig(silence_ms=400),
+        metrics=metrics,
+    )  # fmt: skip
+    ref.append(session)
+    await session.start()
+    await _feed(session, _silence(8000))
+    await session.end(reason="caller-hung-up")
+    await transport.aclose()
+    # The greeting started playing, so it is not retried: the apology follows at once,
+    # spoken by the fallback TTS, and the call goes on.
+    assert broken.attempts == 1
+    [turn] = store.turns
+    assert str(turn["text"]).endswith(SessionConfig().apology)
+    assert metrics.provider_failures == {"broken-tts": 1}
+    assert store.finished == [(CallStatus.COMPLETED, "caller-hung-up")]

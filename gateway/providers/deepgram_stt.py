@@ -1,0 +1,307 @@
+"""Streaming speech-to-text on Deepgram's live WebSocket (`/v1/listen`, official SDK).
+
+Audio goes at the transport's own rate: 8 kHz calls are sent as `mulaw` (what Twilio
+delivers, so nothing is resampled), 16/24/48 kHz ones as `linear16`. Every frame is sent,
+agent speech included, so interim results can barge in before the VAD is sure.
+
+Turn-taking stays with the session's VAD, the same on every provider: at its end of
+turn the stream sends `Finalize`, Deepgram answers with the last `is_final` result
+(`from_finalize: true`), and the stream yields one final `Transcript` made of every
+final piece since the previous one. If that answer does not come in `finalize_timeout_s`
+the words already final are used, so a turn is never lost to a slow socket.
+
+A socket that drops mid-call is reopened with backoff; audio not yet covered by a final
+result (up to `replay_s`) is sent again on the new socket so the turn in progress keeps
+its words. `KeepAlive` goes out whenever no audio has been sent for `keepalive_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from deepgram import AsyncDeepgramClient
+from deepgram.core.api_error import ApiError
+from deepgram.environment import DeepgramClientEnvironment
+from deepgram.listen.v1.types.listen_v1results import ListenV1Results
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from audio.codec import ulaw_encode
+from audio.frames import AudioFrame
+from gateway.errors import ProviderError
+from gateway.providers.base import Transcript
+
+log = logging.getLogger(__name__)
+
+_RATES = (8000, 16000, 24000, 32000, 48000)
+_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def deepgram_environment(base_url: str | None) -> DeepgramClientEnvironment:
+    """The SDK's endpoints for `base_url` (ws(s):// or http(s)://); Deepgram's cloud if None."""
+    if not base_url:
+        return DeepgramClientEnvironment.PRODUCTION
+    parts = urlsplit(base_url.rstrip("/"))
+    secure = parts.scheme in ("wss", "https")
+    ws = urlunsplit(("wss" if secure else "ws", parts.netloc, parts.path, "", ""))
+    http = urlunsplit(("https" if secure else "http", parts.netloc, parts.path, "", ""))
+    return DeepgramClientEnvironment(base=http, production=ws, agent=ws, agent_rest=http)
+
+
+class DeepgramSTT:
+    """`STT` on Deepgram live transcription; one WebSocket per call."""
+
+    name = "deepgram"
+    continuous = True
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        model: str = "nova-3",
+        language: str = "en",
+        endpointing_ms: int = 300,
+        finalize_timeout_s: float = 1.0,
+        keepalive_s: float = 4.0,
+        replay_s: float = 5.0,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
+        self._client = AsyncDeepgramClient(
+            api_key=api_key, environment=deepgram_environment(base_url)
+        )
+        self._model = model
+        self._language = language
+        self._endpointing_ms = endpointing_ms
+        self._finalize_timeout_s = finalize_timeout_s
+        self._keepalive_s = keepalive_s
+        self._replay_s = replay_s
+        self._on_reconnect = on_reconnect
+
+    def input_rate(self, transport_rate: int) -> int:
+        """The transport's own rate when Deepgram takes it, else 16 kHz."""
+        return transport_rate if transport_rate in _RATES else 16000
+
+    async def open_stream(self, *, call_id: str, sample_rate: int) -> DeepgramStream:
+        """Open the call's socket (raises `ProviderError` if Deepgram refuses it)."""
+        stream = DeepgramStream(self, call_id=call_id, sample_rate=sample_rate)
+        await stream.connect()
+        return stream
+
+    def connect_options(self, sample_rate: int) -> dict[str, Any]:
+        return {
+            "model": self._model,
+            "language": self._language,
+            "encoding": "mulaw" if sample_rate == 8000 else "linear16",
+            "sample_rate": sample_rate,
+            "channels": 1,
+            "interim_results": "true",
+            "punctuate": "true",
+            "smart_format": "true",
+            "endpointing": self._endpointing_ms,
+            "vad_events": "true",
+        }
+
+
+class DeepgramStream:
+    """One call's live transcription socket (see the module docstring)."""
+
+    def __init__(self, stt: DeepgramSTT, *, call_id: str, sample_rate: int) -> None:
+        self._stt = stt
+        self._call_id = call_id
+        self._rate = sample_rate
+        self._mulaw = sample_rate == 8000
+        self._out: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._socket: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._final_pieces: list[str] = []
+        self._interim = ""
+        self._finalizes_pending = 0
+        self._finalize_timer: asyncio.TimerHandle | None = None
+        # Audio sent since the last final result, replayed after a reconnect.
+        max_chunks = int(stt._replay_s * 50) + 1
+        self._unconfirmed: collections.deque[bytes] = collections.deque(maxlen=max_chunks)
+        self._last_send = time.monotonic()
+        self.reconnects = 0
+
+    # --------------------------------------------------------------- STTStream
+
+    async def push(self, frame: AudioFrame) -> None:
+        data = ulaw_encode(frame.pcm) if self._mulaw else frame.pcm.astype("<i2").tobytes()
+        self._unconfirmed.append(data)
+        if not self._connected.is_set():
+            return  # kept in `_unconfirmed`; sent when the socket is back
+        try:
+            await self._socket.send_media(data)
+            self._last_send = time.monotonic()
+        except (ConnectionClosed, WebSocketException, OSError):
+            self._connected.clear()  # the reader notices too and reconnects
+
+    async def end_utterance(self) -> None:
+        self._finalizes_pending += 1
+        loop = asyncio.get_running_loop()
+        if self._finalize_timer is None:
+            self._finalize_timer = loop.call_later(
+                self._stt._finalize_timeout_s, self._finalize_timed_out
+            )
+        if self._connected.is_set():
+            with contextlib.suppress(ConnectionClosed, WebSocketException, OSError):
+                await self._socket.send_finalize()
+
+    async def transcripts(self) -> AsyncIterator[Transcript]:
+        while True:
+            item = await self._out.get()
+            if item is None:
+                return
+            yield item
+
+    async def aclose(self) -> None:
+        """Flush with `CloseStream`, then close the socket."""
+        self._closing = True
+        if self._finalize_timer is not None:
+            self._finalize_timer.cancel()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        if self._connected.is_set():
+            with contextlib.suppress(ConnectionClosed, WebSocketException, OSError):
+                await self._socket.send_close_stream()
+        if self._reader is not None:
+            try:
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(self._reader)
+            except (TimeoutError, asyncio.CancelledError):
+                self._reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._reader
+        await self._disconnect()
+        self._out.put_nowait(None)
+
+    # ------------------------------------------------------------ connection
+
+    async def connect(self) -> None:
+        """Open the socket and start the reader and keep-alive tasks."""
+        await self._open_socket()
+        self._reader = asyncio.create_task(self._read_forever(), name="deepgram-reader")
+        self._keepalive = asyncio.create_task(self._keep_alive(), name="deepgram-keepalive")
+
+    async def _open_socket(self) -> None:
+        stack = contextlib.AsyncExitStack()
+        try:
+            self._socket = await stack.enter_async_context(
+                self._stt._client.listen.v1.connect(**self._stt.connect_options(self._rate))
+            )
+        except ApiError as exc:
+            await stack.aclose()
+            raise ProviderError(
+                f"Deepgram refused the stream: {exc.body}",
+                provider="deepgram",
+                status=exc.status_code,
+            ) from exc
+        except (OSError, WebSocketException) as exc:
+            await stack.aclose()
+            raise ProviderError(f"Deepgram unreachable: {exc}", provider="deepgram") from exc
+        self._stack = stack
+        for data in list(self._unconfirmed):
+            await self._socket.send_media(data)
+        self._last_send = time.monotonic()
+        self._connected.set()
+
+    async def _disconnect(self) -> None:
+        self._connected.clear()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+
+    async def _read_forever(self) -> None:
+        while not self._closing:
+            try:
+                await self._read_socket()
+            except (ConnectionClosed, WebSocketException, OSError) as exc:
+                if self._closing:
+                    return
+                log.warning("Deepgram socket dropped: %s", exc, extra={"call_id": self._call_id})
+            if self._closing:
+                return
+            await self._reconnect()
+
+    async def _read_socket(self) -> None:
+        while True:
+            message = await self._socket.recv()
+            if isinstance(message, ListenV1Results):
+                self._on_results(message)
+            elif getattr(message, "type", None) == "Error":
+                log.warning("Deepgram error: %s", getattr(message, "description", message))
+
+    async def _reconnect(self) -> None:
+        await self._disconnect()
+        if self._finalizes_pending:
+            self._emit_final()  # the turn in progress keeps the words already final
+        attempt = 0
+        while not self._closing:
+            await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+            attempt += 1
+            try:
+                await self._open_socket()
+            except ProviderError as exc:
+                log.warning("Deepgram reconnect failed: %s", exc)
+                continue
+            self.reconnects += 1
+            if self._stt._on_reconnect is not None:
+                self._stt._on_reconnect()
+            log.info("Deepgram socket reopened", extra={"reconnects": self.reconnects})
+            return
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self._stt._keepalive_s / 2)
+            idle = time.monotonic() - self._last_send
+            if self._connected.is_set() and idle >= self._stt._keepalive_s:
+                with contextlib.suppress(ConnectionClosed, WebSocketException, OSError):
+                    await self._socket.send_keep_alive()
+                    self._last_send = time.monotonic()
+
+    # --------------------------------------------------------------- results
+
+    def _on_results(self, results: ListenV1Results) -> None:
+        alternatives = results.channel.alternatives
+        text = alternatives[0].transcript.strip() if alternatives else ""
+        if not results.is_final:
+            self._interim = text
+            if text:
+                self._out.put_nowait(Transcript(self._joined(text), is_final=False))
+            return
+        self._interim = ""
+        self._unconfirmed.clear()
+        if text:
+            self._final_pieces.append(text)
+        if results.from_finalize and self._finalizes_pending:
+            self._emit_final()
+
+    def _joined(self, extra: str = "") -> str:
+        return " ".join([*self._final_pieces, extra]).strip()
+
+    def _emit_final(self) -> None:
+        self._finalizes_pending = max(0, self._finalizes_pending - 1)
+        if self._finalize_timer is not None:
+            self._finalize_timer.cancel()
+            self._finalize_timer = None
+        text = self._joined()
+        self._final_pieces.clear()
+        self._out.put_nowait(Transcript(text, is_final=True))
+
+    def _finalize_timed_out(self) -> None:
+        self._finalize_timer = None
+        if self._finalizes_pending:
+            log.warning("Deepgram did not answer Finalize in time; using the final words so far")
+            self._emit_final()

@@ -1,0 +1,50 @@
+"""Twilio's REST API for live calls (the `twilio` SDK): transfers today.
+
+The SDK is synchronous (requests), so each call runs on a worker thread. `api_base_url`
+points it somewhere other than https://api.twilio.com (a regional edge or a test server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from twilio.base.exceptions import TwilioException
+from twilio.rest import Client
+from twilio.twiml.voice_response import VoiceResponse
+
+from gateway.errors import TransferError
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def twilio_calls(settings: Settings) -> TwilioCalls | None:
+    """REST access when TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are both set."""
+    if not settings.twilio_account_sid or settings.twilio_auth_token is None:
+        return None
+    return TwilioCalls(
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+        api_base_url=settings.twilio_api_base_url,
+    )
+
+
+class TwilioCalls:
+    """Acts on live Twilio calls of one account."""
+
+    def __init__(self, *, account_sid: str, auth_token: str, api_base_url: str | None = None):
+        self._client = Client(account_sid, auth_token)
+        if api_base_url:
+            self._client.api.base_url = api_base_url.rstrip("/")
+
+    async def transfer(self, call_sid: str, to: str) -> None:
+        """Replace the call's TwiML with a `<Dial>` to `to`; the media stream then ends."""
+        response = VoiceResponse()
+        response.dial(to)
+        twiml = str(response)
+        try:
+            await asyncio.to_thread(lambda: self._client.calls(call_sid).update(twiml=twiml))
+        except TwilioException as exc:
+            raise TransferError(f"Twilio refused the transfer: {exc}") from exc
+        log.info("call transferred", extra={"call_sid": call_sid, "to": to})
