@@ -313,6 +313,7 @@ class CallSession:
         speech = await voice.turn()
         texts: list[str] = []
         player = asyncio.create_task(self._play_speech(speech, voice, texts), name="player")
+        completed = False
         try:
             chunker = SentenceChunker()
             events = aiter(self._providers.llm.respond(self._history, call_id=self.call_id))
@@ -345,8 +346,10 @@ class CallSession:
                 await speech.say(sentence)
             await speech.finish()
             await player
+            completed = True
         finally:
-            if not player.done():
+            if not completed:
+                # Barge-in or failure: stop the audio task and the synthesis itself.
                 player.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ProviderError):
                     await player
@@ -471,6 +474,7 @@ class CallSession:
                     log.exception("transfer failed; the call goes on")
                     continue
                 await self.end(reason="transferred")
+                await self._transport.hang_up()  # the call itself goes on to the <Dial>
                 return
             else:
                 await self.end(reason=action.reason)

@@ -3,7 +3,10 @@
 Server-sent events of `chat.completion.chunk` objects, tool calls as argument fragments,
 a usage chunk when `stream_options.include_usage` is set, then `data: [DONE]`. The reply
 is scripted from the last user message: "bye" -> a goodbye and an `end_call` tool call;
-"fail" -> HTTP 500; "slow" -> tokens 50 ms apart; anything else -> an echo.
+"transfer" -> `transfer_call`; "press" -> `send_dtmf`; "weather" -> the assistant's
+`get_weather` HTTP tool, and once the tool's result is in the messages, a reply quoting
+it; "long" -> a long answer, tokens 50 ms apart; "fail" -> HTTP 500; "slow" -> tokens
+50 ms apart; anything else -> an echo.
 """
 
 from __future__ import annotations
@@ -35,24 +38,52 @@ def _sse(obj: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-async def _events(said: str, include_usage: bool) -> AsyncIterator[bytes]:
+def _script(
+    said: str, messages: list[dict[str, Any]], tools: list[str]
+) -> tuple[list[str], dict[str, Any] | None]:
+    """The reply's words and the tool call (name, arguments) it ends with, if any."""
+    last = messages[-1] if messages else {}
+    heard = said.lower()
+    if last.get("role") == "tool":
+        return ["The", " tool", " says:", f" {last.get('content', '')}."], None
+    if "bye" in heard:
+        return ["Goodbye,", " thanks", " for", " calling."], {
+            "name": "end_call",
+            "arguments": '{"reason": "caller said bye"}',
+        }
+    if "transfer" in heard and "transfer_call" in tools:
+        return ["Transferring", " you", " now."], {
+            "name": "transfer_call",
+            "arguments": '{"to": "+15550001111"}',
+        }
+    if "press" in heard:
+        return [], {"name": "send_dtmf", "arguments": '{"digits": "12#"}'}
+    if "weather" in heard and "get_weather" in tools:
+        return ["Let", " me", " check."], {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    if "long" in heard:
+        sentence = [" This", " is", " a", " long", " answer", " that", " goes", " on."]
+        return sentence * 12, None
+    return ["You", " said:", f" {said}.", " Anything", " else?"], None
+
+
+async def _events(body: dict[str, Any], said: str) -> AsyncIterator[bytes]:
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    tools = [t["function"]["name"] for t in body.get("tools") or []]
     yield _sse(_chunk({"role": "assistant", "content": ""}))
-    delay = 0.05 if "slow" in said else 0.0
-    if "bye" in said:
-        words, finish = ["Goodbye,", " thanks", " for", " calling."], "tool_calls"
-    else:
-        words, finish = ["You", " said:", f" {said}.", " Anything", " else?"], "stop"
+    delay = 0.05 if "slow" in said.lower() or "long" in said.lower() else 0.0
+    words, tool = _script(said, body["messages"], tools)
     for word in words:
         if delay:
             await asyncio.sleep(delay)
         yield _sse(_chunk({"content": word}))
-    if finish == "tool_calls":
+    if tool is not None:
         first = {"index": 0, "id": "call_1", "type": "function",
-                 "function": {"name": "end_call", "arguments": ""}}  # fmt: skip
+                 "function": {"name": tool["name"], "arguments": ""}}  # fmt: skip
         yield _sse(_chunk({"tool_calls": [first]}))
-        for piece in ('{"rea', 'son": "caller', ' said bye"}'):
+        args = tool["arguments"]
+        for piece in (args[:5], args[5:12], args[12:]):
             yield _sse(_chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
-    yield _sse(_chunk({}, finish))
+    yield _sse(_chunk({}, "tool_calls" if tool else "stop"))
     if include_usage:
         usage = {
             "prompt_tokens": 12,
@@ -72,8 +103,7 @@ async def chat_completions(request: Request) -> Response:
         return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, 500)
     if not body.get("stream"):
         return JSONResponse({"error": {"message": "only stream=true here"}}, 400)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return StreamingResponse(_events(said, include_usage), media_type="text/event-stream")
+    return StreamingResponse(_events(body, said), media_type="text/event-stream")
 
 
 app = Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])

@@ -100,18 +100,60 @@ def gateway(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield process
 
 
-@pytest.fixture(scope="module")
-def openai_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A local server speaking OpenAI's chat-completions streaming protocol."""
+@contextlib.contextmanager
+def serve_fake(app: str) -> Iterator[str]:
+    """Run `tests.fakes.<app>:app` under uvicorn on a free loopback port; yield its URL."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "tests.fakes.openai_server:app", "--port", str(port),
+        [sys.executable, "-m", "uvicorn", f"tests.fakes.{app}:app", "--port", str(port),
          "--log-level", "warning"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _wait_until_up(f"http://127.0.0.1:{port}/v1/chat/completions", proc, lambda: "")
-        yield f"http://127.0.0.1:{port}/v1"
+        _wait_until_up(f"http://127.0.0.1:{port}/", proc, lambda: "")
+        yield f"http://127.0.0.1:{port}"
     finally:
         _stop(proc)
+
+
+@dataclass(frozen=True)
+class FakeServer:
+    """A protocol-faithful provider fake and its `/control` API."""
+
+    url: str
+
+    def control(self, **settings: object) -> None:
+        httpx.post(self.url + "/control", json=settings, timeout=5).raise_for_status()
+
+    def reset(self) -> None:
+        httpx.post(self.url + "/control/reset", timeout=5).raise_for_status()
+
+    def log(self) -> list[dict[str, object]]:
+        entries: list[dict[str, object]] = httpx.get(self.url + "/control/log", timeout=5).json()
+        return entries
+
+
+@pytest.fixture(scope="module")
+def openai_base_url() -> Iterator[str]:
+    """A local server speaking OpenAI's chat-completions streaming protocol."""
+    with serve_fake("openai_server") as url:
+        yield url + "/v1"
+
+
+@pytest.fixture(scope="module")
+def deepgram_fake() -> Iterator[FakeServer]:
+    with serve_fake("deepgram_server") as url:
+        yield FakeServer(url)
+
+
+@pytest.fixture(scope="module")
+def cartesia_fake() -> Iterator[FakeServer]:
+    with serve_fake("cartesia_server") as url:
+        yield FakeServer(url)
+
+
+@pytest.fixture(scope="module")
+def twilio_fake() -> Iterator[FakeServer]:
+    with serve_fake("twilio_server") as url:
+        yield FakeServer(url)

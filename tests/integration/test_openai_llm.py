@@ -3,22 +3,36 @@ the chat-completions streaming wire protocol (tests/fakes/openai_server.py)."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import pytest
 
 from gateway.errors import ProviderError
-from gateway.providers.base import ChatMessage, HangUp, LLMEvent, TextDelta, Usage
-from gateway.providers.openai_llm import OpenAIChatLLM
+from gateway.providers.base import (
+    ChatMessage,
+    HangUp,
+    LLMEvent,
+    SendDtmf,
+    TextDelta,
+    TransferCall,
+    Usage,
+)
+from gateway.providers.openai_llm import HttpTool, OpenAIChatLLM
 
 
-def _llm(base_url: str, key: str = "test-openai-key") -> OpenAIChatLLM:
+def _llm(base_url: str, key: str = "test-openai-key", **tools: Any) -> OpenAIChatLLM:
     return OpenAIChatLLM(
         api_key=key,
         base_url=base_url,
         model="fake-model",
         system_prompt="You are a phone agent.",
         greeting="Hello from the model agent.",
+        **tools,
     )
 
 
@@ -71,3 +85,88 @@ async def test_server_and_auth_errors_map_to_provider_error(openai_base_url: str
     with pytest.raises(ProviderError) as unreachable:
         await _collect(_llm("http://127.0.0.1:9/v1"), "hello")
     assert unreachable.value.retryable
+
+
+def _text(events: list[LLMEvent]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+async def test_transfer_only_to_a_configured_destination(openai_base_url: str) -> None:
+    events = await _collect(
+        _llm(openai_base_url, transfer_targets=["+15550001111"]), "transfer me please"
+    )
+    assert _text(events) == "Transferring you now."
+    assert events[-1] == TransferCall("+15550001111")
+    # Without destinations the tool is not offered at all: the model just answers.
+    events = await _collect(_llm(openai_base_url), "transfer me please")
+    assert not any(isinstance(e, TransferCall) for e in events)
+
+
+async def test_send_dtmf_tool_becomes_key_presses(openai_base_url: str) -> None:
+    events = await _collect(_llm(openai_base_url), "press one two hash")
+    assert [e for e in events if not isinstance(e, Usage)] == [SendDtmf("12#")]
+
+
+class _WeatherHandler(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, Any]]] = []
+    delay_s = 0.0
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        type(self).received.append({"body": body, "auth": self.headers.get("authorization")})
+        time.sleep(type(self).delay_s)
+        payload = json.dumps({"forecast": "sunny, 21 C"}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def weather_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _WeatherHandler)
+    _WeatherHandler.received = []
+    _WeatherHandler.delay_s = 0.0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/weather"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _weather_tool(url: str, timeout_s: float = 2.0) -> HttpTool:
+    return HttpTool(
+        name="get_weather",
+        description="The weather in a city.",
+        parameters={"type": "object", "properties": {"city": {"type": "string"}}},
+        url=url,
+        timeout_s=timeout_s,
+        headers={"authorization": "Bearer tool-secret"},
+    )
+
+
+async def test_http_tool_is_called_and_the_model_speaks_its_answer(
+    openai_base_url: str, weather_url: str
+) -> None:
+    llm = _llm(openai_base_url, http_tools=[_weather_tool(weather_url)])
+    events = await _collect(llm, "what is the weather in paris")
+    assert _WeatherHandler.received == [{"body": {"city": "Paris"}, "auth": "Bearer tool-secret"}]
+    assert _text(events) == 'Let me check.The tool says: {"forecast": "sunny, 21 C"}.'
+    assert [e for e in events if isinstance(e, Usage)] == [Usage(12, 3), Usage(12, 4)]
+
+
+async def test_a_slow_http_tool_times_out_and_the_model_hears_so(
+    openai_base_url: str, weather_url: str
+) -> None:
+    _WeatherHandler.delay_s = 1.0
+    llm = _llm(openai_base_url, http_tools=[_weather_tool(weather_url, timeout_s=0.2)])
+    started = time.monotonic()
+    events = await _collect(llm, "what is the weather in paris")
+    assert time.monotonic() - started < 1.0
+    assert "did not answer in 0.2 s" in _text(events)

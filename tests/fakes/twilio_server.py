@@ -1,0 +1,149 @@
+"""A local server that answers like Twilio's REST Calls API (`/2010-04-01/Accounts/...`).
+
+The `twilio` SDK is pointed at it with `client.api.base_url`. It checks HTTP Basic auth
+(account SID + auth token, from the control settings), takes form-encoded parameters as
+Twilio does, and answers with Call resources in Twilio's JSON shape, or Twilio's error
+shape (`code`, `message`, `more_info`, `status`). `GET /control/log` lists the requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+_settings: dict[str, Any] = {}
+_calls: dict[str, dict[str, Any]] = {}
+_log: list[dict[str, Any]] = []
+
+
+def _defaults() -> dict[str, Any]:
+    return {"account_sid": "AC" + "0" * 32, "auth_token": "test-twilio-token"}
+
+
+_settings.update(_defaults())
+
+
+def _error(status: int, code: int, message: str) -> JSONResponse:
+    body = {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    return JSONResponse(body, status_code=status)
+
+
+def _authorised(request: Request, account_sid: str) -> bool:
+    header = request.headers.get("authorization", "")
+    if not header.startswith("Basic "):
+        return False
+    user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+    return user == _settings["account_sid"] == account_sid and password == _settings["auth_token"]
+
+
+def _rfc2822(now: datetime) -> str:
+    return now.strftime("%a, %d %b %Y %H:%M:%S +0000")
+
+
+def _resource(sid: str, account_sid: str, form: dict[str, str]) -> dict[str, Any]:
+    now = _rfc2822(datetime.now(UTC))
+    return {
+        "sid": sid,
+        "account_sid": account_sid,
+        "to": form.get("To", ""),
+        "to_formatted": form.get("To", ""),
+        "from": form.get("From", ""),
+        "from_formatted": form.get("From", ""),
+        "status": "queued",
+        "direction": "outbound-api",
+        "api_version": "2010-04-01",
+        "date_created": now,
+        "date_updated": now,
+        "start_time": None,
+        "end_time": None,
+        "duration": None,
+        "price": None,
+        "price_unit": "USD",
+        "answered_by": None,
+        "caller_name": None,
+        "forwarded_from": None,
+        "group_sid": None,
+        "parent_call_sid": None,
+        "phone_number_sid": None,
+        "queue_time": "0",
+        "trunk_sid": None,
+        "annotation": None,
+        "uri": f"/2010-04-01/Accounts/{account_sid}/Calls/{sid}.json",
+        "subresource_uris": {},
+    }
+
+
+async def create_call(request: Request) -> JSONResponse:
+    account_sid = request.path_params["account_sid"]
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    _log.append({"method": "POST", "path": request.url.path, "form": form})
+    if not _authorised(request, account_sid):
+        return _error(401, 20003, "Authenticate")
+    for required in ("To", "From"):
+        if required not in form:
+            return _error(400, 21201, f"No '{required}' number is specified")
+    if "Url" not in form and "Twiml" not in form and "ApplicationSid" not in form:
+        return _error(400, 21205, "Url parameter is required.")
+    sid = "CA" + secrets.token_hex(16)
+    _calls[sid] = _resource(sid, account_sid, form)
+    return JSONResponse(_calls[sid], status_code=201)
+
+
+async def update_call(request: Request) -> JSONResponse:
+    account_sid = request.path_params["account_sid"]
+    sid = request.path_params["call_sid"]
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    _log.append({"method": "POST", "path": request.url.path, "form": form})
+    if not _authorised(request, account_sid):
+        return _error(401, 20003, "Authenticate")
+    call = _calls.setdefault(sid, _resource(sid, account_sid, {}))
+    if sid.startswith("CAgone"):
+        return _error(404, 20404, f"The requested resource {request.url.path} was not found")
+    if "Status" in form:
+        call["status"] = form["Status"]
+    call["date_updated"] = _rfc2822(datetime.now(UTC))
+    return JSONResponse(call)
+
+
+async def control(request: Request) -> JSONResponse:
+    _settings.update(await request.json())
+    return JSONResponse({"ok": True})
+
+
+async def control_log(request: Request) -> JSONResponse:
+    return JSONResponse(_log)
+
+
+async def control_reset(request: Request) -> JSONResponse:
+    _log.clear()
+    _calls.clear()
+    _settings.clear()
+    _settings.update(_defaults())
+    return JSONResponse({"ok": True})
+
+
+app = Starlette(
+    routes=[
+        Route("/2010-04-01/Accounts/{account_sid}/Calls.json", create_call, methods=["POST"]),
+        Route(
+            "/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json",
+            update_call,
+            methods=["POST"],
+        ),
+        Route("/control", control, methods=["POST"]),
+        Route("/control/log", control_log, methods=["GET"]),
+        Route("/control/reset", control_reset, methods=["POST"]),
+    ]
+)

@@ -1,0 +1,224 @@
+"""Deepgram STT and Cartesia TTS through their official SDKs against local servers that
+speak each provider's WebSocket protocol (tests/fakes/deepgram_server.py, cartesia_server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from audio.frames import AudioFrame
+from gateway.errors import ProviderError
+from gateway.providers.base import SegmentDone, SpeechAudio, SpeechEvent, Transcript
+from gateway.providers.cartesia_tts import CartesiaTTS
+from gateway.providers.deepgram_stt import DeepgramStream, DeepgramSTT
+
+from .conftest import FakeServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _stt(fake: FakeServer, key: str = "test-deepgram-key", **options: float) -> DeepgramSTT:
+    return DeepgramSTT(api_key=key, base_url=fake.url.replace("http", "ws"), **options)  # type: ignore[arg-type]
+
+
+def _frames(kind: str, ms: int, rate: int = 8000) -> list[AudioFrame]:
+    n = rate * ms // 1000
+    t = np.arange(n) / rate
+    if kind == "speech":
+        pcm = (6000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
+    else:
+        pcm = np.zeros(n, dtype=np.int16)
+    step = rate // 50
+    return [AudioFrame(pcm[i : i + step], rate) for i in range(0, n, step)]
+
+
+async def _push(stream: DeepgramStream, frames: list[AudioFrame]) -> None:
+    for frame in frames:
+        await stream.push(frame)
+        await asyncio.sleep(0.002)
+
+
+async def _next_final(transcripts: AsyncIterator[Transcript], seen: list[Transcript]) -> str:
+    async with asyncio.timeout(5):
+        async for transcript in transcripts:
+            seen.append(transcript)
+            if transcript.is_final:
+                return transcript.text
+    raise AssertionError("stream ended")
+
+
+@pytest.fixture
+def dg(deepgram_fake: FakeServer) -> FakeServer:
+    deepgram_fake.reset()
+    return deepgram_fake
+
+
+@pytest.fixture
+def cartesia(cartesia_fake: FakeServer) -> FakeServer:
+    cartesia_fake.reset()
+    return cartesia_fake
+
+
+async def test_deepgram_interims_then_one_final_per_turn_on_finalize(dg: FakeServer) -> None:
+    dg.control(utterances=["What are your opening hours?", "Book me in."])
+    stream = await _stt(dg).open_stream(call_id="c1", sample_rate=8000)
+    transcripts = aiter(stream.transcripts())
+    seen: list[Transcript] = []
+    await _push(stream, _frames("silence", 200) + _frames("speech", 1200) + _frames("silence", 700))
+    await stream.end_utterance()  # the session's VAD closed the turn
+    assert await _next_final(transcripts, seen) == "What are your opening hours?"
+    assert any(not t.is_final and t.text for t in seen)  # interim results came first
+    await _push(stream, _frames("speech", 800) + _frames("silence", 700))
+    await stream.end_utterance()
+    assert await _next_final(transcripts, seen) == "Book me in."
+    await stream.aclose()
+    log = dg.log()
+    [opened] = [e for e in log if e["kind"] == "open"]
+    assert opened["auth"] == "Token test-deepgram-key"
+    query = opened["query"]
+    assert isinstance(query, dict)
+    assert (query["encoding"], query["sample_rate"], query["model"]) == ("mulaw", "8000", "nova-3")
+    sent = [e["data"]["type"] for e in log if e["kind"] == "json"]  # type: ignore[index]
+    assert sent == ["Finalize", "Finalize", "CloseStream"]
+    audio_bytes = sum(int(e["bytes"]) for e in log if e["kind"] == "audio")  # type: ignore[call-overload]
+    assert audio_bytes == 8 * (200 + 1200 + 700 + 800 + 700)  # mu-law: one byte a sample
+
+
+async def test_deepgram_keepalive_while_no_audio_flows(dg: FakeServer) -> None:
+    stream = await _stt(dg, keepalive_s=0.2).open_stream(call_id="c2", sample_rate=16000)
+    await asyncio.sleep(0.7)
+    await stream.aclose()
+    sent = [e["data"]["type"] for e in dg.log() if e["kind"] == "json"]  # type: ignore[index]
+    assert sent.count("KeepAlive") >= 2 and sent[-1] == "CloseStream"
+    [opened] = [e for e in dg.log() if e["kind"] == "open"]
+    assert opened["query"]["encoding"] == "linear16"  # type: ignore[index]
+
+
+async def test_deepgram_socket_drop_reconnects_and_keeps_transcribing(dg: FakeServer) -> None:
+    dg.control(utterances=["First.", "Second."], drop_after_finals=1)
+    reconnects: list[int] = []
+    stt = DeepgramSTT(
+        api_key="test-deepgram-key",
+        base_url=dg.url.replace("http", "ws"),
+        on_reconnect=lambda: reconnects.append(1),
+    )
+    stream = await stt.open_stream(call_id="c3", sample_rate=8000)
+    transcripts = aiter(stream.transcripts())
+    seen: list[Transcript] = []
+    await _push(stream, _frames("speech", 600) + _frames("silence", 700))
+    await stream.end_utterance()
+    assert await _next_final(transcripts, seen) == "First."
+    await asyncio.sleep(0.5)
+    await _push(stream, _frames("speech", 600) + _frames("silence", 700))
+    await stream.end_utterance()
+    assert await _next_final(transcripts, seen) == "Second."
+    await stream.aclose()
+    assert reconnects == [1]
+    assert len([e for e in dg.log() if e["kind"] == "open"]) == 2
+
+
+async def test_deepgram_wrong_key_is_a_final_provider_error(dg: FakeServer) -> None:
+    with pytest.raises(ProviderError) as refused:
+        await _stt(dg, key="wrong").open_stream(call_id="c4", sample_rate=8000)
+    assert refused.value.status == 401 and not refused.value.retryable
+
+
+def _tts(fake: FakeServer, key: str = "test-cartesia-key") -> CartesiaTTS:
+    return CartesiaTTS(api_key=key, voice_id="voice-1", base_url=fake.url)
+
+
+async def _collect(events: AsyncIterator[SpeechEvent]) -> list[SpeechEvent]:
+    async with asyncio.timeout(10):
+        return [event async for event in events]
+
+
+async def test_cartesia_turn_streams_sentences_as_continuations(cartesia: FakeServer) -> None:
+    tts = _tts(cartesia)
+    connection = await tts.open(call_id="c5", sample_rate=tts.output_rate(8000))
+    speech = connection.turn()
+    await speech.say("Hello there.")
+    await speech.say("How are you?")
+    await speech.finish()
+    events = await _collect(speech.audio())
+    await connection.aclose()
+    await tts.aclose()
+    segments = [e.segment for e in events]
+    assert segments == sorted(segments) and set(segments) == {0, 1}
+    assert [e for e in events if isinstance(e, SegmentDone)] == [SegmentDone(0), SegmentDone(1)]
+    samples = [
+        sum(len(e.pcm) for e in events if isinstance(e, SpeechAudio) and e.segment == s)
+        for s in (0, 1)
+    ]
+    assert samples == [
+        int(8000 * 0.045 * len("Hello there.")),
+        int(8000 * 0.045 * len("How are you?")),
+    ]
+    requests = [e["data"] for e in cartesia.log() if e["kind"] == "json"]
+    assert len({r["context_id"] for r in requests}) == 1
+    assert [(r["transcript"], r["continue"], r.get("flush", False)) for r in requests] == [
+        ("Hello there. ", True, False), ("", True, True),
+        ("How are you? ", True, False), ("", True, True),
+        ("", False, False),
+    ]  # fmt: skip
+    assert requests[0]["output_format"] == {
+        "container": "raw",
+        "encoding": "pcm_s16le",
+        "sample_rate": 8000,
+    }
+
+
+async def test_cartesia_cancel_stops_the_context(cartesia: FakeServer) -> None:
+    cartesia.control(chunk_interval_ms=20)
+    tts = _tts(cartesia)
+    connection = await tts.open(call_id="c6", sample_rate=8000)
+    speech = connection.turn()
+    await speech.say("A rather long sentence that takes a while to speak out loud.")
+    received = 0
+    async with asyncio.timeout(5):
+        async for event in speech.audio():
+            received += isinstance(event, SpeechAudio)
+            if received == 3:
+                break
+    await speech.cancel()
+    await asyncio.sleep(0.2)
+    # The next turn on the same socket works.
+    after = connection.turn()
+    await after.say("Next.")
+    await after.finish()
+    assert any(isinstance(e, SpeechAudio) for e in await _collect(after.audio()))
+    await connection.aclose()
+    await tts.aclose()
+    requests = [e["data"] for e in cartesia.log() if e["kind"] == "json"]
+    assert {"context_id": requests[0]["context_id"], "cancel": True} in requests
+
+
+async def test_cartesia_drop_mid_turn_fails_the_turn_and_the_next_reconnects(
+    cartesia: FakeServer,
+) -> None:
+    cartesia.control(drop_on_text="boom")
+    tts = _tts(cartesia)
+    connection = await tts.open(call_id="c7", sample_rate=8000)
+    speech = connection.turn()
+    await speech.say("This goes boom.")
+    await speech.finish()
+    with pytest.raises(ProviderError):
+        await _collect(speech.audio())
+    again = connection.turn()
+    await again.say("Fine now.")
+    await again.finish()
+    assert any(isinstance(e, SpeechAudio) for e in await _collect(again.audio()))
+    await connection.aclose()
+    await tts.aclose()
+    assert len([e for e in cartesia.log() if e["kind"] == "open"]) == 2
+
+
+async def test_cartesia_wrong_key_is_a_final_provider_error(cartesia: FakeServer) -> None:
+    tts = _tts(cartesia, key="wrong")
+    connection = await tts.open(call_id="c8", sample_rate=8000)
+    with pytest.raises(ProviderError) as refused:
+        await connection.turn().say("Hello.")
+    await tts.aclose()
+    assert refused.value.status == 401 and not refused.value.retryable
