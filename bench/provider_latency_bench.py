@@ -70,7 +70,9 @@ def _process(args: list[str], url: str, env: dict[str, str], log: Path) -> Itera
         proc.wait(timeout=20)
 
 
-def _fake(name: str, env: dict[str, str], log_dir: Path) -> tuple[str, contextlib.AbstractContextManager[None]]:
+def _fake(
+    name: str, env: dict[str, str], log_dir: Path
+) -> tuple[str, contextlib.AbstractContextManager[None]]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "uvicorn", f"tests.fakes.{name}:app", "--port", str(port),

@@ -146,6 +146,7 @@ class CallSession:
         self._agent_turn_start_ms = 0.0
         self._latency: TurnLatency | None = None
         self._history: list[ChatMessage] = []
+        self._turn_write: asyncio.Task[object] | None = None
         self._usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self._end_lock = asyncio.Lock()
         self.ended = asyncio.Event()
@@ -223,6 +224,10 @@ class CallSession:
                 if voice is not None:
                     with contextlib.suppress(Exception):
                         await voice.aclose()
+            try:
+                await self._stored_turns()
+            except Exception:
+                log.exception("storing the last caller turn failed")
             await self._store.finish_call(
                 self.call_id,
                 status=status,
@@ -282,8 +287,14 @@ class CallSession:
                 log.info("utterance with no words ignored")
                 continue
             log.info("caller said", extra={"text": text})
-            await self._store.add_turn(
-                self.call_id, speaker="caller", text=text, start_ms=start_ms, end_ms=end_ms
+            # The insert runs beside the reply: a database round trip is not on the path
+            # to the agent's first word. Turns stay in order (see `_stored_turns`).
+            await self._stored_turns()
+            self._turn_write = asyncio.create_task(
+                self._store.add_turn(
+                    self.call_id, speaker="caller", text=text, start_ms=start_ms, end_ms=end_ms
+                ),
+                name="store-caller-turn",
             )
             self._history.append(ChatMessage(role="user", content=text))
             if self._utterance_active:
@@ -522,6 +533,12 @@ class CallSession:
         else:
             self._playback.reset()
 
+    async def _stored_turns(self) -> None:
+        """Wait for the caller turn still being written, so turns keep their order."""
+        write, self._turn_write = self._turn_write, None
+        if write is not None:
+            await write
+
     async def _store_agent_turn(self, text: str, *, interrupted: bool) -> None:
         self._playback.reset()
         latency, self._latency = self._latency, None
@@ -530,6 +547,7 @@ class CallSession:
         latency_ms = latency.as_ms() if latency is not None else None
         if latency_ms and self._metrics is not None:
             self._metrics.observe_turn(latency_ms)
+        await self._stored_turns()
         await self._store.add_turn(
             self.call_id,
             speaker="agent",
