@@ -125,7 +125,6 @@ class DeepgramStream:
         self._connected = asyncio.Event()
         self._closing = False
         self._final_pieces: list[str] = []
-        self._interim = ""
         self._finalizes_pending = 0
         self._finalize_timer: asyncio.TimerHandle | None = None
         # Audio sent since the last final result, replayed after a reconnect.
@@ -277,11 +276,9 @@ class DeepgramStream:
         alternatives = results.channel.alternatives
         text = alternatives[0].transcript.strip() if alternatives else ""
         if not results.is_final:
-            self._interim = text
             if text:
                 self._out.put_nowait(Transcript(self._joined(text), is_final=False))
             return
-        self._interim = ""
         self._unconfirmed.clear()
         if text:
             self._final_pieces.append(text)
