@@ -1,62 +1,36 @@
-"""The JSON API: health and calls (read), behind `x-api-key`."""
+"""The management API: health, metrics, calls, assistants and API keys (behind `x-api-key`).
+
+Every operation is scoped to the key's organisation: another organisation's records
+answer 404, exactly as records that do not exist.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import hmac
-import logging
-from datetime import datetime
-from typing import Any
-
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 
+from gateway.api_models import (
+    ApiKeyList,
+    ApiKeyOut,
+    AssistantList,
+    AssistantOut,
+    AssistantPatch,
+    CallDetail,
+    CallList,
+    CallOut,
+    CallQuery,
+)
 from gateway.context import GatewayContext
-from gateway.errors import AuthError
-from storage import CallRecord
+from gateway.openapi import ApiRequest, Operation, RequestInvalid, error_response
+from storage import AssistantConfig, CallFilter, CallNotFound
 
-log = logging.getLogger(__name__)
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    """The one JSON shape of every API error."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+__all__ = ["OPERATIONS", "error_response", "health", "metrics"]
 
 
 def _ctx(request: Request) -> GatewayContext:
     ctx: GatewayContext = request.app.state.gateway
     return ctx
-
-
-def require_api_key(request: Request) -> None:
-    """Raise `AuthError` unless `x-api-key` matches the configured key."""
-    expected = _ctx(request).settings.gateway_api_key
-    given = request.headers.get("x-api-key")
-    if expected is None or given is None:
-        raise AuthError("missing x-api-key header")
-    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
-        raise AuthError("invalid API key")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def call_json(call: CallRecord, *, with_turns: bool) -> dict[str, Any]:
-    body: dict[str, Any] = _jsonable(dataclasses.asdict(call))
-    turns = body.pop("turns", [])
-    if with_turns:
-        body["transcript"] = turns
-    return body
 
 
 async def health(request: Request) -> JSONResponse:
@@ -67,19 +41,117 @@ async def metrics(request: Request) -> PlainTextResponse:
     return PlainTextResponse(_ctx(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-async def list_calls(request: Request) -> JSONResponse:
-    require_api_key(request)
+# ------------------------------------------------------------------------ calls
+
+
+async def list_calls(req: ApiRequest) -> BaseModel:
+    q = req.query_as(CallQuery)
+    page = await req.ctx.store.list_calls(
+        CallFilter(
+            org_id=req.principal.org_id,
+            assistant_id=q.assistant_id,
+            status=q.status,
+            direction=q.direction,
+            started_after=q.started_after,
+            started_before=q.started_before,
+        ),
+        limit=q.limit,
+        cursor=q.cursor,
+    )
+    return CallList(items=[CallOut.of(c) for c in page.items], next_cursor=page.next_cursor)
+
+
+async def get_call(req: ApiRequest) -> BaseModel:
+    call_id = req.path["call_id"]
+    call = await req.ctx.store.get_call(call_id)
+    if call.org_id != req.principal.org_id:
+        raise CallNotFound(f"no call {call_id!r}")
+    return CallDetail.of(call)
+
+
+# ------------------------------------------------------------------- assistants
+
+
+async def create_assistant(req: ApiRequest) -> BaseModel:
+    config = req.body_as(AssistantConfig)
+    return AssistantOut.of(await req.ctx.assistants.create(req.principal.org_id, config))
+
+
+async def list_assistants(req: ApiRequest) -> BaseModel:
+    records = await req.ctx.assistants.list(req.principal.org_id)
+    return AssistantList(items=[AssistantOut.of(r) for r in records])
+
+
+async def get_assistant(req: ApiRequest) -> BaseModel:
+    record = await req.ctx.assistants.get(req.principal.org_id, req.path["assistant_id"])
+    return AssistantOut.of(record)
+
+
+async def update_assistant(req: ApiRequest) -> BaseModel:
+    org_id, assistant_id = req.principal.org_id, req.path["assistant_id"]
+    current = await req.ctx.assistants.get(org_id, assistant_id)
+    changes = req.body_as(AssistantPatch).model_dump(exclude_unset=True)
     try:
-        limit = int(request.query_params.get("limit", "50"))
-    except ValueError:
-        return error_response(422, "invalid_parameter", "limit must be an integer")
-    if not 1 <= limit <= 500:
-        return error_response(422, "invalid_parameter", "limit must be between 1 and 500")
-    calls = await _ctx(request).store.list_calls(limit=limit)
-    return JSONResponse({"items": [call_json(c, with_turns=False) for c in calls]})
+        merged = AssistantConfig.model_validate({**current.config.model_dump(), **changes})
+    except ValidationError as exc:
+        details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        raise RequestInvalid("invalid assistant fields", details) from exc
+    return AssistantOut.of(await req.ctx.assistants.replace(org_id, assistant_id, merged))
 
 
-async def get_call(request: Request) -> JSONResponse:
-    require_api_key(request)
-    call = await _ctx(request).store.get_call(request.path_params["call_id"])
-    return JSONResponse(call_json(call, with_turns=True))
+async def delete_assistant(req: ApiRequest) -> None:
+    await req.ctx.assistants.delete(req.principal.org_id, req.path["assistant_id"])
+
+
+# --------------------------------------------------------------------- API keys
+
+
+async def list_api_keys(req: ApiRequest) -> BaseModel:
+    keys = await req.ctx.accounts.list_keys(req.principal.org_id)
+    return ApiKeyList(items=[ApiKeyOut.of(k) for k in keys])
+
+
+async def revoke_api_key(req: ApiRequest) -> BaseModel:
+    key = await req.ctx.accounts.revoke_key(req.path["key_id"], org_id=req.principal.org_id)
+    return ApiKeyOut.of(key)
+
+
+OPERATIONS = [
+    Operation(
+        "GET", "/calls", list_calls, "List calls, newest first", "calls",
+        response=CallList, query=CallQuery, errors=(401, 422),
+    ),
+    Operation(
+        "GET", "/calls/{call_id}", get_call, "A call with its transcript and metrics", "calls",
+        response=CallDetail, errors=(401, 404),
+    ),
+    Operation(
+        "POST", "/assistants", create_assistant, "Create an assistant", "assistants",
+        body=AssistantConfig, response=AssistantOut, status=201, errors=(401, 409, 422),
+    ),
+    Operation(
+        "GET", "/assistants", list_assistants, "List assistants", "assistants",
+        response=AssistantList, errors=(401,),
+    ),
+    Operation(
+        "GET", "/assistants/{assistant_id}", get_assistant, "An assistant", "assistants",
+        response=AssistantOut, errors=(401, 404),
+    ),
+    Operation(
+        "PATCH", "/assistants/{assistant_id}", update_assistant, "Change an assistant",
+        "assistants", body=AssistantPatch, response=AssistantOut, errors=(401, 404, 409, 422),
+    ),
+    Operation(
+        "DELETE", "/assistants/{assistant_id}", delete_assistant, "Delete an assistant",
+        "assistants", status=204, errors=(401, 404),
+    ),
+    Operation(
+        "GET", "/api-keys", list_api_keys, "The organisation's API keys (never the secrets)",
+        "api-keys", response=ApiKeyList, errors=(401,),
+    ),
+    Operation(
+        "POST", "/api-keys/{key_id}/revoke", revoke_api_key,
+        "Revoke an API key (refused from the next request on)", "api-keys",
+        response=ApiKeyOut, errors=(401, 404),
+    ),
+]  # fmt: skip

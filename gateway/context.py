@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from gateway.livekit_sip import LiveKitSip
 from gateway.metrics import GatewayMetrics
+from gateway.providers.catalog import ProviderCatalog
 from gateway.session import Providers, SessionConfig
 from gateway.settings import Settings
 from gateway.twilio_rest import TwilioCalls
-from storage import CallStore
+from storage import AccountRepository, AssistantRepository, CallStore, SipRepository
 from telephony.twilio import TwilioSignatureValidator
 
 
@@ -22,7 +24,12 @@ class GatewayContext:
     stream_token_secret: bytes
     session_config: SessionConfig
     metrics: GatewayMetrics
+    accounts: AccountRepository
+    assistants: AssistantRepository
+    sip: SipRepository
+    catalog: ProviderCatalog
     twilio_calls: TwilioCalls | None = None
+    livekit: LiveKitSip | None = None
 
 
 def stream_token_secret(settings: Settings) -> bytes:

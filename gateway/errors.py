@@ -5,6 +5,10 @@
     ├── AuthError              missing or wrong API key                  -> HTTP 401
     ├── NotFoundError          unknown resource                          -> HTTP 404
     ├── ProviderError          an STT / LLM / TTS failure (`retryable`)
+    ├── CarrierError           Twilio / LiveKit refused a call       -> HTTP 422 or 502
+    ├── NotConfigured          a feature whose settings are unset    -> HTTP 503
+    ├── ConflictError          clashes with what is stored           -> HTTP 409
+    ├── MissingPlaceholders    call metadata lacks a {{name}}        -> HTTP 422 (persona.py)
     └── (re-exported)
         telephony.errors.ProtocolError   bad Media Streams input  -> WS close code + reason
         telephony.errors.SignatureError  bad X-Twilio-Signature / stream token -> HTTP 403
@@ -21,8 +25,11 @@ from telephony.errors import ProtocolError, SignatureError, TelephonyError
 __all__ = [
     "AuthError",
     "CallNotFound",
+    "CarrierError",
     "ConfigError",
+    "ConflictError",
     "GatewayError",
+    "NotConfigured",
     "NotFoundError",
     "ProtocolError",
     "ProviderError",
@@ -70,3 +77,28 @@ class ProviderError(GatewayError):
 
 class TransferError(GatewayError):
     """A call could not be transferred (no way to do it on this transport, or it failed)."""
+
+
+class CarrierError(GatewayError):
+    """The carrier (Twilio, or LiveKit's SIP service) refused or failed to place a call.
+
+    A 4xx from the carrier is the request's fault (e.g. a number it cannot dial): HTTP 422
+    at our edge. Anything else is the carrier's: HTTP 502.
+    """
+
+    def __init__(self, message: str, *, carrier: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.carrier = carrier
+        self.status = status
+
+    @property
+    def caller_fault(self) -> bool:
+        return self.status is not None and 400 <= self.status < 500 and self.status != 401
+
+
+class NotConfigured(GatewayError):
+    """A feature was asked for whose settings are not set (e.g. LiveKit, Twilio REST)."""
+
+
+class ConflictError(GatewayError):
+    """The request clashes with what is stored (e.g. deleting a trunk a rule still uses)."""

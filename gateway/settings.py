@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     stream_token_secret: SecretStr | None = None
     stream_token_ttl_s: float = 120.0
 
+    # On an empty database this key becomes the first admin key of organisation `gateway_org`.
     gateway_api_key: SecretStr | None = None
+    gateway_org: str = "default"
 
     # Unset: the gateway starts its embedded FerretDB (data under `data_dir`).
     mongodb_url: str | None = None
@@ -92,6 +94,14 @@ class Settings(BaseSettings):
     # Twilio REST (transfers; outbound calls). The base URL is for tests and edges.
     twilio_account_sid: str | None = None
     twilio_api_base_url: str | None = None
+
+    # Outbound calls: how long the callee's phone may ring.
+    outbound_ring_timeout_s: int = Field(default=60, ge=5, le=600)
+
+    # LiveKit (SIP trunks, dispatch rules, rooms); e.g. http://127.0.0.1:7880.
+    livekit_url: str | None = None
+    livekit_api_key: str | None = None
+    livekit_api_secret: SecretStr | None = None
 
     # Offline recognisers loaded at start; more load on demand (~35 ms each).
     stt_prewarm: int = Field(default=4, ge=0, le=256)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,9 +20,11 @@ from audio.codec import ulaw_decode
 from audio.frames import AudioFrame
 from gateway.context import GatewayContext
 from gateway.logs import call_id_var
-from gateway.session import CallSession
+from gateway.outbound import outbound_token_subject
+from gateway.persona import Persona, PersonaLLM
+from gateway.session import CallSession, Providers
 from gateway.twilio_transport import TwilioTransport
-from storage import CallNotFound, CallStatus
+from storage import CallNotFound, CallRecord, CallStatus
 from telephony.errors import ProtocolError, SignatureError
 from telephony.twilio import (
     AudioReceived,
@@ -38,6 +41,7 @@ from telephony.twilio import (
 log = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008
+_DEFAULT_MAX_DURATION_S = 4 * 3600  # calls of the default assistant
 
 
 async def twilio_stream_endpoint(websocket: WebSocket) -> None:
@@ -62,6 +66,7 @@ class _StreamDriver:
         self._session: CallSession | None = None
         self._transport: TwilioTransport | None = None
         self._pacer: asyncio.Task[None] | None = None
+        self._deadline: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         end_reason, status = "stream-closed", CallStatus.COMPLETED
@@ -90,6 +95,10 @@ class _StreamDriver:
                 self._ctx.metrics.calls_active -= 1
                 stats = self._transport.stats if self._transport else None
                 log.info("media stream closed", extra={"pacing": stats})
+            if self._deadline is not None and self._deadline is not asyncio.current_task():
+                self._deadline.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._deadline
             if self._pacer is not None:
                 self._pacer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -133,15 +142,22 @@ class _StreamDriver:
         token = params.get("token")
         if not token:
             raise SignatureError("missing stream token")
-        verify_stream_token(ctx.stream_token_secret, token, start.call_sid, now=time.time())
         call_id = params.get("call_id", "")
+        try:
+            verify_stream_token(ctx.stream_token_secret, token, start.call_sid, now=time.time())
+        except SignatureError:
+            # Outbound calls: the token was made before Twilio gave the call its sid.
+            subject = outbound_token_subject(call_id)
+            verify_stream_token(ctx.stream_token_secret, token, subject, now=time.time())
         try:
             call = await ctx.store.get_call(call_id)
         except CallNotFound as exc:
             raise SignatureError("stream token names no call of this gateway") from exc
-        if call.call_sid != start.call_sid:
+        if call.call_sid and call.call_sid != start.call_sid:
             raise SignatureError("stream token belongs to another call")
         call_id_var.set(call.id)
+        if not call.call_sid:
+            await ctx.store.set_call_sid(call.id, start.call_sid)
         await ctx.store.set_stream(call.id, start.stream_sid)
         await ctx.store.set_status(call.id, CallStatus.IN_PROGRESS)
         self._transport = TwilioTransport(
@@ -153,10 +169,11 @@ class _StreamDriver:
             transfer=self._transfer_for(start.call_sid),
         )
         self._pacer = asyncio.create_task(self._transport.run(), name="pacer")
+        providers, max_duration_s = await self._providers_for(call)
         self._session = CallSession(
             call_id=call.id,
             transport=self._transport,
-            providers=ctx.providers,
+            providers=providers,
             store=ctx.store,
             config=ctx.session_config,
             metrics=ctx.metrics,
@@ -165,6 +182,26 @@ class _StreamDriver:
         ctx.metrics.calls_active += 1
         log.info("media stream started", extra={"call_sid": start.call_sid})
         await self._session.start()
+        self._deadline = asyncio.create_task(self._end_after(max_duration_s), name="max-duration")
+
+    async def _providers_for(self, call: CallRecord) -> tuple[Providers, float]:
+        """The call's assistant's providers speaking its persona, and its longest duration."""
+        assistant = (
+            await self._ctx.assistants.get_any(call.assistant_id) if call.assistant_id else None
+        )
+        config = assistant.config if assistant else None
+        providers = self._ctx.catalog.for_assistant(config)
+        if call.system_prompt is not None:
+            persona = Persona(system_prompt=call.system_prompt, greeting=call.greeting or "")
+            providers = dataclasses.replace(providers, llm=PersonaLLM(providers.llm, persona))
+        return providers, float(config.max_duration_s if config else _DEFAULT_MAX_DURATION_S)
+
+    async def _end_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if self._session is not None and not self._session.ended.is_set():
+            log.info("call reached its maximum duration", extra={"seconds": seconds})
+            await self._session.end(reason="max-duration")
+            await self._close(1000, "maximum call duration")
 
     def _transfer_for(self, call_sid: str) -> Callable[[str], Awaitable[None]] | None:
         calls = self._ctx.twilio_calls

@@ -5,7 +5,7 @@
 #   scripts/dev.sh serve    install everything, run the gateway
 #   scripts/dev.sh bench    install everything, run the benchmarks
 # Built tools live in a per-user cache outside the clone, keyed by version:
-#   ${VOICE_GATEWAY_CACHE:-~/.cache/voice-gateway}/{venv-<hash>,ferretdb-<version>}
+#   ${VOICE_GATEWAY_CACHE:-~/.cache/voice-gateway}/{venv-<hash>,ferretdb-<v>,livekit-server-<v>}
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +24,7 @@ ensure_debian_packages() {
   local missing=()
   command -v espeak-ng >/dev/null || missing+=(espeak-ng)
   command -v go >/dev/null || missing+=(golang-go)
+  command -v redis-server >/dev/null || missing+=(redis-server)  # livekit-server's SIP APIs
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
@@ -54,6 +55,11 @@ ensure_ferretdb() {
   export FERRETDB_BIN
 }
 
+ensure_livekit_server() {
+  LIVEKIT_SERVER_BIN="$(bash "$ROOT/scripts/ensure-livekit-server.sh")"
+  export LIVEKIT_SERVER_BIN
+}
+
 ensure_all() {
   ensure_debian_packages
   ensure_venv
@@ -71,6 +77,7 @@ case "$cmd" in
     cd "$ROOT" && exec "$VENV/bin/voice-gateway" serve "$@" ;;
   test)
     ensure_all
+    ensure_livekit_server
     cd "$ROOT"
     "$VENV/bin/ruff" check .
     "$VENV/bin/mypy"

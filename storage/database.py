@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
-from beanie import init_beanie
+from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
-from storage.documents import CallDocument, TurnDocument
+from storage.accounts import AccountRepository
+from storage.assistants import AssistantRepository
+from storage.documents import (
+    ApiKeyDocument,
+    AssistantDocument,
+    CallDocument,
+    DispatchRuleDocument,
+    OrganizationDocument,
+    SipTrunkDocument,
+    TurnDocument,
+)
 from storage.errors import StorageError
 from storage.repository import CallRepository
+from storage.sip import SipRepository
 
-_DOCUMENTS: list[type[CallDocument] | type[TurnDocument]] = [CallDocument, TurnDocument]
+_DOCUMENTS: list[type[Document]] = [
+    CallDocument,
+    TurnDocument,
+    OrganizationDocument,
+    ApiKeyDocument,
+    AssistantDocument,
+    SipTrunkDocument,
+    DispatchRuleDocument,
+]
 
 
 async def _ensure_indexes(
@@ -29,7 +48,7 @@ async def _ensure_indexes(
 
 
 class Database:
-    """An open database: the repositories over it (`calls`), and `close()`.
+    """An open database: its repositories (`calls`, `accounts`, `assistants`, `sip`), `close()`.
 
     Beanie binds document classes to one database per process: the last `open_database`
     wins, so a process opens one at a time (tests close theirs before opening another).
@@ -38,6 +57,9 @@ class Database:
     def __init__(self, client: AsyncMongoClient[dict[str, object]]) -> None:
         self._client = client
         self.calls = CallRepository()
+        self.accounts = AccountRepository()
+        self.assistants = AssistantRepository()
+        self.sip = SipRepository()
 
     async def close(self) -> None:
         try:
@@ -56,7 +78,8 @@ async def open_database(url: str, db_name: str, *, timeout_s: float = 10.0) -> D
         database = client[db_name]
         await init_beanie(database=database, document_models=_DOCUMENTS, skip_indexes=True)
         for document in _DOCUMENTS:
-            await _ensure_indexes(database[document.Settings.name], document.Settings.indexes)
+            meta = document.Settings
+            await _ensure_indexes(database[meta.name], meta.indexes)
     except PyMongoError as exc:
         await client.close()
         raise StorageError(f"cannot open MongoDB at {url}: {exc}") from exc

@@ -17,6 +17,7 @@ from pydantic import Field
 
 
 class CallDocument(Document):
+    org_id: str | None = None
     transport: str
     call_sid: str
     stream_sid: str | None = None
@@ -33,12 +34,21 @@ class CallDocument(Document):
     latency_p50: dict[str, float] | None = None
     latency_p95: dict[str, float] | None = None
     usage: dict[str, int] | None = None  # LLM tokens of the whole call
+    # The assistant's prompt and greeting with the call's placeholders filled, fixed when
+    # the call is placed or answered (whichever gateway serves its audio reads them here).
+    system_prompt: str | None = None
+    greeting: str | None = None
+    answered_by: str | None = None  # Twilio answering-machine detection
 
     class Settings:
         name = "calls"
         indexes: ClassVar[list[pymongo.IndexModel]] = [
             pymongo.IndexModel([("call_sid", pymongo.ASCENDING)], name="call_sid"),
             pymongo.IndexModel([("started_at", pymongo.DESCENDING)], name="started_at_desc"),
+            pymongo.IndexModel(
+                [("org_id", pymongo.ASCENDING), ("started_at", pymongo.DESCENDING)],
+                name="org_started_at",
+            ),
         ]
 
 
@@ -62,5 +72,113 @@ class TurnDocument(Document):
                 [("call_id", pymongo.ASCENDING), ("index", pymongo.ASCENDING)],
                 name="call_id_index_unique",
                 unique=True,
+            ),
+        ]
+
+
+class OrganizationDocument(Document):
+    name: str
+    # Calls that reach no assistant's number belong to the default organisation.
+    is_default: bool = False
+    created_at: datetime
+
+    class Settings:
+        name = "organizations"
+        indexes: ClassVar[list[pymongo.IndexModel]] = [
+            pymongo.IndexModel([("name", pymongo.ASCENDING)], name="name_unique", unique=True),
+        ]
+
+
+class ApiKeyDocument(Document):
+    org_id: str
+    name: str
+    prefix: str  # the first characters of the key, to tell keys apart in listings
+    key_hash: str  # SHA-256 of the whole key; the key itself is never stored
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    class Settings:
+        name = "api_keys"
+        indexes: ClassVar[list[pymongo.IndexModel]] = [
+            pymongo.IndexModel(
+                [("key_hash", pymongo.ASCENDING)], name="key_hash_unique", unique=True
+            ),
+            pymongo.IndexModel([("org_id", pymongo.ASCENDING)], name="org_id"),
+        ]
+
+
+class AssistantDocument(Document):
+    org_id: str
+    name: str
+    system_prompt: str
+    greeting: str
+    stt_provider: str = "auto"
+    llm_provider: str = "auto"
+    tts_provider: str = "auto"
+    llm_model: str | None = None
+    voice: str | None = None
+    language: str = "en"
+    webhook_url: str | None = None
+    max_duration_s: int = 1800
+    recording: bool = True
+    phone_numbers: list[str] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+
+    class Settings:
+        name = "assistants"
+        indexes: ClassVar[list[pymongo.IndexModel]] = [
+            pymongo.IndexModel([("org_id", pymongo.ASCENDING)], name="org_id"),
+            pymongo.IndexModel([("phone_numbers", pymongo.ASCENDING)], name="phone_numbers"),
+        ]
+
+
+class SipTrunkDocument(Document):
+    """Mirror of a LiveKit SIP trunk (LiveKit holds the password; this never does)."""
+
+    org_id: str
+    livekit_id: str
+    kind: str  # "inbound" | "outbound"
+    provider: str  # "twilio" | "generic"
+    name: str
+    numbers: list[str] = Field(default_factory=list)
+    address: str | None = None
+    transport: str | None = None
+    allowed_addresses: list[str] = Field(default_factory=list)
+    allowed_numbers: list[str] = Field(default_factory=list)
+    auth_username: str | None = None
+    has_password: bool = False
+    created_at: datetime
+
+    class Settings:
+        name = "sip_trunks"
+        indexes: ClassVar[list[pymongo.IndexModel]] = [
+            pymongo.IndexModel([("org_id", pymongo.ASCENDING)], name="org_id"),
+            pymongo.IndexModel(
+                [("livekit_id", pymongo.ASCENDING)], name="livekit_id_unique", unique=True
+            ),
+        ]
+
+
+class DispatchRuleDocument(Document):
+    """Mirror of a LiveKit SIP dispatch rule and the assistant its calls reach."""
+
+    org_id: str
+    livekit_id: str
+    name: str
+    assistant_id: str
+    trunk_ids: list[str] = Field(default_factory=list)  # our trunk ids
+    kind: str  # "individual" | "direct"
+    room_prefix: str | None = None
+    room_name: str | None = None
+    has_pin: bool = False
+    created_at: datetime
+
+    class Settings:
+        name = "sip_dispatch_rules"
+        indexes: ClassVar[list[pymongo.IndexModel]] = [
+            pymongo.IndexModel([("org_id", pymongo.ASCENDING)], name="org_id"),
+            pymongo.IndexModel(
+                [("livekit_id", pymongo.ASCENDING)], name="livekit_id_unique", unique=True
             ),
         ]

@@ -7,5 +7,9 @@ class StorageError(Exception):
     """The database failed or cannot be reached."""
 
 
-class CallNotFound(StorageError):
+class NotFound(StorageError):
+    """No such record (or not one the caller's organisation may see)."""
+
+
+class CallNotFound(NotFound):
     """No call with that id."""

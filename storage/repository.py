@@ -6,7 +6,10 @@ crash loses nothing already spoken. Driver errors become `StorageError` here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import json
 import math
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
@@ -18,7 +21,16 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from storage.documents import CallDocument, TurnDocument
 from storage.errors import CallNotFound, StorageError
-from storage.models import CallRecord, CallStatus, Direction, NewCall, Speaker, TurnRecord
+from storage.models import (
+    CallFilter,
+    CallPage,
+    CallRecord,
+    CallStatus,
+    Direction,
+    NewCall,
+    Speaker,
+    TurnRecord,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -45,6 +57,8 @@ class CallStore(Protocol):
     async def create_call(self, call: NewCall, *, started_at: datetime) -> CallRecord: ...
     async def set_status(self, call_id: str, status: CallStatus) -> None: ...
     async def set_stream(self, call_id: str, stream_sid: str) -> None: ...
+    async def set_call_sid(self, call_id: str, call_sid: str) -> None: ...
+    async def set_answered_by(self, call_id: str, answered_by: str) -> None: ...
     async def add_turn(
         self,
         call_id: str,
@@ -70,7 +84,9 @@ class CallStore(Protocol):
     ) -> CallRecord: ...
     async def get_call(self, call_id: str) -> CallRecord: ...
     async def get_call_by_sid(self, call_sid: str) -> CallRecord | None: ...
-    async def list_calls(self, *, limit: int = 50) -> list[CallRecord]: ...
+    async def list_calls(
+        self, where: CallFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> CallPage: ...
 
 
 def _object_id(value: str, *, what: str) -> PydanticObjectId:
@@ -120,6 +136,7 @@ def _call_record(doc: CallDocument, turns: tuple[TurnRecord, ...] = ()) -> CallR
     assert started is not None
     return CallRecord(
         id=str(doc.id),
+        org_id=doc.org_id,
         transport=doc.transport,
         call_sid=doc.call_sid,
         stream_sid=doc.stream_sid,
@@ -137,7 +154,58 @@ def _call_record(doc: CallDocument, turns: tuple[TurnRecord, ...] = ()) -> CallR
         latency_p50=doc.latency_p50,
         latency_p95=doc.latency_p95,
         usage=doc.usage,
+        system_prompt=doc.system_prompt,
+        greeting=doc.greeting,
+        answered_by=doc.answered_by,
     )
+
+
+# Progress only moves forward: a late "ringing" never overwrites "in-progress".
+_EARLIER = {
+    CallStatus.QUEUED: [],
+    CallStatus.RINGING: [CallStatus.QUEUED.value],
+    CallStatus.IN_PROGRESS: [CallStatus.QUEUED.value, CallStatus.RINGING.value],
+}
+
+
+class InvalidCursor(StorageError):
+    """A page cursor this store did not issue."""
+
+
+def _encode_cursor(doc: CallDocument) -> str:
+    started = _utc(doc.started_at)
+    assert started is not None
+    raw = json.dumps([started.isoformat(), str(doc.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, PydanticObjectId]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        started, oid = json.loads(raw)
+        return datetime.fromisoformat(started), PydanticObjectId(oid)
+    except (binascii.Error, ValueError, TypeError, InvalidId) as exc:
+        raise InvalidCursor("invalid cursor") from exc
+
+
+def _call_query(where: CallFilter) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    if where.org_id is not None:
+        query["org_id"] = where.org_id
+    if where.assistant_id is not None:
+        query["assistant_id"] = where.assistant_id
+    if where.status is not None:
+        query["status"] = where.status.value
+    if where.direction is not None:
+        query["direction"] = where.direction.value
+    started: dict[str, datetime] = {}
+    if where.started_after is not None:
+        started["$gte"] = _stored_time(where.started_after)
+    if where.started_before is not None:
+        started["$lt"] = _stored_time(where.started_before)
+    if started:
+        query["started_at"] = started
+    return query
 
 
 def _latency_percentiles(
@@ -170,6 +238,7 @@ class CallRepository:
     @_driver_errors
     async def create_call(self, call: NewCall, *, started_at: datetime) -> CallRecord:
         doc = CallDocument(
+            org_id=call.org_id,
             transport=call.transport,
             call_sid=call.call_sid,
             stream_sid=call.stream_sid,
@@ -178,8 +247,10 @@ class CallRepository:
             direction=call.direction.value,
             assistant_id=call.assistant_id,
             metadata=dict(call.metadata),
-            status=CallStatus.RINGING.value,
+            status=call.status.value,
             started_at=_stored_time(started_at),
+            system_prompt=call.system_prompt,
+            greeting=call.greeting,
         )
         await doc.insert()
         return _call_record(doc)
@@ -194,12 +265,33 @@ class CallRepository:
 
     @_driver_errors
     async def set_status(self, call_id: str, status: CallStatus) -> None:
-        """Record a progress status (a late callback after `finish_call` changes nothing)."""
-        await self._update_open_call(call_id, {"status": status.value})
+        """Record a progress status; it only moves forward, and a finished call keeps its own."""
+        earlier = _EARLIER.get(status)
+        if earlier is None:
+            raise ValueError(f"{status} is final: use finish_call")
+        oid = _object_id(call_id, what="call")
+        calls = CallDocument.get_pymongo_collection()
+        result = await calls.update_one(
+            {"_id": oid, "ended_at": None, "status": {"$in": earlier}},
+            {"$set": {"status": status.value}},
+        )
+        if result.matched_count == 0 and await calls.count_documents({"_id": oid}) == 0:
+            raise CallNotFound(f"no call {call_id!r}")
 
     @_driver_errors
     async def set_stream(self, call_id: str, stream_sid: str) -> None:
         await self._update_open_call(call_id, {"stream_sid": stream_sid})
+
+    @_driver_errors
+    async def set_call_sid(self, call_id: str, call_sid: str) -> None:
+        """The carrier's id of a call placed by the gateway, once the carrier returned it."""
+        await self._update_open_call(call_id, {"call_sid": call_sid})
+
+    @_driver_errors
+    async def set_answered_by(self, call_id: str, answered_by: str) -> None:
+        await CallDocument.get_pymongo_collection().update_one(
+            {"_id": _object_id(call_id, what="call")}, {"$set": {"answered_by": answered_by}}
+        )
 
     async def _stored_next_index(self, call_id: str) -> int:
         last = (
@@ -325,14 +417,31 @@ class CallRepository:
         return _call_record(docs[0]) if docs else None
 
     @_driver_errors
-    async def list_calls(self, *, limit: int = 50) -> list[CallRecord]:
-        """The newest calls first, without turns."""
+    async def list_calls(
+        self, where: CallFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> CallPage:
+        """The newest matching calls first, without turns; `next_cursor` resumes after them."""
         if limit < 1:
-            return []
+            return CallPage(items=[], next_cursor=None)
+        query = _call_query(where or CallFilter())
+        if cursor is not None:
+            started, oid = _decode_cursor(cursor)
+            after = {
+                "$or": [
+                    {"started_at": {"$lt": started}},
+                    {"started_at": started, "_id": {"$lt": oid}},
+                ]
+            }
+            query = {"$and": [query, after]} if query else after
         docs = (
-            await CallDocument.find_all()
+            await CallDocument.find(query)
             .sort([("started_at", SortDirection.DESCENDING), ("_id", SortDirection.DESCENDING)])
-            .limit(limit)
+            .limit(limit + 1)
             .to_list()
         )
-        return [_call_record(d) for d in docs]
+        more = len(docs) > limit
+        docs = docs[:limit]
+        return CallPage(
+            items=[_call_record(d) for d in docs],
+            next_cursor=_encode_cursor(docs[-1]) if more else None,
+        )

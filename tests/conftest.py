@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from storage import Database, EmbeddedFerretDB, open_database
+from tests.livekit_server import LiveKitServer, run_livekit_server
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +46,10 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
         await asyncio.sleep(0.01)
     names = ", ".join(sorted(t.get_name() for t in leaked))
     pytest.fail(f"asyncio tasks leaked by the test: {names}")
+
+
+@pytest.fixture(scope="session")
+def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    """A real livekit-server (with Redis) shared by the session's tests."""
+    with run_livekit_server(tmp_path_factory.mktemp("livekit")) as server:
+        yield server

@@ -164,8 +164,10 @@ class OpenAIChatLLM:
         if not any(m.role == "user" for m in history):
             yield TextDelta(self._greeting)
             return
-        messages: list[dict[str, Any]] = [{"role": "system", "content": self._system_prompt}]
-        messages += [{"role": m.role, "content": m.content} for m in history]
+        # A system message at the head of the history (an assistant's persona) replaces ours.
+        system = history[0].content if history[0].role == "system" else self._system_prompt
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+        messages += [{"role": m.role, "content": m.content} for m in history if m.role != "system"]
         for _ in range(_MAX_TOOL_ROUNDS):
             calls: dict[int, _PendingToolCall] = {}
             text: list[str] = []

@@ -4,23 +4,34 @@ The `twilio` SDK is pointed at it with `client.api.base_url`. It checks HTTP Bas
 (account SID + auth token, from the control settings), takes form-encoded parameters as
 Twilio does, and answers with Call resources in Twilio's JSON shape, or Twilio's error
 shape (`code`, `message`, `more_info`, `status`). `GET /control/log` lists the requests.
+
+Like Twilio, a call created with a `StatusCallback` gets signed progress callbacks
+(`X-Twilio-Signature`, made with the SDK's own `RequestValidator`): `initiated` and
+`ringing` at once; the test then plays the callee with
+`POST /control/calls/{sid}/status {"status": "in-progress" | "completed" | "busy" | ...}`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from twilio.request_validator import RequestValidator
 
 _settings: dict[str, Any] = {}
 _calls: dict[str, dict[str, Any]] = {}
 _log: list[dict[str, Any]] = []
+_callbacks: dict[str, dict[str, Any]] = {}  # sid -> {"url", "form", "sequence", "answered"}
+_tasks: set[asyncio.Task[None]] = set()
 
 
 def _defaults() -> dict[str, Any]:
@@ -98,7 +109,63 @@ async def create_call(request: Request) -> JSONResponse:
         return _error(400, 21205, "Url parameter is required.")
     sid = "CA" + secrets.token_hex(16)
     _calls[sid] = _resource(sid, account_sid, form)
+    if "StatusCallback" in form:
+        _callbacks[sid] = {
+            "url": form["StatusCallback"],
+            "sequence": 0,
+            "answered_at": None,
+            "machine_detection": "MachineDetection" in form,
+            "form": {
+                "AccountSid": account_sid,
+                "ApiVersion": "2010-04-01",
+                "CallSid": sid,
+                "Called": form["To"],
+                "Caller": form["From"],
+                "Direction": "outbound-api",
+                "From": form["From"],
+                "To": form["To"],
+                "CallbackSource": "call-progress-events",
+            },
+        }
+        task = asyncio.create_task(_progress(sid, ["initiated", "ringing"]))
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
     return JSONResponse(_calls[sid], status_code=201)
+
+
+async def _send_status(sid: str, status: str, answered_by: str | None = None) -> int:
+    """POST one signed status callback as Twilio does; returns the receiver's HTTP status."""
+    state = _callbacks[sid]
+    state["sequence"] += 1
+    form = {
+        **state["form"],
+        "CallStatus": status,
+        "SequenceNumber": str(state["sequence"] - 1),
+        "Timestamp": _rfc2822(datetime.now(UTC)),
+    }
+    if status == "in-progress":
+        state["answered_at"] = time.monotonic()
+        if state["machine_detection"]:
+            form["AnsweredBy"] = answered_by or "human"
+    if status == "completed" and state["answered_at"] is not None:
+        duration = str(round(time.monotonic() - state["answered_at"]))
+        form |= {"CallDuration": duration, "Duration": duration}
+    _calls[sid]["status"] = status
+    signature = RequestValidator(_settings["auth_token"]).compute_signature(state["url"], form)
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            state["url"], data=form, headers={"X-Twilio-Signature": signature}
+        )
+    _log.append(
+        {"method": "CALLBACK", "sid": sid, "status": status, "answer": response.status_code}
+    )
+    return response.status_code
+
+
+async def _progress(sid: str, statuses: list[str]) -> None:
+    for status in statuses:
+        await asyncio.sleep(0.05)
+        await _send_status(sid, status)
 
 
 async def update_call(request: Request) -> JSONResponse:
@@ -122,6 +189,19 @@ async def control(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+async def control_call_status(request: Request) -> JSONResponse:
+    """Play the callee: make the call move to `status`, with its signed callback."""
+    sid = request.path_params["call_sid"]
+    if sid not in _callbacks:
+        return JSONResponse({"error": "no such call with a status callback"}, status_code=404)
+    body = await request.json()
+    pending = [t for t in _tasks if not t.done()]
+    if pending:  # earlier callbacks go first, as Twilio orders them
+        await asyncio.gather(*pending, return_exceptions=True)
+    code = await _send_status(sid, body["status"], body.get("answered_by"))
+    return JSONResponse({"callback_status": code})
+
+
 async def control_log(request: Request) -> JSONResponse:
     return JSONResponse(_log)
 
@@ -129,6 +209,7 @@ async def control_log(request: Request) -> JSONResponse:
 async def control_reset(request: Request) -> JSONResponse:
     _log.clear()
     _calls.clear()
+    _callbacks.clear()
     _settings.clear()
     _settings.update(_defaults())
     return JSONResponse({"ok": True})
@@ -143,6 +224,7 @@ app = Starlette(
             methods=["POST"],
         ),
         Route("/control", control, methods=["POST"]),
+        Route("/control/calls/{call_sid}/status", control_call_status, methods=["POST"]),
         Route("/control/log", control_log, methods=["GET"]),
         Route("/control/reset", control_reset, methods=["POST"]),
     ]

@@ -23,6 +23,7 @@ class GatewayProcess:
     auth_token: str
     api_key: str
     log_path: Path
+    db_name: str
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -37,7 +38,7 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def run_gateway(
-    mongo_url: str, log_dir: Path, extra_env: dict[str, str] | None = None
+    mongo_url: str, log_dir: Path, extra_env: dict[str, str | None] | None = None
 ) -> Iterator[GatewayProcess]:
     """`voice-gateway serve` as its own process on a free loopback port, until the block ends."""
     port = _free_port()
@@ -48,13 +49,17 @@ def run_gateway(
     env = {
         **os.environ,
         "MONGODB_URL": mongo_url,
-        "MONGODB_DB": "e2e_" + uuid.uuid4().hex[:8],
+        "MONGODB_DB": "e2e_" + uuid.uuid4().hex[:8],  # extra_env may name it
         "PUBLIC_URL": base,
         "TWILIO_AUTH_TOKEN": auth_token,
         "GATEWAY_API_KEY": api_key,
         "LOG_LEVEL": "INFO",
-        **(extra_env or {}),
     }
+    for name, value in (extra_env or {}).items():  # None removes a variable
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
@@ -62,7 +67,7 @@ def run_gateway(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    process = GatewayProcess(base, auth_token, api_key, log_path)
+    process = GatewayProcess(base, auth_token, api_key, log_path, env["MONGODB_DB"])
     try:
         _wait_until_up(base + "/health", proc, process.log_text)
         yield process

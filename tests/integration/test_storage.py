@@ -18,8 +18,9 @@ from storage import (
 )
 
 
-def _new_call(sid: str = "CA1") -> NewCall:
+def _new_call(sid: str = "CA1", *, org_id: str | None = None) -> NewCall:
     return NewCall(
+        org_id=org_id,
         transport="twilio",
         call_sid=sid,
         from_number="+15550001111",
@@ -80,9 +81,9 @@ async def test_lookup_and_listing(database: Database) -> None:
         (await store.create_call(_new_call(f"CA{i}"), started_at=base + timedelta(minutes=i))).id
         for i in range(3)
     ]
-    listed = await store.list_calls(limit=10)
+    listed = (await store.list_calls(limit=10)).items
     assert [c.id for c in listed] == list(reversed(ids))
-    assert len(await store.list_calls(limit=2)) == 2
+    assert len((await store.list_calls(limit=2)).items) == 2
     found = await store.get_call_by_sid("CA1")
     assert found is not None and found.id == ids[1]
     assert await store.get_call_by_sid("CA-nope") is None

@@ -1,0 +1,360 @@
+"""The management API's request and response bodies (pydantic): routes validate and
+serialise with them, and the OpenAPI document is generated from them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from storage import (
+    E164,
+    ApiKeyRecord,
+    AssistantConfig,
+    AssistantRecord,
+    CallRecord,
+    CallStatus,
+    Direction,
+    DispatchRuleRecord,
+    SipTrunkRecord,
+    TurnRecord,
+)
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------------ calls
+
+
+class CallQuery(_Input):
+    assistant_id: str | None = None
+    status: CallStatus | None = None
+    direction: Direction | None = None
+    started_after: datetime | None = Field(default=None, description="inclusive, ISO 8601")
+    started_before: datetime | None = Field(default=None, description="exclusive, ISO 8601")
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page")
+
+
+class TurnOut(BaseModel):
+    speaker: Literal["caller", "agent"]
+    text: str
+    start_ms: float
+    end_ms: float
+    interrupted: bool
+    created_at: datetime
+    latency: dict[str, float] | None = None
+
+    @classmethod
+    def of(cls, turn: TurnRecord) -> TurnOut:
+        return cls(
+            speaker=turn.speaker,
+            text=turn.text,
+            start_ms=turn.start_ms,
+            end_ms=turn.end_ms,
+            interrupted=turn.interrupted,
+            created_at=turn.created_at,
+            latency=dict(turn.latency) if turn.latency else None,
+        )
+
+
+class CallOut(BaseModel):
+    id: str
+    transport: str
+    call_sid: str
+    stream_sid: str | None
+    from_number: str
+    to_number: str
+    direction: Direction
+    assistant_id: str | None
+    metadata: dict[str, str]
+    status: CallStatus
+    started_at: datetime
+    ended_at: datetime | None
+    duration_s: float | None
+    end_reason: str | None
+    answered_by: str | None = None
+    recording_url: str | None = None
+    latency_p50: dict[str, float] | None = None
+    latency_p95: dict[str, float] | None = None
+    usage: dict[str, int] | None = None
+
+    @classmethod
+    def of(cls, call: CallRecord) -> CallOut:
+        return cls(**_call_fields(call))
+
+
+class CallDetail(CallOut):
+    transcript: list[TurnOut]
+
+    @classmethod
+    def of(cls, call: CallRecord) -> CallDetail:
+        return cls(**_call_fields(call), transcript=[TurnOut.of(t) for t in call.turns])
+
+
+def _call_fields(call: CallRecord) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "transport": call.transport,
+        "call_sid": call.call_sid,
+        "stream_sid": call.stream_sid,
+        "from_number": call.from_number,
+        "to_number": call.to_number,
+        "direction": call.direction,
+        "assistant_id": call.assistant_id,
+        "metadata": dict(call.metadata),
+        "status": call.status,
+        "started_at": call.started_at,
+        "ended_at": call.ended_at,
+        "duration_s": call.duration_s,
+        "end_reason": call.end_reason,
+        "answered_by": call.answered_by,
+        "latency_p50": dict(call.latency_p50) if call.latency_p50 else None,
+        "latency_p95": dict(call.latency_p95) if call.latency_p95 else None,
+        "usage": dict(call.usage) if call.usage else None,
+    }
+
+
+class CallList(BaseModel):
+    items: list[CallOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at end")
+
+
+class OutboundCallRequest(_Input):
+    assistant_id: str
+    to_number: E164
+    from_number: E164 | None = Field(
+        default=None, description="caller id; defaults to the outbound trunk's first number"
+    )
+    call_service: Literal["twilio", "livekit"] = "twilio"
+    trunk_id: str | None = Field(
+        default=None, description="LiveKit only: outbound trunk (default: the only one)"
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="fills the assistant's {{placeholders}}"
+    )
+    machine_detection: bool = Field(
+        default=False, description="Twilio only: answering-machine detection"
+    )
+
+
+class OutboundCallOut(BaseModel):
+    call_id: str
+    status: CallStatus
+    call_service: Literal["twilio", "livekit"]
+    call_sid: str
+    room_name: str | None = None
+
+
+# ------------------------------------------------------------------- assistants
+
+
+class AssistantPatch(_Input):
+    """Fields to change; those left out keep their value."""
+
+    name: str | None = None
+    system_prompt: str | None = None
+    greeting: str | None = None
+    stt_provider: Literal["auto", "cloud", "local"] | None = None
+    llm_provider: Literal["auto", "cloud", "local"] | None = None
+    tts_provider: Literal["auto", "cloud", "local"] | None = None
+    llm_model: str | None = None
+    voice: str | None = None
+    language: str | None = None
+    webhook_url: str | None = None
+    max_duration_s: int | None = None
+    recording: bool | None = None
+    phone_numbers: list[E164] | None = None
+
+
+class AssistantOut(AssistantConfig):
+    id: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: AssistantRecord) -> AssistantOut:
+        return cls(
+            id=record.id,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            **record.config.model_dump(),
+        )
+
+
+class AssistantList(BaseModel):
+    items: list[AssistantOut]
+
+
+# --------------------------------------------------------------------- API keys
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    prefix: str = Field(description="first characters of the key, to tell keys apart")
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKeyRecord) -> ApiKeyOut:
+        return cls(
+            id=key.id,
+            name=key.name,
+            prefix=key.prefix,
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+class ApiKeyList(BaseModel):
+    items: list[ApiKeyOut]
+
+
+# ---------------------------------------------------------------- SIP trunks
+
+_TWILIO_TERMINATION = ".pstn.twilio.com"
+
+
+class InboundTrunkCreate(_Input):
+    name: str = Field(min_length=1, max_length=120)
+    provider: Literal["twilio", "generic"] = "generic"
+    numbers: list[E164] = Field(min_length=1, description="numbers this trunk receives calls for")
+    allowed_addresses: list[str] = Field(
+        default_factory=list, description="IPs/CIDRs that may send calls (Twilio signalling IPs)"
+    )
+    allowed_numbers: list[E164] = Field(default_factory=list, description="caller numbers allowed")
+    auth_username: str | None = None
+    auth_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _secured(self) -> InboundTrunkCreate:
+        if (self.auth_username is None) != (self.auth_password is None):
+            raise ValueError("auth_username and auth_password go together")
+        if self.provider == "twilio" and not self.allowed_addresses and not self.auth_username:
+            raise ValueError(
+                "a Twilio Elastic SIP trunk needs allowed_addresses (Twilio's signalling IPs) "
+                "or auth_username/auth_password"
+            )
+        return self
+
+
+class OutboundTrunkCreate(_Input):
+    name: str = Field(min_length=1, max_length=120)
+    provider: Literal["twilio", "generic"] = "generic"
+    address: str = Field(
+        min_length=3,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
+        description="SIP host[:port]; for Twilio, the trunk's termination URI",
+    )
+    transport: Literal["auto", "udp", "tcp", "tls"] = "auto"
+    numbers: list[E164] = Field(min_length=1, description="caller ids this trunk may use")
+    auth_username: str | None = None
+    auth_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _provider_rules(self) -> OutboundTrunkCreate:
+        if (self.auth_username is None) != (self.auth_password is None):
+            raise ValueError("auth_username and auth_password go together")
+        if self.provider == "twilio":
+            if not self.address.split(":")[0].endswith(_TWILIO_TERMINATION):
+                raise ValueError(
+                    f"a Twilio Elastic SIP termination URI ends with {_TWILIO_TERMINATION}"
+                )
+            if self.auth_username is None:
+                raise ValueError("Twilio termination needs auth_username/auth_password")
+        return self
+
+
+class TrunkOut(BaseModel):
+    """A trunk as stored; its password is never returned, only whether one is set."""
+
+    id: str
+    livekit_id: str
+    kind: Literal["inbound", "outbound"]
+    provider: Literal["twilio", "generic"]
+    name: str
+    numbers: list[str]
+    address: str | None
+    transport: str | None
+    allowed_addresses: list[str]
+    allowed_numbers: list[str]
+    auth_username: str | None
+    has_password: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, trunk: SipTrunkRecord) -> TrunkOut:
+        return cls(
+            id=trunk.id,
+            livekit_id=trunk.livekit_id,
+            kind=trunk.kind,
+            provider=trunk.provider,
+            name=trunk.name,
+            numbers=list(trunk.numbers),
+            address=trunk.address,
+            transport=trunk.transport,
+            allowed_addresses=list(trunk.allowed_addresses),
+            allowed_numbers=list(trunk.allowed_numbers),
+            auth_username=trunk.auth_username,
+            has_password=trunk.has_password,
+            created_at=trunk.created_at,
+        )
+
+
+class TrunkList(BaseModel):
+    items: list[TrunkOut]
+
+
+class DispatchRuleCreate(_Input):
+    name: str = Field(min_length=1, max_length=120)
+    assistant_id: str
+    trunk_ids: list[str] = Field(min_length=1, description="inbound trunks (ids from this API)")
+    kind: Literal["individual", "direct"] = Field(
+        default="individual", description="individual: a room per call; direct: one room"
+    )
+    room_prefix: str = Field(default="call-", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    room_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,100}$")
+    pin: str | None = Field(default=None, pattern=r"^[0-9]{4,12}$")
+
+    @model_validator(mode="after")
+    def _room(self) -> DispatchRuleCreate:
+        if self.kind == "direct" and self.room_name is None:
+            raise ValueError("a direct rule needs room_name")
+        return self
+
+
+class DispatchRuleOut(BaseModel):
+    id: str
+    livekit_id: str
+    name: str
+    assistant_id: str
+    trunk_ids: list[str]
+    kind: Literal["individual", "direct"]
+    room_prefix: str | None
+    room_name: str | None
+    has_pin: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, rule: DispatchRuleRecord) -> DispatchRuleOut:
+        return cls(
+            id=rule.id,
+            livekit_id=rule.livekit_id,
+            name=rule.name,
+            assistant_id=rule.assistant_id,
+            trunk_ids=list(rule.trunk_ids),
+            kind=rule.kind,
+            room_prefix=rule.room_prefix,
+            room_name=rule.room_name,
+            has_pin=rule.has_pin,
+            created_at=rule.created_at,
+        )
+
+
+class DispatchRuleList(BaseModel):
+    items: list[DispatchRuleOut]

@@ -1,0 +1,111 @@
+"""Assistants: an organisation's agents, and the inbound numbers that reach them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from beanie import PydanticObjectId
+from bson.errors import InvalidId
+
+from storage.documents import AssistantDocument
+from storage.errors import NotFound, StorageError
+from storage.models import AssistantConfig, AssistantRecord
+from storage.repository import _driver_errors, _stored_time, _utc
+
+
+class NumberTaken(StorageError):
+    """A phone number already reaches another assistant."""
+
+
+def _record(doc: AssistantDocument) -> AssistantRecord:
+    created, updated = _utc(doc.created_at), _utc(doc.updated_at)
+    assert created is not None and updated is not None
+    fields = doc.model_dump(include=set(AssistantConfig.model_fields))
+    return AssistantRecord(
+        id=str(doc.id),
+        org_id=doc.org_id,
+        config=AssistantConfig.model_validate(fields),
+        created_at=created,
+        updated_at=updated,
+    )
+
+
+class AssistantRepository:
+    """Assistants on MongoDB; every read and write is scoped to one organisation."""
+
+    async def _owned(self, org_id: str, assistant_id: str) -> AssistantDocument:
+        try:
+            oid = PydanticObjectId(assistant_id)
+        except (InvalidId, TypeError) as exc:
+            raise NotFound(f"no assistant {assistant_id!r}") from exc
+        doc = await AssistantDocument.find_one(
+            AssistantDocument.id == oid, AssistantDocument.org_id == org_id
+        )
+        if doc is None:
+            raise NotFound(f"no assistant {assistant_id!r}")
+        return doc
+
+    async def _check_numbers(self, numbers: list[str], *, except_id: str | None) -> None:
+        """A number reaches one assistant only, across organisations."""
+        if not numbers:
+            return
+        clash = await AssistantDocument.find_one({"phone_numbers": {"$in": numbers}})
+        if clash is not None and str(clash.id) != except_id:
+            taken = sorted(set(numbers) & set(clash.phone_numbers))
+            raise NumberTaken(f"numbers already reach another assistant: {', '.join(taken)}")
+
+    @_driver_errors
+    async def create(self, org_id: str, config: AssistantConfig) -> AssistantRecord:
+        await self._check_numbers(config.phone_numbers, except_id=None)
+        now = _stored_time(datetime.now(UTC))
+        doc = AssistantDocument(
+            org_id=org_id, created_at=now, updated_at=now, **config.model_dump()
+        )
+        await doc.insert()
+        return _record(doc)
+
+    @_driver_errors
+    async def get(self, org_id: str, assistant_id: str) -> AssistantRecord:
+        return _record(await self._owned(org_id, assistant_id))
+
+    @_driver_errors
+    async def list(self, org_id: str) -> list[AssistantRecord]:
+        docs = (
+            await AssistantDocument.find(AssistantDocument.org_id == org_id)
+            .sort("created_at")
+            .to_list()
+        )
+        return [_record(d) for d in docs]
+
+    @_driver_errors
+    async def replace(
+        self, org_id: str, assistant_id: str, config: AssistantConfig
+    ) -> AssistantRecord:
+        """Store `config` as the assistant's whole configuration (PATCH merges before this)."""
+        doc = await self._owned(org_id, assistant_id)
+        await self._check_numbers(config.phone_numbers, except_id=assistant_id)
+        fields = {**config.model_dump(), "updated_at": _stored_time(datetime.now(UTC))}
+        await AssistantDocument.get_pymongo_collection().update_one(
+            {"_id": doc.id}, {"$set": fields}
+        )
+        return _record(await self._owned(org_id, assistant_id))
+
+    @_driver_errors
+    async def delete(self, org_id: str, assistant_id: str) -> None:
+        doc = await self._owned(org_id, assistant_id)
+        await doc.delete()
+
+    @_driver_errors
+    async def for_number(self, number: str) -> AssistantRecord | None:
+        """The assistant an inbound call to `number` reaches, in whichever organisation."""
+        doc = await AssistantDocument.find_one({"phone_numbers": number})
+        return _record(doc) if doc else None
+
+    @_driver_errors
+    async def get_any(self, assistant_id: str) -> AssistantRecord | None:
+        """An assistant by id, whatever its organisation (for the gateway's own use)."""
+        try:
+            doc = await AssistantDocument.get(PydanticObjectId(assistant_id))
+        except (InvalidId, TypeError):
+            return None
+        return _record(doc) if doc else None

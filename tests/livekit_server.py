@@ -1,0 +1,119 @@
+"""A real livekit-server (built from the Go module proxy) with its Redis, on loopback ports.
+
+`scripts/ensure-livekit-server.sh` builds the binary into the per-user cache (the test
+command exports LIVEKIT_SERVER_BIN); `redis-server` comes from Debian. Without Redis the
+server's SIP APIs answer "sip not connected (redis required)", so both always run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class LiveKitServer:
+    url: str
+    api_key: str
+    api_secret: str
+    redis_port: int
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _binary() -> str:
+    path = os.environ.get("LIVEKIT_SERVER_BIN")
+    if path:
+        return path
+    built = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "ensure-livekit-server.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return built.stdout.strip()
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited:\n" + log.read_text(errors="replace")[-3000:])
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port}:\n" + log.read_text(errors="replace"))
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def run_livekit_server(work_dir: Path) -> Iterator[LiveKitServer]:
+    """Redis, then livekit-server --dev on free loopback ports, until the block ends."""
+    redis = shutil.which("redis-server")
+    if redis is None:
+        raise RuntimeError("redis-server is missing: `scripts/dev.sh test` installs it")
+    redis_port, http_port, tcp_port, udp_port = (_free_port() for _ in range(4))
+    redis_log = work_dir / "redis.log"
+    with redis_log.open("wb") as out:
+        redis_proc = subprocess.Popen(
+            [redis, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait_port(redis_port, redis_proc, redis_log, "redis-server")
+        api_key, api_secret = "testkey", secrets.token_hex(32)
+        config = f"""
+port: {http_port}
+bind_addresses: ["127.0.0.1"]
+rtc:
+  tcp_port: {tcp_port}
+  udp_port: {udp_port}
+  use_external_ip: false
+  node_ip: 127.0.0.1
+redis:
+  address: 127.0.0.1:{redis_port}
+keys:
+  {api_key}: {api_secret}
+"""
+        lk_log = work_dir / "livekit.log"
+        with lk_log.open("wb") as out:
+            lk_proc = subprocess.Popen(
+                [_binary(), "--dev", "--config-body", config],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            _wait_port(http_port, lk_proc, lk_log, "livekit-server")
+            yield LiveKitServer(
+                url=f"http://127.0.0.1:{http_port}",
+                api_key=api_key,
+                api_secret=api_secret,
+                redis_port=redis_port,
+            )
+        finally:
+            _stop(lk_proc)
+    finally:
+        _stop(redis_proc)
