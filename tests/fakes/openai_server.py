@@ -60,6 +60,9 @@ def _script(
         return [], {"name": "send_dtmf", "arguments": '{"digits": "12#"}'}
     if "weather" in heard and "get_weather" in tools:
         return ["Let", " me", " check."], {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    if "who are you" in heard:  # shows which system prompt(s) the model was given
+        systems = [m["content"] for m in messages if m.get("role") == "system"]
+        return [f"{len(systems)} system:", f" {' | '.join(systems)}"], None
     if "long" in heard:
         sentence = [" This", " is", " a", " long", " answer", " that", " goes", " on."]
         return sentence * 12, None

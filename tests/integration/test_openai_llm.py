@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import pytest
 
 from gateway.errors import ProviderError
+from gateway.persona import Persona, PersonaLLM
 from gateway.providers.base import (
     ChatMessage,
     HangUp,
@@ -170,3 +171,15 @@ async def test_a_slow_http_tool_times_out_and_the_model_hears_so(
     events = await _collect(llm, "what is the weather in paris")
     assert time.monotonic() - started < 1.0
     assert "did not answer in 0.2 s" in _text(events)
+
+
+async def test_an_assistant_persona_replaces_the_default_prompt(openai_base_url: str) -> None:
+    llm = _llm(openai_base_url)
+    persona = PersonaLLM(llm, Persona(system_prompt="You are Acme's agent.", greeting="Hi."))
+    try:
+        history = [ChatMessage(role="user", content="Who are you?")]
+        events = [e async for e in persona.respond(history, call_id="c1")]
+    finally:
+        await llm.aclose()
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert text == "1 system: You are Acme's agent."
