@@ -4,22 +4,11 @@ serialise with them, and the OpenAPI document is generated from them."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from storage import (
-    E164,
-    ApiKeyRecord,
-    AssistantConfig,
-    AssistantRecord,
-    CallRecord,
-    CallStatus,
-    Direction,
-    DispatchRuleRecord,
-    SipTrunkRecord,
-    TurnRecord,
-)
+from storage import E164, AssistantConfig, AssistantRecord, CallStatus, Direction
 
 
 class _Input(BaseModel):
@@ -39,7 +28,17 @@ class CallQuery(_Input):
     cursor: str | None = Field(default=None, description="`next_cursor` of the previous page")
 
 
-class TurnOut(BaseModel):
+class _FromRecord(BaseModel):
+    """A response read off a storage record's attributes (same names)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    @classmethod
+    def of(cls, record: object) -> Self:
+        return cls.model_validate(record)
+
+
+class TurnOut(_FromRecord):
     speaker: Literal["caller", "agent"]
     text: str
     start_ms: float
@@ -48,20 +47,8 @@ class TurnOut(BaseModel):
     created_at: datetime
     latency: dict[str, float] | None = None
 
-    @classmethod
-    def of(cls, turn: TurnRecord) -> TurnOut:
-        return cls(
-            speaker=turn.speaker,
-            text=turn.text,
-            start_ms=turn.start_ms,
-            end_ms=turn.end_ms,
-            interrupted=turn.interrupted,
-            created_at=turn.created_at,
-            latency=dict(turn.latency) if turn.latency else None,
-        )
 
-
-class CallOut(BaseModel):
+class CallOut(_FromRecord):
     id: str
     transport: str
     call_sid: str
@@ -82,40 +69,9 @@ class CallOut(BaseModel):
     latency_p95: dict[str, float] | None = None
     usage: dict[str, int] | None = None
 
-    @classmethod
-    def of(cls, call: CallRecord) -> CallOut:
-        return cls(**_call_fields(call))
-
 
 class CallDetail(CallOut):
-    transcript: list[TurnOut]
-
-    @classmethod
-    def of(cls, call: CallRecord) -> CallDetail:
-        return cls(**_call_fields(call), transcript=[TurnOut.of(t) for t in call.turns])
-
-
-def _call_fields(call: CallRecord) -> dict[str, Any]:
-    return {
-        "id": call.id,
-        "transport": call.transport,
-        "call_sid": call.call_sid,
-        "stream_sid": call.stream_sid,
-        "from_number": call.from_number,
-        "to_number": call.to_number,
-        "direction": call.direction,
-        "assistant_id": call.assistant_id,
-        "metadata": dict(call.metadata),
-        "status": call.status,
-        "started_at": call.started_at,
-        "ended_at": call.ended_at,
-        "duration_s": call.duration_s,
-        "end_reason": call.end_reason,
-        "answered_by": call.answered_by,
-        "latency_p50": dict(call.latency_p50) if call.latency_p50 else None,
-        "latency_p95": dict(call.latency_p95) if call.latency_p95 else None,
-        "usage": dict(call.usage) if call.usage else None,
-    }
+    transcript: list[TurnOut] = Field(validation_alias=AliasChoices("transcript", "turns"))
 
 
 class CallList(BaseModel):
@@ -192,22 +148,12 @@ class AssistantList(BaseModel):
 # --------------------------------------------------------------------- API keys
 
 
-class ApiKeyOut(BaseModel):
+class ApiKeyOut(_FromRecord):
     id: str
     name: str
     prefix: str = Field(description="first characters of the key, to tell keys apart")
     created_at: datetime
     revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, key: ApiKeyRecord) -> ApiKeyOut:
-        return cls(
-            id=key.id,
-            name=key.name,
-            prefix=key.prefix,
-            created_at=key.created_at,
-            revoked_at=key.revoked_at,
-        )
 
 
 class ApiKeyList(BaseModel):
@@ -270,7 +216,7 @@ class OutboundTrunkCreate(_Input):
         return self
 
 
-class TrunkOut(BaseModel):
+class TrunkOut(_FromRecord):
     """A trunk as stored; its password is never returned, only whether one is set."""
 
     id: str
@@ -286,24 +232,6 @@ class TrunkOut(BaseModel):
     auth_username: str | None
     has_password: bool
     created_at: datetime
-
-    @classmethod
-    def of(cls, trunk: SipTrunkRecord) -> TrunkOut:
-        return cls(
-            id=trunk.id,
-            livekit_id=trunk.livekit_id,
-            kind=trunk.kind,
-            provider=trunk.provider,
-            name=trunk.name,
-            numbers=list(trunk.numbers),
-            address=trunk.address,
-            transport=trunk.transport,
-            allowed_addresses=list(trunk.allowed_addresses),
-            allowed_numbers=list(trunk.allowed_numbers),
-            auth_username=trunk.auth_username,
-            has_password=trunk.has_password,
-            created_at=trunk.created_at,
-        )
 
 
 class TrunkList(BaseModel):
@@ -328,7 +256,7 @@ class DispatchRuleCreate(_Input):
         return self
 
 
-class DispatchRuleOut(BaseModel):
+class DispatchRuleOut(_FromRecord):
     id: str
     livekit_id: str
     name: str
@@ -339,21 +267,6 @@ class DispatchRuleOut(BaseModel):
     room_name: str | None
     has_pin: bool
     created_at: datetime
-
-    @classmethod
-    def of(cls, rule: DispatchRuleRecord) -> DispatchRuleOut:
-        return cls(
-            id=rule.id,
-            livekit_id=rule.livekit_id,
-            name=rule.name,
-            assistant_id=rule.assistant_id,
-            trunk_ids=list(rule.trunk_ids),
-            kind=rule.kind,
-            room_prefix=rule.room_prefix,
-            room_name=rule.room_name,
-            has_pin=rule.has_pin,
-            created_at=rule.created_at,
-        )
 
 
 class DispatchRuleList(BaseModel):

@@ -85,7 +85,8 @@ case "$cmd" in
   bench)
     ensure_all
     cd "$ROOT"
-    for b in bench/audio_bench.py bench/stt_wer.py bench/provider_latency_bench.py bench/load_bench.py; do
+    for b in bench/audio_bench.py bench/stt_wer.py bench/provider_latency_bench.py bench/load_bench.py \
+             bench/api_bench.py; do
       log "running $b"; "$VENV/bin/python" "$b"
     done ;;
   *)

@@ -10,14 +10,12 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 
-from beanie import PydanticObjectId
-from bson.errors import InvalidId
 from pymongo.errors import DuplicateKeyError
 
 from storage.documents import ApiKeyDocument, OrganizationDocument
 from storage.errors import NotFound, StorageError
 from storage.models import ApiKeyRecord, Organization
-from storage.repository import _driver_errors, _stored_time, _utc
+from storage.repository import _driver_errors, _object_id, _stored_time, _utc
 
 KEY_PREFIX = "vg_"
 
@@ -50,13 +48,6 @@ def _key(doc: ApiKeyDocument) -> ApiKeyRecord:
         created_at=created,
         revoked_at=_utc(doc.revoked_at),
     )
-
-
-def _oid(value: str, what: str) -> PydanticObjectId:
-    try:
-        return PydanticObjectId(value)
-    except (InvalidId, TypeError) as exc:
-        raise NotFound(f"no {what} {value!r}") from exc
 
 
 class AccountRepository:
@@ -133,7 +124,7 @@ class AccountRepository:
     @_driver_errors
     async def revoke_key(self, key_id: str, *, org_id: str | None = None) -> ApiKeyRecord:
         """Revoke a key (of `org_id`, when given); the next request with it is refused."""
-        query: dict[str, object] = {"_id": _oid(key_id, "API key")}
+        query: dict[str, object] = {"_id": _object_id(key_id, what="API key")}
         if org_id is not None:
             query["org_id"] = org_id
         collection = ApiKeyDocument.get_pymongo_collection()

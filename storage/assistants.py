@@ -10,7 +10,7 @@ from bson.errors import InvalidId
 from storage.documents import AssistantDocument
 from storage.errors import NotFound, StorageError
 from storage.models import AssistantConfig, AssistantRecord
-from storage.repository import _driver_errors, _stored_time, _utc
+from storage.repository import _driver_errors, _object_id, _stored_time, _utc
 
 
 class NumberTaken(StorageError):
@@ -34,12 +34,9 @@ class AssistantRepository:
     """Assistants on MongoDB; every read and write is scoped to one organisation."""
 
     async def _owned(self, org_id: str, assistant_id: str) -> AssistantDocument:
-        try:
-            oid = PydanticObjectId(assistant_id)
-        except (InvalidId, TypeError) as exc:
-            raise NotFound(f"no assistant {assistant_id!r}") from exc
         doc = await AssistantDocument.find_one(
-            AssistantDocument.id == oid, AssistantDocument.org_id == org_id
+            AssistantDocument.id == _object_id(assistant_id, what="assistant"),
+            AssistantDocument.org_id == org_id,
         )
         if doc is None:
             raise NotFound(f"no assistant {assistant_id!r}")

@@ -20,7 +20,7 @@ from bson.errors import InvalidId
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from storage.documents import CallDocument, TurnDocument
-from storage.errors import CallNotFound, StorageError
+from storage.errors import CallNotFound, NotFound, StorageError
 from storage.models import (
     CallFilter,
     CallPage,
@@ -90,12 +90,13 @@ class CallStore(Protocol):
 
 
 def _object_id(value: str, *, what: str) -> PydanticObjectId:
+    """The ObjectId `value` names; a malformed id is simply a record that does not exist."""
     try:
         return PydanticObjectId(value)
     except (InvalidId, TypeError) as exc:
         if what == "call":
             raise CallNotFound(f"no call {value!r}") from exc
-        raise StorageError(f"no {what} {value!r}") from exc
+        raise NotFound(f"no {what} {value!r}") from exc
 
 
 def _stored_time(value: datetime) -> datetime:

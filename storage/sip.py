@@ -9,9 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import cast
 
-from beanie import PydanticObjectId
-from bson.errors import InvalidId
-
 from storage.documents import DispatchRuleDocument, SipTrunkDocument
 from storage.errors import NotFound
 from storage.models import (
@@ -21,14 +18,7 @@ from storage.models import (
     SipTrunkRecord,
     TrunkKind,
 )
-from storage.repository import _driver_errors, _stored_time, _utc
-
-
-def _oid(value: str, what: str) -> PydanticObjectId:
-    try:
-        return PydanticObjectId(value)
-    except (InvalidId, TypeError) as exc:
-        raise NotFound(f"no {what} {value!r}") from exc
+from storage.repository import _driver_errors, _object_id, _stored_time, _utc
 
 
 def _trunk(doc: SipTrunkDocument) -> SipTrunkRecord:
@@ -122,7 +112,7 @@ class SipRepository:
     @_driver_errors
     async def trunk(self, org_id: str, trunk_id: str, kind: TrunkKind) -> SipTrunkRecord:
         doc = await SipTrunkDocument.find_one(
-            SipTrunkDocument.id == _oid(trunk_id, "trunk"),
+            SipTrunkDocument.id == _object_id(trunk_id, what="trunk"),
             SipTrunkDocument.org_id == org_id,
             SipTrunkDocument.kind == kind,
         )
@@ -132,7 +122,9 @@ class SipRepository:
 
     @_driver_errors
     async def remove_trunk(self, trunk_id: str) -> None:
-        await SipTrunkDocument.get_pymongo_collection().delete_one({"_id": _oid(trunk_id, "trunk")})
+        await SipTrunkDocument.get_pymongo_collection().delete_one(
+            {"_id": _object_id(trunk_id, what="trunk")}
+        )
 
     @_driver_errors
     async def add_rule(
@@ -175,7 +167,7 @@ class SipRepository:
     @_driver_errors
     async def rule(self, org_id: str, rule_id: str) -> DispatchRuleRecord:
         doc = await DispatchRuleDocument.find_one(
-            DispatchRuleDocument.id == _oid(rule_id, "dispatch rule"),
+            DispatchRuleDocument.id == _object_id(rule_id, what="dispatch rule"),
             DispatchRuleDocument.org_id == org_id,
         )
         if doc is None:
@@ -191,7 +183,7 @@ class SipRepository:
     @_driver_errors
     async def remove_rule(self, rule_id: str) -> None:
         await DispatchRuleDocument.get_pymongo_collection().delete_one(
-            {"_id": _oid(rule_id, "dispatch rule")}
+            {"_id": _object_id(rule_id, what="dispatch rule")}
         )
 
     @_driver_errors
