@@ -261,7 +261,7 @@ class CallRepository:
         oid = _object_id(call_id, what="call")
         calls = CallDocument.get_pymongo_collection()
         result = await calls.update_one({"_id": oid, "ended_at": None}, {"$set": fields})
-        if result.matched_count == 0 and await calls.count_documents({"_id": oid}) == 0:
+        if result.matched_count == 0 and await calls.find_one({"_id": oid}) is None:
             raise CallNotFound(f"no call {call_id!r}")
 
     @_driver_errors
@@ -276,7 +276,7 @@ class CallRepository:
             {"_id": oid, "ended_at": None, "status": {"$in": earlier}},
             {"$set": {"status": status.value}},
         )
-        if result.matched_count == 0 and await calls.count_documents({"_id": oid}) == 0:
+        if result.matched_count == 0 and await calls.find_one({"_id": oid}) is None:
             raise CallNotFound(f"no call {call_id!r}")
 
     @_driver_errors
