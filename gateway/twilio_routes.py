@@ -113,7 +113,7 @@ async def _status_target(
     """The call a status callback is about: by our id (outbound calls carry it), else by sid."""
     if call_id:
         try:
-            call = await ctx.store.get_call(call_id)
+            call = await ctx.store.get_call(call_id, with_turns=False)
         except CallNotFound:
             return None
         # The signature proves Twilio sent it; the sid check keeps it to its own call.

@@ -67,6 +67,7 @@ class _StreamDriver:
         self._transport: TwilioTransport | None = None
         self._pacer: asyncio.Task[None] | None = None
         self._deadline: asyncio.Task[None] | None = None
+        self._start_writes: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         end_reason, status = "stream-closed", CallStatus.COMPLETED
@@ -90,6 +91,11 @@ class _StreamDriver:
             close_code, close_reason = 1011, "internal error"
         finally:
             # Finalise what is stored before the peer sees the socket close.
+            if self._start_writes is not None:
+                try:
+                    await self._start_writes
+                except Exception:  # the stream's task ends here: log it, finalise anyway
+                    log.exception("recording the stream start failed")
             if self._session is not None:
                 await self._session.end(reason=end_reason, status=status)
                 self._ctx.metrics.calls_active -= 1
@@ -150,16 +156,16 @@ class _StreamDriver:
             subject = outbound_token_subject(call_id)
             verify_stream_token(ctx.stream_token_secret, token, subject, now=time.time())
         try:
-            call = await ctx.store.get_call(call_id)
+            call = await ctx.store.get_call(call_id, with_turns=False)
         except CallNotFound as exc:
             raise SignatureError("stream token names no call of this gateway") from exc
         if call.call_sid and call.call_sid != start.call_sid:
             raise SignatureError("stream token belongs to another call")
         call_id_var.set(call.id)
-        if not call.call_sid:
-            await ctx.store.set_call_sid(call.id, start.call_sid)
-        await ctx.store.set_stream(call.id, start.stream_sid)
-        await ctx.store.set_status(call.id, CallStatus.IN_PROGRESS)
+        # Bookkeeping writes run beside the greeting, not before it (awaited at the end).
+        self._start_writes = asyncio.create_task(
+            self._record_start(call, start), name="record-stream-start"
+        )
         self._transport = TwilioTransport(
             protocol=self._protocol,
             send_text=self._ws.send_text,
@@ -183,6 +189,13 @@ class _StreamDriver:
         log.info("media stream started", extra={"call_sid": start.call_sid})
         await self._session.start()
         self._deadline = asyncio.create_task(self._end_after(max_duration_s), name="max-duration")
+
+    async def _record_start(self, call: CallRecord, start: Start) -> None:
+        store = self._ctx.store
+        if not call.call_sid:
+            await store.set_call_sid(call.id, start.call_sid)
+        await store.set_stream(call.id, start.stream_sid)
+        await store.set_status(call.id, CallStatus.IN_PROGRESS)
 
     async def _providers_for(self, call: CallRecord) -> tuple[Providers, float]:
         """The call's assistant's providers speaking its persona, and its longest duration."""

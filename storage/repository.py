@@ -82,7 +82,7 @@ class CallStore(Protocol):
         ended_at: datetime,
         usage: Mapping[str, int] | None = None,
     ) -> CallRecord: ...
-    async def get_call(self, call_id: str) -> CallRecord: ...
+    async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord: ...
     async def get_call_by_sid(self, call_sid: str) -> CallRecord | None: ...
     async def list_calls(
         self, where: CallFilter | None = None, *, limit: int = 50, cursor: str | None = None
@@ -394,11 +394,13 @@ class CallRepository:
         return await self.get_call(call_id)
 
     @_driver_errors
-    async def get_call(self, call_id: str) -> CallRecord:
-        """The call with its turns in order; `CallNotFound` if there is none."""
+    async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord:
+        """The call with its turns in order (or none read); `CallNotFound` if there is none."""
         doc = await CallDocument.get(_object_id(call_id, what="call"))
         if doc is None:
             raise CallNotFound(f"no call {call_id!r}")
+        if not with_turns:
+            return _call_record(doc)
         turns = (
             await TurnDocument.find(TurnDocument.call_id == call_id)
             .sort([("index", SortDirection.ASCENDING)])

@@ -244,6 +244,29 @@ async def test_whole_management_flow(
         assert (await http.get("/calls", headers=_h(key_b))).json()["items"] == []
         other = await http.get(f"/assistants/{assistant['id']}", headers=_h(key_b))
         assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
+        # Nothing of acme's can be changed, used or seen with globex's key.
+        key_a_id = (await http.get("/api-keys", headers=_h(key_a))).json()["items"][0]["id"]
+        for method, url, body in (
+            ("PATCH", f"/assistants/{assistant['id']}", {"name": "stolen"}),
+            ("DELETE", f"/assistants/{assistant['id']}", None),
+            ("DELETE", f"/sip/trunks/outbound/{outbound.json()['id']}", None),
+            ("DELETE", f"/sip/trunks/inbound/{inbound.json()['id']}", None),
+            ("DELETE", f"/sip/dispatch-rules/{rule.json()['id']}", None),
+            ("POST", f"/api-keys/{key_a_id}/revoke", None),
+            ("POST", "/call/outbound", call_body),
+            (
+                "POST",
+                "/sip/dispatch-rules",
+                {"name": "x", "assistant_id": assistant["id"], "trunk_ids": [inbound.json()["id"]]},
+            ),
+        ):
+            response = await http.request(method, url, json=body, headers=_h(key_b))
+            assert response.status_code == 404, (method, url, response.text)
+        for listing in ("/assistants", "/sip/trunks/inbound", "/sip/dispatch-rules"):
+            assert (await http.get(listing, headers=_h(key_b))).json()["items"] == []
+        still = await http.get(f"/assistants/{assistant['id']}", headers=_h(key_a))
+        assert still.json()["name"] == ASSISTANT["name"]
+        assert (await http.get("/assistants", headers=_h(key_a))).status_code == 200
 
         # LiveKit outbound: the room is made and the dial reaches LiveKit's SIP service;
         # with no SIP bridge running it is refused, and the stored call says so.
