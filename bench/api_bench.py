@@ -164,7 +164,7 @@ def main() -> None:
                     page = http.get("/calls", params=params, headers=h)
                     cursor = page.json()["next_cursor"]
                     pages += 1
-                deep = {"limit": 50, "cursor": cursor}
+                deep = {"limit": 50} | ({"cursor": cursor} if cursor else {})
                 body = {
                     "assistant_id": assistant_id,
                     "to_number": "+15558880002",

@@ -56,7 +56,7 @@ async def list_calls(req: ApiRequest) -> BaseModel:
             started_before=q.started_before,
         ),
         limit=q.limit,
-        cursor=q.cursor,
+        cursor=q.cursor or None,  # an empty cursor is the first page
     )
     return CallList(items=[CallOut.of(c) for c in page.items], next_cursor=page.next_cursor)
 
