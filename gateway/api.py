@@ -22,6 +22,7 @@ from gateway.api_models import (
     CallQuery,
 )
 from gateway.context import GatewayContext
+from gateway.errors import ConflictError
 from gateway.openapi import ApiRequest, Operation, RequestInvalid, error_response
 from storage import AssistantConfig, CallFilter, CallNotFound
 
@@ -100,7 +101,11 @@ async def update_assistant(req: ApiRequest) -> BaseModel:
 
 
 async def delete_assistant(req: ApiRequest) -> None:
-    await req.ctx.assistants.delete(req.principal.org_id, req.path["assistant_id"])
+    org_id, assistant_id = req.principal.org_id, req.path["assistant_id"]
+    rules = [r.id for r in await req.ctx.sip.rules(org_id) if r.assistant_id == assistant_id]
+    if rules:
+        raise ConflictError("the assistant is used by dispatch rules: " + ", ".join(rules))
+    await req.ctx.assistants.delete(org_id, assistant_id)
 
 
 # --------------------------------------------------------------------- API keys
@@ -143,7 +148,7 @@ OPERATIONS = [
     ),
     Operation(
         "DELETE", "/assistants/{assistant_id}", delete_assistant, "Delete an assistant",
-        "assistants", status=204, errors=(401, 404),
+        "assistants", status=204, errors=(401, 404, 409),
     ),
     Operation(
         "GET", "/api-keys", list_api_keys, "The organisation's API keys (never the secrets)",

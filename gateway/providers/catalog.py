@@ -3,7 +3,6 @@ language, built on first use and shared by every call of an assistant with that 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -94,6 +93,9 @@ class ProviderCatalog:
                     continue
                 seen.add(id(provider))
                 close = getattr(provider, "aclose", None)
-                if close is not None:
-                    with contextlib.suppress(Exception):
-                        await close()
+                if close is None:
+                    continue
+                try:
+                    await close()
+                except Exception:  # shutdown goes on for the other providers
+                    log.exception("closing provider %s failed", provider.name)

@@ -283,7 +283,9 @@ async def test_whole_management_flow(
         assert failed_call["end_reason"] == "sip-dial-failed"
         assert failed_call["from_number"] == "+15557770001"  # the trunk's number
 
-        # A trunk a rule uses cannot go; after the rule, it can, from LiveKit too.
+        # An assistant or a trunk a rule uses cannot go; after the rule, they can.
+        in_use = await http.delete(f"/assistants/{assistant['id']}", headers=_h(key_a))
+        assert in_use.status_code == 409 and rule.json()["id"] in in_use.text
         in_id = inbound.json()["id"]
         blocked = await http.delete(f"/sip/trunks/inbound/{in_id}", headers=_h(key_a))
         assert blocked.status_code == 409
