@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import logging
 import secrets
@@ -27,6 +28,8 @@ from gateway.errors import (
     NotConfigured,
     NotFoundError,
 )
+from gateway.livekit_calls import LiveKitCalls, close_abandoned_rooms
+from gateway.livekit_routes import livekit_webhook
 from gateway.livekit_sip import LiveKitError, livekit_sip
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import RequestInvalid, docs_page, error_response, openapi_document, route
@@ -89,10 +92,18 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
             twilio_calls=twilio_calls(settings),
             livekit=livekit,
         )
+        if livekit is not None:
+            ctx = app.state.gateway
+            app.state.gateway = dataclasses.replace(
+                ctx, livekit_calls=LiveKitCalls(ctx, livekit)
+            )
+            await close_abandoned_rooms(database.calls, livekit)
         log.info("gateway ready", extra={"public_url": settings.public_url})
         try:
             yield
         finally:
+            if app.state.gateway.livekit_calls is not None:
+                await app.state.gateway.livekit_calls.aclose()
             await catalog.aclose()
             if livekit is not None:
                 await livekit.aclose()
@@ -118,6 +129,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         Route("/twilio/voice", twilio_voice, methods=["POST"]),
         Route("/twilio/status", twilio_status, methods=["POST"]),
         WebSocketRoute("/twilio/stream", twilio_stream_endpoint),
+        Route("/livekit/webhook", livekit_webhook, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_EXCEPTION_HANDLERS)
     app.state.settings = settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.livekit_sip import LiveKitSip
 from gateway.metrics import GatewayMetrics
@@ -13,6 +14,9 @@ from gateway.settings import Settings
 from gateway.twilio_rest import TwilioCalls
 from storage import AccountRepository, AssistantRepository, CallStore, SipRepository
 from telephony.twilio import TwilioSignatureValidator
+
+if TYPE_CHECKING:
+    from gateway.livekit_calls import LiveKitCalls
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,7 @@ class GatewayContext:
     catalog: ProviderCatalog
     twilio_calls: TwilioCalls | None = None
     livekit: LiveKitSip | None = None
+    livekit_calls: LiveKitCalls | None = None
 
 
 def stream_token_secret(settings: Settings) -> bytes:

@@ -73,6 +73,7 @@ class LiveKitSip:
     """One LiveKit project's SIP service and room service (make inside a running loop)."""
 
     def __init__(self, *, url: str, api_key: str, api_secret: str, timeout_s: float = 10.0):
+        self._url, self._key, self._secret = url, api_key, api_secret
         self._api = api.LiveKitAPI(
             url, api_key, api_secret, timeout=aiohttp.ClientTimeout(total=timeout_s)
         )
@@ -285,3 +286,47 @@ class LiveKitSip:
             room_name=str(info.room_name),
             sip_call_id=str(info.sip_call_id),
         )
+
+    async def remove_participant(self, room_name: str, identity: str) -> None:
+        """Take a participant out of a room (for a SIP participant: hang its call up)."""
+        try:
+            await self._api.room.remove_participant(
+                api.RoomParticipantIdentity(room=room_name, identity=identity)
+            )
+        except _ERRORS as exc:
+            if _code(exc) != "not_found":
+                raise self._error("removing the participant", exc) from exc
+
+    async def transfer_sip(self, room_name: str, identity: str, to: str) -> None:
+        """SIP REFER the participant's call to `to` (a number or SIP URI)."""
+        target = to if to.startswith(("sip:", "tel:")) else f"tel:{to}"
+        try:
+            await self._api.sip.transfer_sip_participant(
+                sip.TransferSIPParticipantRequest(
+                    room_name=room_name, participant_identity=identity, transfer_to=target
+                )
+            )
+        except _ERRORS as exc:
+            raise self._error("transferring the call", exc) from exc
+
+    def agent_token(self, room_name: str, identity: str) -> str:
+        """A token for the gateway to join `room_name` as the agent."""
+        grants = api.VideoGrants(
+            room_join=True, room=room_name, can_publish=True, can_subscribe=True
+        )
+        return (
+            api.AccessToken(self._key, self._secret)
+            .with_identity(identity)
+            .with_kind("agent")
+            .with_grants(grants)
+            .to_jwt()
+        )
+
+    def token_verifier(self) -> api.TokenVerifier:
+        """Verifies tokens LiveKit signs with this project's key (its webhooks)."""
+        return api.TokenVerifier(self._key, self._secret)
+
+    @property
+    def ws_url(self) -> str:
+        """The server's URL for room connections (http -> ws, https -> wss)."""
+        return self._url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)

@@ -138,8 +138,12 @@ async def _via_livekit(
     )
     call_id_var.set(call.id)
     room = f"call-{call.id}"
+    room_call = None
     try:
         await livekit.create_room(room)
+        if req.ctx.livekit_calls is not None:
+            # The agent is in the room before the callee's phone rings.
+            room_call = req.ctx.livekit_calls.serve(room, call)
         dialled = await livekit.dial(
             trunk_id=trunk.livekit_id,
             to_number=body.to_number,
@@ -151,8 +155,11 @@ async def _via_livekit(
         )
     except LiveKitError as exc:
         await _failed(req, call, "sip-dial-failed")
-        with contextlib.suppress(LiveKitError):
-            await livekit.delete_room(room)
+        if room_call is not None:
+            room_call.request_end("sip-dial-failed", CallStatus.FAILED)
+        else:
+            with contextlib.suppress(LiveKitError):
+                await livekit.delete_room(room)
         raise CarrierError(str(exc), carrier="livekit", status=exc.status) from exc
     sid = dialled.sip_call_id or dialled.participant_id
     await req.ctx.store.set_call_sid(call.id, sid)

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     livekit_url: str | None = None
     livekit_api_key: str | None = None
     livekit_api_secret: SecretStr | None = None
+    # Agent audio queued in the room's audio source ahead of playout (what barge-in drops).
+    livekit_lead_ms: int = Field(default=100, ge=20, le=1000)
 
     # Offline recognisers loaded at start; more load on demand (~35 ms each).
     stt_prewarm: int = Field(default=4, ge=0, le=256)

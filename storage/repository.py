@@ -84,6 +84,7 @@ class CallStore(Protocol):
     ) -> CallRecord: ...
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord: ...
     async def get_call_by_sid(self, call_sid: str) -> CallRecord | None: ...
+    async def open_calls(self, *, transport: str) -> list[CallRecord]: ...
     async def list_calls(
         self, where: CallFilter | None = None, *, limit: int = 50, cursor: str | None = None
     ) -> CallPage: ...
@@ -420,6 +421,12 @@ class CallRepository:
             .to_list()
         )
         return _call_record(docs[0]) if docs else None
+
+    @_driver_errors
+    async def open_calls(self, *, transport: str) -> list[CallRecord]:
+        """Calls of `transport` not finished yet, without turns."""
+        docs = await CallDocument.find({"transport": transport, "ended_at": None}).to_list()
+        return [_call_record(d) for d in docs]
 
     @_driver_errors
     async def list_calls(

@@ -70,8 +70,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def run_livekit_server(work_dir: Path) -> Iterator[LiveKitServer]:
-    """Redis, then livekit-server --dev on free loopback ports, until the block ends."""
+def run_livekit_server(
+    work_dir: Path, *, webhook_url: str | None = None
+) -> Iterator[LiveKitServer]:
+    """Redis, then livekit-server --dev on free loopback ports, until the block ends.
+
+    With `webhook_url`, the server POSTs its signed room events there."""
     redis = shutil.which("redis-server")
     if redis is None:
         raise RuntimeError("redis-server is missing: `scripts/dev.sh test` installs it")
@@ -99,6 +103,8 @@ redis:
 keys:
   {api_key}: {api_secret}
 """
+        if webhook_url is not None:
+            config += f"webhook:\n  api_key: {api_key}\n  urls: [{webhook_url!r}]\n"
         lk_log = work_dir / "livekit.log"
         with lk_log.open("wb") as out:
             lk_proc = subprocess.Popen(

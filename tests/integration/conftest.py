@@ -38,10 +38,14 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def run_gateway(
-    mongo_url: str, log_dir: Path, extra_env: dict[str, str | None] | None = None
+    mongo_url: str,
+    log_dir: Path,
+    extra_env: dict[str, str | None] | None = None,
+    *,
+    port: int | None = None,
 ) -> Iterator[GatewayProcess]:
-    """`voice-gateway serve` as its own process on a free loopback port, until the block ends."""
-    port = _free_port()
+    """`voice-gateway serve` as its own process on a loopback port, until the block ends."""
+    port = port or _free_port()
     base = f"http://127.0.0.1:{port}"
     auth_token = uuid.uuid4().hex
     api_key = "test-key-" + uuid.uuid4().hex

@@ -1,0 +1,191 @@
+"""A LiveKit SIP call end to end against a real livekit-server: the server's signed webhook
+tells the gateway a SIP participant joined; the gateway joins the room as the agent and
+runs the same `CallSession` as for Twilio. The caller (a participant of kind SIP with the
+attributes LiveKit's SIP bridge sets) speaks espeak-ng audio and listens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from livekit import api as lkapi
+from livekit.protocol import sip as lksip
+
+from tests.integration.conftest import GatewayProcess, _free_port, run_gateway
+from tests.livekit_caller import RoomCaller, caller_token, espeak_pcm16k
+from tests.livekit_server import LiveKitServer, run_livekit_server
+
+
+@pytest.fixture(scope="module")
+def room_stack(
+    mongo_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, LiveKitServer]]:
+    """A livekit-server whose webhooks go to a gateway configured for it."""
+    port = _free_port()
+    work = tmp_path_factory.mktemp("lk-rooms")
+    webhook = f"http://127.0.0.1:{port}/livekit/webhook"
+    with run_livekit_server(work, webhook_url=webhook) as server:
+        env: dict[str, str | None] = {
+            "LIVEKIT_URL": server.url,
+            "LIVEKIT_API_KEY": server.api_key,
+            "LIVEKIT_API_SECRET": server.api_secret,
+            "VAD_SILENCE_MS": "500",
+        }
+        with run_gateway(mongo_url, work, env, port=port) as gateway:
+            yield gateway, server
+
+
+async def _dispatch_attributes(
+    http: httpx.AsyncClient, key: str, server: LiveKitServer
+) -> tuple[str, dict[str, str]]:
+    """An assistant, an inbound trunk and a rule made through the API; the attributes the
+    rule gives SIP participants, read back from LiveKit."""
+    h = {"x-api-key": key}
+    assistant = await http.post(
+        "/assistants",
+        headers=h,
+        json={
+            "name": "Rooms",
+            "system_prompt": "Help the caller at {{from_number}}.",
+            "greeting": "Hello, you reached the room agent. How can I help you today?",
+        },
+    )
+    assert assistant.status_code == 201, assistant.text
+    trunk = await http.post(
+        "/sip/trunks/inbound",
+        headers=h,
+        json={"name": "in", "numbers": ["+15557770001"], "allowed_addresses": ["127.0.0.1"]},
+    )
+    assert trunk.status_code == 201, trunk.text
+    rule = await http.post(
+        "/sip/dispatch-rules",
+        headers=h,
+        json={
+            "name": "r",
+            "assistant_id": assistant.json()["id"],
+            "trunk_ids": [trunk.json()["id"]],
+        },
+    )
+    assert rule.status_code == 201, rule.text
+    async with lkapi.LiveKitAPI(server.url, server.api_key, server.api_secret) as lk:
+        rules = await lk.sip.list_dispatch_rule(lksip.ListSIPDispatchRuleRequest())
+    [info] = [r for r in rules.items if r.sip_dispatch_rule_id == rule.json()["livekit_id"]]
+    return assistant.json()["id"], dict(info.attributes)
+
+
+async def _call_in(
+    http: httpx.AsyncClient, key: str, room: str, within_s: float = 30.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        calls = (await http.get("/calls", headers={"x-api-key": key})).json()["items"]
+        mine = [c for c in calls if c["metadata"].get("room") == room]
+        if mine:
+            return dict(mine[0])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no call stored for room {room}")
+
+
+async def test_sip_caller_in_a_room_talks_to_the_agent(
+    room_stack: tuple[GatewayProcess, LiveKitServer],
+) -> None:
+    gateway, server = room_stack
+    key = gateway.api_key
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        assistant_id, rule_attributes = await _dispatch_attributes(http, key, server)
+        room = "call-" + uuid.uuid4().hex[:8]
+        attributes = {
+            **rule_attributes,
+            "sip.phoneNumber": "+15550001111",
+            "sip.trunkPhoneNumber": "+15557770001",
+            "sip.callID": "SCL_" + uuid.uuid4().hex[:8],
+        }
+        caller = RoomCaller()
+        ws_url = server.url.replace("http://", "ws://")
+        await caller.join(
+            ws_url, caller_token(server.api_key, server.api_secret, room, "sip_caller", attributes)
+        )
+        try:
+            # The webhook brings the agent in; it greets.
+            await caller.wait_agent_audio(within_s=30)
+            await caller.wait_agent_silent()
+            call = await _call_in(http, key, room)
+            assert call["transport"] == "livekit" and call["assistant_id"] == assistant_id
+            assert call["from_number"] == "+15550001111"
+            assert call["call_sid"] == attributes["sip.callID"]
+
+            caller.say(espeak_pcm16k("What are your opening hours?"))
+            await caller.wait_said()
+            await caller.wait_agent_audio()
+            await caller.wait_agent_silent()
+
+            # A long answer, interrupted: the agent's audio stops within 500 ms.
+            caller.say(espeak_pcm16k("I would like to book an appointment."))
+            await caller.wait_said()
+            await caller.wait_agent_audio()
+            await asyncio.sleep(1.2)
+            await caller.wait_agent_audio(within_s=3)  # mid-word, not in a pause
+            caller.say(espeak_pcm16k("Yes please."))
+            await asyncio.sleep(0.05)
+            spoke_at = caller.speech_started_at
+            assert spoke_at is not None
+            stopped_at = await caller.wait_agent_silent(quiet_s=0.6, within_s=10)
+            assert stopped_at - spoke_at < 0.5, f"agent kept talking {stopped_at - spoke_at:.3f} s"
+            await caller.wait_said()
+            await caller.wait_agent_audio()
+            await caller.wait_agent_silent()
+
+            # Goodbye: the agent answers, then removes the caller and closes the room.
+            # (The offline recogniser may mishear it; a caller would say it again.)
+            for line in ("Thank you, goodbye.", "Goodbye.", "Bye bye."):
+                caller.say(espeak_pcm16k(line))
+                await caller.wait_said()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(caller.left.wait(), 10)
+                if caller.left.is_set():
+                    break
+            assert caller.left.is_set(), "the agent did not hang up"
+        finally:
+            await caller.leave()
+
+        deadline = time.monotonic() + 15
+        while True:
+            stored = (await http.get(f"/calls/{call['id']}", headers={"x-api-key": key})).json()
+            if stored["ended_at"] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert stored["status"] == "completed" and stored["end_reason"] == "agent-ended"
+        turns = stored["transcript"]
+        assert turns[0]["speaker"] == "agent"
+        assert turns[0]["text"].startswith("Hello, you reached the room agent")
+        assert sum(t["speaker"] == "caller" for t in turns) >= 3
+        assert any(t["interrupted"] for t in turns if t["speaker"] == "agent")
+        async with lkapi.LiveKitAPI(server.url, server.api_key, server.api_secret) as lk:
+            rooms = await lk.room.list_rooms(lkapi.ListRoomsRequest())
+        assert room not in {r.name for r in rooms.rooms}
+
+
+async def test_unsigned_or_forged_webhooks_are_refused(
+    room_stack: tuple[GatewayProcess, LiveKitServer],
+) -> None:
+    gateway, server = room_stack
+    body = b'{"event": "room_finished", "room": {"name": "call-x"}}'
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+        unsigned = await http.post("/livekit/webhook", content=body)
+        assert unsigned.status_code == 403
+        assert unsigned.json()["error"]["code"] == "forbidden"
+        forged = lkapi.AccessToken(server.api_key, "not-the-secret" * 3).with_sha256("x").to_jwt()
+        wrong = await http.post("/livekit/webhook", content=body, headers={"Authorization": forged})
+        assert wrong.status_code == 403
+        # Right key, but the body is not the one signed.
+        signed = lkapi.AccessToken(server.api_key, server.api_secret).with_sha256("AAAA").to_jwt()
+        tampered = await http.post(
+            "/livekit/webhook", content=body, headers={"Authorization": signed}
+        )
+        assert tampered.status_code == 403

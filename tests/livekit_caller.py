@@ -1,0 +1,142 @@
+"""A caller in a LiveKit room, as LiveKit's SIP bridge would put one there: a participant of
+kind SIP with the bridge's attributes, publishing microphone audio in real time (silence
+between sentences, as a phone line does) and listening to the agent's track."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import shutil
+import subprocess
+import time
+
+import numpy as np
+from livekit import api, rtc
+
+from audio.resample import StreamResampler
+
+RATE = 16000
+FRAME = RATE // 50  # 20 ms
+SPEAKING_RMS = 300.0
+
+
+def espeak_pcm16k(text: str, *, voice: str = "en-us+f3", words_per_minute: int = 140) -> np.ndarray:
+    binary = shutil.which("espeak-ng")
+    assert binary is not None, "espeak-ng is required"
+    wav = subprocess.run(
+        [binary, "--stdout", "-v", voice, "-s", str(words_per_minute), "--", text],
+        check=True,
+        capture_output=True,
+    ).stdout
+    pcm = np.frombuffer(wav[44:], dtype="<i2").astype(np.int16)
+    resampler = StreamResampler(22050, RATE)
+    out = np.concatenate([resampler.process(pcm), resampler.flush()])
+    return np.concatenate([out, np.zeros(-out.size % FRAME, dtype=np.int16)])
+
+
+def caller_token(
+    api_key: str, api_secret: str, room: str, identity: str, attributes: dict[str, str]
+) -> str:
+    grants = api.VideoGrants(room_join=True, room=room, can_publish=True, can_subscribe=True)
+    return (
+        api.AccessToken(api_key, api_secret)
+        .with_identity(identity)
+        .with_kind("sip")
+        .with_attributes(attributes)
+        .with_grants(grants)
+        .to_jwt()
+    )
+
+
+class RoomCaller:
+    """Joins a room as the SIP caller; `say()` queues speech, `agent_frames` records the
+    agent's audio as (monotonic time, rms) per received frame."""
+
+    def __init__(self) -> None:
+        self.room = rtc.Room()
+        self.agent_frames: list[tuple[float, float]] = []
+        self._mic: collections.deque[np.ndarray] = collections.deque()
+        self._mic_idle = asyncio.Event()
+        self._mic_idle.set()
+        self.left = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.speech_started_at: float | None = None
+
+    async def join(self, url: str, token: str) -> None:
+        self.room.on("track_subscribed", self._on_track)
+        self.room.on("disconnected", lambda *_: self.left.set())
+        await self.room.connect(url, token)
+        self._source = rtc.AudioSource(RATE, 1, queue_size_ms=60)
+        track = rtc.LocalAudioTrack.create_audio_track("phone", self._source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await self.room.local_participant.publish_track(track, options)
+        self._tasks.append(asyncio.create_task(self._microphone()))
+
+    def _on_track(
+        self, track: rtc.Track, pub: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant
+    ) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO:
+            self._tasks.append(asyncio.create_task(self._listen(track)))
+
+    async def _listen(self, track: rtc.Track) -> None:
+        stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=20)
+        try:
+            async for event in stream:
+                pcm = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+                rms = float(np.sqrt(np.mean(pcm * pcm))) if pcm.size else 0.0
+                self.agent_frames.append((time.monotonic(), rms))
+        finally:
+            await stream.aclose()
+
+    async def _microphone(self) -> None:
+        silence = np.zeros(FRAME, dtype=np.int16)
+        while True:
+            if self._mic:
+                frame = self._mic.popleft()
+                if self.speech_started_at is None:
+                    self.speech_started_at = time.monotonic()
+            else:
+                frame = silence
+                self._mic_idle.set()
+            await self._source.capture_frame(rtc.AudioFrame(frame.tobytes(), RATE, 1, FRAME))
+
+    def say(self, pcm: np.ndarray) -> None:
+        self.speech_started_at = None
+        for offset in range(0, pcm.size, FRAME):
+            self._mic.append(pcm[offset : offset + FRAME])
+        self._mic_idle.clear()
+
+    async def wait_said(self) -> None:
+        await self._mic_idle.wait()
+
+    def agent_speaking(self, window_s: float = 0.2) -> bool:
+        now = time.monotonic()
+        return any(rms > SPEAKING_RMS for t, rms in self.agent_frames if t > now - window_s)
+
+    async def wait_agent_audio(self, within_s: float = 20.0) -> float:
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if self.agent_speaking(0.1):
+                return time.monotonic()
+            await asyncio.sleep(0.01)
+        raise AssertionError("the agent did not speak")
+
+    async def wait_agent_silent(self, quiet_s: float = 0.8, within_s: float = 40.0) -> float:
+        """Wait until the agent has been quiet for `quiet_s`; returns when its audio stopped."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            loud = [t for t, rms in self.agent_frames if rms > SPEAKING_RMS]
+            last = loud[-1] if loud else 0.0
+            if time.monotonic() - last >= quiet_s:
+                return last
+            await asyncio.sleep(0.02)
+        raise AssertionError("the agent did not stop speaking")
+
+    async def leave(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._source.aclose()
+        await self.room.disconnect()
