@@ -24,6 +24,7 @@ class GatewayProcess:
     api_key: str
     log_path: Path
     db_name: str
+    pid: int
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -71,7 +72,7 @@ def run_gateway(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    process = GatewayProcess(base, auth_token, api_key, log_path, env["MONGODB_DB"])
+    process = GatewayProcess(base, auth_token, api_key, log_path, env["MONGODB_DB"], proc.pid)
     try:
         _wait_until_up(base + "/health", proc, process.log_text)
         yield process

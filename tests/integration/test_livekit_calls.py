@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -92,6 +94,15 @@ async def _call_in(
     raise AssertionError(f"no call stored for room {room}")
 
 
+async def _logged(gateway: GatewayProcess, *needles: str, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if any(all(n in line for n in needles) for line in gateway.log_text().splitlines()):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"gateway never logged {needles}")
+
+
 async def test_sip_caller_in_a_room_talks_to_the_agent(
     room_stack: tuple[GatewayProcess, LiveKitServer],
 ) -> None:
@@ -119,6 +130,9 @@ async def test_sip_caller_in_a_room_talks_to_the_agent(
             assert call["transport"] == "livekit" and call["assistant_id"] == assistant_id
             assert call["from_number"] == "+15550001111"
             assert call["call_sid"] == attributes["sip.callID"]
+            # Keys pressed on the phone reach the session.
+            await caller.room.local_participant.publish_dtmf(code=7, digit="7")
+            await _logged(gateway, '"dtmf received"', '"digit": "7"')
 
             caller.say(espeak_pcm16k("What are your opening hours?"))
             await caller.wait_said()
@@ -189,3 +203,101 @@ async def test_unsigned_or_forged_webhooks_are_refused(
             "/livekit/webhook", content=body, headers={"Authorization": signed}
         )
         assert tampered.status_code == 403
+
+
+async def _wait_ended(http: httpx.AsyncClient, key: str, call_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        stored = (await http.get(f"/calls/{call_id}", headers={"x-api-key": key})).json()
+        if stored["ended_at"]:
+            return dict(stored)
+        await asyncio.sleep(0.1)
+    raise AssertionError("the call never ended")
+
+
+async def _room_names(server: LiveKitServer) -> set[str]:
+    async with lkapi.LiveKitAPI(server.url, server.api_key, server.api_secret) as lk:
+        rooms = await lk.room.list_rooms(lkapi.ListRoomsRequest())
+    return {r.name for r in rooms.rooms}
+
+
+def _sip_attributes() -> dict[str, str]:
+    return {
+        "sip.phoneNumber": "+15550002222",
+        "sip.trunkPhoneNumber": "+15557779999",  # reaches no assistant: the default one
+        "sip.callID": "SCL_" + uuid.uuid4().hex[:8],
+    }
+
+
+async def test_caller_hanging_up_ends_the_call_once(
+    room_stack: tuple[GatewayProcess, LiveKitServer],
+) -> None:
+    gateway, server = room_stack
+    room = "call-" + uuid.uuid4().hex[:8]
+    caller = RoomCaller()
+    token = caller_token(server.api_key, server.api_secret, room, "sip_c", _sip_attributes())
+    await caller.join(server.url.replace("http://", "ws://"), token)
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        try:
+            await caller.wait_agent_audio(within_s=30)
+        finally:
+            await caller.leave()  # hang up mid-greeting
+        call = await _call_in(http, gateway.api_key, room)
+        stored = await _wait_ended(http, gateway.api_key, call["id"])
+        assert stored["end_reason"] == "caller-hung-up" and stored["status"] == "completed"
+        assert stored["assistant_id"] is None  # the default assistant answered
+        # Participant left, then room finished: both arrive, one finalisation.
+        await _logged(gateway, '"left room"', room)
+        await asyncio.sleep(1.0)
+        ends = [
+            line
+            for line in gateway.log_text().splitlines()
+            if '"call ended"' in line and call["id"] in line
+        ]
+        assert len(ends) == 1, ends
+        assert room not in await _room_names(server)
+
+
+async def test_many_rooms_then_a_killed_gateway_leaves_no_zombie_rooms(
+    mongo_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    port = _free_port()
+    work = tmp_path_factory.mktemp("lk-restart")
+    db = "lk_restart_" + uuid.uuid4().hex[:8]
+    webhook = f"http://127.0.0.1:{port}/livekit/webhook"
+    with run_livekit_server(work, webhook_url=webhook) as server:
+        env: dict[str, str | None] = {
+            "MONGODB_DB": db,
+            "LIVEKIT_URL": server.url,
+            "LIVEKIT_API_KEY": server.api_key,
+            "LIVEKIT_API_SECRET": server.api_secret,
+        }
+        rooms = ["call-" + uuid.uuid4().hex[:8] for _ in range(3)]
+        callers = [RoomCaller() for _ in rooms]
+        ws_url = server.url.replace("http://", "ws://")
+        try:
+            with run_gateway(mongo_url, work, env, port=port) as first:
+                for room, caller in zip(rooms, callers, strict=True):
+                    token = caller_token(
+                        server.api_key, server.api_secret, room, "sip_c", _sip_attributes()
+                    )
+                    await caller.join(ws_url, token)
+                # Three rooms, each with its own session, all greeted by one process.
+                await asyncio.gather(*(c.wait_agent_audio(within_s=30) for c in callers))
+                assert set(rooms) <= await _room_names(server)
+                os.kill(first.pid, signal.SIGKILL)
+                key = first.api_key
+            env["GATEWAY_API_KEY"] = key
+            with run_gateway(mongo_url, work, env, port=port) as second:
+                async with httpx.AsyncClient(base_url=second.base_url, timeout=20) as http:
+                    calls = (await http.get("/calls", headers={"x-api-key": key})).json()
+                    by_room = {c["metadata"]["room"]: c for c in calls["items"]}
+                    for room in rooms:
+                        assert by_room[room]["status"] == "failed"
+                        assert by_room[room]["end_reason"] == "gateway-restarted"
+                assert not set(rooms) & await _room_names(server)
+                for caller in callers:
+                    await asyncio.wait_for(caller.left.wait(), 10)
+        finally:
+            for caller in callers:
+                await caller.leave()
