@@ -56,6 +56,7 @@ class LiveKitTransport:
         self._space = asyncio.Event()
         self._space.set()
         self._closed = False
+        self._last_capture = float("-inf")
 
     async def play(self, pcm: PCM16) -> None:
         """Queue agent audio in 20 ms frames; waits while more than `max_queued_ms` is queued."""
@@ -82,6 +83,7 @@ class LiveKitTransport:
 
     async def clear(self) -> None:
         self._generation += 1
+        self._last_capture = float("-inf")  # what follows a clear starts a new stretch
         self._queue.clear()
         self._partial = np.zeros(0, dtype=np.int16)
         self._queued_frames = 0
@@ -139,6 +141,11 @@ class LiveKitTransport:
                 self._space.set()
             frame = rtc.AudioFrame(item.tobytes(), RATE, 1, FRAME_SAMPLES)
             generation = self._generation
+            now = loop.time()
+            if self._source.queued_duration == 0 and now - self._last_capture < 1.0:
+                # The source ran dry within a second of the last frame: the caller heard a gap.
+                self._metrics.outbound_underruns_total += 1
             await self._source.capture_frame(frame)
+            self._last_capture = loop.time()
             if generation == self._generation:
                 self._metrics.outbound_frames_total += 1
