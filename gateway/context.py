@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.livekit_sip import LiveKitSip
 from gateway.metrics import GatewayMetrics
+from gateway.persona import Persona, PersonaLLM
 from gateway.providers.catalog import ProviderCatalog
 from gateway.session import Providers, SessionConfig
 from gateway.settings import Settings
 from gateway.twilio_rest import TwilioCalls
-from storage import AccountRepository, AssistantRepository, CallStore, SipRepository
+from storage import AccountRepository, AssistantRepository, CallRecord, CallStore, SipRepository
 from telephony.twilio import TwilioSignatureValidator
 
 if TYPE_CHECKING:
@@ -35,6 +37,21 @@ class GatewayContext:
     twilio_calls: TwilioCalls | None = None
     livekit: LiveKitSip | None = None
     livekit_calls: LiveKitCalls | None = None
+
+
+DEFAULT_MAX_DURATION_S = 4 * 3600  # calls of the default assistant
+
+
+async def call_providers(ctx: GatewayContext, call: CallRecord) -> tuple[Providers, float]:
+    """The providers of the call's assistant, speaking the call's persona, and the longest
+    the call may last (the same for every transport)."""
+    assistant = await ctx.assistants.get_any(call.assistant_id) if call.assistant_id else None
+    config = assistant.config if assistant else None
+    providers = ctx.catalog.for_assistant(config)
+    if call.system_prompt is not None:
+        persona = Persona(system_prompt=call.system_prompt, greeting=call.greeting or "")
+        providers = dataclasses.replace(providers, llm=PersonaLLM(providers.llm, persona))
+    return providers, float(config.max_duration_s if config else DEFAULT_MAX_DURATION_S)
 
 
 def stream_token_secret(settings: Settings) -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
@@ -22,12 +21,12 @@ import numpy as np
 from livekit import rtc
 
 from audio.frames import AudioFrame
-from gateway.context import GatewayContext
+from gateway.context import GatewayContext, call_providers
 from gateway.livekit_sip import LiveKitError, LiveKitSip
 from gateway.livekit_transport import RATE, LiveKitTransport
 from gateway.logs import call_id_var
-from gateway.persona import MissingPlaceholders, Persona, PersonaLLM
-from gateway.session import CallSession, Providers
+from gateway.persona import MissingPlaceholders, Persona
+from gateway.session import CallSession
 from storage import CallRecord, CallStatus, CallStore, Direction, NewCall
 
 log = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ class LiveKitCall:
             metrics=self._ctx.metrics,
             transfer=lambda to: self._livekit.transfer_sip(self.room_name, caller.identity, to),
         )
-        providers, max_duration_s = await self._providers()
+        providers, max_duration_s = await call_providers(self._ctx, self.call)
         self._session = CallSession(
             call_id=self.call.id,
             transport=self._transport,
@@ -204,22 +203,6 @@ class LiveKitCall:
             await self._livekit.remove_participant(self.room_name, self._caller.identity)
         reason = self._session.end_reason if self._session is not None else None
         self.request_end(reason or "agent-ended", CallStatus.COMPLETED)
-
-    async def _providers(self) -> tuple[Providers, float]:
-        assistant = (
-            await self._ctx.assistants.get_any(self.call.assistant_id)
-            if self.call.assistant_id
-            else None
-        )
-        config = assistant.config if assistant else None
-        providers = self._ctx.catalog.for_assistant(config)
-        if self.call.system_prompt is not None:
-            persona = Persona(self.call.system_prompt, self.call.greeting or "")
-            providers = dataclasses.replace(providers, llm=PersonaLLM(providers.llm, persona))
-        return providers, float(config.max_duration_s if config else 4 * 3600)
-
-    async def wait_ended(self) -> None:
-        await self._ended.wait()
 
     async def _finish(self) -> None:
         """End the session once, leave the room, close it (the caller is gone or removed)."""

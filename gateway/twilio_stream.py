@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,11 +17,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from audio.codec import ulaw_decode
 from audio.frames import AudioFrame
-from gateway.context import GatewayContext
+from gateway.context import GatewayContext, call_providers
 from gateway.logs import call_id_var
 from gateway.outbound import outbound_token_subject
-from gateway.persona import Persona, PersonaLLM
-from gateway.session import CallSession, Providers
+from gateway.session import CallSession
 from gateway.twilio_transport import TwilioTransport
 from storage import CallNotFound, CallRecord, CallStatus
 from telephony.errors import ProtocolError, SignatureError
@@ -41,7 +39,6 @@ from telephony.twilio import (
 log = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008
-_DEFAULT_MAX_DURATION_S = 4 * 3600  # calls of the default assistant
 
 
 async def twilio_stream_endpoint(websocket: WebSocket) -> None:
@@ -175,7 +172,7 @@ class _StreamDriver:
             transfer=self._transfer_for(start.call_sid),
         )
         self._pacer = asyncio.create_task(self._transport.run(), name="pacer")
-        providers, max_duration_s = await self._providers_for(call)
+        providers, max_duration_s = await call_providers(ctx, call)
         self._session = CallSession(
             call_id=call.id,
             transport=self._transport,
@@ -196,18 +193,6 @@ class _StreamDriver:
             await store.set_call_sid(call.id, start.call_sid)
         await store.set_stream(call.id, start.stream_sid)
         await store.set_status(call.id, CallStatus.IN_PROGRESS)
-
-    async def _providers_for(self, call: CallRecord) -> tuple[Providers, float]:
-        """The call's assistant's providers speaking its persona, and its longest duration."""
-        assistant = (
-            await self._ctx.assistants.get_any(call.assistant_id) if call.assistant_id else None
-        )
-        config = assistant.config if assistant else None
-        providers = self._ctx.catalog.for_assistant(config)
-        if call.system_prompt is not None:
-            persona = Persona(system_prompt=call.system_prompt, greeting=call.greeting or "")
-            providers = dataclasses.replace(providers, llm=PersonaLLM(providers.llm, persona))
-        return providers, float(config.max_duration_s if config else _DEFAULT_MAX_DURATION_S)
 
     async def _end_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
