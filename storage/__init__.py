@@ -22,6 +22,9 @@ from storage.models import (
     DispatchRuleRecord,
     NewCall,
     Organization,
+    RecordingKind,
+    RecordingState,
+    RecordingStatus,
     SipProvider,
     SipTrunkRecord,
     Speaker,
@@ -30,6 +33,7 @@ from storage.models import (
 )
 from storage.repository import CallRepository, CallStore, InvalidCursor
 from storage.sip import SipRepository
+from storage.webhooks import Attempt, DeliveryRecord, DeliveryStatus, WebhookRepository
 
 __all__ = [
     "E164",
@@ -38,6 +42,7 @@ __all__ = [
     "AssistantConfig",
     "AssistantRecord",
     "AssistantRepository",
+    "Attempt",
     "CallFilter",
     "CallNotFound",
     "CallPage",
@@ -46,6 +51,8 @@ __all__ = [
     "CallStatus",
     "CallStore",
     "Database",
+    "DeliveryRecord",
+    "DeliveryStatus",
     "Direction",
     "DispatchKind",
     "DispatchRuleRecord",
@@ -55,6 +62,9 @@ __all__ = [
     "NotFound",
     "NumberTaken",
     "Organization",
+    "RecordingKind",
+    "RecordingState",
+    "RecordingStatus",
     "SipProvider",
     "SipRepository",
     "SipTrunkRecord",
@@ -62,6 +72,7 @@ __all__ = [
     "StorageError",
     "TrunkKind",
     "TurnRecord",
+    "WebhookRepository",
     "ferretdb_binary",
     "hash_api_key",
     "new_api_key",

@@ -17,10 +17,12 @@ from storage.documents import (
     OrganizationDocument,
     SipTrunkDocument,
     TurnDocument,
+    WebhookDeliveryDocument,
 )
 from storage.errors import StorageError
 from storage.repository import CallRepository
 from storage.sip import SipRepository
+from storage.webhooks import WebhookRepository
 
 _DOCUMENTS: list[type[Document]] = [
     CallDocument,
@@ -30,6 +32,7 @@ _DOCUMENTS: list[type[Document]] = [
     AssistantDocument,
     SipTrunkDocument,
     DispatchRuleDocument,
+    WebhookDeliveryDocument,
 ]
 
 
@@ -60,6 +63,7 @@ class Database:
         self.accounts = AccountRepository()
         self.assistants = AssistantRepository()
         self.sip = SipRepository()
+        self.webhooks = WebhookRepository()
 
     async def close(self) -> None:
         try:

@@ -9,7 +9,7 @@ TTL, text or partial indexes; plain and unique indexes only.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pymongo
 from beanie import Document
@@ -39,6 +39,12 @@ class CallDocument(Document):
     system_prompt: str | None = None
     greeting: str | None = None
     answered_by: str | None = None  # Twilio answering-machine detection
+    # Set by the same write that finalises the call: its end-call report is owed (the
+    # webhook outbox turns it into a delivery, then clears it). Nothing is lost in between.
+    report_pending: bool = False
+    recording: dict[str, Any] | None = None  # a `RecordingState`, field by field
+    # While a gateway serves the call's audio it renews this; a call past it lost its gateway.
+    live_until: datetime | None = None
 
     class Settings:
         name = "calls"
@@ -181,4 +187,34 @@ class DispatchRuleDocument(Document):
             pymongo.IndexModel(
                 [("livekit_id", pymongo.ASCENDING)], name="livekit_id_unique", unique=True
             ),
+        ]
+
+
+class WebhookDeliveryDocument(Document):
+    """One webhook to deliver; `id` is the delivery id receivers use as idempotency key."""
+
+    id: str  # type: ignore[assignment]
+    org_id: str | None
+    call_id: str
+    event: str
+    url: str
+    body: str  # the exact bytes signed and sent, as UTF-8 text
+    status: str = "pending"  # pending | delivered | failed
+    attempts: list[dict[str, Any]] = Field(default_factory=list)
+    attempt_count: int = 0  # attempts since it was (re)queued
+    next_attempt_at: datetime
+    lease_owner: str | None = None
+    lease_until: datetime
+    lease_gen: int = 0  # which lease token generation this document reflects (see webhooks)
+    created_at: datetime
+    delivered_at: datetime | None = None
+
+    class Settings:
+        name = "webhook_deliveries"
+        indexes: ClassVar[list[pymongo.IndexModel]] = [
+            pymongo.IndexModel(
+                [("status", pymongo.ASCENDING), ("next_attempt_at", pymongo.ASCENDING)],
+                name="status_next_attempt",
+            ),
+            pymongo.IndexModel([("org_id", pymongo.ASCENDING)], name="org_id"),
         ]

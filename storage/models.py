@@ -61,6 +61,33 @@ class TurnRecord:
     latency: Mapping[str, float] | None = None
 
 
+RecordingKind = Literal["gateway", "egress"]
+RecordingStatus = Literal["recording", "complete", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingState:
+    """Where a call's recording is and how far it got.
+
+    `gateway`: the gateway's own stereo recorder (Twilio streams), a multipart upload to
+    `bucket`/`key` while the call runs (`upload_id` until it is completed). `egress`: a
+    LiveKit Egress (`egress_id`) whose ended webhook gives the final `location`.
+    `salvaged` marks a recording completed from the parts a crashed gateway had uploaded.
+    """
+
+    kind: RecordingKind
+    status: RecordingStatus
+    bucket: str | None = None
+    key: str | None = None
+    upload_id: str | None = None
+    egress_id: str | None = None
+    location: str | None = None
+    size_bytes: int | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    salvaged: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class CallRecord:
     id: str
@@ -85,6 +112,7 @@ class CallRecord:
     system_prompt: str | None = None
     greeting: str | None = None
     answered_by: str | None = None
+    recording: RecordingState | None = None
 
 
 @dataclass(frozen=True, slots=True)

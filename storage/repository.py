@@ -6,11 +6,14 @@ crash loses nothing already spoken. Driver errors become `StorageError` here.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import dataclasses
 import functools
 import json
 import math
+import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -28,6 +31,7 @@ from storage.models import (
     CallStatus,
     Direction,
     NewCall,
+    RecordingState,
     Speaker,
     TurnRecord,
 )
@@ -59,6 +63,10 @@ class CallStore(Protocol):
     async def set_stream(self, call_id: str, stream_sid: str) -> None: ...
     async def set_call_sid(self, call_id: str, call_sid: str) -> None: ...
     async def set_answered_by(self, call_id: str, answered_by: str) -> None: ...
+    async def set_recording(self, call_id: str, state: RecordingState) -> None: ...
+    async def get_call_by_egress(self, egress_id: str) -> CallRecord | None: ...
+    async def keep_alive(self, call_id: str, *, until: datetime) -> None: ...
+    async def lost_calls(self, *, now: datetime) -> list[CallRecord]: ...
     async def add_turn(
         self,
         call_id: str,
@@ -88,6 +96,21 @@ class CallStore(Protocol):
     async def list_calls(
         self, where: CallFilter | None = None, *, limit: int = 50, cursor: str | None = None
     ) -> CallPage: ...
+
+
+# FerretDB 1.24 applies an update by reading the document and writing it back whole, so two
+# concurrent updates of one call (a lease renewal and the finish, the recorder's state and
+# the stream's ids) could undo each other. Every write of a call document in this process
+# goes through the call's lock; the locks go away with their last user.
+_call_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def call_write_lock(call_id: str) -> asyncio.Lock:
+    """The lock that serialises this process's writes of one call's document."""
+    lock = _call_locks.get(call_id)
+    if lock is None:
+        lock = _call_locks[call_id] = asyncio.Lock()
+    return lock
 
 
 def _object_id(value: str, *, what: str) -> PydanticObjectId:
@@ -159,6 +182,7 @@ def _call_record(doc: CallDocument, turns: tuple[TurnRecord, ...] = ()) -> CallR
         system_prompt=doc.system_prompt,
         greeting=doc.greeting,
         answered_by=doc.answered_by,
+        recording=RecordingState(**doc.recording) if doc.recording else None,
     )
 
 
@@ -265,22 +289,24 @@ class CallRepository:
             raise ValueError(f"{status} is final: use finish_call")
         oid = _object_id(call_id, what="call")
         calls = CallDocument.get_pymongo_collection()
-        result = await calls.update_one(
-            {"_id": oid, "ended_at": None, "status": {"$in": earlier}},
-            {"$set": {"status": status.value}},
-        )
+        async with call_write_lock(call_id):
+            result = await calls.update_one(
+                {"_id": oid, "ended_at": None, "status": {"$in": earlier}},
+                {"$set": {"status": status.value}},
+            )
         if result.matched_count == 0 and await calls.find_one({"_id": oid}) is None:
             raise CallNotFound(f"no call {call_id!r}")
 
-    async def _set_fact(self, call_id: str, fields: dict[str, str]) -> None:
+    async def _set_fact(self, call_id: str, fields: dict[str, Any]) -> None:
         """Record an identifier or fact that holds whether or not the call has ended.
 
         The filter is the `_id` alone: FerretDB 1.24 answers that in SQL, any other filter
         by decoding every call in Go (see README, Performance).
         """
-        result = await CallDocument.get_pymongo_collection().update_one(
-            {"_id": _object_id(call_id, what="call")}, {"$set": fields}
-        )
+        async with call_write_lock(call_id):
+            result = await CallDocument.get_pymongo_collection().update_one(
+                {"_id": _object_id(call_id, what="call")}, {"$set": fields}
+            )
         if result.matched_count == 0:
             raise CallNotFound(f"no call {call_id!r}")
 
@@ -296,6 +322,30 @@ class CallRepository:
     @_driver_errors
     async def set_answered_by(self, call_id: str, answered_by: str) -> None:
         await self._set_fact(call_id, {"answered_by": answered_by})
+
+    @_driver_errors
+    async def set_recording(self, call_id: str, state: RecordingState) -> None:
+        """Store where the call's recording is (replaces the whole state; by `_id` alone)."""
+        await self._set_fact(call_id, {"recording": dataclasses.asdict(state)})
+
+    @_driver_errors
+    async def keep_alive(self, call_id: str, *, until: datetime) -> None:
+        """The gateway serving the call is alive until `until` (it renews before then)."""
+        await self._set_fact(call_id, {"live_until": _stored_time(until)})
+
+    @_driver_errors
+    async def lost_calls(self, *, now: datetime) -> list[CallRecord]:
+        """Open calls whose gateway stopped renewing their lease (it died), without turns."""
+        docs = await CallDocument.find(
+            {"ended_at": None, "live_until": {"$ne": None, "$lt": _stored_time(now)}}
+        ).to_list()
+        return [_call_record(d) for d in docs]
+
+    @_driver_errors
+    async def get_call_by_egress(self, egress_id: str) -> CallRecord | None:
+        """The call whose recording is the LiveKit egress `egress_id`, without turns."""
+        doc = await CallDocument.find_one({"recording.egress_id": egress_id})
+        return _call_record(doc) if doc is not None else None
 
     async def _stored_next_index(self, call_id: str) -> int:
         last = (
@@ -368,6 +418,19 @@ class CallRepository:
         usage: Mapping[str, int] | None = None,
     ) -> CallRecord:
         """Record the outcome once: finishing an already finished call keeps the first."""
+        async with call_write_lock(call_id):
+            await self._finish_once(call_id, status, end_reason, ended_at, usage)
+        self._next_index.pop(call_id, None)
+        return await self.get_call(call_id)
+
+    async def _finish_once(
+        self,
+        call_id: str,
+        status: CallStatus,
+        end_reason: str,
+        ended_at: datetime,
+        usage: Mapping[str, int] | None,
+    ) -> None:
         doc = await CallDocument.get(_object_id(call_id, what="call"))
         if doc is None:
             raise CallNotFound(f"no call {call_id!r}")
@@ -390,11 +453,10 @@ class CallRepository:
                         "latency_p50": p50,
                         "latency_p95": p95,
                         "usage": dict(usage) if usage else None,
+                        "report_pending": True,
                     }
                 },
             )
-        self._next_index.pop(call_id, None)
-        return await self.get_call(call_id)
 
     @_driver_errors
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord:

@@ -1,0 +1,333 @@
+"""`WebhookOutbox`: turns the reports finished calls owe into deliveries, and delivers them.
+
+Every gateway runs one. It claims a due delivery under a lease (so two gateways never send
+the same attempt), POSTs it signed, and records the attempt: 2xx is delivered; a 4xx other
+than 408 / 429 is failed for good; anything else (5xx, timeouts, refused connections) is
+tried again after an exponential backoff with jitter, up to `max_attempts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+from storage import (
+    AccountRepository,
+    AssistantRepository,
+    Attempt,
+    CallRecord,
+    CallStore,
+    DeliveryRecord,
+    DeliveryStatus,
+    RecordingState,
+    WebhookRepository,
+)
+from webhooks.events import CALL_ENDED, call_ended_body
+from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from webhooks.ssrf import SsrfGuard, UnresolvedHost, UnsafeURL, pinned_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base_s: float = 10.0
+    cap_s: float = 3600.0
+    max_attempts: int = 12
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before attempt `attempt + 1`: base·2^(attempt-1), capped, with "equal
+        jitter" (a random point in its upper half) so that retries of many calls spread."""
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(attempt - 1, 64))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def outcome(status_code: int | None) -> DeliveryStatus | None:
+    """delivered / failed for good, or None: try again."""
+    if status_code is None:
+        return None
+    if 200 <= status_code < 300:
+        return "delivered"
+    if 400 <= status_code < 500 and status_code not in (408, 429):
+        return "failed"
+    return None
+
+
+class Recordings(Protocol):
+    """What reports need of recordings (the gateway's S3 side)."""
+
+    async def salvage(self, call: CallRecord) -> RecordingState | None:
+        """Complete the recording a stopped gateway left open; None: try again later."""
+        ...
+
+    def url(self, state: RecordingState) -> str | None:
+        """A link to a complete recording (presigned), or None."""
+        ...
+
+
+class _Pending(enum.Enum):
+    NOT_SETTLED = "not-settled"
+
+
+# A report waits this long past the grace for a store that keeps failing, then goes without.
+_RECORDING_GIVE_UP_S = 3600.0
+
+
+class WebhookOutbox:
+    """The delivery worker of one gateway process."""
+
+    def __init__(
+        self,
+        *,
+        webhooks: WebhookRepository,
+        calls: CallStore,
+        assistants: AssistantRepository,
+        accounts: AccountRepository,
+        guard: SsrfGuard,
+        policy: RetryPolicy,
+        timeout_s: float = 10.0,
+        lease_s: float = 60.0,
+        poll_s: float = 0.5,
+        concurrency: int = 8,
+        recordings: Recordings | None = None,
+        recording_grace_s: float = 120.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._webhooks = webhooks
+        self._calls = calls
+        self._assistants = assistants
+        self._accounts = accounts
+        self._guard = guard
+        self._policy = policy
+        self._timeout_s = timeout_s
+        self._lease_s = max(lease_s, timeout_s + 5)  # a lease outlives the request it covers
+        self._poll_s = poll_s
+        self._concurrency = concurrency
+        self._recordings = recordings
+        self._recording_grace = timedelta(seconds=recording_grace_s)
+        self._clock = clock
+        self.owner = "gw-" + secrets.token_hex(6)
+        # No proxies from the environment: a proxy would resolve the name itself, around the guard.
+        self._http = httpx.AsyncClient(follow_redirects=False, timeout=timeout_s, trust_env=False)
+        self._wakeup = asyncio.Event()
+
+    def poke(self) -> None:
+        """A call just finished: look for work now rather than at the next poll."""
+        self._wakeup.set()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def run(self) -> None:
+        """Queue owed reports and deliver due webhooks, up to `concurrency` at once (a slow
+        receiver does not hold up the others), until cancelled."""
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                self._wakeup.clear()  # before the round: a poke during it is not lost
+                busy = False
+                try:
+                    busy = await self.queue_owed_reports() > 0
+                    while len(in_flight) < self._concurrency:
+                        delivery = await self._webhooks.claim(
+                            owner=self.owner, now=self._clock(), lease_s=self._lease_s
+                        )
+                        if delivery is None:
+                            break
+                        busy = True
+                        task = asyncio.create_task(
+                            self._deliver_in_task(delivery), name=f"webhook-{delivery.id}"
+                        )
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the loop must outlive a failed round (database blip, ...)
+                    log.exception("webhook outbox round failed")
+                    busy = False
+                if not busy or len(in_flight) >= self._concurrency:
+                    try:  # a finished delivery or a finished call wakes it up
+                        await asyncio.wait_for(self._wakeup.wait(), self._poll_s)
+                    except TimeoutError:
+                        pass
+        finally:
+            for task in in_flight:
+                task.cancel()  # their leases expire and another round sends them again
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _deliver_in_task(self, delivery: DeliveryRecord) -> None:
+        try:
+            await self._deliver(delivery)
+        except Exception:  # the delivery's task ends here; its lease expires, it is retried
+            log.exception("webhook delivery failed", extra={"call_id": delivery.call_id})
+        finally:
+            self._wakeup.set()  # room for another
+
+    async def step(self) -> bool:
+        """One round: queue owed reports, then deliver one due webhook. True if it did work."""
+        queued = await self.queue_owed_reports()
+        delivery = await self._webhooks.claim(
+            owner=self.owner, now=self._clock(), lease_s=self._lease_s
+        )
+        if delivery is not None:
+            await self._deliver(delivery)
+        return queued > 0 or delivery is not None
+
+    async def queue_owed_reports(self) -> int:
+        """Make deliveries of the reports finished calls owe (idempotent per call).
+
+        A report waits for the call's recording while it is being completed (the recorder's
+        last part, LiveKit's egress_ended webhook), for `recording_grace_s` at most; after
+        that an open upload is salvaged from its uploaded parts and an egress that never
+        reported counts as failed, so the report always goes out.
+        """
+        made = 0
+        for summary in await self._webhooks.owed_reports():
+            recording = await self._settled_recording(summary)
+            if recording is _Pending.NOT_SETTLED:
+                continue
+            call = await self._calls.get_call(summary.id)
+            url = await self._webhook_url(call)
+            if url is not None:
+                delivery_id = f"dlv_{call.id}_{CALL_ENDED.replace('.', '_')}"
+                link = (
+                    self._recordings.url(recording)
+                    if self._recordings is not None and recording is not None
+                    else None
+                )
+                body = call_ended_body(
+                    call, delivery_id=delivery_id, recording=recording, recording_url=link
+                )
+                if await self._webhooks.enqueue(
+                    delivery_id=delivery_id,
+                    org_id=call.org_id,
+                    call_id=call.id,
+                    event=CALL_ENDED,
+                    url=url,
+                    body=body,
+                    now=self._clock(),
+                ):
+                    made += 1
+                    log.info("end-call webhook queued", extra={"call_id": call.id})
+            await self._webhooks.report_queued(call.id)
+        return made
+
+    async def _settled_recording(self, call: CallRecord) -> RecordingState | _Pending | None:
+        """The call's final recording state (None: it has none), or NOT_SETTLED yet."""
+        state = call.recording
+        if state is None or state.status != "recording":
+            return state
+        ended = call.ended_at or self._clock()
+        now = self._clock()
+        if now < ended + self._recording_grace:
+            return _Pending.NOT_SETTLED  # its recorder (or LiveKit's egress) is still finishing it
+        settled: RecordingState | None
+        if state.kind == "gateway" and state.upload_id and self._recordings is not None:
+            settled = await self._recordings.salvage(call)
+            if settled is None:
+                if now < ended + self._recording_grace + timedelta(seconds=_RECORDING_GIVE_UP_S):
+                    return _Pending.NOT_SETTLED
+                settled = replace(state, status="failed", error="the store stayed unreachable")
+        else:
+            settled = replace(state, status="failed", error="the recording never reported its end")
+        await self._calls.set_recording(call.id, settled)
+        log.warning(
+            "recording settled after the call ended",
+            extra={"call_id": call.id, "status": settled.status, "salvaged": settled.salvaged},
+        )
+        return settled
+
+    async def _webhook_url(self, call: CallRecord) -> str | None:
+        if call.assistant_id is None:
+            return None
+        assistant = await self._assistants.get_any(call.assistant_id)
+        return assistant.config.webhook_url if assistant else None
+
+    async def _deliver(self, delivery: DeliveryRecord) -> None:
+        status_code: int | None = None
+        error: str | None = None
+        latency_ms = 0.0
+        final = False  # a failure no retry can mend
+        try:
+            address = await self._guard.check(delivery.url)
+            secret = await self._webhooks.webhook_secret(delivery.org_id) if delivery.org_id else ""
+            timestamp = int(time.time())
+            body = delivery.body.encode()
+            headers = {
+                "content-type": "application/json",
+                ID_HEADER: delivery.id,
+                TIMESTAMP_HEADER: str(timestamp),
+                SIGNATURE_HEADER: sign(secret, timestamp, body),
+                "user-agent": "voice-gateway-webhooks/1",
+            }
+            target, extensions = delivery.url, {}
+            if address is not None:  # connect to the address checked, never resolve again
+                target, headers["host"] = pinned_url(delivery.url, address)
+                extensions = {"sni_hostname": urlsplit(delivery.url).hostname or ""}
+            started = time.perf_counter()
+            try:
+                # httpx's timeout bounds each read, not the whole exchange: a receiver that
+                # trickles bytes would otherwise outlast the lease. The body is never read.
+                async with (
+                    asyncio.timeout(self._timeout_s),
+                    self._http.stream(
+                        "POST", target, content=body, headers=headers, extensions=extensions
+                    ) as resp,
+                ):
+                    status_code = resp.status_code
+            finally:
+                latency_ms = (time.perf_counter() - started) * 1000
+        except UnsafeURL as exc:
+            error, final = f"refused: {exc}", True  # an unsafe URL does not become safe by waiting
+        except httpx.InvalidURL as exc:
+            error, final = f"invalid URL: {exc}", True
+        except UnresolvedHost as exc:
+            error = str(exc)
+        except TimeoutError:
+            error = f"timed out after {self._timeout_s:g} s"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        now = self._clock()
+        attempt = Attempt(at=now, status_code=status_code, latency_ms=latency_ms, error=error)
+        result = "failed" if final else outcome(status_code)
+        attempts = delivery.attempt_count + 1
+        next_at = None
+        if result is None:
+            if attempts >= self._policy.max_attempts:
+                result = "failed"
+            else:
+                next_at = now + timedelta(seconds=self._policy.delay(attempts))
+        status: DeliveryStatus = result or "pending"
+        kept = await self._webhooks.record_attempt(
+            delivery.id,
+            owner=self.owner,
+            lease_gen=delivery.lease_gen,
+            attempt=attempt,
+            status=status,
+            next_attempt_at=next_at,
+        )
+        log.log(
+            logging.INFO if kept else logging.WARNING,
+            "webhook attempt" if kept else "webhook attempt not recorded: lease lost",
+            extra={
+                "call_id": delivery.call_id,
+                "delivery": delivery.id,
+                "status_code": status_code,
+                "error": error,
+                "outcome": status,
+                "attempt": attempts,
+                "latency_ms": round(latency_ms, 1),
+                "lease_kept": kept,
+            },
+        )
