@@ -67,14 +67,23 @@ async def get_call(req: ApiRequest) -> BaseModel:
     call = await req.ctx.store.get_call(call_id)
     if call.org_id != req.principal.org_id:
         raise CallNotFound(f"no call {call_id!r}")
-    return CallDetail.of(call)
+    detail = CallDetail.of(call)
+    if call.recording is not None and req.ctx.recordings is not None:
+        detail.recording_url = req.ctx.recordings.url(call.recording)
+    return detail
 
 
 # ------------------------------------------------------------------- assistants
 
 
+def _check_webhook_url(req: ApiRequest, config: AssistantConfig) -> None:
+    if config.webhook_url and req.ctx.ssrf_guard is not None:
+        req.ctx.ssrf_guard.check_literal(config.webhook_url)
+
+
 async def create_assistant(req: ApiRequest) -> BaseModel:
     config = req.body_as(AssistantConfig)
+    _check_webhook_url(req, config)
     return AssistantOut.of(await req.ctx.assistants.create(req.principal.org_id, config))
 
 
@@ -97,6 +106,7 @@ async def update_assistant(req: ApiRequest) -> BaseModel:
     except ValidationError as exc:
         details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         raise RequestInvalid("invalid assistant fields", details) from exc
+    _check_webhook_url(req, merged)
     return AssistantOut.of(await req.ctx.assistants.replace(org_id, assistant_id, merged))
 
 

@@ -48,6 +48,20 @@ class TurnOut(_FromRecord):
     latency: dict[str, float] | None = None
 
 
+class RecordingOut(_FromRecord):
+    kind: Literal["gateway", "egress"] = Field(
+        description="gateway: the gateway's stereo WAV of a Twilio stream; egress: LiveKit Egress"
+    )
+    status: Literal["recording", "complete", "failed"]
+    bucket: str | None
+    key: str | None
+    location: str | None = Field(description="where LiveKit Egress reported the file")
+    size_bytes: int | None
+    duration_s: float | None
+    salvaged: bool = Field(description="completed from the parts a stopped gateway uploaded")
+    error: str | None
+
+
 class CallOut(_FromRecord):
     id: str
     transport: str
@@ -64,7 +78,10 @@ class CallOut(_FromRecord):
     duration_s: float | None
     end_reason: str | None
     answered_by: str | None = None
-    recording_url: str | None = None
+    recording: RecordingOut | None = None
+    recording_url: str | None = Field(
+        default=None, description="presigned link to the complete recording (expires)"
+    )
     latency_p50: dict[str, float] | None = None
     latency_p95: dict[str, float] | None = None
     usage: dict[str, int] | None = None

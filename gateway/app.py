@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import importlib.metadata
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from gateway import api, outbound, sip_api
+from gateway import api, outbound, sip_api, webhook_api
 from gateway.auth import bootstrap_api_key
 from gateway.context import GatewayContext, stream_token_secret
 from gateway.errors import (
@@ -31,11 +32,13 @@ from gateway.errors import (
 from gateway.livekit_calls import LiveKitCalls, close_abandoned_rooms
 from gateway.livekit_routes import livekit_webhook
 from gateway.livekit_sip import LiveKitError, livekit_sip
+from gateway.lost_calls import sweep_lost_calls
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import RequestInvalid, docs_page, error_response, openapi_document, route
 from gateway.persona import MissingPlaceholders
 from gateway.providers.catalog import ProviderCatalog
 from gateway.providers.registry import build_default_providers
+from gateway.recording import recording_bucket
 from gateway.session import Providers, SessionConfig
 from gateway.settings import Settings
 from gateway.twilio_rest import twilio_calls
@@ -44,6 +47,8 @@ from gateway.twilio_stream import twilio_stream_endpoint
 from storage import InvalidCursor, NotFound, NumberTaken, StorageError, open_database
 from telephony.errors import SignatureError
 from telephony.twilio import TwilioSignatureValidator
+from webhooks.outbox import RetryPolicy, WebhookOutbox
+from webhooks.ssrf import SsrfGuard, UnsafeURL
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,37 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
             twilio_calls=twilio_calls(settings),
             livekit=livekit,
         )
+        recordings = recording_bucket(settings)
+        guard = SsrfGuard(settings.webhook_allow_hosts)
+        outbox = WebhookOutbox(
+            webhooks=database.webhooks,
+            calls=database.calls,
+            assistants=database.assistants,
+            accounts=database.accounts,
+            guard=guard,
+            policy=RetryPolicy(
+                base_s=settings.webhook_retry_base_s,
+                cap_s=settings.webhook_retry_cap_s,
+                max_attempts=settings.webhook_max_attempts,
+            ),
+            timeout_s=settings.webhook_timeout_s,
+            lease_s=settings.webhook_lease_s,
+            concurrency=settings.webhook_concurrency,
+            recordings=recordings,
+            recording_grace_s=settings.recording_grace_s,
+        )
+        app.state.gateway = dataclasses.replace(
+            app.state.gateway,
+            webhooks=database.webhooks,
+            outbox=outbox,
+            ssrf_guard=guard,
+            recordings=recordings,
+        )
+        outbox_task = asyncio.create_task(outbox.run(), name="webhook-outbox")
+        sweeper = asyncio.create_task(
+            sweep_lost_calls(database.calls, every_s=min(10.0, settings.call_lease_s / 3)),
+            name="lost-calls",
+        )
         if livekit is not None:
             ctx = app.state.gateway
             app.state.gateway = dataclasses.replace(
@@ -104,12 +140,22 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         finally:
             if app.state.gateway.livekit_calls is not None:
                 await app.state.gateway.livekit_calls.aclose()
+            for task in (outbox_task, sweeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await outbox.aclose()
             await catalog.aclose()
             if livekit is not None:
                 await livekit.aclose()
             await database.close()
 
-    operations = [*api.OPERATIONS, *outbound.OPERATIONS, *sip_api.OPERATIONS]
+    operations = [
+        *api.OPERATIONS,
+        *outbound.OPERATIONS,
+        *sip_api.OPERATIONS,
+        *webhook_api.OPERATIONS,
+    ]
     spec = openapi_document(
         operations, title="voice-gateway", version=_version(), public=_PUBLIC_PATHS
     )
@@ -185,6 +231,16 @@ async def _invalid(request: Request, exc: Exception) -> Response:
     return error_response(422, "invalid_request", str(exc), details)
 
 
+async def _unsafe_url(request: Request, exc: Exception) -> Response:
+    log.info("webhook URL refused: %s", exc, extra={"path": request.url.path})
+    return error_response(
+        422,
+        "invalid_request",
+        f"webhook_url refused: {exc}",
+        [{"loc": ["body", "webhook_url"], "msg": str(exc)}],
+    )
+
+
 async def _conflict(request: Request, exc: Exception) -> Response:
     log.info("request conflicts: %s", exc, extra={"path": request.url.path})
     return error_response(409, "conflict", str(exc))
@@ -229,6 +285,7 @@ _EXCEPTION_HANDLERS = {
     MissingPlaceholders: _invalid,
     InvalidCursor: _invalid,
     ConflictError: _conflict,
+    UnsafeURL: _unsafe_url,
     NumberTaken: _conflict,
     NotConfigured: _not_configured,
     CarrierError: _carrier_error,

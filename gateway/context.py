@@ -11,11 +11,21 @@ from gateway.livekit_sip import LiveKitSip
 from gateway.metrics import GatewayMetrics
 from gateway.persona import Persona, PersonaLLM
 from gateway.providers.catalog import ProviderCatalog
+from gateway.recording import RecordingBucket
 from gateway.session import Providers, SessionConfig
 from gateway.settings import Settings
 from gateway.twilio_rest import TwilioCalls
-from storage import AccountRepository, AssistantRepository, CallRecord, CallStore, SipRepository
+from storage import (
+    AccountRepository,
+    AssistantRepository,
+    CallRecord,
+    CallStore,
+    SipRepository,
+    WebhookRepository,
+)
 from telephony.twilio import TwilioSignatureValidator
+from webhooks.outbox import WebhookOutbox
+from webhooks.ssrf import SsrfGuard
 
 if TYPE_CHECKING:
     from gateway.livekit_calls import LiveKitCalls
@@ -37,6 +47,10 @@ class GatewayContext:
     twilio_calls: TwilioCalls | None = None
     livekit: LiveKitSip | None = None
     livekit_calls: LiveKitCalls | None = None
+    webhooks: WebhookRepository | None = None
+    outbox: WebhookOutbox | None = None
+    ssrf_guard: SsrfGuard | None = None
+    recordings: RecordingBucket | None = None  # None: S3_BUCKET unset, nothing is recorded
 
 
 DEFAULT_MAX_DURATION_S = 4 * 3600  # calls of the default assistant
@@ -52,6 +66,12 @@ async def call_providers(ctx: GatewayContext, call: CallRecord) -> tuple[Provide
         persona = Persona(system_prompt=call.system_prompt, greeting=call.greeting or "")
         providers = dataclasses.replace(providers, llm=PersonaLLM(providers.llm, persona))
     return providers, float(config.max_duration_s if config else DEFAULT_MAX_DURATION_S)
+
+
+async def recording_wanted(assistants: AssistantRepository, call: CallRecord) -> bool:
+    """Whether the call is recorded: its assistant's choice (calls without one are)."""
+    assistant = await assistants.get_any(call.assistant_id) if call.assistant_id else None
+    return assistant.config.recording if assistant else True
 
 
 def stream_token_secret(settings: Settings) -> bytes:

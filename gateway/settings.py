@@ -105,6 +105,39 @@ class Settings(BaseSettings):
     # Agent audio queued in the room's audio source ahead of playout (what barge-in drops).
     livekit_lead_ms: int = Field(default=100, ge=20, le=1000)
 
+    # End-call webhooks: retries over hours, bounded; a claimed delivery's lease.
+    webhook_retry_base_s: float = Field(default=10.0, gt=0)
+    webhook_retry_cap_s: float = Field(default=3600.0, gt=0)
+    webhook_max_attempts: int = Field(default=12, ge=1, le=100)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    webhook_lease_s: float = Field(default=60.0, gt=0)
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)  # deliveries in flight per gateway
+    # Hosts or CIDRs webhooks may reach although private / loopback (e.g. ["127.0.0.1"]).
+    webhook_allow_hosts: list[str] = Field(default_factory=list)
+
+    # Recordings: S3 (or any S3-compatible store; the endpoint URL is for MinIO, moto, ...).
+    # Unset bucket: calls are not recorded. LiveKit Egress uploads with the same settings.
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    recording_prefix: str = "recordings/"
+    # Twilio recordings: 16-bit PCM WAV plays everywhere (browsers too); mu-law WAV is
+    # bit-exact to what the call carried at half the size (see README, Performance).
+    recording_encoding: Literal["pcm16", "mulaw"] = "pcm16"
+    # Multipart part size of the gateway's recorder: S3 needs >= 5 MiB for all but the last
+    # part; a crash loses at most the part being filled (5 MiB = 164 s of stereo 8 kHz WAV).
+    recording_part_bytes: int = Field(default=5 * 1024 * 1024, ge=16 * 1024)
+    recording_url_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
+    # How long a finished call's report waits for its recording to be completed (the
+    # recorder's last part, or LiveKit's egress_ended webhook) before it goes out without.
+    recording_grace_s: float = Field(default=120.0, ge=0)
+
+    # A live Twilio call's lease, renewed by its gateway every third of it: a call whose
+    # gateway died is finished as `gateway-lost` by any gateway once it expires.
+    call_lease_s: float = Field(default=30.0, ge=1.0)
+
     # Offline recognisers loaded at start; more load on demand (~35 ms each).
     stt_prewarm: int = Field(default=4, ge=0, le=256)
 

@@ -71,6 +71,11 @@ class CallLog:
     closed_at: float | None = None
     # Arrival time of every media frame, for pacing statistics.
     arrivals: list[float] = field(default_factory=list)
+    # With `record_audio`: every caller frame sent (its media timestamp, mu-law), every agent
+    # frame played (when it started playing, mu-law), and when the microphone started.
+    sent: list[tuple[int, bytes]] = field(default_factory=list)
+    played: list[tuple[float, bytes]] = field(default_factory=list)
+    mic_started_at: float | None = None
 
 
 class SimulatedTwilioCall:
@@ -85,6 +90,7 @@ class SimulatedTwilioCall:
         from_number: str = "+15550001111",
         to_number: str = "+15550002222",
         record_arrivals: bool = False,
+        record_audio: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.public_url = public_url.rstrip("/")
@@ -97,6 +103,7 @@ class SimulatedTwilioCall:
         self.log = CallLog()
         self.call_id: str | None = None
         self._record_arrivals = record_arrivals
+        self._record_audio = record_audio
         self._ws: ClientConnection | None = None
         self._mic: collections.deque[bytes] = collections.deque()
         self._mic_idle = asyncio.Event()
@@ -257,6 +264,7 @@ class SimulatedTwilioCall:
     async def _microphone(self) -> None:
         """Send one 20 ms media frame every 20 ms, as Twilio does for the inbound track."""
         t0 = time.monotonic()
+        self.log.mic_started_at = t0
         start_ts = 0
         while not self._stopped:
             if self._mic:
@@ -265,6 +273,8 @@ class SimulatedTwilioCall:
                 frame = _MU_SILENCE
                 self._mic_idle.set()
             self._media_chunk += 1
+            if self._record_audio:
+                self.log.sent.append((start_ts, frame))
             payload = base64.b64encode(frame).decode()
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._send(
@@ -322,7 +332,9 @@ class SimulatedTwilioCall:
         while True:
             await self._echo_marks_async()
             if self._speaker and isinstance(self._speaker[0], bytes):
-                self._speaker.popleft()
+                frame = self._speaker.popleft()
+                if self._record_audio and isinstance(frame, bytes):
+                    self.log.played.append((time.monotonic(), frame))
                 if not self._speaker:
                     self._speaker_idle_since = time.monotonic()
                 t_next = max(t_next + FRAME_S, time.monotonic() - FRAME_S)

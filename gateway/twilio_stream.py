@@ -17,9 +17,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from audio.codec import ulaw_decode
 from audio.frames import AudioFrame
-from gateway.context import GatewayContext, call_providers
+from gateway.context import GatewayContext, call_providers, recording_wanted
 from gateway.logs import call_id_var
+from gateway.lost_calls import CallLease
 from gateway.outbound import outbound_token_subject
+from gateway.recording import CallRecorder
 from gateway.session import CallSession
 from gateway.twilio_transport import TwilioTransport
 from storage import CallNotFound, CallRecord, CallStatus
@@ -55,6 +57,13 @@ async def twilio_stream_endpoint(websocket: WebSocket) -> None:
     await _StreamDriver(ctx, websocket).run()
 
 
+async def _cancelled(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class _StreamDriver:
     def __init__(self, ctx: GatewayContext, websocket: WebSocket) -> None:
         self._ctx = ctx
@@ -62,8 +71,10 @@ class _StreamDriver:
         self._protocol = MediaStreamProtocol()
         self._session: CallSession | None = None
         self._transport: TwilioTransport | None = None
+        self._recorder: CallRecorder | None = None
         self._pacer: asyncio.Task[None] | None = None
         self._deadline: asyncio.Task[None] | None = None
+        self._lease: asyncio.Task[None] | None = None
         self._start_writes: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -87,12 +98,20 @@ class _StreamDriver:
             end_reason, status = "gateway-error", CallStatus.FAILED
             close_code, close_reason = 1011, "internal error"
         finally:
-            # Finalise what is stored before the peer sees the socket close.
+            # Finalise what is stored before the peer sees the socket close. The lease stops
+            # first: FerretDB writes whole documents back, so a renewal racing the final
+            # writes could undo them.
+            await _cancelled(self._lease)
             if self._start_writes is not None:
                 try:
                     await self._start_writes
                 except Exception:  # the stream's task ends here: log it, finalise anyway
                     log.exception("recording the stream start failed")
+            if self._recorder is not None:
+                try:
+                    await self._recorder.finish()
+                except Exception:  # salvage completes what was uploaded; finalise anyway
+                    log.exception("finishing the recording failed")
             if self._session is not None:
                 await self._session.end(reason=end_reason, status=status)
                 self._ctx.metrics.calls_active -= 1
@@ -102,10 +121,9 @@ class _StreamDriver:
                 self._deadline.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._deadline
-            if self._pacer is not None:
-                self._pacer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._pacer
+            await _cancelled(self._pacer)
+            if self._ctx.outbox is not None:
+                self._ctx.outbox.poke()
             await self._close(close_code, close_reason)
 
     async def _receive_loop(self) -> tuple[str, CallStatus]:
@@ -127,6 +145,8 @@ class _StreamDriver:
                     self._ctx.metrics.inbound_frames_total += 1
                     if self._session is not None:
                         pcm = ulaw_decode(event.payload)
+                        if self._recorder is not None:
+                            self._recorder.caller_audio(event.timestamp_ms, pcm)
                         await self._session.on_audio(AudioFrame(pcm, 8000))
                 elif isinstance(event, MarkPlayed):
                     if self._session is not None:
@@ -141,6 +161,7 @@ class _StreamDriver:
 
     async def _start_session(self, start: Start) -> None:
         ctx = self._ctx
+        started = time.monotonic()  # Twilio's media timestamps count from here
         params = start.custom_parameters
         token = params.get("token")
         if not token:
@@ -163,6 +184,18 @@ class _StreamDriver:
         self._start_writes = asyncio.create_task(
             self._record_start(call, start), name="record-stream-start"
         )
+        if ctx.recordings is not None and await recording_wanted(ctx.assistants, call):
+            self._recorder = CallRecorder(
+                call_id=call.id,
+                key=ctx.recordings.key_for(call.org_id, call.id, "wav"),
+                bucket=ctx.recordings,
+                store=ctx.store,
+                rate=TwilioTransport.sample_rate,
+                encoding=ctx.settings.recording_encoding,
+                part_bytes=ctx.settings.recording_part_bytes,
+                origin=started,
+            )
+            self._recorder.start()
         self._transport = TwilioTransport(
             protocol=self._protocol,
             send_text=self._ws.send_text,
@@ -170,6 +203,7 @@ class _StreamDriver:
             metrics=ctx.metrics,
             lead_ms=ctx.settings.playout_lead_ms,
             transfer=self._transfer_for(start.call_sid),
+            recorder=self._recorder,
         )
         self._pacer = asyncio.create_task(self._transport.run(), name="pacer")
         providers, max_duration_s = await call_providers(ctx, call)
@@ -189,6 +223,9 @@ class _StreamDriver:
 
     async def _record_start(self, call: CallRecord, start: Start) -> None:
         store = self._ctx.store
+        lease = CallLease(store, call.id, lease_s=self._ctx.settings.call_lease_s)
+        await lease.renew()
+        self._lease = asyncio.create_task(lease.run(), name="call-lease")
         if not call.call_sid:
             await store.set_call_sid(call.id, start.call_sid)
         await store.set_stream(call.id, start.stream_sid)

@@ -14,10 +14,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from audio.codec import ulaw_encode
+from audio.codec import ulaw_decode, ulaw_encode
 from audio.frames import PCM16
 from gateway.errors import TransferError
 from gateway.metrics import GatewayMetrics
+from gateway.recording import CallRecorder
 from telephony.twilio import MediaStreamProtocol
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class TwilioTransport:
         lead_ms: int = 60,
         max_queued_ms: int = 2000,
         transfer: Callable[[str], Awaitable[None]] | None = None,
+        recorder: CallRecorder | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._protocol = protocol
@@ -57,6 +59,7 @@ class TwilioTransport:
         self._metrics = metrics
         self._close = close
         self._transfer = transfer
+        self._recorder = recorder
         self._lead_s = lead_ms / 1000.0
         self._max_queued_frames = max(1, max_queued_ms // 20)
         self._clock = clock
@@ -100,6 +103,8 @@ class TwilioTransport:
         self._queued_frames = 0
         self._next_due = None
         self._space.set()
+        if self._recorder is not None:
+            self._recorder.agent_cleared(self._clock())
         if not self._closed:
             self._protocol.send_clear()
             await self._flush()
@@ -153,6 +158,8 @@ class TwilioTransport:
                 self.stats.frames_late += 1
                 self._metrics.outbound_frames_late_total += 1
             self.stats.max_lateness_ms = max(self.stats.max_lateness_ms, lateness * 1000.0)
+            if self._recorder is not None:
+                self._recorder.agent_audio(self._next_due, ulaw_decode(item))
             self._protocol.send_audio(item)
             await self._flush()
             self.stats.frames_sent += 1

@@ -11,6 +11,7 @@ import pytest
 
 from storage import Database, EmbeddedFerretDB, open_database
 from tests.livekit_server import LiveKitServer, run_livekit_server
+from tests.s3_server import S3Server, run_s3_server
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +54,18 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit
     """A real livekit-server (with Redis) shared by the session's tests."""
     with run_livekit_server(tmp_path_factory.mktemp("livekit")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (moto's server mode) shared by the session's tests."""
+    with run_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A new, empty bucket on the session's S3 server."""
+    name = "rec-" + uuid.uuid4().hex[:12]
+    s3_server.client().create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,94 @@
+"""A real S3-compatible HTTP server on loopback: moto's server mode (from PyPI, in the test
+extras), spoken to with boto3 unchanged.
+
+Its minimum multipart part size is lowered (moto's `S3_UPLOAD_PART_MIN_SIZE`) so that tests
+see several parts of a short call; real S3 keeps its 5 MiB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+TEST_PART_MIN_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint_url: str
+    access_key_id: str = "test-access-key"
+    secret_access_key: str = "test-secret-key"
+    region: str = "us-east-1"
+
+    def client(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            region_name=self.region,
+        )
+
+    def env(self, bucket: str) -> dict[str, str | None]:
+        """The gateway's settings for this server and `bucket`."""
+        return {
+            "S3_BUCKET": bucket,
+            "S3_ENDPOINT_URL": self.endpoint_url,
+            "S3_REGION": self.region,
+            "S3_ACCESS_KEY_ID": self.access_key_id,
+            "S3_SECRET_ACCESS_KEY": self.secret_access_key,
+        }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def run_s3_server(
+    log_dir: Path, *, min_part_bytes: int | None = TEST_PART_MIN_BYTES
+) -> Iterator[S3Server]:
+    """`moto_server` on a free loopback port until the block ends (None: S3's 5 MiB)."""
+    port = _free_port()
+    log_path = log_dir / "moto.log"
+    env = dict(os.environ)
+    if min_part_bytes is not None:
+        env["S3_UPLOAD_PART_MIN_SIZE"] = str(min_part_bytes)
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("moto_server exited:\n" + log_path.read_text())
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("moto_server did not start:\n" + log_path.read_text())
+            time.sleep(0.05)
+        yield S3Server(endpoint_url=f"http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
