@@ -22,6 +22,7 @@ from livekit import rtc
 
 from audio.frames import AudioFrame
 from gateway.context import GatewayContext, call_providers
+from gateway.livekit_egress import RoomRecording
 from gateway.livekit_sip import LiveKitError, LiveKitSip
 from gateway.livekit_transport import RATE, LiveKitTransport
 from gateway.logs import call_id_var
@@ -58,6 +59,7 @@ class LiveKitCall:
         self._ended = asyncio.Event()
         self._end_lock = asyncio.Lock()
         self._end_reason = ("room-closed", CallStatus.COMPLETED)
+        self._recording: RoomRecording | None = None
         self.done = asyncio.Event()
 
     # ---------------------------------------------------------------- room events
@@ -136,6 +138,17 @@ class LiveKitCall:
         caller = self._caller
         assert caller is not None
         await self._ctx.store.set_status(self.call.id, CallStatus.IN_PROGRESS)
+        # Recorded from the answer on (greeting included); the egress starts beside the call.
+        if self._ctx.settings.s3_bucket:
+            self._recording = RoomRecording(
+                egress=self._livekit,
+                store=self._ctx.store,
+                assistants=self._ctx.assistants,
+                settings=self._ctx.settings,
+                room_name=self.room_name,
+                call=self.call,
+            )
+            self._recording.start()
         self._transport = LiveKitTransport(
             source=source,
             on_mark=self._on_mark,
@@ -222,6 +235,8 @@ class LiveKitCall:
                 await self._ctx.store.finish_call(
                     self.call.id, status=status, end_reason=reason, ended_at=datetime.now(UTC)
                 )
+            if self._recording is not None:
+                await self._recording.stop()  # before the room closes, which would end it too
             with contextlib.suppress(Exception):
                 await self._room.disconnect()
             with contextlib.suppress(LiveKitError):

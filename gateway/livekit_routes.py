@@ -1,6 +1,7 @@
 """`POST /livekit/webhook`: LiveKit's signed room events (JWT in `Authorization` whose
 `sha256` claim covers the body). A SIP participant joining a room starts an inbound call;
-a room finishing ends the call it holds."""
+a room finishing ends the call it holds; an egress ending completes its call's recording.
+An event about nothing of ours is still answered 200: LiveKit retries non-2xx answers."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.context import GatewayContext
 from gateway.errors import NotConfigured
+from gateway.livekit_egress import record_egress_ended
 from telephony.errors import SignatureError
 
 log = logging.getLogger(__name__)
@@ -53,4 +55,6 @@ async def livekit_webhook(request: Request) -> Response:
         await ctx.livekit_calls.serve_inbound(room, dict(event.participant.attributes))
     elif event.event == "room_finished":
         ctx.livekit_calls.end(room, "room-finished")
+    elif event.event == "egress_ended":
+        await record_egress_ended(ctx.store, event.egress_info)
     return JSONResponse({"ok": True})

@@ -1,8 +1,9 @@
-"""LiveKit's SIP and room APIs through `livekit-api` (Twirp over HTTP): trunks, dispatch
-rules, rooms, and dialling out with `CreateSIPParticipant`.
+"""LiveKit's SIP, room and egress APIs through `livekit-api` (Twirp over HTTP): trunks,
+dispatch rules, rooms, dialling out with `CreateSIPParticipant`, starting/stopping egress.
 
-This adapter is the only module that touches LiveKit's protobuf types; the routes hand
-it plain values and get LiveKit ids back. Server errors become `LiveKitError`.
+The routes hand this adapter plain values and get LiveKit ids back (egress requests are
+the exception: `livekit_egress` builds and reads those messages). Server errors become
+`LiveKitError`.
 """
 
 from __future__ import annotations
@@ -308,6 +309,28 @@ class LiveKitSip:
             )
         except _ERRORS as exc:
             raise self._error("transferring the call", exc) from exc
+
+    async def start_room_composite_egress(
+        self, request: api.RoomCompositeEgressRequest
+    ) -> api.EgressInfo:
+        """Ask LiveKit Egress to record a room (`livekit_egress` builds the request).
+
+        Without an egress worker, livekit-server answers 503 `unavailable` ("no response from
+        servers") only after ~23 s, so callers bound this with their own timeout."""
+        try:
+            return await self._api.egress.start_room_composite_egress(request)
+        except _ERRORS as exc:
+            raise self._error("starting the egress", exc) from exc
+
+    async def stop_egress(self, egress_id: str) -> None:
+        """Stop an egress; one that already ended or never existed is left as it is."""
+        try:
+            await self._api.egress.stop_egress(api.StopEgressRequest(egress_id=egress_id))
+        except _ERRORS as exc:
+            if _code(exc) in ("not_found", "failed_precondition"):
+                log.info("egress already ended", extra={"egress_id": egress_id})
+                return
+            raise self._error("stopping the egress", exc) from exc
 
     def agent_token(self, room_name: str, identity: str) -> str:
         """A token for the gateway to join `room_name` as the agent."""
