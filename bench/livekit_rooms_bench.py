@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.livekit_caller import RoomCaller, caller_token, espeak_pcm16k  # noqa: E402
-from tests.livekit_server import LiveKitServer, _free_port, run_livekit_server  # noqa: E402
+from tests.livekit_server import LiveKitServer, run_livekit_server  # noqa: E402
+from tests.net import free_port  # noqa: E402
 
 LINES = ("What are your opening hours?", "How much does it cost?", "Where are you located?")
 
@@ -112,7 +113,7 @@ def main() -> int:
     parser.add_argument("--levels", default="1,4,8")
     parser.add_argument("--call-seconds", type=float, default=20.0)
     args = parser.parse_args()
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     speech: list[object] = [espeak_pcm16k(line) for line in LINES]
     with tempfile.TemporaryDirectory() as tmp:

@@ -69,7 +69,6 @@ def new_outbox(database: Database) -> WebhookOutbox:
         webhooks=database.webhooks,
         calls=database.calls,
         assistants=database.assistants,
-        accounts=database.accounts,
         guard=SsrfGuard(["127.0.0.1"]),
         policy=RetryPolicy(base_s=1, cap_s=5, max_attempts=5),
         poll_s=0.1,

@@ -103,7 +103,6 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
             webhooks=database.webhooks,
             calls=database.calls,
             assistants=database.assistants,
-            accounts=database.accounts,
             guard=guard,
             policy=RetryPolicy(
                 base_s=settings.webhook_retry_base_s,

@@ -11,12 +11,12 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.net import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,13 +27,6 @@ class LiveKitServer:
     api_key: str
     api_secret: str
     redis_port: int
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _binary() -> str:
@@ -47,17 +40,6 @@ def _binary() -> str:
         text=True,
     )
     return built.stdout.strip()
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited:\n" + log.read_text(errors="replace")[-3000:])
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {port}:\n" + log.read_text(errors="replace"))
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -79,7 +61,7 @@ def run_livekit_server(
     redis = shutil.which("redis-server")
     if redis is None:
         raise RuntimeError("redis-server is missing: `scripts/dev.sh test` installs it")
-    redis_port, http_port, tcp_port, udp_port = (_free_port() for _ in range(4))
+    redis_port, http_port, tcp_port, udp_port = (free_port() for _ in range(4))
     redis_log = work_dir / "redis.log"
     with redis_log.open("wb") as out:
         redis_proc = subprocess.Popen(
@@ -88,7 +70,7 @@ def run_livekit_server(
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        _wait_port(redis_port, redis_proc, redis_log, "redis-server")
+        wait_port(redis_port, redis_proc, redis_log, "redis-server")
         api_key, api_secret = "testkey", secrets.token_hex(32)
         config = f"""
 port: {http_port}
@@ -112,7 +94,7 @@ keys:
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         try:
-            _wait_port(http_port, lk_proc, lk_log, "livekit-server")
+            wait_port(http_port, lk_proc, lk_log, "livekit-server")
             yield LiveKitServer(
                 url=f"http://127.0.0.1:{http_port}",
                 api_key=api_key,

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
+
+from tests.net import free_port, wait_port
 
 TEST_PART_MIN_BYTES = 16 * 1024
 
@@ -50,19 +50,12 @@ class S3Server:
         }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def run_s3_server(
     log_dir: Path, *, min_part_bytes: int | None = TEST_PART_MIN_BYTES
 ) -> Iterator[S3Server]:
     """`moto_server` on a free loopback port until the block ends (None: S3's 5 MiB)."""
-    port = _free_port()
+    port = free_port()
     log_path = log_dir / "moto.log"
     env = dict(os.environ)
     if min_part_bytes is not None:
@@ -75,15 +68,7 @@ def run_s3_server(
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("moto_server exited:\n" + log_path.read_text())
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("moto_server did not start:\n" + log_path.read_text())
-            time.sleep(0.05)
+        wait_port(port, proc, log_path, "moto_server")
         yield S3Server(endpoint_url=f"http://127.0.0.1:{port}")
     finally:
         proc.terminate()

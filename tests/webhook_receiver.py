@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tests.net import free_port
 from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 
@@ -74,9 +74,7 @@ class WebhookReceiver:
 
 @contextlib.contextmanager
 def run_webhook_receiver(path: str = "/hooks/call-ended") -> Iterator[WebhookReceiver]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     receiver = WebhookReceiver(url=f"http://127.0.0.1:{port}{path}")
     app = Starlette(routes=[Route(path, receiver._hook, methods=["POST"])])
     server = uvicorn.Server(

@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 import httpx
 
 from storage import (
-    AccountRepository,
     AssistantRepository,
     Attempt,
     CallRecord,
@@ -93,7 +92,6 @@ class WebhookOutbox:
         webhooks: WebhookRepository,
         calls: CallStore,
         assistants: AssistantRepository,
-        accounts: AccountRepository,
         guard: SsrfGuard,
         policy: RetryPolicy,
         timeout_s: float = 10.0,
@@ -107,7 +105,6 @@ class WebhookOutbox:
         self._webhooks = webhooks
         self._calls = calls
         self._assistants = assistants
-        self._accounts = accounts
         self._guard = guard
         self._policy = policy
         self._timeout_s = timeout_s

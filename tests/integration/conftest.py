@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.net import free_port
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,6 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def run_gateway(
     mongo_url: str,
@@ -46,7 +40,7 @@ def run_gateway(
     port: int | None = None,
 ) -> Iterator[GatewayProcess]:
     """`voice-gateway serve` as its own process on a loopback port, until the block ends."""
-    port = port or _free_port()
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     auth_token = uuid.uuid4().hex
     api_key = "test-key-" + uuid.uuid4().hex
@@ -113,7 +107,7 @@ def gateway(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 @contextlib.contextmanager
 def serve_fake(app: str) -> Iterator[str]:
     """Run `tests.fakes.<app>:app` under uvicorn on a free loopback port; yield its URL."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", f"tests.fakes.{app}:app", "--port", str(port),
          "--log-level", "warning"],

@@ -19,9 +19,10 @@ import pytest
 from livekit import api as lkapi
 from livekit.protocol import sip as lksip
 
-from tests.integration.conftest import GatewayProcess, _free_port, run_gateway
+from tests.integration.conftest import GatewayProcess, run_gateway
 from tests.livekit_caller import RoomCaller, caller_token, espeak_pcm16k
 from tests.livekit_server import LiveKitServer, run_livekit_server
+from tests.net import free_port
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def room_stack(
     mongo_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[GatewayProcess, LiveKitServer]]:
     """A livekit-server whose webhooks go to a gateway configured for it."""
-    port = _free_port()
+    port = free_port()
     work = tmp_path_factory.mktemp("lk-rooms")
     webhook = f"http://127.0.0.1:{port}/livekit/webhook"
     with run_livekit_server(work, webhook_url=webhook) as server:
@@ -261,7 +262,7 @@ async def test_caller_hanging_up_ends_the_call_once(
 async def test_many_rooms_then_a_killed_gateway_leaves_no_zombie_rooms(
     mongo_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    port = _free_port()
+    port = free_port()
     work = tmp_path_factory.mktemp("lk-restart")
     db = "lk_restart_" + uuid.uuid4().hex[:8]
     webhook = f"http://127.0.0.1:{port}/livekit/webhook"

@@ -32,9 +32,10 @@ from livekit import api as lkapi
 from gateway.livekit_calls import ATTR_ASSISTANT, ATTR_ORG
 from gateway.livekit_egress import START_TIMEOUT_S
 from storage import CallRecord, Database, open_database
-from tests.integration.conftest import GatewayProcess, _free_port, run_gateway
+from tests.integration.conftest import GatewayProcess, run_gateway
 from tests.livekit_caller import RoomCaller, caller_token, espeak_pcm16k
 from tests.livekit_server import LiveKitServer, run_livekit_server
+from tests.net import free_port
 from tests.s3_server import S3Server
 
 EGRESS_PATH = "/twirp/livekit.Egress/"
@@ -255,7 +256,7 @@ def egress_stack(
     mongo_url: str, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EgressStack]:
     """livekit-server (webhooks to the gateway), the tap before it, a gateway that records."""
-    port = _free_port()
+    port = free_port()
     work = tmp_path_factory.mktemp("lk-egress")
     bucket = "rec-" + uuid.uuid4().hex[:12]
     s3_server.client().create_bucket(Bucket=bucket)

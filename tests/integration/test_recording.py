@@ -66,6 +66,32 @@ async def _open_upload(database: Database, call_id: str) -> RecordingState:
     raise AssertionError("the recorder never stored its upload")
 
 
+async def _recorder(
+    database: Database,
+    s3: S3Server,
+    bucket_name: str,
+    *,
+    part_bytes: int = PART_BYTES,
+    encoding: WavEncoding = "pcm16",
+) -> tuple[CallRecorder, RecordingBucket, FakeClock, str]:
+    """A started recorder of a new call: (recorder, bucket, its clock, the object key)."""
+    call = await _call(database)
+    bucket = _bucket(s3, bucket_name)
+    clock = FakeClock()
+    key = bucket.key_for(call.org_id, call.id, "wav")
+    recorder = CallRecorder(
+        call_id=call.id,
+        key=key,
+        bucket=bucket,
+        store=database.calls,
+        part_bytes=part_bytes,
+        clock=clock,
+        encoding=encoding,
+    )
+    recorder.start()
+    return recorder, bucket, clock, key
+
+
 def _caller_frame(index: int) -> np.ndarray:
     # A distinct value per frame, so that misplacement by even one frame shows.
     return np.full(FRAME, (index % 500) + 1, dtype=np.int16)
@@ -105,21 +131,13 @@ async def _run_call(recorder: CallRecorder, clock: FakeClock, *, seconds: float,
 async def test_recorder_streams_parts_and_keeps_both_legs_aligned(
     database: Database, s3_server: S3Server, s3_bucket: str, encoding: WavEncoding
 ) -> None:
-    call = await _call(database)
-    bucket = _bucket(s3_server, s3_bucket)
-    clock = FakeClock()
-    key = bucket.key_for(call.org_id, call.id, "wav")
-    recorder = CallRecorder(
-        call_id=call.id, key=key, bucket=bucket, store=database.calls,
-        part_bytes=PART_BYTES, clock=clock, encoding=encoding,
-    )  # fmt: skip
+    recorder, _, clock, key = await _recorder(database, s3_server, s3_bucket, encoding=encoding)
     # What a frame sounds like stored: exact in PCM, through G.711 in mu-law.
     stored_as = (lambda f: f) if encoding == "pcm16" else (lambda f: ulaw_decode(ulaw_encode(f)))
-    recorder.start()
     await _run_call(recorder, clock, seconds=3.0, cut_at=2.0)
 
     # Parts went up while the call ran, before any hang-up.
-    opened = await _open_upload(database, call.id)
+    opened = await _open_upload(database, recorder.call_id)
     assert opened.status == "recording" and opened.upload_id and opened.key == key
     s3 = s3_server.client()
     wav = WavFormat(encoding)
@@ -154,21 +172,15 @@ async def test_recorder_streams_parts_and_keeps_both_legs_aligned(
         assert (agent[start : start + FRAME] == stored_as(_agent_frame(j))).all(), j
     # ... and nothing from the barge-in on, although 60 ms more had been sent ahead.
     assert (agent[2 * RATE :] == 0).all()
-    assert (await database.calls.get_call(call.id, with_turns=False)).recording == state
+    assert (await database.calls.get_call(recorder.call_id, with_turns=False)).recording == state
 
 
 async def test_a_short_call_is_one_object_with_its_final_header(
     database: Database, s3_server: S3Server, s3_bucket: str
 ) -> None:
-    call = await _call(database)
-    bucket = _bucket(s3_server, s3_bucket)
-    clock = FakeClock()
-    key = bucket.key_for(call.org_id, call.id, "wav")
-    recorder = CallRecorder(
-        call_id=call.id, key=key, bucket=bucket, store=database.calls,
-        part_bytes=5 * 1024 * 1024, clock=clock,
-    )  # fmt: skip
-    recorder.start()
+    recorder, bucket, clock, key = await _recorder(
+        database, s3_server, s3_bucket, part_bytes=5 * 1024 * 1024
+    )
     await _run_call(recorder, clock, seconds=1.0, cut_at=0.5)
     state = await recorder.finish()
     assert state.status == "complete"
@@ -181,17 +193,9 @@ async def test_a_short_call_is_one_object_with_its_final_header(
 async def test_an_abandoned_upload_is_salvaged_up_to_its_last_part(
     database: Database, s3_server: S3Server, s3_bucket: str
 ) -> None:
-    call = await _call(database)
-    bucket = _bucket(s3_server, s3_bucket)
-    clock = FakeClock()
-    key = bucket.key_for(call.org_id, call.id, "wav")
-    recorder = CallRecorder(
-        call_id=call.id, key=key, bucket=bucket, store=database.calls,
-        part_bytes=PART_BYTES, clock=clock,
-    )  # fmt: skip
-    recorder.start()
+    recorder, bucket, clock, key = await _recorder(database, s3_server, s3_bucket)
     await _run_call(recorder, clock, seconds=2.2, cut_at=1.0)
-    opened = await _open_upload(database, call.id)
+    opened = await _open_upload(database, recorder.call_id)
     assert opened.upload_id
     s3 = s3_server.client()
     for _ in range(200):  # let the parts already cut reach S3, then "crash"
@@ -204,7 +208,9 @@ async def test_an_abandoned_upload_is_salvaged_up_to_its_last_part(
     with pytest.raises(asyncio.CancelledError):
         await recorder._uploader
 
-    salvaged = await bucket.salvage(await database.calls.get_call(call.id, with_turns=False))
+    salvaged = await bucket.salvage(
+        await database.calls.get_call(recorder.call_id, with_turns=False)
+    )
     assert salvaged is not None and salvaged.status == "complete" and salvaged.salvaged
     data = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
     assert len(data) == 4 * PART_BYTES == salvaged.size_bytes

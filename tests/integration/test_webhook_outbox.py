@@ -21,6 +21,7 @@ import pytest
 
 from storage import AssistantConfig, CallStatus, Database, Direction, NewCall
 from storage.webhooks import Attempt
+from tests.net import free_port
 from webhooks.events import CALL_ENDED
 from webhooks.outbox import RetryPolicy, WebhookOutbox
 from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
@@ -85,10 +86,7 @@ async def receiver(script: Script) -> AsyncIterator[Receiver]:
 
 
 def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/hook"
+    return f"http://127.0.0.1:{free_port()}/hook"
 
 
 def new_outbox(
@@ -101,7 +99,6 @@ def new_outbox(
         webhooks=database.webhooks,
         calls=database.calls,
         assistants=database.assistants,
-        accounts=database.accounts,
         guard=SsrfGuard(["127.0.0.1"]),
         policy=policy,
         timeout_s=2.0,
@@ -286,7 +283,6 @@ async def test_an_unsafe_url_is_refused_at_delivery_without_a_request(database: 
             webhooks=database.webhooks,
             calls=database.calls,
             assistants=database.assistants,
-            accounts=database.accounts,
             guard=SsrfGuard(),  # loopback not allowed here
             policy=FAST,
         )
@@ -446,7 +442,7 @@ async def test_a_named_host_is_reached_at_the_address_the_guard_checked(
         await finished_call(database, org.id, f"http://{name}:{port}/hooks/calls")
         outbox = WebhookOutbox(
             webhooks=database.webhooks, calls=database.calls, assistants=database.assistants,
-            accounts=database.accounts, guard=SsrfGuard(["127.0.0.0/8"]), policy=FAST,
+            guard=SsrfGuard(["127.0.0.0/8"]), policy=FAST,
             timeout_s=2.0, poll_s=0.02,
         )  # fmt: skip
         try:
