@@ -111,6 +111,7 @@ class WebhookOutbox:
         self._lease_s = max(lease_s, timeout_s + 5)  # a lease outlives the request it covers
         self._poll_s = poll_s
         self._concurrency = concurrency
+        self._reports_owed = True
         self._recordings = recordings
         self._recording_grace = timedelta(seconds=recording_grace_s)
         self._clock = clock
@@ -120,7 +121,8 @@ class WebhookOutbox:
         self._wakeup = asyncio.Event()
 
     def poke(self) -> None:
-        """A call just finished: look for work now rather than at the next poll."""
+        """A call just finished: look for its report now rather than at the next poll."""
+        self._reports_owed = True
         self._wakeup.set()
 
     async def aclose(self) -> None:
@@ -130,12 +132,19 @@ class WebhookOutbox:
         """Queue owed reports and deliver due webhooks, up to `concurrency` at once (a slow
         receiver does not hold up the others), until cancelled."""
         in_flight: set[asyncio.Task[None]] = set()
+        last_scan = -float("inf")
         try:
             while True:
                 self._wakeup.clear()  # before the round: a poke during it is not lost
                 busy = False
                 try:
-                    busy = await self.queue_owed_reports() > 0
+                    # Owed reports are looked for when a call ended here, or once a poll
+                    # (calls other gateways or status callbacks finished): not after every
+                    # delivery, as finding them reads every call on FerretDB.
+                    now = time.monotonic()
+                    if self._reports_owed or now - last_scan >= self._poll_s:
+                        self._reports_owed, last_scan = False, now
+                        busy = await self.queue_owed_reports() > 0
                     while len(in_flight) < self._concurrency:
                         delivery = await self._webhooks.claim(
                             owner=self.owner, now=self._clock(), lease_s=self._lease_s
