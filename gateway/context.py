@@ -56,22 +56,28 @@ class GatewayContext:
 DEFAULT_MAX_DURATION_S = 4 * 3600  # calls of the default assistant
 
 
-async def call_providers(ctx: GatewayContext, call: CallRecord) -> tuple[Providers, float]:
-    """The providers of the call's assistant, speaking the call's persona, and the longest
-    the call may last (the same for every transport)."""
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    """How a call runs, from its assistant (the same for every transport)."""
+
+    providers: Providers  # speaking the call's persona
+    max_duration_s: float
+    recording: bool  # the assistant's choice; calls without an assistant are recorded
+
+
+async def call_plan(ctx: GatewayContext, call: CallRecord) -> CallPlan:
+    """The plan of `call`, from one read of its assistant."""
     assistant = await ctx.assistants.get_any(call.assistant_id) if call.assistant_id else None
     config = assistant.config if assistant else None
     providers = ctx.catalog.for_assistant(config)
     if call.system_prompt is not None:
         persona = Persona(system_prompt=call.system_prompt, greeting=call.greeting or "")
         providers = dataclasses.replace(providers, llm=PersonaLLM(providers.llm, persona))
-    return providers, float(config.max_duration_s if config else DEFAULT_MAX_DURATION_S)
-
-
-async def recording_wanted(assistants: AssistantRepository, call: CallRecord) -> bool:
-    """Whether the call is recorded: its assistant's choice (calls without one are)."""
-    assistant = await assistants.get_any(call.assistant_id) if call.assistant_id else None
-    return assistant.config.recording if assistant else True
+    return CallPlan(
+        providers=providers,
+        max_duration_s=float(config.max_duration_s if config else DEFAULT_MAX_DURATION_S),
+        recording=config.recording if config else True,
+    )
 
 
 def stream_token_secret(settings: Settings) -> bytes:

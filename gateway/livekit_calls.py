@@ -21,7 +21,7 @@ import numpy as np
 from livekit import rtc
 
 from audio.frames import AudioFrame
-from gateway.context import GatewayContext, call_providers
+from gateway.context import GatewayContext, call_plan
 from gateway.livekit_egress import RoomRecording
 from gateway.livekit_sip import LiveKitError, LiveKitSip
 from gateway.livekit_transport import RATE, LiveKitTransport
@@ -138,12 +138,12 @@ class LiveKitCall:
         caller = self._caller
         assert caller is not None
         await self._ctx.store.set_status(self.call.id, CallStatus.IN_PROGRESS)
+        plan = await call_plan(self._ctx, self.call)
         # Recorded from the answer on (greeting included); the egress starts beside the call.
-        if self._ctx.settings.s3_bucket:
+        if self._ctx.settings.s3_bucket and plan.recording:
             self._recording = RoomRecording(
                 egress=self._livekit,
                 store=self._ctx.store,
-                assistants=self._ctx.assistants,
                 settings=self._ctx.settings,
                 room_name=self.room_name,
                 call=self.call,
@@ -156,11 +156,10 @@ class LiveKitCall:
             metrics=self._ctx.metrics,
             transfer=lambda to: self._livekit.transfer_sip(self.room_name, caller.identity, to),
         )
-        providers, max_duration_s = await call_providers(self._ctx, self.call)
         self._session = CallSession(
             call_id=self.call.id,
             transport=self._transport,
-            providers=providers,
+            providers=plan.providers,
             store=self._ctx.store,
             config=self._ctx.session_config,
             metrics=self._ctx.metrics,
@@ -171,9 +170,9 @@ class LiveKitCall:
         await self._session.start()
         self._tasks.append(asyncio.create_task(self._read_caller(caller_track), name="lk-mic"))
         try:
-            await asyncio.wait_for(self._ended.wait(), max_duration_s)
+            await asyncio.wait_for(self._ended.wait(), plan.max_duration_s)
         except TimeoutError:
-            log.info("call reached its maximum duration", extra={"seconds": max_duration_s})
+            log.info("call reached its maximum duration", extra={"seconds": plan.max_duration_s})
             self.request_end("max-duration", CallStatus.COMPLETED)
 
     async def _until_ended(

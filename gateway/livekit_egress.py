@@ -15,12 +15,11 @@ from typing import Protocol
 
 from livekit import api
 
-from gateway.context import recording_wanted
 from gateway.errors import ConfigError
 from gateway.livekit_sip import LiveKitError
 from gateway.recording import recording_key
 from gateway.settings import Settings
-from storage import AssistantRepository, CallRecord, CallStore, RecordingState
+from storage import CallRecord, CallStore, RecordingState
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +137,6 @@ class RoomRecording:
         *,
         egress: EgressClient,
         store: CallStore,
-        assistants: AssistantRepository,
         settings: Settings,
         room_name: str,
         call: CallRecord,
@@ -147,7 +145,6 @@ class RoomRecording:
     ) -> None:
         self._egress = egress
         self._store = store
-        self._assistants = assistants
         self._settings = settings
         self._room_name = room_name
         self._call = call
@@ -160,15 +157,9 @@ class RoomRecording:
         if self._task is None:
             self._task = asyncio.create_task(self._start(), name=f"egress-{self._room_name}")
 
-    async def _wanted(self) -> bool:
-        return bool(self._settings.s3_bucket) and await recording_wanted(
-            self._assistants, self._call
-        )
-
     async def _start(self) -> None:
         try:
-            if await self._wanted():
-                await self._start_egress()
+            await self._start_egress()
         except Exception:  # the recording's task ends here; the call goes on without it
             log.exception("starting the room recording failed", extra={"room": self._room_name})
 

@@ -177,7 +177,9 @@ class RecordingBucket:
         parts.sort(key=lambda p: int(p["PartNumber"]))
         if not parts:
             await self.abort_upload(state.key, state.upload_id)
-            return _replace(state, status="failed", upload_id=None, error="no part was uploaded")
+            return dataclasses.replace(
+                state, status="failed", upload_id=None, error="no part was uploaded"
+            )
         await self._call(
             "complete_multipart_upload",
             Bucket=self.bucket, Key=state.key, UploadId=state.upload_id,
@@ -187,7 +189,7 @@ class RecordingBucket:
         )  # fmt: skip
         size = sum(int(p["Size"]) for p in parts)
         wav = await self.write_final_header(state.key, size, int(parts[0]["Size"]))
-        return _replace(
+        return dataclasses.replace(
             state,
             status="complete",
             upload_id=None,
@@ -195,11 +197,6 @@ class RecordingBucket:
             duration_s=round(wav.duration_s(size), 3),
             salvaged=True,
         )
-
-    async def read(self, key: str) -> bytes:
-        out = await self._call("get_object", Bucket=self.bucket, Key=key)
-        data: bytes = await asyncio.to_thread(out["Body"].read)
-        return data
 
     def presigned_url(self, key: str) -> str:
         """A time-limited GET link to `key` (signed locally: no request is made)."""
@@ -223,10 +220,6 @@ def recording_bucket(settings: Settings) -> RecordingBucket | None:
         prefix=settings.recording_prefix,
         url_ttl_s=settings.recording_url_ttl_s,
     )
-
-
-def _replace(state: RecordingState, **changes: Any) -> RecordingState:
-    return dataclasses.replace(state, **changes)
 
 
 class CallRecorder:

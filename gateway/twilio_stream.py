@@ -17,7 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from audio.codec import ulaw_decode
 from audio.frames import AudioFrame
-from gateway.context import GatewayContext, call_providers, recording_wanted
+from gateway.context import GatewayContext, call_plan
 from gateway.logs import call_id_var
 from gateway.lost_calls import CallLease
 from gateway.outbound import outbound_token_subject
@@ -117,10 +117,8 @@ class _StreamDriver:
                 self._ctx.metrics.calls_active -= 1
                 stats = self._transport.stats if self._transport else None
                 log.info("media stream closed", extra={"pacing": stats})
-            if self._deadline is not None and self._deadline is not asyncio.current_task():
-                self._deadline.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._deadline
+            if self._deadline is not asyncio.current_task():  # not from inside itself
+                await _cancelled(self._deadline)
             await _cancelled(self._pacer)
             if self._ctx.outbox is not None:
                 self._ctx.outbox.poke()
@@ -184,7 +182,8 @@ class _StreamDriver:
         self._start_writes = asyncio.create_task(
             self._record_start(call, start), name="record-stream-start"
         )
-        if ctx.recordings is not None and await recording_wanted(ctx.assistants, call):
+        plan = await call_plan(ctx, call)
+        if ctx.recordings is not None and plan.recording:
             self._recorder = CallRecorder(
                 call_id=call.id,
                 key=ctx.recordings.key_for(call.org_id, call.id, "wav"),
@@ -206,11 +205,10 @@ class _StreamDriver:
             recorder=self._recorder,
         )
         self._pacer = asyncio.create_task(self._transport.run(), name="pacer")
-        providers, max_duration_s = await call_providers(ctx, call)
         self._session = CallSession(
             call_id=call.id,
             transport=self._transport,
-            providers=providers,
+            providers=plan.providers,
             store=ctx.store,
             config=ctx.session_config,
             metrics=ctx.metrics,
@@ -219,7 +217,9 @@ class _StreamDriver:
         ctx.metrics.calls_active += 1
         log.info("media stream started", extra={"call_sid": start.call_sid})
         await self._session.start()
-        self._deadline = asyncio.create_task(self._end_after(max_duration_s), name="max-duration")
+        self._deadline = asyncio.create_task(
+            self._end_after(plan.max_duration_s), name="max-duration"
+        )
 
     async def _record_start(self, call: CallRecord, start: Start) -> None:
         store = self._ctx.store
