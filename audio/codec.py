@@ -40,7 +40,6 @@ def _encode_table() -> npt.NDArray[np.uint8]:
 
 ULAW_DECODE: npt.NDArray[np.int16] = _decode_table()
 ULAW_ENCODE: npt.NDArray[np.uint8] = _encode_table()
-ULAW_SILENCE = 0xFF
 
 
 def ulaw_decode(data: bytes) -> npt.NDArray[np.int16]:

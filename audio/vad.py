@@ -90,10 +90,6 @@ class Endpointer:
         self._last_speech_end_ms = 0.0
 
     @property
-    def in_speech(self) -> bool:
-        return self._in_speech
-
-    @property
     def position_ms(self) -> float:
         """Stream time at the end of the last frame fed."""
         return 1000.0 * self._samples / self._rate

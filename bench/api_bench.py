@@ -35,10 +35,10 @@ from storage import (
     AssistantConfig,
     CallStatus,
     Direction,
-    EmbeddedFerretDB,
     NewCall,
     open_database,
 )
+from tests.ferretdb_server import embedded_ferretdb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
     n = args.requests
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedFerretDB(data_dir=Path(tmp)) as ferret:
+    with tempfile.TemporaryDirectory() as tmp, embedded_ferretdb(Path(tmp)) as ferret:
         db = "bench_" + uuid.uuid4().hex[:8]
         t0 = time.perf_counter()
         key, assistant_id = asyncio.run(_seed(ferret.url, db, args.calls))

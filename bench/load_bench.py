@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
+from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 
 LINES = ("What are your opening hours?", "How much does it cost?", "Can I book an appointment?")
 

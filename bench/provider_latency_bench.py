@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
+from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 
 ROOT = Path(__file__).resolve().parent.parent
 SILENCE_MS = 300

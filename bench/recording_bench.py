@@ -30,9 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audio.codec import ulaw_decode
-from audio.recorder import WavFormat, read_wav
-from gateway.recording import CallRecorder, RecordingBucket
-from gateway.simulated_twilio import espeak_mulaw
+from audio.stereo import WavFormat, read_wav
+from gateway.demo.simulated_twilio import espeak_mulaw
+from gateway.recording.bucket import CallRecorder, RecordingBucket
 from storage import RecordingState
 from tests.s3_server import run_s3_server
 

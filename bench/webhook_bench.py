@@ -29,10 +29,10 @@ from storage import (
     CallStatus,
     Database,
     Direction,
-    EmbeddedFerretDB,
     NewCall,
     open_database,
 )
+from tests.ferretdb_server import embedded_ferretdb
 from webhooks.outbox import RetryPolicy, WebhookOutbox
 from webhooks.ssrf import SsrfGuard
 
@@ -134,7 +134,7 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20.0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedFerretDB(data_dir=Path(tmp)) as server:
+    with tempfile.TemporaryDirectory() as tmp, embedded_ferretdb(Path(tmp)) as server:
         print("| gateways | receiver answers after ms | calls finished | reports received "
               "| finish → received ms p50 / p95 | duplicates | s |")  # fmt: skip
         print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from gateway.app import create_app
 from gateway.logs import configure_logging
 from gateway.settings import Settings
-from storage import EmbeddedFerretDB, StorageError, open_database
+from storage import EmbeddedFerretDB, StorageError, ferretdb_binary, open_database
 
 
 def _out(line: str = "") -> None:
@@ -30,8 +30,9 @@ def _database(settings: Settings) -> Iterator[Settings]:
     if settings.mongodb_url is not None:
         yield settings
         return
+    binary = ferretdb_binary(explicit=settings.ferretdb_bin, cache_dir=settings.voice_gateway_cache)
     data_dir = settings.data_dir / "ferretdb"
-    with EmbeddedFerretDB(data_dir=data_dir, port=settings.ferretdb_port) as server:
+    with EmbeddedFerretDB(binary=binary, data_dir=data_dir, port=settings.ferretdb_port) as server:
         yield settings.model_copy(update={"mongodb_url": server.url})
 
 
@@ -64,7 +65,7 @@ def _free_port() -> int:
 
 def demo(settings: Settings) -> int:
     """Start the gateway on embedded defaults and place one simulated Twilio call."""
-    from gateway.demo import run_demo_call
+    from gateway.demo.scripted_call import run_demo_call
 
     configure_logging("WARNING", json_format=settings.log_json)
     port = _free_port()

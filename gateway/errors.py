@@ -1,42 +1,100 @@
-"""The gateway's error tree, mapped to HTTP statuses and WebSocket close codes at the edge.
+"""The gateway's error tree, and how its edge maps each error to an HTTP status (here) or a
+WebSocket close code (`ProtocolError` carries its own).
 
-    GatewayError
-    ├── ConfigError            settings that cannot work (startup fails loudly)
-    ├── AuthError              missing or wrong API key                  -> HTTP 401
-    ├── NotFoundError          unknown resource                          -> HTTP 404
-    ├── ProviderError          an STT / LLM / TTS failure (`retryable`)
-    ├── CarrierError           Twilio / LiveKit refused a call       -> HTTP 422 or 502
-    ├── NotConfigured          a feature whose settings are unset    -> HTTP 503
-    ├── ConflictError          clashes with what is stored           -> HTTP 409
-    ├── MissingPlaceholders    call metadata lacks a {{name}}        -> HTTP 422 (persona.py)
-    └── (re-exported)
-        telephony.errors.ProtocolError   bad Media Streams input  -> WS close code + reason
-        telephony.errors.SignatureError  bad X-Twilio-Signature / stream token -> HTTP 403
-        storage.errors.StorageError      database failure         -> HTTP 503
+Every exception a package of the gateway raises is one of these; `tests/unit/
+test_error_tree.py` fails when a new one is not listed. Dependencies point one way, so
+`telephony/`, `storage/` and `webhooks/` each have a root of their own:
 
-A broad ``except`` appears only where a task ends; it logs with the call id.
+    GatewayError                gateway/errors.py
+    ├── ConfigError             settings that cannot work (start-up fails loudly)
+    ├── AuthError               missing, wrong or revoked API key                -> 401
+    ├── RequestInvalid          body or query that does not match its model      -> 422
+    ├── MissingPlaceholders     call metadata lacks a {{name}} the assistant uses -> 422
+    ├── ConflictError           clashes with what is stored                      -> 409
+    ├── NotConfigured           a feature whose settings are unset               -> 503
+    ├── ProviderError           an STT / LLM / TTS failure (`retryable`): the call retries
+    │                           once, then apologises, and goes on
+    └── RecordingError          S3 refused or unreachable: the call goes on, the
+                                outbox salvages the upload later
+    TelephonyError              telephony/errors.py
+    ├── ProtocolError           bad Media Streams input        -> WS close code and reason
+    ├── SignatureError          bad X-Twilio-Signature, stream token or LiveKit
+    │                           webhook token                  -> 403 (or close 1008)
+    ├── CarrierError            Twilio / LiveKit refused to place a call -> 422 (a 4xx: the
+    │                           request's fault) or 502
+    ├── LiveKitError            LiveKit's API refused or is unreachable -> 422 or 502
+    └── TransferError           a transfer is impossible or failed: the call goes on
+    StorageError                storage/errors.py               -> 503
+    ├── NotFound                no such record in the key's organisation         -> 404
+    │   └── CallNotFound
+    ├── InvalidCursor           a page cursor this store did not issue           -> 422
+    ├── NumberTaken             a number another assistant answers               -> 409
+    └── DeliveryBusy            a delivery a gateway is sending right now        -> 409
+    WebhookError                webhooks/errors.py
+    ├── UnsafeURL               a URL the SSRF guard refuses -> 422 when an assistant is
+    │                           saved; a failed attempt at delivery
+    ├── UnresolvedHost          a webhook host that did not resolve: the attempt is retried
+    └── SignatureMismatch       raised by `webhooks.signing.verify` (what receivers run)
+    WavFormatError (ValueError) audio/stereo.py: bytes that are not our WAV; the
+                                recording bucket turns it into RecordingError
+
+Every error answer has one JSON shape, `{"error": {"code", "message", "details"?}}`. A
+broad ``except`` appears only where a task ends, and there it logs with the call id.
 """
 
 from __future__ import annotations
 
-from storage.errors import CallNotFound, StorageError
-from telephony.errors import ProtocolError, SignatureError, TelephonyError
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from storage.errors import (
+    CallNotFound,
+    DeliveryBusy,
+    InvalidCursor,
+    NotFound,
+    NumberTaken,
+    StorageError,
+)
+from telephony.errors import (
+    CarrierError,
+    LiveKitError,
+    ProtocolError,
+    SignatureError,
+    TelephonyError,
+    TransferError,
+)
+from webhooks.errors import UnsafeURL
 
 __all__ = [
+    "HTTP_ERROR_HANDLERS",
     "AuthError",
     "CallNotFound",
     "CarrierError",
     "ConfigError",
     "ConflictError",
     "GatewayError",
+    "LiveKitError",
+    "MissingPlaceholders",
     "NotConfigured",
-    "NotFoundError",
+    "NotFound",
     "ProtocolError",
     "ProviderError",
+    "RecordingError",
+    "RequestInvalid",
     "SignatureError",
     "StorageError",
     "TelephonyError",
+    "TransferError",
+    "error_response",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
@@ -48,11 +106,31 @@ class ConfigError(GatewayError):
 
 
 class AuthError(GatewayError):
-    """Missing or wrong API key."""
+    """Missing, wrong or revoked API key."""
 
 
-class NotFoundError(GatewayError):
-    """The requested resource does not exist (for this caller)."""
+class RequestInvalid(GatewayError):
+    """A body or query that does not match its model: HTTP 422 with the validation details."""
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class MissingPlaceholders(GatewayError):
+    """The call's metadata lacks values the assistant's prompt or greeting needs."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__("call metadata lacks: " + ", ".join(names))
+        self.names = list(names)
+
+
+class ConflictError(GatewayError):
+    """The request clashes with what is stored (e.g. deleting a trunk a rule still uses)."""
+
+
+class NotConfigured(GatewayError):
+    """A feature was asked for whose settings are not set (e.g. LiveKit, Twilio REST)."""
 
 
 class ProviderError(GatewayError):
@@ -75,30 +153,117 @@ class ProviderError(GatewayError):
         return not 400 <= self.status < 500
 
 
-class TransferError(GatewayError):
-    """A call could not be transferred (no way to do it on this transport, or it failed)."""
+class RecordingError(GatewayError):
+    """The S3 store refused or could not be reached."""
 
 
-class CarrierError(GatewayError):
-    """The carrier (Twilio, or LiveKit's SIP service) refused or failed to place a call.
-
-    A 4xx from the carrier is the request's fault (e.g. a number it cannot dial): HTTP 422
-    at our edge. Anything else is the carrier's: HTTP 502.
-    """
-
-    def __init__(self, message: str, *, carrier: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.carrier = carrier
-        self.status = status
-
-    @property
-    def caller_fault(self) -> bool:
-        return self.status is not None and 400 <= self.status < 500 and self.status != 401
+# --------------------------------------------------------------------- the HTTP edge
 
 
-class NotConfigured(GatewayError):
-    """A feature was asked for whose settings are not set (e.g. LiveKit, Twilio REST)."""
+class _ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
 
 
-class ConflictError(GatewayError):
-    """The request clashes with what is stored (e.g. deleting a trunk a rule still uses)."""
+class ErrorResponse(BaseModel):
+    """The one JSON shape of every error the gateway returns."""
+
+    error: _ErrorBody
+
+
+def error_response(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> JSONResponse:
+    body = _ErrorBody(code=code, message=message, details=details)
+    return JSONResponse(
+        ErrorResponse(error=body).model_dump(mode="json", exclude_none=True), status_code=status
+    )
+
+
+async def _auth_error(request: Request, exc: Exception) -> Response:
+    log.info("request refused: %s", exc, extra={"path": request.url.path})
+    return error_response(401, "unauthorized", str(exc))
+
+
+async def _signature_error(request: Request, exc: Exception) -> Response:
+    log.warning("signature refused: %s", exc, extra={"path": request.url.path})
+    return error_response(403, "forbidden", str(exc))
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(404, "not_found", str(exc) or "not found")
+
+
+async def _invalid(request: Request, exc: Exception) -> Response:
+    details = exc.details if isinstance(exc, RequestInvalid) else None
+    if isinstance(exc, MissingPlaceholders):
+        details = [{"loc": ["body", "metadata", name], "msg": "missing"} for name in exc.names]
+    log.info("request invalid: %s", exc, extra={"path": request.url.path})
+    return error_response(422, "invalid_request", str(exc), details)
+
+
+async def _unsafe_url(request: Request, exc: Exception) -> Response:
+    log.info("webhook URL refused: %s", exc, extra={"path": request.url.path})
+    return error_response(
+        422,
+        "invalid_request",
+        f"webhook_url refused: {exc}",
+        [{"loc": ["body", "webhook_url"], "msg": str(exc)}],
+    )
+
+
+async def _conflict(request: Request, exc: Exception) -> Response:
+    log.info("request conflicts: %s", exc, extra={"path": request.url.path})
+    return error_response(409, "conflict", str(exc))
+
+
+async def _not_configured(request: Request, exc: Exception) -> Response:
+    log.warning("feature not configured: %s", exc, extra={"path": request.url.path})
+    return error_response(503, "not_configured", str(exc))
+
+
+async def _carrier_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CarrierError)
+    if exc.caller_fault:
+        return error_response(422, "carrier_refused", str(exc))
+    log.error("carrier failure: %s", exc, extra={"carrier": exc.carrier})
+    return error_response(502, "carrier_error", str(exc))
+
+
+async def _livekit_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LiveKitError)
+    if exc.caller_fault:
+        return error_response(422, "livekit_refused", str(exc))
+    return error_response(502, "livekit_error", str(exc))
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    log.error("storage failure: %s", exc, extra={"path": request.url.path})
+    return error_response(503, "storage_unavailable", "the database is unavailable")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, "http_error", str(exc.detail))
+
+
+# Starlette picks the handler of the nearest class in an exception's MRO.
+HTTP_ERROR_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]]
+HTTP_ERROR_HANDLERS = {
+    AuthError: _auth_error,
+    SignatureError: _signature_error,
+    NotFound: _not_found,
+    RequestInvalid: _invalid,
+    MissingPlaceholders: _invalid,
+    InvalidCursor: _invalid,
+    ConflictError: _conflict,
+    NumberTaken: _conflict,
+    DeliveryBusy: _conflict,
+    UnsafeURL: _unsafe_url,
+    NotConfigured: _not_configured,
+    CarrierError: _carrier_error,
+    LiveKitError: _livekit_error,
+    StorageError: _storage_error,
+    HTTPException: _http_error,
+}

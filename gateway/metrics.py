@@ -6,7 +6,7 @@ import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-from gateway.latency import STAGES
+from gateway.call.latency import STAGES
 
 # Upper bounds (ms) of the per-turn latency histogram buckets.
 LATENCY_BUCKETS_MS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000)
@@ -35,6 +35,8 @@ class GatewayMetrics:
     outbound_underruns_total: int = 0  # agent audio ran out mid-speech (producer too slow)
     inbound_frames_total: int = 0
     protocol_errors_total: int = 0
+    lost_call_sweeps_total: int = 0  # rounds of this gateway's lost-call sweeper
+    calls_lost_total: int = 0  # calls of stopped gateways this gateway finished
     stt_reconnects_total: int = 0
     provider_failures: dict[str, int] = field(default_factory=dict)
     turn_latency: dict[str, _Histogram] = field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +48,12 @@ class Settings(BaseSettings):
     mongodb_db: str = "voice_gateway"
     data_dir: Path = Path("./data")
     ferretdb_port: int = 0
+    # The embedded server's binary: FERRETDB_BIN, else the per-user cache where
+    # scripts/ensure-ferretdb.sh builds it (VOICE_GATEWAY_CACHE, also used by scripts/dev.sh).
+    ferretdb_bin: Path | None = None
+    voice_gateway_cache: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "voice-gateway"
+    )
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -165,6 +172,16 @@ class Settings(BaseSettings):
         if self.gateway_api_key is None:
             updates["gateway_api_key"] = SecretStr("vg_" + secrets.token_urlsafe(24))
         return self.model_copy(update=updates) if updates else self
+
+    def stream_token_key(self) -> bytes:
+        """The key of per-call stream tokens: STREAM_TOKEN_SECRET, or derived from the Twilio
+        auth token (so every gateway behind one balancer agrees)."""
+        if self.stream_token_secret is not None:
+            return self.stream_token_secret.get_secret_value().encode()
+        if self.twilio_auth_token is None:
+            raise ValueError("stream tokens need STREAM_TOKEN_SECRET or TWILIO_AUTH_TOKEN")
+        token = self.twilio_auth_token.get_secret_value().encode()
+        return hashlib.sha256(b"voice-gateway stream token|" + token).digest()
 
     def public_url_for(self, path: str) -> str:
         """The externally visible http(s) URL of `path` (what Twilio signs for form POSTs)."""

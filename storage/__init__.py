@@ -4,10 +4,20 @@ The only package that knows the driver; beanie documents never leave it.
 """
 
 from storage.accounts import AccountRepository, hash_api_key, new_api_key
-from storage.assistants import AssistantRepository, NumberTaken
+from storage.assistants import AssistantRepository
+from storage.calls import CallRepository, CallStore
 from storage.database import Database, open_database
+from storage.deliveries import Attempt, DeliveryRecord, DeliveryStatus, WebhookRepository
 from storage.embedded import EmbeddedFerretDB, ferretdb_binary
-from storage.errors import CallNotFound, NotFound, StorageError
+from storage.errors import (
+    CallNotFound,
+    DeliveryBusy,
+    InvalidCursor,
+    NotFound,
+    NumberTaken,
+    StorageError,
+)
+from storage.leases import HeartbeatWriter, LeaseRepository
 from storage.models import (
     E164,
     ApiKeyRecord,
@@ -31,9 +41,7 @@ from storage.models import (
     TrunkKind,
     TurnRecord,
 )
-from storage.repository import CallRepository, CallStore, InvalidCursor
 from storage.sip import SipRepository
-from storage.webhooks import Attempt, DeliveryRecord, DeliveryStatus, WebhookRepository
 
 __all__ = [
     "E164",
@@ -51,13 +59,16 @@ __all__ = [
     "CallStatus",
     "CallStore",
     "Database",
+    "DeliveryBusy",
     "DeliveryRecord",
     "DeliveryStatus",
     "Direction",
     "DispatchKind",
     "DispatchRuleRecord",
     "EmbeddedFerretDB",
+    "HeartbeatWriter",
     "InvalidCursor",
+    "LeaseRepository",
     "NewCall",
     "NotFound",
     "NumberTaken",

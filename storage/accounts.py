@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 
 from pymongo.errors import DuplicateKeyError
 
+from storage.calls import _driver_errors, _object_id, _stored_time, _utc
 from storage.documents import ApiKeyDocument, OrganizationDocument
 from storage.errors import NotFound, StorageError
 from storage.models import ApiKeyRecord, Organization
-from storage.repository import _driver_errors, _object_id, _stored_time, _utc
 
 KEY_PREFIX = "vg_"
 

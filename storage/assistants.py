@@ -7,14 +7,10 @@ from datetime import UTC, datetime
 from beanie import PydanticObjectId
 from bson.errors import InvalidId
 
+from storage.calls import _driver_errors, _object_id, _stored_time, _utc
 from storage.documents import AssistantDocument
-from storage.errors import NotFound, StorageError
+from storage.errors import NotFound, NumberTaken
 from storage.models import AssistantConfig, AssistantRecord
-from storage.repository import _driver_errors, _object_id, _stored_time, _utc
-
-
-class NumberTaken(StorageError):
-    """A phone number already reaches another assistant."""
 
 
 def _record(doc: AssistantDocument) -> AssistantRecord:

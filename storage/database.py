@@ -9,6 +9,8 @@ from pymongo.errors import PyMongoError
 
 from storage.accounts import AccountRepository
 from storage.assistants import AssistantRepository
+from storage.calls import CallRepository
+from storage.deliveries import WebhookRepository
 from storage.documents import (
     ApiKeyDocument,
     AssistantDocument,
@@ -20,9 +22,8 @@ from storage.documents import (
     WebhookDeliveryDocument,
 )
 from storage.errors import StorageError
-from storage.repository import CallRepository
+from storage.leases import LeaseRepository
 from storage.sip import SipRepository
-from storage.webhooks import WebhookRepository
 
 _DOCUMENTS: list[type[Document]] = [
     CallDocument,
@@ -51,7 +52,8 @@ async def _ensure_indexes(
 
 
 class Database:
-    """An open database: its repositories (`calls`, `accounts`, `assistants`, `sip`), `close()`.
+    """An open database: its repositories (`calls`, `accounts`, `assistants`, `sip`,
+    `webhooks`, `leases`), and `close()`.
 
     Beanie binds document classes to one database per process: the last `open_database`
     wins, so a process opens one at a time (tests close theirs before opening another).
@@ -64,6 +66,7 @@ class Database:
         self.assistants = AssistantRepository()
         self.sip = SipRepository()
         self.webhooks = WebhookRepository()
+        self.leases = LeaseRepository()
 
     async def close(self) -> None:
         try:

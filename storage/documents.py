@@ -43,8 +43,9 @@ class CallDocument(Document):
     # webhook outbox turns it into a delivery, then clears it). Nothing is lost in between.
     report_pending: bool = False
     recording: dict[str, Any] | None = None  # a `RecordingState`, field by field
-    # While a gateway serves the call's audio it renews this; a call past it lost its gateway.
-    live_until: datetime | None = None
+    # The gateway serving the call's audio (its id); the call holds that gateway's lease
+    # (`gateway_leases`): once the gateway stops beating, any gateway finishes the call.
+    served_by: str | None = None
 
     class Settings:
         name = "calls"

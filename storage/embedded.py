@@ -1,6 +1,8 @@
 """The embedded database: a FerretDB process (MongoDB wire protocol on SQLite) on loopback.
 
 `voice-gateway serve` starts it when MONGODB_URL is unset; the tests start one per session.
+Where its binary is comes from the caller (the gateway's settings): nothing here reads the
+environment.
 """
 
 from __future__ import annotations
@@ -24,22 +26,18 @@ FERRETDB_VERSION = "v1.24.2"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("VOICE_GATEWAY_CACHE", Path.home() / ".cache" / "voice-gateway"))
-
-
-def ferretdb_binary() -> Path:
-    """The FerretDB binary: $FERRETDB_BIN, the per-user cache, or built now from a checkout.
+def ferretdb_binary(*, explicit: Path | None, cache_dir: Path) -> Path:
+    """The FerretDB binary: `explicit` (FERRETDB_BIN), the per-user cache (`cache_dir`,
+    VOICE_GATEWAY_CACHE), or built now from a checkout.
 
     Building runs scripts/ensure-ferretdb.sh (needs Go and the Go module proxy), so an
     installed package with no checkout beside it can only use the first two.
     """
-    explicit = os.environ.get("FERRETDB_BIN")
-    if explicit:
+    if explicit is not None:
         if not os.access(explicit, os.X_OK):
             raise StorageError(f"FERRETDB_BIN={explicit} is not an executable file")
-        return Path(explicit)
-    cached = _cache_dir() / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
+        return explicit
+    cached = cache_dir / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
     if os.access(cached, os.X_OK):
         return cached
     script = _REPO_ROOT / "scripts" / "ensure-ferretdb.sh"
@@ -50,7 +48,10 @@ def ferretdb_binary() -> Path:
             f"set FERRETDB_BIN to a FerretDB {FERRETDB_VERSION} binary, or set MONGODB_URL "
             f"(looked for {cached})"
         )
-    built = subprocess.run(["bash", str(script)], check=False, capture_output=True, text=True)
+    env = {**os.environ, "VOICE_GATEWAY_CACHE": str(cache_dir)}
+    built = subprocess.run(
+        ["bash", str(script)], check=False, capture_output=True, text=True, env=env
+    )
     if built.returncode != 0:
         raise StorageError(f"{script} failed:\n" + built.stderr[-2000:])
     return Path(built.stdout.strip().splitlines()[-1])
@@ -70,9 +71,13 @@ def _free_port() -> int:
 
 
 class EmbeddedFerretDB:
-    """Starts FerretDB on 127.0.0.1 with its data in `data_dir`; `url` is its MongoDB URL."""
+    """Starts `binary` (see `ferretdb_binary`) on 127.0.0.1 with its data in `data_dir`;
+    `url` is its MongoDB URL."""
 
-    def __init__(self, *, data_dir: Path, port: int = 0, start_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, *, binary: Path, data_dir: Path, port: int = 0, start_timeout_s: float = 30.0
+    ) -> None:
+        self.binary = binary
         self.data_dir = Path(data_dir)
         self.port = port or _free_port()
         self._timeout = start_timeout_s
@@ -90,7 +95,7 @@ class EmbeddedFerretDB:
         """Start the server and return once it answers a MongoDB `ping`."""
         if self._proc is not None:
             raise StorageError("FerretDB is already running")
-        binary = ferretdb_binary()
+        binary = self.binary
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "FERRETDB_TELEMETRY": "disable", "DO_NOT_TRACK": "1"}
         with self.log_path.open("ab") as log:

@@ -13,3 +13,15 @@ class NotFound(StorageError):
 
 class CallNotFound(NotFound):
     """No call with that id."""
+
+
+class InvalidCursor(StorageError):
+    """A page cursor this store did not issue."""
+
+
+class NumberTaken(StorageError):
+    """A phone number another assistant already answers."""
+
+
+class DeliveryBusy(StorageError):
+    """A gateway holds the delivery's lease right now (it is being sent)."""

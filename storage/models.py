@@ -113,6 +113,7 @@ class CallRecord:
     greeting: str | None = None
     answered_by: str | None = None
     recording: RecordingState | None = None
+    served_by: str | None = None  # the gateway serving its audio, while it is live
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import cast
 
+from storage.calls import _driver_errors, _object_id, _stored_time, _utc
 from storage.documents import DispatchRuleDocument, SipTrunkDocument
 from storage.errors import NotFound
 from storage.models import (
@@ -18,7 +19,6 @@ from storage.models import (
     SipTrunkRecord,
     TrunkKind,
 )
-from storage.repository import _driver_errors, _object_id, _stored_time, _utc
 
 
 def _trunk(doc: SipTrunkDocument) -> SipTrunkRecord:
@@ -173,12 +173,6 @@ class SipRepository:
         if doc is None:
             raise NotFound(f"no dispatch rule {rule_id!r}")
         return _rule(doc)
-
-    @_driver_errors
-    async def rule_by_livekit_id(self, livekit_id: str) -> DispatchRuleRecord | None:
-        """The rule LiveKit names on a SIP participant (`sip.ruleID`), whatever its org."""
-        doc = await DispatchRuleDocument.find_one(DispatchRuleDocument.livekit_id == livekit_id)
-        return _rule(doc) if doc else None
 
     @_driver_errors
     async def remove_rule(self, rule_id: str) -> None:

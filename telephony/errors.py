@@ -1,4 +1,5 @@
-"""Errors of the telephony layer; the gateway maps them to close codes and HTTP statuses."""
+"""Errors of the telephony layer (carrier protocols and APIs); the gateway maps them to
+close codes and HTTP statuses at its edge (see `gateway.errors`)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,38 @@ class ProtocolError(TelephonyError):
 
 class SignatureError(TelephonyError):
     """A missing or wrong request signature or stream token."""
+
+
+class CarrierError(TelephonyError):
+    """The carrier (Twilio, or LiveKit's SIP service) refused or failed to place a call.
+
+    A 4xx from the carrier is the request's fault (e.g. a number it cannot dial): HTTP 422
+    at our edge. Anything else is the carrier's: HTTP 502.
+    """
+
+    def __init__(self, message: str, *, carrier: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.carrier = carrier
+        self.status = status
+
+    @property
+    def caller_fault(self) -> bool:
+        return self.status is not None and 400 <= self.status < 500 and self.status != 401
+
+
+class LiveKitError(TelephonyError):
+    """LiveKit refused or could not serve a request; `status` is its HTTP status, `code`
+    its Twirp error code (e.g. `not_found`)."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    @property
+    def caller_fault(self) -> bool:
+        return self.status is not None and 400 <= self.status < 500 and self.status != 401
+
+
+class TransferError(TelephonyError):
+    """A call could not be transferred (no way to do it on this transport, or it failed)."""

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from storage import Database, EmbeddedFerretDB, open_database
+from storage import Database, open_database
+from tests.ferretdb_server import embedded_ferretdb
 from tests.livekit_server import LiveKitServer, run_livekit_server
 from tests.s3_server import S3Server, run_s3_server
 
@@ -21,7 +22,7 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    with EmbeddedFerretDB(data_dir=tmp_path_factory.mktemp("ferretdb")) as server:
+    with embedded_ferretdb(tmp_path_factory.mktemp("ferretdb")) as server:
         yield server.url
 
 

@@ -32,9 +32,10 @@ from storage import (
     RecordingState,
     WebhookRepository,
 )
+from webhooks.errors import UnresolvedHost, UnsafeURL
 from webhooks.events import CALL_ENDED, call_ended_body
 from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from webhooks.ssrf import SsrfGuard, UnresolvedHost, UnsafeURL, pinned_url
+from webhooks.ssrf import SsrfGuard, pinned_url
 
 log = logging.getLogger(__name__)
 

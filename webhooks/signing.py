@@ -6,13 +6,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from webhooks.errors import SignatureMismatch
+
 SIGNATURE_HEADER = "X-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Webhook-Timestamp"
 ID_HEADER = "X-Webhook-Id"
-
-
-class SignatureMismatch(Exception):
-    """The signature does not match, or the timestamp is outside the tolerance."""
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

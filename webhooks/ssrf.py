@@ -14,20 +14,14 @@ import socket
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from webhooks.errors import UnresolvedHost, UnsafeURL
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: an IPv4 address in the last 32 bits
 # What inet_aton reads as an IPv4 address although ipaddress does not: 127.1, 0x7f.1,
 # 2130706433, 0177.0.0.1 (the C library's legacy forms, which resolvers honour).
 _LEGACY_IPV4 = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$", re.IGNORECASE)
-
-
-class UnsafeURL(Exception):
-    """The URL is not http(s), or reaches an address the guard refuses."""
-
-
-class UnresolvedHost(Exception):
-    """The host name did not resolve (now: DNS failures may pass, so this is retryable)."""
 
 
 def _refused(ip: IPAddress) -> str | None:

@@ -160,3 +160,16 @@ class TTS(Protocol):
         ...
 
     async def open(self, *, call_id: str, sample_rate: int) -> TTSConnection: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Providers:
+    """The engines one call runs on."""
+
+    stt: STT
+    llm: LLM
+    tts: TTS
+    # Local engines that need no network: the fallback STT serves a call whose STT cannot
+    # be opened; the fallback TTS speaks the apology when `tts` itself failed.
+    fallback_stt: STT | None = None
+    fallback_tts: TTS | None = None

@@ -7,8 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from gateway.providers.base import Providers
 from gateway.providers.registry import build_default_providers
-from gateway.session import Providers
 from gateway.settings import Settings
 from storage import AssistantConfig
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from gateway.errors import ConfigError, ProviderError
-from gateway.providers.base import LLM, STT, TTS
+from gateway.providers.base import LLM, STT, TTS, Providers
 from gateway.providers.cartesia_tts import CartesiaTTS
 from gateway.providers.deepgram_stt import DeepgramSTT
 from gateway.providers.domain_lm import default_dict_file, default_lm_file
@@ -21,7 +21,6 @@ from gateway.providers.local_agent import LocalScriptedAgent
 from gateway.providers.local_stt import PocketSphinxSTT
 from gateway.providers.local_tts import EspeakTTS
 from gateway.providers.openai_llm import HttpTool, OpenAIChatLLM
-from gateway.session import Providers
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)

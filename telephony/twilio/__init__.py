@@ -1,4 +1,5 @@
-"""Twilio Media Streams (sans-I/O protocol and typed messages), TwiML and request signatures."""
+"""Twilio: Media Streams (sans-I/O protocol and typed messages), TwiML, request signatures,
+per-call stream tokens and the REST API for calls."""
 
 from telephony.twilio.messages import (
     AccountSid,
@@ -28,9 +29,15 @@ from telephony.twilio.protocol import (
     StreamState,
     StreamStopped,
 )
+from telephony.twilio.rest import TwilioCalls
 from telephony.twilio.signature import TwilioSignatureValidator
 from telephony.twilio.stream_token import issue_stream_token, verify_stream_token
-from telephony.twilio.twiml import connect_stream_twiml, stream_url_for
+from telephony.twilio.twiml import (
+    connect_stream_twiml,
+    dial_twiml,
+    say_and_hang_up_twiml,
+    stream_url_for,
+)
 
 __all__ = [
     "AccountSid",
@@ -55,11 +62,14 @@ __all__ = [
     "StreamStarted",
     "StreamState",
     "StreamStopped",
+    "TwilioCalls",
     "TwilioSignatureValidator",
     "Unknown",
     "connect_stream_twiml",
+    "dial_twiml",
     "issue_stream_token",
     "parse_message",
+    "say_and_hang_up_twiml",
     "stream_url_for",
     "verify_stream_token",
 ]

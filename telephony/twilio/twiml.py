@@ -1,4 +1,5 @@
-"""TwiML that connects a call's audio to the gateway's Media Streams endpoint."""
+"""Every TwiML the gateway answers or sends: connecting a call's audio to the Media Streams
+endpoint, handing it to another number, and a spoken refusal."""
 
 from __future__ import annotations
 
@@ -28,3 +29,18 @@ def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
         stream.parameter(name=name, value=value)
     response.append(connect)
     return str(response.to_xml(xml_declaration=True))
+
+
+def dial_twiml(to: str) -> str:
+    """`<Dial>` TwiML handing the call to `to` (a number or SIP URI)."""
+    response = VoiceResponse()
+    response.dial(to)
+    return str(response)
+
+
+def say_and_hang_up_twiml(text: str) -> str:
+    """TwiML that says `text` and hangs up."""
+    response = VoiceResponse()
+    response.say(text)
+    response.hangup()
+    return str(response)

@@ -15,7 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.context import GatewayContext
+from gateway.services import Services
 from gateway.settings import Settings
 from telephony.twilio import TwilioSignatureValidator
 
@@ -113,11 +113,12 @@ def _wait_for(client: TestClient, query: str, n: int, headers: dict[str, str] = 
 
 
 def _other_org_key(client: TestClient) -> str:
-    ctx: GatewayContext = client.app.state.gateway  # type: ignore[attr-defined]
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    accounts = services.database.accounts
 
     async def make() -> str:
-        org = await ctx.accounts.ensure_organization("globex-" + uuid.uuid4().hex[:6])
-        return (await ctx.accounts.create_key(org.id, name="other"))[1]
+        org = await accounts.ensure_organization("globex-" + uuid.uuid4().hex[:6])
+        return (await accounts.create_key(org.id, name="other"))[1]
 
     assert client.portal is not None
     return client.portal.call(make)

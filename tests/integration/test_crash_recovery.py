@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from audio.codec import ulaw_decode
-from gateway.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
+from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 from tests.s3_server import S3Server
 from tests.webhook_receiver import WebhookReceiver, run_webhook_receiver
 from webhooks.signing import verify

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
+from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 
 from .conftest import FakeServer, GatewayProcess, run_gateway
 

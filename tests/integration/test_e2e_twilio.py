@@ -11,7 +11,7 @@ import httpx
 import pytest
 import websockets
 
-from gateway.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
+from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 from telephony.twilio import TwilioSignatureValidator
 
 from .conftest import GatewayProcess

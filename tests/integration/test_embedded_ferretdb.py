@@ -9,7 +9,9 @@ import pytest
 from pymongo import MongoClient
 
 import storage.embedded
-from storage import EmbeddedFerretDB, StorageError
+from gateway.settings import Settings
+from storage import StorageError
+from tests.ferretdb_server import embedded_ferretdb
 
 
 def _ping(url: str) -> dict[str, object]:
@@ -21,20 +23,20 @@ def _ping(url: str) -> dict[str, object]:
 
 
 def test_starts_on_a_free_port_and_answers(tmp_path: Path) -> None:
-    with EmbeddedFerretDB(data_dir=tmp_path) as server:
+    with embedded_ferretdb(tmp_path) as server:
         assert server.url == f"mongodb://127.0.0.1:{server.port}/" and server.port > 0
         assert _ping(server.url)["ok"] == 1.0
     assert "listening" in server.log_path.read_text()
 
 
 def test_data_persists_across_a_restart(tmp_path: Path) -> None:
-    with EmbeddedFerretDB(data_dir=tmp_path) as server:
+    with embedded_ferretdb(tmp_path) as server:
         client: MongoClient[dict[str, object]] = MongoClient(server.url)
         client.app.notes.insert_one({"_id": "n1", "text": "kept"})
         client.close()
     with pytest.raises(OSError):  # stopped: nothing listens any more
         _ping_once(server.url)
-    with EmbeddedFerretDB(data_dir=tmp_path) as server:
+    with embedded_ferretdb(tmp_path) as server:
         client = MongoClient(server.url)
         assert client.app.notes.find_one({"_id": "n1"}) == {"_id": "n1", "text": "kept"}
         client.close()
@@ -55,7 +57,7 @@ def test_a_server_that_dies_at_start_reports_its_log(
     fake.chmod(0o755)
     monkeypatch.setenv("FERRETDB_BIN", str(fake))
     with pytest.raises(StorageError, match=r"(?s)status 3.*cannot open data dir"):
-        EmbeddedFerretDB(data_dir=tmp_path / "data").start()
+        embedded_ferretdb(tmp_path / "data").start()
 
 
 def test_outside_a_checkout_it_says_how_to_build(
@@ -64,6 +66,9 @@ def test_outside_a_checkout_it_says_how_to_build(
     monkeypatch.delenv("FERRETDB_BIN", raising=False)
     monkeypatch.setenv("VOICE_GATEWAY_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(storage.embedded, "_REPO_ROOT", tmp_path / "site-packages")
+    settings = Settings()
     with pytest.raises(StorageError, match=r"ensure-ferretdb\.sh"):
-        storage.embedded.ferretdb_binary()
+        storage.embedded.ferretdb_binary(
+            explicit=settings.ferretdb_bin, cache_dir=settings.voice_gateway_cache
+        )
     assert os.environ["VOICE_GATEWAY_CACHE"].endswith("empty-cache")

@@ -29,8 +29,8 @@ import pytest
 from google.protobuf.json_format import MessageToJson
 from livekit import api as lkapi
 
-from gateway.livekit_calls import ATTR_ASSISTANT, ATTR_ORG
-from gateway.livekit_egress import START_TIMEOUT_S
+from gateway.livekit.egress import START_TIMEOUT_S
+from gateway.livekit.room import ATTR_ASSISTANT, ATTR_ORG
 from storage import CallRecord, Database, open_database
 from tests.integration.conftest import GatewayProcess, run_gateway
 from tests.livekit_caller import RoomCaller, caller_token, espeak_pcm16k

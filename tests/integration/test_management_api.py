@@ -21,7 +21,7 @@ from livekit import api as lkapi
 from livekit.protocol import sip as lksip
 from openapi_spec_validator import validate
 
-from gateway.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
+from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 from tests.integration.conftest import FakeServer, GatewayProcess, run_gateway
 from tests.livekit_server import LiveKitServer
 

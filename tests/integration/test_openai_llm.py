@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 
 import pytest
 
+from gateway.call.persona import Persona, PersonaLLM
 from gateway.errors import ProviderError
-from gateway.persona import Persona, PersonaLLM
 from gateway.providers.base import (
     ChatMessage,
     HangUp,

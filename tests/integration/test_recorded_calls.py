@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from audio.codec import ulaw_decode
-from audio.recorder import read_wav
-from gateway.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
+from audio.stereo import read_wav
+from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 from tests.s3_server import TEST_PART_MIN_BYTES, S3Server
 from tests.webhook_receiver import WebhookReceiver, run_webhook_receiver
 from webhooks.signing import verify

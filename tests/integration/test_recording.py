@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from audio.codec import ulaw_decode, ulaw_encode
-from audio.recorder import WavEncoding, WavFormat, read_wav
-from gateway.recording import CallRecorder, RecordingBucket
+from audio.stereo import WavEncoding, WavFormat, read_wav
+from gateway.recording.bucket import RecordingBucket
+from gateway.recording.recorder import CallRecorder
 from storage import CallRecord, Database, Direction, NewCall, RecordingState
 from tests.s3_server import TEST_PART_MIN_BYTES, S3Server
 

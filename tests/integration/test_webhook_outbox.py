@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from storage import AssistantConfig, CallStatus, Database, Direction, NewCall
-from storage.webhooks import Attempt
+from storage.deliveries import Attempt
 from tests.net import free_port
 from webhooks.events import CALL_ENDED
 from webhooks.outbox import RetryPolicy, WebhookOutbox

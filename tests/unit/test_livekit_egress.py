@@ -7,8 +7,8 @@ from livekit import api
 from pydantic import SecretStr
 
 from gateway.errors import ConfigError
-from gateway.livekit_egress import ended_state, room_recording_request
-from gateway.recording import recording_key
+from gateway.livekit.egress import ended_state, room_recording_request
+from gateway.recording.bucket import recording_key
 from gateway.settings import Settings
 from storage import RecordingState
 

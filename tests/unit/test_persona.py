@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from gateway.persona import MissingPlaceholders, Persona, PersonaLLM, fill, placeholders
+from gateway.call.persona import MissingPlaceholders, Persona, PersonaLLM, fill, placeholders
 from gateway.providers.base import ChatMessage, LLMEvent, TextDelta
 from gateway.providers.catalog import settings_for
 from gateway.settings import Settings

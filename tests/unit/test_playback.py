@@ -1,4 +1,4 @@
-from gateway.playback import PlaybackTracker
+from gateway.call.playback import PlaybackTracker
 
 
 class _Clock:

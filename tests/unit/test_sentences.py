@@ -1,4 +1,4 @@
-from gateway.sentences import SentenceChunker
+from gateway.call.sentences import SentenceChunker
 
 
 def test_sentences_come_out_as_soon_as_they_end() -> None:

@@ -1,7 +1,9 @@
-"""CallSession with in-process doubles of its own collaborators (transport, providers, store).
+"""CallSession, run by its CallLifecycle, with in-process doubles of their own collaborators
+(the carrier's leg and transport, providers, store).
 
 The wire-level proof is tests/integration/test_e2e_twilio.py; these pin the turn-taking
-rules: greet first, answer after end of turn, barge-in clears and keeps only what was heard.
+rules: greet first, answer after end of turn, barge-in clears and keeps only what was heard;
+and the lifecycle's: the call is finished once, with the first reason given.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import numpy as np
 import numpy.typing as npt
 
 from audio.frames import AudioFrame
+from gateway.call.lifecycle import CallEnding, CallLifecycle, CallRuntime, LiveCalls
+from gateway.call.session import SessionConfig
 from gateway.errors import ProviderError
 from gateway.metrics import GatewayMetrics
-from gateway.providers.base import ChatMessage, LLMEvent, Transcript
+from gateway.providers.base import ChatMessage, LLMEvent, Providers, Transcript
+from gateway.providers.catalog import ProviderCatalog
 from gateway.providers.local_agent import LocalScriptedAgent
 from gateway.providers.sentence_speech import SentenceConnection
-from gateway.session import CallSession, Providers, SessionConfig
-from storage import CallRecord, CallStatus, Speaker, TurnRecord
+from gateway.settings import Settings
+from storage import CallRecord, CallStatus, Direction, Speaker, TurnRecord
 
 RATE = 8000
 
@@ -31,7 +36,7 @@ class FakeTransport:
 
     sample_rate = RATE
 
-    def __init__(self, session_ref: list[CallSession], speed: float = 5.0) -> None:
+    def __init__(self, session_ref: list[CallLifecycle], speed: float = 5.0) -> None:
         self._session_ref = session_ref
         self._speed = speed
         self.played_samples = 0
@@ -39,6 +44,7 @@ class FakeTransport:
         self.hung_up = False
         self._queue: asyncio.Queue[int | str] = asyncio.Queue()
         self._task = asyncio.create_task(self._playout())
+        self._closed = asyncio.Event()
 
     async def play(self, pcm: npt.NDArray[np.int16]) -> None:
         await self._queue.put(int(pcm.shape[0]))
@@ -53,8 +59,11 @@ class FakeTransport:
             if isinstance(item, str):
                 self._session_ref[0].on_mark(item)
 
-    async def hang_up(self) -> None:
-        self.hung_up = True
+    async def run(self) -> None:
+        await self._closed.wait()
+
+    def close(self) -> None:
+        self._closed.set()
 
     async def _playout(self) -> None:
         while True:
@@ -121,6 +130,32 @@ class ToneTTS:
             yield tone[i : i + 480]
 
 
+class FakeLeg:
+    """A carrier's leg: its transport, and hanging up."""
+
+    def __init__(self, transport: FakeTransport) -> None:
+        self._transport = transport
+
+    def recording(self) -> None:
+        raise AssertionError("these calls are not recorded")
+
+    def transport(self, recording: object) -> FakeTransport:
+        return self._transport
+
+    async def close(self, ending: CallEnding) -> None:
+        self._transport.hung_up = True
+
+
+class NoAssistants:
+    async def get_any(self, assistant_id: str) -> None:
+        return None
+
+
+class NoOutbox:
+    def poke(self) -> None:
+        pass
+
+
 @dataclass
 class MemoryStore:
     turns: list[dict[str, object]] = field(default_factory=list)
@@ -158,6 +193,53 @@ class MemoryStore:
         self.finished.append((status, end_reason))
         return None
 
+    async def set_served_by(self, call_id: str, gateway_id: str) -> None:
+        pass
+
+    async def set_status(self, call_id: str, status: CallStatus) -> None:
+        pass
+
+
+def _call(call_id: str) -> CallRecord:
+    return CallRecord(
+        id=call_id, org_id=None, transport="test", call_sid="", stream_sid=None,
+        from_number="+15550001111", to_number="+15550002222", direction=Direction.INBOUND,
+        assistant_id=None, metadata={}, status=CallStatus.RINGING, started_at=datetime.now(),
+        ended_at=None, duration_s=None, end_reason=None,
+    )  # fmt: skip
+
+
+async def _answered(
+    call_id: str,
+    providers: Providers,
+    store: MemoryStore,
+    ref: list[CallLifecycle],
+    transport: FakeTransport,
+    metrics: GatewayMetrics | None = None,
+) -> CallLifecycle:
+    """A call taken and answered by its lifecycle, as a carrier would."""
+    runtime = CallRuntime(
+        store=store,  # type: ignore[arg-type]
+        assistants=NoAssistants(),  # type: ignore[arg-type]
+        catalog=ProviderCatalog(Settings(), providers),
+        session_config=SessionConfig(silence_ms=400),
+        metrics=metrics or GatewayMetrics(),
+        reports=NoOutbox(),
+        live=LiveCalls("gw-test"),
+        recordings_enabled=False,
+    )
+    call = CallLifecycle(runtime, _call(call_id), FakeLeg(transport))
+    ref.append(call)
+    call.take()
+    await call.answer()
+    return call
+
+
+async def _hang_up(call: CallLifecycle) -> None:
+    """The caller hangs up; the call is finished once."""
+    call.request_end("caller-hung-up")
+    await call.finished()
+
 
 def _speech(ms: int) -> list[np.ndarray]:
     t = np.arange(RATE * ms // 1000) / RATE
@@ -170,7 +252,7 @@ def _silence(ms: int) -> list[np.ndarray]:
     return [np.zeros(160, dtype=np.int16)] * (ms // 20)
 
 
-async def _feed(session: CallSession, frames: list[np.ndarray], speed: float = 20.0) -> None:
+async def _feed(session: CallLifecycle, frames: list[np.ndarray], speed: float = 20.0) -> None:
     for frame in frames:
         await session.on_audio(AudioFrame(frame, RATE))
         await asyncio.sleep(0.02 / speed)
@@ -179,23 +261,16 @@ async def _feed(session: CallSession, frames: list[np.ndarray], speed: float = 2
 async def _run(
     texts: list[str], script: list[tuple[str, int]]
 ) -> tuple[MemoryStore, FakeTransport]:
-    ref: list[CallSession] = []
+    ref: list[CallLifecycle] = []
     transport = FakeTransport(ref)
     store = MemoryStore()
-    session = CallSession(
-        call_id="call-1",
-        transport=transport,
-        providers=Providers(
-            ScriptedSTT(texts), LocalScriptedAgent(greeting="Hello, how can I help?"), ToneTTS()
-        ),
-        store=store,  # type: ignore[arg-type]
-        config=SessionConfig(silence_ms=400),
-    )  # fmt: skip
-    ref.append(session)
-    await session.start()
+    providers = Providers(
+        ScriptedSTT(texts), LocalScriptedAgent(greeting="Hello, how can I help?"), ToneTTS()
+    )
+    session = await _answered("call-1", providers, store, ref, transport)
     for kind, ms in script:
         await _feed(session, _speech(ms) if kind == "speech" else _silence(ms))
-    await session.end(reason="caller-hung-up")
+    await _hang_up(session)
     await transport.aclose()
     return store, transport
 
@@ -276,21 +351,14 @@ class FlakyAgent:
 
 
 async def _run_with_agent(agent: FlakyAgent) -> MemoryStore:
-    ref: list[CallSession] = []
+    ref: list[CallLifecycle] = []
     transport = FakeTransport(ref)
     store = MemoryStore()
-    session = CallSession(
-        call_id="call-2",
-        transport=transport,
-        providers=Providers(ScriptedSTT(["what are your hours"]), agent, ToneTTS()),
-        store=store,  # type: ignore[arg-type]
-        config=SessionConfig(silence_ms=400),
-    )
-    ref.append(session)
-    await session.start()
+    providers = Providers(ScriptedSTT(["what are your hours"]), agent, ToneTTS())
+    session = await _answered("call-2", providers, store, ref, transport)
     for kind, ms in [("silence", 3000), ("speech", 800), ("silence", 12000)]:
         await _feed(session, _speech(ms) if kind == "speech" else _silence(ms))
-    await session.end(reason="caller-hung-up")
+    await _hang_up(session)
     await transport.aclose()
     return store
 
@@ -334,26 +402,18 @@ class BrokenTTS(ToneTTS):
 
 
 async def test_a_tts_that_drops_mid_turn_gives_way_to_the_fallback_apology() -> None:
-    ref: list[CallSession] = []
+    ref: list[CallLifecycle] = []
     transport = FakeTransport(ref)
     store = MemoryStore()
     metrics = GatewayMetrics()
     broken = BrokenTTS()
-    session = CallSession(
-        call_id="call-3",
-        transport=transport,
-        providers=Providers(
-            ScriptedSTT([]), LocalScriptedAgent(greeting="Hello, how can I help?"), broken,
-            fallback_tts=ToneTTS(),
-        ),
-        store=store,  # type: ignore[arg-type]
-        config=SessionConfig(silence_ms=400),
-        metrics=metrics,
+    providers = Providers(
+        ScriptedSTT([]), LocalScriptedAgent(greeting="Hello, how can I help?"), broken,
+        fallback_tts=ToneTTS(),
     )  # fmt: skip
-    ref.append(session)
-    await session.start()
+    session = await _answered("call-3", providers, store, ref, transport, metrics)
     await _feed(session, _silence(8000))
-    await session.end(reason="caller-hung-up")
+    await _hang_up(session)
     await transport.aclose()
     # The greeting started playing, so it is not retried: the apology follows at once,
     # spoken by the fallback TTS, and the call goes on.

@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from webhooks.ssrf import SsrfGuard, UnresolvedHost, UnsafeURL, pinned_url
+from webhooks.errors import UnresolvedHost, UnsafeURL
+from webhooks.ssrf import SsrfGuard, pinned_url
 
 REFUSED = [
     "http://127.0.0.1/hook",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from audio.codec import ulaw_decode, ulaw_encode
-from audio.recorder import (
+from audio.stereo import (
     UNKNOWN_SIZE,
     StereoTimeline,
     WavFormat,

@@ -71,7 +71,7 @@ def test_noise_floor_adapts_to_louder_background() -> None:
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_espeak_speech_through_the_phone_path() -> None:
-    from gateway.simulated_twilio import espeak_mulaw
+    from gateway.demo.simulated_twilio import espeak_mulaw
 
     speech = ulaw_decode(espeak_mulaw("What are your opening hours?"))
     pcm = np.concatenate([_noise(800), speech, _noise(1500, seed=5)])

@@ -1,0 +1,80 @@
+"""Assistants through the API: prompt and greeting with `{{placeholders}}`, providers,
+voice, webhook URL (checked by the SSRF guard), maximum duration, recording, numbers."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ValidationError
+
+from gateway.api.models import AssistantList, AssistantOut, AssistantPatch
+from gateway.api.operations import ApiRequest, Operation
+from gateway.errors import ConflictError, RequestInvalid
+from storage import AssistantConfig
+
+
+def _check_webhook_url(req: ApiRequest, config: AssistantConfig) -> None:
+    if config.webhook_url:
+        req.services.ssrf_guard.check_literal(config.webhook_url)
+
+
+async def create_assistant(req: ApiRequest) -> BaseModel:
+    config = req.body_as(AssistantConfig)
+    _check_webhook_url(req, config)
+    assistants = req.services.database.assistants
+    return AssistantOut.of(await assistants.create(req.principal.org_id, config))
+
+
+async def list_assistants(req: ApiRequest) -> BaseModel:
+    records = await req.services.database.assistants.list(req.principal.org_id)
+    return AssistantList(items=[AssistantOut.of(r) for r in records])
+
+
+async def get_assistant(req: ApiRequest) -> BaseModel:
+    assistants = req.services.database.assistants
+    return AssistantOut.of(await assistants.get(req.principal.org_id, req.path["assistant_id"]))
+
+
+async def update_assistant(req: ApiRequest) -> BaseModel:
+    org_id, assistant_id = req.principal.org_id, req.path["assistant_id"]
+    assistants = req.services.database.assistants
+    current = await assistants.get(org_id, assistant_id)
+    changes = req.body_as(AssistantPatch).model_dump(exclude_unset=True)
+    try:
+        merged = AssistantConfig.model_validate({**current.config.model_dump(), **changes})
+    except ValidationError as exc:
+        details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        raise RequestInvalid("invalid assistant fields", details) from exc
+    _check_webhook_url(req, merged)
+    return AssistantOut.of(await assistants.replace(org_id, assistant_id, merged))
+
+
+async def delete_assistant(req: ApiRequest) -> None:
+    org_id, assistant_id = req.principal.org_id, req.path["assistant_id"]
+    db = req.services.database
+    rules = [r.id for r in await db.sip.rules(org_id) if r.assistant_id == assistant_id]
+    if rules:
+        raise ConflictError("the assistant is used by dispatch rules: " + ", ".join(rules))
+    await db.assistants.delete(org_id, assistant_id)
+
+
+OPERATIONS = [
+    Operation(
+        "POST", "/assistants", create_assistant, "Create an assistant", "assistants",
+        body=AssistantConfig, response=AssistantOut, status=201, errors=(401, 409, 422),
+    ),
+    Operation(
+        "GET", "/assistants", list_assistants, "List assistants", "assistants",
+        response=AssistantList, errors=(401,),
+    ),
+    Operation(
+        "GET", "/assistants/{assistant_id}", get_assistant, "An assistant", "assistants",
+        response=AssistantOut, errors=(401, 404),
+    ),
+    Operation(
+        "PATCH", "/assistants/{assistant_id}", update_assistant, "Change an assistant",
+        "assistants", body=AssistantPatch, response=AssistantOut, errors=(401, 404, 409, 422),
+    ),
+    Operation(
+        "DELETE", "/assistants/{assistant_id}", delete_assistant, "Delete an assistant",
+        "assistants", status=204, errors=(401, 404, 409),
+    ),
+]  # fmt: skip

@@ -1,0 +1,145 @@
+"""Calls through the API: pages of calls, one call with its transcript and recording link,
+and placing an outbound call (stored first, then dialled by its carrier)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+
+from gateway.api.models import (
+    CallDetail,
+    CallList,
+    CallOut,
+    CallQuery,
+    OutboundCallOut,
+    OutboundCallRequest,
+)
+from gateway.api.operations import ApiRequest, Operation
+from gateway.call.records import open_call
+from gateway.errors import NotConfigured, RequestInvalid
+from gateway.livekit.outbound import dial_livekit
+from gateway.logs import call_id_var
+from gateway.twilio.outbound import dial_twilio
+from storage import CallFilter, CallNotFound, CallStatus, Direction, SipTrunkRecord
+from telephony.errors import CarrierError
+
+log = logging.getLogger(__name__)
+
+
+async def list_calls(req: ApiRequest) -> BaseModel:
+    q = req.query_as(CallQuery)
+    page = await req.services.database.calls.list_calls(
+        CallFilter(
+            org_id=req.principal.org_id,
+            assistant_id=q.assistant_id,
+            status=q.status,
+            direction=q.direction,
+            started_after=q.started_after,
+            started_before=q.started_before,
+        ),
+        limit=q.limit,
+        cursor=q.cursor or None,  # an empty cursor is the first page
+    )
+    return CallList(items=[CallOut.of(c) for c in page.items], next_cursor=page.next_cursor)
+
+
+async def get_call(req: ApiRequest) -> BaseModel:
+    call_id = req.path["call_id"]
+    call = await req.services.database.calls.get_call(call_id)
+    if call.org_id != req.principal.org_id:
+        raise CallNotFound(f"no call {call_id!r}")
+    detail = CallDetail.of(call)
+    recordings = req.services.recordings
+    if call.recording is not None and recordings is not None:
+        detail.recording_url = recordings.url(call.recording)
+    return detail
+
+
+async def _outbound_trunk(req: ApiRequest, trunk_id: str | None) -> SipTrunkRecord:
+    sip, org_id = req.services.database.sip, req.principal.org_id
+    if trunk_id is not None:
+        return await sip.trunk(org_id, trunk_id, "outbound")
+    trunks = await sip.trunks(org_id, "outbound")
+    if len(trunks) != 1:
+        raise RequestInvalid(
+            "trunk_id is required: the organisation has "
+            f"{len(trunks)} outbound trunks" + ("" if trunks else " (create one first)")
+        )
+    return trunks[0]
+
+
+async def place_outbound_call(req: ApiRequest) -> BaseModel:
+    """Store the call (`queued`, its persona filled), then ask its carrier to dial. A
+    carrier refusal finishes the stored call as `failed`, so nothing dangles."""
+    services, body = req.services, req.body_as(OutboundCallRequest)
+    db = services.database
+    assistant = await db.assistants.get(req.principal.org_id, body.assistant_id)
+    trunk = None
+    if body.call_service == "twilio":
+        if services.twilio.rest is None:
+            raise NotConfigured(
+                "Twilio REST is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN)"
+            )
+        if body.from_number is None:
+            raise RequestInvalid("from_number is required for call_service=twilio")
+        from_number = body.from_number
+    else:
+        if services.rooms is None:
+            raise NotConfigured("LiveKit is not configured (LIVEKIT_URL, _API_KEY, _API_SECRET)")
+        trunk = await _outbound_trunk(req, body.trunk_id)
+        from_number = body.from_number or trunk.numbers[0]
+    call = await open_call(
+        db.calls,
+        db.accounts,
+        assistant=assistant,
+        transport=body.call_service,
+        direction=Direction.OUTBOUND,
+        from_number=from_number,
+        to_number=body.to_number,
+        metadata=body.metadata,
+        status=CallStatus.QUEUED,
+    )
+    call_id_var.set(call.id)
+    if trunk is None:
+        try:
+            sid = await dial_twilio(services, call, machine_detection=body.machine_detection)
+        except CarrierError:
+            await db.calls.finish_call(
+                call.id,
+                status=CallStatus.FAILED,
+                end_reason="carrier-refused",
+                ended_at=datetime.now(UTC),
+            )
+            raise
+        room_name = None
+    else:
+        sid = await dial_livekit(services, call, trunk)
+        room_name = f"call-{call.id}"
+    await db.calls.set_call_sid(call.id, sid)
+    return OutboundCallOut(
+        call_id=call.id,
+        status=CallStatus.QUEUED,
+        call_service=body.call_service,
+        call_sid=sid,
+        room_name=room_name,
+    )
+
+
+OPERATIONS = [
+    Operation(
+        "GET", "/calls", list_calls, "List calls, newest first", "calls",
+        response=CallList, query=CallQuery, errors=(401, 422),
+    ),
+    Operation(
+        "GET", "/calls/{call_id}", get_call, "A call with its transcript and metrics", "calls",
+        response=CallDetail, errors=(401, 404),
+    ),
+    Operation(
+        "POST", "/call/outbound", place_outbound_call,
+        "Place an outbound call from an assistant", "calls",
+        body=OutboundCallRequest, response=OutboundCallOut, status=201,
+        errors=(401, 404, 422, 502, 503),
+    ),
+]  # fmt: skip

@@ -1,0 +1,118 @@
+"""The OpenAPI 3.1 document of the management API, generated from the `Operation`s and the
+pydantic models the routes validate and serialise with, and the page that shows it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.responses import HTMLResponse
+
+from gateway.api.operations import Operation
+from gateway.errors import ErrorResponse
+
+_REF = "#/components/schemas/{model}"
+_ERROR_TEXT = {
+    400: "Bad request",
+    401: "Missing, wrong or revoked API key",
+    404: "No such resource in the key's organisation",
+    409: "Conflicts with an existing resource",
+    422: "Invalid input",
+    502: "The carrier or LiveKit refused the request",
+    503: "A dependency (database, LiveKit) is unavailable",
+}
+
+
+def _schema_ref(model: type[BaseModel], components: dict[str, Any], mode: str) -> dict[str, str]:
+    schema = model.model_json_schema(ref_template=_REF, mode=mode)  # type: ignore[arg-type]
+    for name, sub in schema.pop("$defs", {}).items():
+        components[name] = sub
+    components[model.__name__] = schema
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template=_REF, mode="validation")
+    required = set(schema.get("required", []))
+    params = []
+    for name, prop in schema.get("properties", {}).items():
+        param: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": {k: v for k, v in prop.items() if k != "description"},
+        }
+        if "description" in prop:
+            param["description"] = prop["description"]
+        params.append(param)
+    return params
+
+
+def openapi_document(
+    operations: Sequence[Operation], *, title: str, version: str, public: dict[str, Any]
+) -> dict[str, Any]:
+    """An OpenAPI 3.1 document of `operations` (plus the unauthenticated `public` paths)."""
+    components: dict[str, Any] = {}
+    paths: dict[str, dict[str, Any]] = {path: dict(item) for path, item in public.items()}
+    error_ref = _schema_ref(ErrorResponse, components, "serialization")
+    for op in operations:
+        spec: dict[str, Any] = {
+            "operationId": op.handler.__name__,
+            "summary": op.summary,
+            "tags": [op.tag],
+            "security": [{"ApiKey": []}],
+            "parameters": [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in re.findall(r"{(\w+)}", op.path)
+            ],
+            "responses": {},
+        }
+        if op.query is not None:
+            spec["parameters"] += _query_parameters(op.query)
+        if op.body is not None:
+            spec["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _schema_ref(op.body, components, "validation")}
+                },
+            }
+        if op.response is not None:
+            spec["responses"][str(op.status)] = {
+                "description": op.summary,
+                "content": {
+                    "application/json": {
+                        "schema": _schema_ref(op.response, components, "serialization")
+                    }
+                },
+            }
+        else:
+            spec["responses"]["204"] = {"description": "Done"}
+        for status in op.errors:
+            spec["responses"][str(status)] = {
+                "description": _ERROR_TEXT.get(status, "Error"),
+                "content": {"application/json": {"schema": error_ref}},
+            }
+        paths.setdefault(op.path, {})[op.method.lower()] = spec
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
+        },
+    }
+
+
+def docs_page(spec_url: str, title: str) -> HTMLResponse:
+    """Swagger UI (from its CDN) over `spec_url`: try any route with an API key."""
+    html = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({{url: "{spec_url}", dom_id: "#ui", persistAuthorization: true}});</script>
+</body></html>"""
+    return HTMLResponse(html)

@@ -1,0 +1,185 @@
+"""Leases on live calls, and finishing the calls whose gateway died.
+
+Every call a gateway serves holds that gateway's lease: the call names the gateway
+(`served_by`), and the gateway beats one heartbeat document (`GatewayLease`). The beat is
+written from a thread with its own connection, so however busy the event loop is, the
+calls keep their lease; it stops only when the event loop itself stops turning, or the
+process dies.
+
+`LostCallSweeper`, in every gateway, finishes a call as `failed` / `gateway-lost` once its
+gateway's heartbeat has not changed for a whole lease, as this sweeper saw it on its own
+clock: no two machines' clocks are compared, a gateway that just started waits one lease
+before it judges anyone, and a sweeper never finishes a call its own process serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from gateway.metrics import GatewayMetrics
+from storage import (
+    CallRecord,
+    CallStatus,
+    CallStore,
+    HeartbeatWriter,
+    LeaseRepository,
+    StorageError,
+)
+
+log = logging.getLogger(__name__)
+
+LOST_REASON = "gateway-lost"
+
+
+class GatewayLease:
+    """This process's heartbeat: `start()` once the database is open, `stop()` at shutdown
+    (after the calls ended); it beats every third of `lease_s`."""
+
+    def __init__(
+        self,
+        writer: HeartbeatWriter,
+        *,
+        lease_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gateway_id = writer.gateway_id
+        self._writer = writer
+        self._lease_s = lease_s
+        self._every_s = lease_s / 3
+        self._clock = clock
+        self._last_tick = clock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Write the first beat (before any call is taken), then keep beating."""
+        await asyncio.to_thread(self._beat)
+        self._ticker = asyncio.create_task(self._tick(), name="lease-tick")
+        self._thread = threading.Thread(
+            target=self._beat_forever, name="gateway-lease", daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self) -> None:
+        self._writer.beat(at=datetime.now(UTC), lease_s=self._lease_s)
+
+    async def _tick(self) -> None:
+        """Proof that the event loop turns: the thread beats only while this ticks."""
+        while True:
+            self._last_tick = self._clock()
+            await asyncio.sleep(min(1.0, self._every_s))
+
+    def _beat_forever(self) -> None:
+        while not self._stopping.wait(self._every_s):
+            stalled_s = self._clock() - self._last_tick
+            if stalled_s > self._lease_s / 2:
+                log.error("event loop stalled for %.1f s: the lease is not renewed", stalled_s)
+                continue
+            try:
+                self._beat()
+            except StorageError as exc:  # a blip: the next beat may make it in time
+                log.warning("renewing the gateway lease failed: %s", exc)
+
+    async def stop(self) -> None:
+        """Stop beating and remove the heartbeat (the process's calls have ended)."""
+        self._stopping.set()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        try:
+            await asyncio.to_thread(self._writer.remove)
+        except StorageError as exc:  # its calls' lease simply expires
+            log.warning("removing the gateway lease failed: %s", exc)
+        await asyncio.to_thread(self._writer.close)
+
+
+class LostCallSweeper:
+    """Finishes the calls of gateways that stopped beating (`run` is the task)."""
+
+    def __init__(
+        self,
+        *,
+        store: CallStore,
+        leases: LeaseRepository,
+        gateway_id: str,
+        serving: Callable[[str], bool],
+        lease_s: float,
+        metrics: GatewayMetrics,
+        on_lost: Callable[[CallRecord], Awaitable[None]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._leases = leases
+        self._me = gateway_id
+        self._serving = serving
+        self._lease_s = lease_s
+        self._metrics = metrics
+        self._on_lost = on_lost
+        self._clock = clock
+        # gateway id -> (its last beat as read, when this sweeper first read that beat)
+        self._seen: dict[str, tuple[datetime | None, float]] = {}
+
+    def _expired(self, owners: set[str], beats: dict[str, datetime]) -> set[str]:
+        now = self._clock()
+        for owner in owners:
+            beat = beats.get(owner)
+            seen = self._seen.get(owner)
+            if seen is None or seen[0] != beat:
+                self._seen[owner] = (beat, now)
+        for gone in set(self._seen) - owners:
+            del self._seen[gone]
+        return {o for o in owners if now - self._seen[o][1] >= self._lease_s}
+
+    async def sweep(self) -> list[CallRecord]:
+        """One round: finish every lost call; returns them."""
+        calls = await self._store.served_calls()
+        owners = {c.served_by for c in calls if c.served_by and c.served_by != self._me}
+        expired = self._expired(owners, await self._leases.beats(owners))
+        lost = [
+            c
+            for c in calls
+            if c.served_by in expired
+            # Ours but no longer served here: its finish failed (the database was away).
+            or (c.served_by == self._me and not self._serving(c.id))
+        ]
+        finished = []
+        for call in lost:
+            stored = await self._store.finish_call(
+                call.id,
+                status=CallStatus.FAILED,
+                end_reason=LOST_REASON,
+                ended_at=datetime.now(UTC),
+            )
+            if stored.end_reason != LOST_REASON:
+                continue  # its own gateway finished it after all, while this round read
+            finished.append(stored)
+            self._metrics.calls_lost_total += 1
+            log.warning(
+                "finished a call whose gateway stopped",
+                extra={"call_id": call.id, "served_by": call.served_by},
+            )
+            try:
+                await self._on_lost(call)
+            except Exception:  # the call is finished; what its carrier left is logged
+                log.exception("cleaning up after a lost call failed", extra={"call_id": call.id})
+        self._metrics.lost_call_sweeps_total += 1
+        return finished
+
+    async def run(self) -> None:
+        """`sweep` every third of a lease (at most every 10 s) until cancelled."""
+        while True:
+            try:
+                await self.sweep()
+            except StorageError as exc:  # a database blip: try again next round
+                log.warning("sweeping lost calls failed: %s", exc)
+            await asyncio.sleep(min(10.0, self._lease_s / 3))

@@ -1,0 +1,288 @@
+"""LiveKit room calls: the gateway joins a call's room as the agent, and the room is the
+`CallLeg` of the call's `CallLifecycle`.
+
+`LiveKitRooms` holds the rooms this process serves. A room is served once, whoever asks
+first (LiveKit's `participant_joined` webhook for inbound SIP calls, `POST /call/outbound`
+for outbound ones). One `LiveKitRoom` per room: it takes the call (its lease), joins with a
+token the gateway mints, publishes the agent's track, waits for the SIP participant's
+audio and for the caller to hear the agent's track, then the call is answered and the
+caller's audio feeds it. The room is left and deleted once the call's final write is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+import numpy as np
+from livekit import rtc
+
+from audio.frames import AudioFrame
+from gateway.call.lifecycle import (
+    CallEnding,
+    CallLifecycle,
+    CallRecording,
+    CallRuntime,
+    LegTransport,
+)
+from gateway.call.records import open_call
+from gateway.errors import MissingPlaceholders
+from gateway.livekit.egress import RoomRecording
+from gateway.livekit.transport import RATE, LiveKitTransport
+from gateway.logs import call_id_var
+from gateway.settings import Settings
+from storage import CallRecord, CallStatus, Database, Direction
+from telephony.errors import LiveKitError
+from telephony.livekit import LiveKitAdmin
+
+log = logging.getLogger(__name__)
+
+_SIP = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
+ATTR_ORG = "voice_gateway.org_id"
+ATTR_ASSISTANT = "voice_gateway.assistant_id"
+ATTR_CALL = "voice_gateway.call_id"
+
+
+def room_of(call: CallRecord) -> str:
+    """The LiveKit room a room call is held in."""
+    return call.metadata.get("room") or f"call-{call.id}"
+
+
+class LiveKitRoom:
+    """One room, one caller, one call."""
+
+    def __init__(
+        self,
+        runtime: CallRuntime,
+        livekit: LiveKitAdmin,
+        settings: Settings,
+        room_name: str,
+        call: CallRecord,
+    ) -> None:
+        self._runtime = runtime
+        self._livekit = livekit
+        self._settings = settings
+        self.room_name = room_name
+        self.call = call
+        self.identity = f"agent-{call.id}"
+        self.lifecycle = CallLifecycle(runtime, call, self)
+        self._room = rtc.Room()
+        self._source: rtc.AudioSource | None = None
+        self._transport: LiveKitTransport | None = None
+        self._caller: rtc.RemoteParticipant | None = None
+        self._caller_audio: asyncio.Queue[rtc.Track] = asyncio.Queue(maxsize=1)
+        self._heard_by_caller = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---------------------------------------------------------------- room events
+
+    def _on_track_subscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO and participant.kind == _SIP:
+            self._caller = participant
+            with contextlib.suppress(asyncio.QueueFull):
+                self._caller_audio.put_nowait(track)
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        if self._caller is not None and participant.identity == self._caller.identity:
+            self.lifecycle.request_end("caller-hung-up", CallStatus.COMPLETED)
+
+    def _on_disconnected(self, reason: object) -> None:
+        self.lifecycle.request_end("room-closed", CallStatus.COMPLETED)
+
+    def _on_dtmf(self, dtmf: rtc.SipDTMF) -> None:
+        task = asyncio.create_task(self.lifecycle.on_dtmf(dtmf.digit), name="dtmf")
+        self._tasks.append(task)
+
+    # ------------------------------------------------------------------- the call
+
+    async def run(self) -> None:
+        """Serve the room until the call has ended and the room is closed. Never raises."""
+        call_id_var.set(self.call.id)
+        ending = CallEnding("room-closed", CallStatus.COMPLETED)
+        try:
+            await self._serve()
+        except LiveKitError as exc:
+            log.warning("room call failed: %s", exc)
+            ending = CallEnding("livekit-error", CallStatus.FAILED)
+        except Exception:  # the room's task ends here: log with the call id, finalise
+            log.exception("room call failed")
+            ending = CallEnding("gateway-error", CallStatus.FAILED)
+        finally:
+            self.lifecycle.request_end(ending.reason, ending.status)
+            await self.lifecycle.finished()
+
+    async def _serve(self) -> None:
+        if self.lifecycle.ended.is_set():
+            return  # ended before the room was joined (the dial failed)
+        room = self._room
+        room.on("track_subscribed", self._on_track_subscribed)
+        room.on("participant_disconnected", self._on_participant_disconnected)
+        room.on("disconnected", self._on_disconnected)
+        room.on("sip_dtmf_received", self._on_dtmf)
+        room.on("local_track_subscribed", lambda *_: self._heard_by_caller.set())
+        token = self._livekit.agent_token(self.room_name, self.identity)
+        await room.connect(self._livekit.ws_url, token)
+        log.info("joined room", extra={"room": self.room_name})
+        self._source = rtc.AudioSource(RATE, 1, queue_size_ms=self._settings.livekit_lead_ms)
+        track = rtc.LocalAudioTrack.create_audio_track("agent", self._source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await room.local_participant.publish_track(track, options)
+
+        ring_s = self._settings.outbound_ring_timeout_s + 30
+        caller_track = await self._until_ended(self._caller_audio.get(), ring_s)
+        if caller_track is None:
+            self.lifecycle.request_end("no-answer", CallStatus.NO_ANSWER)
+            return
+        # Speak only once the caller receives our track, so the greeting is not lost.
+        await self._until_ended(self._heard_by_caller.wait(), 3.0)
+        # Recorded from the answer on (greeting included); the egress starts beside the call.
+        await self.lifecycle.answer()
+        self._tasks.append(asyncio.create_task(self._read_caller(caller_track), name="lk-mic"))
+        await self.lifecycle.ended.wait()
+
+    async def _until_ended(
+        self, awaitable: Coroutine[Any, Any, Any], timeout_s: float
+    ) -> Any | None:
+        """The awaitable's result, or None if the call ended or `timeout_s` passed first."""
+        waiter = asyncio.ensure_future(awaitable)
+        ended = asyncio.create_task(self.lifecycle.ended.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, ended}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (waiter, ended):
+                task.cancel()
+            await asyncio.gather(waiter, ended, return_exceptions=True)
+        if waiter in done and not waiter.cancelled() and waiter.exception() is None:
+            return waiter.result()
+        return None
+
+    async def _read_caller(self, track: rtc.Track) -> None:
+        stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=20)
+        try:
+            async for event in stream:
+                if self.lifecycle.ended.is_set():
+                    break
+                pcm = np.frombuffer(event.frame.data, dtype=np.int16).copy()
+                self._runtime.metrics.inbound_frames_total += 1
+                await self.lifecycle.on_audio(AudioFrame(pcm, RATE))
+        finally:
+            await stream.aclose()
+
+    # ---------------------------------------------------------------- the CallLeg
+
+    def recording(self) -> CallRecording:
+        return RoomRecording(
+            egress=self._livekit,
+            store=self._runtime.store,
+            settings=self._settings,
+            room_name=self.room_name,
+            call=self.call,
+        )
+
+    def transport(self, recording: CallRecording | None) -> LegTransport:
+        assert self._source is not None and self._caller is not None
+        caller = self._caller.identity
+        self._transport = LiveKitTransport(
+            source=self._source,
+            on_mark=self.lifecycle.on_mark,
+            metrics=self._runtime.metrics,
+            transfer=lambda to: self._livekit.transfer_sip(self.room_name, caller, to),
+        )
+        return self._transport
+
+    async def close(self, ending: CallEnding) -> None:
+        """Leave the room and close it (which hangs the SIP caller up)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._room.disconnect()
+        with contextlib.suppress(LiveKitError):
+            await self._livekit.delete_room(self.room_name)
+        log.info("left room", extra={"room": self.room_name, "reason": ending.reason})
+
+
+class LiveKitRooms:
+    """The rooms this gateway serves, each by one `LiveKitRoom` task."""
+
+    def __init__(
+        self, runtime: CallRuntime, livekit: LiveKitAdmin, database: Database, settings: Settings
+    ) -> None:
+        self._runtime = runtime
+        self._livekit = livekit
+        self._database = database
+        self._settings = settings
+        self._rooms: dict[str, LiveKitRoom] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def serve(self, room_name: str, call: CallRecord) -> LiveKitRoom:
+        """Join `room_name` for `call` (once: a room already served is left as it is)."""
+        existing = self._rooms.get(room_name)
+        if existing is not None:
+            return existing
+        room = LiveKitRoom(self._runtime, self._livekit, self._settings, room_name, call)
+        room.lifecycle.take()
+        self._rooms[room_name] = room
+        task = asyncio.create_task(room.run(), name=f"room-{room_name}")
+        self._tasks[room_name] = task
+
+        def forget(_: asyncio.Task[None]) -> None:
+            self._rooms.pop(room_name, None)
+            self._tasks.pop(room_name, None)
+
+        task.add_done_callback(forget)
+        return room
+
+    def end(self, room_name: str, reason: str) -> None:
+        """The room finished (webhook): end its call if this gateway serves it."""
+        room = self._rooms.get(room_name)
+        if room is not None:
+            room.lifecycle.request_end(reason, CallStatus.COMPLETED)
+
+    async def serve_inbound(
+        self, room_name: str, attributes: Mapping[str, str]
+    ) -> LiveKitRoom | None:
+        """A SIP caller joined `room_name` through a dispatch rule: store the call and join."""
+        if room_name in self._rooms or ATTR_CALL in attributes:
+            return self._rooms.get(room_name)  # ours already (or an outbound call of ours)
+        org_id = attributes.get(ATTR_ORG)
+        assistant = None
+        if attributes.get(ATTR_ASSISTANT):
+            assistant = await self._database.assistants.get_any(attributes[ATTR_ASSISTANT])
+        if assistant is not None and assistant.org_id != org_id:
+            log.warning("dispatch attributes name another organisation's assistant")
+            assistant = None
+        try:
+            call = await open_call(
+                self._database.calls,
+                self._database.accounts,
+                assistant=assistant,
+                transport="livekit",
+                direction=Direction.INBOUND,
+                from_number=attributes.get("sip.phoneNumber", ""),
+                to_number=attributes.get("sip.trunkPhoneNumber", ""),
+                call_sid=attributes.get("sip.callID", ""),
+                metadata={"room": room_name},
+            )
+        except MissingPlaceholders as exc:
+            log.error("assistant cannot answer: %s", exc, extra={"room": room_name})
+            return None
+        log.info("inbound SIP call", extra={"room": room_name, "call_id": call.id})
+        return self.serve(room_name, call)
+
+    async def close_lost(self, call: CallRecord) -> None:
+        """A room call whose gateway died was finished: close its room (no zombie rooms)."""
+        room = room_of(call)
+        with contextlib.suppress(LiveKitError):
+            await self._livekit.delete_room(room)
+        log.warning("closed the room of a lost call", extra={"room": room, "call_id": call.id})

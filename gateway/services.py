@@ -1,0 +1,200 @@
+"""The gateway's services, built once at start-up from settings and an open database, and
+passed in: each part gets the parts it uses in its constructor; only the routes read them
+from here. `running()` starts and stops what runs in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from gateway.call.lease import GatewayLease, LostCallSweeper
+from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
+from gateway.call.session import SessionConfig
+from gateway.livekit.room import LiveKitRooms
+from gateway.metrics import GatewayMetrics
+from gateway.providers.base import Providers
+from gateway.providers.catalog import ProviderCatalog
+from gateway.providers.registry import build_default_providers
+from gateway.recording.bucket import RecordingBucket
+from gateway.settings import Settings
+from storage import CallRecord, CallStatus, Database, HeartbeatWriter
+from telephony.livekit import LiveKitAdmin
+from telephony.twilio import TwilioCalls, TwilioSignatureValidator
+from webhooks.outbox import RetryPolicy, WebhookOutbox
+from webhooks.ssrf import SsrfGuard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioServices:
+    validator: TwilioSignatureValidator  # X-Twilio-Signature of webhooks and the upgrade
+    stream_token_key: bytes  # per-call stream tokens
+    rest: TwilioCalls | None  # None: TWILIO_ACCOUNT_SID unset (no outbound calls, no transfers)
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    database: Database
+    metrics: GatewayMetrics
+    calls: CallRuntime
+    lease: GatewayLease
+    sweeper: LostCallSweeper
+    twilio: TwilioServices
+    livekit: LiveKitAdmin | None  # None: LIVEKIT_* unset (the SIP routes answer 503)
+    rooms: LiveKitRooms | None
+    outbox: WebhookOutbox
+    ssrf_guard: SsrfGuard
+    recordings: RecordingBucket | None  # None: S3_BUCKET unset, nothing is recorded
+    catalog: ProviderCatalog
+
+
+def build_services(
+    settings: Settings, database: Database, *, providers: Providers | None = None
+) -> Services:
+    """Every service of one gateway process, each built once (inside the running loop)."""
+    assert settings.mongodb_url is not None and settings.twilio_auth_token is not None
+    metrics = GatewayMetrics()
+    default = providers or build_default_providers(
+        settings, on_stt_reconnect=metrics.stt_reconnected
+    )
+    catalog = ProviderCatalog(settings, default, on_stt_reconnect=metrics.stt_reconnected)
+    recordings = recording_bucket(settings)
+    guard = SsrfGuard(settings.webhook_allow_hosts)
+    outbox = WebhookOutbox(
+        webhooks=database.webhooks,
+        calls=database.calls,
+        assistants=database.assistants,
+        guard=guard,
+        policy=RetryPolicy(
+            base_s=settings.webhook_retry_base_s,
+            cap_s=settings.webhook_retry_cap_s,
+            max_attempts=settings.webhook_max_attempts,
+        ),
+        timeout_s=settings.webhook_timeout_s,
+        lease_s=settings.webhook_lease_s,
+        concurrency=settings.webhook_concurrency,
+        recordings=recordings,
+        recording_grace_s=settings.recording_grace_s,
+    )
+    gateway_id = "gw-" + secrets.token_hex(6)
+    live = LiveCalls(gateway_id)
+    runtime = CallRuntime(
+        store=database.calls,
+        assistants=database.assistants,
+        catalog=catalog,
+        session_config=SessionConfig(
+            silence_ms=settings.vad_silence_ms, min_speech_ms=settings.vad_min_speech_ms
+        ),
+        metrics=metrics,
+        reports=outbox,
+        live=live,
+        recordings_enabled=recordings is not None,
+    )
+    livekit = livekit_admin(settings)
+    rooms = LiveKitRooms(runtime, livekit, database, settings) if livekit is not None else None
+    lease = GatewayLease(
+        HeartbeatWriter(settings.mongodb_url, settings.mongodb_db, gateway_id),
+        lease_s=settings.call_lease_s,
+    )
+
+    async def lost(call: CallRecord) -> None:
+        if rooms is not None and call.transport == "livekit":
+            await rooms.close_lost(call)
+
+    sweeper = LostCallSweeper(
+        store=database.calls,
+        leases=database.leases,
+        gateway_id=gateway_id,
+        serving=live.serving,
+        lease_s=settings.call_lease_s,
+        metrics=metrics,
+        on_lost=lost,
+    )
+    twilio = TwilioServices(
+        validator=TwilioSignatureValidator(settings.twilio_auth_token.get_secret_value()),
+        stream_token_key=settings.stream_token_key(),
+        rest=twilio_rest(settings),
+    )
+    return Services(
+        settings=settings,
+        database=database,
+        metrics=metrics,
+        calls=runtime,
+        lease=lease,
+        sweeper=sweeper,
+        twilio=twilio,
+        livekit=livekit,
+        rooms=rooms,
+        outbox=outbox,
+        ssrf_guard=guard,
+        recordings=recordings,
+        catalog=catalog,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(services: Services) -> AsyncIterator[None]:
+    """The background work of a gateway, from before its first call to after its last:
+    the lease, the lost-call sweeper and the webhook outbox. At the end, every call this
+    process still serves is ended (`gateway-shutdown`) before anything stops."""
+    await services.lease.start()
+    tasks = [
+        asyncio.create_task(services.outbox.run(), name="webhook-outbox"),
+        asyncio.create_task(services.sweeper.run(), name="lost-calls"),
+    ]
+    try:
+        yield
+    finally:
+        await services.calls.live.end_all(CallEnding("gateway-shutdown", CallStatus.FAILED))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await services.lease.stop()
+        await services.outbox.aclose()
+        await services.catalog.aclose()
+        if services.livekit is not None:
+            await services.livekit.aclose()
+
+
+def recording_bucket(settings: Settings) -> RecordingBucket | None:
+    """The recordings bucket, or None when S3_BUCKET is unset."""
+    if settings.s3_bucket is None:
+        return None
+    secret = settings.s3_secret_access_key
+    return RecordingBucket(
+        bucket=settings.s3_bucket,
+        region=settings.s3_region,
+        endpoint_url=settings.s3_endpoint_url,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=secret.get_secret_value() if secret else None,
+        prefix=settings.recording_prefix,
+        url_ttl_s=settings.recording_url_ttl_s,
+    )
+
+
+def livekit_admin(settings: Settings) -> LiveKitAdmin | None:
+    """LiveKit's APIs when LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET are all set."""
+    if not (settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret):
+        return None
+    return LiveKitAdmin(
+        url=settings.livekit_url,
+        api_key=settings.livekit_api_key,
+        api_secret=settings.livekit_api_secret.get_secret_value(),
+    )
+
+
+def twilio_rest(settings: Settings) -> TwilioCalls | None:
+    """Twilio's REST API when TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are both set."""
+    if not settings.twilio_account_sid or settings.twilio_auth_token is None:
+        return None
+    return TwilioCalls(
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+        api_base_url=settings.twilio_api_base_url,
+    )

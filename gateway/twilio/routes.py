@@ -1,0 +1,137 @@
+"""Twilio's HTTP webhooks: `POST /twilio/voice` answers with TwiML, `POST /twilio/status`
+records call progress. Both verify `X-Twilio-Signature` over the public URL."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.call.records import open_call
+from gateway.errors import MissingPlaceholders, error_response
+from gateway.logs import call_id_var
+from gateway.services import Services
+from storage import CallNotFound, CallRecord, CallStatus, Direction
+from telephony.twilio import (
+    connect_stream_twiml,
+    issue_stream_token,
+    say_and_hang_up_twiml,
+    stream_url_for,
+)
+
+log = logging.getLogger(__name__)
+
+# Twilio's CallStatus values, as its status callbacks send them ("initiated" is queued).
+_STATUSES = {s.value: s for s in CallStatus} | {"initiated": CallStatus.QUEUED}
+# What a caller hears when the number's assistant cannot run (it is logged).
+_UNAVAILABLE = "Sorry, this number cannot take calls right now. Goodbye."
+
+
+def _twiml(body: str) -> Response:
+    return Response(body, media_type="application/xml")
+
+
+async def _verified_form(request: Request, services: Services) -> dict[str, str]:
+    """The form fields of a Twilio webhook, after its signature checked out."""
+    form = await request.form()
+    params = {k: v for k, v in form.items() if isinstance(v, str)}
+    url = services.settings.public_url_for(request.url.path)
+    if request.url.query:
+        url += "?" + request.url.query
+    services.twilio.validator.check(url, params, request.headers.get("x-twilio-signature"))
+    return params
+
+
+async def twilio_voice(request: Request) -> Response:
+    """Answer a call: store it, then connect its audio to our Media Streams endpoint."""
+    services: Services = request.app.state.services
+    form = await _verified_form(request, services)
+    call_sid = form.get("CallSid", "")
+    if not call_sid:
+        return error_response(400, "invalid_request", "CallSid is required")
+    db = services.database
+    call = await db.calls.get_call_by_sid(call_sid)
+    if call is None:
+        to_number = form.get("To", "")
+        assistant = await db.assistants.for_number(to_number)
+        try:
+            call = await open_call(
+                db.calls,
+                db.accounts,
+                assistant=assistant,
+                transport="twilio",
+                direction=(
+                    Direction.INBOUND
+                    if form.get("Direction", "inbound") == "inbound"
+                    else Direction.OUTBOUND
+                ),
+                from_number=form.get("From", ""),
+                to_number=to_number,
+                call_sid=call_sid,
+            )
+        except MissingPlaceholders as exc:
+            assistant_id = assistant.id if assistant else None
+            log.error("assistant cannot answer: %s", exc, extra={"assistant_id": assistant_id})
+            return _twiml(say_and_hang_up_twiml(_UNAVAILABLE))
+    call_id_var.set(call.id)
+    settings = services.settings
+    token = issue_stream_token(
+        services.twilio.stream_token_key,
+        call_sid,
+        now=time.time(),
+        ttl_s=settings.stream_token_ttl_s,
+    )
+    twiml = connect_stream_twiml(
+        stream_url_for(settings.public_url),
+        {"call_id": call.id, "token": token, "from": call.from_number, "to": call.to_number},
+    )
+    log.info("call answered", extra={"call_sid": call_sid, "from": call.from_number})
+    return _twiml(twiml)
+
+
+async def _status_target(
+    services: Services, call_id: str | None, call_sid: str
+) -> CallRecord | None:
+    """The call a status callback is about: by our id (outbound calls carry it), else by sid."""
+    calls = services.database.calls
+    if call_id:
+        try:
+            call = await calls.get_call(call_id, with_turns=False)
+        except CallNotFound:
+            return None
+        # The signature proves Twilio sent it; the sid check keeps it to its own call.
+        if call.call_sid and call.call_sid != call_sid:
+            log.warning("status callback names another call", extra={"call_sid": call_sid})
+            return None
+        if not call.call_sid:
+            await calls.set_call_sid(call.id, call_sid)
+        return call
+    return await calls.get_call_by_sid(call_sid)
+
+
+async def twilio_status(request: Request) -> Response:
+    """Record a status callback (queued, ringing, in-progress, completed, busy, no-answer...)."""
+    services: Services = request.app.state.services
+    form = await _verified_form(request, services)
+    call = await _status_target(
+        services, request.query_params.get("call_id"), form.get("CallSid", "")
+    )
+    status = _STATUSES.get(form.get("CallStatus", ""))
+    if call is None or status is None:
+        log.info("status callback ignored", extra={"call_sid": form.get("CallSid")})
+        return Response(status_code=204)
+    call_id_var.set(call.id)
+    calls = services.database.calls
+    if form.get("AnsweredBy"):
+        await calls.set_answered_by(call.id, form["AnsweredBy"])
+    log.info("call status", extra={"status": status.value, "call_sid": call.call_sid})
+    if status in (CallStatus.QUEUED, CallStatus.RINGING, CallStatus.IN_PROGRESS):
+        await calls.set_status(call.id, status)
+    else:
+        await calls.finish_call(
+            call.id, status=status, end_reason=f"twilio-{status.value}", ended_at=datetime.now(UTC)
+        )
+    return Response(status_code=204)

@@ -1,0 +1,207 @@
+"""The `/twilio/stream` WebSocket driver: feeds Twilio's text into the sans-I/O protocol,
+hands the typed events to the call's lifecycle, and writes what the protocol wants sent.
+
+Refusals happen before any audio flows: a bad upgrade signature closes before accept
+(HTTP 403); a missing or wrong per-call stream token closes right after `start` (1008).
+Once `start` checks out, the stream is the `CallLeg` of the call's `CallLifecycle`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from audio.codec import ulaw_decode
+from audio.frames import AudioFrame
+from gateway.call.lifecycle import CallEnding, CallLifecycle, CallRecording, LegTransport
+from gateway.logs import call_id_var
+from gateway.recording.recorder import CallRecorder
+from gateway.services import Services
+from gateway.twilio.outbound import outbound_token_subject
+from gateway.twilio.pacer import TwilioPacer
+from storage import CallNotFound, CallStatus
+from telephony.errors import ProtocolError, SignatureError
+from telephony.twilio import (
+    AudioReceived,
+    DtmfReceived,
+    MarkPlayed,
+    MediaStreamProtocol,
+    Start,
+    StreamStarted,
+    StreamStopped,
+    stream_url_for,
+    verify_stream_token,
+)
+
+log = logging.getLogger(__name__)
+
+POLICY_VIOLATION = 1008
+
+
+async def twilio_stream_endpoint(websocket: WebSocket) -> None:
+    """Serve one Twilio Media Stream until `stop`, a hang-up, or bad input."""
+    services: Services = websocket.app.state.services
+    url = stream_url_for(services.settings.public_url)
+    try:
+        services.twilio.validator.check(url, {}, websocket.headers.get("x-twilio-signature"))
+    except SignatureError as exc:
+        log.warning("stream upgrade refused: %s", exc)
+        await websocket.close(code=POLICY_VIOLATION)  # before accept: an HTTP 403
+        return
+    await websocket.accept()
+    await _MediaStream(services, websocket).run()
+
+
+class _MediaStream:
+    """One media stream: its receive loop, and the `CallLeg` of its call."""
+
+    def __init__(self, services: Services, websocket: WebSocket) -> None:
+        self._services = services
+        self._ws = websocket
+        self._protocol = MediaStreamProtocol()
+        self._call: CallLifecycle | None = None
+        self._recorder: CallRecorder | None = None
+        self._started_at = 0.0  # Twilio's media timestamps count from the stream's start
+        self._call_sid = ""
+        self._close_code, self._close_reason = 1000, "call ended"
+
+    async def run(self) -> None:
+        ending = CallEnding("stream-closed", CallStatus.COMPLETED)
+        try:
+            ending = await self._receive_loop()
+        except ProtocolError as exc:
+            log.warning(
+                "media stream closed on bad input: %s", exc.reason, extra={"code": exc.code}
+            )
+            self._services.metrics.protocol_errors_total += 1
+            ending = CallEnding("protocol-error", CallStatus.FAILED)
+            self._close_code, self._close_reason = exc.code, exc.reason
+        except SignatureError as exc:
+            log.warning("media stream refused: %s", exc)
+            ending = CallEnding("stream-token-refused", CallStatus.FAILED)
+            self._close_code, self._close_reason = POLICY_VIOLATION, str(exc)[:120]
+        except Exception:  # the connection's task ends here: log with the call id, close
+            log.exception("media stream failed")
+            ending = CallEnding("gateway-error", CallStatus.FAILED)
+            self._close_code, self._close_reason = 1011, "internal error"
+        finally:
+            if self._call is None:
+                await self._close()
+            else:  # the lifecycle stores everything, then closes the socket (`close`)
+                self._call.request_end(ending.reason, ending.status)
+                await self._call.finished()
+
+    async def _receive_loop(self) -> CallEnding:
+        max_bytes = self._services.settings.max_ws_message_bytes
+        metrics = self._services.metrics
+        while True:
+            message = await self._ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return CallEnding("stream-disconnected", CallStatus.COMPLETED)
+            text = message.get("text")
+            if text is None:
+                raise ProtocolError(1003, "Media Streams messages are text frames")
+            if len(text) > max_bytes:
+                raise ProtocolError(1009, "message too big")
+            self._protocol.receive_text(text)
+            call = self._call
+            for event in self._protocol.events():
+                if isinstance(event, AudioReceived):
+                    metrics.inbound_frames_total += 1
+                    if call is not None:
+                        pcm = ulaw_decode(event.payload)
+                        if self._recorder is not None:
+                            self._recorder.caller_audio(event.timestamp_ms, pcm)
+                        await call.on_audio(AudioFrame(pcm, TwilioPacer.sample_rate))
+                elif isinstance(event, MarkPlayed):
+                    if call is not None:
+                        call.on_mark(event.name)
+                elif isinstance(event, DtmfReceived):
+                    if call is not None:
+                        await call.on_dtmf(event.digit)
+                elif isinstance(event, StreamStarted):
+                    await self._start(event.start)
+                    call = self._call
+                elif isinstance(event, StreamStopped):
+                    return CallEnding("caller-hung-up", CallStatus.COMPLETED)
+
+    async def _start(self, start: Start) -> None:
+        services = self._services
+        self._started_at = time.monotonic()
+        params = start.custom_parameters
+        token = params.get("token")
+        if not token:
+            raise SignatureError("missing stream token")
+        call_id = params.get("call_id", "")
+        key = services.twilio.stream_token_key
+        try:
+            verify_stream_token(key, token, start.call_sid, now=time.time())
+        except SignatureError:
+            # Outbound calls: the token was made before Twilio gave the call its sid.
+            verify_stream_token(key, token, outbound_token_subject(call_id), now=time.time())
+        try:
+            call = await services.database.calls.get_call(call_id, with_turns=False)
+        except CallNotFound as exc:
+            raise SignatureError("stream token names no call of this gateway") from exc
+        if call.call_sid and call.call_sid != start.call_sid:
+            raise SignatureError("stream token belongs to another call")
+        call_id_var.set(call.id)
+        self._call_sid = start.call_sid
+        lifecycle = CallLifecycle(services.calls, call, self)
+        self._call = lifecycle
+        lifecycle.take()
+        store = services.database.calls
+        if not call.call_sid:
+            lifecycle.beside(store.set_call_sid(call.id, start.call_sid), "call sid")
+        lifecycle.beside(store.set_stream(call.id, start.stream_sid), "stream sid")
+        log.info("media stream started", extra={"call_sid": start.call_sid})
+        await lifecycle.answer()
+
+    # ---------------------------------------------------------------- the CallLeg
+
+    def recording(self) -> CallRecording:
+        services, call = self._services, self._call
+        assert services.recordings is not None and call is not None
+        settings = services.settings
+        self._recorder = CallRecorder(
+            call_id=call.call.id,
+            key=services.recordings.key_for(call.call.org_id, call.call.id, "wav"),
+            bucket=services.recordings,
+            store=services.database.calls,
+            rate=TwilioPacer.sample_rate,
+            encoding=settings.recording_encoding,
+            part_bytes=settings.recording_part_bytes,
+            origin=self._started_at,
+        )
+        return self._recorder
+
+    def transport(self, recording: CallRecording | None) -> LegTransport:
+        rest = self._services.twilio.rest
+        call_sid = self._call_sid
+
+        async def transfer(to: str) -> None:
+            assert rest is not None
+            await rest.transfer(call_sid, to)
+
+        return TwilioPacer(
+            protocol=self._protocol,
+            send_text=self._ws.send_text,
+            metrics=self._services.metrics,
+            lead_ms=self._services.settings.playout_lead_ms,
+            transfer=transfer if rest is not None else None,
+            recorder=self._recorder,
+        )
+
+    async def close(self, ending: CallEnding) -> None:
+        """Close the socket: with nothing after `<Connect>` in the TwiML, Twilio hangs up."""
+        if ending.reason == "max-duration":
+            self._close_reason = "maximum call duration"
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+                await self._ws.close(code=self._close_code, reason=self._close_reason)

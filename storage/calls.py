@@ -1,0 +1,509 @@
+"""Calls and their transcript turns: the typed API the gateway uses, over beanie documents.
+
+Every method is one or two small queries, and a turn is one insert when it is said, so a
+crash loses nothing already spoken. Driver errors become `StorageError` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import functools
+import json
+import math
+import weakref
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from beanie import PydanticObjectId, SortDirection
+from bson.errors import InvalidId
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from storage.documents import CallDocument, TurnDocument
+from storage.errors import CallNotFound, InvalidCursor, NotFound, StorageError
+from storage.models import (
+    CallFilter,
+    CallPage,
+    CallRecord,
+    CallStatus,
+    Direction,
+    NewCall,
+    RecordingState,
+    Speaker,
+    TurnRecord,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _driver_errors(
+    func: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Map driver exceptions to `StorageError` at this boundary."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await func(*args, **kwargs)
+        except PyMongoError as exc:
+            raise StorageError(f"database error: {exc}") from exc
+
+    return wrapper
+
+
+class CallStore(Protocol):
+    """What the session and the routes need from call storage."""
+
+    async def create_call(self, call: NewCall, *, started_at: datetime) -> CallRecord: ...
+    async def set_status(self, call_id: str, status: CallStatus) -> None: ...
+    async def set_stream(self, call_id: str, stream_sid: str) -> None: ...
+    async def set_call_sid(self, call_id: str, call_sid: str) -> None: ...
+    async def set_answered_by(self, call_id: str, answered_by: str) -> None: ...
+    async def set_recording(self, call_id: str, state: RecordingState) -> None: ...
+    async def get_call_by_egress(self, egress_id: str) -> CallRecord | None: ...
+    async def set_served_by(self, call_id: str, gateway_id: str) -> None: ...
+    async def served_calls(self) -> list[CallRecord]: ...
+    async def add_turn(
+        self,
+        call_id: str,
+        *,
+        speaker: Speaker,
+        text: str,
+        start_ms: float,
+        end_ms: float,
+        interrupted: bool = False,
+        latency: Mapping[str, float] | None = None,
+    ) -> TurnRecord: ...
+    async def update_turn(
+        self, turn_id: str, *, text: str, end_ms: float, interrupted: bool
+    ) -> None: ...
+    async def finish_call(
+        self,
+        call_id: str,
+        *,
+        status: CallStatus,
+        end_reason: str,
+        ended_at: datetime,
+        usage: Mapping[str, int] | None = None,
+    ) -> CallRecord: ...
+    async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord: ...
+    async def get_call_by_sid(self, call_sid: str) -> CallRecord | None: ...
+    async def list_calls(
+        self, where: CallFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> CallPage: ...
+
+
+# FerretDB 1.24 applies an update by reading the document and writing it back whole, so two
+# concurrent updates of one call (a lease renewal and the finish, the recorder's state and
+# the stream's ids) could undo each other. Every write of a call document in this process
+# goes through the call's lock; the locks go away with their last user.
+_call_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def call_write_lock(call_id: str) -> asyncio.Lock:
+    """The lock that serialises this process's writes of one call's document."""
+    lock = _call_locks.get(call_id)
+    if lock is None:
+        lock = _call_locks[call_id] = asyncio.Lock()
+    return lock
+
+
+def _object_id(value: str, *, what: str) -> PydanticObjectId:
+    """The ObjectId `value` names; a malformed id is simply a record that does not exist."""
+    try:
+        return PydanticObjectId(value)
+    except (InvalidId, TypeError) as exc:
+        if what == "call":
+            raise CallNotFound(f"no call {value!r}") from exc
+        raise NotFound(f"no {what} {value!r}") from exc
+
+
+def _stored_time(value: datetime) -> datetime:
+    """UTC at BSON's millisecond precision, so what a write returns equals what reads return."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: storage takes timezone-aware times")
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # The client is tz_aware; this only guards documents built in memory.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _turn_record(doc: TurnDocument) -> TurnRecord:
+    speaker: Speaker = "agent" if doc.speaker == "agent" else "caller"
+    created = _utc(doc.created_at)
+    assert created is not None
+    return TurnRecord(
+        id=str(doc.id),
+        call_id=doc.call_id,
+        index=doc.index,
+        speaker=speaker,
+        text=doc.text,
+        start_ms=doc.start_ms,
+        end_ms=doc.end_ms,
+        interrupted=doc.interrupted,
+        created_at=created,
+        latency=doc.latency,
+    )
+
+
+def _call_record(doc: CallDocument, turns: tuple[TurnRecord, ...] = ()) -> CallRecord:
+    started = _utc(doc.started_at)
+    assert started is not None
+    return CallRecord(
+        id=str(doc.id),
+        org_id=doc.org_id,
+        transport=doc.transport,
+        call_sid=doc.call_sid,
+        stream_sid=doc.stream_sid,
+        from_number=doc.from_number,
+        to_number=doc.to_number,
+        direction=Direction(doc.direction),
+        assistant_id=doc.assistant_id,
+        metadata=dict(doc.metadata),
+        status=CallStatus(doc.status),
+        started_at=started,
+        ended_at=_utc(doc.ended_at),
+        duration_s=doc.duration_s,
+        end_reason=doc.end_reason,
+        turns=turns,
+        latency_p50=doc.latency_p50,
+        latency_p95=doc.latency_p95,
+        usage=doc.usage,
+        system_prompt=doc.system_prompt,
+        greeting=doc.greeting,
+        answered_by=doc.answered_by,
+        recording=RecordingState(**doc.recording) if doc.recording else None,
+        served_by=doc.served_by,
+    )
+
+
+# Progress only moves forward: a late "ringing" never overwrites "in-progress".
+_EARLIER = {
+    CallStatus.QUEUED: [],
+    CallStatus.RINGING: [CallStatus.QUEUED.value],
+    CallStatus.IN_PROGRESS: [CallStatus.QUEUED.value, CallStatus.RINGING.value],
+}
+
+
+def _encode_cursor(doc: CallDocument) -> str:
+    started = _utc(doc.started_at)
+    assert started is not None
+    raw = json.dumps([started.isoformat(), str(doc.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, PydanticObjectId]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        started, oid = json.loads(raw)
+        return datetime.fromisoformat(started), PydanticObjectId(oid)
+    except (binascii.Error, ValueError, TypeError, InvalidId) as exc:
+        raise InvalidCursor("invalid cursor") from exc
+
+
+def _call_query(where: CallFilter) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    if where.org_id is not None:
+        query["org_id"] = where.org_id
+    if where.assistant_id is not None:
+        query["assistant_id"] = where.assistant_id
+    if where.status is not None:
+        query["status"] = where.status.value
+    if where.direction is not None:
+        query["direction"] = where.direction.value
+    started: dict[str, datetime] = {}
+    if where.started_after is not None:
+        started["$gte"] = _stored_time(where.started_after)
+    if where.started_before is not None:
+        started["$lt"] = _stored_time(where.started_before)
+    if started:
+        query["started_at"] = started
+    return query
+
+
+def _latency_percentiles(
+    per_turn: list[dict[str, float]],
+) -> tuple[dict[str, float] | None, dict[str, float] | None]:
+    """p50 and p95 (nearest rank) of every latency stage over a call's agent turns."""
+    if not per_turn:
+        return None, None
+    stages = sorted({stage for turn in per_turn for stage in turn})
+    p50: dict[str, float] = {}
+    p95: dict[str, float] = {}
+    for stage in stages:
+        values = sorted(turn[stage] for turn in per_turn if stage in turn)
+        p50[stage] = values[max(0, math.ceil(0.50 * len(values)) - 1)]
+        p95[stage] = values[max(0, math.ceil(0.95 * len(values)) - 1)]
+    return p50, p95
+
+
+class CallRepository:
+    """`CallStore` on MongoDB (through beanie); initialise beanie first (`open_database`).
+
+    Turn positions come from a per-call counter kept here, seeded from the stored turns the
+    first time a call is written by this process; the unique (call_id, index) index makes a
+    second writer re-seed instead of overwriting.
+    """
+
+    def __init__(self) -> None:
+        self._next_index: dict[str, int] = {}
+
+    @_driver_errors
+    async def create_call(self, call: NewCall, *, started_at: datetime) -> CallRecord:
+        doc = CallDocument(
+            org_id=call.org_id,
+            transport=call.transport,
+            call_sid=call.call_sid,
+            stream_sid=call.stream_sid,
+            from_number=call.from_number,
+            to_number=call.to_number,
+            direction=call.direction.value,
+            assistant_id=call.assistant_id,
+            metadata=dict(call.metadata),
+            status=call.status.value,
+            started_at=_stored_time(started_at),
+            system_prompt=call.system_prompt,
+            greeting=call.greeting,
+        )
+        await doc.insert()
+        return _call_record(doc)
+
+    @_driver_errors
+    async def set_status(self, call_id: str, status: CallStatus) -> None:
+        """Record a progress status; it only moves forward, and a finished call keeps its own."""
+        earlier = _EARLIER.get(status)
+        if earlier is None:
+            raise ValueError(f"{status} is final: use finish_call")
+        oid = _object_id(call_id, what="call")
+        calls = CallDocument.get_pymongo_collection()
+        async with call_write_lock(call_id):
+            result = await calls.update_one(
+                {"_id": oid, "ended_at": None, "status": {"$in": earlier}},
+                {"$set": {"status": status.value}},
+            )
+        if result.matched_count == 0 and await calls.find_one({"_id": oid}) is None:
+            raise CallNotFound(f"no call {call_id!r}")
+
+    async def _set_fact(self, call_id: str, fields: dict[str, Any]) -> None:
+        """Record an identifier or fact that holds whether or not the call has ended.
+
+        The filter is the `_id` alone: FerretDB 1.24 answers that in SQL, any other filter
+        by decoding every call in Go (see README, Performance).
+        """
+        async with call_write_lock(call_id):
+            result = await CallDocument.get_pymongo_collection().update_one(
+                {"_id": _object_id(call_id, what="call")}, {"$set": fields}
+            )
+        if result.matched_count == 0:
+            raise CallNotFound(f"no call {call_id!r}")
+
+    @_driver_errors
+    async def set_stream(self, call_id: str, stream_sid: str) -> None:
+        await self._set_fact(call_id, {"stream_sid": stream_sid})
+
+    @_driver_errors
+    async def set_call_sid(self, call_id: str, call_sid: str) -> None:
+        """The carrier's id of a call placed by the gateway, once the carrier returned it."""
+        await self._set_fact(call_id, {"call_sid": call_sid})
+
+    @_driver_errors
+    async def set_answered_by(self, call_id: str, answered_by: str) -> None:
+        await self._set_fact(call_id, {"answered_by": answered_by})
+
+    @_driver_errors
+    async def set_recording(self, call_id: str, state: RecordingState) -> None:
+        """Store where the call's recording is (replaces the whole state; by `_id` alone)."""
+        await self._set_fact(call_id, {"recording": dataclasses.asdict(state)})
+
+    @_driver_errors
+    async def set_served_by(self, call_id: str, gateway_id: str) -> None:
+        """The gateway `gateway_id` serves the call's audio from now on (holds its lease)."""
+        await self._set_fact(call_id, {"served_by": gateway_id})
+
+    @_driver_errors
+    async def served_calls(self) -> list[CallRecord]:
+        """Open calls a gateway took (they hold its lease), without turns."""
+        docs = await CallDocument.find({"ended_at": None, "served_by": {"$ne": None}}).to_list()
+        return [_call_record(d) for d in docs]
+
+    @_driver_errors
+    async def get_call_by_egress(self, egress_id: str) -> CallRecord | None:
+        """The call whose recording is the LiveKit egress `egress_id`, without turns."""
+        doc = await CallDocument.find_one({"recording.egress_id": egress_id})
+        return _call_record(doc) if doc is not None else None
+
+    async def _stored_next_index(self, call_id: str) -> int:
+        last = (
+            await TurnDocument.find(TurnDocument.call_id == call_id)
+            .sort([("index", SortDirection.DESCENDING)])
+            .limit(1)
+            .to_list()
+        )
+        return last[0].index + 1 if last else 0
+
+    @_driver_errors
+    async def add_turn(
+        self,
+        call_id: str,
+        *,
+        speaker: Speaker,
+        text: str,
+        start_ms: float,
+        end_ms: float,
+        interrupted: bool = False,
+        latency: Mapping[str, float] | None = None,
+    ) -> TurnRecord:
+        """Store one turn at the call's next position: a single insert."""
+        for _ in range(3):
+            if call_id not in self._next_index:
+                self._next_index[call_id] = await self._stored_next_index(call_id)
+            index = self._next_index[call_id]
+            doc = TurnDocument(
+                call_id=call_id,
+                index=index,
+                speaker=speaker,
+                text=text,
+                start_ms=round(start_ms, 1),
+                end_ms=round(end_ms, 1),
+                interrupted=interrupted,
+                latency=dict(latency) if latency else None,
+                created_at=_stored_time(datetime.now(UTC)),
+            )
+            try:
+                await doc.insert()
+            except DuplicateKeyError:
+                # Another writer took this position: read the stored turns again.
+                self._next_index.pop(call_id, None)
+                continue
+            self._next_index[call_id] = index + 1
+            return _turn_record(doc)
+        raise StorageError(f"could not find a free turn position for call {call_id!r}")
+
+    @_driver_errors
+    async def update_turn(
+        self, turn_id: str, *, text: str, end_ms: float, interrupted: bool
+    ) -> None:
+        """Rewrite a turn in place, e.g. cut an agent turn to what the caller heard."""
+        turns = TurnDocument.get_pymongo_collection()
+        result = await turns.update_one(
+            {"_id": _object_id(turn_id, what="turn")},
+            {"$set": {"text": text, "end_ms": round(end_ms, 1), "interrupted": interrupted}},
+        )
+        if result.matched_count == 0:
+            raise StorageError(f"no turn {turn_id!r}")
+
+    @_driver_errors
+    async def finish_call(
+        self,
+        call_id: str,
+        *,
+        status: CallStatus,
+        end_reason: str,
+        ended_at: datetime,
+        usage: Mapping[str, int] | None = None,
+    ) -> CallRecord:
+        """Record the outcome once: finishing an already finished call keeps the first."""
+        async with call_write_lock(call_id):
+            await self._finish_once(call_id, status, end_reason, ended_at, usage)
+        self._next_index.pop(call_id, None)
+        return await self.get_call(call_id)
+
+    async def _finish_once(
+        self,
+        call_id: str,
+        status: CallStatus,
+        end_reason: str,
+        ended_at: datetime,
+        usage: Mapping[str, int] | None,
+    ) -> None:
+        doc = await CallDocument.get(_object_id(call_id, what="call"))
+        if doc is None:
+            raise CallNotFound(f"no call {call_id!r}")
+        if doc.ended_at is None:
+            ended = _stored_time(ended_at)
+            started = _utc(doc.started_at)
+            assert started is not None
+            duration = max(0.0, (ended - started).total_seconds())
+            turns = await TurnDocument.find(TurnDocument.call_id == call_id).to_list()
+            p50, p95 = _latency_percentiles([t.latency for t in turns if t.latency])
+            # The filter on ended_at makes the first of two racing finishes win.
+            await CallDocument.get_pymongo_collection().update_one(
+                {"_id": doc.id, "ended_at": None},
+                {
+                    "$set": {
+                        "status": status.value,
+                        "end_reason": end_reason,
+                        "ended_at": ended,
+                        "duration_s": round(duration, 3),
+                        "latency_p50": p50,
+                        "latency_p95": p95,
+                        "usage": dict(usage) if usage else None,
+                        "report_pending": True,
+                    }
+                },
+            )
+
+    @_driver_errors
+    async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord:
+        """The call with its turns in order (or none read); `CallNotFound` if there is none."""
+        doc = await CallDocument.get(_object_id(call_id, what="call"))
+        if doc is None:
+            raise CallNotFound(f"no call {call_id!r}")
+        if not with_turns:
+            return _call_record(doc)
+        turns = (
+            await TurnDocument.find(TurnDocument.call_id == call_id)
+            .sort([("index", SortDirection.ASCENDING)])
+            .to_list()
+        )
+        return _call_record(doc, tuple(_turn_record(t) for t in turns))
+
+    @_driver_errors
+    async def get_call_by_sid(self, call_sid: str) -> CallRecord | None:
+        """The newest call with this transport id, without turns."""
+        docs = (
+            await CallDocument.find(CallDocument.call_sid == call_sid)
+            .sort([("started_at", SortDirection.DESCENDING)])
+            .limit(1)
+            .to_list()
+        )
+        return _call_record(docs[0]) if docs else None
+
+    @_driver_errors
+    async def list_calls(
+        self, where: CallFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> CallPage:
+        """The newest matching calls first, without turns; `next_cursor` resumes after them."""
+        if limit < 1:
+            return CallPage(items=[], next_cursor=None)
+        query = _call_query(where or CallFilter())
+        if cursor is not None:
+            started, oid = _decode_cursor(cursor)
+            after = {
+                "$or": [
+                    {"started_at": {"$lt": started}},
+                    {"started_at": started, "_id": {"$lt": oid}},
+                ]
+            }
+            query = {"$and": [query, after]} if query else after
+        docs = (
+            await CallDocument.find(query)
+            .sort([("started_at", SortDirection.DESCENDING), ("_id", SortDirection.DESCENDING)])
+            .limit(limit + 1)
+            .to_list()
+        )
+        more = len(docs) > limit
+        docs = docs[:limit]
+        return CallPage(
+            items=[_call_record(d) for d in docs],
+            next_cursor=_encode_cursor(docs[-1]) if more else None,
+        )

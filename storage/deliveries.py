@@ -1,0 +1,387 @@
+"""The webhook outbox: deliveries, their attempts, and the leases that keep two gateways
+from sending the same attempt.
+
+FerretDB 1.24 has no atomic read-modify-write: `findAndModify` and `update` read the
+matching documents, then write each back whole by `_id`, so two gateways could both "win"
+a conditional update. The one write it does atomically is an insert (SQLite's primary
+key). So every change of who holds a delivery goes through an insert of a lease token
+`<delivery id>#<generation>` in `webhook_leases`, and the delivery's `lease_gen` says which
+generation its document reflects:
+
+- claim: read a due, unleased delivery at generation g, insert token g+1 (a claim until
+  the lease expires). Exactly one gateway wins g+1; only then is the delivery written.
+- record_attempt: the holder of g inserts token g+1 ("done") before writing the outcome.
+  If another gateway claimed g+1 after the lease expired, the insert fails and the stale
+  holder writes nothing.
+- redeliver: like a claim, by the API, only while nobody holds the delivery.
+
+A token whose writer died before it updated the delivery is skipped once its `until` has
+passed. Winners write the delivery one generation after another, never two at once, so
+FerretDB's whole-document writes lose nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, cast
+
+from beanie import SortDirection
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+from storage.calls import (
+    _call_record,
+    _driver_errors,
+    _object_id,
+    _stored_time,
+    _utc,
+    call_write_lock,
+)
+from storage.documents import CallDocument, OrganizationDocument, WebhookDeliveryDocument
+from storage.errors import DeliveryBusy, NotFound, StorageError
+from storage.models import CallRecord
+
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CANDIDATES = 10  # due deliveries read per claim; gateways racing for one try the next
+_TOKEN_SKIPS = 3  # dead tokens skipped over in one claim before giving a delivery up
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    at: datetime
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    id: str
+    org_id: str | None
+    call_id: str
+    event: str
+    url: str
+    body: str
+    status: DeliveryStatus
+    attempts: tuple[Attempt, ...]
+    attempt_count: int
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None
+    # The lease generation this record was read at; a claim returns the one it holds.
+    lease_gen: int = 0
+    lease_owner: str | None = None
+    lease_until: datetime = _EPOCH
+
+
+def _record(raw: dict[str, Any]) -> DeliveryRecord:
+    """A record of a raw delivery document (raw: `lease_gen` is not a document field)."""
+    doc = WebhookDeliveryDocument.model_validate(raw)
+
+    def at(value: datetime | None) -> datetime:
+        out = _utc(value)
+        assert out is not None
+        return out
+
+    return DeliveryRecord(
+        id=doc.id,
+        org_id=doc.org_id,
+        call_id=doc.call_id,
+        event=doc.event,
+        url=doc.url,
+        body=doc.body,
+        status=cast(DeliveryStatus, doc.status),
+        attempts=tuple(
+            Attempt(
+                at=at(a["at"]),
+                status_code=a.get("status_code"),
+                latency_ms=a.get("latency_ms", 0.0),
+                error=a.get("error"),
+            )
+            for a in doc.attempts
+        ),
+        attempt_count=doc.attempt_count,
+        next_attempt_at=at(doc.next_attempt_at),
+        created_at=at(doc.created_at),
+        delivered_at=_utc(doc.delivered_at),
+        lease_gen=int(raw.get("lease_gen", 0)),
+        lease_owner=doc.lease_owner,
+        lease_until=at(doc.lease_until),
+    )
+
+
+def _aware(value: Any) -> datetime:
+    """A stored time as an aware datetime (the client is tz_aware; documents built in memory
+    may not be)."""
+    out = _utc(cast(datetime, value))
+    assert out is not None
+    return out
+
+
+def _deliveries() -> AsyncCollection[dict[str, Any]]:
+    return WebhookDeliveryDocument.get_pymongo_collection()
+
+
+def _tokens() -> AsyncCollection[dict[str, Any]]:
+    return _deliveries().database["webhook_leases"]
+
+
+def _secrets() -> AsyncCollection[dict[str, Any]]:
+    return _deliveries().database["webhook_secrets"]
+
+
+async def _take_token(
+    delivery_id: str, gen: int, *, owner: str, kind: str, now: datetime, until: datetime
+) -> bool:
+    """Insert lease token `gen` of the delivery: True for the one writer that gets it."""
+    try:
+        await _tokens().insert_one(
+            {
+                "_id": f"{delivery_id}#{gen}",
+                "delivery_id": delivery_id,
+                "gen": gen,
+                "owner": owner,
+                "kind": kind,
+                "at": now,
+                "until": until,
+            }
+        )
+    except DuplicateKeyError:
+        return False
+    return True
+
+
+async def _take_next(
+    raw: dict[str, Any], *, owner: str, kind: str, now: datetime, until: datetime
+) -> int | None:
+    """The generation after the one `raw` was read at, if this writer gets it.
+
+    A taken token whose writer never updated the delivery (it died in between) is
+    skipped once its `until` has passed; a live one means another writer is at work.
+    """
+    gen = int(raw.get("lease_gen", 0)) + 1
+    for _ in range(_TOKEN_SKIPS):
+        if await _take_token(raw["_id"], gen, owner=owner, kind=kind, now=now, until=until):
+            return gen
+        taken = await _tokens().find_one({"_id": f"{raw['_id']}#{gen}"})
+        if taken is None or _aware(taken["until"]) >= now:
+            return None
+        gen += 1
+    return None
+
+
+class WebhookRepository:
+    """Reports owed by finished calls, and the deliveries made of them."""
+
+    @_driver_errors
+    async def owed_reports(self, limit: int = 500) -> list[CallRecord]:
+        """Finished calls whose end-call report has not been queued yet."""
+        docs = await CallDocument.find({"report_pending": True}).limit(limit).to_list()
+        return [_call_record(d) for d in docs]
+
+    @_driver_errors
+    async def report_queued(self, call_id: str) -> None:
+        async with call_write_lock(call_id):
+            await CallDocument.get_pymongo_collection().update_one(
+                {"_id": _object_id(call_id, what="call")}, {"$set": {"report_pending": False}}
+            )
+
+    @_driver_errors
+    async def enqueue(
+        self,
+        *,
+        delivery_id: str,
+        org_id: str | None,
+        call_id: str,
+        event: str,
+        url: str,
+        body: str,
+        now: datetime,
+    ) -> bool:
+        """Queue a delivery once: False if one with this id exists already."""
+        doc = WebhookDeliveryDocument(
+            id=delivery_id,
+            org_id=org_id,
+            call_id=call_id,
+            event=event,
+            url=url,
+            body=body,
+            next_attempt_at=_stored_time(now),
+            lease_until=_EPOCH,
+            created_at=_stored_time(now),
+        )
+        try:
+            await doc.insert()
+        except DuplicateKeyError:
+            return False
+        return True
+
+    @_driver_errors
+    async def claim(self, *, owner: str, now: datetime, lease_s: float) -> DeliveryRecord | None:
+        """Take the most overdue pending delivery whose lease has expired, for `lease_s`."""
+        now = _stored_time(now)
+        until = _stored_time(now + timedelta(seconds=lease_s))
+        candidates = (
+            await _deliveries()
+            .find(
+                {"status": "pending", "next_attempt_at": {"$lte": now}, "lease_until": {"$lt": now}}
+            )
+            .sort([("next_attempt_at", 1)])
+            .limit(_CANDIDATES)
+            .to_list()
+        )
+        for raw in candidates:
+            gen = await _take_next(raw, owner=owner, kind="claim", now=now, until=until)
+            if gen is None:
+                continue  # another gateway has it
+            # Read again as its only writer now: the candidate may be stale.
+            fresh = await _deliveries().find_one({"_id": raw["_id"]})
+            if fresh is None:
+                continue
+            due = fresh["status"] == "pending" and _aware(fresh["next_attempt_at"]) <= now
+            lease = (
+                {"lease_gen": gen, "lease_owner": owner, "lease_until": until}
+                if due
+                else {"lease_gen": gen, "lease_owner": None, "lease_until": _EPOCH}
+            )
+            await _deliveries().update_one({"_id": raw["_id"]}, {"$set": lease})
+            if due:
+                return _record({**fresh, **lease})
+        return None
+
+    @_driver_errors
+    async def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        owner: str,
+        lease_gen: int,
+        attempt: Attempt,
+        status: DeliveryStatus,
+        next_attempt_at: datetime | None,
+    ) -> bool:
+        """Store an attempt and its outcome while `owner` holds lease `lease_gen`; False (and
+        nothing written) if it does not, e.g. its lease expired and another gateway claimed."""
+        held = await _tokens().find_one({"_id": f"{delivery_id}#{lease_gen}"})
+        if held is None or held["owner"] != owner:
+            return False
+        at = _stored_time(attempt.at)
+        # The token's own lease: a writer that dies before the update below is skipped then.
+        until = max(_aware(held["until"]), at + timedelta(seconds=60))
+        if not await _take_token(
+            delivery_id, lease_gen + 1, owner=owner, kind="done", now=at, until=until
+        ):
+            return False
+        fields: dict[str, Any] = {
+            "status": status,
+            "lease_gen": lease_gen + 1,
+            "lease_owner": None,
+            "lease_until": _EPOCH,
+        }
+        if next_attempt_at is not None:
+            fields["next_attempt_at"] = _stored_time(next_attempt_at)
+        if status == "delivered":
+            fields["delivered_at"] = at
+        entry = {
+            "at": at,
+            "status_code": attempt.status_code,
+            "latency_ms": round(attempt.latency_ms, 1),
+            "error": attempt.error,
+        }
+        await _deliveries().update_one(
+            {"_id": delivery_id},
+            {"$set": fields, "$push": {"attempts": entry}, "$inc": {"attempt_count": 1}},
+        )
+        return True
+
+    @_driver_errors
+    async def list(
+        self,
+        org_id: str,
+        *,
+        status: DeliveryStatus | None = None,
+        call_id: str | None = None,
+        limit: int = 50,
+    ) -> list[DeliveryRecord]:
+        """The organisation's deliveries, newest first."""
+        query: dict[str, Any] = {"org_id": org_id}
+        if status is not None:
+            query["status"] = status
+        if call_id is not None:
+            query["call_id"] = call_id
+        raws = (
+            await _deliveries()
+            .find(query)
+            .sort([("created_at", SortDirection.DESCENDING), ("_id", SortDirection.DESCENDING)])
+            .limit(limit)
+            .to_list()
+        )
+        return [_record(r) for r in raws]
+
+    @_driver_errors
+    async def get(self, org_id: str, delivery_id: str) -> DeliveryRecord:
+        """A delivery of the organisation (another organisation's is `NotFound`)."""
+        raw = await _deliveries().find_one({"_id": delivery_id})
+        if raw is None or raw.get("org_id") != org_id:
+            raise NotFound(f"no delivery {delivery_id!r}")
+        return _record(raw)
+
+    @_driver_errors
+    async def redeliver(self, org_id: str, delivery_id: str, *, now: datetime) -> DeliveryRecord:
+        """Queue a delivery again, now, with a fresh attempt budget (its history is kept).
+
+        `DeliveryBusy` while a gateway holds its lease: writing then would race that
+        gateway's outcome (and FerretDB would keep whichever whole document came last).
+        """
+        now = _stored_time(now)
+        for _ in range(_TOKEN_SKIPS):
+            current = await self.get(org_id, delivery_id)
+            if current.lease_until >= now:
+                raise DeliveryBusy(f"delivery {delivery_id!r} is being sent")
+            raw = {"_id": delivery_id, "lease_gen": current.lease_gen}
+            gen = await _take_next(raw, owner="api", kind="redeliver", now=now, until=now)
+            if gen is None:
+                continue  # a gateway claimed it meanwhile; look again
+            await _deliveries().update_one(
+                {"_id": delivery_id},
+                {
+                    "$set": {
+                        "status": "pending",
+                        "attempt_count": 0,
+                        "next_attempt_at": now,
+                        "lease_gen": gen,
+                        "lease_owner": None,
+                        "lease_until": _EPOCH,
+                    }
+                },
+            )
+            return await self.get(org_id, delivery_id)
+        raise DeliveryBusy(f"delivery {delivery_id!r} is being sent")
+
+    @_driver_errors
+    async def webhook_secret(self, org_id: str) -> str:
+        """The organisation's signing secret, made the first time it is asked for.
+
+        Made by an insert (`_id` = the organisation): of two gateways asking first at once,
+        one insert wins and both return its secret. A conditional update would not do on
+        FerretDB 1.24, which could let both "win" and sign with different secrets.
+        """
+        stored = await _secrets().find_one({"_id": org_id})
+        if stored is not None:
+            return str(stored["secret"])
+        oid = _object_id(org_id, what="organisation")
+        if await OrganizationDocument.get_pymongo_collection().find_one({"_id": oid}) is None:
+            raise NotFound(f"no organisation {org_id!r}")
+        try:
+            await _secrets().insert_one(
+                {"_id": org_id, "secret": "whsec_" + secrets.token_urlsafe(32)}
+            )
+        except DuplicateKeyError:
+            pass  # another gateway made it first: its secret is the one
+        stored = await _secrets().find_one({"_id": org_id})
+        if stored is None:
+            raise StorageError(f"webhook secret of {org_id!r} vanished while being made")
+        return str(stored["secret"])

@@ -1,0 +1,74 @@
+"""Twilio's REST API for calls (the `twilio` SDK): placing outbound calls and transfers.
+
+The SDK is synchronous (requests), so each call runs on a worker thread. `api_base_url`
+points it somewhere other than https://api.twilio.com (a regional edge or a test server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.rest import Client
+
+from telephony.errors import CarrierError, TransferError
+from telephony.twilio.twiml import dial_twiml
+
+log = logging.getLogger(__name__)
+
+
+class TwilioCalls:
+    """Acts on live Twilio calls of one account."""
+
+    def __init__(self, *, account_sid: str, auth_token: str, api_base_url: str | None = None):
+        self._client = Client(account_sid, auth_token)
+        if api_base_url:
+            self._client.api.base_url = api_base_url.rstrip("/")
+
+    async def transfer(self, call_sid: str, to: str) -> None:
+        """Replace the call's TwiML with a `<Dial>` to `to`; the media stream then ends."""
+        twiml = dial_twiml(to)
+        try:
+            await asyncio.to_thread(lambda: self._client.calls(call_sid).update(twiml=twiml))
+        except TwilioException as exc:
+            raise TransferError(f"Twilio refused the transfer: {exc}") from exc
+        log.info("call transferred", extra={"call_sid": call_sid, "to": to})
+
+    async def create_call(
+        self,
+        *,
+        to: str,
+        from_: str,
+        twiml: str,
+        status_callback: str,
+        ring_timeout_s: int = 60,
+        machine_detection: bool = False,
+    ) -> str:
+        """Place a call that runs `twiml` when answered; returns its CallSid.
+
+        Every progress event (initiated, ringing, answered, completed) is POSTed to
+        `status_callback`; with `machine_detection`, Twilio adds `AnsweredBy`.
+        """
+        options: dict[str, object] = {
+            "to": to,
+            "from_": from_,
+            "twiml": twiml,
+            "status_callback": status_callback,
+            "status_callback_method": "POST",
+            "status_callback_event": ["initiated", "ringing", "answered", "completed"],
+            "timeout": ring_timeout_s,
+        }
+        if machine_detection:
+            options["machine_detection"] = "Enable"
+        try:
+            call = await asyncio.to_thread(lambda: self._client.calls.create(**options))
+        except TwilioRestException as exc:
+            raise CarrierError(
+                f"Twilio refused the call: {exc.msg}", status=exc.status, carrier="twilio"
+            ) from exc
+        except TwilioException as exc:
+            raise CarrierError(f"Twilio is unreachable: {exc}", carrier="twilio") from exc
+        sid = str(call.sid)
+        log.info("outbound call placed", extra={"call_sid": sid, "to": to})
+        return sid
