@@ -160,7 +160,7 @@ class RecordingError(GatewayError):
 # --------------------------------------------------------------------- the HTTP edge
 
 
-class _ErrorBody(BaseModel):
+class ErrorBody(BaseModel):
     code: str
     message: str
     details: list[dict[str, Any]] | None = None
@@ -169,13 +169,13 @@ class _ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     """The one JSON shape of every error the gateway returns."""
 
-    error: _ErrorBody
+    error: ErrorBody
 
 
 def error_response(
     status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
 ) -> JSONResponse:
-    body = _ErrorBody(code=code, message=message, details=details)
+    body = ErrorBody(code=code, message=message, details=details)
     return JSONResponse(
         ErrorResponse(error=body).model_dump(mode="json", exclude_none=True), status_code=status
     )

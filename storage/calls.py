@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import functools
 import json
 import math
@@ -181,7 +180,7 @@ def _call_record(doc: CallDocument, turns: tuple[TurnRecord, ...] = ()) -> CallR
         system_prompt=doc.system_prompt,
         greeting=doc.greeting,
         answered_by=doc.answered_by,
-        recording=RecordingState(**doc.recording) if doc.recording else None,
+        recording=RecordingState.model_validate(doc.recording) if doc.recording else None,
         served_by=doc.served_by,
     )
 
@@ -322,7 +321,7 @@ class CallRepository:
     @_driver_errors
     async def set_recording(self, call_id: str, state: RecordingState) -> None:
         """Store where the call's recording is (replaces the whole state; by `_id` alone)."""
-        await self._set_fact(call_id, {"recording": dataclasses.asdict(state)})
+        await self._set_fact(call_id, {"recording": state.model_dump()})
 
     @_driver_errors
     async def set_served_by(self, call_id: str, gateway_id: str) -> None:

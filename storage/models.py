@@ -1,4 +1,9 @@
-"""Typed values that leave `storage/` (beanie documents never do)."""
+"""Typed values that leave `storage/` (beanie documents never do).
+
+Records read back are frozen pydantic models: the management API publishes them as they
+are, hiding only what it lists as internal (see `gateway/api/models.py`), so each field
+is declared once, here.
+"""
 
 from __future__ import annotations
 
@@ -47,8 +52,13 @@ class NewCall:
     greeting: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class TurnRecord:
+class _Record(BaseModel):
+    """A value read from the database (immutable)."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+class TurnRecord(_Record):
     id: str
     call_id: str
     index: int
@@ -58,15 +68,16 @@ class TurnRecord:
     end_ms: float
     interrupted: bool
     created_at: datetime
-    latency: Mapping[str, float] | None = None
+    latency: dict[str, float] | None = Field(
+        default=None, description="agent turns: ms from the caller's end of speech to each stage"
+    )
 
 
 RecordingKind = Literal["gateway", "egress"]
 RecordingStatus = Literal["recording", "complete", "failed"]
 
 
-@dataclass(frozen=True, slots=True)
-class RecordingState:
+class RecordingState(_Record):
     """Where a call's recording is and how far it got.
 
     `gateway`: the gateway's own stereo recorder (Twilio streams), a multipart upload to
@@ -75,21 +86,24 @@ class RecordingState:
     `salvaged` marks a recording completed from the parts a crashed gateway had uploaded.
     """
 
-    kind: RecordingKind
+    kind: RecordingKind = Field(
+        description="gateway: the gateway's stereo WAV of a Twilio stream; egress: LiveKit Egress"
+    )
     status: RecordingStatus
     bucket: str | None = None
     key: str | None = None
     upload_id: str | None = None
     egress_id: str | None = None
-    location: str | None = None
+    location: str | None = Field(default=None, description="where LiveKit Egress reported the file")
     size_bytes: int | None = None
     duration_s: float | None = None
     error: str | None = None
-    salvaged: bool = False
+    salvaged: bool = Field(
+        default=False, description="completed from the parts a stopped gateway uploaded"
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class CallRecord:
+class CallRecord(_Record):
     id: str
     org_id: str | None
     transport: str
@@ -106,9 +120,9 @@ class CallRecord:
     duration_s: float | None
     end_reason: str | None
     turns: tuple[TurnRecord, ...] = ()
-    latency_p50: Mapping[str, float] | None = None
-    latency_p95: Mapping[str, float] | None = None
-    usage: Mapping[str, int] | None = None
+    latency_p50: dict[str, float] | None = None
+    latency_p95: dict[str, float] | None = None
+    usage: dict[str, int] | None = Field(default=None, description="LLM tokens of the call")
     system_prompt: str | None = None
     greeting: str | None = None
     answered_by: str | None = None
@@ -183,12 +197,11 @@ class Organization:
     created_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class ApiKeyRecord:
+class ApiKeyRecord(_Record):
     id: str
     org_id: str
     name: str
-    prefix: str
+    prefix: str = Field(description="first characters of the key, to tell keys apart")
     created_at: datetime
     revoked_at: datetime | None
 
@@ -197,8 +210,9 @@ TrunkKind = Literal["inbound", "outbound"]
 SipProvider = Literal["twilio", "generic"]
 
 
-@dataclass(frozen=True, slots=True)
-class SipTrunkRecord:
+class SipTrunkRecord(_Record):
+    """A trunk as stored: its password is in LiveKit only (`has_password` says if one is set)."""
+
     id: str
     org_id: str
     livekit_id: str
@@ -218,8 +232,7 @@ class SipTrunkRecord:
 DispatchKind = Literal["individual", "direct"]
 
 
-@dataclass(frozen=True, slots=True)
-class DispatchRuleRecord:
+class DispatchRuleRecord(_Record):
     id: str
     org_id: str
     livekit_id: str

@@ -15,7 +15,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -245,9 +245,13 @@ class WebhookOutbox:
             if settled is None:
                 if now < ended + self._recording_grace + timedelta(seconds=_RECORDING_GIVE_UP_S):
                     return _Pending.NOT_SETTLED
-                settled = replace(state, status="failed", error="the store stayed unreachable")
+                settled = state.model_copy(
+                    update={"status": "failed", "error": "the store stayed unreachable"}
+                )
         else:
-            settled = replace(state, status="failed", error="the recording never reported its end")
+            settled = state.model_copy(
+                update={"status": "failed", "error": "the recording never reported its end"}
+            )
         await self._calls.set_recording(call.id, settled)
         log.warning(
             "recording settled after the call ended",

@@ -50,11 +50,11 @@ async def get_call(req: ApiRequest) -> BaseModel:
     call = await req.services.database.calls.get_call(call_id)
     if call.org_id != req.principal.org_id:
         raise CallNotFound(f"no call {call_id!r}")
-    detail = CallDetail.of(call)
     recordings = req.services.recordings
+    link = None
     if call.recording is not None and recordings is not None:
-        detail.recording_url = recordings.url(call.recording)
-    return detail
+        link = recordings.url(call.recording)
+    return CallDetail.of(call, recording_url=link)
 
 
 async def _outbound_trunk(req: ApiRequest, trunk_id: str | None) -> SipTrunkRecord:

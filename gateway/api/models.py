@@ -4,11 +4,23 @@ serialise with them, and the OpenAPI document is generated from them."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from storage import E164, AssistantConfig, AssistantRecord, CallStatus, Direction
+from storage import (
+    E164,
+    ApiKeyRecord,
+    AssistantConfig,
+    AssistantRecord,
+    CallRecord,
+    CallStatus,
+    Direction,
+    DispatchRuleRecord,
+    RecordingState,
+    SipTrunkRecord,
+    TurnRecord,
+)
 
 
 class _Input(BaseModel):
@@ -29,62 +41,44 @@ class CallQuery(_Input):
 
 
 class _FromRecord(BaseModel):
-    """A response read off a storage record's attributes (same names)."""
+    """A response that publishes a storage record: its fields are the record's (declared once,
+    in `storage/models.py`); a subclass only hides what is internal (`Field(exclude=True)`:
+    left out of the answer and of the OpenAPI schema) and adds what the API computes."""
 
-    model_config = ConfigDict(from_attributes=True)
+    # Every field is in every answer (null when unset): the schema says so.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
     @classmethod
-    def of(cls, record: object) -> Self:
-        return cls.model_validate(record)
+    def of(cls, record: BaseModel, **computed: object) -> Self:
+        return cls.model_validate({**record.model_dump(), **computed})
 
 
-class TurnOut(_FromRecord):
-    speaker: Literal["caller", "agent"]
-    text: str
-    start_ms: float
-    end_ms: float
-    interrupted: bool
-    created_at: datetime
-    latency: dict[str, float] | None = None
+def _internal() -> Any:
+    """A record field the API never shows."""
+    return Field(default=None, exclude=True)
 
 
-class RecordingOut(_FromRecord):
-    kind: Literal["gateway", "egress"] = Field(
-        description="gateway: the gateway's stereo WAV of a Twilio stream; egress: LiveKit Egress"
-    )
-    status: Literal["recording", "complete", "failed"]
-    bucket: str | None
-    key: str | None
-    location: str | None = Field(description="where LiveKit Egress reported the file")
-    size_bytes: int | None
-    duration_s: float | None
-    salvaged: bool = Field(description="completed from the parts a stopped gateway uploaded")
-    error: str | None
+class TurnOut(TurnRecord, _FromRecord):
+    id: str = _internal()
+    call_id: str = _internal()
+    index: int = _internal()
 
 
-class CallOut(_FromRecord):
-    id: str
-    transport: str
-    call_sid: str
-    stream_sid: str | None
-    from_number: str
-    to_number: str
-    direction: Direction
-    assistant_id: str | None
-    metadata: dict[str, str]
-    status: CallStatus
-    started_at: datetime
-    ended_at: datetime | None
-    duration_s: float | None
-    end_reason: str | None
-    answered_by: str | None = None
+class RecordingOut(RecordingState, _FromRecord):
+    upload_id: str | None = _internal()
+    egress_id: str | None = _internal()
+
+
+class CallOut(CallRecord, _FromRecord):
+    org_id: str | None = _internal()
+    turns: tuple[TurnRecord, ...] = _internal()
+    system_prompt: str | None = _internal()
+    greeting: str | None = _internal()
+    served_by: str | None = _internal()
     recording: RecordingOut | None = None
     recording_url: str | None = Field(
         default=None, description="presigned link to the complete recording (expires)"
     )
-    latency_p50: dict[str, float] | None = None
-    latency_p95: dict[str, float] | None = None
-    usage: dict[str, int] | None = None
 
 
 class CallDetail(CallOut):
@@ -165,12 +159,8 @@ class AssistantList(BaseModel):
 # --------------------------------------------------------------------- API keys
 
 
-class ApiKeyOut(_FromRecord):
-    id: str
-    name: str
-    prefix: str = Field(description="first characters of the key, to tell keys apart")
-    created_at: datetime
-    revoked_at: datetime | None
+class ApiKeyOut(ApiKeyRecord, _FromRecord):
+    org_id: str = _internal()
 
 
 class ApiKeyList(BaseModel):
@@ -233,22 +223,8 @@ class OutboundTrunkCreate(_Input):
         return self
 
 
-class TrunkOut(_FromRecord):
-    """A trunk as stored; its password is never returned, only whether one is set."""
-
-    id: str
-    livekit_id: str
-    kind: Literal["inbound", "outbound"]
-    provider: Literal["twilio", "generic"]
-    name: str
-    numbers: list[str]
-    address: str | None
-    transport: str | None
-    allowed_addresses: list[str]
-    allowed_numbers: list[str]
-    auth_username: str | None
-    has_password: bool
-    created_at: datetime
+class TrunkOut(SipTrunkRecord, _FromRecord):
+    org_id: str = _internal()
 
 
 class TrunkList(BaseModel):
@@ -273,17 +249,8 @@ class DispatchRuleCreate(_Input):
         return self
 
 
-class DispatchRuleOut(_FromRecord):
-    id: str
-    livekit_id: str
-    name: str
-    assistant_id: str
-    trunk_ids: list[str]
-    kind: Literal["individual", "direct"]
-    room_prefix: str | None
-    room_name: str | None
-    has_pin: bool
-    created_at: datetime
+class DispatchRuleOut(DispatchRuleRecord, _FromRecord):
+    org_id: str = _internal()
 
 
 class DispatchRuleList(BaseModel):

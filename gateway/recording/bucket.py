@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from typing import Any
 
@@ -159,8 +158,8 @@ class RecordingBucket:
         parts.sort(key=lambda p: int(p["PartNumber"]))
         if not parts:
             await self.abort_upload(state.key, state.upload_id)
-            return dataclasses.replace(
-                state, status="failed", upload_id=None, error="no part was uploaded"
+            return state.model_copy(
+                update={"status": "failed", "upload_id": None, "error": "no part was uploaded"}
             )
         await self._call(
             "complete_multipart_upload",
@@ -171,13 +170,14 @@ class RecordingBucket:
         )  # fmt: skip
         size = sum(int(p["Size"]) for p in parts)
         wav = await self.write_final_header(state.key, size, int(parts[0]["Size"]))
-        return dataclasses.replace(
-            state,
-            status="complete",
-            upload_id=None,
-            size_bytes=size,
-            duration_s=round(wav.duration_s(size), 3),
-            salvaged=True,
+        return state.model_copy(
+            update={
+                "status": "complete",
+                "upload_id": None,
+                "size_bytes": size,
+                "duration_s": round(wav.duration_s(size), 3),
+                "salvaged": True,
+            }
         )
 
     def presigned_url(self, key: str) -> str:

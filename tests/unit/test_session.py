@@ -177,8 +177,8 @@ class MemoryStore:
         if latency is not None:
             self.latencies.append(dict(latency))
         return TurnRecord(
-            "t", call_id, len(self.turns), speaker, text, start_ms, end_ms, interrupted,
-            datetime.now(),
+            id="t", call_id=call_id, index=len(self.turns), speaker=speaker, text=text,
+            start_ms=start_ms, end_ms=end_ms, interrupted=interrupted, created_at=datetime.now(),
         )  # fmt: skip
 
     async def finish_call(
