@@ -1,0 +1,144 @@
+"""Turn-taking fed caller frames with no event loop: the pre-roll reaches the STT before
+the speech it precedes, the steps come in the order the session carries them out, and each
+utterance keeps its span until its transcript arrives."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from audio.frames import AudioFrame
+from gateway.call.turn_taking import (
+    CallerStarted,
+    PushAudio,
+    TurnStep,
+    TurnTaking,
+    Utterance,
+    UtteranceEnded,
+)
+from gateway.providers.base import STTStream
+
+RATE = 8000
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _STT:
+    """An STT as turn-taking sees it: its input rate and whether it wants every frame."""
+
+    name = "test-stt"
+
+    def __init__(self, *, continuous: bool = False, rate: int = 16000) -> None:
+        self.continuous = continuous
+        self._rate = rate
+
+    def input_rate(self, transport_rate: int) -> int:
+        return self._rate
+
+    async def open_stream(self, *, call_id: str, sample_rate: int) -> STTStream:
+        raise NotImplementedError
+
+
+def _turns(stt: _STT, clock: _Clock) -> TurnTaking:
+    return TurnTaking(
+        stt,
+        rate=RATE,
+        min_speech_ms=120,
+        silence_ms=400,
+        preroll_ms=300,
+        clock=clock,
+        started_at=clock.now,
+    )
+
+
+def _speech(ms: int) -> list[AudioFrame]:
+    t = np.arange(RATE * ms // 1000) / RATE
+    voiced = sum((np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 10)), np.zeros_like(t))
+    voiced *= 4000
+    pcm = voiced.astype(np.int16)
+    return [AudioFrame(pcm[i : i + 160], RATE) for i in range(0, len(pcm), 160)]
+
+
+def _silence(ms: int) -> list[AudioFrame]:
+    return [AudioFrame(np.zeros(160, dtype=np.int16), RATE)] * (ms // 20)
+
+
+def _feed(turns: TurnTaking, frames: list[AudioFrame]) -> list[list[TurnStep]]:
+    return [turns.feed(frame) for frame in frames]
+
+
+def _kinds(steps: list[TurnStep]) -> list[str]:
+    return [type(step).__name__ for step in steps]
+
+
+def test_the_preroll_reaches_the_stt_before_the_speech_it_precedes() -> None:
+    clock = _Clock()
+    turns = _turns(_STT(), clock)
+    # Before the caller speaks nothing goes to the STT: the last 300 ms are kept.
+    assert _feed(turns, _silence(500)) == [[]] * 25
+    speech = _feed(turns, _speech(1000))
+    # Speech is confirmed after 120 ms (six frames); the five before it are kept too.
+    assert speech[:5] == [[]] * 5
+    started = speech[5]
+    assert _kinds(started) == ["PushAudio"] * 15 + ["CallerStarted", "PushAudio"]
+    assert started[15] == CallerStarted(at_ms=500.0)
+    assert all(
+        isinstance(step, PushAudio) and step.frame.rate == 16000
+        for step in started[:15] + started[16:]
+    )
+    assert turns.caller_speaking
+    # While the caller speaks each frame goes to the STT as it comes.
+    assert all(_kinds(steps) == ["PushAudio"] for steps in speech[6:])
+
+
+def test_the_utterance_ends_after_the_silence_and_keeps_its_span() -> None:
+    clock = _Clock()
+    turns = _turns(_STT(), clock)
+    _feed(turns, _silence(500) + _speech(1000))
+    clock.now = 110.0
+    silence = _feed(turns, _silence(1000))
+    # The silence up to the end of turn still goes to the STT, then the transcript is owed.
+    assert all(_kinds(steps) == ["PushAudio"] for steps in silence[:19])
+    assert _kinds(silence[19]) == ["PushAudio", "UtteranceEnded"]
+    assert isinstance(silence[19][1], UtteranceEnded)
+    assert not turns.caller_speaking
+    assert silence[20:] == [[]] * 30
+    # Speech ended 400 ms before the VAD could say so; its clock time is dated back.
+    utterance = turns.take_utterance()
+    assert utterance.start_ms == 500.0 and utterance.end_ms == 1500.0
+    assert abs(utterance.ended_at - 109.6) < 1e-9
+
+
+def test_utterances_wait_for_their_transcripts_in_order() -> None:
+    clock = _Clock()
+    turns = _turns(_STT(), clock)
+    _feed(turns, _silence(500) + _speech(600) + _silence(600) + _speech(400) + _silence(600))
+    first, second = turns.take_utterance(), turns.take_utterance()
+    assert (first.start_ms, first.end_ms) == (500.0, 1100.0)
+    assert (second.start_ms, second.end_ms) == (1700.0, 2100.0)
+    # A transcript with no utterance of the VAD's behind it spans the call up to now.
+    clock.now = 103.0
+    assert turns.take_utterance() == Utterance(0.0, 3000.0, 103.0)
+
+
+def test_a_continuous_stt_gets_every_frame_and_no_replay() -> None:
+    turns = _turns(_STT(continuous=True), _Clock())
+    steps = _feed(turns, _silence(500) + _speech(400) + _silence(600))
+    assert all(_kinds(s)[-1:] == ["PushAudio"] for s in steps[:25])
+    assert _kinds(steps[30]) == ["CallerStarted", "PushAudio"]
+    assert _kinds(steps[-11]) == ["PushAudio", "UtteranceEnded"]
+    assert sum(_kinds(s).count("PushAudio") for s in steps) == len(steps)
+
+
+def test_a_fallback_stt_is_fed_at_its_own_rate() -> None:
+    turns = _turns(_STT(), _Clock())
+    turns.use_stt(_STT(rate=RATE))
+    assert turns.stt_rate == RATE
+    steps = _feed(turns, _silence(300) + _speech(200))
+    pushed = [s for frame_steps in steps for s in frame_steps if isinstance(s, PushAudio)]
+    assert pushed and all(s.frame.rate == RATE and s.frame.samples == 160 for s in pushed)
