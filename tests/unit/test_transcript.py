@@ -52,8 +52,9 @@ class _SlowStore:
         self.latencies.append(latency)
         n = len(self.turns)
         return TurnRecord(
-            "t", call_id, n, speaker, text, start_ms, end_ms, interrupted, datetime.now()
-        )
+            id="t", call_id=call_id, index=n, speaker=speaker, text=text, start_ms=start_ms,
+            end_ms=end_ms, interrupted=interrupted, created_at=datetime.now(),
+        )  # fmt: skip
 
 
 def _transcript(store: _SlowStore, clock: _Clock, metrics: GatewayMetrics) -> CallTranscript:
