@@ -11,8 +11,10 @@ import shutil
 import subprocess
 import time
 
+import httpx
 import numpy as np
 from livekit import api, rtc
+from livekit.protocol import sip as lksip
 
 from audio.resample import StreamResampler
 
@@ -33,6 +35,39 @@ def espeak_pcm16k(text: str, *, voice: str = "en-us+f3", words_per_minute: int =
     resampler = StreamResampler(22050, RATE)
     out = np.concatenate([resampler.process(pcm), resampler.flush()])
     return np.concatenate([out, np.zeros(-out.size % FRAME, dtype=np.int16)])
+
+
+async def dispatch_attributes(
+    http: httpx.AsyncClient,
+    key: str,
+    server_url: str,
+    api_key: str,
+    api_secret: str,
+    assistant: dict[str, object],
+    numbers: list[str],
+) -> tuple[str, dict[str, str]]:
+    """`assistant`, an inbound trunk for `numbers` and a dispatch rule to it, made through
+    the gateway's API; the assistant's id and the attributes the rule gives SIP
+    participants, read back from LiveKit (what the SIP bridge would set)."""
+    h = {"x-api-key": key}
+    created = await http.post("/assistants", headers=h, json=assistant)
+    assert created.status_code == 201, created.text
+    trunk = await http.post(
+        "/sip/trunks/inbound",
+        headers=h,
+        json={"name": "in", "numbers": numbers, "allowed_addresses": ["127.0.0.1"]},
+    )
+    assert trunk.status_code == 201, trunk.text
+    rule = await http.post(
+        "/sip/dispatch-rules",
+        headers=h,
+        json={"name": "r", "assistant_id": created.json()["id"], "trunk_ids": [trunk.json()["id"]]},
+    )
+    assert rule.status_code == 201, rule.text
+    async with api.LiveKitAPI(server_url, api_key, api_secret) as lk:
+        rules = await lk.sip.list_dispatch_rule(lksip.ListSIPDispatchRuleRequest())
+    [info] = [r for r in rules.items if r.sip_dispatch_rule_id == rule.json()["livekit_id"]]
+    return created.json()["id"], dict(info.attributes)
 
 
 def caller_token(

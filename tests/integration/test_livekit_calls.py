@@ -17,10 +17,9 @@ from typing import Any
 import httpx
 import pytest
 from livekit import api as lkapi
-from livekit.protocol import sip as lksip
 
 from tests.integration.conftest import GatewayProcess, run_gateway
-from tests.livekit_caller import RoomCaller, caller_token, espeak_pcm16k
+from tests.livekit_caller import RoomCaller, caller_token, dispatch_attributes, espeak_pcm16k
 from tests.livekit_server import LiveKitServer, run_livekit_server
 from tests.net import free_port
 
@@ -47,39 +46,14 @@ def room_stack(
 async def _dispatch_attributes(
     http: httpx.AsyncClient, key: str, server: LiveKitServer
 ) -> tuple[str, dict[str, str]]:
-    """An assistant, an inbound trunk and a rule made through the API; the attributes the
-    rule gives SIP participants, read back from LiveKit."""
-    h = {"x-api-key": key}
-    assistant = await http.post(
-        "/assistants",
-        headers=h,
-        json={
-            "name": "Rooms",
-            "system_prompt": "Help the caller at {{from_number}}.",
-            "greeting": "Hello, you reached the room agent. How can I help you today?",
-        },
+    assistant = {
+        "name": "Rooms",
+        "system_prompt": "Help the caller at {{from_number}}.",
+        "greeting": "Hello, you reached the room agent. How can I help you today?",
+    }
+    return await dispatch_attributes(
+        http, key, server.url, server.api_key, server.api_secret, assistant, ["+15557770001"]
     )
-    assert assistant.status_code == 201, assistant.text
-    trunk = await http.post(
-        "/sip/trunks/inbound",
-        headers=h,
-        json={"name": "in", "numbers": ["+15557770001"], "allowed_addresses": ["127.0.0.1"]},
-    )
-    assert trunk.status_code == 201, trunk.text
-    rule = await http.post(
-        "/sip/dispatch-rules",
-        headers=h,
-        json={
-            "name": "r",
-            "assistant_id": assistant.json()["id"],
-            "trunk_ids": [trunk.json()["id"]],
-        },
-    )
-    assert rule.status_code == 201, rule.text
-    async with lkapi.LiveKitAPI(server.url, server.api_key, server.api_secret) as lk:
-        rules = await lk.sip.list_dispatch_rule(lksip.ListSIPDispatchRuleRequest())
-    [info] = [r for r in rules.items if r.sip_dispatch_rule_id == rule.json()["livekit_id"]]
-    return assistant.json()["id"], dict(info.attributes)
 
 
 async def _call_in(

@@ -21,10 +21,9 @@ from typing import Any
 import httpx
 import pytest
 from livekit import api as lkapi
-from livekit.protocol import sip as lksip
 
 from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
-from tests.livekit_caller import RoomCaller, caller_token, espeak_pcm16k
+from tests.livekit_caller import RoomCaller, caller_token, dispatch_attributes, espeak_pcm16k
 from tests.livekit_server import LiveKitServer, run_livekit_server
 from tests.net import free_port
 from tests.webhook_receiver import WebhookReceiver, run_webhook_receiver
@@ -66,41 +65,19 @@ async def _sweeps_over_two_leases(gateway: GatewayProcess) -> None:
 async def _setup(
     http: httpx.AsyncClient, key: str, hook: str, server: LiveKitServer
 ) -> dict[str, str]:
-    """An assistant with a webhook and a number, an inbound trunk and a dispatch rule to it;
-    returns the attributes the rule gives SIP participants (read back from LiveKit)."""
-    h = {"x-api-key": key}
-    assistant = await http.post(
-        "/assistants",
-        headers=h,
-        json={
-            "name": "Shared",
-            "system_prompt": "Help the caller.",
-            "greeting": "Hello, you reached the shared line. How can I help?",
-            "webhook_url": hook,
-            "phone_numbers": [NUMBER],
-        },
+    """An assistant with a webhook and a number, reached by SIP through a dispatch rule;
+    returns the attributes the rule gives SIP participants."""
+    assistant = {
+        "name": "Shared",
+        "system_prompt": "Help the caller.",
+        "greeting": "Hello, you reached the shared line. How can I help?",
+        "webhook_url": hook,
+        "phone_numbers": [NUMBER],
+    }
+    _, attributes = await dispatch_attributes(
+        http, key, server.url, server.api_key, server.api_secret, assistant, [NUMBER]
     )
-    assert assistant.status_code == 201, assistant.text
-    trunk = await http.post(
-        "/sip/trunks/inbound",
-        headers=h,
-        json={"name": "in", "numbers": [NUMBER], "allowed_addresses": ["127.0.0.1"]},
-    )
-    assert trunk.status_code == 201, trunk.text
-    rule = await http.post(
-        "/sip/dispatch-rules",
-        headers=h,
-        json={
-            "name": "r",
-            "assistant_id": assistant.json()["id"],
-            "trunk_ids": [trunk.json()["id"]],
-        },
-    )
-    assert rule.status_code == 201, rule.text
-    async with lkapi.LiveKitAPI(server.url, server.api_key, server.api_secret) as lk:
-        rules = await lk.sip.list_dispatch_rule(lksip.ListSIPDispatchRuleRequest())
-    [info] = [r for r in rules.items if r.sip_dispatch_rule_id == rule.json()["livekit_id"]]
-    return dict(info.attributes)
+    return attributes
 
 
 class _Calls:
