@@ -53,3 +53,7 @@ def ulaw_encode(pcm: npt.NDArray[np.int16]) -> bytes:
     samples = np.ascontiguousarray(pcm, dtype=np.int16)
     codes: npt.NDArray[np.uint8] = ULAW_ENCODE[samples.view(np.uint16)]
     return codes.tobytes()
+
+
+# The code of a zero sample: what padding, and a silent line, is made of.
+ULAW_SILENCE: bytes = ulaw_encode(np.zeros(1, dtype=np.int16))

@@ -1,7 +1,9 @@
-"""Audio frame value and fixed-size framing helpers for 20 ms telephony pacing."""
+"""Audio frames: the `AudioFrame` value, and `FrameQueue`, the one place where agent audio
+is cut into whole 20 ms frames and a frame cut short is padded with silence."""
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,3 +33,74 @@ class AudioFrame:
 def samples_per_frame(rate: int, frame_ms: int = FRAME_MS) -> int:
     """Number of samples in one frame of `frame_ms` at `rate`."""
     return rate * frame_ms // 1000
+
+
+class FrameQueue:
+    """Agent audio waiting to be played, as whole frames with named markers between them.
+
+    `push()` appends PCM; whatever does not fill a frame waits for the next push. `mark()`
+    puts a marker behind the audio pushed so far, padding a waiting partial frame with
+    silence first (a marker must not wait for audio that may never come). `pop_frame()`
+    takes the next frame; `pop_markers()` then takes the markers it has reached, i.e. those
+    with no queued frame before them (a marker pushed onto an empty queue is reached at
+    once). `clear()` drops frames, partial frame and markers alike.
+
+    Frames are read-only views of the queue's own copy of the audio: the caller may reuse
+    the arrays it pushed, and a frame handed out stays as it was played.
+    """
+
+    def __init__(self, rate: int, *, frame_ms: int = FRAME_MS) -> None:
+        self.rate = rate
+        self.frame_samples = samples_per_frame(rate, frame_ms)
+        if self.frame_samples <= 0:
+            raise ValueError(f"{frame_ms} ms at {rate} Hz is not a frame")
+        self._frames: collections.deque[PCM16] = collections.deque()
+        self._partial: PCM16 = np.zeros(0, dtype=np.int16)
+        # Each marker with the number of frames, counted from the start, played before it.
+        self._markers: collections.deque[tuple[int, str]] = collections.deque()
+        self._taken = 0  # frames popped or cleared since the start
+
+    @property
+    def queued_frames(self) -> int:
+        """Whole frames waiting (a partial frame is not counted until it is completed)."""
+        return len(self._frames)
+
+    def push(self, pcm: PCM16) -> None:
+        """Append audio at the queue's rate; a partial frame waits for more."""
+        data = np.concatenate([self._partial, np.asarray(pcm, dtype=np.int16)])
+        data.flags.writeable = False
+        size = self.frame_samples
+        whole = data.shape[0] - data.shape[0] % size
+        self._frames.extend(data[offset : offset + size] for offset in range(0, whole, size))
+        self._partial = data[whole:]
+
+    def mark(self, name: str) -> None:
+        """Put marker `name` behind the audio pushed so far (a partial frame is padded)."""
+        if self._partial.shape[0]:
+            padded = np.zeros(self.frame_samples, dtype=np.int16)
+            padded[: self._partial.shape[0]] = self._partial
+            padded.flags.writeable = False
+            self._frames.append(padded)
+            self._partial = np.zeros(0, dtype=np.int16)
+        self._markers.append((self._taken + len(self._frames), name))
+
+    def pop_frame(self) -> PCM16 | None:
+        """Take the next whole frame, or None if none is queued."""
+        if not self._frames:
+            return None
+        self._taken += 1
+        return self._frames.popleft()
+
+    def pop_markers(self) -> list[str]:
+        """Take the markers reached: those with every frame before them popped, in order."""
+        reached: list[str] = []
+        while self._markers and self._markers[0][0] <= self._taken:
+            reached.append(self._markers.popleft()[1])
+        return reached
+
+    def clear(self) -> None:
+        """Drop every queued frame, the partial frame and every marker."""
+        self._taken += len(self._frames)
+        self._frames.clear()
+        self._partial = np.zeros(0, dtype=np.int16)
+        self._markers.clear()

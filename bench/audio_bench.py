@@ -2,15 +2,16 @@
 
     python bench/audio_bench.py
 
-Inbound: 160 bytes of mu-law -> decode -> 8k->16k (what the STT gets).
-Outbound: a 20 ms TTS chunk -> resample to 8 kHz -> encode -> base64 -> Twilio media JSON.
+Inbound: 20 ms of mu-law -> decode -> 8k->16k (what the STT gets).
+Outbound: a 20 ms TTS chunk -> resample to 8 kHz -> the Media Streams protocol, as the
+pacer drives it: queue the PCM, release the frame (encode -> base64 -> media JSON) and
+take the text to send; the frame's PCM is what the recorder gets.
 Hold-back: after each 20 ms chunk, how far the emitted output lags the input (mean/max),
 for our resampler and for soxr.ResampleStream at HQ and VHQ on the same paths.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import statistics
 import sys
@@ -21,9 +22,12 @@ import numpy as np
 import soxr
 
 from audio.codec import ulaw_decode, ulaw_encode
+from audio.frames import FRAME_MS, samples_per_frame
 from audio.resample import StreamResampler
+from telephony.twilio import MediaStreamProtocol
 
 FRAMES = 5000
+SECONDS = FRAMES * FRAME_MS / 1000 + 5  # speech enough for every timed frame
 PATHS = [(8000, 16000), (16000, 8000), (24000, 8000), (22050, 8000), (48000, 16000), (16000, 48000)]
 
 
@@ -50,27 +54,43 @@ def _speechlike(rate: int, seconds: float) -> np.ndarray:
     return (voiced * 3000 + rng.standard_normal(t.size) * 300).astype(np.int16)
 
 
+def _streaming_protocol() -> MediaStreamProtocol:
+    protocol = MediaStreamProtocol()
+    start = {
+        "streamSid": "MZ" + "0" * 32,
+        "callSid": "CA" + "0" * 32,
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    }
+    protocol.receive_text(json.dumps({"event": "start", "start": start}))
+    protocol.events()
+    return protocol
+
+
 def inbound_path() -> tuple[float, float]:
-    mulaw = ulaw_encode(_speechlike(8000, FRAMES * 0.02 + 5))
+    frame = samples_per_frame(8000)  # one mu-law byte per sample
+    mulaw = ulaw_encode(_speechlike(8000, SECONDS))
     resampler = StreamResampler(8000, 16000)
 
     def step(i: int) -> object:
-        return resampler.process(ulaw_decode(mulaw[i * 160 % (len(mulaw) - 160) :][:160]))
+        offset = i * frame % (len(mulaw) - frame)
+        return resampler.process(ulaw_decode(mulaw[offset : offset + frame]))
 
     return _time_per_frame(step)
 
 
 def outbound_path(tts_rate: int) -> tuple[float, float]:
-    chunk = tts_rate // 50
-    pcm = _speechlike(tts_rate, FRAMES * 0.02 + 5)
+    chunk = samples_per_frame(tts_rate)
+    pcm = _speechlike(tts_rate, SECONDS)
     resampler = StreamResampler(tts_rate, 8000)
+    protocol = _streaming_protocol()
 
     def step(i: int) -> object:
         start = i * chunk % (len(pcm) - chunk)
-        payload = base64.b64encode(ulaw_encode(resampler.process(pcm[start : start + chunk])))
-        return json.dumps(
-            {"event": "media", "streamSid": "MZ" + "0" * 32, "media": {"payload": payload.decode()}}
-        )
+        protocol.send_audio(resampler.process(pcm[start : start + chunk]))
+        released = []
+        while protocol.queued_frames:
+            released.append(protocol.release_frame())  # the recorder's copy
+        return released, protocol.data_to_send()
 
     return _time_per_frame(step)
 
@@ -79,7 +99,7 @@ def _held_ms(
     process: Callable[[np.ndarray], np.ndarray], in_rate: int, out_rate: int
 ) -> list[float]:
     x = _speechlike(in_rate, 3.0)
-    chunk = in_rate // 50
+    chunk = samples_per_frame(in_rate)
     emitted = 0
     held = []
     for i in range(0, len(x) - chunk + 1, chunk):
@@ -116,7 +136,7 @@ def main() -> int:
     out(f"  {'inbound  mu-law decode + 8k->16k':<54} {p50:7.1f} / {p99:7.1f}\n")
     for rate in (24000, 22050, 16000):
         p50, p99 = outbound_path(rate)
-        label = f"outbound {rate // 1000:>2}k->8k + encode + base64 + JSON"
+        label = f"outbound {rate // 1000:>2}k->8k + frame + encode + base64 + JSON"
         out(f"  {label:<54} {p50:7.1f} / {p99:7.1f}\n")
     out("\naudio held back inside the resampler (after each 20 ms chunk)\n")
     for row in hold_back_table():

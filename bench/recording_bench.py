@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audio.codec import ulaw_decode
+from audio.frames import samples_per_frame
 from audio.stereo import WavFormat, read_wav
 from gateway.demo.simulated_twilio import espeak_mulaw
 from gateway.recording.bucket import CallRecorder, RecordingBucket
@@ -37,7 +38,7 @@ from storage import RecordingState
 from tests.s3_server import run_s3_server
 
 RATE = 8000
-FRAME = 160
+FRAME = samples_per_frame(RATE)
 
 
 class _NoStore:

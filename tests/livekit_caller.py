@@ -16,10 +16,11 @@ import numpy as np
 from livekit import api, rtc
 from livekit.protocol import sip as lksip
 
+from audio.frames import samples_per_frame
 from audio.resample import StreamResampler
 
 RATE = 16000
-FRAME = RATE // 50  # 20 ms
+FRAME = samples_per_frame(RATE)
 SPEAKING_RMS = 300.0
 
 

@@ -29,15 +29,17 @@ import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from audio.codec import ulaw_encode
+from audio.codec import ULAW_SILENCE, ulaw_encode
+from audio.frames import FRAME_MS, samples_per_frame
 from audio.resample import StreamResampler
 from telephony.twilio import TwilioSignatureValidator
 
 log = logging.getLogger(__name__)
 
-FRAME_BYTES = 160
-FRAME_S = 0.020
-_MU_SILENCE = b"\xff" * FRAME_BYTES
+RATE = 8000
+FRAME_BYTES = samples_per_frame(RATE)  # one mu-law byte per sample
+FRAME_S = FRAME_MS / 1000
+_SILENT_FRAME = ULAW_SILENCE * FRAME_BYTES
 
 
 def espeak_mulaw(text: str, *, voice: str = "en-us+f3", words_per_minute: int = 140) -> bytes:
@@ -51,10 +53,10 @@ def espeak_mulaw(text: str, *, voice: str = "en-us+f3", words_per_minute: int = 
         capture_output=True,
     ).stdout
     pcm = np.frombuffer(wav[44:], dtype="<i2").astype(np.int16)
-    resampler = StreamResampler(22050, 8000)
+    resampler = StreamResampler(22050, RATE)
     out = np.concatenate([resampler.process(pcm), resampler.flush()])
     data = ulaw_encode(out)
-    return data + b"\xff" * (-len(data) % FRAME_BYTES)
+    return data + ULAW_SILENCE * (-len(data) % FRAME_BYTES)
 
 
 @dataclass(slots=True)
@@ -160,7 +162,7 @@ class SimulatedTwilioCall:
                     "streamSid": self.stream_sid,
                     "callSid": self.call_sid,
                     "tracks": ["inbound"],
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": RATE, "channels": 1},
                     "customParameters": params,
                 },
                 "streamSid": self.stream_sid,
@@ -181,7 +183,7 @@ class SimulatedTwilioCall:
     def say(self, mulaw: bytes) -> None:
         """Queue caller speech (8 kHz mu-law) on the microphone."""
         for offset in range(0, len(mulaw), FRAME_BYTES):
-            self._mic.append(mulaw[offset : offset + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff"))
+            self._mic.append(mulaw[offset : offset + FRAME_BYTES].ljust(FRAME_BYTES, ULAW_SILENCE))
         self._mic_idle.clear()
 
     async def wait_said(self) -> None:
@@ -270,7 +272,7 @@ class SimulatedTwilioCall:
             if self._mic:
                 frame = self._mic.popleft()
             else:
-                frame = _MU_SILENCE
+                frame = _SILENT_FRAME
                 self._mic_idle.set()
             self._media_chunk += 1
             if self._record_audio:

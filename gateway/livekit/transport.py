@@ -9,21 +9,18 @@ queued before it has left the source, i.e. `queued_duration` after it was reache
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Awaitable, Callable
 
-import numpy as np
 from livekit import rtc
 
-from audio.frames import PCM16
+from audio.frames import FRAME_MS, PCM16, FrameQueue
 from gateway.metrics import GatewayMetrics
 from telephony.errors import TransferError
 
 log = logging.getLogger(__name__)
 
 RATE = 16000
-FRAME_SAMPLES = RATE // 50  # 20 ms
 
 
 class LiveKitTransport:
@@ -44,12 +41,10 @@ class LiveKitTransport:
         self._on_mark = on_mark
         self._transfer = transfer
         self._metrics = metrics
-        self._queue: collections.deque[PCM16 | str] = collections.deque()
-        self._partial = np.zeros(0, dtype=np.int16)
-        self._max_queued_frames = max(1, max_queued_ms // 20)
-        self._queued_frames = 0
-        self._generation = 0
-        self._marks: set[asyncio.TimerHandle] = set()
+        self._frames = FrameQueue(RATE)
+        self._max_queued_frames = max(1, max_queued_ms // FRAME_MS)
+        self._generation = 0  # bumped by every clear
+        self._marks: set[asyncio.TimerHandle] = set()  # marks waiting for their audio to play
         self._wakeup = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -58,37 +53,24 @@ class LiveKitTransport:
 
     async def play(self, pcm: PCM16) -> None:
         """Queue agent audio in 20 ms frames; waits while more than `max_queued_ms` is queued."""
-        data = np.concatenate([self._partial, pcm]) if self._partial.size else pcm
-        whole = data.size - data.size % FRAME_SAMPLES
-        for offset in range(0, whole, FRAME_SAMPLES):
-            self._queue.append(data[offset : offset + FRAME_SAMPLES])
-            self._queued_frames += 1
-        self._partial = data[whole:].copy()
+        if self._closed:
+            return
+        self._frames.push(pcm)
         self._wakeup.set()
-        if self._queued_frames >= self._max_queued_frames:
+        while self._frames.queued_frames >= self._max_queued_frames and not self._closed:
             self._space.clear()
             await self._space.wait()
 
     async def mark(self, name: str) -> None:
-        if self._partial.size:
-            padded = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-            padded[: self._partial.size] = self._partial
-            self._queue.append(padded)
-            self._queued_frames += 1
-            self._partial = np.zeros(0, dtype=np.int16)
-        self._queue.append(name)
+        self._frames.mark(name)
         self._wakeup.set()
 
     async def clear(self) -> None:
         self._generation += 1
         self._last_capture = float("-inf")  # what follows a clear starts a new stretch
-        self._queue.clear()
-        self._partial = np.zeros(0, dtype=np.int16)
-        self._queued_frames = 0
+        self._frames.clear()
         self._space.set()
-        for handle in self._marks:
-            handle.cancel()
-        self._marks.clear()
+        self._cancel_marks()
         if not self._closed:
             self._source.clear_queue()
 
@@ -102,39 +84,52 @@ class LiveKitTransport:
         self._closed = True
         self._wakeup.set()
         self._space.set()
+        self._cancel_marks()
+
+    def _cancel_marks(self) -> None:
         for handle in self._marks:
             handle.cancel()
         self._marks.clear()
 
-    def _mark_played(self, name: str, handle_box: list[asyncio.TimerHandle]) -> None:
-        self._marks.discard(handle_box[0])
-        self._on_mark(name)
+    def _mark_reached(self, loop: asyncio.AbstractEventLoop, name: str) -> None:
+        """Report `name` played once the audio now in the source has left it."""
+        handle: asyncio.TimerHandle | None = None
+
+        def played() -> None:
+            assert handle is not None
+            self._marks.discard(handle)
+            self._on_mark(name)
+
+        handle = loop.call_later(self._source.queued_duration, played)
+        self._marks.add(handle)
 
     async def run(self) -> None:
         """Feed queued frames into the source; its bounded queue sets the pace."""
         loop = asyncio.get_running_loop()
         while not self._closed:
-            if not self._queue:
+            # Markers are taken here, after the capture before them has returned, so that
+            # a frame still being captured counts in the source's `queued_duration`.
+            for name in self._frames.pop_markers():
+                self._mark_reached(loop, name)
+            pcm = self._frames.pop_frame()
+            if pcm is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            item = self._queue.popleft()
-            if isinstance(item, str):
-                box: list[asyncio.TimerHandle] = []
-                handle = loop.call_later(self._source.queued_duration, self._mark_played, item, box)
-                box.append(handle)
-                self._marks.add(handle)
-                continue
-            self._queued_frames -= 1
-            if self._queued_frames < self._max_queued_frames:
+            if self._frames.queued_frames < self._max_queued_frames:
                 self._space.set()
-            frame = rtc.AudioFrame(item.tobytes(), RATE, 1, FRAME_SAMPLES)
+            frame = rtc.AudioFrame(pcm.tobytes(), RATE, 1, pcm.shape[0])
             generation = self._generation
             now = loop.time()
             if self._source.queued_duration == 0 and now - self._last_capture < 1.0:
                 # The source ran dry within a second of the last frame: the caller heard a gap.
                 self._metrics.outbound_underruns_total += 1
             await self._source.capture_frame(frame)
+            if generation != self._generation:
+                # Cleared while this frame waited for room: it can still have gone in after
+                # the source was emptied, and must not be heard after the barge-in.
+                if not self._closed:
+                    self._source.clear_queue()
+                continue
             self._last_capture = loop.time()
-            if generation == self._generation:
-                self._metrics.outbound_frames_total += 1
+            self._metrics.outbound_frames_total += 1

@@ -1,31 +1,29 @@
-"""The Twilio Media Streams side of a call: paced 20 ms mu-law frames, marks, clear, transfer.
+"""The Twilio Media Streams side of a call: paced 20 ms frames, marks, clear, transfer.
 
 Twilio plays whatever it is sent as fast as it arrives into its own buffer; sending on a
 20 ms schedule, only `lead_ms` ahead of real time, keeps that buffer short so that a
-`clear` on barge-in silences the agent at once and marks come back on time.
+`clear` on barge-in silences the agent at once and marks come back on time. The frames
+and marks themselves are the protocol's (`MediaStreamProtocol`); this is the schedule.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from audio.codec import ulaw_decode, ulaw_encode
-from audio.frames import PCM16
+from audio.frames import FRAME_MS, PCM16
 from gateway.metrics import GatewayMetrics
-from gateway.recording.recorder import CallRecorder
 from telephony.errors import TransferError
-from telephony.twilio import MediaStreamProtocol
+from telephony.twilio import MediaStreamProtocol, StreamState
+from telephony.twilio.protocol import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
-FRAME_S = 0.020
-_SILENCE = b"\xff"  # mu-law code of zero
+FRAME_S = FRAME_MS / 1000
 
 
 @dataclass(slots=True)
@@ -36,10 +34,21 @@ class PacingStats:
     max_lateness_ms: float = 0.0
 
 
-class TwilioPacer:
-    """`CallTransport` over one Media Stream; `run()` is the pacer task."""
+class AgentRecording(Protocol):
+    """The agent's side of a call's recording (`CallRecorder`), fed as frames are sent."""
 
-    sample_rate = 8000
+    def agent_audio(self, due: float, pcm: PCM16) -> None: ...
+
+    def agent_cleared(self, at: float) -> None: ...
+
+
+class TwilioPacer:
+    """`CallTransport` over one Media Stream; `run()` is the pacer task.
+
+    `clock` and `sleep` are the pacer's time: a test passes a virtual clock for both.
+    """
+
+    sample_rate = SAMPLE_RATE
 
     def __init__(
         self,
@@ -50,8 +59,9 @@ class TwilioPacer:
         lead_ms: int = 60,
         max_queued_ms: int = 2000,
         transfer: Callable[[str], Awaitable[None]] | None = None,
-        recorder: CallRecorder | None = None,
+        recorder: AgentRecording | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._protocol = protocol
         self._send_text = send_text
@@ -59,13 +69,12 @@ class TwilioPacer:
         self._transfer = transfer
         self._recorder = recorder
         self._lead_s = lead_ms / 1000.0
-        self._max_queued_frames = max(1, max_queued_ms // 20)
+        self._max_queued_frames = max(1, max_queued_ms // FRAME_MS)
         self._clock = clock
-        self._queue: collections.deque[bytes | str] = collections.deque()
-        self._partial = b""
-        self._queued_frames = 0
-        self._generation = 0
-        self._next_due: float | None = None
+        self._sleep = sleep
+        self._generation = 0  # bumped by every clear
+        self._next_due: float | None = None  # when the next frame is due to play
+        self._ran_dry = False  # the queue emptied since the last frame was sent
         self._wakeup = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -73,39 +82,30 @@ class TwilioPacer:
         self._closed = False
         self.stats = PacingStats()
 
+    def _sending(self) -> bool:
+        return not self._closed and self._protocol.state is not StreamState.STOPPED
+
     async def play(self, pcm: PCM16) -> None:
-        """Encode and queue agent audio; waits while more than `max_queued_ms` is queued."""
-        data = self._partial + ulaw_encode(pcm)
-        whole = len(data) - len(data) % FRAME_BYTES
-        for offset in range(0, whole, FRAME_BYTES):
-            self._queue.append(data[offset : offset + FRAME_BYTES])
-            self._queued_frames += 1
-        self._partial = data[whole:]
+        """Queue agent audio; waits while more than `max_queued_ms` is queued."""
+        self._protocol.send_audio(pcm)
         self._wakeup.set()
-        if self._queued_frames >= self._max_queued_frames:
+        while self._protocol.queued_frames >= self._max_queued_frames and self._sending():
             self._space.clear()
             await self._space.wait()
 
     async def mark(self, name: str) -> None:
-        if self._partial:
-            self._queue.append(self._partial + _SILENCE * (FRAME_BYTES - len(self._partial)))
-            self._queued_frames += 1
-            self._partial = b""
-        self._queue.append(name)
-        self._wakeup.set()
+        self._protocol.send_mark(name)
+        self._wakeup.set()  # padding a partial frame may have queued one more
+        await self._flush()  # a mark with no audio before it goes out now
 
     async def clear(self) -> None:
         self._generation += 1
-        self._queue.clear()
-        self._partial = b""
-        self._queued_frames = 0
         self._next_due = None
         self._space.set()
         if self._recorder is not None:
             self._recorder.agent_cleared(self._clock())
-        if not self._closed:
-            self._protocol.send_clear()
-            await self._flush()
+        self._protocol.send_clear()
+        await self._flush()
 
     def close(self) -> None:
         """Stop the pacer: the call is ending, nothing more is sent."""
@@ -120,47 +120,48 @@ class TwilioPacer:
         await self._transfer(to)
 
     async def run(self) -> None:
-        """Send queued frames on a 20 ms schedule, `lead_ms` ahead of real time."""
-        while not self._closed:
-            if not self._queue:
+        """Release queued frames on a 20 ms schedule, `lead_ms` ahead of real time, until
+        closed or the stream stops."""
+        while self._sending():
+            if not self._protocol.queued_frames:
+                self._ran_dry = True
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            item = self._queue.popleft()
-            if isinstance(item, str):
-                self._protocol.send_mark(item)
-                await self._flush()
-                continue
-            self._queued_frames -= 1
-            if self._queued_frames < self._max_queued_frames:
-                self._space.set()
             generation = self._generation
             now = self._clock()
             if self._next_due is None or now > self._next_due:
                 # Twilio's buffer has run dry (or nothing was playing): a new schedule starts
-                # now. Within a second of the last frame that is a gap the caller heard.
-                if self._next_due is not None and now - self._next_due < 1.0:
+                # now. Within a second of the last frame, because the producer left the
+                # queue empty, that is an underrun the caller heard.
+                if self._ran_dry and self._next_due is not None and now - self._next_due < 1.0:
                     self.stats.underruns += 1
                     self._metrics.outbound_underruns_total += 1
                 self._next_due = now
-            # Frame k is due to play at `_next_due`; it is sent `lead` ahead of that.
+            # The next frame is due to play at `_next_due`; it is sent `lead` ahead of that.
             delay = self._next_due - self._lead_s - now
             if delay > 0:
-                await asyncio.sleep(delay)
-            if generation != self._generation or self._closed:
-                continue  # cleared while waiting
+                await self._sleep(delay)
+            if generation != self._generation or not self._sending():
+                continue  # cleared (or ended) while waiting: that frame is gone
+            pcm = self._protocol.release_frame()
+            if pcm is None:
+                continue
+            self._ran_dry = False
+            if self._protocol.queued_frames < self._max_queued_frames:
+                self._space.set()
             lateness = self._clock() - self._next_due
             if lateness > FRAME_S:
                 self.stats.frames_late += 1
                 self._metrics.outbound_frames_late_total += 1
             self.stats.max_lateness_ms = max(self.stats.max_lateness_ms, lateness * 1000.0)
             if self._recorder is not None:
-                self._recorder.agent_audio(self._next_due, ulaw_decode(item))
-            self._protocol.send_audio(item)
+                self._recorder.agent_audio(self._next_due, pcm)
             await self._flush()
             self.stats.frames_sent += 1
             self._metrics.outbound_frames_total += 1
             self._next_due += FRAME_S
+        self._space.set()  # a `play` waiting for room must not wait for a stopped stream
 
     async def _flush(self) -> None:
         async with self._write_lock:

@@ -1,15 +1,25 @@
-"""The Media Streams protocol as a sans-I/O state machine.
+"""The Media Streams protocol as a sans-I/O state machine, and the one framer of agent audio
+sent to Twilio.
 
 Order of calls, for the driver that owns the socket:
 
 1. for every text frame received: `receive_text(text)`, then drain `events()` and act on
    each typed event (`StreamStarted`, `AudioReceived`, `MarkPlayed`, `DtmfReceived`,
    `StreamStopped`);
-2. to talk to the caller: `send_audio()`, `send_mark()`, `send_clear()`;
-3. after either step: write every string from `data_to_send()` to the socket, in order.
+2. to talk to the caller: `send_audio(pcm)` queues 8 kHz PCM16 in 20 ms frames (a partial
+   frame waits for more), `send_mark(name)` queues a mark behind the audio queued so far
+   (with nothing queued it goes out at once), `send_clear()` drops what is queued and
+   asks Twilio to drop what it has buffered;
+3. once per 20 ms of audio, on the driver's schedule: `release_frame()` moves the next
+   frame (mu-law, as a `media` message) and the marks right behind it into the output,
+   and returns that frame's PCM; Twilio plays media as fast as it arrives, so pacing is
+   the driver's;
+4. after any of these: write every string from `data_to_send()` to the socket, in order.
 
 States: AWAITING_START (a `connected` message may come first) -> STREAMING -> STOPPED.
-Bad input raises `ProtocolError` carrying the close code and reason to send.
+Bad input raises `ProtocolError` carrying the close code and reason to send, and so does
+sending before `start`. After `stop` sending does nothing: the queue is dropped and the
+stream is gone, and the driver winding down must not fail on audio still in flight.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ import enum
 import logging
 from dataclasses import dataclass
 
+from audio.codec import ulaw_encode
+from audio.frames import PCM16, FrameQueue
 from telephony.errors import ProtocolError
 from telephony.twilio.messages import (
     Clear,
@@ -36,8 +48,7 @@ from telephony.twilio.messages import (
 
 log = logging.getLogger(__name__)
 
-FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
-MULAW_SILENCE = b"\xff"
+SAMPLE_RATE = 8000  # audio/x-mulaw, the one format Media Streams carries both ways
 PROTOCOL_ERROR = 1002
 UNSUPPORTED_DATA = 1003
 POLICY_VIOLATION = 1008
@@ -86,8 +97,8 @@ class MediaStreamProtocol:
         self.stream_sid: StreamSid | None = None
         self._events: list[StreamEvent] = []
         self._outgoing: list[str] = []
-        self._partial = b""
-        self.pending_marks: list[str] = []
+        self._frames = FrameQueue(SAMPLE_RATE)
+        self.pending_marks: list[str] = []  # marks sent and not yet echoed by Twilio
 
     # ------------------------------------------------------------------ input
 
@@ -117,13 +128,14 @@ class MediaStreamProtocol:
             self._events.append(DtmfReceived(message.digit))
         elif isinstance(message, Stop):
             self.state = StreamState.STOPPED
+            self._frames.clear()
             self._events.append(StreamStopped(message))
 
     def _on_start(self, start: Start) -> None:
         if self.state is not StreamState.AWAITING_START:
             raise ProtocolError(PROTOCOL_ERROR, "second start message")
         fmt = start.media_format
-        if (fmt.encoding, fmt.sample_rate, fmt.channels) != ("audio/x-mulaw", 8000, 1):
+        if (fmt.encoding, fmt.sample_rate, fmt.channels) != ("audio/x-mulaw", SAMPLE_RATE, 1):
             raise ProtocolError(UNSUPPORTED_DATA, "only audio/x-mulaw 8000 Hz mono is supported")
         self.state = StreamState.STREAMING
         self.stream_sid = start.stream_sid
@@ -136,38 +148,55 @@ class MediaStreamProtocol:
 
     # ------------------------------------------------------------------ output
 
-    def _require_streaming(self) -> StreamSid:
+    def _streaming(self) -> StreamSid | None:
+        """The stream's sid while it streams; None once it stopped (sending is dropped)."""
+        if self.state is StreamState.STOPPED:
+            return None
         if self.state is not StreamState.STREAMING or self.stream_sid is None:
             raise ProtocolError(PROTOCOL_ERROR, "stream is not streaming")
         return self.stream_sid
 
-    def send_audio(self, mulaw: bytes) -> None:
-        """Queue agent audio as 20 ms media messages; a partial frame waits for more."""
-        stream_sid = self._require_streaming()
-        data = self._partial + mulaw
-        whole = len(data) - len(data) % FRAME_BYTES
-        for offset in range(0, whole, FRAME_BYTES):
-            payload = data[offset : offset + FRAME_BYTES]
-            self._outgoing.append(OutboundMedia(stream_sid, payload).serialize())
-        self._partial = data[whole:]
+    @property
+    def queued_frames(self) -> int:
+        """Whole 20 ms frames queued and not yet released."""
+        return self._frames.queued_frames
 
-    def flush_audio(self) -> None:
-        """Send a waiting partial frame, padded with silence to 20 ms."""
-        if self._partial:
-            self.send_audio(MULAW_SILENCE * (FRAME_BYTES - len(self._partial)))
+    def send_audio(self, pcm: PCM16) -> None:
+        """Queue agent audio (8 kHz PCM16) in 20 ms frames; a partial frame waits for more."""
+        if self._streaming() is not None:
+            self._frames.push(pcm)
 
     def send_mark(self, name: str) -> None:
-        """Queue a mark; Twilio echoes it once the audio sent before it has played."""
-        stream_sid = self._require_streaming()
-        self.flush_audio()
-        self.pending_marks.append(name)
-        self._outgoing.append(OutboundMark(stream_sid, name).serialize())
+        """Queue a mark behind the audio queued so far, padding a partial frame with silence;
+        Twilio echoes it once that audio has played. With nothing queued it goes out now."""
+        stream_sid = self._streaming()
+        if stream_sid is not None:
+            self._frames.mark(name)
+            self._send_marks(stream_sid)
 
     def send_clear(self) -> None:
-        """Ask Twilio to drop the audio it has buffered (barge-in)."""
-        stream_sid = self._require_streaming()
-        self._partial = b""
-        self._outgoing.append(Clear(stream_sid).serialize())
+        """Drop the queued audio and marks, and ask Twilio to drop what it has buffered
+        (barge-in). Twilio then echoes the marks it still held."""
+        stream_sid = self._streaming()
+        if stream_sid is not None:
+            self._frames.clear()
+            self._outgoing.append(Clear(stream_sid).serialize())
+
+    def release_frame(self) -> PCM16 | None:
+        """Move the next 20 ms frame and the marks right behind it into `data_to_send()`;
+        return the frame's PCM as it was queued, or None if no whole frame is queued."""
+        stream_sid = self.stream_sid
+        pcm = self._frames.pop_frame()
+        if pcm is None or stream_sid is None:
+            return None
+        self._outgoing.append(OutboundMedia(stream_sid, ulaw_encode(pcm)).serialize())
+        self._send_marks(stream_sid)
+        return pcm
+
+    def _send_marks(self, stream_sid: StreamSid) -> None:
+        for name in self._frames.pop_markers():
+            self.pending_marks.append(name)
+            self._outgoing.append(OutboundMark(stream_sid, name).serialize())
 
     def data_to_send(self) -> list[str]:
         """Return and forget the text frames to write, in order."""

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from audio.codec import ulaw_decode, ulaw_encode
+from audio.frames import samples_per_frame
 from audio.stereo import WavEncoding, WavFormat, read_wav
 from gateway.recording.bucket import RecordingBucket
 from gateway.recording.recorder import CallRecorder
@@ -19,7 +20,7 @@ from storage import CallRecord, Database, Direction, NewCall, RecordingState
 from tests.s3_server import TEST_PART_MIN_BYTES, S3Server
 
 RATE = 8000
-FRAME = 160
+FRAME = samples_per_frame(RATE)
 PART_BYTES = TEST_PART_MIN_BYTES  # 16 KiB: a part every 0.512 s of stereo audio
 
 

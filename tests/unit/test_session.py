@@ -16,7 +16,7 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from audio.frames import AudioFrame
+from audio.frames import FRAME_MS, AudioFrame, samples_per_frame
 from gateway.call.lifecycle import CallEnding, CallLifecycle, CallRuntime, LiveCalls
 from gateway.call.session import SessionConfig
 from gateway.errors import ProviderError
@@ -245,11 +245,12 @@ def _speech(ms: int) -> list[np.ndarray]:
     t = np.arange(RATE * ms // 1000) / RATE
     voiced = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 10)) * 4000
     pcm = voiced.astype(np.int16)
-    return [pcm[i : i + 160] for i in range(0, len(pcm), 160)]
+    frame = samples_per_frame(RATE)
+    return [pcm[i : i + frame] for i in range(0, len(pcm), frame)]
 
 
 def _silence(ms: int) -> list[np.ndarray]:
-    return [np.zeros(160, dtype=np.int16)] * (ms // 20)
+    return [np.zeros(samples_per_frame(RATE), dtype=np.int16)] * (ms // FRAME_MS)
 
 
 async def _feed(session: CallLifecycle, frames: list[np.ndarray], speed: float = 20.0) -> None:

@@ -4,8 +4,10 @@ import base64
 import json
 import random
 
+import numpy as np
 import pytest
 
+from audio.codec import ulaw_decode, ulaw_encode
 from telephony.errors import ProtocolError
 from telephony.twilio import (
     AudioReceived,
@@ -207,14 +209,42 @@ def test_a_whole_stream() -> None:
     assert protocol.events() == []
 
 
+SID = "MZXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"
+SILENT_MEDIA = (
+    '{"event":"media","streamSid":"' + SID + '","media":{"payload":"' + "/" * 212 + '/w=="}}'
+)  # 160 bytes of 0xff, the mu-law code of zero
+
+
+def _mark_text(name: str) -> str:
+    return '{"event":"mark","streamSid":"' + SID + '","mark":{"name":"' + name + '"}}'
+
+
+def _media_text(mulaw: bytes) -> str:
+    return OutboundMedia(StreamSid(SID), mulaw).serialize()
+
+
+def _payloads(texts: list[str]) -> list[bytes]:
+    return [base64.b64decode(json.loads(t)["media"]["payload"]) for t in texts]
+
+
 def test_send_audio_cuts_20ms_frames_and_keeps_the_remainder() -> None:
     protocol = _started()
-    protocol.send_audio(b"\x01" * 400)
+    pcm = ulaw_decode(b"\x01" * 400)  # PCM whose every sample encodes to 0x01
+    protocol.send_audio(pcm)
+    assert protocol.data_to_send() == []  # queued: nothing goes out before it is released
+    assert protocol.queued_frames == 2
+    released = [protocol.release_frame(), protocol.release_frame()]
+    assert protocol.release_frame() is None  # the 80-sample remainder waits for more
     out = protocol.data_to_send()
     assert len(out) == 2
-    frames = [base64.b64decode(json.loads(t)["media"]["payload"]) for t in out]
+    frames = _payloads(out)
     assert frames == [b"\x01" * 160, b"\x01" * 160]
-    protocol.send_mark("end")  # flushes the 80-byte remainder padded with silence first
+    assert all(r is not None and np.array_equal(r, pcm[:160]) for r in released)
+    protocol.send_mark("end")  # pads the 80-sample remainder with silence; the mark waits
+    assert protocol.data_to_send() == []
+    padded = protocol.release_frame()
+    assert padded is not None
+    assert np.array_equal(padded, np.concatenate([pcm[:80], np.zeros(80, dtype=np.int16)]))
     out = protocol.data_to_send()
     assert len(out) == 2
     assert base64.b64decode(json.loads(out[0])["media"]["payload"]) == b"\x01" * 80 + b"\xff" * 80
@@ -226,14 +256,161 @@ def test_send_audio_cuts_20ms_frames_and_keeps_the_remainder() -> None:
     assert protocol.data_to_send() == []
 
 
+def test_released_frames_are_exact_media_messages() -> None:
+    protocol = _started()
+    protocol.send_audio(np.zeros(100, dtype=np.int16))
+    protocol.send_audio(np.zeros(60, dtype=np.int16))  # completes one frame across two calls
+    frame = protocol.release_frame()
+    assert frame is not None and frame.shape == (160,) and not frame.any()
+    assert protocol.data_to_send() == [SILENT_MEDIA]
+    pcm = np.arange(-160, 160, 2, dtype=np.int16)
+    protocol.send_audio(pcm)
+    assert protocol.data_to_send() == []
+    frame = protocol.release_frame()
+    assert frame is not None and np.array_equal(frame, pcm)
+    assert protocol.data_to_send() == [_media_text(ulaw_encode(pcm))]
+
+
+def test_releasing_frame_by_frame_sends_each_mark_right_after_its_audio() -> None:
+    protocol = _started()
+    protocol.send_audio(np.zeros(320, dtype=np.int16))
+    protocol.send_mark("seg-1")
+    protocol.send_audio(np.zeros(100, dtype=np.int16))
+    protocol.send_mark("seg-2")  # pads 100 samples to a frame
+    protocol.send_mark("seg-3")  # right behind seg-2: no audio between them
+    assert protocol.queued_frames == 3 and protocol.data_to_send() == []
+    assert protocol.pending_marks == []  # queued marks are not on the wire yet
+    assert protocol.release_frame() is not None
+    assert protocol.data_to_send() == [SILENT_MEDIA]
+    assert protocol.release_frame() is not None
+    assert protocol.data_to_send() == [SILENT_MEDIA, _mark_text("seg-1")]
+    assert protocol.pending_marks == ["seg-1"]
+    assert protocol.release_frame() is not None
+    assert protocol.data_to_send() == [SILENT_MEDIA, _mark_text("seg-2"), _mark_text("seg-3")]
+    assert protocol.release_frame() is None and protocol.data_to_send() == []
+    assert protocol.pending_marks == ["seg-1", "seg-2", "seg-3"]
+    protocol.receive_text(MARK.replace("my label", "seg-2"))
+    assert protocol.events() == [MarkPlayed("seg-2")]
+    assert protocol.pending_marks == ["seg-1", "seg-3"]
+
+
+def test_a_mark_with_nothing_queued_goes_out_at_once() -> None:
+    protocol = _started()
+    protocol.send_mark("now")
+    assert protocol.data_to_send() == [_mark_text("now")]
+    assert protocol.pending_marks == ["now"]
+    protocol.send_audio(np.zeros(160, dtype=np.int16))
+    assert protocol.release_frame() is not None
+    protocol.send_mark("after-played")  # its audio has all been released already
+    assert protocol.data_to_send() == [SILENT_MEDIA, _mark_text("after-played")]
+
+
 def test_clear_drops_the_unsent_remainder() -> None:
     protocol = _started()
-    protocol.send_audio(b"\x01" * 100)
+    protocol.send_audio(np.full(100, 1000, dtype=np.int16))
     protocol.send_clear()
-    protocol.flush_audio()
+    protocol.send_mark("m")  # no remainder left to pad: the mark goes out at once
     assert protocol.data_to_send() == [
-        '{"event":"clear","streamSid":"MZXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"}'
+        '{"event":"clear","streamSid":"MZXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"}',
+        _mark_text("m"),
     ]
+
+
+def test_clear_drops_queued_audio_and_marks() -> None:
+    protocol = _started()
+    protocol.send_audio(np.zeros(160, dtype=np.int16))
+    protocol.send_mark("sent")
+    protocol.send_audio(np.zeros(480, dtype=np.int16))
+    protocol.send_mark("dropped")
+    protocol.send_audio(np.zeros(50, dtype=np.int16))
+    assert protocol.release_frame() is not None
+    protocol.send_clear()
+    assert protocol.queued_frames == 0
+    assert protocol.release_frame() is None
+    assert protocol.data_to_send() == [
+        SILENT_MEDIA,
+        _mark_text("sent"),
+        '{"event":"clear","streamSid":"' + SID + '"}',
+    ]
+    # The mark on the wire stays pending until Twilio echoes it; the queued one never left.
+    assert protocol.pending_marks == ["sent"]
+    protocol.receive_text(MARK.replace("my label", "sent"))
+    assert protocol.pending_marks == []
+    # What is sent after the clear starts afresh.
+    protocol.send_audio(np.zeros(160, dtype=np.int16))
+    protocol.send_mark("next")
+    assert protocol.release_frame() is not None
+    assert protocol.data_to_send() == [SILENT_MEDIA, _mark_text("next")]
+
+
+def test_sending_after_stop_is_dropped() -> None:
+    protocol = _started()
+    protocol.send_audio(np.zeros(400, dtype=np.int16))
+    protocol.send_mark("never")
+    protocol.receive_text(STOP)
+    assert protocol.state is StreamState.STOPPED
+    assert protocol.queued_frames == 0 and protocol.release_frame() is None
+    protocol.send_audio(np.zeros(160, dtype=np.int16))
+    protocol.send_mark("late")
+    protocol.send_clear()
+    assert protocol.queued_frames == 0 and protocol.release_frame() is None
+    assert protocol.data_to_send() == []
+    assert protocol.pending_marks == []
+
+
+def test_fuzzed_output_frames_every_sample_and_keeps_marks_in_place() -> None:
+    """Random pushes, marks and releases: the frames released are the PCM sent, padded with
+    zeros at each mark, and each mark follows the frame that ends its audio."""
+    rng = random.Random(99)
+    for _ in range(200):
+        protocol = _started()
+        expected_pcm: list[int] = []  # the whole outgoing stream, padding included
+        expected_marks: list[tuple[int, str]] = []  # (frames before the mark, name)
+        released: list[np.ndarray] = []
+        sent: list[str] = []
+        for step in range(rng.randint(1, 40)):
+            op = rng.random()
+            if op < 0.5:
+                chunk = np.array(
+                    [rng.randint(-32768, 32767) for _ in range(rng.randint(0, 400))],
+                    dtype=np.int16,
+                )
+                protocol.send_audio(chunk)
+                expected_pcm.extend(int(x) for x in chunk)
+            elif op < 0.7:
+                name = f"m{step}"
+                protocol.send_mark(name)
+                expected_pcm.extend([0] * (-len(expected_pcm) % 160))
+                expected_marks.append((len(expected_pcm) // 160, name))
+            else:
+                frame = protocol.release_frame()
+                if frame is not None:
+                    released.append(frame)
+            sent.extend(protocol.data_to_send())
+        protocol.send_mark("end")
+        expected_pcm.extend([0] * (-len(expected_pcm) % 160))
+        expected_marks.append((len(expected_pcm) // 160, "end"))
+        while (frame := protocol.release_frame()) is not None:
+            released.append(frame)
+        sent.extend(protocol.data_to_send())
+
+        assert all(frame.shape == (160,) for frame in released)
+        stream = np.concatenate(released) if released else np.zeros(0, dtype=np.int16)
+        assert stream.tolist() == expected_pcm
+        # The wire: each media message is its released frame encoded; marks in their place.
+        media_seen = 0
+        marks_seen: list[tuple[int, str]] = []
+        for text in sent:
+            message = json.loads(text)
+            if message["event"] == "media":
+                payload = base64.b64decode(message["media"]["payload"])
+                assert payload == ulaw_encode(released[media_seen])
+                media_seen += 1
+            else:
+                marks_seen.append((media_seen, message["mark"]["name"]))
+        assert media_seen == len(released)
+        assert marks_seen == expected_marks
+        assert protocol.pending_marks == [name for _, name in expected_marks]
 
 
 @pytest.mark.parametrize("message", [MEDIA, MARK, DTMF, STOP])
@@ -259,6 +436,9 @@ def test_second_start_and_unsupported_format_are_refused() -> None:
 
 def test_sending_before_start_is_an_error() -> None:
     with pytest.raises(ProtocolError):
-        MediaStreamProtocol().send_audio(b"\x00" * 160)
+        MediaStreamProtocol().send_audio(np.zeros(160, dtype=np.int16))
     with pytest.raises(ProtocolError):
         MediaStreamProtocol().send_clear()
+    with pytest.raises(ProtocolError):
+        MediaStreamProtocol().send_mark("early")
+    assert MediaStreamProtocol().release_frame() is None

@@ -1,0 +1,132 @@
+"""FrameQueue: agent audio cut into whole 20 ms frames, padded at a marker, cleared at once."""
+
+import numpy as np
+import pytest
+
+from audio.frames import FRAME_MS, FrameQueue, samples_per_frame
+
+
+def _ramp(start: int, count: int) -> np.ndarray:
+    return np.arange(start, start + count, dtype=np.int16)
+
+
+def _drain(queue: FrameQueue) -> list[np.ndarray | str]:
+    """Everything the queue holds, frames and markers in the order they are released."""
+    out: list[np.ndarray | str] = list(queue.pop_markers())
+    while (frame := queue.pop_frame()) is not None:
+        out.append(frame)
+        out.extend(queue.pop_markers())
+    return out
+
+
+def test_frame_size_comes_from_frame_ms() -> None:
+    assert FRAME_MS == 20
+    assert [samples_per_frame(rate) for rate in (8000, 16000, 24000, 48000)] == [160, 320, 480, 960]
+    assert FrameQueue(8000).frame_samples == 160
+    assert FrameQueue(16000).frame_samples == 320
+    assert FrameQueue(16000, frame_ms=10).frame_samples == 160
+    with pytest.raises(ValueError):
+        FrameQueue(8000, frame_ms=0)
+
+
+def test_push_cuts_exact_frames_and_a_partial_frame_waits() -> None:
+    queue = FrameQueue(8000)
+    queue.push(_ramp(0, 100))
+    assert queue.queued_frames == 0 and queue.pop_frame() is None
+    queue.push(_ramp(100, 300))  # 400 samples so far: two frames, 80 waiting
+    assert queue.queued_frames == 2
+    first, second = queue.pop_frame(), queue.pop_frame()
+    assert first is not None and second is not None
+    assert np.array_equal(first, _ramp(0, 160)) and np.array_equal(second, _ramp(160, 160))
+    assert first.dtype == np.int16
+    assert queue.pop_frame() is None
+    queue.push(_ramp(400, 80))  # completes the third frame
+    third = queue.pop_frame()
+    assert third is not None and np.array_equal(third, _ramp(320, 160))
+    assert queue.queued_frames == 0
+
+
+def test_frames_are_the_queues_own_read_only_copy() -> None:
+    queue = FrameQueue(8000)
+    pcm = _ramp(0, 160)
+    queue.push(pcm)
+    pcm[:] = 0  # the caller reuses its buffer
+    frame = queue.pop_frame()
+    assert frame is not None and np.array_equal(frame, _ramp(0, 160))
+    with pytest.raises(ValueError):
+        frame[0] = 1
+
+
+def test_a_marker_pads_the_partial_frame_with_silence_and_sits_behind_it() -> None:
+    queue = FrameQueue(8000)
+    queue.push(_ramp(1, 240))  # a frame and a half
+    queue.mark("a")
+    assert queue.queued_frames == 2
+    queue.push(_ramp(1000, 160))
+    queue.mark("b")  # nothing partial: no padding
+    assert queue.queued_frames == 3
+    out = _drain(queue)
+    assert [type(item).__name__ for item in out] == ["ndarray", "ndarray", "str", "ndarray", "str"]
+    assert np.array_equal(out[0], _ramp(1, 160))
+    padded = np.concatenate([_ramp(161, 80), np.zeros(80, dtype=np.int16)])
+    assert np.array_equal(out[1], padded)
+    assert out[2] == "a"
+    assert np.array_equal(out[3], _ramp(1000, 160))
+    assert out[4] == "b"
+
+
+def test_markers_are_released_only_when_their_frame_is_popped() -> None:
+    queue = FrameQueue(8000)
+    queue.push(_ramp(0, 320))
+    queue.mark("after-two")
+    queue.mark("also-after-two")
+    assert queue.pop_markers() == []
+    assert queue.pop_frame() is not None
+    assert queue.pop_markers() == []
+    assert queue.pop_frame() is not None
+    assert queue.pop_markers() == ["after-two", "also-after-two"]
+    assert queue.pop_markers() == []
+
+
+def test_a_marker_with_nothing_queued_is_reached_at_once() -> None:
+    queue = FrameQueue(8000)
+    queue.mark("empty")
+    assert queue.queued_frames == 0
+    assert queue.pop_markers() == ["empty"]
+    queue.push(_ramp(0, 160))
+    assert queue.pop_frame() is not None
+    queue.mark("after-all-played")  # every frame before it is gone already
+    assert queue.pop_markers() == ["after-all-played"]
+
+
+def test_clear_drops_frames_partial_frame_and_markers() -> None:
+    queue = FrameQueue(16000)
+    queue.push(_ramp(0, 700))  # two frames and 60 samples
+    queue.mark("dropped")
+    queue.push(_ramp(700, 100))
+    queue.clear()
+    assert queue.queued_frames == 0
+    assert queue.pop_frame() is None and queue.pop_markers() == []
+    # What comes after a clear starts a fresh frame and is marked on its own.
+    queue.push(_ramp(5000, 330))
+    queue.mark("kept")
+    first, padded = queue.pop_frame(), queue.pop_frame()
+    assert first is not None and padded is not None and queue.pop_frame() is None
+    assert queue.pop_markers() == ["kept"]
+    assert np.array_equal(first, _ramp(5000, 320))
+    assert np.array_equal(padded[:10], _ramp(5320, 10)) and not padded[10:].any()
+
+
+def test_any_split_of_the_input_gives_the_same_frames() -> None:
+    rng = np.random.default_rng(7)
+    pcm = rng.integers(-32768, 32767, 8000, dtype=np.int16)
+    cuts = np.sort(rng.integers(0, pcm.size, 40))
+    queue = FrameQueue(8000)
+    for chunk in np.split(pcm, cuts):
+        queue.push(chunk)
+    queue.mark("end")
+    out = _drain(queue)
+    assert out[-1] == "end"
+    frames = [item for item in out if isinstance(item, np.ndarray)]
+    assert all(frame.shape == (160,) for frame in frames)
+    assert np.array_equal(np.concatenate(frames), pcm)  # 8000 samples: 50 whole frames
