@@ -1,4 +1,4 @@
-"""Beanie documents: the stored shape of calls and turns (they never leave `storage/`).
+"""Beanie documents: the stored shape of every record (they never leave `storage/`).
 
 Turns live in their own collection so each is one insert when it happens (nothing
 read-modify-written, nothing lost in a crash) and cutting an interrupted turn is one update.
