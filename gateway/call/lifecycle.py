@@ -152,10 +152,6 @@ class CallLifecycle:
         self._counted = False
         self.ended = asyncio.Event()  # set as soon as an end is requested
 
-    @property
-    def ending(self) -> CallEnding | None:
-        return self._ending
-
     # ------------------------------------------------------------------ start
 
     def take(self) -> None:
@@ -259,7 +255,8 @@ class CallLifecycle:
             )
             log.info("call ended", extra={"reason": ending.reason, "status": str(ending.status)})
             self._rt.reports.poke()
-        except Exception:  # the end's task: the lease lapses and a sweeper finishes the call
+        except Exception:  # the end's task ends here; the call, still open but no longer
+            # served here, is finished as lost by this gateway's own sweeper
             log.exception("finishing the call failed")
         finally:
             try:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import TypeVar
 
 from audio.frames import PCM16
 from audio.resample import StreamResampler
@@ -39,6 +40,8 @@ from gateway.providers.base import (
 )
 
 log = logging.getLogger(__name__)
+
+E = TypeVar("E")
 
 Action = HangUp | TransferCall | SendDtmf
 
@@ -159,16 +162,14 @@ class ReplyGenerator:
             chunker = SentenceChunker()
             events = aiter(self._llm.respond(history, call_id=self._call_id))
             timeout: float | None = self._llm_timeout_s
-            while True:
-                try:
-                    async with asyncio.timeout(timeout):
-                        event = await anext(events)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError as exc:
-                    raise ProviderError(
-                        "no answer from the agent in time", provider=self._llm.name
-                    ) from exc
+            while (
+                event := await _next_within(
+                    events,
+                    timeout,
+                    provider=self._llm.name,
+                    what="no answer from the agent in time",
+                )
+            ) is not None:
                 if player.done():
                     player.result()  # the TTS failed: stop asking the LLM
                 if isinstance(event, Usage):
@@ -208,17 +209,15 @@ class ReplyGenerator:
         segment_open = False
         events = aiter(speech.audio())
         try:
-            while True:
-                # Bounded: a TTS that goes quiet mid-turn must not leave the caller in silence.
-                try:
-                    async with asyncio.timeout(self._tts_timeout_s):
-                        event = await anext(events)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError as exc:
-                    raise ProviderError(
-                        "no audio from TTS in time", provider=voice.tts.name
-                    ) from exc
+            # Bounded: a TTS that goes quiet mid-turn must not leave the caller in silence.
+            while (
+                event := await _next_within(
+                    events,
+                    self._tts_timeout_s,
+                    provider=voice.tts.name,
+                    what="no audio from TTS in time",
+                )
+            ) is not None:
                 if event.segment > opened:
                     opened = event.segment
                     text = texts[opened] if opened < len(texts) else ""
@@ -281,3 +280,17 @@ class ReplyGenerator:
 def _mark(latency: TurnLatency | None, stage: str) -> None:
     if latency is not None:  # the greeting answers no one: it has no latency
         latency.mark(stage)
+
+
+async def _next_within(
+    events: AsyncIterator[E], timeout_s: float | None, *, provider: str, what: str
+) -> E | None:
+    """The next of `events` (None at their end); `ProviderError(what)` if it does not come
+    within `timeout_s` (None: no bound)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await anext(events)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError as exc:
+        raise ProviderError(what, provider=provider) from exc

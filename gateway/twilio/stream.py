@@ -64,6 +64,7 @@ class _MediaStream:
         self._protocol = MediaStreamProtocol()
         self._call: CallLifecycle | None = None
         self._recorder: CallRecorder | None = None
+        self._pacer: TwilioPacer | None = None
         self._started_at = 0.0  # Twilio's media timestamps count from the stream's start
         self._call_sid = ""
         self._close_code, self._close_reason = 1000, "call ended"
@@ -186,7 +187,7 @@ class _MediaStream:
             assert rest is not None
             await rest.transfer(call_sid, to)
 
-        return TwilioPacer(
+        self._pacer = TwilioPacer(
             protocol=self._protocol,
             send_text=self._ws.send_text,
             metrics=self._services.metrics,
@@ -194,12 +195,15 @@ class _MediaStream:
             transfer=transfer if rest is not None else None,
             recorder=self._recorder,
         )
+        return self._pacer
 
     async def close(self, ending: CallEnding) -> None:
         """Close the socket: with nothing after `<Connect>` in the TwiML, Twilio hangs up."""
         if ending.reason == "max-duration":
             self._close_reason = "maximum call duration"
         await self._close()
+        stats = self._pacer.stats if self._pacer is not None else None
+        log.info("media stream closed", extra={"reason": ending.reason, "pacing": stats})
 
     async def _close(self) -> None:
         if self._ws.application_state == WebSocketState.CONNECTED:
