@@ -8,8 +8,9 @@ process dies.
 
 `LostCallSweeper`, in every gateway, finishes a call as `failed` / `gateway-lost` once its
 gateway's heartbeat has not changed for a whole lease, as this sweeper saw it on its own
-clock: no two machines' clocks are compared, a gateway that just started waits one lease
-before it judges anyone, and a sweeper never finishes a call its own process serves.
+clock: no two machines' clocks are compared, a gateway that just started (or could not read
+the database) waits one lease before it judges anyone, and a sweeper never finishes a call
+its own process serves.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
 from gateway.metrics import GatewayMetrics
 from storage import (
     CallRecord,
     CallStatus,
     CallStore,
-    HeartbeatWriter,
     LeaseRepository,
     StorageError,
 )
@@ -37,13 +38,25 @@ log = logging.getLogger(__name__)
 LOST_REASON = "gateway-lost"
 
 
+class Heartbeat(Protocol):
+    """Where a gateway's beats go (`storage.HeartbeatWriter`; blocking calls)."""
+
+    gateway_id: str
+
+    def beat(self, *, at: datetime, lease_s: float) -> None: ...
+
+    def remove(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class GatewayLease:
     """This process's heartbeat: `start()` once the database is open, `stop()` at shutdown
     (after the calls ended); it beats every third of `lease_s`."""
 
     def __init__(
         self,
-        writer: HeartbeatWriter,
+        writer: Heartbeat,
         *,
         lease_s: float,
         clock: Callable[[], float] = time.monotonic,
@@ -78,14 +91,21 @@ class GatewayLease:
 
     def _beat_forever(self) -> None:
         while not self._stopping.wait(self._every_s):
-            stalled_s = self._clock() - self._last_tick
-            if stalled_s > self._lease_s / 2:
-                log.error("event loop stalled for %.1f s: the lease is not renewed", stalled_s)
-                continue
-            try:
-                self._beat()
-            except StorageError as exc:  # a blip: the next beat may make it in time
-                log.warning("renewing the gateway lease failed: %s", exc)
+            self.beat_if_alive()
+
+    def beat_if_alive(self) -> bool:
+        """Renew the lease if the event loop turned within half a lease (a stuck loop
+        serves no call: its calls must become lost); True if a beat was written."""
+        stalled_s = self._clock() - self._last_tick
+        if stalled_s > self._lease_s / 2:
+            log.error("event loop stalled for %.1f s: the lease is not renewed", stalled_s)
+            return False
+        try:
+            self._beat()
+        except StorageError as exc:  # a blip: the next beat may make it in time
+            log.warning("renewing the gateway lease failed: %s", exc)
+            return False
+        return True
 
     async def stop(self) -> None:
         """Stop beating and remove the heartbeat (the process's calls have ended)."""
@@ -142,9 +162,16 @@ class LostCallSweeper:
 
     async def sweep(self) -> list[CallRecord]:
         """One round: finish every lost call; returns them."""
-        calls = await self._store.served_calls()
-        owners = {c.served_by for c in calls if c.served_by and c.served_by != self._me}
-        expired = self._expired(owners, await self._leases.beats(owners))
+        try:
+            calls = await self._store.served_calls()
+            owners = {c.served_by for c in calls if c.served_by and c.served_by != self._me}
+            beats = await self._leases.beats(owners)
+        except StorageError:
+            # While this sweeper cannot read it sees no beats: that time is no evidence, so
+            # every gateway is judged afresh, over a whole lease, once it reads again.
+            self._seen.clear()
+            raise
+        expired = self._expired(owners, beats)
         lost = [
             c
             for c in calls

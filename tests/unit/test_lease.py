@@ -1,0 +1,184 @@
+"""Leases on a virtual clock: when a sweeper judges another gateway's calls lost, and when
+a gateway renews its own lease. In-process doubles of the gateway's own stores; the real
+database is in tests/integration/test_two_gateways.py."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+
+from gateway.call.lease import LOST_REASON, GatewayLease, LostCallSweeper
+from gateway.metrics import GatewayMetrics
+from storage import CallRecord, CallStatus, Direction, StorageError
+
+ME, OTHER = "gw-me", "gw-other"
+LEASE_S = 30.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _call(call_id: str, served_by: str) -> CallRecord:
+    return CallRecord(
+        id=call_id, org_id=None, transport="twilio", call_sid="CA" + call_id, stream_sid=None,
+        from_number="+15550001111", to_number="+15550002222", direction=Direction.INBOUND,
+        assistant_id=None, metadata={}, status=CallStatus.IN_PROGRESS,
+        started_at=datetime.now(UTC), ended_at=None, duration_s=None, end_reason=None,
+        served_by=served_by,
+    )  # fmt: skip
+
+
+@dataclass
+class Store:
+    """Open calls and the gateways' beats; `down` makes every read fail."""
+
+    calls: dict[str, CallRecord] = field(default_factory=dict)
+    beats_now: dict[str, datetime] = field(default_factory=dict)
+    finished: list[str] = field(default_factory=list)
+    down: bool = False
+
+    async def served_calls(self) -> list[CallRecord]:
+        if self.down:
+            raise StorageError("database away")
+        return [c for c in self.calls.values() if c.ended_at is None]
+
+    async def beats(self, gateway_ids: Collection[str]) -> dict[str, datetime]:
+        if self.down:
+            raise StorageError("database away")
+        return {g: b for g, b in self.beats_now.items() if g in gateway_ids}
+
+    async def finish_call(
+        self, call_id: str, *, status: CallStatus, end_reason: str, ended_at: datetime
+    ) -> CallRecord:
+        call = self.calls[call_id]
+        if call.ended_at is None:
+            call = call.model_copy(
+                update={"status": status, "end_reason": end_reason, "ended_at": ended_at}
+            )
+            self.calls[call_id] = call
+            self.finished.append(call_id)
+        return call
+
+    def beat(self, gateway_id: str) -> None:
+        """A new beat of `gateway_id` (each one differs from the one before)."""
+        last = self.beats_now.get(gateway_id, datetime(2026, 1, 1, tzinfo=UTC))
+        self.beats_now[gateway_id] = datetime.fromtimestamp(last.timestamp() + 1, UTC)
+
+
+def _sweeper(store: Store, clock: Clock, serving: set[str], lost: list[str]) -> LostCallSweeper:
+    async def on_lost(call: CallRecord) -> None:
+        lost.append(call.id)
+
+    return LostCallSweeper(
+        store=store,  # type: ignore[arg-type]
+        leases=store,  # type: ignore[arg-type]
+        gateway_id=ME,
+        serving=serving.__contains__,
+        lease_s=LEASE_S,
+        metrics=GatewayMetrics(),
+        on_lost=on_lost,
+        clock=clock,
+    )
+
+
+async def test_a_gateway_that_keeps_beating_keeps_its_calls() -> None:
+    store, clock, lost = Store(), Clock(), []
+    store.calls["c1"] = _call("c1", OTHER)
+    sweeper = _sweeper(store, clock, set(), lost)
+    for _ in range(30):  # ten leases, a beat and a sweep every third of one
+        store.beat(OTHER)
+        assert await sweeper.sweep() == []
+        clock.now += LEASE_S / 3
+    assert store.finished == [] and lost == []
+
+
+async def test_a_silent_gateway_loses_its_calls_a_whole_lease_after_the_last_beat_seen() -> None:
+    store, clock, lost = Store(), Clock(), []
+    store.calls["c1"] = _call("c1", OTHER)
+    store.calls["c2"] = _call("c2", OTHER)
+    store.beat(OTHER)
+    sweeper = _sweeper(store, clock, set(), lost)
+    assert await sweeper.sweep() == []  # first sight of the beat: the lease starts now
+    clock.now += LEASE_S - 0.001
+    assert await sweeper.sweep() == []
+    clock.now += 0.001
+    finished = await sweeper.sweep()
+    assert sorted(c.id for c in finished) == ["c1", "c2"]
+    assert {c.end_reason for c in finished} == {LOST_REASON}
+    assert {c.status for c in finished} == {CallStatus.FAILED}
+    assert sorted(lost) == ["c1", "c2"]  # the carrier cleans up after each (rooms closed)
+    assert await sweeper.sweep() == []  # finished once
+
+
+async def test_a_gateway_with_no_heartbeat_is_judged_over_a_lease_too() -> None:
+    store, clock, lost = Store(), Clock(), []
+    store.calls["c1"] = _call("c1", OTHER)  # its gateway stopped cleanly, or never beat
+    sweeper = _sweeper(store, clock, set(), lost)
+    assert await sweeper.sweep() == []
+    clock.now += LEASE_S
+    assert [c.id for c in await sweeper.sweep()] == ["c1"]
+
+
+async def test_a_sweeper_never_finishes_a_call_its_own_process_serves() -> None:
+    store, clock, lost = Store(), Clock(), []
+    store.calls["mine"] = _call("mine", ME)
+    store.calls["orphan"] = _call("orphan", ME)  # ours, but its final write failed
+    sweeper = _sweeper(store, clock, {"mine"}, lost)
+    for _ in range(10):
+        finished = await sweeper.sweep()
+        clock.now += LEASE_S
+        if finished:
+            assert [c.id for c in finished] == ["orphan"]
+    assert store.finished == ["orphan"]
+
+
+async def test_time_the_database_was_away_is_no_evidence() -> None:
+    store, clock, lost = Store(), Clock(), []
+    store.calls["c1"] = _call("c1", OTHER)
+    store.beat(OTHER)
+    sweeper = _sweeper(store, clock, set(), lost)
+    await sweeper.sweep()
+    store.down = True  # nobody can read or beat for two leases
+    clock.now += 2 * LEASE_S
+    with pytest.raises(StorageError):
+        await sweeper.sweep()
+    store.down = False
+    assert await sweeper.sweep() == []  # back: the other gateway is judged afresh
+    store.beat(OTHER)  # ... and it beats again
+    clock.now += LEASE_S / 3
+    assert await sweeper.sweep() == []
+    assert store.finished == []
+
+
+class Writer:
+    gateway_id = ME
+
+    def __init__(self) -> None:
+        self.beats = 0
+
+    def beat(self, *, at: datetime, lease_s: float) -> None:
+        self.beats += 1
+
+    def remove(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_lease_is_renewed_only_while_the_event_loop_turns() -> None:
+    clock, writer = Clock(), Writer()
+    lease = GatewayLease(writer, lease_s=LEASE_S, clock=clock)
+    assert lease.beat_if_alive() and writer.beats == 1
+    clock.now += LEASE_S / 2  # the loop last ticked half a lease ago: still alive, busy
+    assert lease.beat_if_alive() and writer.beats == 2
+    clock.now += 0.1  # stuck: its calls must become lost rather than be held forever
+    assert not lease.beat_if_alive() and writer.beats == 2
