@@ -124,6 +124,11 @@ class TwirpTap:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._lock = threading.Lock()
         self._exchanges: list[Exchange] = []
+        # The loop keeps only weak references to tasks, and asyncio's stream protocol drops
+        # its reference to a connection's handler once the client hangs up: a handler still
+        # waiting for the server's answer (the gateway gave up on a slow StartEgress) would be
+        # garbage-collected mid-flight, and that answer never recorded. Held here instead.
+        self._handlers: set[asyncio.Task[None]] = set()
         self.stand_in: StandIn | None = None
         self.url = ""
 
@@ -156,6 +161,10 @@ class TwirpTap:
             return [e for e in self._exchanges if e.method == method]
 
     async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
         try:
             ureader, uwriter = await asyncio.open_connection("127.0.0.1", self._upstream_port)
         except OSError:
