@@ -57,7 +57,7 @@ class Harness:
     marks: list[MarkReport] = field(default_factory=list)
     heard: list[PCM16] = field(default_factory=list)  # what left the source, 10 ms at a time
 
-    async def wait_for(self, condition: Callable[[], bool], within_s: float = 2.0) -> None:
+    async def wait_for(self, condition: Callable[[], bool], within_s: float = 10.0) -> None:
         deadline = time.monotonic() + within_s
         while not condition():
             assert time.monotonic() < deadline, "timed out"
@@ -99,7 +99,7 @@ async def running_transport(*, max_queued_ms: int = 2000) -> AsyncIterator[Harne
         yield harness
     finally:
         transport.close()
-        await asyncio.wait_for(harness.task, 2.0)
+        await asyncio.wait_for(harness.task, 10.0)
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
         await stream.aclose()
@@ -186,8 +186,8 @@ async def test_close_stops_the_pacer() -> None:
         await h.transport.mark("never")
         await h.wait_for(lambda: len(h.source.captured) >= 3)
         h.transport.close()
-        await asyncio.wait_for(h.task, 1.0)
-        await asyncio.wait_for(playing, 1.0)  # a play waiting for room is let go
+        await asyncio.wait_for(h.task, 10.0)
+        await asyncio.wait_for(playing, 10.0)  # a play waiting for room is let go
         handed = len(h.source.captured)
         await h.transport.play(_speech(5))  # after close: nothing waits, nothing is sent
         await asyncio.sleep(0.1)
@@ -200,7 +200,7 @@ async def test_back_pressure_holds_play_while_too_much_is_queued() -> None:
         playing = asyncio.create_task(h.transport.play(_speech(12)))
         await asyncio.sleep(0)
         assert not playing.done()
-        await asyncio.wait_for(playing, 2.0)
+        await asyncio.wait_for(playing, 10.0)
         # It returned once fewer than 5 frames were left in the transport's queue.
         assert len(h.source.captured) >= 12 - 5
         await h.transport.mark("end")

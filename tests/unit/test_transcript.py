@@ -57,6 +57,12 @@ class _SlowStore:
         )  # fmt: skip
 
 
+async def _settle() -> None:
+    """Let every task that can run, run (a write held by the store stays held)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
 def _transcript(store: _SlowStore, clock: _Clock, metrics: GatewayMetrics) -> CallTranscript:
     return CallTranscript(
         call_id="call-1",
@@ -80,7 +86,7 @@ async def test_the_agent_turn_waits_for_the_caller_turn_before_it() -> None:
     transcript.agent_turn_begins(latency)
     clock.now = 104.0
     agent = asyncio.create_task(transcript.add_agent_turn("We open at nine.", interrupted=False))
-    await asyncio.sleep(0.01)
+    await _settle()
     assert store.turns == [] and not agent.done()
     store.release.set()
     await agent
@@ -99,7 +105,7 @@ async def test_a_second_caller_turn_waits_for_the_first() -> None:
     transcript = _transcript(store, clock, GatewayMetrics())
     await transcript.add_caller_turn("one", start_ms=0.0, end_ms=1.0)
     second = asyncio.create_task(transcript.add_caller_turn("two", start_ms=2.0, end_ms=3.0))
-    await asyncio.sleep(0.01)
+    await _settle()
     assert not second.done()
     store.release.set()
     await second
