@@ -18,7 +18,7 @@ from livekit import api
 from gateway.errors import ConfigError
 from gateway.recording.bucket import recording_key
 from gateway.settings import Settings
-from storage import CallRecord, CallStore, RecordingState
+from storage import CallRecord, CallStore, RecordingState, RecordingStatus
 from telephony.errors import LiveKitError
 
 log = logging.getLogger(__name__)
@@ -186,30 +186,22 @@ class RoomRecording:
             await self._failed(key, info.error or api.EgressStatus.Name(info.status))
             return
         self.egress_id = info.egress_id
-        await self._store.set_recording(
-            self._call.id,
-            RecordingState(
-                kind="egress",
-                status="recording",
-                bucket=self._settings.s3_bucket,
-                key=key,
-                egress_id=info.egress_id,
-            ),
-        )
+        await self._store_state(key, "recording", egress_id=info.egress_id)
         log.info("room recording started", extra={"egress_id": info.egress_id, "key": key})
 
     async def _failed(self, key: str, error: str) -> None:
         log.warning("room recording did not start: %s", error, extra={"room": self._room_name})
-        await self._store.set_recording(
-            self._call.id,
-            RecordingState(
-                kind="egress",
-                status="failed",
-                bucket=self._settings.s3_bucket,
-                key=key,
-                error=error,
-            ),
-        )
+        await self._store_state(key, "failed", error=error)
+
+    async def _store_state(
+        self, key: str, status: RecordingStatus, *, egress_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        state = RecordingState(
+            kind="egress", status=status, bucket=self._settings.s3_bucket, key=key,
+            egress_id=egress_id, error=error,
+        )  # fmt: skip
+        await self._store.set_recording(self._call.id, state)
 
     async def finish(self) -> None:
         """Stop the egress (its `egress_ended` webhook then gives the file's location)."""
