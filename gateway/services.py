@@ -51,7 +51,6 @@ class Services:
     outbox: WebhookOutbox
     ssrf_guard: SsrfGuard
     recordings: RecordingBucket | None  # None: S3_BUCKET unset, nothing is recorded
-    catalog: ProviderCatalog
 
 
 def build_services(
@@ -134,7 +133,6 @@ def build_services(
         outbox=outbox,
         ssrf_guard=guard,
         recordings=recordings,
-        catalog=catalog,
     )
 
 
@@ -157,7 +155,7 @@ async def running(services: Services) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
         await services.lease.stop()
         await services.outbox.aclose()
-        await services.catalog.aclose()
+        await services.calls.catalog.aclose()
         if services.livekit is not None:
             await services.livekit.aclose()
 

@@ -20,6 +20,7 @@ from gateway.api.operations import ApiRequest, Operation
 from gateway.call.records import open_call
 from gateway.errors import NotConfigured, RequestInvalid
 from gateway.livekit.outbound import dial_livekit
+from gateway.livekit.room import room_of
 from gateway.logs import call_id_var
 from gateway.twilio.outbound import dial_twilio
 from storage import CallFilter, CallNotFound, CallStatus, Direction, SipTrunkRecord
@@ -116,7 +117,7 @@ async def place_outbound_call(req: ApiRequest) -> BaseModel:
         room_name = None
     else:
         sid = await dial_livekit(services, call, trunk)
-        room_name = f"call-{call.id}"
+        room_name = room_of(call)
     await db.calls.set_call_sid(call.id, sid)
     return OutboundCallOut(
         call_id=call.id,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -105,15 +105,9 @@ class LiveCalls:
         if self._calls.get(call.call.id) is call:
             del self._calls[call.call.id]
 
-    def __iter__(self) -> Iterator[CallLifecycle]:
-        return iter(list(self._calls.values()))
-
-    def __len__(self) -> int:
-        return len(self._calls)
-
     async def end_all(self, ending: CallEnding) -> None:
         """End every call this process serves and wait until each is finished (shutdown)."""
-        calls = list(self)
+        calls = list(self._calls.values())
         for call in calls:
             call.request_end(ending.reason, ending.status)
         await asyncio.gather(*(call.finished() for call in calls))

@@ -71,7 +71,6 @@ class LiveKitRoom:
         self.lifecycle = CallLifecycle(runtime, call, self)
         self._room = rtc.Room()
         self._source: rtc.AudioSource | None = None
-        self._transport: LiveKitTransport | None = None
         self._caller: rtc.RemoteParticipant | None = None
         self._caller_audio: asyncio.Queue[rtc.Track] = asyncio.Queue(maxsize=1)
         self._heard_by_caller = asyncio.Event()
@@ -192,13 +191,12 @@ class LiveKitRoom:
     def transport(self, recording: CallRecording | None) -> LegTransport:
         assert self._source is not None and self._caller is not None
         caller = self._caller.identity
-        self._transport = LiveKitTransport(
+        return LiveKitTransport(
             source=self._source,
             on_mark=self.lifecycle.on_mark,
             metrics=self._runtime.metrics,
             transfer=lambda to: self._livekit.transfer_sip(self.room_name, caller, to),
         )
-        return self._transport
 
     async def close(self, ending: CallEnding) -> None:
         """Leave the room and close it (which hangs the SIP caller up)."""
