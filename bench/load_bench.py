@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import os
 import re
+import secrets
 import socket
 import statistics
 import subprocess
@@ -30,6 +31,8 @@ import httpx
 from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 
 LINES = ("What are your opening hours?", "How much does it cost?", "Can I book an appointment?")
+
+API_KEY = secrets.token_urlsafe(32)  # a key the gateway accepts (not a placeholder)
 
 
 def _free_port() -> int:
@@ -131,7 +134,7 @@ def main() -> int:
         **os.environ,
         "PUBLIC_URL": base,
         "TWILIO_AUTH_TOKEN": token,
-        "GATEWAY_API_KEY": "bench",
+        "GATEWAY_API_KEY": API_KEY,
         "DATA_DIR": data_dir,
         "LOG_LEVEL": "WARNING",
     }
