@@ -1,18 +1,15 @@
 """One media stream per Twilio call, ever: when a call may get none (it ended, or has had
 its stream), and the claim that makes a stream the call's one, whichever gateway on the
 database takes it. Replays of a captured voice webhook, stream token or stream `start`
-end here: refused and logged, nothing stored changes."""
+end here: refused (the route or the stream driver logs it); nothing stored changes."""
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
 from storage import CallRecord, Database
 from telephony.errors import SignatureError
 from telephony.twilio import Start, StreamToken
-
-log = logging.getLogger(__name__)
 
 
 def no_stream_because(call: CallRecord) -> str | None:
@@ -35,8 +32,8 @@ async def stream_refused(database: Database, call: CallRecord) -> str | None:
 async def claim_stream(
     database: Database, call: CallRecord, start: Start, token: StreamToken
 ) -> None:
-    """Make this `start` the call's one media stream; `SignatureError` (logged as a replay)
-    if the call may get none or another stream took it first."""
+    """Make this `start` the call's one media stream; `SignatureError` (a replay) if the
+    call may get none or another stream took it first."""
     reason = no_stream_because(call)
     if reason is None:
         claimed = await database.claims.claim_stream(
@@ -48,14 +45,5 @@ async def claim_stream(
         )
         if not claimed:
             reason = "the stream token was used already"
-    if reason is not None:
-        log.warning(
-            "replayed stream start refused: %s",
-            reason,
-            extra={
-                "call_sid": start.call_sid,
-                "stream_sid": start.stream_sid,
-                "token": token.nonce,
-            },
-        )
-        raise SignatureError(f"stream refused: {reason}")
+    if reason is not None:  # the stream's driver logs it and closes 1008 with this reason
+        raise SignatureError(f"replayed stream start: {reason}")
