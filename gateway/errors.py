@@ -20,6 +20,7 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── ProtocolError           bad Media Streams input        -> WS close code and reason
     ├── SignatureError          bad X-Twilio-Signature, stream token or LiveKit
     │                           webhook token                  -> 403 (or close 1008)
+    │                           (a replayed stream start too: a used token, an ended call)
     ├── CarrierError            Twilio / LiveKit refused to place a call -> 422 (a 4xx: the
     │                           request's fault) or 502
     ├── LiveKitError            LiveKit's API refused or is unreachable -> 422 or 502

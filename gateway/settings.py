@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     # Secret for per-call stream tokens; derived from the Twilio auth token when unset so
     # that every gateway behind one load balancer agrees.
     stream_token_secret: SecretStr | None = None
-    stream_token_ttl_s: float = 120.0
+    # How long a stream token may wait for its stream's `start` (outbound: plus the ring
+    # time). Each is single-use and bound to its call whatever its lifetime.
+    stream_token_ttl_s: float = Field(default=30.0, gt=0, le=3600)
 
     # On an empty database this key becomes the first admin key of organisation `gateway_org`.
     gateway_api_key: SecretStr | None = None

@@ -6,6 +6,7 @@ The only package that knows the driver; beanie documents never leave it.
 from storage.accounts import AccountRepository, hash_api_key, new_api_key
 from storage.assistants import AssistantRepository
 from storage.calls import CallRepository, CallStore
+from storage.claims import ClaimRepository
 from storage.database import Database, open_database
 from storage.deliveries import Attempt, DeliveryRecord, DeliveryStatus, WebhookRepository
 from storage.embedded import EmbeddedFerretDB, ferretdb_binary
@@ -58,6 +59,7 @@ __all__ = [
     "CallRepository",
     "CallStatus",
     "CallStore",
+    "ClaimRepository",
     "Database",
     "DeliveryBusy",
     "DeliveryRecord",

@@ -316,7 +316,16 @@ class CallRepository:
 
     @_driver_errors
     async def set_answered_by(self, call_id: str, answered_by: str) -> None:
-        await self._set_fact(call_id, {"answered_by": answered_by})
+        """Twilio's answering-machine verdict, while the call is open: a callback replayed
+        after the end changes nothing. Read, then written by `_id` alone (see `_set_fact`)."""
+        oid = _object_id(call_id, what="call")
+        calls = CallDocument.get_pymongo_collection()
+        async with call_write_lock(call_id):
+            doc = await calls.find_one({"_id": oid}, {"ended_at": 1})
+            if doc is None:
+                raise CallNotFound(f"no call {call_id!r}")
+            if doc.get("ended_at") is None:
+                await calls.update_one({"_id": oid}, {"$set": {"answered_by": answered_by}})
 
     @_driver_errors
     async def set_recording(self, call_id: str, state: RecordingState) -> None:

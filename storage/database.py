@@ -10,6 +10,7 @@ from pymongo.errors import PyMongoError
 from storage.accounts import AccountRepository
 from storage.assistants import AssistantRepository
 from storage.calls import CallRepository
+from storage.claims import CLAIM_INDEXES, ClaimRepository
 from storage.deliveries import WebhookRepository
 from storage.documents import (
     ApiKeyDocument,
@@ -53,7 +54,7 @@ async def _ensure_indexes(
 
 class Database:
     """An open database: its repositories (`calls`, `accounts`, `assistants`, `sip`,
-    `webhooks`, `leases`), and `close()`.
+    `webhooks`, `leases`, `claims`), and `close()`.
 
     Beanie binds document classes to one database per process: the last `open_database`
     wins, so a process opens one at a time (tests close theirs before opening another).
@@ -67,6 +68,7 @@ class Database:
         self.sip = SipRepository()
         self.webhooks = WebhookRepository()
         self.leases = LeaseRepository()
+        self.claims = ClaimRepository()
 
     async def close(self) -> None:
         try:
@@ -87,6 +89,8 @@ async def open_database(url: str, db_name: str, *, timeout_s: float = 10.0) -> D
         for document in _DOCUMENTS:
             meta = document.Settings
             await _ensure_indexes(database[meta.name], meta.indexes)
+        for name, indexes in CLAIM_INDEXES.items():
+            await _ensure_indexes(database[name], indexes)
     except PyMongoError as exc:
         await client.close()
         raise StorageError(f"cannot open MongoDB at {url}: {exc}") from exc

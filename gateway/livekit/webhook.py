@@ -1,22 +1,50 @@
 """`POST /livekit/webhook`: LiveKit's signed room events. A SIP participant joining a room
 starts an inbound call; a room finishing ends the call it holds; an egress ending
 completes its call's recording. An event about nothing of ours is still answered 200:
-LiveKit retries non-2xx answers."""
+LiveKit retries non-2xx answers.
+
+Before any of that: the token in `Authorization` is verified from the header alone, the
+body is read up to `MAX_BODY_BYTES` (413 beyond), hashed against the token, and only then
+parsed. Each event is acted on once across every gateway on the database: its id is
+claimed first, and a delivery whose id was claimed before is answered 200 and logged.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 
+from livekit import api
 from livekit.protocol import models
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import NotConfigured
+from gateway.errors import NotConfigured, error_response
 from gateway.livekit.egress import record_egress_ended
+from gateway.livekit.room import LiveKitRooms
 from gateway.services import Services
-from telephony.livekit import verified_event
+from telephony.livekit import verified_event, verified_webhook_token
 
 log = logging.getLogger(__name__)
+
+# LiveKit's events are a few KB (room, participant and its attributes, egress info).
+MAX_BODY_BYTES = 64 * 1024
+
+
+async def _body_at_most(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it is longer than `limit` (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def livekit_webhook(request: Request) -> Response:
@@ -24,15 +52,42 @@ async def livekit_webhook(request: Request) -> Response:
     livekit, rooms = services.livekit, services.rooms
     if livekit is None or rooms is None:
         raise NotConfigured("LiveKit is not configured (LIVEKIT_URL, _API_KEY, _API_SECRET)")
-    event = verified_event(
-        livekit.token_verifier(), await request.body(), request.headers.get("authorization", "")
+    token = verified_webhook_token(
+        livekit.token_verifier(), request.headers.get("authorization", ""), now=time.time()
     )
+    body = await _body_at_most(request, MAX_BODY_BYTES)
+    if body is None:
+        log.warning("livekit webhook refused: body over %d bytes", MAX_BODY_BYTES)
+        return error_response(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
+    event = verified_event(token, body)
+    extra = {"event": event.event, "event_id": event.id, "room": event.room.name}
+    if not event.id:
+        log.warning("livekit event without an id ignored", extra=extra)
+        return JSONResponse({"ok": True})
+    claims = services.database.claims
+    fresh = await claims.claim_event(
+        event.id,
+        event=event.event,
+        now=datetime.now(UTC),
+        keep_until=datetime.fromtimestamp(token.valid_until, UTC),
+    )
+    if not fresh:
+        log.warning("webhook event already handled: %s", event.id, extra=extra)
+        return JSONResponse({"ok": True})
+    log.info("livekit event", extra=extra)
+    try:
+        await _act(services, rooms, event)
+    except Exception:  # given back so LiveKit's retry is acted on, then answered as usual
+        await claims.release_event(event.id)
+        raise
+    return JSONResponse({"ok": True})
+
+
+async def _act(services: Services, rooms: LiveKitRooms, event: api.WebhookEvent) -> None:
     room = event.room.name
-    log.info("livekit event", extra={"event": event.event, "room": room})
     if event.event == "participant_joined" and event.participant.kind == models.ParticipantInfo.SIP:
         await rooms.serve_inbound(room, dict(event.participant.attributes))
     elif event.event == "room_finished":
         rooms.end(room, "room-finished")
     elif event.event == "egress_ended":
         await record_egress_ended(services.database.calls, event.egress_info)
-    return JSONResponse({"ok": True})

@@ -23,7 +23,8 @@ async def dial_twilio(services: Services, call: CallRecord, *, machine_detection
     ring_s = settings.outbound_ring_timeout_s
     token = issue_stream_token(
         services.twilio.stream_token_key,
-        outbound_token_subject(call.id),
+        call_id=call.id,
+        subject=outbound_token_subject(call.id),
         now=time.time(),
         ttl_s=ring_s + settings.stream_token_ttl_s,
     )

@@ -1,5 +1,6 @@
 """Twilio's HTTP webhooks: `POST /twilio/voice` answers with TwiML, `POST /twilio/status`
-records call progress. Both verify `X-Twilio-Signature` over the public URL."""
+records call progress. Both verify `X-Twilio-Signature` over the public URL. A voice
+webhook for a call that ended or has had its stream (a replay) gets a hang-up, no token."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from gateway.call.records import open_call
 from gateway.errors import MissingPlaceholders, error_response
 from gateway.logs import call_id_var
 from gateway.services import Services
+from gateway.twilio.stream_claim import stream_refused
 from storage import CallNotFound, CallRecord, CallStatus, Direction
 from telephony.twilio import (
     connect_stream_twiml,
+    hang_up_twiml,
     issue_stream_token,
     say_and_hang_up_twiml,
     stream_url_for,
@@ -54,7 +57,15 @@ async def twilio_voice(request: Request) -> Response:
         return error_response(400, "invalid_request", "CallSid is required")
     db = services.database
     call = await db.calls.get_call_by_sid(call_sid)
-    if call is None:
+    if call is not None:
+        refused = await stream_refused(db, call)
+        if refused is not None:  # a replay: no new token, nothing stored changes
+            call_id_var.set(call.id)
+            log.warning(
+                "voice webhook replayed: %s; hanging up", refused, extra={"call_sid": call_sid}
+            )
+            return _twiml(hang_up_twiml())
+    else:
         to_number = form.get("To", "")
         assistant = await db.assistants.for_number(to_number)
         try:
@@ -80,7 +91,8 @@ async def twilio_voice(request: Request) -> Response:
     settings = services.settings
     token = issue_stream_token(
         services.twilio.stream_token_key,
-        call_sid,
+        call_id=call.id,
+        subject=call_sid,
         now=time.time(),
         ttl_s=settings.stream_token_ttl_s,
     )

@@ -2,8 +2,10 @@
 hands the typed events to the call's lifecycle, and writes what the protocol wants sent.
 
 Refusals happen before any audio flows: a bad upgrade signature closes before accept
-(HTTP 403); a missing or wrong per-call stream token closes right after `start` (1008).
-Once `start` checks out, the stream is the `CallLeg` of the call's `CallLifecycle`.
+(HTTP 403); a missing, wrong or expired per-call stream token closes right after `start`
+(1008), as does a start for a call that ended or has had its stream (a replay: the token
+is single-use, claimed in the database before anything of the call is touched). Once
+`start` checks out, the stream is the `CallLeg` of the call's `CallLifecycle`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gateway.recording.recorder import CallRecorder
 from gateway.services import Services
 from gateway.twilio.outbound import outbound_token_subject
 from gateway.twilio.pacer import TwilioPacer
+from gateway.twilio.stream_claim import claim_stream
 from storage import CallNotFound, CallStatus
 from telephony.errors import ProtocolError, SignatureError
 from telephony.twilio import (
@@ -81,7 +84,7 @@ class _MediaStream:
             ending = CallEnding("protocol-error", CallStatus.FAILED)
             self._close_code, self._close_reason = exc.code, exc.reason
         except SignatureError as exc:
-            log.warning("media stream refused: %s", exc)
+            log.warning("media stream refused: %s", exc, extra={"call_sid": self._call_sid})
             ending = CallEnding("stream-token-refused", CallStatus.FAILED)
             self._close_code, self._close_reason = POLICY_VIOLATION, str(exc)[:120]
         except Exception:  # the connection's task ends here: log with the call id, close
@@ -132,25 +135,30 @@ class _MediaStream:
     async def _start(self, start: Start) -> None:
         services = self._services
         self._started_at = time.monotonic()
+        self._call_sid = start.call_sid
         params = start.custom_parameters
         token = params.get("token")
         if not token:
             raise SignatureError("missing stream token")
         call_id = params.get("call_id", "")
-        key = services.twilio.stream_token_key
+        key, now = services.twilio.stream_token_key, time.time()
         try:
-            verify_stream_token(key, token, start.call_sid, now=time.time())
+            verified = verify_stream_token(
+                key, token, call_id=call_id, subject=start.call_sid, now=now
+            )
         except SignatureError:
             # Outbound calls: the token was made before Twilio gave the call its sid.
-            verify_stream_token(key, token, outbound_token_subject(call_id), now=time.time())
+            subject = outbound_token_subject(call_id)
+            verified = verify_stream_token(key, token, call_id=call_id, subject=subject, now=now)
         try:
             call = await services.database.calls.get_call(call_id, with_turns=False)
         except CallNotFound as exc:
             raise SignatureError("stream token names no call of this gateway") from exc
+        call_id_var.set(call.id)
         if call.call_sid and call.call_sid != start.call_sid:
             raise SignatureError("stream token belongs to another call")
-        call_id_var.set(call.id)
-        self._call_sid = start.call_sid
+        # Once only, on whichever gateway: before anything of the call is touched.
+        await claim_stream(services.database, call, start, verified)
         lifecycle = CallLifecycle(services.calls, call, self)
         self._call = lifecycle
         lifecycle.take()

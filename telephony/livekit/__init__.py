@@ -2,6 +2,14 @@
 (`signed_events`). No call logic: the gateway's `gateway.livekit` package runs the rooms."""
 
 from telephony.livekit.admin import DialedParticipant, LiveKitAdmin, SipTransport, SipTrunk
-from telephony.livekit.signed_events import verified_event
+from telephony.livekit.signed_events import WebhookToken, verified_event, verified_webhook_token
 
-__all__ = ["DialedParticipant", "LiveKitAdmin", "SipTransport", "SipTrunk", "verified_event"]
+__all__ = [
+    "DialedParticipant",
+    "LiveKitAdmin",
+    "SipTransport",
+    "SipTrunk",
+    "WebhookToken",
+    "verified_event",
+    "verified_webhook_token",
+]

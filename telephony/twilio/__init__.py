@@ -31,10 +31,11 @@ from telephony.twilio.protocol import (
 )
 from telephony.twilio.rest import TwilioCalls
 from telephony.twilio.signature import TwilioSignatureValidator
-from telephony.twilio.stream_token import issue_stream_token, verify_stream_token
+from telephony.twilio.stream_token import StreamToken, issue_stream_token, verify_stream_token
 from telephony.twilio.twiml import (
     connect_stream_twiml,
     dial_twiml,
+    hang_up_twiml,
     say_and_hang_up_twiml,
     stream_url_for,
 )
@@ -62,11 +63,13 @@ __all__ = [
     "StreamStarted",
     "StreamState",
     "StreamStopped",
+    "StreamToken",
     "TwilioCalls",
     "TwilioSignatureValidator",
     "Unknown",
     "connect_stream_twiml",
     "dial_twiml",
+    "hang_up_twiml",
     "issue_stream_token",
     "parse_message",
     "say_and_hang_up_twiml",

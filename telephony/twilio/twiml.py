@@ -1,5 +1,5 @@
 """Every TwiML the gateway answers or sends: connecting a call's audio to the Media Streams
-endpoint, handing it to another number, and a spoken refusal."""
+endpoint, handing it to another number, a spoken refusal, and a plain hang-up."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ def dial_twiml(to: str) -> str:
     """`<Dial>` TwiML handing the call to `to` (a number or SIP URI)."""
     response = VoiceResponse()
     response.dial(to)
+    return str(response)
+
+
+def hang_up_twiml() -> str:
+    """TwiML that hangs up at once (a call that gets no stream)."""
+    response = VoiceResponse()
+    response.hangup()
     return str(response)
 
 

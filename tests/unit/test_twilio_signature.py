@@ -76,17 +76,40 @@ def test_connect_stream_twiml() -> None:
 
 def test_stream_tokens_bind_call_and_expire() -> None:
     secret = b"s" * 32
-    token = issue_stream_token(secret, "CA1", now=1000.0, ttl_s=60)
-    verify_stream_token(secret, token, "CA1", now=1059.0)
+    token = issue_stream_token(secret, call_id="c1", subject="CA1", now=1000.0, ttl_s=30)
+    verified = verify_stream_token(secret, token, call_id="c1", subject="CA1", now=1029.0)
+    assert (verified.call_id, verified.subject, verified.expires) == ("c1", "CA1", 1030)
     with pytest.raises(SignatureError, match="expired"):
-        verify_stream_token(secret, token, "CA1", now=1061.0)
+        verify_stream_token(secret, token, call_id="c1", subject="CA1", now=1031.0)
+    # Bound to our call id and to the carrier's subject, both.
     with pytest.raises(SignatureError, match="match"):
-        verify_stream_token(secret, token, "CA2", now=1001.0)
-    with pytest.raises(SignatureError):
-        verify_stream_token(b"t" * 32, token, "CA1", now=1001.0)
-    expires, _, mac = token.partition(".")
-    with pytest.raises(SignatureError):
-        verify_stream_token(secret, f"{int(expires) + 1000}.{mac}", "CA1", now=1001.0)
-    for garbage in ("", "abc", "x.y", "1.!!"):
+        verify_stream_token(secret, token, call_id="c1", subject="CA2", now=1001.0)
+    with pytest.raises(SignatureError, match="match"):
+        verify_stream_token(secret, token, call_id="c2", subject="CA1", now=1001.0)
+    with pytest.raises(SignatureError, match="match"):
+        verify_stream_token(b"t" * 32, token, call_id="c1", subject="CA1", now=1001.0)
+
+
+def test_stream_token_format() -> None:
+    secret = b"s" * 32
+    token = issue_stream_token(secret, call_id="c1", subject="CA1", now=1000.0, ttl_s=30)
+    expires, nonce, mac = token.split(".")
+    assert expires == "1030" and len(nonce) == 16
+    assert len(mac) == 43 and "=" not in mac  # SHA-256, unpadded URL-safe base64
+    # Each token has its own nonce (logs name it; the MAC covers it).
+    again = issue_stream_token(secret, call_id="c1", subject="CA1", now=1000.0, ttl_s=30)
+    assert again.split(".")[1] != nonce
+    verified = verify_stream_token(secret, token, call_id="c1", subject="CA1", now=1001.0)
+    assert verified.nonce == nonce
+    # No part can be changed: a later expiry, another nonce.
+    for forged in (f"2030.{nonce}.{mac}", f"1030.{again.split('.')[1]}.{mac}"):
+        with pytest.raises(SignatureError, match="match"):
+            verify_stream_token(secret, forged, call_id="c1", subject="CA1", now=1001.0)
+    # The text signed is length-prefixed: moving the boundary between call id and subject
+    # does not keep the MAC.
+    split = issue_stream_token(secret, call_id="a|b", subject="c", now=1000.0, ttl_s=30)
+    with pytest.raises(SignatureError, match="match"):
+        verify_stream_token(secret, split, call_id="a", subject="b|c", now=1001.0)
+    for garbage in ("", "abc", "x.y", "1.!!", "1..abc", "x.n.abc", "1.n.!!", "1.n.a.b"):
         with pytest.raises(SignatureError):
-            verify_stream_token(secret, garbage, "CA1", now=1001.0)
+            verify_stream_token(secret, garbage, call_id="c1", subject="CA1", now=1001.0)

@@ -1,0 +1,101 @@
+"""Once-only claims, whichever gateway on the database asks first: a Twilio call gets one
+media stream (`stream_claims`, keyed by the call id), a LiveKit webhook event is acted on
+once (`livekit_events`, keyed by the event id).
+
+FerretDB 1.24 has no atomic conditional update (see `storage.deliveries`); its one atomic
+check-and-set is an insert whose `_id` is taken already (SQLite's primary key), so a
+claim is exactly that insert, on MongoDB as on FerretDB. Each claim carries `expires_at`,
+after which it cannot matter any more; FerretDB 1.24 has no TTL indexes, so the claims
+themselves delete expired ones, at most once a minute per process (on MongoDB the
+`expires_at` index makes that delete an index range; on FerretDB it reads the
+collection, which those deletes keep to the claims of one retention period).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from storage.calls import _driver_errors, _stored_time
+from storage.documents import CallDocument
+
+STREAM_CLAIMS = "stream_claims"
+LIVEKIT_EVENTS = "livekit_events"
+# A call's stream claim outlives any call (at most 4 h) and any stream token: until then a
+# replayed start finds it, whatever the call's own document says.
+STREAM_CLAIM_KEEP = timedelta(days=1)
+_PRUNE_EVERY = timedelta(minutes=1)
+
+# The indexes `open_database` creates (by name, as for the documents).
+CLAIM_INDEXES: dict[str, list[IndexModel]] = {
+    name: [IndexModel([("expires_at", ASCENDING)], name="expires_at")]
+    for name in (STREAM_CLAIMS, LIVEKIT_EVENTS)
+}
+
+
+def _collection(name: str) -> AsyncCollection[dict[str, Any]]:
+    return CallDocument.get_pymongo_collection().database[name]
+
+
+class ClaimRepository:
+    """Single-use claims (on the database `open_database` opened)."""
+
+    def __init__(self) -> None:
+        self._pruned_at: dict[str, datetime] = {}
+
+    async def _claim(self, name: str, key: str, fields: dict[str, Any], *, now: datetime) -> bool:
+        now = _stored_time(now)
+        try:
+            await _collection(name).insert_one({"_id": key, "claimed_at": now, **fields})
+        except DuplicateKeyError:
+            return False
+        await self._prune(name, now)
+        return True
+
+    async def _prune(self, name: str, now: datetime) -> None:
+        """Delete the collection's expired claims, at most once per `_PRUNE_EVERY`."""
+        last = self._pruned_at.get(name)
+        if last is not None and now - last < _PRUNE_EVERY:
+            return
+        self._pruned_at[name] = now
+        try:
+            await _collection(name).delete_many({"expires_at": {"$lt": now}})
+        except PyMongoError:
+            self._pruned_at.pop(name, None)  # the claim stands; the next one prunes
+
+    @_driver_errors
+    async def claim_stream(
+        self, call_id: str, *, call_sid: str, stream_sid: str, token_nonce: str, now: datetime
+    ) -> bool:
+        """Make `stream_sid` the call's one media stream: False if it has one already (on
+        any gateway, now or within `STREAM_CLAIM_KEEP`)."""
+        fields = {
+            "call_sid": call_sid,
+            "stream_sid": stream_sid,
+            "token_nonce": token_nonce,
+            "expires_at": _stored_time(now + STREAM_CLAIM_KEEP),
+        }
+        return await self._claim(STREAM_CLAIMS, call_id, fields, now=now)
+
+    @_driver_errors
+    async def stream_claimed(self, call_id: str) -> bool:
+        """Whether the call has had a media stream (one read by `_id`)."""
+        return await _collection(STREAM_CLAIMS).find_one({"_id": call_id}, {"_id": 1}) is not None
+
+    @_driver_errors
+    async def claim_event(
+        self, event_id: str, *, event: str, now: datetime, keep_until: datetime
+    ) -> bool:
+        """Take LiveKit webhook event `event_id` for acting on it: False if it was taken
+        before. `keep_until` is when its signed token can no longer be presented."""
+        fields = {"event": event, "expires_at": _stored_time(keep_until)}
+        return await self._claim(LIVEKIT_EVENTS, event_id, fields, now=now)
+
+    @_driver_errors
+    async def release_event(self, event_id: str) -> None:
+        """Give an event back (acting on it failed), so LiveKit's retry is acted on."""
+        await _collection(LIVEKIT_EVENTS).delete_one({"_id": event_id})

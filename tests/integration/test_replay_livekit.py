@@ -1,0 +1,158 @@
+"""LiveKit webhooks replayed against two gateways on one database and a real livekit-server:
+a captured, correctly signed `participant_joined` sent again (to the other gateway while
+the call is live, and to its own gateway) is answered 200 and acted on once; an oversized
+body is refused before it is read whole."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from google.protobuf.json_format import MessageToJson
+from livekit import api as lkapi
+
+from tests.livekit_server import LiveKitServer, run_livekit_server
+from tests.net import free_port
+
+from .conftest import GatewayProcess, run_gateway
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@dataclass(frozen=True)
+class _Stack:
+    server: LiveKitServer
+    a: GatewayProcess  # livekit-server's webhooks go here
+    b: GatewayProcess  # the same database, as behind a balancer
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"x-api-key": self.a.api_key}
+
+
+@pytest.fixture(scope="module")
+def stack(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Stack]:
+    port = free_port()
+    work = tmp_path_factory.mktemp("lk-replay")
+    with run_livekit_server(work, webhook_url=f"http://127.0.0.1:{port}/livekit/webhook") as server:
+        env: dict[str, str | None] = {
+            "MONGODB_DB": "lk_replay_" + uuid.uuid4().hex[:8],
+            "LIVEKIT_URL": server.url,
+            "LIVEKIT_API_KEY": server.api_key,
+            "LIVEKIT_API_SECRET": server.api_secret,
+        }
+        with run_gateway(mongo_url, work, env, port=port) as a:
+            shared = {**env, "TWILIO_AUTH_TOKEN": a.auth_token, "GATEWAY_API_KEY": a.api_key}
+            with run_gateway(mongo_url, tmp_path_factory.mktemp("lk-replay-b"), shared) as b:
+                yield _Stack(server, a, b)
+
+
+def _signed(server: LiveKitServer, event: lkapi.WebhookEvent) -> tuple[bytes, str]:
+    """The body and Authorization header livekit-server sends for `event` (a JWT valid five
+    minutes whose sha256 claim covers the JSON body)."""
+    body = MessageToJson(event).encode()
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    token = (
+        lkapi.AccessToken(server.api_key, server.api_secret)
+        .with_sha256(digest)
+        .with_ttl(timedelta(minutes=5))
+        .to_jwt()
+    )
+    return body, token
+
+
+async def _post(gateway: GatewayProcess, body: bytes, auth: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=20) as http:
+        return await http.post(
+            gateway.base_url + "/livekit/webhook",
+            content=body,
+            headers={"Authorization": auth, "Content-Type": "application/webhook+json"},
+        )
+
+
+async def _calls_in(stack: _Stack, room: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=stack.a.base_url, timeout=20) as http:
+        items = (await http.get("/calls", headers=stack.headers)).json()["items"]
+    return [c for c in items if c["metadata"].get("room") == room]
+
+
+def _logged(gateway: GatewayProcess, *needles: str) -> bool:
+    return any(all(n in line for n in needles) for line in gateway.log_text().splitlines())
+
+
+async def test_a_replayed_participant_joined_is_acted_on_once(stack: _Stack) -> None:
+    room = "call-" + uuid.uuid4().hex[:8]
+    joined = lkapi.WebhookEvent(
+        event="participant_joined",
+        room=lkapi.Room(name=room),
+        participant=lkapi.ParticipantInfo(
+            identity="sip_" + uuid.uuid4().hex[:6],
+            kind=lkapi.ParticipantInfo.Kind.SIP,
+            attributes={
+                "sip.phoneNumber": "+15550002222",
+                "sip.trunkPhoneNumber": "+15557779999",
+                "sip.callID": "SCL_" + uuid.uuid4().hex[:8],
+            },
+        ),
+        id="EV_" + uuid.uuid4().hex[:12],
+        created_at=int(time.time()),
+    )
+    body, auth = _signed(stack.server, joined)
+    assert (await _post(stack.a, body, auth)).status_code == 200
+    deadline = time.monotonic() + 30
+    while not await _calls_in(stack, room):
+        assert time.monotonic() < deadline, "the first delivery opened no call"
+        await asyncio.sleep(0.2)
+
+    # The same request again: to the other gateway while the call is live, then to its own.
+    for gateway in (stack.b, stack.a):
+        replay = await _post(gateway, body, auth)
+        assert replay.status_code == 200, replay.text
+    deadline = time.monotonic() + 20
+    while not (
+        _logged(stack.b, "webhook event already handled", joined.id)
+        and _logged(stack.a, "webhook event already handled", joined.id)
+    ):
+        if len(await _calls_in(stack, room)) > 1 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert not _logged(stack.b, "inbound SIP call", room), "the replay opened a second call"
+
+    finished = lkapi.WebhookEvent(
+        event="room_finished",
+        room=lkapi.Room(name=room),
+        id="EV_" + uuid.uuid4().hex[:12],
+        created_at=int(time.time()),
+    )
+    assert (await _post(stack.a, *_signed(stack.server, finished))).status_code == 200
+    deadline = time.monotonic() + 30
+    while True:
+        calls = await _calls_in(stack, room)
+        if all(c["ended_at"] for c in calls) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert len(calls) == 1, calls
+    assert calls[0]["end_reason"] == "room-finished"
+
+
+async def test_an_oversized_webhook_body_is_refused(stack: _Stack) -> None:
+    event = lkapi.WebhookEvent(
+        event="room_finished",
+        room=lkapi.Room(name="call-big", metadata="x" * (2 * 1024 * 1024)),
+        id="EV_" + uuid.uuid4().hex[:12],
+        created_at=int(time.time()),
+    )
+    body, auth = _signed(stack.server, event)
+    answered = await _post(stack.a, body, auth)
+    assert answered.status_code == 413, (answered.status_code, answered.text)
+    unsigned = await _post(stack.a, body, "")
+    assert unsigned.status_code == 403
