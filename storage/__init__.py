@@ -15,6 +15,7 @@ from storage.errors import (
     InvalidCursor,
     NotFound,
     NumberTaken,
+    NumberUnavailable,
     StorageError,
 )
 from storage.leases import HeartbeatWriter, LeaseRepository
@@ -31,7 +32,9 @@ from storage.models import (
     DispatchKind,
     DispatchRuleRecord,
     NewCall,
+    NumberAdoption,
     Organization,
+    PhoneNumberRecord,
     RecordingKind,
     RecordingState,
     RecordingStatus,
@@ -40,7 +43,9 @@ from storage.models import (
     Speaker,
     TrunkKind,
     TurnRecord,
+    normalize_e164,
 )
+from storage.numbers import PhoneNumberRepository
 from storage.sip import SipRepository
 
 __all__ = [
@@ -71,8 +76,12 @@ __all__ = [
     "LeaseRepository",
     "NewCall",
     "NotFound",
+    "NumberAdoption",
     "NumberTaken",
+    "NumberUnavailable",
     "Organization",
+    "PhoneNumberRecord",
+    "PhoneNumberRepository",
     "RecordingKind",
     "RecordingState",
     "RecordingStatus",
@@ -87,5 +96,6 @@ __all__ = [
     "ferretdb_binary",
     "hash_api_key",
     "new_api_key",
+    "normalize_e164",
     "open_database",
 ]
