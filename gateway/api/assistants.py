@@ -1,24 +1,30 @@
 """Assistants through the API: prompt and greeting with `{{placeholders}}`, providers,
-voice, webhook URL (checked by the SSRF guard), maximum duration, recording, numbers."""
+voice, webhook URL (checked by the SSRF guard), maximum duration, recording, numbers (each
+registered to the organisation first: `gateway/api/numbers.py`)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ValidationError
 
 from gateway.api.models import AssistantList, AssistantOut, AssistantPatch
+from gateway.api.numbers import require_registered
 from gateway.api.operations import ApiRequest, Operation
 from gateway.errors import ConflictError, RequestInvalid
 from storage import AssistantConfig
 
 
-def _check_webhook_url(req: ApiRequest, config: AssistantConfig) -> None:
+async def _check_config(req: ApiRequest, config: AssistantConfig) -> None:
+    """The webhook URL passes the SSRF guard; every number is the organisation's."""
     if config.webhook_url:
         req.services.ssrf_guard.check_literal(config.webhook_url)
+    await require_registered(
+        req.services.database, req.principal.org_id, config.phone_numbers, field="phone_numbers"
+    )
 
 
 async def create_assistant(req: ApiRequest) -> BaseModel:
     config = req.body_as(AssistantConfig)
-    _check_webhook_url(req, config)
+    await _check_config(req, config)
     assistants = req.services.database.assistants
     return AssistantOut.of(await assistants.create(req.principal.org_id, config))
 
@@ -43,7 +49,7 @@ async def update_assistant(req: ApiRequest) -> BaseModel:
     except ValidationError as exc:
         details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         raise RequestInvalid("invalid assistant fields", details) from exc
-    _check_webhook_url(req, merged)
+    await _check_config(req, merged)
     return AssistantOut.of(await assistants.replace(org_id, assistant_id, merged))
 
 
