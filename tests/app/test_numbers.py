@@ -11,6 +11,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from pymongo import MongoClient
@@ -19,7 +20,7 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.services import Services
 from gateway.settings import Settings
-from storage import hash_api_key
+from storage import CallRecord, Organization, hash_api_key
 from telephony.twilio import TwilioSignatureValidator
 
 PUBLIC = "https://gw.example.com"
@@ -69,7 +70,9 @@ def _org_key(client: TestClient, name: str) -> tuple[str, dict[str, str]]:
 def _org_id(client: TestClient, name: str) -> str:
     services: Services = client.app.state.services  # type: ignore[attr-defined]
     assert client.portal is not None
-    org = client.portal.call(services.database.accounts.organization_named, name)
+    org: Organization | None = client.portal.call(
+        services.database.accounts.organization_named, name
+    )
     assert org is not None
     return org.id
 
@@ -92,12 +95,11 @@ def _answer(client: TestClient, to: str) -> str:
 
 
 def _reached(client: TestClient, to: str) -> str | None:
-    """The assistant an inbound call to `to` reaches (read back by the default org's key,
-    or None when the call went to the default assistant)."""
+    """The assistant an inbound call to `to` reaches (None: the default assistant)."""
     call_id = _answer(client, to)
     services: Services = client.app.state.services  # type: ignore[attr-defined]
     assert client.portal is not None
-    call = client.portal.call(services.database.calls.get_call, call_id)
+    call: CallRecord = client.portal.call(services.database.calls.get_call, call_id)
     return call.assistant_id
 
 
@@ -259,7 +261,7 @@ def test_numbers_in_use_before_the_registry_are_adopted_once(mongo_url: str, db_
     """A database from before the registry: acme's assistant lists one number, acme and
     globex both list another, globex's trunk lists a third."""
     now = datetime.now(UTC)
-    raw = MongoClient(mongo_url)
+    raw: MongoClient[dict[str, Any]] = MongoClient(mongo_url)
     try:
         db = raw[db_name]
         acme = db.organizations.insert_one(
@@ -274,10 +276,12 @@ def test_numbers_in_use_before_the_registry_are_adopted_once(mongo_url: str, db_
         own = db.assistants.insert_one(
             {**base, "org_id": str(acme), "name": "a", "phone_numbers": ["+15550100601"]}
         ).inserted_id
-        for org in (acme, globex):
+        shared = [
             db.assistants.insert_one(
                 {**base, "org_id": str(org), "name": "both", "phone_numbers": ["+15550100602"]}
-            )
+            ).inserted_id
+            for org in (acme, globex)
+        ]
         db.sip_trunks.insert_one({"org_id": str(globex), "livekit_id": "ST_x", "kind": "inbound",
                                   "provider": "generic", "name": "t",
                                   "numbers": ["+15550100603"], "created_at": now})  # fmt: skip
@@ -293,6 +297,11 @@ def test_numbers_in_use_before_the_registry_are_adopted_once(mongo_url: str, db_
         assert [n["number"] for n in theirs] == ["+15550100603"]
         assert _reached(client, "+15550100601") == str(own)
         assert _reached(client, "+15550100602") is None  # disputed: no organisation has it
+        # The disputed assistant can still be renamed, but not given the number anew.
+        renamed = client.patch(f"/assistants/{shared[0]}", json={"name": "renamed"}, headers=H)
+        assert renamed.status_code == 200, renamed.text
+        again = {"phone_numbers": ["+15550100602"]}
+        assert client.patch(f"/assistants/{shared[0]}", json=again, headers=H).status_code == 422
         released = _operator(mongo_url, db_name, "release", "+15550100601")
         assert released.returncode == 0, released.stderr
     # Started again, the gateway does not hand back what the operator released.
