@@ -21,6 +21,7 @@ from gateway.settings import Settings
 from storage import (
     Database,
     EmbeddedFerretDB,
+    NotFound,
     StorageError,
     ferretdb_binary,
     normalize_e164,
@@ -194,8 +195,8 @@ async def _assign_number(db: Database, number: str, org: str | None) -> int:
 async def _release_number(db: Database, number: str) -> int:
     try:
         previous = await db.numbers.release(number, org_id=None)
-    except StorageError as exc:
-        sys.stderr.write(f"voice-gateway: {exc}\n")
+    except NotFound:
+        sys.stderr.write(f"voice-gateway: {number} is not registered\n")
         return 1
     _out(f"{number}: released")
     for assistant in await db.assistants.detach_number(number, keep_org=None):
