@@ -16,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from gateway.api import api_keys, assistants, calls, deliveries, sip
+from gateway.api import api_keys, assistants, calls, deliveries, numbers, sip
 from gateway.api.auth import bootstrap_api_key
+from gateway.api.numbers import adopt_used_numbers
 from gateway.api.openapi import docs_page, openapi_document
 from gateway.api.operations import route
 from gateway.errors import HTTP_ERROR_HANDLERS, ConfigError
@@ -37,6 +38,7 @@ OPERATIONS = [
     *api_keys.OPERATIONS,
     *sip.OPERATIONS,
     *deliveries.OPERATIONS,
+    *numbers.OPERATIONS,
 ]
 
 
@@ -61,6 +63,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
                     settings.gateway_api_key.get_secret_value(),
                     settings.gateway_org,
                 )
+            await adopt_used_numbers(database)
             services = build_services(settings, database, providers=providers)
             app.state.services = services
             async with running(services):

@@ -1,14 +1,16 @@
 """The `voice-gateway` command: `serve` runs the gateway, `demo` places a simulated call,
-`create-key` / `revoke-key` manage API keys (there is no public endpoint that makes keys)."""
+`create-key` / `revoke-key` manage API keys (there is no public endpoint that makes keys),
+`numbers` is the operator's word on phone numbers (assign, reserve, release, list)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import functools
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 from pydantic import SecretStr
@@ -16,7 +18,15 @@ from pydantic import SecretStr
 from gateway.app import create_app
 from gateway.logs import configure_logging
 from gateway.settings import Settings
-from storage import EmbeddedFerretDB, StorageError, ferretdb_binary, open_database
+from storage import (
+    Database,
+    EmbeddedFerretDB,
+    NotFound,
+    StorageError,
+    ferretdb_binary,
+    normalize_e164,
+    open_database,
+)
 
 
 def _out(line: str = "") -> None:
@@ -148,6 +158,96 @@ def revoke_key(settings: Settings, *, key_id: str) -> int:
     return 0
 
 
+async def _with_database(settings: Settings, work: Callable[[Database], Awaitable[int]]) -> int:
+    assert settings.mongodb_url is not None
+    database = await open_database(settings.mongodb_url, settings.mongodb_db)
+    try:
+        return await work(database)
+    finally:
+        await database.close()
+
+
+async def _assign_number(db: Database, number: str, org: str | None) -> int:
+    """Give `number` to organisation `org` (None: reserve it), off every other's assistants."""
+    org_id = None
+    if org is not None:
+        found = await db.accounts.organization_named(org)
+        if found is None:
+            sys.stderr.write(f"voice-gateway: no organisation named {org!r}\n")
+            return 1
+        org_id = found.id
+    names = {o.id: o.name for o in await db.accounts.organizations()}
+    previous = await db.numbers.assign(number, org_id)
+    was = "free"
+    if previous is not None:
+        was = "reserved" if previous.org_id is None else repr(names.get(previous.org_id, "?"))
+    _out(f"{number}: {'reserved' if org is None else 'assigned to ' + repr(org)} (was {was})")
+    for assistant in await db.assistants.detach_number(number, keep_org=org_id):
+        owner = names.get(assistant.org_id, assistant.org_id)
+        _out(f"  taken off assistant {assistant.id} of {owner!r}")
+    for trunk in await db.sip.trunks_with_number(number):
+        if trunk.org_id != org_id:
+            owner = names.get(trunk.org_id, trunk.org_id)
+            _out(f"  warning: {trunk.kind} trunk {trunk.id} of {owner!r} still lists it")
+    return 0
+
+
+async def _release_number(db: Database, number: str) -> int:
+    try:
+        previous = await db.numbers.release(number, org_id=None)
+    except NotFound:
+        sys.stderr.write(f"voice-gateway: {number} is not registered\n")
+        return 1
+    _out(f"{number}: released")
+    for assistant in await db.assistants.detach_number(number, keep_org=None):
+        _out(f"  taken off assistant {assistant.id}")
+    if previous.org_id is not None:
+        for trunk in await db.sip.trunks_with_number(number, org_id=previous.org_id):
+            _out(f"  warning: {trunk.kind} trunk {trunk.id} still lists it")
+    return 0
+
+
+async def _list_numbers(db: Database, org: str | None) -> int:
+    names = {o.id: o.name for o in await db.accounts.organizations()}
+    registered = {r.number: r for r in await db.numbers.entries()}
+    for record in registered.values():
+        holder = "(reserved)" if record.org_id is None else names.get(record.org_id, "?")
+        if org is None or holder == org:
+            _out(f"{record.number}  {holder}  {record.assigned_by}  {record.created_at:%Y-%m-%d}")
+    for number, orgs in sorted((await db.numbers.used_numbers()).items()):
+        holder_id = registered[number].org_id if number in registered else None
+        strays = sorted(names.get(o, o) for o in orgs if o != holder_id)
+        if strays and (org is None or org in strays):
+            _out(f"{number}  unregistered use by: {', '.join(strays)}")
+    return 0
+
+
+def numbers(settings: Settings, *, action: str, number: str | None, org: str | None) -> int:
+    """The operator's commands on the phone-number registry."""
+    configure_logging("WARNING", json_format=settings.log_json)
+    if number is not None:
+        try:
+            number = normalize_e164(number)
+        except ValueError as exc:
+            sys.stderr.write(f"voice-gateway: {exc}\n")
+            return 2
+    work: Callable[[Database], Awaitable[int]]
+    if action == "list":
+        work = functools.partial(_list_numbers, org=org)
+    else:
+        assert number is not None
+        if action == "release":
+            work = functools.partial(_release_number, number=number)
+        else:  # assign (to `org`) or reserve (org None)
+            work = functools.partial(_assign_number, number=number, org=org)
+    try:
+        with _database(settings) as ready:
+            return asyncio.run(_with_database(ready, work))
+    except StorageError as exc:
+        sys.stderr.write(f"voice-gateway: {exc}\n")
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voice-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -162,6 +262,23 @@ def main(argv: list[str] | None = None) -> int:
     key_cmd.add_argument("--name", default="admin", help="a label for the key")
     revoke_cmd = commands.add_parser("revoke-key", help="revoke an API key by its id")
     revoke_cmd.add_argument("key_id")
+    numbers_cmd = commands.add_parser(
+        "numbers", help="assign, reserve, release or list phone numbers (operator only)"
+    )
+    number_actions = numbers_cmd.add_subparsers(dest="action", required=True)
+    assign_cmd = number_actions.add_parser(
+        "assign", help="give a number to an organisation, whoever holds it"
+    )
+    assign_cmd.add_argument("number", help="E.164, e.g. +15551234567")
+    assign_cmd.add_argument("--org", required=True, help="organisation name")
+    reserve_cmd = number_actions.add_parser(
+        "reserve", help="hold a number back: no organisation may claim it"
+    )
+    reserve_cmd.add_argument("number")
+    release_cmd = number_actions.add_parser("release", help="free a number")
+    release_cmd.add_argument("number")
+    list_cmd = number_actions.add_parser("list", help="the registry, and numbers in dispute")
+    list_cmd.add_argument("--org", default=None, help="only this organisation's")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -169,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         return create_key(settings, org=args.org, name=args.name)
     if args.command == "revoke-key":
         return revoke_key(settings, key_id=args.key_id)
+    if args.command == "numbers":
+        number, org = getattr(args, "number", None), getattr(args, "org", None)
+        return numbers(settings, action=args.action, number=number, org=org)
     if args.command == "serve":
         host = args.host or settings.host
         port = args.port if args.port is not None else settings.port

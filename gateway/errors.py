@@ -29,7 +29,10 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── NotFound                no such record in the key's organisation         -> 404
     │   └── CallNotFound
     ├── InvalidCursor           a page cursor this store did not issue           -> 422
-    ├── NumberTaken             a number another assistant answers               -> 409
+    ├── NumberTaken             a number another assistant of the organisation
+    │                           answers                                          -> 409
+    ├── NumberUnavailable       a number the organisation may not have (another's or
+    │                           reserved; the answer never says whose)           -> 409
     └── DeliveryBusy            a delivery a gateway is sending right now        -> 409
     WebhookError                webhooks/errors.py
     ├── UnsafeURL               a URL the SSRF guard refuses -> 422 when an assistant is
@@ -60,6 +63,7 @@ from storage.errors import (
     InvalidCursor,
     NotFound,
     NumberTaken,
+    NumberUnavailable,
     StorageError,
 )
 from telephony.errors import (
@@ -260,6 +264,7 @@ HTTP_ERROR_HANDLERS = {
     InvalidCursor: _invalid,
     ConflictError: _conflict,
     NumberTaken: _conflict,
+    NumberUnavailable: _conflict,
     DeliveryBusy: _conflict,
     UnsafeURL: _unsafe_url,
     NotConfigured: _not_configured,

@@ -16,6 +16,7 @@ from storage.errors import (
     InvalidCursor,
     NotFound,
     NumberTaken,
+    NumberUnavailable,
     StorageError,
 )
 from storage.leases import HeartbeatWriter, LeaseRepository
@@ -32,7 +33,9 @@ from storage.models import (
     DispatchKind,
     DispatchRuleRecord,
     NewCall,
+    NumberAdoption,
     Organization,
+    PhoneNumberRecord,
     RecordingKind,
     RecordingState,
     RecordingStatus,
@@ -41,7 +44,9 @@ from storage.models import (
     Speaker,
     TrunkKind,
     TurnRecord,
+    normalize_e164,
 )
+from storage.numbers import PhoneNumberRepository
 from storage.sip import SipRepository
 
 __all__ = [
@@ -73,8 +78,12 @@ __all__ = [
     "LeaseRepository",
     "NewCall",
     "NotFound",
+    "NumberAdoption",
     "NumberTaken",
+    "NumberUnavailable",
     "Organization",
+    "PhoneNumberRecord",
+    "PhoneNumberRepository",
     "RecordingKind",
     "RecordingState",
     "RecordingStatus",
@@ -89,5 +98,6 @@ __all__ = [
     "ferretdb_binary",
     "hash_api_key",
     "new_api_key",
+    "normalize_e164",
     "open_database",
 ]

@@ -63,6 +63,11 @@ class AccountRepository:
         return _org(doc) if doc else None
 
     @_driver_errors
+    async def organizations(self) -> list[Organization]:
+        docs = await OrganizationDocument.find({}).sort("created_at").to_list()
+        return [_org(d) for d in docs]
+
+    @_driver_errors
     async def default_organization(self) -> Organization | None:
         """The organisation that owns calls reaching no assistant (the first one made)."""
         doc = await OrganizationDocument.find_one(OrganizationDocument.is_default == True)  # noqa: E712

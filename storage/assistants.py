@@ -1,4 +1,6 @@
-"""Assistants: an organisation's agents, and the inbound numbers that reach them."""
+"""Assistants: an organisation's agents, and the inbound numbers that reach them (a number
+reaches an assistant only while the registry, `storage/numbers.py`, gives it to the
+assistant's organisation)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ from beanie import PydanticObjectId
 from bson.errors import InvalidId
 
 from storage.calls import _driver_errors, _object_id, _stored_time, _utc
-from storage.documents import AssistantDocument
+from storage.documents import AssistantDocument, PhoneNumberDocument
 from storage.errors import NotFound, NumberTaken
-from storage.models import AssistantConfig, AssistantRecord
+from storage.models import AssistantConfig, AssistantRecord, normalize_e164
 
 
 def _record(doc: AssistantDocument) -> AssistantRecord:
@@ -38,18 +40,24 @@ class AssistantRepository:
             raise NotFound(f"no assistant {assistant_id!r}")
         return doc
 
-    async def _check_numbers(self, numbers: list[str], *, except_id: str | None) -> None:
-        """A number reaches one assistant only, across organisations."""
+    async def _check_numbers(
+        self, org_id: str, numbers: list[str], *, except_id: str | None
+    ) -> None:
+        """A number reaches one assistant of its organisation only (the registry keeps other
+        organisations' assistants off it)."""
         if not numbers:
             return
-        clash = await AssistantDocument.find_one({"phone_numbers": {"$in": numbers}})
-        if clash is not None and str(clash.id) != except_id:
-            taken = sorted(set(numbers) & set(clash.phone_numbers))
-            raise NumberTaken(f"numbers already reach another assistant: {', '.join(taken)}")
+        others = await AssistantDocument.find(
+            {"org_id": org_id, "phone_numbers": {"$in": numbers}}
+        ).to_list()
+        taken = {n for doc in others if str(doc.id) != except_id for n in doc.phone_numbers}
+        clash = sorted(taken & set(numbers))
+        if clash:
+            raise NumberTaken(f"numbers already reach another assistant: {', '.join(clash)}")
 
     @_driver_errors
     async def create(self, org_id: str, config: AssistantConfig) -> AssistantRecord:
-        await self._check_numbers(config.phone_numbers, except_id=None)
+        await self._check_numbers(org_id, config.phone_numbers, except_id=None)
         now = _stored_time(datetime.now(UTC))
         doc = AssistantDocument(
             org_id=org_id, created_at=now, updated_at=now, **config.model_dump()
@@ -60,6 +68,25 @@ class AssistantRepository:
     @_driver_errors
     async def get(self, org_id: str, assistant_id: str) -> AssistantRecord:
         return _record(await self._owned(org_id, assistant_id))
+
+    @_driver_errors
+    async def using_number(self, org_id: str, number: str) -> list[AssistantRecord]:
+        """The organisation's assistants that list `number`."""
+        docs = await AssistantDocument.find({"org_id": org_id, "phone_numbers": number}).to_list()
+        return [_record(d) for d in docs]
+
+    @_driver_errors
+    async def detach_number(self, number: str, *, keep_org: str | None) -> list[AssistantRecord]:
+        """Take `number` off every assistant outside `keep_org` (after the operator gave it
+        elsewhere); returns the assistants it was taken from, as they were."""
+        query: dict[str, object] = {"phone_numbers": number}
+        if keep_org is not None:
+            query["org_id"] = {"$ne": keep_org}
+        docs = await AssistantDocument.find(query).to_list()
+        collection = AssistantDocument.get_pymongo_collection()
+        for doc in docs:
+            await collection.update_one({"_id": doc.id}, {"$pull": {"phone_numbers": number}})
+        return [_record(d) for d in docs]
 
     @_driver_errors
     async def list(self, org_id: str) -> list[AssistantRecord]:
@@ -76,7 +103,7 @@ class AssistantRepository:
     ) -> AssistantRecord:
         """Store `config` as the assistant's whole configuration (PATCH merges before this)."""
         doc = await self._owned(org_id, assistant_id)
-        await self._check_numbers(config.phone_numbers, except_id=assistant_id)
+        await self._check_numbers(org_id, config.phone_numbers, except_id=assistant_id)
         fields = {**config.model_dump(), "updated_at": _stored_time(datetime.now(UTC))}
         await AssistantDocument.get_pymongo_collection().update_one(
             {"_id": doc.id}, {"$set": fields}
@@ -90,8 +117,16 @@ class AssistantRepository:
 
     @_driver_errors
     async def for_number(self, number: str) -> AssistantRecord | None:
-        """The assistant an inbound call to `number` reaches, in whichever organisation."""
-        doc = await AssistantDocument.find_one({"phone_numbers": number})
+        """The assistant an inbound call to `number` reaches: the one listing it in the
+        organisation the registry gives the number to (none when no organisation holds it)."""
+        try:
+            number = normalize_e164(number)
+        except ValueError:
+            return None  # a client or SIP address: no number of the registry
+        entry = await PhoneNumberDocument.get(number)
+        if entry is None or entry.org_id is None:
+            return None
+        doc = await AssistantDocument.find_one({"org_id": entry.org_id, "phone_numbers": number})
         return _record(doc) if doc else None
 
     @_driver_errors

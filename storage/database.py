@@ -17,13 +17,16 @@ from storage.documents import (
     AssistantDocument,
     CallDocument,
     DispatchRuleDocument,
+    MigrationDocument,
     OrganizationDocument,
+    PhoneNumberDocument,
     SipTrunkDocument,
     TurnDocument,
     WebhookDeliveryDocument,
 )
 from storage.errors import StorageError
 from storage.leases import LeaseRepository
+from storage.numbers import PhoneNumberRepository
 from storage.sip import SipRepository
 
 _DOCUMENTS: list[type[Document]] = [
@@ -35,6 +38,8 @@ _DOCUMENTS: list[type[Document]] = [
     SipTrunkDocument,
     DispatchRuleDocument,
     WebhookDeliveryDocument,
+    PhoneNumberDocument,
+    MigrationDocument,
 ]
 
 
@@ -54,7 +59,7 @@ async def _ensure_indexes(
 
 class Database:
     """An open database: its repositories (`calls`, `accounts`, `assistants`, `sip`,
-    `webhooks`, `leases`, `claims`), and `close()`.
+    `webhooks`, `leases`, `claims`, `numbers`), and `close()`.
 
     Beanie binds document classes to one database per process: the last `open_database`
     wins, so a process opens one at a time (tests close theirs before opening another).
@@ -69,6 +74,7 @@ class Database:
         self.webhooks = WebhookRepository()
         self.leases = LeaseRepository()
         self.claims = ClaimRepository()
+        self.numbers = PhoneNumberRepository()
 
     async def close(self) -> None:
         try:

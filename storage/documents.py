@@ -219,3 +219,31 @@ class WebhookDeliveryDocument(Document):
             ),
             pymongo.IndexModel([("org_id", pymongo.ASCENDING)], name="org_id"),
         ]
+
+
+class PhoneNumberDocument(Document):
+    """A number of the registry, keyed by itself in E.164: a claim is one insert that the
+    unique `_id` settles (FerretDB 1.24 has no atomic conditional update), and every lookup
+    is by `_id`, which FerretDB serves without a scan."""
+
+    id: str  # type: ignore[assignment]
+    org_id: str | None  # None: reserved by the operator
+    assigned_by: str  # "api" | "operator" | "migration"
+    created_at: datetime
+
+    class Settings:
+        name = "phone_numbers"
+        indexes: ClassVar[list[pymongo.IndexModel]] = [
+            pymongo.IndexModel([("org_id", pymongo.ASCENDING)], name="org_id"),
+        ]
+
+
+class MigrationDocument(Document):
+    """A one-off data migration this database has had (`_id` names it)."""
+
+    id: str  # type: ignore[assignment]
+    done_at: datetime
+
+    class Settings:
+        name = "migrations"
+        indexes: ClassVar[list[pymongo.IndexModel]] = []

@@ -20,7 +20,12 @@ class InvalidCursor(StorageError):
 
 
 class NumberTaken(StorageError):
-    """A phone number another assistant already answers."""
+    """A phone number another assistant of the same organisation already answers."""
+
+
+class NumberUnavailable(StorageError):
+    """A phone number the organisation may not have: another's, or reserved by the operator
+    (the message says which number, never whose it is)."""
 
 
 class DeliveryBusy(StorageError):

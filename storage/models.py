@@ -8,12 +8,13 @@ is declared once, here.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 Speaker = Literal["caller", "agent"]
 
@@ -148,7 +149,38 @@ class CallPage:
     next_cursor: str | None
 
 
-E164 = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_NUMBER_PUNCTUATION = str.maketrans("", "", " .-()/\t")
+
+
+def normalize_e164(raw: str) -> str:
+    """`raw` as an E.164 number: spaces, dots, dashes, slashes and brackets dropped, a
+    leading `00` read as `+`; `ValueError` when what is left is not `+` and 7-15 digits."""
+    number = raw.strip().translate(_NUMBER_PUNCTUATION)
+    if number.startswith("00"):
+        number = "+" + number[2:]
+    if not _E164.match(number):
+        raise ValueError(f"not an E.164 phone number: {raw[:40]!r}")
+    return number
+
+
+def _lenient_e164(value: object) -> object:
+    """Normalise a string to E.164 when it can be one (the pattern then judges the rest)."""
+    if isinstance(value, str):
+        try:
+            return normalize_e164(value)
+        except ValueError:
+            return value
+    return value
+
+
+# A phone number in E.164 (`+15551234567`); input with spaces, dashes or brackets is
+# normalised first, so one number has one spelling wherever it is stored or compared.
+E164 = Annotated[
+    str,
+    BeforeValidator(_lenient_e164),
+    StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$"),
+]
 ProviderChoice = Literal["auto", "cloud", "local"]
 
 
@@ -244,3 +276,28 @@ class DispatchRuleRecord(_Record):
     room_name: str | None
     has_pin: bool
     created_at: datetime
+
+
+NumberAssigner = Literal["api", "operator", "migration"]
+
+
+class PhoneNumberRecord(_Record):
+    """A number of the registry: the organisation that may use it (`None`: reserved by the
+    operator, no organisation may claim it) and how it came to be assigned."""
+
+    number: str = Field(description="E.164")
+    org_id: str | None
+    assigned_by: NumberAssigner = Field(
+        description="api: claimed with the organisation's key; operator: `voice-gateway numbers "
+        "assign`; migration: found on the organisation's assistants or trunks"
+    )
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NumberAdoption:
+    """What registering the numbers already in use did: the numbers registered to the one
+    organisation that used them, and those several organisations used (left for the operator)."""
+
+    adopted: dict[str, str] = field(default_factory=dict)  # number -> org_id
+    disputed: dict[str, frozenset[str]] = field(default_factory=dict)  # number -> org_ids

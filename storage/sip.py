@@ -121,6 +121,16 @@ class SipRepository:
         return _trunk(doc)
 
     @_driver_errors
+    async def trunks_with_number(
+        self, number: str, *, org_id: str | None = None
+    ) -> list[SipTrunkRecord]:
+        """Trunks (of `org_id`, or of any organisation) that list `number`."""
+        query: dict[str, object] = {"numbers": number}
+        if org_id is not None:
+            query["org_id"] = org_id
+        return [_trunk(d) for d in await SipTrunkDocument.find(query).to_list()]
+
+    @_driver_errors
     async def remove_trunk(self, trunk_id: str) -> None:
         await SipTrunkDocument.get_pymongo_collection().delete_one(
             {"_id": _object_id(trunk_id, what="trunk")}

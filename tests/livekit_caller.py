@@ -47,10 +47,14 @@ async def dispatch_attributes(
     assistant: dict[str, object],
     numbers: list[str],
 ) -> tuple[str, dict[str, str]]:
-    """`assistant`, an inbound trunk for `numbers` and a dispatch rule to it, made through
-    the gateway's API; the assistant's id and the attributes the rule gives SIP
-    participants, read back from LiveKit (what the SIP bridge would set)."""
+    """`numbers` registered to the key's organisation, `assistant`, an inbound trunk for
+    `numbers` and a dispatch rule to it, made through the gateway's API; the assistant's id
+    and the attributes the rule gives SIP participants, read back from LiveKit (what the
+    SIP bridge would set)."""
     h = {"x-api-key": key}
+    for number in numbers:
+        claimed = await http.post("/numbers", headers=h, json={"number": number})
+        assert claimed.status_code == 201, claimed.text
     created = await http.post("/assistants", headers=h, json=assistant)
     assert created.status_code == 201, created.text
     trunk = await http.post(

@@ -1,24 +1,33 @@
 """Assistants through the API: prompt and greeting with `{{placeholders}}`, providers,
-voice, webhook URL (checked by the SSRF guard), maximum duration, recording, numbers."""
+voice, webhook URL (checked by the SSRF guard), maximum duration, recording, numbers (each
+registered to the organisation first: `gateway/api/numbers.py`)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ValidationError
 
 from gateway.api.models import AssistantList, AssistantOut, AssistantPatch
+from gateway.api.numbers import require_registered
 from gateway.api.operations import ApiRequest, Operation
 from gateway.errors import ConflictError, RequestInvalid
 from storage import AssistantConfig
 
 
-def _check_webhook_url(req: ApiRequest, config: AssistantConfig) -> None:
+async def _check_config(req: ApiRequest, config: AssistantConfig, *, numbers: bool) -> None:
+    """The webhook URL passes the SSRF guard; every number is the organisation's (checked
+    when the request sets them: a rename leaves alone a number the operator has yet to
+    settle, which reaches no one meanwhile)."""
     if config.webhook_url:
         req.services.ssrf_guard.check_literal(config.webhook_url)
+    if numbers:
+        await require_registered(
+            req.services.database, req.principal.org_id, config.phone_numbers, field="phone_numbers"
+        )
 
 
 async def create_assistant(req: ApiRequest) -> BaseModel:
     config = req.body_as(AssistantConfig)
-    _check_webhook_url(req, config)
+    await _check_config(req, config, numbers=True)
     assistants = req.services.database.assistants
     return AssistantOut.of(await assistants.create(req.principal.org_id, config))
 
@@ -43,7 +52,7 @@ async def update_assistant(req: ApiRequest) -> BaseModel:
     except ValidationError as exc:
         details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         raise RequestInvalid("invalid assistant fields", details) from exc
-    _check_webhook_url(req, merged)
+    await _check_config(req, merged, numbers="phone_numbers" in changes)
     return AssistantOut.of(await assistants.replace(org_id, assistant_id, merged))
 
 

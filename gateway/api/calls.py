@@ -16,6 +16,7 @@ from gateway.api.models import (
     OutboundCallOut,
     OutboundCallRequest,
 )
+from gateway.api.numbers import require_registered
 from gateway.api.operations import ApiRequest, Operation
 from gateway.call.records import open_call
 from gateway.errors import NotConfigured, RequestInvalid
@@ -73,7 +74,8 @@ async def _outbound_trunk(req: ApiRequest, trunk_id: str | None) -> SipTrunkReco
 
 async def place_outbound_call(req: ApiRequest) -> BaseModel:
     """Store the call (`queued`, its persona filled), then ask its carrier to dial. A
-    carrier refusal finishes the stored call as `failed`, so nothing dangles."""
+    carrier refusal finishes the stored call as `failed`, so nothing dangles. The caller id
+    (`from_number`, or the trunk's first number) must be the organisation's: 422 otherwise."""
     services, body = req.services, req.body_as(OutboundCallRequest)
     db = services.database
     assistant = await db.assistants.get(req.principal.org_id, body.assistant_id)
@@ -91,6 +93,7 @@ async def place_outbound_call(req: ApiRequest) -> BaseModel:
             raise NotConfigured("LiveKit is not configured (LIVEKIT_URL, _API_KEY, _API_SECRET)")
         trunk = await _outbound_trunk(req, body.trunk_id)
         from_number = body.from_number or trunk.numbers[0]
+    await require_registered(db, req.principal.org_id, from_number, field="from_number")
     call = await open_call(
         db.calls,
         db.accounts,

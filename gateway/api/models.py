@@ -17,6 +17,7 @@ from storage import (
     CallStatus,
     Direction,
     DispatchRuleRecord,
+    PhoneNumberRecord,
     RecordingState,
     SipTrunkRecord,
     TurnRecord,
@@ -255,3 +256,18 @@ class DispatchRuleOut(DispatchRuleRecord, _FromRecord):
 
 class DispatchRuleList(BaseModel):
     items: list[DispatchRuleOut]
+
+
+# ---------------------------------------------------------------- phone numbers
+
+
+class NumberClaim(_Input):
+    number: E164 = Field(description="E.164; spaces, dashes and brackets are dropped")
+
+
+class NumberOut(PhoneNumberRecord, _FromRecord):
+    org_id: str | None = _internal()
+
+
+class NumberList(BaseModel):
+    items: list[NumberOut]

@@ -1,5 +1,6 @@
 """SIP trunks and dispatch rules: made in LiveKit (`livekit-api`), mirrored in MongoDB
-with their organisation. Lists come from the mirror; passwords never leave LiveKit."""
+with their organisation. Lists come from the mirror; passwords never leave LiveKit. A
+trunk's numbers are registered to its organisation first (`gateway/api/numbers.py`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from gateway.api.models import (
     TrunkList,
     TrunkOut,
 )
+from gateway.api.numbers import require_registered
 from gateway.api.operations import ApiRequest, Operation
 from gateway.errors import ConflictError, NotConfigured
 from storage import TrunkKind
@@ -33,8 +35,10 @@ def _livekit(req: ApiRequest) -> LiveKitAdmin:
 async def _create_trunk(
     req: ApiRequest, kind: TrunkKind, body: InboundTrunkCreate | OutboundTrunkCreate
 ) -> BaseModel:
-    """Make the trunk in LiveKit (the password goes there only), then mirror it here."""
+    """Make the trunk in LiveKit (the password goes there only), then mirror it here. Its
+    numbers must be the organisation's (422 naming `numbers` otherwise)."""
     org_id = req.principal.org_id
+    await require_registered(req.services.database, org_id, body.numbers, field="numbers")
     fields = body.model_dump(exclude={"provider", "auth_password"})
     password = body.auth_password.get_secret_value() if body.auth_password else None
     livekit_id = await _livekit(req).create_trunk(

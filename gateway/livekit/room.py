@@ -34,7 +34,7 @@ from gateway.livekit.egress import RoomRecording
 from gateway.livekit.transport import RATE, LiveKitTransport
 from gateway.logs import call_id_var
 from gateway.settings import Settings
-from storage import CallRecord, CallStatus, Database, Direction
+from storage import CallRecord, CallStatus, Database, Direction, normalize_e164
 from telephony.errors import LiveKitError
 from telephony.livekit import LiveKitAdmin
 
@@ -260,6 +260,15 @@ class LiveKitRooms:
         if assistant is not None and assistant.org_id != org_id:
             log.warning("dispatch attributes name another organisation's assistant")
             assistant = None
+        to_number = attributes.get("sip.trunkPhoneNumber", "")
+        if assistant is not None and not await self._number_of(to_number, assistant.org_id):
+            # A trunk left behind after the operator gave its number to another organisation
+            # (the rule and its trunks were the organisation's when they were made).
+            log.warning(
+                "called number is not registered to the dispatch rule's organisation",
+                extra={"room": room_name, "number": to_number},
+            )
+            assistant = None
         try:
             call = await open_call(
                 self._database.calls,
@@ -268,7 +277,7 @@ class LiveKitRooms:
                 transport="livekit",
                 direction=Direction.INBOUND,
                 from_number=attributes.get("sip.phoneNumber", ""),
-                to_number=attributes.get("sip.trunkPhoneNumber", ""),
+                to_number=to_number,
                 call_sid=attributes.get("sip.callID", ""),
                 metadata={"room": room_name},
             )
@@ -277,6 +286,18 @@ class LiveKitRooms:
             return None
         log.info("inbound SIP call", extra={"room": room_name, "call_id": call.id})
         return self.serve(room_name, call)
+
+    async def _number_of(self, number: str, org_id: str) -> bool:
+        """Whether the registry gives the called `number` to `org_id` (a bridge that names
+        no number is taken at the rule's word; digits without `+` are read as E.164)."""
+        if not number:
+            return True
+        try:
+            e164 = normalize_e164(number if number.startswith(("+", "00")) else "+" + number)
+        except ValueError:
+            return False
+        entry = await self._database.numbers.owner(e164)
+        return entry is not None and entry.org_id == org_id
 
     async def close_lost(self, call: CallRecord) -> None:
         """A room call whose gateway died was finished: close its room (no zombie rooms)."""

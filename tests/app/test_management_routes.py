@@ -90,7 +90,14 @@ def test_bad_bodies_are_422_json(client: TestClient) -> None:
     assert not_json.status_code == 422
 
 
+def _register(client: TestClient, *numbers: str) -> None:
+    for number in numbers:
+        response = client.post("/numbers", json={"number": number}, headers=H)
+        assert response.status_code == 201, response.text
+
+
 def test_a_number_reaches_one_assistant(client: TestClient) -> None:
+    _register(client, "+15550100001")
     first = client.post("/assistants", json=_assistant(phone_numbers=["+15550100001"]), headers=H)
     assert first.status_code == 201
     clash = client.post("/assistants", json=_assistant(phone_numbers=["+15550100001"]), headers=H)
@@ -113,6 +120,7 @@ def _voice(client: TestClient, to: str) -> ET.Element:
 
 
 def test_inbound_number_reaches_its_assistant_with_filled_prompt(client: TestClient) -> None:
+    _register(client, "+15550100002")
     aid = client.post(
         "/assistants", json=_assistant(phone_numbers=["+15550100002"]), headers=H
     ).json()["id"]
@@ -129,6 +137,7 @@ def test_inbound_number_reaches_its_assistant_with_filled_prompt(client: TestCli
 
 
 def test_inbound_call_with_unfillable_prompt_is_told_and_hung_up(client: TestClient) -> None:
+    _register(client, "+15550100003")
     client.post(
         "/assistants",
         json=_assistant(greeting="Hello {{customer_name}}", phone_numbers=["+15550100003"]),
@@ -141,6 +150,7 @@ def test_inbound_call_with_unfillable_prompt_is_told_and_hung_up(client: TestCli
 
 def test_features_without_settings_answer_503(client: TestClient) -> None:
     aid = client.post("/assistants", json=_assistant(), headers=H).json()["id"]
+    _register(client, "+15550100004")
     trunk = client.post(
         "/sip/trunks/inbound", json={"name": "t", "numbers": ["+15550100004"]}, headers=H
     )

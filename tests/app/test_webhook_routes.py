@@ -128,6 +128,8 @@ def test_deliveries_listed_filtered_fetched_and_redelivered(
     client: TestClient, receiver_url: str
 ) -> None:
     for path, number in (("/ok", "+15550300001"), ("/gone", "+15550300002")):
+        claimed = client.post("/numbers", json={"number": number}, headers=H)
+        assert claimed.status_code == 201, claimed.text
         created = client.post(
             "/assistants",
             json=_assistant(webhook_url=receiver_url + path, phone_numbers=[number]),

@@ -78,6 +78,8 @@ async def test_a_killed_gateway_loses_no_report_no_turn_and_no_uploaded_audio(
         with run_gateway(mongo_url, tmp_path / "a", env) as first:
             headers = {"x-api-key": first.api_key}
             async with httpx.AsyncClient(base_url=first.base_url, timeout=10) as http:
+                claimed = await http.post("/numbers", json={"number": NUMBER}, headers=headers)
+                assert claimed.status_code == 201, claimed.text
                 created = await http.post(
                     "/assistants", json=assistant_body(receiver.url, NUMBER), headers=headers
                 )

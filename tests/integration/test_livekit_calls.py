@@ -19,6 +19,7 @@ import pytest
 from livekit import api as lkapi
 
 from tests.integration.conftest import GatewayProcess, run_gateway
+from tests.integration.test_management_api import create_key, operator_numbers
 from tests.livekit_caller import RoomCaller, caller_token, dispatch_attributes, espeak_pcm16k
 from tests.livekit_server import LiveKitServer, run_livekit_server
 from tests.net import free_port
@@ -291,3 +292,44 @@ async def test_many_rooms_then_a_killed_gateway_leaves_no_zombie_rooms(
         finally:
             for caller in callers:
                 await caller.leave()
+
+
+async def test_a_trunk_left_on_a_reassigned_number_no_longer_reaches_its_assistant(
+    room_stack: tuple[GatewayProcess, LiveKitServer], mongo_url: str
+) -> None:
+    """The operator gives the number of a rule's trunk to another organisation: a call that
+    the old trunk still brings in does not reach the old organisation's assistant."""
+    gateway, server = room_stack
+    number = "+15557770123"
+    assistant = {"name": "Old owner", "system_prompt": "Help.", "phone_numbers": [number]}
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        _, rule_attributes = await dispatch_attributes(
+            http,
+            gateway.api_key,
+            server.url,
+            server.api_key,
+            server.api_secret,
+            assistant,
+            [number],
+        )
+        await asyncio.to_thread(create_key, mongo_url, gateway.db_name, "globex")
+        printed = await asyncio.to_thread(
+            operator_numbers, mongo_url, gateway.db_name, "assign", number, "--org", "globex"
+        )
+        assert "still lists it" in printed  # the old organisation's inbound trunk
+        room = "call-" + uuid.uuid4().hex[:8]
+        attributes = {
+            **rule_attributes,
+            "sip.phoneNumber": "+15550001111",
+            "sip.trunkPhoneNumber": number,
+            "sip.callID": "SCL_" + uuid.uuid4().hex[:8],
+        }
+        caller = RoomCaller()
+        token = caller_token(server.api_key, server.api_secret, room, "sip_old", attributes)
+        await caller.join(server.url.replace("http://", "ws://"), token)
+        try:
+            call = await _call_in(http, gateway.api_key, room)
+        finally:
+            await caller.leave()
+        assert call["assistant_id"] is None  # the default assistant, not the old owner's
+        await _logged(gateway, "called number is not registered", room)

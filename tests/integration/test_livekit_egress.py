@@ -480,6 +480,11 @@ async def test_egress_ids_are_kept_stopped_at_hang_up_and_completed_by_the_webho
     started: dict[str, str] = {}
     tap.stand_in = _worker(started)
     async with httpx.AsyncClient(base_url=stack.gateway.base_url, timeout=10) as http:
+        number = _sip_attributes()["sip.trunkPhoneNumber"]  # the rule's trunk's number
+        claimed = await http.post(
+            "/numbers", headers={"x-api-key": stack.gateway.api_key}, json={"number": number}
+        )
+        assert claimed.status_code == 201, claimed.text
         quiet = await http.post(
             "/assistants",
             headers={"x-api-key": stack.gateway.api_key},

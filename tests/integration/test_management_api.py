@@ -113,6 +113,9 @@ async def test_whole_management_flow(
 ) -> None:
     gateway, key_a, key_b = stack
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        # The number the assistant and the trunks use is acme's.
+        claimed = await http.post("/numbers", json={"number": "+15557770001"}, headers=_h(key_a))
+        assert claimed.status_code == 201, claimed.text
         # An assistant with placeholders.
         created = await http.post("/assistants", json=ASSISTANT, headers=_h(key_a))
         assert created.status_code == 201, created.text
@@ -352,3 +355,109 @@ async def test_openapi_document_validates_and_docs_are_served(
         assert (
             docs.status_code == 200 and "swagger-ui" in docs.text and "/openapi.json" in docs.text
         )
+
+
+def operator_numbers(mongo_url: str, db: str, *args: str) -> str:
+    """`voice-gateway numbers ...`, as the operator runs it; returns what it printed."""
+    env = {**os.environ, "MONGODB_URL": mongo_url, "MONGODB_DB": db}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "numbers", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+async def test_numbers_are_checked_across_organisations(
+    stack: tuple[GatewayProcess, str, str],
+    livekit_server: LiveKitServer,
+    twilio_fake: FakeServer,
+    mongo_url: str,
+) -> None:
+    """Globex can neither claim, nor dial from, nor put on a trunk a number acme holds; the
+    operator moves a number; an inbound call to acme's number reaches acme's assistant."""
+    gateway, key_a, key_b = stack
+    acme_number, moved_number = "+15557770002", "+15557770003"
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        claimed = await http.post("/numbers", json={"number": acme_number}, headers=_h(key_a))
+        assert claimed.status_code == 201, claimed.text
+        taken = await http.post("/numbers", json={"number": acme_number}, headers=_h(key_b))
+        assert taken.status_code == 409
+        assert (
+            taken.json()["error"]["message"]
+            == f"{acme_number} is not available to this organisation"
+        )
+        assert "acme" not in taken.text.lower()
+
+        theirs = await http.post(
+            "/assistants", json={"name": "G", "system_prompt": "Help."}, headers=_h(key_b)
+        )
+        assert theirs.status_code == 201, theirs.text
+        dialled_before = len(twilio_fake.log())
+        spoofed = await http.post(
+            "/call/outbound",
+            json={"assistant_id": theirs.json()["id"], "to_number": "+15558880009",
+                  "from_number": acme_number, "call_service": "twilio"},
+            headers=_h(key_b),
+        )  # fmt: skip
+        assert spoofed.status_code == 422, spoofed.text
+        assert spoofed.json()["error"]["details"][0]["loc"] == ["from_number"]
+        assert len(twilio_fake.log()) == dialled_before  # Twilio was never asked
+        assert (await http.get("/calls", headers=_h(key_b))).json()["items"] == []
+
+        lk_before = await _lk_state(livekit_server)
+        for kind, body in (
+            ("inbound", {"name": "in", "numbers": [acme_number],
+                         "allowed_addresses": ["127.0.0.1"]}),
+            ("outbound", {"name": "out", "address": "sip.example.com",
+                          "numbers": [acme_number]}),
+        ):  # fmt: skip
+            trunk = await http.post(f"/sip/trunks/{kind}", json=body, headers=_h(key_b))
+            assert trunk.status_code == 422, (kind, trunk.text)
+            assert trunk.json()["error"]["details"][0]["loc"] == ["numbers", 0]
+        assert await _lk_state(livekit_server) == lk_before
+
+        # A trunk made while globex held its number cannot dial once the operator moves it.
+        mine = await http.post("/numbers", json={"number": moved_number}, headers=_h(key_b))
+        assert mine.status_code == 201, mine.text
+        out = await http.post(
+            "/sip/trunks/outbound",
+            json={"name": "out", "address": "sip.example.com", "numbers": [moved_number]},
+            headers=_h(key_b),
+        )
+        assert out.status_code == 201, out.text
+        printed = await asyncio.to_thread(
+            operator_numbers, mongo_url, gateway.db_name, "assign", moved_number, "--org", "acme"
+        )
+        assert f"{moved_number}: assigned to 'acme' (was 'globex')" in printed
+        assert f"outbound trunk {out.json()['id']} of 'globex' still lists it" in printed
+        stale = await http.post(
+            "/call/outbound",
+            json={"assistant_id": theirs.json()["id"], "to_number": "+15558880009",
+                  "call_service": "livekit", "trunk_id": out.json()["id"]},
+            headers=_h(key_b),
+        )  # fmt: skip
+        assert stale.status_code == 422, stale.text
+        assert stale.json()["error"]["details"][0]["loc"] == ["from_number"]
+        deleted = await http.delete(f"/sip/trunks/outbound/{out.json()['id']}", headers=_h(key_b))
+        assert deleted.status_code == 204
+
+        # An inbound call to acme's number reaches acme's assistant, seen by acme only.
+        assistant = await http.post(
+            "/assistants",
+            json={"name": "A", "system_prompt": "Help.", "phone_numbers": [acme_number]},
+            headers=_h(key_a),
+        )
+        assert assistant.status_code == 201, assistant.text
+        phone = SimulatedTwilioCall(
+            base_url=gateway.base_url, public_url=gateway.base_url,
+            auth_token=gateway.auth_token, to_number=acme_number,
+        )  # fmt: skip
+        await phone.answer(http)
+        assert phone.call_id is not None
+        call = (await http.get(f"/calls/{phone.call_id}", headers=_h(key_a))).json()
+        assert call["assistant_id"] == assistant.json()["id"]
+        assert (await http.get(f"/calls/{phone.call_id}", headers=_h(key_b))).status_code == 404

@@ -1,7 +1,9 @@
-"""Organisations, keys, assistants and call pages on the real MongoDB-wire server."""
+"""Organisations, keys, assistants, the number registry and call pages on the real
+MongoDB-wire server."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,6 +18,7 @@ from storage import (
     NewCall,
     NotFound,
     NumberTaken,
+    NumberUnavailable,
     hash_api_key,
 )
 from storage.documents import ApiKeyDocument
@@ -46,6 +49,7 @@ async def test_keys_are_stored_hashed_and_revocation_is_immediate(database: Data
 
 async def test_assistants_are_scoped_and_numbers_unique(database: Database) -> None:
     assistants = database.assistants
+    await database.numbers.claim("org-a", "+15550000001")
     config = AssistantConfig(
         name="A", system_prompt="Hi {{name}}", greeting="Hello", phone_numbers=["+15550000001"]
     )
@@ -55,8 +59,10 @@ async def test_assistants_are_scoped_and_numbers_unique(database: Database) -> N
         await assistants.get("org-b", mine.id)
     with pytest.raises(NotFound):
         await assistants.get("org-a", "not-an-id")
-    with pytest.raises(NumberTaken):
-        await assistants.create("org-b", config.model_copy(update={"name": "B"}))
+    with pytest.raises(NumberTaken):  # one assistant per number within the organisation
+        await assistants.create("org-a", config.model_copy(update={"name": "B"}))
+    with pytest.raises(NumberUnavailable):
+        await database.numbers.claim("org-b", "+15550000001")
     found = await assistants.for_number("+15550000001")
     assert found is not None and found.id == mine.id
     changed = await assistants.replace(
@@ -66,6 +72,21 @@ async def test_assistants_are_scoped_and_numbers_unique(database: Database) -> N
     await assistants.delete("org-a", mine.id)
     assert await assistants.for_number("+15550000001") is None
     assert await assistants.list("org-a") == []
+
+
+async def test_racing_claims_on_a_number_leave_exactly_one_holder(database: Database) -> None:
+    numbers = database.numbers
+    orgs = [f"org-{i}" for i in range(8)]
+    results = await asyncio.gather(
+        *(numbers.claim(org, "+15550000002") for org in orgs), return_exceptions=True
+    )
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 1 and all(isinstance(r, NumberUnavailable) for r in lost)
+    holder = await numbers.owner("+15550000002")
+    assert holder is not None and holder.org_id == won[0].org_id
+    assert await numbers.not_registered(won[0].org_id or "", ["+15550000002"]) == []
+    assert await numbers.not_registered("org-x", ["+15550000002"]) == ["+15550000002"]
 
 
 def _call(org: str, i: int, direction: Direction = Direction.INBOUND) -> NewCall:

@@ -100,6 +100,8 @@ async def test_a_twilio_call_is_recorded_in_stereo_and_reported_once(
         )
     )
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+        claimed = await http.post("/numbers", json={"number": NUMBER}, headers=headers)
+        assert claimed.status_code == 201, claimed.text
         created = await http.post(
             "/assistants", json=assistant_body(receiver.url, NUMBER), headers=headers
         )
