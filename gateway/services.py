@@ -195,4 +195,5 @@ def twilio_rest(settings: Settings) -> TwilioCalls | None:
         account_sid=settings.twilio_account_sid,
         auth_token=settings.twilio_auth_token.get_secret_value(),
         api_base_url=settings.twilio_api_base_url,
+        timeout_s=settings.twilio_rest_timeout_s,
     )

@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     # Twilio REST (transfers; outbound calls). The base URL is for tests and edges.
     twilio_account_sid: str | None = None
     twilio_api_base_url: str | None = None
+    # Each REST request to Twilio gives up after this long (the SDK's default is no limit).
+    twilio_rest_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     # Outbound calls: how long the callee's phone may ring.
     outbound_ring_timeout_s: int = Field(default=60, ge=5, le=600)
