@@ -2,8 +2,9 @@
 refused connection, a timeout), which are not `TwilioException`s. Against a real gateway
 process whose Twilio base URL is a closed port, placing an outbound call answers 502 in
 the one JSON error shape, the stored call is `failed/carrier-unreachable` (not `queued`
-forever) and its report reaches the webhook receiver; the REST client itself turns a
-refused connection and a server that never answers into the telephony error tree."""
+forever) and its report reaches the webhook receiver; an agent's transfer mid-call fails,
+is logged, and the call goes on; the REST client itself turns a refused connection and a
+server that never answers into the telephony error tree."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 from telephony.errors import CarrierUnavailable, TransferError
 from telephony.twilio.rest import TwilioCalls
 from tests.net import free_port
 from tests.webhook_receiver import WebhookReceiver, run_webhook_receiver
 
-from .conftest import GatewayProcess, run_gateway
+from .conftest import FakeServer, GatewayProcess, run_gateway
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -88,6 +90,67 @@ async def test_an_outbound_call_with_twilio_unreachable_is_502_and_failed(
     accepted = await asyncio.to_thread(receiver.wait_accepted, 1, within_s=30)
     report = next(r.json()["call"] for r in accepted if r.json()["call"]["id"] == call["id"])
     assert report["status"] == "failed" and report["end_reason"] == "carrier-unreachable"
+
+
+@pytest.fixture(scope="module")
+def transferring_gateway(
+    mongo_url: str,
+    openai_base_url: str,
+    deepgram_fake: FakeServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GatewayProcess]:
+    """The agent on the OpenAI fake (it calls `transfer_call` when asked to transfer), the
+    caller heard by the Deepgram fake (scripted words), Twilio's REST API at a closed port."""
+    env: dict[str, str | None] = {
+        "OPENAI_API_KEY": "test-openai-key",
+        "OPENAI_BASE_URL": openai_base_url,
+        "DEEPGRAM_API_KEY": "test-deepgram-key",
+        "DEEPGRAM_BASE_URL": deepgram_fake.url.replace("http://", "ws://"),
+        "TWILIO_ACCOUNT_SID": TWILIO_ACCOUNT,
+        "TWILIO_API_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        "ASSISTANT_TRANSFER_TARGETS": '["+15550001111"]',
+    }
+    with run_gateway(mongo_url, tmp_path_factory.mktemp("transfer-down"), env) as gateway:
+        yield gateway
+
+
+async def test_a_transfer_with_twilio_unreachable_is_logged_and_the_call_goes_on(
+    transferring_gateway: GatewayProcess, deepgram_fake: FakeServer
+) -> None:
+    gateway = transferring_gateway
+    deepgram_fake.reset()
+    deepgram_fake.control(
+        utterances=["Please transfer me to a person.", "What are your opening hours?"]
+    )
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+        call = SimulatedTwilioCall(
+            base_url=gateway.base_url, public_url=gateway.base_url, auth_token=gateway.auth_token
+        )
+        await call.start(http)
+        try:
+            await call.wait_agent_audio(within_s=15)
+            await call.wait_agent_silent()
+            call.say(espeak_mulaw("Please transfer me to a person."))
+            await call.wait_said()
+            await call.wait_agent_audio(within_s=20)  # "Transferring you now."
+            await call.wait_agent_silent()
+            call.say(espeak_mulaw("What are your opening hours?"))  # still on the line
+            await call.wait_said()
+            await call.wait_agent_audio(within_s=20)
+            await call.wait_agent_silent()
+            await call.stop()
+            assert call.log.close_code == 1000
+        finally:
+            await call.aclose()
+        stored = (
+            await http.get(f"/calls/{call.call_id}", headers={"x-api-key": gateway.api_key})
+        ).json()
+    turns = [(t["speaker"], t["text"]) for t in stored["transcript"]]
+    assert ("agent", "Transferring you now.") in turns
+    assert turns[-1] == ("agent", "You said: What are your opening hours?. Anything else?")
+    assert stored["status"] == "completed" and stored["end_reason"] == "caller-hung-up"
+    logged = [line for line in gateway.log_text().splitlines() if "transfer failed" in line]
+    assert len(logged) == 1 and "Twilio is unreachable" in logged[0]
 
 
 def _client(base_url: str, timeout_s: float = 10.0) -> TwilioCalls:
