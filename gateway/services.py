@@ -80,6 +80,9 @@ def build_services(
         concurrency=settings.webhook_concurrency,
         recordings=recordings,
         recording_grace_s=settings.recording_grace_s,
+        salvage_policy=RetryPolicy(
+            base_s=settings.recording_salvage_base_s, cap_s=settings.recording_salvage_cap_s
+        ),
     )
     gateway_id = "gw-" + secrets.token_hex(6)
     live = LiveCalls(gateway_id)

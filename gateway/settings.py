@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     # How long a finished call's report waits for its recording to be completed (the
     # recorder's last part, or LiveKit's egress_ended webhook) before it goes out without.
     recording_grace_s: float = Field(default=120.0, ge=0)
+    # Salvaging a recording whose store is unreachable is retried per call with an
+    # exponential backoff from base to cap (the next time is stored with the call).
+    recording_salvage_base_s: float = Field(default=10.0, gt=0)
+    recording_salvage_cap_s: float = Field(default=600.0, gt=0)
 
     # A live Twilio call's lease, renewed by its gateway every third of it: a call whose
     # gateway died is finished as `gateway-lost` by any gateway once it expires.
