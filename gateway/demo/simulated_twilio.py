@@ -255,6 +255,12 @@ class SimulatedTwilioCall:
                 )
         await self.aclose()
 
+    async def drop(self) -> None:
+        """The connection drops: no `stop`, no closing handshake, the TCP socket just goes."""
+        if self._ws is not None:
+            self._ws.transport.abort()
+        await self.aclose()
+
     async def wait_closed(self, within_s: float = 10.0) -> None:
         await asyncio.wait_for(self._closed.wait(), within_s)
         await self.aclose()

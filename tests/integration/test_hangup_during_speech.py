@@ -64,7 +64,8 @@ def _errors_logged(gateway: GatewayProcess, call_id: str) -> list[str]:
     [
         ("stop", "caller-hung-up"),  # `stop`; the gateway closes the socket
         ("stop-and-close", "caller-hung-up"),  # `stop` and the socket gone at once (Twilio)
-        ("socket-lost", "stream-disconnected"),  # the socket drops with no `stop` at all
+        ("socket-closed", "stream-disconnected"),  # the socket closes with no `stop` at all
+        ("socket-dropped", "stream-disconnected"),  # the TCP connection drops (no close frame)
     ],
 )
 async def test_hang_up_while_the_agent_speaks_cleans_up_fully(
@@ -101,8 +102,10 @@ async def test_hang_up_while_the_agent_speaks_cleans_up_fully(
                 assert call.log.close_code == 1000
             elif how == "stop-and-close":
                 await call.hang_up()
-            else:
+            elif how == "socket-closed":
                 await call.aclose()
+            else:
+                await call.drop()
         finally:
             await call.aclose()
         assert call.call_id is not None
