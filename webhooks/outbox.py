@@ -271,6 +271,10 @@ class WebhookOutbox:
         per call, kept with the call so that every gateway's outbox waits for it."""
         attempts = state.salvage_attempts + 1
         next_at = now + timedelta(seconds=self._salvage_policy.delay(attempts))
+        # Another gateway's outbox may have settled it meanwhile: never overwrite that.
+        current = (await self._calls.get_call(call_id, with_turns=False)).recording
+        if current is None or current.status != "recording" or current.upload_id != state.upload_id:
+            return
         await self._calls.set_recording(
             call_id,
             state.model_copy(update={"salvage_attempts": attempts, "salvage_next_at": next_at}),
