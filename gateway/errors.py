@@ -18,11 +18,15 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
                                 outbox salvages the upload later
     TelephonyError              telephony/errors.py
     ├── ProtocolError           bad Media Streams input        -> WS close code and reason
+    ├── StreamClosed            a send on a media stream whose socket is gone: the
+    │                           pacer stops quietly (the call is ending anyway)
     ├── SignatureError          bad X-Twilio-Signature, stream token or LiveKit
     │                           webhook token                  -> 403 (or close 1008)
     │                           (a replayed stream start too: a used token, an ended call)
     ├── CarrierError            Twilio / LiveKit refused to place a call -> 422 (a 4xx: the
-    │                           request's fault) or 502
+    │   │                       request's fault) or 502
+    │   └── CarrierUnavailable  the carrier's API unreachable (refused, timed out, an
+    │                           unreadable answer): the call is failed -> 502
     ├── LiveKitError            LiveKit's API refused or is unreachable -> 422 or 502
     └── TransferError           a transfer is impossible or failed: the call goes on
     StorageError                storage/errors.py               -> 503
@@ -68,6 +72,7 @@ from storage.errors import (
 )
 from telephony.errors import (
     CarrierError,
+    CarrierUnavailable,
     LiveKitError,
     ProtocolError,
     SignatureError,
@@ -81,6 +86,7 @@ __all__ = [
     "AuthError",
     "CallNotFound",
     "CarrierError",
+    "CarrierUnavailable",
     "ConfigError",
     "ConflictError",
     "GatewayError",
@@ -233,7 +239,8 @@ async def _carrier_error(request: Request, exc: Exception) -> Response:
     if exc.caller_fault:
         return error_response(422, "carrier_refused", str(exc))
     log.error("carrier failure: %s", exc, extra={"carrier": exc.carrier})
-    return error_response(502, "carrier_error", str(exc))
+    code = "carrier_unreachable" if isinstance(exc, CarrierUnavailable) else "carrier_error"
+    return error_response(502, code, str(exc))
 
 
 async def _livekit_error(request: Request, exc: Exception) -> Response:

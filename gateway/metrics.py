@@ -34,6 +34,8 @@ class GatewayMetrics:
     outbound_frames_late_total: int = 0  # sent more than 20 ms after they were due to play
     outbound_underruns_total: int = 0  # agent audio ran out mid-speech (producer too slow)
     inbound_frames_total: int = 0
+    # agent audio, marks and clears the session asked for after the stream stopped or closed
+    outbound_dropped_after_stop_total: int = 0
     protocol_errors_total: int = 0
     lost_call_sweeps_total: int = 0  # rounds of this gateway's lost-call sweeper
     calls_lost_total: int = 0  # calls of stopped gateways this gateway finished

@@ -80,6 +80,9 @@ def build_services(
         concurrency=settings.webhook_concurrency,
         recordings=recordings,
         recording_grace_s=settings.recording_grace_s,
+        salvage_policy=RetryPolicy(
+            base_s=settings.recording_salvage_base_s, cap_s=settings.recording_salvage_cap_s
+        ),
     )
     gateway_id = "gw-" + secrets.token_hex(6)
     live = LiveCalls(gateway_id)
@@ -195,4 +198,5 @@ def twilio_rest(settings: Settings) -> TwilioCalls | None:
         account_sid=settings.twilio_account_sid,
         auth_token=settings.twilio_auth_token.get_secret_value(),
         api_base_url=settings.twilio_api_base_url,
+        timeout_s=settings.twilio_rest_timeout_s,
     )

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     # Twilio REST (transfers; outbound calls). The base URL is for tests and edges.
     twilio_account_sid: str | None = None
     twilio_api_base_url: str | None = None
+    # Each REST request to Twilio gives up after this long (the SDK's default is no limit).
+    twilio_rest_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     # Outbound calls: how long the callee's phone may ring.
     outbound_ring_timeout_s: int = Field(default=60, ge=5, le=600)
@@ -142,6 +144,10 @@ class Settings(BaseSettings):
     # How long a finished call's report waits for its recording to be completed (the
     # recorder's last part, or LiveKit's egress_ended webhook) before it goes out without.
     recording_grace_s: float = Field(default=120.0, ge=0)
+    # Salvaging a recording whose store is unreachable is retried per call with an
+    # exponential backoff from base to cap (the next time is stored with the call).
+    recording_salvage_base_s: float = Field(default=10.0, gt=0)
+    recording_salvage_cap_s: float = Field(default=600.0, gt=0)
 
     # A live Twilio call's lease, renewed by its gateway every third of it: a call whose
     # gateway died is finished as `gateway-lost` by any gateway once it expires.

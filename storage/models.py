@@ -85,6 +85,7 @@ class RecordingState(_Record):
     `bucket`/`key` while the call runs (`upload_id` until it is completed). `egress`: a
     LiveKit Egress (`egress_id`) whose ended webhook gives the final `location`.
     `salvaged` marks a recording completed from the parts a crashed gateway had uploaded.
+    `salvage_attempts` / `salvage_next_at` pace the outbox's retries of such a salvage.
     """
 
     kind: RecordingKind = Field(
@@ -102,6 +103,10 @@ class RecordingState(_Record):
     salvaged: bool = Field(
         default=False, description="completed from the parts a stopped gateway uploaded"
     )
+    # Salvage of an upload left open, retried with backoff: attempts that found the store
+    # unreachable, and when the next may run (stored, so every gateway's outbox agrees).
+    salvage_attempts: int = 0
+    salvage_next_at: datetime | None = None
 
 
 class CallRecord(_Record):

@@ -18,6 +18,11 @@ class ProtocolError(TelephonyError):
         self.reason = reason.encode()[:123].decode(errors="ignore")
 
 
+class StreamClosed(TelephonyError):
+    """A media stream's socket was gone when something was sent on it: the stream is over
+    (the caller hung up or the connection dropped), which is not an error of the call."""
+
+
 class SignatureError(TelephonyError):
     """A missing or wrong request signature or stream token."""
 
@@ -37,6 +42,11 @@ class CarrierError(TelephonyError):
     @property
     def caller_fault(self) -> bool:
         return self.status is not None and 400 <= self.status < 500 and self.status != 401
+
+
+class CarrierUnavailable(CarrierError):
+    """The carrier's API could not be reached or answered nonsense (refused connection,
+    timeout, an unreadable answer): nothing was placed; HTTP 502 at our edge."""
 
 
 class LiveKitError(TelephonyError):

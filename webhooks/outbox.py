@@ -101,6 +101,7 @@ class WebhookOutbox:
         concurrency: int = 8,
         recordings: Recordings | None = None,
         recording_grace_s: float = 120.0,
+        salvage_policy: RetryPolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._webhooks = webhooks
@@ -115,6 +116,7 @@ class WebhookOutbox:
         self._reports_owed = True
         self._recordings = recordings
         self._recording_grace = timedelta(seconds=recording_grace_s)
+        self._salvage_policy = salvage_policy or RetryPolicy(base_s=10.0, cap_s=600.0)
         self._clock = clock
         self.owner = "gw-" + secrets.token_hex(6)
         # No proxies from the environment: a proxy would resolve the name itself, around the guard.
@@ -196,8 +198,10 @@ class WebhookOutbox:
 
         A report waits for the call's recording while it is being completed (the recorder's
         last part, LiveKit's egress_ended webhook), for `recording_grace_s` at most; after
-        that an open upload is salvaged from its uploaded parts and an egress that never
-        reported counts as failed, so the report always goes out.
+        that an open upload is salvaged from its uploaded parts (retried per call with an
+        exponential backoff while the store is unreachable; an upload completed already
+        counts as done) and an egress that never reported counts as failed, so the report
+        always goes out.
         """
         made = 0
         for summary in await self._webhooks.owed_reports():
@@ -241,9 +245,12 @@ class WebhookOutbox:
             return _Pending.NOT_SETTLED  # its recorder (or LiveKit's egress) is still finishing it
         settled: RecordingState | None
         if state.kind == "gateway" and state.upload_id and self._recordings is not None:
+            if state.salvage_next_at is not None and now < state.salvage_next_at:
+                return _Pending.NOT_SETTLED  # backing off: the store was unreachable lately
             settled = await self._recordings.salvage(call)
             if settled is None:
                 if now < ended + self._recording_grace + timedelta(seconds=_RECORDING_GIVE_UP_S):
+                    await self._salvage_later(call.id, state, now)
                     return _Pending.NOT_SETTLED
                 settled = state.model_copy(
                     update={"status": "failed", "error": "the store stayed unreachable"}
@@ -258,6 +265,24 @@ class WebhookOutbox:
             extra={"call_id": call.id, "status": settled.status, "salvaged": settled.salvaged},
         )
         return settled
+
+    async def _salvage_later(self, call_id: str, state: RecordingState, now: datetime) -> None:
+        """Store when the failed salvage of `call_id` may be tried again: exponential backoff
+        per call, kept with the call so that every gateway's outbox waits for it."""
+        attempts = state.salvage_attempts + 1
+        next_at = now + timedelta(seconds=self._salvage_policy.delay(attempts))
+        # Another gateway's outbox may have settled it meanwhile: never overwrite that.
+        current = (await self._calls.get_call(call_id, with_turns=False)).recording
+        if current is None or current.status != "recording" or current.upload_id != state.upload_id:
+            return
+        await self._calls.set_recording(
+            call_id,
+            state.model_copy(update={"salvage_attempts": attempts, "salvage_next_at": next_at}),
+        )
+        log.info(
+            "recording salvage failed; retrying later",
+            extra={"call_id": call_id, "attempt": attempts, "next_at": next_at.isoformat()},
+        )
 
     async def _webhook_url(self, call: CallRecord) -> str | None:
         if call.assistant_id is None:

@@ -25,7 +25,7 @@ from gateway.livekit.room import room_of
 from gateway.logs import call_id_var
 from gateway.twilio.outbound import dial_twilio
 from storage import CallFilter, CallNotFound, CallStatus, Direction, SipTrunkRecord
-from telephony.errors import CarrierError
+from telephony.errors import CarrierError, CarrierUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,10 @@ async def _outbound_trunk(req: ApiRequest, trunk_id: str | None) -> SipTrunkReco
 
 async def place_outbound_call(req: ApiRequest) -> BaseModel:
     """Store the call (`queued`, its persona filled), then ask its carrier to dial. A
-    carrier refusal finishes the stored call as `failed`, so nothing dangles. The caller id
-    (`from_number`, or the trunk's first number) must be the organisation's: 422 otherwise."""
+    carrier refusal (`carrier-refused`) or an unreachable carrier (`carrier-unreachable`)
+    finishes the stored call as `failed`, so nothing dangles, and its report is owed. The
+    caller id (`from_number`, or the trunk's first number) must be the organisation's: 422
+    otherwise."""
     services, body = req.services, req.body_as(OutboundCallRequest)
     db = services.database
     assistant = await db.assistants.get(req.principal.org_id, body.assistant_id)
@@ -109,13 +111,15 @@ async def place_outbound_call(req: ApiRequest) -> BaseModel:
     if trunk is None:
         try:
             sid = await dial_twilio(services, call, machine_detection=body.machine_detection)
-        except CarrierError:
+        except CarrierError as exc:
+            unreachable = isinstance(exc, CarrierUnavailable)
             await db.calls.finish_call(
                 call.id,
                 status=CallStatus.FAILED,
-                end_reason="carrier-refused",
+                end_reason="carrier-unreachable" if unreachable else "carrier-refused",
                 ended_at=datetime.now(UTC),
             )
+            services.outbox.poke()  # its report goes out now, not at the next poll
             raise
         room_name = None
     else:

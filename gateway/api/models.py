@@ -68,6 +68,8 @@ class TurnOut(TurnRecord, _FromRecord):
 class RecordingOut(RecordingState, _FromRecord):
     upload_id: str | None = _internal()
     egress_id: str | None = _internal()
+    salvage_attempts: int = _internal()
+    salvage_next_at: datetime | None = _internal()
 
 
 class CallOut(CallRecord, _FromRecord):

@@ -239,6 +239,28 @@ class SimulatedTwilioCall:
             )
         await self.wait_closed()
 
+    async def hang_up(self) -> None:
+        """Hang up as Twilio does when the caller puts the phone down: `stop`, then the
+        socket is closed at once, without waiting for the gateway."""
+        if not self._stopped and not self._closed.is_set():
+            self._stopped = True
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._send(
+                    {
+                        "event": "stop",
+                        "sequenceNumber": self._next_sequence(),
+                        "streamSid": self.stream_sid,
+                        "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+                    }
+                )
+        await self.aclose()
+
+    async def drop(self) -> None:
+        """The connection drops: no `stop`, no closing handshake, the TCP socket just goes."""
+        if self._ws is not None:
+            self._ws.transport.abort()
+        await self.aclose()
+
     async def wait_closed(self, within_s: float = 10.0) -> None:
         await asyncio.wait_for(self._closed.wait(), within_s)
         await self.aclose()

@@ -1,7 +1,11 @@
 """The S3 side of recordings (boto3, in worker threads): multipart parts, completion, the
 WAV header fixed once the length is known, salvage of a stopped gateway's upload, and
 presigned links. Both recording paths (the gateway's own recorder and LiveKit Egress)
-name their objects with `recording_key`."""
+name their objects with `recording_key`.
+
+Salvage is idempotent: an upload that is no longer open (`NoSuchUpload`) was completed
+already, by its recorder or an earlier salvage whose state was never stored; the object
+then is the recording, and only its state is written again."""
 
 from __future__ import annotations
 
@@ -19,6 +23,14 @@ from gateway.errors import RecordingError
 from storage import CallRecord, RecordingState
 
 log = logging.getLogger(__name__)
+
+
+def _s3_code(exc: RecordingError) -> str | None:
+    """The S3 error code behind `exc` (e.g. `NoSuchUpload`, `404`), if S3 answered one."""
+    cause = exc.__cause__
+    if isinstance(cause, ClientError):
+        return str(cause.response.get("Error", {}).get("Code", "")) or None
+    return None
 
 
 def recording_key(prefix: str, *, org_id: str | None, call_id: str, extension: str) -> str:
@@ -125,15 +137,58 @@ class RecordingBucket:
         return wav
 
     async def salvage(self, call: CallRecord) -> RecordingState | None:
-        """The recording of `call` completed from the parts its stopped gateway had uploaded;
-        None if the store cannot be reached now (the outbox asks again)."""
+        """The recording of `call` completed from the parts its stopped gateway had uploaded
+        (or, if that upload was completed already, the object it made); None if the store
+        cannot be reached now (the outbox asks again)."""
         state = call.recording
         assert state is not None
         try:
-            return await self._complete_open_upload(state)
+            try:
+                return await self._complete_open_upload(state)
+            except RecordingError as exc:
+                if _s3_code(exc) != "NoSuchUpload":
+                    raise
+            return await self._completed_object(state)
         except RecordingError as exc:
             log.warning("salvaging the recording failed: %s", exc, extra={"call_id": call.id})
             return None
+
+    async def _completed_object(self, state: RecordingState) -> RecordingState:
+        """The state of a recording whose upload is gone: complete if its object is there
+        (its WAV header given its final sizes if it still has the streaming one), failed
+        if there is no object."""
+        assert state.key is not None
+        try:
+            head = await self._call("head_object", Bucket=self.bucket, Key=state.key)
+        except RecordingError as exc:
+            if _s3_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+                raise
+            return state.model_copy(
+                update={"status": "failed", "upload_id": None, "error": "the upload is gone"}
+            )
+        size = int(head["ContentLength"])
+        out = await self._call(
+            "get_object", Bucket=self.bucket, Key=state.key, Range=f"bytes=0-{min(size, 64) - 1}"
+        )
+        first = await asyncio.to_thread(out["Body"].read)
+        try:
+            wav = parse_wav_header(first)
+        except WavFormatError as exc:
+            raise RecordingError(f"{state.key} is not a recording of ours: {exc}") from exc
+        if first[: wav.header_bytes] != wav.header(size - wav.header_bytes):
+            # Completed, but the recorder stopped before its final header: write it now.
+            part = await self._call("head_object", Bucket=self.bucket, Key=state.key, PartNumber=1)
+            wav = await self.write_final_header(state.key, size, int(part["ContentLength"]))
+        log.info("recording found complete in the store", extra={"key": state.key, "bytes": size})
+        return state.model_copy(
+            update={
+                "status": "complete",
+                "upload_id": None,
+                "size_bytes": size,
+                "duration_s": round(wav.duration_s(size), 3),
+                "error": None,
+            }
+        )
 
     def url(self, state: RecordingState) -> str | None:
         """A presigned link to a complete recording in this bucket."""

@@ -4,6 +4,11 @@ Twilio plays whatever it is sent as fast as it arrives into its own buffer; send
 20 ms schedule, only `lead_ms` ahead of real time, keeps that buffer short so that a
 `clear` on barge-in silences the agent at once and marks come back on time. The frames
 and marks themselves are the protocol's (`MediaStreamProtocol`); this is the schedule.
+
+A caller may hang up at any moment, the agent mid-sentence: once the stream stopped (or
+its socket is gone) the pacer sends nothing more, and what the session still asks for
+(`play`, `mark`, `clear`) is dropped here, counted and logged at debug level, never raised
+into the session or the receive loop.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from typing import Protocol
 
 from audio.frames import FRAME_MS, PCM16
 from gateway.metrics import GatewayMetrics
-from telephony.errors import TransferError
-from telephony.twilio import MediaStreamProtocol, StreamState
+from telephony.errors import StreamClosed, TransferError
+from telephony.twilio import MediaStreamProtocol
 from telephony.twilio.protocol import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -45,7 +50,9 @@ class AgentRecording(Protocol):
 class TwilioPacer:
     """`CallTransport` over one Media Stream; `run()` is the pacer task.
 
-    `clock` and `sleep` are the pacer's time: a test passes a virtual clock for both.
+    `send_text` writes one text frame to the socket and raises `StreamClosed` once the
+    socket is gone. `clock` and `sleep` are the pacer's time: a test passes a virtual clock
+    for both.
     """
 
     sample_rate = SAMPLE_RATE
@@ -83,10 +90,20 @@ class TwilioPacer:
         self.stats = PacingStats()
 
     def _sending(self) -> bool:
-        return not self._closed and self._protocol.state is not StreamState.STOPPED
+        return not self._closed and self._protocol.open
+
+    def _dropped(self, what: str) -> bool:
+        """True (and counted) if the stream is over, so `what` is not sent."""
+        if self._sending():
+            return False
+        self._metrics.outbound_dropped_after_stop_total += 1
+        log.debug("%s dropped: the media stream is over", what)
+        return True
 
     async def play(self, pcm: PCM16) -> None:
         """Queue agent audio; waits while more than `max_queued_ms` is queued."""
+        if self._dropped("agent audio"):
+            return
         self._protocol.send_audio(pcm)
         self._wakeup.set()
         while self._protocol.queued_frames >= self._max_queued_frames and self._sending():
@@ -94,6 +111,8 @@ class TwilioPacer:
             await self._space.wait()
 
     async def mark(self, name: str) -> None:
+        if self._dropped("mark"):
+            return
         self._protocol.send_mark(name)
         self._wakeup.set()  # padding a partial frame may have queued one more
         await self._flush()  # a mark with no audio before it goes out now
@@ -102,6 +121,8 @@ class TwilioPacer:
         self._generation += 1
         self._next_due = None
         self._space.set()
+        if self._dropped("clear"):
+            return
         if self._recorder is not None:
             self._recorder.agent_cleared(self._clock())
         self._protocol.send_clear()
@@ -166,6 +187,15 @@ class TwilioPacer:
     async def _flush(self) -> None:
         async with self._write_lock:
             for text in self._protocol.data_to_send():
-                if self._closed:
+                if not self._sending():
+                    return  # the stream ended while earlier frames were written
+                try:
+                    await self._send_text(text)
+                except StreamClosed:
+                    # The socket went before `stop` was read (or instead of it): the
+                    # stream is over; the receive loop sees the disconnect and ends the call.
+                    log.debug("media stream socket gone; the pacer stops")
+                    self._protocol.connection_lost()
+                    self._wakeup.set()
+                    self._space.set()
                     return
-                await self._send_text(text)

@@ -26,7 +26,7 @@ from gateway.twilio.outbound import outbound_token_subject
 from gateway.twilio.pacer import TwilioPacer
 from gateway.twilio.stream_claim import claim_stream
 from storage import CallNotFound, CallStatus
-from telephony.errors import ProtocolError, SignatureError
+from telephony.errors import ProtocolError, SignatureError, StreamClosed
 from telephony.twilio import (
     AudioReceived,
     DtmfReceived,
@@ -104,6 +104,7 @@ class _MediaStream:
         while True:
             message = await self._ws.receive()
             if message["type"] == "websocket.disconnect":
+                self._protocol.connection_lost()  # the pacer stops sending at once
                 return CallEnding("stream-disconnected", CallStatus.COMPLETED)
             text = message.get("text")
             if text is None:
@@ -197,13 +198,21 @@ class _MediaStream:
 
         self._pacer = TwilioPacer(
             protocol=self._protocol,
-            send_text=self._ws.send_text,
+            send_text=self._send_text,
             metrics=self._services.metrics,
             lead_ms=self._services.settings.playout_lead_ms,
             transfer=transfer if rest is not None else None,
             recorder=self._recorder,
         )
         return self._pacer
+
+    async def _send_text(self, text: str) -> None:
+        """Write one frame; `StreamClosed` once the socket is gone (Starlette says so with
+        `WebSocketDisconnect`, or a `RuntimeError` once a close was sent or received)."""
+        try:
+            await self._ws.send_text(text)
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            raise StreamClosed(f"media stream socket gone: {type(exc).__name__}") from exc
 
     async def close(self, ending: CallEnding) -> None:
         """Close the socket: with nothing after `<Connect>` in the TwiML, Twilio hangs up."""

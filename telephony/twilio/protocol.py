@@ -14,12 +14,14 @@ Order of calls, for the driver that owns the socket:
    frame (mu-law, as a `media` message) and the marks right behind it into the output,
    and returns that frame's PCM; Twilio plays media as fast as it arrives, so pacing is
    the driver's;
-4. after any of these: write every string from `data_to_send()` to the socket, in order.
+4. after any of these: write every string from `data_to_send()` to the socket, in order;
+5. if the socket closes (with or without `stop`): `connection_lost()`.
 
 States: AWAITING_START (a `connected` message may come first) -> STREAMING -> STOPPED.
 Bad input raises `ProtocolError` carrying the close code and reason to send, and so does
-sending before `start`. After `stop` sending does nothing: the queue is dropped and the
-stream is gone, and the driver winding down must not fail on audio still in flight.
+sending before `start`. After `stop` (or `connection_lost()`) sending does nothing: the
+queue is dropped and the stream is gone, and the driver winding down must not fail on
+audio still in flight; `open` tells the driver whether anything sent can still go out.
 """
 
 from __future__ import annotations
@@ -130,6 +132,18 @@ class MediaStreamProtocol:
             self.state = StreamState.STOPPED
             self._frames.clear()
             self._events.append(StreamStopped(message))
+
+    def connection_lost(self) -> None:
+        """The socket is gone (closed by either side, or dropped): the stream is over."""
+        if self.state is not StreamState.STOPPED:
+            self.state = StreamState.STOPPED
+            self._frames.clear()
+
+    @property
+    def open(self) -> bool:
+        """Whether the stream can still carry what is sent (false after `stop` or a lost
+        connection; true before `start`, when sending is a driver's mistake and raises)."""
+        return self.state is not StreamState.STOPPED
 
     def _on_start(self, start: Start) -> None:
         if self.state is not StreamState.AWAITING_START:

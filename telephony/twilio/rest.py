@@ -2,6 +2,9 @@
 
 The SDK is synchronous (requests), so each call runs on a worker thread. `api_base_url`
 points it somewhere other than https://api.twilio.com (a regional edge or a test server).
+Every request is bounded by `timeout_s`. The SDK raises `TwilioRestException` for an error
+answer, but lets requests' own errors (refused connections, timeouts) and unreadable
+answers through as they are: each becomes `CarrierUnavailable` (or `TransferError`) here.
 """
 
 from __future__ import annotations
@@ -9,20 +12,35 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from telephony.errors import CarrierError, TransferError
+from telephony.errors import CarrierError, CarrierUnavailable, TransferError
 from telephony.twilio.twiml import dial_twiml
 
 log = logging.getLogger(__name__)
+
+# What the SDK lets through when Twilio cannot be reached or answers something unreadable
+# (requests' ConnectionError / Timeout, a socket error, a body that is not JSON).
+_UNREACHABLE = (requests.RequestException, OSError, ValueError)
 
 
 class TwilioCalls:
     """Acts on live Twilio calls of one account."""
 
-    def __init__(self, *, account_sid: str, auth_token: str, api_base_url: str | None = None):
-        self._client = Client(account_sid, auth_token)
+    def __init__(
+        self,
+        *,
+        account_sid: str,
+        auth_token: str,
+        api_base_url: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._client = Client(
+            account_sid, auth_token, http_client=TwilioHttpClient(timeout=timeout_s)
+        )
         if api_base_url:
             self._client.api.base_url = api_base_url.rstrip("/")
 
@@ -33,6 +51,8 @@ class TwilioCalls:
             await asyncio.to_thread(lambda: self._client.calls(call_sid).update(twiml=twiml))
         except TwilioException as exc:
             raise TransferError(f"Twilio refused the transfer: {exc}") from exc
+        except _UNREACHABLE as exc:
+            raise TransferError(f"Twilio is unreachable: {type(exc).__name__}") from exc
         log.info("call transferred", extra={"call_sid": call_sid, "to": to})
 
     async def create_call(
@@ -68,7 +88,13 @@ class TwilioCalls:
                 f"Twilio refused the call: {exc.msg}", status=exc.status, carrier="twilio"
             ) from exc
         except TwilioException as exc:
-            raise CarrierError(f"Twilio is unreachable: {exc}", carrier="twilio") from exc
+            raise CarrierUnavailable(f"Twilio is unreachable: {exc}", carrier="twilio") from exc
+        except _UNREACHABLE as exc:
+            # The exception's text names the host and port; the API client gets the kind only.
+            log.warning("Twilio REST unreachable: %s", exc)
+            raise CarrierUnavailable(
+                f"Twilio is unreachable ({type(exc).__name__})", carrier="twilio"
+            ) from exc
         sid = str(call.sid)
         log.info("outbound call placed", extra={"call_sid": sid, "to": to})
         return sid

@@ -18,6 +18,7 @@ from audio.codec import ulaw_encode
 from audio.frames import PCM16
 from gateway.metrics import GatewayMetrics
 from gateway.twilio.pacer import TwilioPacer
+from telephony.errors import StreamClosed
 from telephony.twilio import MediaStreamProtocol, OutboundMedia, StreamSid
 
 START = json.dumps(
@@ -115,7 +116,11 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_pacer(*, lead_ms: int = 0, max_queued_ms: int = 2000) -> AsyncIterator[Harness]:
+async def running_pacer(
+    *, lead_ms: int = 0, max_queued_ms: int = 2000, socket_gone_after: int | None = None
+) -> AsyncIterator[Harness]:
+    """A started stream's pacer on a virtual clock; with `socket_gone_after`, the socket is
+    gone after that many frames were written (every later write raises, as the driver's)."""
     protocol = MediaStreamProtocol()
     protocol.receive_text(START)
     protocol.events()
@@ -125,6 +130,8 @@ async def running_pacer(*, lead_ms: int = 0, max_queued_ms: int = 2000) -> Async
     sent: list[tuple[float, str]] = []
 
     async def send_text(text: str) -> None:
+        if socket_gone_after is not None and len(sent) >= socket_gone_after:
+            raise StreamClosed("media stream socket gone: WebSocketDisconnect")
         sent.append((clock.now, text))
 
     pacer = TwilioPacer(
@@ -324,3 +331,38 @@ async def test_the_pacer_stops_sending_once_twilio_stops_the_stream() -> None:
         await h.pacer.clear()
         await h.clock.advance(0.2)
         assert len(h.sent) == count == 3
+        assert h.metrics.outbound_dropped_after_stop_total == 3
+
+
+async def test_the_session_is_never_raised_at_when_stop_comes_while_play_waits() -> None:
+    """Hang-up mid-sentence: `play` waits for room when `stop` arrives; the rest of the
+    reply (its next audio, its mark, a clear) is dropped at the pacer, not raised."""
+    async with running_pacer(max_queued_ms=100) as h:
+        playing = asyncio.create_task(h.pacer.play(_speech(50)))
+        await h.clock.advance(0.1)
+        assert not playing.done()
+        h.protocol.receive_text(STOP)
+        await h.clock.advance(0.02)
+        await playing
+        await h.pacer.play(_speech(50))
+        await h.pacer.mark("sentence-2")
+        await h.pacer.clear()
+        assert h.task.done() and h.task.exception() is None
+        assert "mark:sentence-2" not in h.events() and "clear" not in h.events()
+        assert h.metrics.outbound_dropped_after_stop_total == 3
+
+
+async def test_a_socket_gone_without_stop_stops_the_pacer_quietly() -> None:
+    """The socket drops (or closes right behind `stop`) while frames are written: the
+    pacer ends without an exception and the session's calls do not raise."""
+    async with running_pacer(max_queued_ms=100, socket_gone_after=4) as h:
+        playing = asyncio.create_task(h.pacer.play(_speech(20)))
+        await h.clock.advance(0.2)
+        assert h.task.done() and h.task.exception() is None
+        assert playing.done() and playing.exception() is None
+        assert not h.protocol.open and h.protocol.queued_frames == 0
+        await h.pacer.mark("after-the-socket")  # would write at once: dropped instead
+        await h.pacer.clear()
+        await h.pacer.play(_speech(5))
+        assert len(h.sent) == 4
+        assert h.metrics.outbound_dropped_after_stop_total == 3

@@ -434,7 +434,23 @@ def test_second_start_and_unsupported_format_are_refused() -> None:
     assert raised.value.code == 1003
 
 
+def test_a_lost_connection_ends_the_stream_like_stop() -> None:
+    protocol = _started()
+    assert protocol.open
+    protocol.send_audio(np.zeros(400, dtype=np.int16))
+    protocol.connection_lost()  # the socket went with no `stop`
+    assert not protocol.open and protocol.state is StreamState.STOPPED
+    assert protocol.queued_frames == 0 and protocol.release_frame() is None
+    protocol.send_audio(np.zeros(160, dtype=np.int16))
+    protocol.send_mark("late")
+    protocol.send_clear()
+    assert protocol.data_to_send() == [] and protocol.events() == []
+    protocol.receive_text(STOP)  # anything read after that is ignored
+    assert protocol.events() == []
+
+
 def test_sending_before_start_is_an_error() -> None:
+    assert MediaStreamProtocol().open  # not over yet: sending now is the driver's mistake
     with pytest.raises(ProtocolError):
         MediaStreamProtocol().send_audio(np.zeros(160, dtype=np.int16))
     with pytest.raises(ProtocolError):
