@@ -79,6 +79,8 @@ async def test_hang_up_while_the_agent_speaks_cleans_up_fully(
     booking = espeak_mulaw("I would like to book an appointment.")
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
         if not (await http.get("/assistants", headers=headers)).json()["items"]:
+            claimed = await http.post("/numbers", json={"number": NUMBER}, headers=headers)
+            assert claimed.status_code == 201, claimed.text
             created = await http.post(
                 "/assistants", json=assistant_body(receiver.url, NUMBER), headers=headers
             )

@@ -65,6 +65,8 @@ async def test_an_outbound_call_with_twilio_unreachable_is_502_and_failed(
             },
         )
         assert assistant.status_code == 201, assistant.text
+        claimed = await http.post("/numbers", headers=headers, json={"number": "+15557770001"})
+        assert claimed.status_code == 201, claimed.text
         placed = await http.post(
             "/call/outbound",
             headers=headers,
