@@ -32,7 +32,7 @@ def _database(settings: Settings) -> Iterator[Settings]:
         return
     binary = ferretdb_binary(explicit=settings.ferretdb_bin, cache_dir=settings.voice_gateway_cache)
     data_dir = settings.data_dir / "ferretdb"
-    with EmbeddedFerretDB(binary=binary, data_dir=data_dir, port=settings.ferretdb_port) as server:
+    with EmbeddedFerretDB(binary=binary, data_dir=data_dir) as server:
         yield settings.model_copy(update={"mongodb_url": server.url})
 
 

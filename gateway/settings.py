@@ -43,11 +43,11 @@ class Settings(BaseSettings):
     gateway_api_key: SecretStr | None = None
     gateway_org: str = "default"
 
-    # Unset: the gateway starts its embedded FerretDB (data under `data_dir`).
+    # Unset: the gateway starts its embedded FerretDB (data under `data_dir`, reachable only
+    # through a Unix socket there: it has no TCP port and no password to set).
     mongodb_url: str | None = None
     mongodb_db: str = "voice_gateway"
     data_dir: Path = Path("./data")
-    ferretdb_port: int = 0
     # The embedded server's binary: FERRETDB_BIN, else the per-user cache where
     # scripts/ensure-ferretdb.sh builds it (VOICE_GATEWAY_CACHE, also used by scripts/dev.sh).
     ferretdb_bin: Path | None = None
