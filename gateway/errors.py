@@ -29,7 +29,8 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     │   └── CallNotFound
     ├── InvalidCursor           a page cursor this store did not issue           -> 422
     ├── NumberTaken             a number another assistant answers               -> 409
-    └── DeliveryBusy            a delivery a gateway is sending right now        -> 409
+    ├── DeliveryBusy            a delivery a gateway is sending right now        -> 409
+    └── SecretRotationRaced     two rotations of a webhook secret at once        -> 409
     WebhookError                webhooks/errors.py
     ├── UnsafeURL               a URL the SSRF guard refuses -> 422 when an assistant is
     │                           saved; a failed attempt at delivery
@@ -59,6 +60,7 @@ from storage.errors import (
     InvalidCursor,
     NotFound,
     NumberTaken,
+    SecretRotationRaced,
     StorageError,
 )
 from telephony.errors import (
@@ -260,6 +262,7 @@ HTTP_ERROR_HANDLERS = {
     ConflictError: _conflict,
     NumberTaken: _conflict,
     DeliveryBusy: _conflict,
+    SecretRotationRaced: _conflict,
     UnsafeURL: _unsafe_url,
     NotConfigured: _not_configured,
     CarrierError: _carrier_error,

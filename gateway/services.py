@@ -80,6 +80,7 @@ def build_services(
         concurrency=settings.webhook_concurrency,
         recordings=recordings,
         recording_grace_s=settings.recording_grace_s,
+        secret_grace_s=settings.webhook_secret_grace_s,
     )
     gateway_id = "gw-" + secrets.token_hex(6)
     live = LiveCalls(gateway_id)

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=8, ge=1, le=256)  # deliveries in flight per gateway
     # Hosts or CIDRs webhooks may reach although private / loopback (e.g. ["127.0.0.1"]).
     webhook_allow_hosts: list[str] = Field(default_factory=list)
+    # After POST /webhooks/secret/rotate the old secret still signs (beside the new one)
+    # this long, so receivers can switch without refusing a delivery.
+    webhook_secret_grace_s: float = Field(default=24 * 3600.0, ge=0)
 
     # Recordings: S3 (or any S3-compatible store; the endpoint URL is for MinIO, moto, ...).
     # Unset bucket: calls are not recorded. LiveKit Egress uploads with the same settings.

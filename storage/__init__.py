@@ -15,6 +15,7 @@ from storage.errors import (
     InvalidCursor,
     NotFound,
     NumberTaken,
+    SecretRotationRaced,
     StorageError,
 )
 from storage.leases import HeartbeatWriter, LeaseRepository
@@ -76,6 +77,7 @@ __all__ = [
     "RecordingKind",
     "RecordingState",
     "RecordingStatus",
+    "SecretRotationRaced",
     "SipProvider",
     "SipRepository",
     "SipTrunkRecord",

@@ -25,3 +25,7 @@ class NumberTaken(StorageError):
 
 class DeliveryBusy(StorageError):
     """A gateway holds the delivery's lease right now (it is being sent)."""
+
+
+class SecretRotationRaced(StorageError):
+    """Two rotations of one organisation's webhook secret at once: the other one won."""

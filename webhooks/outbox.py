@@ -34,7 +34,7 @@ from storage import (
 )
 from webhooks.errors import UnresolvedHost, UnsafeURL
 from webhooks.events import CALL_ENDED, call_ended_body
-from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_header
 from webhooks.ssrf import SsrfGuard, pinned_url
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class WebhookOutbox:
         concurrency: int = 8,
         recordings: Recordings | None = None,
         recording_grace_s: float = 120.0,
+        secret_grace_s: float = 24 * 3600.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._webhooks = webhooks
@@ -115,6 +116,8 @@ class WebhookOutbox:
         self._reports_owed = True
         self._recordings = recordings
         self._recording_grace = timedelta(seconds=recording_grace_s)
+        # A rotated-out signing secret still signs (beside the new one) this long.
+        self._secret_grace_s = secret_grace_s
         self._clock = clock
         self.owner = "gw-" + secrets.token_hex(6)
         # No proxies from the environment: a proxy would resolve the name itself, around the guard.
@@ -272,14 +275,20 @@ class WebhookOutbox:
         final = False  # a failure no retry can mend
         try:
             address = await self._guard.check(delivery.url)
-            secret = await self._webhooks.webhook_secret(delivery.org_id) if delivery.org_id else ""
+            signing = (
+                await self._webhooks.signing_secrets(
+                    delivery.org_id, now=self._clock(), grace_s=self._secret_grace_s
+                )
+                if delivery.org_id
+                else ("",)
+            )
             timestamp = int(time.time())
             body = delivery.body.encode()
             headers = {
                 "content-type": "application/json",
                 ID_HEADER: delivery.id,
                 TIMESTAMP_HEADER: str(timestamp),
-                SIGNATURE_HEADER: sign(secret, timestamp, body),
+                SIGNATURE_HEADER: signature_header(signing, timestamp, body),
                 "user-agent": "voice-gateway-webhooks/1",
             }
             target, extensions = delivery.url, {}
