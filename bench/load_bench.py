@@ -131,7 +131,7 @@ def main() -> int:
         **os.environ,
         "PUBLIC_URL": base,
         "TWILIO_AUTH_TOKEN": token,
-        "GATEWAY_API_KEY": "bench",
+        "GATEWAY_API_KEY": "bench-" + uuid.uuid4().hex,  # weak keys are refused at start
         "DATA_DIR": data_dir,
         "LOG_LEVEL": "WARNING",
     }

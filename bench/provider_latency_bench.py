@@ -36,6 +36,7 @@ from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 
 ROOT = Path(__file__).resolve().parent.parent
 SILENCE_MS = 300
+BENCH_KEY = "bench-" + uuid.uuid4().hex  # weak GATEWAY_API_KEY values are refused at start
 
 
 def _free_port() -> int:
@@ -104,7 +105,7 @@ async def _run(base: str, token: str, calls: int, turns: int) -> list[dict[str, 
     out: list[dict[str, float]] = []
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         for call_id in ids:
-            stored = (await http.get(f"/calls/{call_id}", headers={"x-api-key": "bench"})).json()
+            stored = (await http.get(f"/calls/{call_id}", headers={"x-api-key": BENCH_KEY})).json()
             out += [t["latency"] for t in stored["transcript"] if t.get("latency")]
     return out
 
@@ -132,7 +133,7 @@ def main() -> int:
         **env,
         "PUBLIC_URL": base,
         "TWILIO_AUTH_TOKEN": token,
-        "GATEWAY_API_KEY": "bench",
+        "GATEWAY_API_KEY": BENCH_KEY,
         "DATA_DIR": str(data_dir),
         "LOG_LEVEL": "WARNING",
         "VAD_SILENCE_MS": str(SILENCE_MS),

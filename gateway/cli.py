@@ -14,6 +14,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from gateway.app import create_app
+from gateway.errors import ConfigError
 from gateway.logs import configure_logging
 from gateway.settings import Settings
 from storage import EmbeddedFerretDB, StorageError, ferretdb_binary, open_database
@@ -165,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings()
+    try:
+        return _run(args, settings)
+    except ConfigError as exc:  # settings that cannot work: say why, no traceback
+        sys.stderr.write(f"voice-gateway: {exc}\n")
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "create-key":
         return create_key(settings, org=args.org, name=args.name)
     if args.command == "revoke-key":
