@@ -17,7 +17,7 @@ from gateway.app import create_app
 from gateway.errors import ConfigError
 from gateway.logs import configure_logging
 from gateway.settings import Settings
-from storage import EmbeddedFerretDB, StorageError, ferretdb_binary, open_database
+from storage import EmbeddedFerretDB, StorageError, ferretdb_binary, open_database, redact_url
 
 
 def _out(line: str = "") -> None:
@@ -77,7 +77,7 @@ def demo(settings: Settings) -> int:
         where = "embedded FerretDB, files in " + str(ready.data_dir.resolve())
         if settings.mongodb_url is not None:
             where = "MONGODB_URL"
-        _out(f"database: {ready.mongodb_url} (db {ready.mongodb_db!r}, {where})")
+        _out(f"database: {redact_url(ready.mongodb_url or '')} (db {ready.mongodb_db!r}, {where})")
         key_id = None
         if own_key:
             # The demo reads its call back through the API with a key of its own, revoked after.

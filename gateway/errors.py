@@ -54,6 +54,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from storage import redact_credentials
 from storage.errors import (
     CallNotFound,
     DeliveryBusy,
@@ -177,7 +178,8 @@ class ErrorResponse(BaseModel):
 def error_response(
     status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
 ) -> JSONResponse:
-    body = ErrorBody(code=code, message=message, details=details)
+    # No URL's password reaches a client, whatever an error's text quoted.
+    body = ErrorBody(code=code, message=redact_credentials(message), details=details)
     return JSONResponse(
         ErrorResponse(error=body).model_dump(mode="json", exclude_none=True), status_code=status
     )

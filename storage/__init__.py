@@ -42,6 +42,7 @@ from storage.models import (
     TrunkKind,
     TurnRecord,
 )
+from storage.redaction import redact_credentials, redact_url
 from storage.sip import SipRepository
 
 __all__ = [
@@ -90,4 +91,6 @@ __all__ = [
     "hash_api_key",
     "new_api_key",
     "open_database",
+    "redact_credentials",
+    "redact_url",
 ]
