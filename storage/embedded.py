@@ -147,7 +147,12 @@ class EmbeddedFerretDB:
         make_private(self.data_dir)
         if self._socket_dir is not None:
             make_private(self._socket_dir)
-        if self.socket_path.is_socket() and not _accepts(self.socket_path):
+        if self.socket_path.is_socket():
+            if _accepts(self.socket_path):
+                raise StorageError(
+                    f"another FerretDB serves {self.data_dir} (a running gateway?): stop it, "
+                    f"or set MONGODB_URL={self.url} to use it"
+                )
             self.socket_path.unlink()  # left by a server that was killed
         env = {**os.environ, "FERRETDB_TELEMETRY": "disable", "DO_NOT_TRACK": "1"}
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

@@ -161,3 +161,10 @@ def test_outside_a_checkout_it_says_how_to_build(
             explicit=settings.ferretdb_bin, cache_dir=settings.voice_gateway_cache
         )
     assert os.environ["VOICE_GATEWAY_CACHE"].endswith("empty-cache")
+
+
+def test_a_second_server_on_the_same_files_is_refused(tmp_path: Path) -> None:
+    with embedded_ferretdb(tmp_path) as server:
+        with pytest.raises(StorageError, match=r"another FerretDB serves .*MONGODB_URL=mongodb://"):
+            embedded_ferretdb(tmp_path).start()
+        assert _ping(server.url)["ok"] == 1.0  # the first one is untouched
