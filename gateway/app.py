@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from gateway.api import api_keys, assistants, calls, deliveries, numbers, sip
-from gateway.api.auth import bootstrap_api_key
+from gateway.api.auth import bootstrap_api_key, weak_api_key_reason
 from gateway.api.numbers import adopt_used_numbers
 from gateway.api.openapi import docs_page, openapi_document
 from gateway.api.operations import route
@@ -51,6 +51,14 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         )
     if settings.mongodb_url is None:
         raise ConfigError("create_app needs MONGODB_URL (the CLI starts the embedded server)")
+    if settings.gateway_api_key is not None:
+        weakness = weak_api_key_reason(settings.gateway_api_key.get_secret_value())
+        if weakness is not None:
+            raise ConfigError(
+                f"GATEWAY_API_KEY is refused: {weakness}. It becomes an admin key: set a random "
+                "one (python -c 'import secrets; print(\"vg_\" + secrets.token_urlsafe(32))'), "
+                "or unset it and make keys with `voice-gateway create-key --org NAME`"
+            )
     mongodb_url = settings.mongodb_url
 
     @contextlib.asynccontextmanager

@@ -16,6 +16,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from gateway.app import create_app
+from gateway.errors import ConfigError
 from gateway.logs import configure_logging
 from gateway.settings import Settings
 from storage import (
@@ -26,6 +27,7 @@ from storage import (
     ferretdb_binary,
     normalize_e164,
     open_database,
+    redact_url,
 )
 
 
@@ -42,7 +44,7 @@ def _database(settings: Settings) -> Iterator[Settings]:
         return
     binary = ferretdb_binary(explicit=settings.ferretdb_bin, cache_dir=settings.voice_gateway_cache)
     data_dir = settings.data_dir / "ferretdb"
-    with EmbeddedFerretDB(binary=binary, data_dir=data_dir, port=settings.ferretdb_port) as server:
+    with EmbeddedFerretDB(binary=binary, data_dir=data_dir) as server:
         yield settings.model_copy(update={"mongodb_url": server.url})
 
 
@@ -86,7 +88,7 @@ def demo(settings: Settings) -> int:
         where = "embedded FerretDB, files in " + str(ready.data_dir.resolve())
         if settings.mongodb_url is not None:
             where = "MONGODB_URL"
-        _out(f"database: {ready.mongodb_url} (db {ready.mongodb_db!r}, {where})")
+        _out(f"database: {redact_url(ready.mongodb_url or '')} (db {ready.mongodb_db!r}, {where})")
         key_id = None
         if own_key:
             # The demo reads its call back through the API with a key of its own, revoked after.
@@ -282,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings()
+    try:
+        return _run(args, settings)
+    except ConfigError as exc:  # settings that cannot work: say why, no traceback
+        sys.stderr.write(f"voice-gateway: {exc}\n")
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "create-key":
         return create_key(settings, org=args.org, name=args.name)
     if args.command == "revoke-key":

@@ -37,7 +37,8 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     │                           answers                                          -> 409
     ├── NumberUnavailable       a number the organisation may not have (another's or
     │                           reserved; the answer never says whose)           -> 409
-    └── DeliveryBusy            a delivery a gateway is sending right now        -> 409
+    ├── DeliveryBusy            a delivery a gateway is sending right now        -> 409
+    └── SecretRotationRaced     two rotations of a webhook secret at once        -> 409
     WebhookError                webhooks/errors.py
     ├── UnsafeURL               a URL the SSRF guard refuses -> 422 when an assistant is
     │                           saved; a failed attempt at delivery
@@ -61,6 +62,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from storage import redact_credentials
 from storage.errors import (
     CallNotFound,
     DeliveryBusy,
@@ -68,6 +70,7 @@ from storage.errors import (
     NotFound,
     NumberTaken,
     NumberUnavailable,
+    SecretRotationRaced,
     StorageError,
 )
 from telephony.errors import (
@@ -186,7 +189,8 @@ class ErrorResponse(BaseModel):
 def error_response(
     status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
 ) -> JSONResponse:
-    body = ErrorBody(code=code, message=message, details=details)
+    # No URL's password reaches a client, whatever an error's text quoted.
+    body = ErrorBody(code=code, message=redact_credentials(message), details=details)
     return JSONResponse(
         ErrorResponse(error=body).model_dump(mode="json", exclude_none=True), status_code=status
     )
@@ -273,6 +277,7 @@ HTTP_ERROR_HANDLERS = {
     NumberTaken: _conflict,
     NumberUnavailable: _conflict,
     DeliveryBusy: _conflict,
+    SecretRotationRaced: _conflict,
     UnsafeURL: _unsafe_url,
     NotConfigured: _not_configured,
     CarrierError: _carrier_error,

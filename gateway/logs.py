@@ -1,4 +1,5 @@
-"""Structured (JSON) logging; every record carries the call id of the task that logged it."""
+"""Structured (JSON) logging; every record carries the call id of the task that logged it,
+and no line carries a URL's password (masked by `storage.redact_credentials`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from storage import redact_credentials
 
 call_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("call_id", default=None)
 
@@ -39,7 +42,17 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return redact_credentials(json.dumps(out, default=str))
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger [call id] message`, for people reading a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(call_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_credentials(super().format(record))
 
 
 def configure_logging(level: str = "INFO", *, json_format: bool = True) -> None:
@@ -54,8 +67,6 @@ def configure_logging(level: str = "INFO", *, json_format: bool = True) -> None:
     if json_format:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(call_id)s] %(message)s")
-        )
+        handler.setFormatter(TextFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())

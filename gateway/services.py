@@ -83,6 +83,7 @@ def build_services(
         salvage_policy=RetryPolicy(
             base_s=settings.recording_salvage_base_s, cap_s=settings.recording_salvage_cap_s
         ),
+        secret_grace_s=settings.webhook_secret_grace_s,
     )
     gateway_id = "gw-" + secrets.token_hex(6)
     live = LiveCalls(gateway_id)

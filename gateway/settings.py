@@ -45,11 +45,11 @@ class Settings(BaseSettings):
     gateway_api_key: SecretStr | None = None
     gateway_org: str = "default"
 
-    # Unset: the gateway starts its embedded FerretDB (data under `data_dir`).
+    # Unset: the gateway starts its embedded FerretDB (data under `data_dir`, reachable only
+    # through a Unix socket there: it has no TCP port and no password to set).
     mongodb_url: str | None = None
     mongodb_db: str = "voice_gateway"
     data_dir: Path = Path("./data")
-    ferretdb_port: int = 0
     # The embedded server's binary: FERRETDB_BIN, else the per-user cache where
     # scripts/ensure-ferretdb.sh builds it (VOICE_GATEWAY_CACHE, also used by scripts/dev.sh).
     ferretdb_bin: Path | None = None
@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=8, ge=1, le=256)  # deliveries in flight per gateway
     # Hosts or CIDRs webhooks may reach although private / loopback (e.g. ["127.0.0.1"]).
     webhook_allow_hosts: list[str] = Field(default_factory=list)
+    # After POST /webhooks/secret/rotate the old secret still signs (beside the new one)
+    # this long, so receivers can switch without refusing a delivery.
+    webhook_secret_grace_s: float = Field(default=24 * 3600.0, ge=0)
 
     # Recordings: S3 (or any S3-compatible store; the endpoint URL is for MinIO, moto, ...).
     # Unset bucket: calls are not recorded. LiveKit Egress uploads with the same settings.

@@ -4,9 +4,12 @@
 set -euo pipefail
 
 VERSION="v1.24.2"   # keep in step with tools/ferretdb/go.mod
+# Bumped whenever tools/ferretdb/main.go changes, so that an older build is not reused
+# (keep in step with FERRETDB_BUILD in storage/embedded.py). r2: -listen-unix, private files.
+BUILD="r2"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${VOICE_GATEWAY_CACHE:-$HOME/.cache/voice-gateway}"
-OUT="$CACHE/ferretdb-$VERSION/ferretdb"
+OUT="$CACHE/ferretdb-$VERSION-$BUILD/ferretdb"
 
 if [ ! -x "$OUT" ]; then
   command -v go >/dev/null || { echo "ensure-ferretdb: Go is required (https://go.dev/dl)" >&2; exit 1; }

@@ -17,6 +17,7 @@ from storage.errors import (
     NotFound,
     NumberTaken,
     NumberUnavailable,
+    SecretRotationRaced,
     StorageError,
 )
 from storage.leases import HeartbeatWriter, LeaseRepository
@@ -47,6 +48,7 @@ from storage.models import (
     normalize_e164,
 )
 from storage.numbers import PhoneNumberRepository
+from storage.redaction import redact_credentials, redact_url
 from storage.sip import SipRepository
 
 __all__ = [
@@ -87,6 +89,7 @@ __all__ = [
     "RecordingKind",
     "RecordingState",
     "RecordingStatus",
+    "SecretRotationRaced",
     "SipProvider",
     "SipRepository",
     "SipTrunkRecord",
@@ -100,4 +103,6 @@ __all__ = [
     "new_api_key",
     "normalize_e164",
     "open_database",
+    "redact_credentials",
+    "redact_url",
 ]

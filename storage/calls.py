@@ -34,6 +34,7 @@ from storage.models import (
     Speaker,
     TurnRecord,
 )
+from storage.redaction import redact_credentials
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -49,7 +50,7 @@ def _driver_errors(
         try:
             return await func(*args, **kwargs)
         except PyMongoError as exc:
-            raise StorageError(f"database error: {exc}") from exc
+            raise StorageError(f"database error: {redact_credentials(str(exc))}") from exc
 
     return wrapper
 

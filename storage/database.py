@@ -27,6 +27,7 @@ from storage.documents import (
 from storage.errors import StorageError
 from storage.leases import LeaseRepository
 from storage.numbers import PhoneNumberRepository
+from storage.redaction import redact_credentials, redact_url
 from storage.sip import SipRepository
 
 _DOCUMENTS: list[type[Document]] = [
@@ -80,7 +81,9 @@ class Database:
         try:
             await self._client.close()
         except PyMongoError as exc:
-            raise StorageError(f"closing the database connection failed: {exc}") from exc
+            raise StorageError(
+                f"closing the database connection failed: {redact_credentials(str(exc))}"
+            ) from exc
 
 
 async def open_database(url: str, db_name: str, *, timeout_s: float = 10.0) -> Database:
@@ -99,5 +102,7 @@ async def open_database(url: str, db_name: str, *, timeout_s: float = 10.0) -> D
             await _ensure_indexes(database[name], indexes)
     except PyMongoError as exc:
         await client.close()
-        raise StorageError(f"cannot open MongoDB at {url}: {exc}") from exc
+        raise StorageError(
+            f"cannot open MongoDB at {redact_url(url)}: {redact_credentials(str(exc))}"
+        ) from exc
     return Database(client)

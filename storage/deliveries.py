@@ -40,7 +40,7 @@ from storage.calls import (
     call_write_lock,
 )
 from storage.documents import CallDocument, OrganizationDocument, WebhookDeliveryDocument
-from storage.errors import DeliveryBusy, NotFound, StorageError
+from storage.errors import DeliveryBusy, NotFound, SecretRotationRaced, StorageError
 from storage.models import CallRecord
 
 DeliveryStatus = Literal["pending", "delivered", "failed"]
@@ -363,25 +363,100 @@ class WebhookRepository:
 
     @_driver_errors
     async def webhook_secret(self, org_id: str) -> str:
-        """The organisation's signing secret, made the first time it is asked for.
+        """The organisation's current signing secret, made the first time it is asked for."""
+        versions = await _secret_versions(org_id)
+        return versions[-1].secret if versions else await _first_secret(org_id)
 
-        Made by an insert (`_id` = the organisation): of two gateways asking first at once,
-        one insert wins and both return its secret. A conditional update would not do on
-        FerretDB 1.24, which could let both "win" and sign with different secrets.
+    @_driver_errors
+    async def signing_secrets(
+        self, org_id: str, *, now: datetime, grace_s: float
+    ) -> tuple[str, ...]:
+        """The secrets a delivery is signed with, current first: a secret replaced less than
+        `grace_s` ago is still signed with, so receivers that hold it keep verifying."""
+        versions = await _secret_versions(org_id)
+        if not versions:
+            return (await _first_secret(org_id),)
+        valid = [versions[-1].secret]
+        for older, newer in zip(reversed(versions[:-1]), reversed(versions[1:]), strict=True):
+            if newer.made_at is None or newer.made_at + timedelta(seconds=grace_s) <= now:
+                break
+            valid.append(older.secret)
+        return tuple(valid)
+
+    @_driver_errors
+    async def rotate_webhook_secret(self, org_id: str, *, now: datetime) -> str:
+        """Make a new current secret and return it (the old one stays valid for the grace
+        period the outbox signs with).
+
+        Made by an insert of generation g+1 (`_id` = `<org>#<g+1>`): of two rotations at
+        once, exactly one insert wins; the other is `SecretRotationRaced` (FerretDB 1.24 has
+        no atomic conditional update that could decide it).
         """
-        stored = await _secrets().find_one({"_id": org_id})
-        if stored is not None:
-            return str(stored["secret"])
-        oid = _object_id(org_id, what="organisation")
-        if await OrganizationDocument.get_pymongo_collection().find_one({"_id": oid}) is None:
-            raise NotFound(f"no organisation {org_id!r}")
+        versions = await _secret_versions(org_id)
+        if not versions:
+            await _first_secret(org_id)
+            versions = await _secret_versions(org_id)
+        generation = versions[-1].generation + 1
+        secret = _new_secret()
         try:
             await _secrets().insert_one(
-                {"_id": org_id, "secret": "whsec_" + secrets.token_urlsafe(32)}
+                {
+                    "_id": f"{org_id}#{generation}",
+                    "org_id": org_id,
+                    "generation": generation,
+                    "secret": secret,
+                    "made_at": _stored_time(now),
+                }
             )
         except DuplicateKeyError:
-            pass  # another gateway made it first: its secret is the one
-        stored = await _secrets().find_one({"_id": org_id})
-        if stored is None:
-            raise StorageError(f"webhook secret of {org_id!r} vanished while being made")
-        return str(stored["secret"])
+            raise SecretRotationRaced(
+                "another rotation of the webhook secret happened at the same time: "
+                "GET /webhooks/secret shows the current secret"
+            ) from None
+        return secret
+
+
+@dataclass(frozen=True, slots=True)
+class _SecretVersion:
+    generation: int
+    secret: str
+    made_at: datetime | None  # None: the first secret, made before rotations existed
+
+
+def _new_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+async def _secret_versions(org_id: str) -> list[_SecretVersion]:
+    """The organisation's secrets, oldest first: generation 0 (`_id` = the organisation, as
+    the first secret has always been stored), then one document per rotation."""
+    raws = await _secrets().find({"$or": [{"_id": org_id}, {"org_id": org_id}]}).to_list()
+    versions = [
+        _SecretVersion(
+            generation=int(raw.get("generation", 0)),
+            secret=str(raw["secret"]),
+            made_at=_utc(raw.get("made_at")),
+        )
+        for raw in raws
+    ]
+    return sorted(versions, key=lambda v: v.generation)
+
+
+async def _first_secret(org_id: str) -> str:
+    """Make the organisation's first secret (generation 0) and return the stored one.
+
+    Made by an insert (`_id` = the organisation): of two gateways asking first at once, one
+    insert wins and both return its secret. A conditional update would not do on FerretDB
+    1.24, which could let both "win" and sign with different secrets.
+    """
+    oid = _object_id(org_id, what="organisation")
+    if await OrganizationDocument.get_pymongo_collection().find_one({"_id": oid}) is None:
+        raise NotFound(f"no organisation {org_id!r}")
+    try:
+        await _secrets().insert_one({"_id": org_id, "secret": _new_secret()})
+    except DuplicateKeyError:
+        pass  # another gateway made it first: its secret is the one
+    stored = await _secrets().find_one({"_id": org_id})
+    if stored is None:
+        raise StorageError(f"webhook secret of {org_id!r} vanished while being made")
+    return str(stored["secret"])

@@ -1,4 +1,5 @@
-"""The embedded database: a FerretDB process (MongoDB wire protocol on SQLite) on loopback.
+"""The embedded database: a FerretDB process (MongoDB wire protocol on SQLite) on a Unix
+socket that only this user can reach.
 
 `voice-gateway serve` starts it when MONGODB_URL is unset; the tests start one per session.
 Where its binary is comes from the caller (the gateway's settings): nothing here reads the
@@ -7,15 +8,19 @@ environment.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -23,6 +28,11 @@ from pymongo.errors import PyMongoError
 from storage.errors import StorageError
 
 FERRETDB_VERSION = "v1.24.2"
+# The build of tools/ferretdb/main.go (keep in step with scripts/ensure-ferretdb.sh):
+# r2 listens on a Unix socket and keeps its files private.
+FERRETDB_BUILD = "r2"
+# sun_path holds 108 bytes on Linux, its terminating NUL included.
+_SOCKET_PATH_MAX = 100
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,7 +47,7 @@ def ferretdb_binary(*, explicit: Path | None, cache_dir: Path) -> Path:
         if not os.access(explicit, os.X_OK):
             raise StorageError(f"FERRETDB_BIN={explicit} is not an executable file")
         return explicit
-    cached = cache_dir / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
+    cached = cache_dir / f"ferretdb-{FERRETDB_VERSION}-{FERRETDB_BUILD}" / "ferretdb"
     if os.access(cached, os.X_OK):
         return cached
     script = _REPO_ROOT / "scripts" / "ensure-ferretdb.sh"
@@ -57,35 +67,73 @@ def ferretdb_binary(*, explicit: Path | None, cache_dir: Path) -> Path:
     return Path(built.stdout.strip().splitlines()[-1])
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the gateway dies, even by SIGKILL."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+def _child_setup() -> None:
+    """In the child before exec: files it makes are private to this user (0600 / 0700), and
+    it gets SIGTERM when the gateway dies, even by SIGKILL."""
+    os.umask(0o077)
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def make_private(directory: Path) -> None:
+    """Make `directory` 0700 and everything in it readable by its owner only.
+
+    Data directories of versions before r2 were 0755 with world-readable (0644) SQLite files,
+    which hold webhook signing secrets: they are fixed here at every start.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    for path in directory.rglob("*"):
+        if path.is_symlink():
+            continue
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+
+
+def _accepts(socket_path: Path) -> bool:
+    """Whether something answers a connect at `socket_path`."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect(str(socket_path))
+        except OSError:
+            return False
+        return True
 
 
 class EmbeddedFerretDB:
-    """Starts `binary` (see `ferretdb_binary`) on 127.0.0.1 with its data in `data_dir`;
-    `url` is its MongoDB URL."""
+    """Starts `binary` (see `ferretdb_binary`) with its data in `data_dir`, reachable only
+    through a Unix socket there (`url`): no TCP listener, and the directory, the socket and
+    the SQLite files are private to this user (FerretDB's SQLite backend has no
+    authentication, so the file permissions are what keeps other local users out).
+    """
 
-    def __init__(
-        self, *, binary: Path, data_dir: Path, port: int = 0, start_timeout_s: float = 30.0
-    ) -> None:
+    def __init__(self, *, binary: Path, data_dir: Path, start_timeout_s: float = 30.0) -> None:
         self.binary = binary
-        self.data_dir = Path(data_dir)
-        self.port = port or _free_port()
+        self.data_dir = Path(data_dir).resolve()
+        self._socket_dir: Path | None = None
+        self.socket_path = self._socket_path()
         self._timeout = start_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
 
+    def _socket_path(self) -> Path:
+        beside = self.data_dir / "ferretdb.sock"
+        if len(os.fsencode(beside)) <= _SOCKET_PATH_MAX:
+            return beside
+        # A deep data directory: the socket goes to a private directory of its own (0700).
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="vg-ferretdb-"))
+        return self._socket_dir / "ferretdb.sock"
+
     @property
     def url(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/"
+        return "mongodb://" + quote(str(self.socket_path), safe="") + "/"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def log_path(self) -> Path:
@@ -96,14 +144,25 @@ class EmbeddedFerretDB:
         if self._proc is not None:
             raise StorageError("FerretDB is already running")
         binary = self.binary
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(self.data_dir)
+        if self._socket_dir is not None:
+            make_private(self._socket_dir)
+        if self.socket_path.is_socket():
+            if _accepts(self.socket_path):
+                raise StorageError(
+                    f"another FerretDB serves {self.data_dir} (a running gateway?): stop it, "
+                    f"or set MONGODB_URL={self.url} to use it"
+                )
+            self.socket_path.unlink()  # left by a server that was killed
         env = {**os.environ, "FERRETDB_TELEMETRY": "disable", "DO_NOT_TRACK": "1"}
-        with self.log_path.open("ab") as log:
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(log_fd, "ab") as log:
             try:
                 self._proc = subprocess.Popen(
                     [
                         str(binary),
-                        f"--listen-addr=127.0.0.1:{self.port}",
+                        "--listen-addr=",
+                        f"--listen-unix={self.socket_path}",
                         f"--data-dir={self.data_dir}",
                     ],
                     stdin=subprocess.DEVNULL,
@@ -111,7 +170,7 @@ class EmbeddedFerretDB:
                     stderr=subprocess.STDOUT,
                     env=env,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                    preexec_fn=_child_setup,
                 )
             except OSError as exc:
                 raise StorageError(f"cannot run FerretDB at {binary}: {exc}") from exc
@@ -123,8 +182,13 @@ class EmbeddedFerretDB:
 
     def _wait_until_ready(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + self._timeout
-        while not (self._accepts() and self._answers_ping()):
+        while not (_accepts(self.socket_path) and self._answers_ping()):
             if proc.poll() is not None:
+                if "not defined: -listen-unix" in self._log_tail():
+                    raise StorageError(
+                        f"{self.binary} is a FerretDB build without --listen-unix: rebuild it "
+                        f"with scripts/ensure-ferretdb.sh (build {FERRETDB_BUILD})"
+                    )
                 raise StorageError(
                     f"FerretDB exited with status {proc.returncode} at start "
                     f"(log {self.log_path}):\n{self._log_tail()}"
@@ -135,14 +199,6 @@ class EmbeddedFerretDB:
                     f"(log {self.log_path}):\n{self._log_tail()}"
                 )
             time.sleep(0.02)
-
-    def _accepts(self) -> bool:
-        # A plain connect first: the driver's monitor would back off 500 ms after a refusal.
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
 
     def _answers_ping(self) -> bool:
         client: MongoClient[dict[str, object]] = MongoClient(
@@ -165,14 +221,17 @@ class EmbeddedFerretDB:
     def stop(self) -> None:
         """SIGTERM, up to 10 s to exit cleanly (SQLite flushes), then SIGKILL."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._socket_dir is not None:  # a temporary directory of its own: leave none behind
+            self.socket_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._socket_dir.rmdir()
 
     def __enter__(self) -> EmbeddedFerretDB:
         self.start()

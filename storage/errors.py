@@ -30,3 +30,7 @@ class NumberUnavailable(StorageError):
 
 class DeliveryBusy(StorageError):
     """A gateway holds the delivery's lease right now (it is being sent)."""
+
+
+class SecretRotationRaced(StorageError):
+    """Two rotations of one organisation's webhook secret at once: the other one won."""

@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 from storage.calls import _driver_errors, _stored_time
 from storage.documents import CallDocument
 from storage.errors import StorageError
+from storage.redaction import redact_credentials
 
 _COLLECTION = "gateway_leases"
 
@@ -64,14 +65,14 @@ class HeartbeatWriter:
                 upsert=True,
             )
         except PyMongoError as exc:
-            raise StorageError(f"heartbeat not written: {exc}") from exc
+            raise StorageError(f"heartbeat not written: {redact_credentials(str(exc))}") from exc
 
     def remove(self) -> None:
         """The gateway stops (cleanly): its heartbeat goes."""
         try:
             self._leases.delete_one({"_id": self.gateway_id})
         except PyMongoError as exc:
-            raise StorageError(f"heartbeat not removed: {exc}") from exc
+            raise StorageError(f"heartbeat not removed: {redact_credentials(str(exc))}") from exc
 
     def close(self) -> None:
         self._client.close()

@@ -12,7 +12,5 @@ from storage import EmbeddedFerretDB, ferretdb_binary
 def embedded_ferretdb(data_dir: Path) -> EmbeddedFerretDB:
     """A FerretDB (not started) with its data in `data_dir`."""
     settings = Settings()
-    binary = ferretdb_binary(
-        explicit=settings.ferretdb_bin, cache_dir=settings.voice_gateway_cache
-    )
+    binary = ferretdb_binary(explicit=settings.ferretdb_bin, cache_dir=settings.voice_gateway_cache)
     return EmbeddedFerretDB(binary=binary, data_dir=data_dir)

@@ -1,6 +1,6 @@
 """A webhook receiver as a CRM would run one: a real HTTP server on 127.0.0.1:0 (uvicorn in
-a thread) that verifies each request's signature, answers with scripted status codes, and
-keeps every request it saw."""
+a thread) that verifies each request's signature with the secrets it holds, answers with
+scripted status codes, and keeps every request it saw."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tests.net import free_port
-from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from webhooks.errors import SignatureMismatch
+from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class ReceivedWebhook:
     signature: str
     body: bytes
     answered: int
+    # Which of the receiver's secrets (`WebhookReceiver.secrets`) verified the request.
+    verified_by: tuple[str, ...] = ()
 
     def json(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.body)
@@ -41,6 +44,8 @@ class WebhookReceiver:
     # Status codes for the coming requests, in order; 200 once they run out.
     script: list[int] = field(default_factory=list)
     received: list[ReceivedWebhook] = field(default_factory=list)
+    # Secrets to verify each request with (a receiver mid-rotation holds two).
+    secrets: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def accepted(self) -> list[ReceivedWebhook]:
@@ -58,18 +63,30 @@ class WebhookReceiver:
 
     async def _hook(self, request: Request) -> Response:
         body = await request.body()
+        timestamp = request.headers.get(TIMESTAMP_HEADER, "")
+        signature = request.headers.get(SIGNATURE_HEADER, "")
         with self._lock:
             status = self.script.pop(0) if self.script else 200
+            verified_by = tuple(s for s in self.secrets if _verifies(s, timestamp, body, signature))
             self.received.append(
                 ReceivedWebhook(
                     delivery_id=request.headers.get(ID_HEADER, ""),
-                    timestamp=request.headers.get(TIMESTAMP_HEADER, ""),
-                    signature=request.headers.get(SIGNATURE_HEADER, ""),
+                    timestamp=timestamp,
+                    signature=signature,
                     body=body,
                     answered=status,
+                    verified_by=verified_by,
                 )
             )
         return Response(status_code=status)
+
+
+def _verifies(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
+    try:
+        verify(secret, timestamp=timestamp, body=body, signature=signature, now=time.time())
+    except SignatureMismatch:
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -3,7 +3,9 @@
 Every gateway runs one. It claims a due delivery under a lease (so two gateways never send
 the same attempt), POSTs it signed, and records the attempt: 2xx is delivered; a 4xx other
 than 408 / 429 is failed for good; anything else (5xx, timeouts, refused connections) is
-tried again after an exponential backoff with jitter, up to `max_attempts`.
+tried again after an exponential backoff with jitter, up to `max_attempts`. An attempt
+records a short error category ("connection refused", "timeout", "tls error", ...) that API
+clients see; what the exception said goes to the gateway's log only.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import enum
 import logging
 import random
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +37,7 @@ from storage import (
 )
 from webhooks.errors import UnresolvedHost, UnsafeURL
 from webhooks.events import CALL_ENDED, call_ended_body
-from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_header
 from webhooks.ssrf import SsrfGuard, pinned_url
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,30 @@ def outcome(status_code: int | None) -> DeliveryStatus | None:
     if 400 <= status_code < 500 and status_code not in (408, 429):
         return "failed"
     return None
+
+
+def attempt_error(exc: httpx.HTTPError) -> str:
+    """The short category of a failed exchange, as API clients see it ("connection refused",
+    "timeout", "tls error", ...): the exception's text names addresses, library internals
+    and file names that are the gateway's business, so it goes to the log only."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    causes: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(causes) < 10:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(isinstance(c, ssl.SSLError) for c in causes) or "[SSL" in str(exc):
+        return "tls error"
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return "connection refused"
+    if isinstance(exc, httpx.ConnectError):
+        return "connection failed"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "protocol error"
+    if isinstance(exc, httpx.ReadError | httpx.WriteError):
+        return "connection reset"
+    return "request failed"
 
 
 class Recordings(Protocol):
@@ -102,6 +129,7 @@ class WebhookOutbox:
         recordings: Recordings | None = None,
         recording_grace_s: float = 120.0,
         salvage_policy: RetryPolicy | None = None,
+        secret_grace_s: float = 24 * 3600.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._webhooks = webhooks
@@ -117,6 +145,8 @@ class WebhookOutbox:
         self._recordings = recordings
         self._recording_grace = timedelta(seconds=recording_grace_s)
         self._salvage_policy = salvage_policy or RetryPolicy(base_s=10.0, cap_s=600.0)
+        # A rotated-out signing secret still signs (beside the new one) this long.
+        self._secret_grace_s = secret_grace_s
         self._clock = clock
         self.owner = "gw-" + secrets.token_hex(6)
         # No proxies from the environment: a proxy would resolve the name itself, around the guard.
@@ -292,19 +322,26 @@ class WebhookOutbox:
 
     async def _deliver(self, delivery: DeliveryRecord) -> None:
         status_code: int | None = None
-        error: str | None = None
+        error: str | None = None  # a short category, shown to API clients
+        detail: str | None = None  # what went wrong, for the gateway's log only
         latency_ms = 0.0
         final = False  # a failure no retry can mend
         try:
             address = await self._guard.check(delivery.url)
-            secret = await self._webhooks.webhook_secret(delivery.org_id) if delivery.org_id else ""
+            signing = (
+                await self._webhooks.signing_secrets(
+                    delivery.org_id, now=self._clock(), grace_s=self._secret_grace_s
+                )
+                if delivery.org_id
+                else ("",)
+            )
             timestamp = int(time.time())
             body = delivery.body.encode()
             headers = {
                 "content-type": "application/json",
                 ID_HEADER: delivery.id,
                 TIMESTAMP_HEADER: str(timestamp),
-                SIGNATURE_HEADER: sign(secret, timestamp, body),
+                SIGNATURE_HEADER: signature_header(signing, timestamp, body),
                 "user-agent": "voice-gateway-webhooks/1",
             }
             target, extensions = delivery.url, {}
@@ -324,16 +361,16 @@ class WebhookOutbox:
                     status_code = resp.status_code
             finally:
                 latency_ms = (time.perf_counter() - started) * 1000
-        except UnsafeURL as exc:
-            error, final = f"refused: {exc}", True  # an unsafe URL does not become safe by waiting
+        except UnsafeURL as exc:  # an unsafe URL does not become safe by waiting
+            error, final, detail = "refused: not a public address", True, str(exc)
         except httpx.InvalidURL as exc:
-            error, final = f"invalid URL: {exc}", True
+            error, final, detail = "invalid url", True, str(exc)
         except UnresolvedHost as exc:
-            error = str(exc)
+            error, detail = "dns error", str(exc)
         except TimeoutError:
-            error = f"timed out after {self._timeout_s:g} s"
+            error, detail = "timeout", f"no answer within {self._timeout_s:g} s"
         except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            error, detail = attempt_error(exc), f"{type(exc).__name__}: {exc}"
         now = self._clock()
         attempt = Attempt(at=now, status_code=status_code, latency_ms=latency_ms, error=error)
         result = "failed" if final else outcome(status_code)
@@ -361,6 +398,7 @@ class WebhookOutbox:
                 "delivery": delivery.id,
                 "status_code": status_code,
                 "error": error,
+                "error_detail": detail,
                 "outcome": status,
                 "attempt": attempts,
                 "latency_ms": round(latency_ms, 1),

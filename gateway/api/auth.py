@@ -1,4 +1,5 @@
-"""API keys at the edge: `x-api-key` -> the caller's organisation, and the bootstrap key.
+"""API keys at the edge: `x-api-key` -> the caller's organisation, and the bootstrap key
+(refused at start-up when it is a placeholder or guessable).
 
 Every request looks its key up (one indexed find on the key's hash), so a revoked key is
 refused from the next request on; nothing is cached.
@@ -6,7 +7,10 @@ refused from the next request on; nothing is cached.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
+from collections import Counter
 from dataclasses import dataclass
 
 from gateway.errors import AuthError
@@ -45,3 +49,45 @@ async def bootstrap_api_key(accounts: AccountRepository, key: str, org_name: str
             "is not one of their keys (make keys with `voice-gateway create-key --org NAME`)",
             extra={"key_hash_prefix": hash_api_key(key)[:8]},
         )
+
+
+MIN_API_KEY_LENGTH = 24
+# Words of the placeholders people leave in .env files (compared without case or punctuation).
+_PLACEHOLDER_WORDS = (
+    "changeme",
+    "replaceme",
+    "placeholder",
+    "example",
+    "password",
+    "secret",
+    "yourkey",
+    "yourapikey",
+    "apikeyhere",
+    "default",
+    "dummy",
+    "qwerty",
+    "123456",
+)
+_MIN_ESTIMATED_BITS = 64.0
+
+
+def weak_api_key_reason(key: str) -> str | None:
+    """Why `key` is too weak for GATEWAY_API_KEY (an admin key of the whole API), or None.
+
+    Refused: shorter than 24 characters, a placeholder word, or predictable (few distinct
+    characters, a repeated or sequential pattern, under ~64 bits by its character entropy).
+    A key from `voice-gateway create-key` or `secrets.token_urlsafe(32)` always passes.
+    """
+    if len(key) < MIN_API_KEY_LENGTH:
+        return f"it is shorter than {MIN_API_KEY_LENGTH} characters"
+    letters = "".join(c for c in key.lower() if c.isalnum())
+    for word in _PLACEHOLDER_WORDS:
+        if word in letters:
+            return f"it contains the placeholder word {word!r}"
+    counts = Counter(key)
+    bits = -sum(n * math.log2(n / len(key)) for n in counts.values())
+    periodic = any(key[p:] == key[:-p] for p in range(1, len(key) // 2 + 1))
+    steps = sum(abs(ord(a) - ord(b)) <= 1 for a, b in itertools.pairwise(key))
+    if len(counts) < 8 or periodic or steps > len(key) // 2 or bits < _MIN_ESTIMATED_BITS:
+        return "it is predictable (repeated or sequential characters, or too few distinct ones)"
+    return None

@@ -1,15 +1,18 @@
 """Webhook deliveries through the API: their state and every attempt, re-sending one, and
-the organisation's signing secret."""
+the organisation's signing secret and its rotation."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import logging
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.operations import ApiRequest, Operation
 from storage import DeliveryRecord, WebhookRepository
+
+log = logging.getLogger(__name__)
 
 
 class AttemptOut(BaseModel):
@@ -56,6 +59,13 @@ class WebhookSecret(BaseModel):
     secret: str = Field(description="HMAC-SHA256 key of X-Webhook-Signature (see README)")
 
 
+class RotatedSecret(BaseModel):
+    secret: str = Field(description="the new signing secret, current from now (shown once)")
+    previous_valid_until: datetime = Field(
+        description="until then deliveries carry the previous secret's signature too"
+    )
+
+
 def _repo(req: ApiRequest) -> WebhookRepository:
     return req.services.database.webhooks
 
@@ -84,6 +94,15 @@ async def webhook_secret(req: ApiRequest) -> BaseModel:
     return WebhookSecret(secret=await _repo(req).webhook_secret(req.principal.org_id))
 
 
+async def rotate_webhook_secret(req: ApiRequest) -> BaseModel:
+    """Make a new signing secret current; the old one keeps signing for the grace period."""
+    now = datetime.now(UTC)
+    secret = await _repo(req).rotate_webhook_secret(req.principal.org_id, now=now)
+    grace = timedelta(seconds=req.services.settings.webhook_secret_grace_s)
+    log.info("webhook secret rotated", extra={"org_id": req.principal.org_id})
+    return RotatedSecret(secret=secret, previous_valid_until=now + grace)
+
+
 OPERATIONS = [
     Operation(
         "GET", "/webhooks/deliveries", list_deliveries, "Webhook deliveries, newest first",
@@ -101,5 +120,10 @@ OPERATIONS = [
     Operation(
         "GET", "/webhooks/secret", webhook_secret, "The organisation's webhook signing secret",
         "webhooks", response=WebhookSecret, errors=(401,),
+    ),
+    Operation(
+        "POST", "/webhooks/secret/rotate", rotate_webhook_secret,
+        "Make a new signing secret current (the old one also signs for WEBHOOK_SECRET_GRACE_S)",
+        "webhooks", response=RotatedSecret, errors=(401, 409),
     ),
 ]  # fmt: skip

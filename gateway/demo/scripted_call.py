@@ -15,6 +15,7 @@ import uvicorn
 
 from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 from gateway.settings import Settings
+from storage import redact_url
 
 CALLER_LINES = (
     "What are your opening hours?",
@@ -75,7 +76,8 @@ async def run_demo_call(
             f"{stored['duration_s']:.1f} s"
         )
         out(
-            f"stored in MongoDB {settings.mongodb_url} database {settings.mongodb_db!r}: "
+            f"stored in MongoDB {redact_url(settings.mongodb_url or '')} "
+            f"database {settings.mongodb_db!r}: "
             f"collection 'calls' _id {call.call_id}, its turns in collection 'turns'"
         )
         return 0 if stored["status"] == "completed" and len(stored["transcript"]) >= 4 else 1

@@ -15,7 +15,7 @@ from telephony.twilio import TwilioSignatureValidator
 
 PUBLIC = "https://gw.example.com"
 TOKEN = "test-auth-token"
-KEY = "test-api-key"
+KEY = "test-api-key-7c1f9a2e4b6d8035"
 
 
 @pytest.fixture

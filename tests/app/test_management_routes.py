@@ -194,8 +194,8 @@ def test_env_key_only_bootstraps_an_empty_database(mongo_url: str, db_name: str)
     with TestClient(create_app(_settings(mongo_url, db_name)), base_url=PUBLIC) as first:
         assert first.get("/assistants", headers=H).status_code == 200
     # A different env key later does not become a key of an existing database.
-    later = _settings(mongo_url, db_name, key="vg_some-other-key")
+    later = _settings(mongo_url, db_name, key="vg_some-other-key-9d3b7e1f5a2c")
     with TestClient(create_app(later), base_url=PUBLIC) as second:
-        refused = second.get("/assistants", headers={"x-api-key": "vg_some-other-key"})
+        refused = second.get("/assistants", headers={"x-api-key": "vg_some-other-key-9d3b7e1f5a2c"})
         assert refused.status_code == 401
         assert second.get("/assistants", headers=H).status_code == 200

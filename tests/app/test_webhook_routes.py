@@ -18,6 +18,7 @@ from gateway.app import create_app
 from gateway.services import Services
 from gateway.settings import Settings
 from telephony.twilio import TwilioSignatureValidator
+from tests.net import free_port
 
 PUBLIC = "https://gw.example.com"
 TOKEN = "test-auth-token"
@@ -217,3 +218,15 @@ def test_private_webhook_urls_are_422_unless_allowlisted(mongo_url: str, url: st
     with TestClient(create_app(_settings(mongo_url, allow)), base_url=PUBLIC) as lenient:
         accepted = lenient.post("/assistants", json=_assistant(webhook_url=url), headers=H)
         assert accepted.status_code == 201, accepted.text
+
+
+def test_an_attempts_error_reads_as_a_category_not_exception_text(client: TestClient) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/hook"
+    created = client.post(
+        "/assistants", json=_assistant(webhook_url=closed, phone_numbers=["+15550300009"]),
+        headers=H,
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    call_id = _finished_call(client, "+15550300009")
+    (failed,) = _wait_for(client, f"?status=failed&call_id={call_id}", 1)
+    assert [a["error"] for a in failed["attempts"]] == ["connection refused"] * 3

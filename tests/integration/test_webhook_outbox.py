@@ -8,7 +8,10 @@ and keeps every request it got.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import re
 import socket
 import time
 from collections import Counter
@@ -271,8 +274,7 @@ async def test_a_refused_connection_is_retried_and_recorded(database: Database) 
     delivery = await database.webhooks.get(org.id, delivery_id)
     assert delivery.status == "failed"  # max_attempts=2
     assert [a.status_code for a in delivery.attempts] == [None, None]
-    for attempt in delivery.attempts:
-        assert attempt.error is not None and attempt.error.startswith("ConnectError")
+    assert [a.error for a in delivery.attempts] == ["connection refused", "connection refused"]
 
 
 async def test_an_unsafe_url_is_refused_at_delivery_without_a_request(database: Database) -> None:
@@ -292,7 +294,68 @@ async def test_an_unsafe_url_is_refused_at_delivery_without_a_request(database: 
             await outbox.aclose()
     delivery = await database.webhooks.get(org.id, await _only_delivery(database, org.id))
     assert rx.requests == [] and delivery.status == "failed"
-    assert delivery.attempts[0].error is not None and "loopback" in delivery.attempts[0].error
+    assert delivery.attempts[0].error == "refused: not a public address"
+
+
+@asynccontextmanager
+async def _misbehaving_server(*, answer: bytes | None) -> AsyncIterator[int]:
+    """A server on 127.0.0.1 that reads a request (or what a TLS client sends first) and
+    answers `answer`, or (None) says nothing until the client gives up."""
+    quiet: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if answer is None:
+            quiet.append(writer)
+            return
+        with contextlib.suppress(TimeoutError, asyncio.IncompleteReadError):
+            # A TLS ClientHello has no blank line: it is answered after a second.
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 1.0)
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+        writer.write(answer)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in quiet:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "answer", "category", "detail"),
+    [
+        ("https", b"HTTP/1.1 400 Bad Request\r\n\r\n", "tls error", "SSL"),
+        ("http", None, "timeout", "no answer within"),
+        ("http", b"not http at all\r\n\r\n", "protocol error", "RemoteProtocolError"),
+    ],
+)
+async def test_an_attempts_error_is_a_short_category_and_its_detail_is_logged(
+    database: Database,
+    caplog: pytest.LogCaptureFixture,
+    scheme: str,
+    answer: bytes | None,
+    category: str,
+    detail: str,
+) -> None:
+    org = await database.accounts.ensure_organization("acme")
+    async with _misbehaving_server(answer=answer) as port:
+        await finished_call(database, org.id, f"{scheme}://127.0.0.1:{port}/hook")
+        outbox = new_outbox(database)
+        try:
+            with caplog.at_level(logging.INFO, logger="webhooks.outbox"):
+                assert await outbox.step()
+        finally:
+            await outbox.aclose()
+    delivery = await database.webhooks.get(org.id, await _only_delivery(database, org.id))
+    assert [a.error for a in delivery.attempts] == [category]
+    (logged,) = [r for r in caplog.records if r.getMessage() == "webhook attempt"]
+    assert logged.error == category and detail in logged.error_detail  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------- leases

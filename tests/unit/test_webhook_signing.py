@@ -14,6 +14,7 @@ from webhooks.signing import (
     TIMESTAMP_HEADER,
     SignatureMismatch,
     sign,
+    signature_header,
     verify,
 )
 
@@ -52,13 +53,25 @@ def test_the_timestamp_is_signed() -> None:
         verify(SECRET, timestamp="soon", body=BODY, signature=signature, now=1_700_000_000)
 
 
+def test_during_a_rotation_a_receiver_with_either_secret_verifies() -> None:
+    now = 1_700_000_000
+    header = signature_header(["whsec_new", "whsec_old"], now, BODY)
+    assert re.fullmatch(r"v1=[0-9a-f]{64},v1=[0-9a-f]{64}", header)
+    assert header.split(",") == [sign("whsec_new", now, BODY), sign("whsec_old", now, BODY)]
+    for secret in ("whsec_new", "whsec_old"):
+        verify(secret, timestamp=str(now), body=BODY, signature=header, now=now)
+    with pytest.raises(SignatureMismatch, match="does not match"):
+        verify(SECRET, timestamp=str(now), body=BODY, signature=header, now=now)
+    assert signature_header([SECRET], now, BODY) == sign(SECRET, now, BODY)
+
+
 def readme_receiver() -> Any:
     """The receiver code of the README section, executed as it is written there."""
     text = README.read_text()
     section = text[text.index("### How a receiver verifies the signature") :]
     start = section.index("```python\n") + len("```python\n")
     code = section[start : section.index("\n```", start)]
-    assert len([line for line in code.splitlines() if line.strip()]) == 5
+    assert len([line for line in code.splitlines() if line.strip()]) == 7
     namespace: dict[str, Any] = {}
     exec(compile(code, str(README), "exec"), namespace)
     return namespace["verified"]
@@ -74,3 +87,10 @@ def test_the_readme_snippet_verifies_what_the_gateway_signs() -> None:
     stale = now - 301
     old = {TIMESTAMP_HEADER: str(stale), SIGNATURE_HEADER: sign(SECRET, stale, BODY)}
     assert verified(SECRET, old, BODY) is False
+    # Mid-rotation the header carries the new and the old secret's signatures.
+    both = signature_header(["whsec_new", SECRET], now, BODY)
+    rotating = {TIMESTAMP_HEADER: str(now), SIGNATURE_HEADER: both}
+    assert verified("whsec_new", rotating, BODY) is True
+    assert verified(SECRET, rotating, BODY) is True
+    assert verified("whsec_other", rotating, BODY) is False
+    assert verified(SECRET, rotating, BODY + b" ") is False
