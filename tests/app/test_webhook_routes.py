@@ -222,6 +222,8 @@ def test_private_webhook_urls_are_422_unless_allowlisted(mongo_url: str, url: st
 
 def test_an_attempts_error_reads_as_a_category_not_exception_text(client: TestClient) -> None:
     closed = f"http://127.0.0.1:{free_port()}/hook"
+    claimed = client.post("/numbers", json={"number": "+15550300009"}, headers=H)
+    assert claimed.status_code == 201, claimed.text
     created = client.post(
         "/assistants", json=_assistant(webhook_url=closed, phone_numbers=["+15550300009"]),
         headers=H,

@@ -28,6 +28,9 @@ def test_a_rotation_keeps_the_old_secret_valid_for_the_grace_period(mongo_url: s
     with run_webhook_receiver() as receiver:
         settings = _settings(mongo_url, ["127.0.0.1"]).model_copy(update={"mongodb_db": db})
         with TestClient(create_app(settings), base_url=PUBLIC) as client:
+            for number in numbers:
+                claimed = client.post("/numbers", json={"number": number}, headers=H)
+                assert claimed.status_code == 201, claimed.text
             created = client.post(
                 "/assistants",
                 json=_assistant(webhook_url=receiver.url, phone_numbers=numbers),
