@@ -15,6 +15,7 @@ from storage.errors import (
     InvalidCursor,
     NotFound,
     NumberTaken,
+    RecordTooLarge,
     StorageError,
 )
 from storage.leases import HeartbeatWriter, LeaseRepository
@@ -73,6 +74,7 @@ __all__ = [
     "NotFound",
     "NumberTaken",
     "Organization",
+    "RecordTooLarge",
     "RecordingKind",
     "RecordingState",
     "RecordingStatus",
