@@ -422,19 +422,34 @@ async def test_slowloris_and_idle_sockets_are_closed_and_others_served(
             await ws.close()
         return None, None
 
+    async def normal_call(http: httpx.AsyncClient) -> Any:
+        """A call placed while the abuse goes on: greeted, then hung up as usual."""
+        call = _call(gateway)
+        await call.start(http)
+        try:
+            await call.wait_agent_audio(within_s=30)
+            await call.wait_agent_silent()
+            await call.stop()
+        finally:
+            await call.aclose()
+        assert call.call_id is not None
+        return await _stored(http, gateway, call.call_id)
+
     slow = [asyncio.create_task(slow_client()) for _ in range(200)]
     idle = [asyncio.create_task(idle_socket()) for _ in range(200)]
     await asyncio.sleep(1.0)
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
         served = (await http.get("/health")).status_code
+        stored = await normal_call(http)
     slow_closed = await asyncio.gather(*slow)
     idle_closed = await asyncio.gather(*idle)
     after = usage(gateway.pid)
-    report("200 slowloris + 200 idle sockets", before, after)
+    report("200 slowloris + 200 idle sockets + 1 call", before, after)
     still_slow = sum(1 for t in slow_closed if t is None)
     still_idle = sum(1 for code, _ in idle_closed if code is None)
     print(f"after 40 s: {still_slow} slowloris and {still_idle} idle sockets still open")
     assert served == 200
+    assert (stored["status"], stored["end_reason"]) == ("completed", "caller-hung-up")
     assert still_slow == 0
     assert still_idle == 0
     assert {code for code, _ in idle_closed} == {1008}
