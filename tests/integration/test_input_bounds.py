@@ -448,6 +448,10 @@ async def test_slowloris_and_idle_sockets_are_closed_and_others_served(
     still_slow = sum(1 for t in slow_closed if t is None)
     still_idle = sum(1 for code, _ in idle_closed if code is None)
     print(f"after 40 s: {still_slow} slowloris and {still_idle} idle sockets still open")
+    slow_times = [t for t in slow_closed if t is not None]
+    idle_times = [t for _, t in idle_closed if t is not None]
+    if slow_times and idle_times:
+        print(f"closed after at most {max(slow_times):.1f} s / {max(idle_times):.1f} s")
     assert served == 200
     assert (stored["status"], stored["end_reason"]) == ("completed", "caller-hung-up")
     assert still_slow == 0
