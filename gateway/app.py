@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import SecretStr
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -21,6 +22,7 @@ from gateway.api.auth import bootstrap_api_key, weak_api_key_reason
 from gateway.api.numbers import adopt_used_numbers
 from gateway.api.openapi import docs_page, openapi_document
 from gateway.api.operations import route
+from gateway.body_limit import BodySizeLimit
 from gateway.errors import HTTP_ERROR_HANDLERS, ConfigError
 from gateway.livekit.webhook import livekit_webhook
 from gateway.providers.base import Providers
@@ -107,7 +109,19 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         WebSocketRoute("/twilio/stream", twilio_stream_endpoint),
         Route("/livekit/webhook", livekit_webhook, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=HTTP_ERROR_HANDLERS)
+
+    def body_limit(path: str) -> int:
+        # Twilio's form webhooks are small; everything else is a JSON route.
+        if path.startswith("/twilio/"):
+            return settings.twilio_max_body_bytes
+        return settings.api_max_body_bytes
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=HTTP_ERROR_HANDLERS,
+        middleware=[Middleware(BodySizeLimit, limit_for=body_limit)],
+    )
     app.state.settings = settings
     return app
 

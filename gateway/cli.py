@@ -16,6 +16,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from gateway.app import create_app
+from gateway.connections import deadline_protocol
 from gateway.errors import ConfigError
 from gateway.logs import configure_logging
 from gateway.settings import Settings
@@ -54,6 +55,13 @@ def _uvicorn_config(settings: Settings, *, host: str, port: int) -> uvicorn.Conf
         host=host,
         port=port,
         log_config=None,
+        # Each request's head and body within HTTP_HEADER_TIMEOUT_S (the slowloris bound).
+        http=deadline_protocol(
+            timeout_s=settings.http_header_timeout_s,
+            max_head_bytes=settings.http_max_header_bytes,
+        ),
+        limit_concurrency=settings.http_limit_concurrency,
+        timeout_keep_alive=settings.http_keep_alive_s,
         ws_max_size=settings.max_ws_message_bytes + 1024,
         ws_ping_interval=None,
         lifespan="on",

@@ -9,6 +9,11 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── ConfigError             settings that cannot work (start-up fails loudly)
     ├── AuthError               missing, wrong or revoked API key                -> 401
     ├── RequestInvalid          body or query that does not match its model      -> 422
+    │   └── InputTooLarge       a field over its cap (metadata, filled prompt, JSON depth)
+    │                           -> 422 naming the field
+    ├── BodyTooLarge            a request body over its route's cap (counted as it
+    │                           arrives, before any parsing)                     -> 413
+    ├── UnsupportedMediaType    a Twilio webhook that is not a urlencoded form   -> 415
     ├── MissingPlaceholders     call metadata lacks a {{name}} the assistant uses -> 422
     ├── ConflictError           clashes with what is stored                      -> 409
     ├── NotConfigured           a feature whose settings are unset               -> 503
@@ -33,6 +38,8 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── NotFound                no such record in the key's organisation         -> 404
     │   └── CallNotFound
     ├── InvalidCursor           a page cursor this store did not issue           -> 422
+    ├── RecordTooLarge          a document over MongoDB's 16 MiB (`DocumentTooLarge`);
+    │                           nothing is written                               -> 413
     ├── NumberTaken             a number another assistant of the organisation
     │                           answers                                          -> 409
     ├── NumberUnavailable       a number the organisation may not have (another's or
@@ -46,6 +53,9 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     └── SignatureMismatch       raised by `webhooks.signing.verify` (what receivers run)
     WavFormatError (ValueError) audio/stereo.py: bytes that are not our WAV; the
                                 recording bucket turns it into RecordingError
+
+A `RecursionError` that reaches the edge (input nested past every bound) answers 422 in
+the same shape instead of a bare 500.
 
 Every error answer has one JSON shape, `{"error": {"code", "message", "details"?}}`. A
 broad ``except`` appears only where a task ends, and there it logs with the call id.
@@ -70,6 +80,7 @@ from storage.errors import (
     NotFound,
     NumberTaken,
     NumberUnavailable,
+    RecordTooLarge,
     SecretRotationRaced,
     StorageError,
 )
@@ -87,12 +98,14 @@ from webhooks.errors import UnsafeURL
 __all__ = [
     "HTTP_ERROR_HANDLERS",
     "AuthError",
+    "BodyTooLarge",
     "CallNotFound",
     "CarrierError",
     "CarrierUnavailable",
     "ConfigError",
     "ConflictError",
     "GatewayError",
+    "InputTooLarge",
     "LiveKitError",
     "MissingPlaceholders",
     "NotConfigured",
@@ -105,6 +118,7 @@ __all__ = [
     "StorageError",
     "TelephonyError",
     "TransferError",
+    "UnsupportedMediaType",
     "error_response",
 ]
 
@@ -129,6 +143,26 @@ class RequestInvalid(GatewayError):
     def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.details = details
+
+
+class InputTooLarge(RequestInvalid):
+    """A field of the input over its cap: 422 whose details name the field (`loc`)."""
+
+    def __init__(self, loc: Sequence[str], message: str) -> None:
+        super().__init__(message, [{"loc": list(loc), "msg": message, "type": "too_large"}])
+        self.loc = list(loc)
+
+
+class BodyTooLarge(GatewayError):
+    """A request body over the route's cap; raised while the body streams in."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is over {limit} bytes")
+        self.limit = limit
+
+
+class UnsupportedMediaType(GatewayError):
+    """A body of a content type the route does not read."""
 
 
 class MissingPlaceholders(GatewayError):
@@ -218,6 +252,21 @@ async def _invalid(request: Request, exc: Exception) -> Response:
     return error_response(422, "invalid_request", str(exc), details)
 
 
+async def _too_large(request: Request, exc: Exception) -> Response:
+    log.info("request too large: %s", exc, extra={"path": request.url.path})
+    return error_response(413, "too_large", str(exc))
+
+
+async def _unsupported_media_type(request: Request, exc: Exception) -> Response:
+    log.info("request refused: %s", exc, extra={"path": request.url.path})
+    return error_response(415, "unsupported_media_type", str(exc))
+
+
+async def _too_deep(request: Request, exc: Exception) -> Response:
+    log.warning("input nested too deeply", extra={"path": request.url.path})
+    return error_response(422, "invalid_request", "the input is nested too deeply")
+
+
 async def _unsafe_url(request: Request, exc: Exception) -> Response:
     log.info("webhook URL refused: %s", exc, extra={"path": request.url.path})
     return error_response(
@@ -273,6 +322,10 @@ HTTP_ERROR_HANDLERS = {
     RequestInvalid: _invalid,
     MissingPlaceholders: _invalid,
     InvalidCursor: _invalid,
+    BodyTooLarge: _too_large,
+    RecordTooLarge: _too_large,
+    UnsupportedMediaType: _unsupported_media_type,
+    RecursionError: _too_deep,
     ConflictError: _conflict,
     NumberTaken: _conflict,
     NumberUnavailable: _conflict,

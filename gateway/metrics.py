@@ -37,6 +37,8 @@ class GatewayMetrics:
     # agent audio, marks and clears the session asked for after the stream stopped or closed
     outbound_dropped_after_stop_total: int = 0
     protocol_errors_total: int = 0
+    unknown_events_total: int = 0  # Media Streams events of names this gateway ignores
+    streams_without_start_total: int = 0  # sockets closed for sending no `start` in time
     lost_call_sweeps_total: int = 0  # rounds of this gateway's lost-call sweeper
     calls_lost_total: int = 0  # calls of stopped gateways this gateway finished
     stt_reconnects_total: int = 0

@@ -165,6 +165,27 @@ class Settings(BaseSettings):
     tts_voice: str = "en-us"
     tts_words_per_minute: int = Field(default=175, ge=80, le=450)
 
+    # Bounds on what a client may make the gateway hold or do (see README, Hardening).
+    # Request bodies, counted as they arrive: Twilio's form webhooks are a few hundred bytes.
+    twilio_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Nesting of JSON bodies (and page cursors): our models are at most a few levels deep.
+    api_max_json_depth: int = Field(default=32, ge=4, le=200)
+    # A call's metadata (keys and values, UTF-8) and its persona once placeholders are filled.
+    call_metadata_max_bytes: int = Field(default=16 * 1024, ge=256)
+    call_metadata_max_keys: int = Field(default=64, ge=1)
+    call_prompt_max_chars: int = Field(default=40_000, ge=1000)
+    # A Media Stream that has not sent `start` this long after the upgrade is closed (1008).
+    stream_start_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # The offline recogniser keeps at most this much of one utterance (the newest audio).
+    local_stt_max_utterance_s: float = Field(default=30.0, ge=1, le=300)
+    # uvicorn: connections served at once (then 503), idle keep-alive, and the time and
+    # size a client has to send a request's head (and body) in: the slowloris bound.
+    http_limit_concurrency: int | None = Field(default=1000, ge=10)
+    http_keep_alive_s: int = Field(default=5, ge=1, le=300)
+    http_header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    http_max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+
     @field_validator("public_url")
     @classmethod
     def _public_url_is_http(cls, value: str) -> str:

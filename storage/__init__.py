@@ -17,6 +17,7 @@ from storage.errors import (
     NotFound,
     NumberTaken,
     NumberUnavailable,
+    RecordTooLarge,
     SecretRotationRaced,
     StorageError,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "Organization",
     "PhoneNumberRecord",
     "PhoneNumberRepository",
+    "RecordTooLarge",
     "RecordingKind",
     "RecordingState",
     "RecordingStatus",

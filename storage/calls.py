@@ -19,10 +19,10 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from beanie import PydanticObjectId, SortDirection
 from bson.errors import InvalidId
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DocumentTooLarge, DuplicateKeyError, PyMongoError
 
 from storage.documents import CallDocument, TurnDocument
-from storage.errors import CallNotFound, InvalidCursor, NotFound, StorageError
+from storage.errors import CallNotFound, InvalidCursor, NotFound, RecordTooLarge, StorageError
 from storage.models import (
     CallFilter,
     CallPage,
@@ -49,6 +49,8 @@ def _driver_errors(
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await func(*args, **kwargs)
+        except DocumentTooLarge as exc:  # a BSON error, not a PyMongoError: the driver refused
+            raise RecordTooLarge(f"record too large to store: {exc}") from exc
         except PyMongoError as exc:
             raise StorageError(f"database error: {redact_credentials(str(exc))}") from exc
 
@@ -206,7 +208,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, PydanticObjectId]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         started, oid = json.loads(raw)
         return datetime.fromisoformat(started), PydanticObjectId(oid)
-    except (binascii.Error, ValueError, TypeError, InvalidId) as exc:
+    except (binascii.Error, ValueError, TypeError, InvalidId, RecursionError) as exc:
         raise InvalidCursor("invalid cursor") from exc
 
 

@@ -19,6 +19,10 @@ class InvalidCursor(StorageError):
     """A page cursor this store did not issue."""
 
 
+class RecordTooLarge(StorageError):
+    """A document over the server's size limit (16 MiB); nothing was written."""
+
+
 class NumberTaken(StorageError):
     """A phone number another assistant of the same organisation already answers."""
 

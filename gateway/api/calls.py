@@ -18,7 +18,7 @@ from gateway.api.models import (
 )
 from gateway.api.numbers import require_registered
 from gateway.api.operations import ApiRequest, Operation
-from gateway.call.records import open_call
+from gateway.call.records import CallInputLimits, open_call
 from gateway.errors import NotConfigured, RequestInvalid
 from gateway.livekit.outbound import dial_livekit
 from gateway.livekit.room import room_of
@@ -106,6 +106,7 @@ async def place_outbound_call(req: ApiRequest) -> BaseModel:
         to_number=body.to_number,
         metadata=body.metadata,
         status=CallStatus.QUEUED,
+        limits=CallInputLimits.of(services.settings),
     )
     call_id_var.set(call.id)
     if trunk is None:

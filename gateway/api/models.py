@@ -38,7 +38,9 @@ class CallQuery(_Input):
     started_after: datetime | None = Field(default=None, description="inclusive, ISO 8601")
     started_before: datetime | None = Field(default=None, description="exclusive, ISO 8601")
     limit: int = Field(default=50, ge=1, le=500)
-    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page")
+    cursor: str | None = Field(
+        default=None, max_length=256, description="`next_cursor` of the previous page"
+    )
 
 
 class _FromRecord(BaseModel):

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.auth import Principal, authenticate
-from gateway.errors import RequestInvalid
+from gateway.errors import InputTooLarge, RequestInvalid
 from gateway.services import Services
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,35 @@ def _parse(model: type[BaseModel], data: Any, what: str) -> BaseModel:
         raise RequestInvalid(f"invalid {what}", _validation_details(exc)) from exc
 
 
-async def _body(request: Request, model: type[BaseModel]) -> BaseModel:
+def _within_depth(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests at most `limit` arrays/objects deep (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
+async def _body(request: Request, model: type[BaseModel], *, max_depth: int) -> BaseModel:
+    """The body as `model`; its size is capped upstream (`BodySizeLimit`), its depth here."""
     raw = await request.body()
+    too_deep = InputTooLarge(["body"], f"the request body nests deeper than {max_depth} levels")
     try:
         data = json.loads(raw or b"null")
+    except RecursionError as exc:  # far past the bound: the parser gave up first
+        raise too_deep from exc
     except ValueError as exc:
         raise RequestInvalid("the request body is not JSON") from exc
+    if not _within_depth(data, max_depth):
+        raise too_deep
     return _parse(model, data, "request body")
 
 
@@ -95,7 +118,8 @@ def route(op: Operation) -> Route:
         query = (
             _parse(op.query, dict(request.query_params), "query parameters") if op.query else None
         )
-        body = await _body(request, op.body) if op.body else None
+        max_depth = services.settings.api_max_json_depth
+        body = await _body(request, op.body, max_depth=max_depth) if op.body else None
         path = {k: str(v) for k, v in request.path_params.items()}
         result = await op.handler(ApiRequest(services, principal, path, body, query))
         if result is None:

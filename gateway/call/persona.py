@@ -2,7 +2,8 @@
 
 `{{name}}` placeholders are filled from the call's metadata when the call is placed or
 answered. A placeholder with no value is an error (`MissingPlaceholders`), never a
-silent blank in the middle of a sentence.
+silent blank in the middle of a sentence. Placeholders multiply what they are filled
+with, so the filled length is known (and capped) before anything is built.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from gateway.errors import MissingPlaceholders
+from gateway.errors import InputTooLarge, MissingPlaceholders
 from gateway.providers.base import LLM, ChatMessage, LLMEvent, TextDelta
 
 _PLACEHOLDER = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*}}")
@@ -30,6 +31,14 @@ def fill(template: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
+def filled_length(template: str, values: Mapping[str, str]) -> int:
+    """The length `fill(template, values)` would have, without building it."""
+    length = len(template)
+    for match in _PLACEHOLDER.finditer(template):
+        length += len(values.get(match.group(1), "")) - len(match.group(0))
+    return length
+
+
 @dataclass(frozen=True, slots=True)
 class Persona:
     """The filled system prompt and greeting of one call."""
@@ -38,13 +47,30 @@ class Persona:
     greeting: str
 
     @classmethod
-    def for_call(cls, *, system_prompt: str, greeting: str, values: Mapping[str, str]) -> Persona:
-        """Fill both templates, reporting every missing name at once."""
+    def for_call(
+        cls,
+        *,
+        system_prompt: str,
+        greeting: str,
+        values: Mapping[str, str],
+        max_chars: int | None = None,
+    ) -> Persona:
+        """Fill both templates, reporting every missing name at once; `InputTooLarge` if
+        either would be longer than `max_chars` once filled (nothing is built then)."""
         missing = [
             name for name in placeholders(system_prompt + "\n" + greeting) if name not in values
         ]
         if missing:
             raise MissingPlaceholders(missing)
+        if max_chars is not None:
+            for what, template in (("system_prompt", system_prompt), ("greeting", greeting)):
+                length = filled_length(template, values)
+                if length > max_chars:
+                    raise InputTooLarge(
+                        ["body", "metadata"],
+                        f"the assistant's {what} filled with this call's metadata would be "
+                        f"{length} characters (at most {max_chars})",
+                    )
         return cls(fill(system_prompt, values), fill(greeting, values))
 
 

@@ -5,9 +5,12 @@ its assistant and the persona filled from the call's values."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway.call.persona import Persona
+from gateway.errors import InputTooLarge
+from gateway.settings import Settings
 from storage import (
     AccountRepository,
     AssistantRecord,
@@ -17,6 +20,37 @@ from storage import (
     Direction,
     NewCall,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class CallInputLimits:
+    """How much a call's metadata and its filled persona may hold (settings CALL_*)."""
+
+    metadata_max_bytes: int
+    metadata_max_keys: int
+    prompt_max_chars: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> CallInputLimits:
+        return cls(
+            metadata_max_bytes=settings.call_metadata_max_bytes,
+            metadata_max_keys=settings.call_metadata_max_keys,
+            prompt_max_chars=settings.call_prompt_max_chars,
+        )
+
+    def check_metadata(self, metadata: Mapping[str, str]) -> None:
+        """`InputTooLarge` naming `metadata` when it has too many keys or bytes."""
+        if len(metadata) > self.metadata_max_keys:
+            raise InputTooLarge(
+                ["body", "metadata"],
+                f"metadata has {len(metadata)} keys (at most {self.metadata_max_keys})",
+            )
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
+        if size > self.metadata_max_bytes:
+            raise InputTooLarge(
+                ["body", "metadata"],
+                f"metadata is {size} bytes (at most {self.metadata_max_bytes})",
+            )
 
 
 async def open_call(
@@ -30,12 +64,15 @@ async def open_call(
     to_number: str,
     call_sid: str = "",
     metadata: Mapping[str, str] | None = None,
+    limits: CallInputLimits,
     status: CallStatus = CallStatus.RINGING,
 ) -> CallRecord:
     """Store a new call of `assistant` (None: the default assistant, in the default
     organisation). Its prompt and greeting are filled from the numbers and `metadata`;
-    `MissingPlaceholders` if they lack a value, and nothing is stored then."""
+    `MissingPlaceholders` if they lack a value, `InputTooLarge` if the metadata or the
+    filled persona is over `limits`, and nothing is stored then."""
     metadata = dict(metadata or {})
+    limits.check_metadata(metadata)
     persona = None
     if assistant is not None:
         org_id: str | None = assistant.org_id
@@ -43,6 +80,7 @@ async def open_call(
             system_prompt=assistant.config.system_prompt,
             greeting=assistant.config.greeting,
             values={"from_number": from_number, "to_number": to_number, **metadata},
+            max_chars=limits.prompt_max_chars,
         )
     else:
         default_org = await accounts.default_organization()

@@ -28,7 +28,7 @@ from gateway.call.lifecycle import (
     CallRuntime,
     LegTransport,
 )
-from gateway.call.records import open_call
+from gateway.call.records import CallInputLimits, open_call
 from gateway.errors import MissingPlaceholders
 from gateway.livekit.egress import RoomRecording
 from gateway.livekit.transport import RATE, LiveKitTransport
@@ -280,6 +280,7 @@ class LiveKitRooms:
                 to_number=to_number,
                 call_sid=attributes.get("sip.callID", ""),
                 metadata={"room": room_name},
+                limits=CallInputLimits.of(self._settings),
             )
         except MissingPlaceholders as exc:
             log.error("assistant cannot answer: %s", exc, extra={"room": room_name})

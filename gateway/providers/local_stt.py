@@ -5,12 +5,15 @@ session's endpointing closes the turn: PocketSphinx's batch cepstral-mean normal
 is far more accurate on telephone-band audio than its live estimate (which starts from
 wide-band statistics), at ~0.1 s of decoding per utterance. Decoding runs on one worker
 thread per call, so many calls never block the event loop. A domain language model (an
-ARPA file) may replace the general one: `bench/stt_wer.py` measures both.
+ARPA file) may replace the general one: `bench/stt_wer.py` measures both. An utterance
+keeps at most its newest `max_utterance_s` of audio (a caller who never pauses, or a
+stream of noise, cannot grow it without bound).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import re
@@ -45,10 +48,16 @@ class PocketSphinxSTT:
     sample_rate = 16000
 
     def __init__(
-        self, *, lm_path: Path | None = None, dict_path: Path | None = None, prewarm: int = 0
+        self,
+        *,
+        lm_path: Path | None = None,
+        dict_path: Path | None = None,
+        prewarm: int = 0,
+        max_utterance_s: float = 30.0,
     ) -> None:
         self._lm_path = lm_path
         self._dict_path = dict_path
+        self._max_utterance_bytes = int(max_utterance_s * self.sample_rate) * 2
         self._pool: list[Decoder] = [self._decoder() for _ in range(prewarm)]
 
     def _decoder(self) -> Decoder:
@@ -82,7 +91,13 @@ class PocketSphinxSTT:
                 raise ProviderError(
                     f"pocketsphinx failed to start: {exc}", provider=self.name
                 ) from exc
-        return PocketSphinxStream(decoder, executor, release=self._pool.append)
+        return PocketSphinxStream(
+            decoder,
+            executor,
+            release=self._pool.append,
+            max_utterance_bytes=self._max_utterance_bytes,
+            call_id=call_id,
+        )
 
 
 class PocketSphinxStream:
@@ -94,13 +109,24 @@ class PocketSphinxStream:
         executor: concurrent.futures.ThreadPoolExecutor,
         *,
         release: Callable[[Decoder], None],
+        max_utterance_bytes: int = 30 * 16000 * 2,
+        call_id: str = "",
     ) -> None:
         self._decoder = decoder
         self._release = release
         self._executor = executor
         self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
-        self._utterance: list[bytes] = []
+        self._utterance: collections.deque[bytes] = collections.deque()
+        self._buffered = 0  # bytes in `_utterance`
+        self._max_bytes = max_utterance_bytes
+        self._trimmed = False  # this utterance lost its oldest audio (logged once)
+        self._call_id = call_id
         self._closed = False
+
+    @property
+    def buffered_s(self) -> float:
+        """Seconds of audio held for the current utterance."""
+        return self._buffered / 2 / PocketSphinxSTT.sample_rate
 
     def _decode(self, pcm: bytes) -> str:
         if not pcm:
@@ -112,13 +138,28 @@ class PocketSphinxStream:
         return _clean(hypothesis.hypstr) if hypothesis is not None else ""
 
     async def push(self, frame: AudioFrame) -> None:
-        if not self._closed:
-            self._utterance.append(np.ascontiguousarray(frame.pcm, dtype=np.int16).tobytes())
+        if self._closed:
+            return
+        chunk = np.ascontiguousarray(frame.pcm, dtype=np.int16).tobytes()
+        self._utterance.append(chunk)
+        self._buffered += len(chunk)
+        while self._buffered > self._max_bytes and len(self._utterance) > 1:
+            self._buffered -= len(self._utterance.popleft())
+            if not self._trimmed:
+                self._trimmed = True
+                log.warning(
+                    "utterance over %.0f s: its oldest audio is dropped",
+                    self._max_bytes / 2 / PocketSphinxSTT.sample_rate,
+                    extra={"call_id": self._call_id},
+                )
 
     async def end_utterance(self) -> None:
         if self._closed:
             return
-        pcm, self._utterance = b"".join(self._utterance), []
+        pcm = b"".join(self._utterance)
+        self._utterance.clear()
+        self._buffered = 0
+        self._trimmed = False
         loop = asyncio.get_running_loop()
         text = await loop.run_in_executor(self._executor, self._decode, pcm)
         await self._queue.put(Transcript(text=text, is_final=True))

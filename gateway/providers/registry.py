@@ -67,7 +67,10 @@ def build_llm(settings: Settings) -> LLM:
 
 def _local_stt(settings: Settings, *, prewarm: int) -> PocketSphinxSTT:
     return PocketSphinxSTT(
-        lm_path=default_lm_file(), dict_path=default_dict_file(), prewarm=prewarm
+        lm_path=default_lm_file(),
+        dict_path=default_dict_file(),
+        prewarm=prewarm,
+        max_utterance_s=settings.local_stt_max_utterance_s,
     )
 
 

@@ -27,6 +27,9 @@ _UPLOAD_TRIES = 4
 # The caller's audio drives commits; past this much silence from the caller the agent's
 # side is committed anyway (Twilio sends media continuously, so this is a lost stream).
 _MAX_HOLD_S = 1.0
+# Caller audio is never placed further than this past the real clock, whatever its media
+# timestamp says (the stream driver refuses such a stream; this is defence in depth).
+_MAX_AHEAD_S = 3.0
 
 
 class CallRecorder:
@@ -77,11 +80,12 @@ class CallRecorder:
         self._uploader = asyncio.create_task(self._upload_parts(), name="recording-upload")
 
     def caller_audio(self, timestamp_ms: int, pcm: PCM16) -> None:
-        """A caller frame that Twilio stamped `timestamp_ms` after the stream started."""
-        position = timestamp_ms * self._rate // 1000
+        """A caller frame that Twilio stamped `timestamp_ms` after the stream started; placed
+        there, but never more than a few seconds past the real clock."""
+        now = self._position(self._clock())
+        position = min(timestamp_ms * self._rate // 1000, now + int(_MAX_AHEAD_S * self._rate))
         self._timeline.write_caller(position, pcm)
         self._caller_end = max(self._caller_end, position + int(pcm.shape[0]))
-        now = self._position(self._clock())
         # Before `now` the agent's side is final (it is written ahead of when it plays).
         upto = max(min(self._caller_end, now), now - int(_MAX_HOLD_S * self._rate))
         self._append(self._wav.encode(self._timeline.take(upto)))

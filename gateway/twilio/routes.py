@@ -5,18 +5,26 @@ webhook for a call that ended or has had its stream (a replay) gets a hang-up, n
 from __future__ import annotations
 
 import logging
+import re
 import time
+import urllib.parse
 from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.call.records import open_call
-from gateway.errors import MissingPlaceholders, error_response
+from gateway.call.records import CallInputLimits, open_call
+from gateway.errors import (
+    MissingPlaceholders,
+    RequestInvalid,
+    UnsupportedMediaType,
+    error_response,
+)
 from gateway.logs import call_id_var
 from gateway.services import Services
 from gateway.twilio.stream_claim import stream_refused
 from storage import CallNotFound, CallRecord, CallStatus, Direction
+from telephony.errors import SignatureError
 from telephony.twilio import (
     connect_stream_twiml,
     hang_up_twiml,
@@ -31,20 +39,53 @@ log = logging.getLogger(__name__)
 _STATUSES = {s.value: s for s in CallStatus} | {"initiated": CallStatus.QUEUED}
 # What a caller hears when the number's assistant cannot run (it is logged).
 _UNAVAILABLE = "Sorry, this number cannot take calls right now. Goodbye."
+# X-Twilio-Signature is base64 of an HMAC-SHA1 (20 bytes: 28 characters).
+_SIGNATURE_SHAPE = re.compile(r"[A-Za-z0-9+/]{27}=")
+# Twilio's voice and status webhooks carry a few dozen fields.
+_MAX_FORM_FIELDS = 200
 
 
 def _twiml(body: str) -> Response:
     return Response(body, media_type="application/xml")
 
 
+def _signature_header(request: Request) -> str:
+    """X-Twilio-Signature, checked for shape before any of the body is read."""
+    signature = request.headers.get("x-twilio-signature")
+    if not signature:
+        raise SignatureError("missing X-Twilio-Signature")
+    if not _SIGNATURE_SHAPE.fullmatch(signature):
+        raise SignatureError("malformed X-Twilio-Signature")
+    return signature
+
+
+def _form_fields(raw: bytes) -> dict[str, str]:
+    """A urlencoded body's fields (the last of a repeated name, as Starlette's form has it)."""
+    try:
+        text = raw.decode("utf-8")
+        pairs = urllib.parse.parse_qsl(
+            text, keep_blank_values=True, max_num_fields=_MAX_FORM_FIELDS, errors="strict"
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RequestInvalid("the webhook body is not a urlencoded form") from exc
+    return dict(pairs)
+
+
 async def _verified_form(request: Request, services: Services) -> dict[str, str]:
-    """The form fields of a Twilio webhook, after its signature checked out."""
-    form = await request.form()
-    params = {k: v for k, v in form.items() if isinstance(v, str)}
+    """The form fields of a Twilio webhook, after its signature checked out.
+
+    The signature's shape and the content type are checked first; the body is read only
+    then, capped (`BodySizeLimit`), and parsed as a urlencoded form, never as multipart.
+    """
+    signature = _signature_header(request)
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType("Twilio webhooks are application/x-www-form-urlencoded")
+    params = _form_fields(await request.body())
     url = services.settings.public_url_for(request.url.path)
     if request.url.query:
         url += "?" + request.url.query
-    services.twilio.validator.check(url, params, request.headers.get("x-twilio-signature"))
+    services.twilio.validator.check(url, params, signature)
     return params
 
 
@@ -82,6 +123,7 @@ async def twilio_voice(request: Request) -> Response:
                 from_number=form.get("From", ""),
                 to_number=to_number,
                 call_sid=call_sid,
+                limits=CallInputLimits.of(services.settings),
             )
         except MissingPlaceholders as exc:
             assistant_id = assistant.id if assistant else None

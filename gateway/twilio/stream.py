@@ -4,16 +4,21 @@ hands the typed events to the call's lifecycle, and writes what the protocol wan
 Refusals happen before any audio flows: a bad upgrade signature closes before accept
 (HTTP 403); a missing, wrong or expired per-call stream token closes right after `start`
 (1008), as does a start for a call that ended or has had its stream (a replay: the token
-is single-use, claimed in the database before anything of the call is touched). Once
-`start` checks out, the stream is the `CallLeg` of the call's `CallLifecycle`.
+is single-use, claimed in the database before anything of the call is touched); so does
+a socket that sends no `start` within STREAM_START_TIMEOUT_S. Once `start` checks out,
+the stream is the `CallLeg` of the call's `CallLifecycle`, and its media is held to the
+real clock (`InboundMediaGuard`): a stream that lies about time or floods is closed 1008.
+Unknown events are counted, and logged once per name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from audio.codec import ulaw_decode
@@ -30,11 +35,13 @@ from telephony.errors import ProtocolError, SignatureError, StreamClosed
 from telephony.twilio import (
     AudioReceived,
     DtmfReceived,
+    InboundMediaGuard,
     MarkPlayed,
     MediaStreamProtocol,
     Start,
     StreamStarted,
     StreamStopped,
+    UnknownReceived,
     stream_url_for,
     verify_stream_token,
 )
@@ -69,6 +76,7 @@ class _MediaStream:
         self._recorder: CallRecorder | None = None
         self._pacer: TwilioPacer | None = None
         self._started_at = 0.0  # Twilio's media timestamps count from the stream's start
+        self._guard: InboundMediaGuard | None = None
         self._call_sid = ""
         self._close_code, self._close_reason = 1000, "call ended"
 
@@ -98,11 +106,29 @@ class _MediaStream:
                 self._call.request_end(ending.reason, ending.status)
                 await self._call.finished()
 
+    async def _receive(self, start_by: float) -> Message:
+        """The next WebSocket message; before `start` only until `start_by` (loop time)."""
+        if self._call is not None:
+            return await self._ws.receive()
+        try:
+            async with asyncio.timeout_at(start_by):
+                return await self._ws.receive()
+        except TimeoutError:
+            self._services.metrics.streams_without_start_total += 1
+            raise ProtocolError(1008, "no start message in time") from None
+
+    def _on_unknown(self, event: UnknownReceived) -> None:
+        self._services.metrics.unknown_events_total += 1
+        if event.first:
+            log.info("unknown media stream event ignored", extra={"event": event.event})
+
     async def _receive_loop(self) -> CallEnding:
         max_bytes = self._services.settings.max_ws_message_bytes
         metrics = self._services.metrics
+        start_timeout_s = self._services.settings.stream_start_timeout_s
+        start_by = asyncio.get_running_loop().time() + start_timeout_s
         while True:
-            message = await self._ws.receive()
+            message = await self._receive(start_by)
             if message["type"] == "websocket.disconnect":
                 self._protocol.connection_lost()  # the pacer stops sending at once
                 return CallEnding("stream-disconnected", CallStatus.COMPLETED)
@@ -116,6 +142,8 @@ class _MediaStream:
             for event in self._protocol.events():
                 if isinstance(event, AudioReceived):
                     metrics.inbound_frames_total += 1
+                    if self._guard is not None:
+                        self._guard.check(event.timestamp_ms, len(event.payload), time.monotonic())
                     if call is not None:
                         pcm = ulaw_decode(event.payload)
                         if self._recorder is not None:
@@ -130,6 +158,11 @@ class _MediaStream:
                 elif isinstance(event, StreamStarted):
                     await self._start(event.start)
                     call = self._call
+                    self._guard = InboundMediaGuard(
+                        origin=self._started_at, rate=TwilioPacer.sample_rate
+                    )
+                elif isinstance(event, UnknownReceived):
+                    self._on_unknown(event)
                 elif isinstance(event, StreamStopped):
                     return CallEnding("caller-hung-up", CallStatus.COMPLETED)
 

@@ -1,6 +1,7 @@
 """Twilio: Media Streams (sans-I/O protocol and typed messages), TwiML, request signatures,
 per-call stream tokens and the REST API for calls."""
 
+from telephony.twilio.media_guard import InboundMediaGuard
 from telephony.twilio.messages import (
     AccountSid,
     CallSid,
@@ -28,6 +29,7 @@ from telephony.twilio.protocol import (
     StreamStarted,
     StreamState,
     StreamStopped,
+    UnknownReceived,
 )
 from telephony.twilio.rest import TwilioCalls
 from telephony.twilio.signature import TwilioSignatureValidator
@@ -48,6 +50,7 @@ __all__ = [
     "Connected",
     "Dtmf",
     "DtmfReceived",
+    "InboundMediaGuard",
     "InboundMessage",
     "Mark",
     "MarkPlayed",
@@ -67,6 +70,7 @@ __all__ = [
     "TwilioCalls",
     "TwilioSignatureValidator",
     "Unknown",
+    "UnknownReceived",
     "connect_stream_twiml",
     "dial_twiml",
     "hang_up_twiml",

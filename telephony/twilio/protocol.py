@@ -5,7 +5,7 @@ Order of calls, for the driver that owns the socket:
 
 1. for every text frame received: `receive_text(text)`, then drain `events()` and act on
    each typed event (`StreamStarted`, `AudioReceived`, `MarkPlayed`, `DtmfReceived`,
-   `StreamStopped`);
+   `StreamStopped`, `UnknownReceived`);
 2. to talk to the caller: `send_audio(pcm)` queues 8 kHz PCM16 in 20 ms frames (a partial
    frame waits for more), `send_mark(name)` queues a mark behind the audio queued so far
    (with nothing queued it goes out at once), `send_clear()` drops what is queued and
@@ -19,15 +19,17 @@ Order of calls, for the driver that owns the socket:
 
 States: AWAITING_START (a `connected` message may come first) -> STREAMING -> STOPPED.
 Bad input raises `ProtocolError` carrying the close code and reason to send, and so does
-sending before `start`. After `stop` (or `connection_lost()`) sending does nothing: the
-queue is dropped and the stream is gone, and the driver winding down must not fail on
-audio still in flight; `open` tells the driver whether anything sent can still go out.
+sending before `start`; a media payload larger than a few frames is bad input (Twilio
+sends one 20 ms frame per message). Whether media keeps to the real clock is the
+driver's to check (`InboundMediaGuard`): this object has no clock. After `stop` (or
+`connection_lost()`) sending does nothing: the queue is dropped and the stream is gone,
+and the driver winding down must not fail on audio still in flight; `open` tells the
+driver whether anything sent can still go out.
 """
 
 from __future__ import annotations
 
 import enum
-import logging
 from dataclasses import dataclass
 
 from audio.codec import ulaw_encode
@@ -48,9 +50,12 @@ from telephony.twilio.messages import (
     parse_message,
 )
 
-log = logging.getLogger(__name__)
-
 SAMPLE_RATE = 8000  # audio/x-mulaw, the one format Media Streams carries both ways
+FRAME_BYTES = 160  # Twilio sends 20 ms of mu-law per media message
+MAX_MEDIA_FRAMES = 5  # a little slack over the one frame Twilio sends
+# Unknown event names are remembered (to report each once) up to this many, this long.
+_MAX_UNKNOWN_NAMES = 32
+_UNKNOWN_NAME_CHARS = 64
 PROTOCOL_ERROR = 1002
 UNSUPPORTED_DATA = 1003
 POLICY_VIOLATION = 1008
@@ -88,7 +93,17 @@ class StreamStopped:
     stop: Stop
 
 
-StreamEvent = StreamStarted | AudioReceived | MarkPlayed | DtmfReceived | StreamStopped
+@dataclass(frozen=True, slots=True)
+class UnknownReceived:
+    """An event this protocol does not know (ignored); `first` for the first of its name."""
+
+    event: str  # truncated to 64 characters
+    first: bool
+
+
+StreamEvent = (
+    StreamStarted | AudioReceived | MarkPlayed | DtmfReceived | StreamStopped | UnknownReceived
+)
 
 
 class MediaStreamProtocol:
@@ -101,6 +116,7 @@ class MediaStreamProtocol:
         self._outgoing: list[str] = []
         self._frames = FrameQueue(SAMPLE_RATE)
         self.pending_marks: list[str] = []  # marks sent and not yet echoed by Twilio
+        self._unknown_names: set[str] = set()
 
     # ------------------------------------------------------------------ input
 
@@ -112,7 +128,7 @@ class MediaStreamProtocol:
         if isinstance(message, Connected):
             return
         if isinstance(message, Unknown):
-            log.info("unknown media stream event ignored", extra={"event": message.event})
+            self._on_unknown(message.event)
             return
         if isinstance(message, Start):
             self._on_start(message)
@@ -120,6 +136,12 @@ class MediaStreamProtocol:
         if self.state is not StreamState.STREAMING:
             raise ProtocolError(POLICY_VIOLATION, f"{type(message).__name__.lower()} before start")
         if isinstance(message, Media):
+            if len(message.payload) > MAX_MEDIA_FRAMES * FRAME_BYTES:
+                raise ProtocolError(
+                    POLICY_VIOLATION,
+                    f"media payload of {len(message.payload)} bytes: over {MAX_MEDIA_FRAMES} "
+                    f"frames of {FRAME_BYTES}",
+                )
             if message.track in ("inbound", "inbound_track"):
                 self._events.append(AudioReceived(message.payload, message.timestamp_ms))
         elif isinstance(message, Mark):
@@ -154,6 +176,13 @@ class MediaStreamProtocol:
         self.state = StreamState.STREAMING
         self.stream_sid = start.stream_sid
         self._events.append(StreamStarted(start))
+
+    def _on_unknown(self, event: str) -> None:
+        name = event[:_UNKNOWN_NAME_CHARS]
+        first = name not in self._unknown_names and len(self._unknown_names) < _MAX_UNKNOWN_NAMES
+        if first:
+            self._unknown_names.add(name)
+        self._events.append(UnknownReceived(name, first))
 
     def events(self) -> list[StreamEvent]:
         """Return and forget the events parsed since the last call."""

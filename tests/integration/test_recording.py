@@ -223,3 +223,20 @@ async def test_an_abandoned_upload_is_salvaged_up_to_its_last_part(
         assert (pcm[k * FRAME : (k + 1) * FRAME, 0] == _caller_frame(k)).all(), k
     assert salvaged.duration_s == round(pcm.shape[0] / RATE, 3)
     assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+async def test_a_frame_stamped_far_ahead_is_placed_at_the_real_clock(
+    database: Database, s3_server: S3Server, s3_bucket: str
+) -> None:
+    """Defence in depth behind the stream's own check: one frame stamped 30 minutes into a
+    2 s call used to make a 1 800 s, 57.6 MB recording; it is placed at most 3 s ahead."""
+    recorder, _, clock, key = await _recorder(database, s3_server, s3_bucket)
+    await _run_call(recorder, clock, seconds=2.0, cut_at=5.0)
+    recorder.caller_audio(30 * 60 * 1000, _caller_frame(7))
+    state = await recorder.finish()
+    print(f"recorded {state.duration_s} s, {state.size_bytes} bytes for a 2 s call")
+    assert state.status == "complete"
+    assert state.duration_s is not None and state.duration_s <= 2.0 + 3.0 + 0.02
+    pcm = _stereo(s3_server.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    assert pcm.shape[0] <= (2.0 + 3.0 + 0.02) * RATE
+    assert np.array_equal(pcm[-FRAME:, 0], _caller_frame(7))  # kept, at the clock's bound

@@ -6,7 +6,15 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from gateway.call.persona import MissingPlaceholders, Persona, PersonaLLM, fill, placeholders
+from gateway.call.persona import (
+    MissingPlaceholders,
+    Persona,
+    PersonaLLM,
+    fill,
+    filled_length,
+    placeholders,
+)
+from gateway.errors import InputTooLarge
 from gateway.providers.base import ChatMessage, LLMEvent, TextDelta
 from gateway.providers.catalog import settings_for
 from gateway.settings import Settings
@@ -72,3 +80,18 @@ def test_assistant_choices_lay_over_the_gateway_settings() -> None:
     assert custom.stt_provider == base.stt_provider
     cloud = settings_for(base, plain.model_copy(update={"stt_provider": "cloud"}))
     assert cloud.stt_provider == "deepgram"
+
+
+def test_a_filled_persona_over_its_cap_is_refused_before_it_is_built() -> None:
+    template = "Dear {{name}}. " * 1000
+    assert filled_length(template, {"name": "Dana"}) == len(fill(template, {"name": "Dana"}))
+    with pytest.raises(InputTooLarge) as refused:
+        Persona.for_call(
+            system_prompt=template, greeting="Hi", values={"name": "x" * 100}, max_chars=40_000
+        )
+    assert refused.value.loc == ["body", "metadata"]
+    assert "system_prompt" in str(refused.value)
+    ok = Persona.for_call(
+        system_prompt=template, greeting="Hi", values={"name": "Dana"}, max_chars=40_000
+    )
+    assert ok.system_prompt.startswith("Dear Dana.")

@@ -28,6 +28,7 @@ from telephony.twilio import (
     StreamState,
     StreamStopped,
     Unknown,
+    UnknownReceived,
     parse_message,
 )
 
@@ -200,8 +201,10 @@ def test_a_whole_stream() -> None:
         AudioReceived,
         DtmfReceived,
         MarkPlayed,
+        UnknownReceived,
         StreamStopped,
     ]
+    assert events[5] == UnknownReceived("brand-new", first=True)
     assert events[0] == AudioReceived(PAYLOAD, 5)
     assert protocol.state is StreamState.STOPPED
     protocol.receive_text(MEDIA)  # ignored after stop
@@ -458,3 +461,47 @@ def test_sending_before_start_is_an_error() -> None:
     with pytest.raises(ProtocolError):
         MediaStreamProtocol().send_mark("early")
     assert MediaStreamProtocol().release_frame() is None
+
+
+def _media(payload: bytes, timestamp_ms: int = 0) -> str:
+    return json.dumps(
+        {
+            "event": "media",
+            "streamSid": SID,
+            "media": {
+                "track": "inbound",
+                "timestamp": str(timestamp_ms),
+                "payload": base64.b64encode(payload).decode(),
+            },
+        }
+    )
+
+
+def test_media_payloads_over_a_few_frames_close_1008() -> None:
+    protocol = _started()
+    protocol.receive_text(_media(b"\xff" * 5 * 160))  # five frames: still accepted
+    assert [type(e) for e in protocol.events()] == [AudioReceived]
+    with pytest.raises(ProtocolError) as refused:
+        protocol.receive_text(_media(b"\xff" * (5 * 160 + 1)))
+    assert refused.value.code == 1008
+    assert "frames" in refused.value.reason
+
+
+def test_unknown_events_are_reported_first_once_per_name_truncated() -> None:
+    protocol = _started()
+    long_name = "x" * 10_000
+    for name in ("a", "b", "a", long_name, long_name):
+        protocol.receive_text(json.dumps({"event": name}))
+    events = protocol.events()
+    assert events == [
+        UnknownReceived("a", first=True),
+        UnknownReceived("b", first=True),
+        UnknownReceived("a", first=False),
+        UnknownReceived("x" * 64, first=True),
+        UnknownReceived("x" * 64, first=False),
+    ]
+    # Past 32 names none is new any more: a flood of distinct names logs nothing more.
+    for n in range(100):
+        protocol.receive_text(json.dumps({"event": f"name-{n}"}))
+    firsts = [e for e in protocol.events() if isinstance(e, UnknownReceived) and e.first]
+    assert len(firsts) == 32 - 3
