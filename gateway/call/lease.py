@@ -6,7 +6,8 @@ written from a thread with its own connection, so however busy the event loop is
 calls keep their lease; it stops only when the event loop itself stops turning, or the
 process dies.
 
-`LostCallSweeper`, in every gateway, finishes a call as `failed` / `gateway-lost` once its
+`LostCallSweeper`, in every gateway, finishes a call as `failed` / `gateway-lost` (or as the
+carrier said it ended, if a status callback recorded that while it was served) once its
 gateway's heartbeat has not changed for a whole lease, as this sweeper saw it on its own
 clock: no two machines' clocks are compared, a gateway that just started (or could not read
 the database) waits one lease before it judges anyone, and a sweeper never finishes a call
@@ -181,13 +182,13 @@ class LostCallSweeper:
         ]
         finished = []
         for call in lost:
+            # The carrier may have said how the call ended while its gateway still served it.
+            carrier = await self._store.carrier_end(call.id)
+            status, reason = carrier if carrier is not None else (CallStatus.FAILED, LOST_REASON)
             stored = await self._store.finish_call(
-                call.id,
-                status=CallStatus.FAILED,
-                end_reason=LOST_REASON,
-                ended_at=datetime.now(UTC),
+                call.id, status=status, end_reason=reason, ended_at=datetime.now(UTC)
             )
-            if stored.end_reason != LOST_REASON:
+            if stored.end_reason != reason:
                 continue  # its own gateway finished it after all, while this round read
             finished.append(stored)
             self._metrics.calls_lost_total += 1

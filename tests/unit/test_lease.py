@@ -43,7 +43,11 @@ class Store:
     calls: dict[str, CallRecord] = field(default_factory=dict)
     beats_now: dict[str, datetime] = field(default_factory=dict)
     finished: list[str] = field(default_factory=list)
+    carrier_ends: dict[str, tuple[CallStatus, str]] = field(default_factory=dict)
     down: bool = False
+
+    async def carrier_end(self, call_id: str) -> tuple[CallStatus, str] | None:
+        return self.carrier_ends.get(call_id)
 
     async def served_calls(self) -> list[CallRecord]:
         if self.down:
@@ -116,6 +120,19 @@ async def test_a_silent_gateway_loses_its_calls_a_whole_lease_after_the_last_bea
     assert {c.status for c in finished} == {CallStatus.FAILED}
     assert sorted(lost) == ["c1", "c2"]  # the carrier cleans up after each (rooms closed)
     assert await sweeper.sweep() == []  # finished once
+
+
+async def test_a_lost_call_the_carrier_said_had_ended_is_finished_as_the_carrier_said() -> None:
+    store, clock, lost = Store(), Clock(), []
+    store.calls["c1"] = _call("c1", OTHER)
+    # Twilio's `completed` reached another gateway while OTHER served the call, then OTHER died.
+    store.carrier_ends["c1"] = (CallStatus.COMPLETED, "twilio-completed")
+    sweeper = _sweeper(store, clock, set(), lost)
+    assert await sweeper.sweep() == []
+    clock.now += LEASE_S
+    [finished] = await sweeper.sweep()
+    assert (finished.status, finished.end_reason) == (CallStatus.COMPLETED, "twilio-completed")
+    assert lost == ["c1"]
 
 
 async def test_a_gateway_with_no_heartbeat_is_judged_over_a_lease_too() -> None:

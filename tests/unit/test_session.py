@@ -172,6 +172,7 @@ class MemoryStore:
         end_ms: float,
         interrupted: bool = False,
         latency: Mapping[str, float] | None = None,
+        turn_id: str | None = None,
     ) -> TurnRecord:
         self.turns.append({"speaker": speaker, "text": text, "interrupted": interrupted})
         if latency is not None:

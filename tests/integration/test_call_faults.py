@@ -1,0 +1,245 @@
+"""A call survives its parts failing, and ends in the right order.
+
+Real parts, stopped for real: the gateway's own FerretDB is stopped mid-call and started
+again; moto's S3 server is SIGSTOPped as the caller hangs up; Twilio's `completed` status
+callback arrives while the stream still has turns to store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
+from telephony.twilio import TwilioSignatureValidator
+from tests.ferretdb_server import embedded_ferretdb
+from tests.s3_server import run_s3_server
+from tests.webhook_receiver import run_webhook_receiver
+
+from .conftest import GatewayProcess, run_gateway
+from .test_recorded_calls import NUMBER, assistant_body, new_bucket, recording_env
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _phone(gateway: GatewayProcess, *, to_number: str = NUMBER) -> SimulatedTwilioCall:
+    return SimulatedTwilioCall(
+        base_url=gateway.base_url, public_url=gateway.base_url, auth_token=gateway.auth_token,
+        to_number=to_number,
+    )  # fmt: skip
+
+
+async def _until(what: str, check: Callable[[], Awaitable[bool]], within_s: float = 60) -> None:
+    deadline = time.monotonic() + within_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+def _metric(text: str, name: str) -> int:
+    match = re.search(rf"^voice_gateway_{name} (\d+)$", text, re.MULTILINE)
+    assert match is not None, name
+    return int(match.group(1))
+
+
+async def _answered(call: SimulatedTwilioCall, text: str) -> None:
+    """The caller says `text` and the agent answers it to the end."""
+    call.say(espeak_mulaw(text))
+    await call.wait_said()
+    await call.wait_agent_audio(within_s=30)
+    await call.wait_agent_silent(within_s=60)
+
+
+async def _stored(http: httpx.AsyncClient, gateway: GatewayProcess, call_id: str) -> Any:
+    response = await http.get(f"/calls/{call_id}", headers={"x-api-key": gateway.api_key})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_a_call_outlives_its_database_for_a_while(tmp_path: Path) -> None:
+    database = embedded_ferretdb(tmp_path / "ferretdb")
+    await asyncio.to_thread(database.start)
+    try:
+        with run_gateway(database.url, tmp_path, {"CALL_WRITE_OUTAGE_S": "120"}) as gateway:
+            async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+                call = _phone(gateway)
+                await call.start(http)
+                try:
+                    await call.wait_agent_audio(within_s=15)
+                    await call.wait_agent_silent()
+                    await asyncio.to_thread(database.stop)  # the database goes away
+
+                    # The conversation goes on: a question answered ...
+                    await _answered(call, "What are your opening hours?")
+                    # ... and a barge-in over a long answer, all while the database is away.
+                    call.say(espeak_mulaw("I would like to book an appointment."))
+                    await call.wait_said()
+                    await call.wait_agent_audio(within_s=30)
+                    await asyncio.sleep(1.0)
+                    call.say(espeak_mulaw("Yes please."))
+                    await _until("a clear", lambda: asyncio.sleep(0, bool(call.log.clears)), 30)
+                    await call.wait_said()
+                    await call.wait_agent_audio(within_s=30)
+                    await call.wait_agent_silent(within_s=60)
+
+                    health = await http.get("/health")
+                    assert health.status_code == 200
+                    assert health.json()["database"] == "unavailable"
+                    assert (await http.get("/ready")).status_code == 503
+
+                    await asyncio.to_thread(database.start)  # ... and comes back
+                    await _until(
+                        "ready again",
+                        lambda: _status_is(http, "/ready", 200),
+                        within_s=60,
+                    )
+                    assert (await http.get("/health")).json()["database"] == "ok"
+                    await _answered(call, "How much does it cost?")
+                    await call.stop()
+                    assert call.log.close_code == 1000
+                finally:
+                    await call.aclose()
+
+                assert call.call_id is not None
+                stored = await _stored(http, gateway, call.call_id)
+                metrics = (await http.get("/metrics")).text
+        log = gateway.log_text()
+    finally:
+        await asyncio.to_thread(database.stop)
+
+    assert (stored["status"], stored["end_reason"]) == ("completed", "caller-hung-up")
+    turns = stored["transcript"]
+    said = [(t["speaker"], t["text"]) for t in turns]
+    assert [s for s, _ in said] == ["agent", "caller"] * 4 + ["agent"], said
+    assert "hours" in said[1][1].lower() and said[2][1].startswith("We are open")
+    assert "book" in said[3][1].lower() and turns[4]["interrupted"] is True
+    assert said[6][1].startswith("Great")
+    assert "cost" in said[7][1].lower() and said[8][1].startswith("A standard visit")
+    assert [t["index"] for t in turns] == list(range(len(turns)))
+    starts = [t["start_ms"] for t in turns]
+    assert starts == sorted(starts)
+    assert _metric(metrics, "calls_active") == 0
+    assert "Task exception was never retrieved" not in log
+    assert "agent reply failed" not in log
+
+
+async def _status_is(http: httpx.AsyncClient, path: str, code: int) -> bool:
+    try:
+        return (await http.get(path)).status_code == code
+    except httpx.TransportError:
+        return False
+
+
+async def test_s3_stalled_at_hang_up_neither_holds_the_call_nor_loses_it(
+    mongo_url: str, tmp_path: Path
+) -> None:
+    with run_s3_server(tmp_path) as s3, run_webhook_receiver() as receiver:
+        assert s3.pid is not None
+        bucket = new_bucket(s3)
+        env = {
+            **recording_env(s3, bucket),
+            "RECORDING_FINISH_TIMEOUT_S": "3",
+            "CALL_LEASE_S": "3",
+        }
+        with run_gateway(mongo_url, tmp_path, env) as gateway:
+            headers = {"x-api-key": gateway.api_key}
+            async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+                created = await http.post(
+                    "/assistants", json=assistant_body(receiver.url, NUMBER), headers=headers
+                )
+                assert created.status_code == 201, created.text
+                call = _phone(gateway)
+                await call.start(http)
+                try:
+                    await call.wait_agent_audio(within_s=15)
+                    await call.wait_agent_silent()
+                    await _answered(call, "What are your opening hours?")
+                    os.kill(s3.pid, signal.SIGSTOP)  # S3 stalls as the caller hangs up
+                    try:
+                        await call.stop()  # the socket closes without waiting for S3
+                        assert call.call_id is not None
+                        call_id = call.call_id
+
+                        async def finished() -> bool:
+                            return (await _stored(http, gateway, call_id))["ended_at"] is not None
+
+                        await _until("the call finished", finished, within_s=30)
+                        # Three leases later it is still the caller's normal hang-up.
+                        await asyncio.sleep(9)
+                        stored = await _stored(http, gateway, call_id)
+                        assert (stored["status"], stored["end_reason"]) == (
+                            "completed",
+                            "caller-hung-up",
+                        ), stored
+                    finally:
+                        os.kill(s3.pid, signal.SIGCONT)
+                finally:
+                    await call.aclose()
+                [report] = await asyncio.to_thread(receiver.wait_accepted, 1, within_s=120)
+                body = report.json()["call"]
+                download = await http.get(body["recording_url"])
+        log = gateway.log_text()
+    assert (body["status"], body["end_reason"]) == ("completed", "caller-hung-up")
+    assert body["recording"]["status"] == "complete", body["recording"]
+    assert download.status_code == 200 and len(download.content) > 44
+    assert [t["speaker"] for t in body["transcript"]] == ["agent", "caller", "agent"]
+    assert "finished a call whose gateway stopped" not in log
+
+
+async def test_completed_callback_racing_the_streams_end_keeps_every_turn(
+    mongo_url: str, tmp_path: Path
+) -> None:
+    with run_webhook_receiver() as receiver:
+        env = {"WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]', "WEBHOOK_RETRY_BASE_S": "0.2"}
+        with run_gateway(mongo_url, tmp_path, env) as gateway:
+            headers = {"x-api-key": gateway.api_key}
+            async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+                created = await http.post(
+                    "/assistants", json=assistant_body(receiver.url, NUMBER), headers=headers
+                )
+                assert created.status_code == 201, created.text
+                call = _phone(gateway)
+                await call.start(http)
+                try:
+                    await call.wait_agent_audio(within_s=15)
+                    await call.wait_agent_silent()
+                    await _answered(call, "What are your opening hours?")
+                    call.say(espeak_mulaw("I would like to book an appointment."))
+                    await call.wait_said()
+                    await call.wait_agent_audio(within_s=30)
+                    # The carrier's `completed` arrives while the agent still speaks ...
+                    form = {
+                        "AccountSid": call.account_sid,
+                        "CallSid": call.call_sid,
+                        "CallStatus": "completed",
+                        "CallDuration": "12",
+                    }
+                    url = gateway.base_url + "/twilio/status"
+                    signature = TwilioSignatureValidator(gateway.auth_token).sign(url, form)
+                    answer = await http.post(
+                        "/twilio/status", data=form, headers={"X-Twilio-Signature": signature}
+                    )
+                    assert answer.status_code == 204
+                    await asyncio.sleep(1.0)
+                    await call.stop()  # ... and the stream's `stop` after it
+                finally:
+                    await call.aclose()
+                [report] = await asyncio.to_thread(receiver.wait_accepted, 1, within_s=60)
+                assert call.call_id is not None
+                stored = await _stored(http, gateway, call.call_id)
+    sent = report.json()["call"]
+    said = [(t["speaker"], t["text"]) for t in sent["transcript"]]
+    assert said == [(t["speaker"], t["text"]) for t in stored["transcript"]]
+    assert [s for s, _ in said] == ["agent", "caller", "agent", "caller", "agent"], said
+    assert sent["transcript"][-1]["interrupted"] is True
+    assert sent["status"] == stored["status"] == "completed"
+    assert sent["end_reason"] == stored["end_reason"]
