@@ -63,6 +63,10 @@ class CallRecording(Protocol):
 
     def start(self) -> None: ...
 
+    async def started(self) -> None:
+        """Wait until its state says it is being recorded (or failed to start)."""
+        ...
+
     async def finish(self) -> object: ...
 
 
@@ -281,6 +285,8 @@ class CallLifecycle:
                 await _step("closing the transport", _sync(self._transport.close))
             await _step("stopping the call's tasks", self._stop_tasks)
             await _step("storing the call's writes", self._writes.drain)
+            if self._recording is not None:  # stored as in progress: the report waits for it
+                await _step("registering the recording", self._recording_started)
             if await _step("finishing the call", lambda: self._finish(ending)):
                 log.info(
                     "call ended", extra={"reason": ending.reason, "status": str(ending.status)}
@@ -333,6 +339,14 @@ class CallLifecycle:
                 log.warning("finishing the call failed, retrying: %r", exc)
                 await asyncio.sleep(delay)
                 delay = min(policy.retry_cap_s, delay * 2)
+
+    async def _recording_started(self) -> None:
+        assert self._recording is not None
+        try:
+            async with asyncio.timeout(self._rt.recording_finish_timeout_s):
+                await self._recording.started()
+        except TimeoutError:
+            log.warning("the recording had not started when the call ended")
 
     async def _finish_recording(self) -> None:
         """Complete the recording, bounded: past the bound its upload is left open for the
