@@ -75,7 +75,9 @@ class CallWrites:
         return self._given_up is not None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"writes-{self._call_id}")
+        """Start the writer (once; `submit` starts it if nobody did)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"writes-{self._call_id}")
 
     def submit(
         self,
@@ -95,6 +97,7 @@ class CallWrites:
         self._queue.append(item)
         self._idle.clear()
         self._wakeup.set()
+        self.start()
 
     async def drain(self) -> bool:
         """Wait until every write submitted so far is stored (True) or given up (False)."""

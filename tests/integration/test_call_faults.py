@@ -12,6 +12,7 @@ import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
+from storage import CallStatus, Database, Direction, NewCall, new_turn_id
 from telephony.twilio import TwilioSignatureValidator
 from tests.ferretdb_server import embedded_ferretdb
 from tests.s3_server import run_s3_server
@@ -124,7 +126,6 @@ async def test_a_call_outlives_its_database_for_a_while(tmp_path: Path) -> None:
     assert "book" in said[3][1].lower() and turns[4]["interrupted"] is True
     assert said[6][1].startswith("Great")
     assert "open" in said[7][1].lower() and said[8][1].startswith("We are open")
-    assert [t["index"] for t in turns] == list(range(len(turns)))
     starts = [t["start_ms"] for t in turns]
     assert starts == sorted(starts)
     assert _metric(metrics, "calls_active") == 0
@@ -217,14 +218,7 @@ async def test_completed_callback_racing_the_streams_end_keeps_every_turn(
                     await call.wait_said()
                     await call.wait_agent_audio(within_s=30)
                     # The carrier's `completed` arrives while the agent still speaks ...
-                    form = {
-                        "AccountSid": call.account_sid,
-                        "CallSid": call.call_sid,
-                        "CallStatus": "completed",
-                        "CallDuration": "12",
-                    }
-                    url = gateway.base_url + "/twilio/status"
-                    signature = TwilioSignatureValidator(gateway.auth_token).sign(url, form)
+                    form, signature = _completed(gateway, call, gateway.auth_token)
                     answer = await http.post(
                         "/twilio/status", data=form, headers={"X-Twilio-Signature": signature}
                     )
@@ -243,3 +237,107 @@ async def test_completed_callback_racing_the_streams_end_keeps_every_turn(
     assert sent["transcript"][-1]["interrupted"] is True
     assert sent["status"] == stored["status"] == "completed"
     assert sent["end_reason"] == stored["end_reason"]
+
+
+def _completed(
+    gateway: GatewayProcess, call: SimulatedTwilioCall, auth_token: str
+) -> tuple[dict[str, str], str]:
+    """Twilio's signed `completed` status callback for `call`, as `gateway` receives it."""
+    form = {
+        "AccountSid": call.account_sid,
+        "CallSid": call.call_sid,
+        "CallStatus": "completed",
+        "CallDuration": "12",
+    }
+    url = gateway.base_url + "/twilio/status"
+    return form, TwilioSignatureValidator(auth_token).sign(url, form)
+
+
+async def test_completed_callback_at_another_gateway_leaves_the_call_to_its_own(
+    mongo_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with run_webhook_receiver() as receiver:
+        env: dict[str, str | None] = {
+            "WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
+            "WEBHOOK_RETRY_BASE_S": "0.2",
+        }
+        with run_gateway(mongo_url, tmp_path / "a", env) as serving:
+            same = {
+                **env,
+                "MONGODB_DB": serving.db_name,
+                "TWILIO_AUTH_TOKEN": serving.auth_token,
+                "GATEWAY_API_KEY": serving.api_key,
+            }
+            with run_gateway(mongo_url, tmp_path / "b", same) as other:
+                headers = {"x-api-key": serving.api_key}
+                async with httpx.AsyncClient(base_url=serving.base_url, timeout=10) as http:
+                    created = await http.post(
+                        "/assistants", json=assistant_body(receiver.url, NUMBER), headers=headers
+                    )
+                    assert created.status_code == 201, created.text
+                    call = _phone(serving)
+                    await call.start(http)
+                    try:
+                        await call.wait_agent_audio(within_s=15)
+                        await call.wait_agent_silent()
+                        await _answered(call, "What are your opening hours?")
+                        call.say(espeak_mulaw("I would like to book an appointment."))
+                        await call.wait_said()
+                        await call.wait_agent_audio(within_s=30)
+                        # The balancer hands Twilio's `completed` to the other gateway ...
+                        form, signature = _completed(other, call, serving.auth_token)
+                        answer = await http.post(
+                            other.base_url + "/twilio/status",
+                            data=form,
+                            headers={"X-Twilio-Signature": signature},
+                        )
+                        assert answer.status_code == 204
+                        await asyncio.sleep(1.0)
+                        await call.stop()  # ... and the stream's `stop` reaches its own
+                    finally:
+                        await call.aclose()
+                    [report] = await asyncio.to_thread(receiver.wait_accepted, 1, within_s=60)
+                    assert call.call_id is not None
+                    stored = await _stored(http, serving, call.call_id)
+    sent = report.json()["call"]
+    said = [(t["speaker"], t["text"]) for t in sent["transcript"]]
+    assert said == [(t["speaker"], t["text"]) for t in stored["transcript"]]
+    assert [s for s, _ in said] == ["agent", "caller", "agent", "caller", "agent"], said
+    # The gateway that served the stream finished it, with what it saw.
+    assert (sent["status"], sent["end_reason"]) == ("completed", "caller-hung-up")
+    assert (stored["status"], stored["end_reason"]) == ("completed", "caller-hung-up")
+
+
+async def test_the_carrier_end_and_a_retried_turn_are_each_stored_once(
+    database: Database,
+) -> None:
+    calls = database.calls
+    call = await calls.create_call(
+        NewCall(
+            org_id=None, transport="twilio", call_sid="CA1", from_number="+15550001111",
+            to_number="+15550002222", direction=Direction.INBOUND,
+        ),
+        started_at=datetime.now(UTC),
+    )  # fmt: skip
+    at = datetime.now(UTC)
+    await calls.record_carrier_end(
+        call.id, status=CallStatus.COMPLETED, reason="twilio-completed", at=at
+    )
+    await calls.record_carrier_end(call.id, status=CallStatus.BUSY, reason="twilio-busy", at=at)
+    assert await calls.carrier_end(call.id) == (CallStatus.COMPLETED, "twilio-completed")
+    assert await calls.carrier_end("nope") is None
+    # A turn whose insert landed but whose answer was lost is tried again: stored once.
+    turn_id = new_turn_id()
+    first = await calls.add_turn(
+        call.id, speaker="caller", text="hi", start_ms=0, end_ms=1, turn_id=turn_id
+    )
+    again = await calls.add_turn(
+        call.id, speaker="caller", text="hi", start_ms=0, end_ms=1, turn_id=turn_id
+    )
+    after = await calls.add_turn(call.id, speaker="agent", text="hello", start_ms=2, end_ms=3)
+    assert first.id == again.id == turn_id and first.index == again.index == 0
+    stored = await calls.get_call(call.id)
+    assert [(t.index, t.text) for t in stored.turns] == [(0, "hi"), (1, "hello")]
+    assert after.index == 1
