@@ -137,6 +137,7 @@ class LostCallSweeper:
         lease_s: float,
         metrics: GatewayMetrics,
         on_lost: Callable[[CallRecord], Awaitable[None]],
+        own_ending: Callable[[str], tuple[CallStatus, str] | None] = lambda call_id: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -146,6 +147,7 @@ class LostCallSweeper:
         self._lease_s = lease_s
         self._metrics = metrics
         self._on_lost = on_lost
+        self._own_ending = own_ending  # how a call ended here whose final write failed
         self._clock = clock
         # gateway id -> (its last beat as read, when this sweeper first read that beat)
         self._seen: dict[str, tuple[datetime | None, float]] = {}
@@ -182,9 +184,12 @@ class LostCallSweeper:
         ]
         finished = []
         for call in lost:
-            # The carrier may have said how the call ended while its gateway still served it.
-            carrier = await self._store.carrier_end(call.id)
-            status, reason = carrier if carrier is not None else (CallStatus.FAILED, LOST_REASON)
+            # How it ended, if known: here (its final write failed), or as the carrier said
+            # while its gateway still served it.
+            known = self._own_ending(call.id) if call.served_by == self._me else None
+            if known is None:
+                known = await self._store.carrier_end(call.id)
+            status, reason = known if known is not None else (CallStatus.FAILED, LOST_REASON)
             stored = await self._store.finish_call(
                 call.id, status=status, end_reason=reason, ended_at=datetime.now(UTC)
             )

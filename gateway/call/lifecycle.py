@@ -110,6 +110,9 @@ class LiveCalls:
     def __init__(self, gateway_id: str) -> None:
         self.gateway_id = gateway_id
         self._calls: dict[str, CallLifecycle] = {}
+        # Calls that ended here but whose final write failed (the database was away): how
+        # they ended, for this gateway's sweeper to store once the database is back.
+        self._unfinished: dict[str, CallEnding] = {}
 
     def serving(self, call_id: str) -> bool:
         return call_id in self._calls
@@ -120,6 +123,15 @@ class LiveCalls:
 
     def add(self, call: CallLifecycle) -> None:
         self._calls[call.call.id] = call
+
+    def left_unfinished(self, call_id: str, ending: CallEnding) -> None:
+        self._unfinished[call_id] = ending
+
+    def unfinished_ending(self, call_id: str) -> tuple[CallStatus, str] | None:
+        """How a call that ended here but is not finished in the database ended (kept: a
+        few bytes per such call, only while the database was away)."""
+        ending = self._unfinished.get(call_id)
+        return (ending.status, ending.reason) if ending is not None else None
 
     def discard(self, call: CallLifecycle) -> None:
         if self._calls.get(call.call.id) is call:
@@ -291,7 +303,8 @@ class CallLifecycle:
                 log.info(
                     "call ended", extra={"reason": ending.reason, "status": str(ending.status)}
                 )
-            else:  # the sweeper of this gateway finishes it (as lost) once it can
+            else:  # this gateway's sweeper finishes it so once the database is back
+                self._rt.live.left_unfinished(self.call.id, ending)
                 log.error(
                     "the call is not finished in the database", extra={"reason": ending.reason}
                 )

@@ -4,6 +4,7 @@ database is in tests/integration/test_two_gateways.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -133,6 +134,24 @@ async def test_a_lost_call_the_carrier_said_had_ended_is_finished_as_the_carrier
     [finished] = await sweeper.sweep()
     assert (finished.status, finished.end_reason) == (CallStatus.COMPLETED, "twilio-completed")
     assert lost == ["c1"]
+
+
+async def test_a_call_that_ended_here_but_was_not_stored_is_finished_as_it_ended() -> None:
+    store, clock = Store(), Clock()
+    store.calls["mine"] = _call("mine", ME)  # ended here; its final write failed
+    sweeper = LostCallSweeper(
+        store=store,  # type: ignore[arg-type]
+        leases=store,  # type: ignore[arg-type]
+        gateway_id=ME,
+        serving=lambda call_id: False,
+        lease_s=LEASE_S,
+        metrics=GatewayMetrics(),
+        on_lost=lambda call: asyncio.sleep(0),
+        own_ending={"mine": (CallStatus.FAILED, "storage-unavailable")}.get,
+        clock=clock,
+    )
+    [finished] = await sweeper.sweep()
+    assert (finished.status, finished.end_reason) == (CallStatus.FAILED, "storage-unavailable")
 
 
 async def test_a_gateway_with_no_heartbeat_is_judged_over_a_lease_too() -> None:
