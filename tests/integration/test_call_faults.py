@@ -7,6 +7,7 @@ callback arrives while the stream still has turns to store."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -131,6 +132,56 @@ async def test_a_call_outlives_its_database_for_a_while(tmp_path: Path) -> None:
     assert _metric(metrics, "calls_active") == 0
     assert "Task exception was never retrieved" not in log
     assert "agent reply failed" not in log
+
+
+async def test_a_database_that_stays_away_ends_the_call_politely(tmp_path: Path) -> None:
+    database = embedded_ferretdb(tmp_path / "ferretdb")
+    await asyncio.to_thread(database.start)
+    try:
+        env = {"CALL_WRITE_OUTAGE_S": "4", "CALL_LEASE_S": "3"}
+        with run_gateway(database.url, tmp_path, env) as gateway:
+            async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+                call = _phone(gateway)
+                await call.start(http)
+                try:
+                    await call.wait_agent_audio(within_s=15)
+                    await call.wait_agent_silent()
+                    await asyncio.to_thread(database.stop)
+                    call.say(espeak_mulaw("What are your opening hours?"))
+                    await call.wait_said()
+                    # The agent answers, then says goodbye and the call ends on its own.
+                    await call.wait_closed(within_s=90)
+                    assert call.log.close_code == 1000
+                finally:
+                    await call.aclose()
+                assert call.call_id is not None
+                call_id = call.call_id
+                await asyncio.to_thread(database.start)
+
+                async def finished() -> bool:
+                    try:
+                        return (await _stored(http, gateway, call_id))["ended_at"] is not None
+                    except (AssertionError, httpx.TransportError):
+                        return False
+
+                await _until("the call finished once the database is back", finished, 60)
+                stored = await _stored(http, gateway, call_id)
+                metrics = (await http.get("/metrics")).text
+        log = gateway.log_text()
+    finally:
+        await asyncio.to_thread(database.stop)
+    assert (stored["status"], stored["end_reason"]) == ("failed", "storage-unavailable")
+    assert [t["speaker"] for t in stored["transcript"]] == ["agent"]  # said before it went
+    assert _metric(metrics, "calls_active") == 0
+    unwritten = [
+        json.loads(line)
+        for line in log.splitlines()
+        if '"not stored: the call' in line and call_id in line
+    ]
+    turns = [entry["unwritten"] for entry in unwritten if entry.get("unwritten")]
+    assert [turn["speaker"] for turn in turns][:2] == ["caller", "agent"], turns
+    assert "hours" in str(turns[0]["text"]).lower(), turns
+    assert "Task exception was never retrieved" not in log
 
 
 async def _status_is(http: httpx.AsyncClient, path: str, code: int) -> bool:
