@@ -100,6 +100,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
 
     routes = [
         Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
@@ -127,7 +128,24 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
 
 
 async def health(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+    """Liveness: 200 while the process serves; `database` says whether MongoDB answers."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:  # before the lifespan opened the database
+        return JSONResponse({"status": "ok", "database": "unavailable"})
+    up = await services.database_probe.up()
+    return JSONResponse({"status": "ok", "database": "ok" if up else "unavailable"})
+
+
+async def ready(request: Request) -> JSONResponse:
+    """Readiness, for balancers: 503 while the database does not answer."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None or not await services.database_probe.up():
+        return JSONResponse(
+            {"status": "not-ready", "database": "unavailable"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    return JSONResponse({"status": "ready", "database": "ok"})
 
 
 async def metrics(request: Request) -> PlainTextResponse:
@@ -146,9 +164,20 @@ _PUBLIC_PATHS: dict[str, Any] = {
     "/health": {
         "get": {
             "operationId": "health",
-            "summary": "Liveness",
+            "summary": "Liveness, and whether the database answers (`database`: ok/unavailable)",
             "tags": ["ops"],
             "responses": {"200": {"description": "The gateway is up"}},
+        }
+    },
+    "/ready": {
+        "get": {
+            "operationId": "ready",
+            "summary": "Readiness for balancers: not ready while the database does not answer",
+            "tags": ["ops"],
+            "responses": {
+                "200": {"description": "Ready to take calls"},
+                "503": {"description": "The database does not answer (Retry-After is set)"},
+            },
         }
     },
     "/metrics": {

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
 from gateway.call.session import SessionConfig
+from gateway.call.writes import WritePolicy
 from gateway.livekit.room import LiveKitRooms
 from gateway.metrics import GatewayMetrics
 from gateway.providers.base import Providers
 from gateway.providers.catalog import ProviderCatalog
 from gateway.providers.registry import build_default_providers
+from gateway.readiness import DatabaseProbe
 from gateway.recording.bucket import RecordingBucket
 from gateway.settings import Settings
 from storage import CallRecord, CallStatus, Database, HeartbeatWriter
@@ -51,6 +53,7 @@ class Services:
     outbox: WebhookOutbox
     ssrf_guard: SsrfGuard
     recordings: RecordingBucket | None  # None: S3_BUCKET unset, nothing is recorded
+    database_probe: DatabaseProbe  # /health and /ready
 
 
 def build_services(
@@ -98,6 +101,12 @@ def build_services(
         reports=outbox,
         live=live,
         recordings_enabled=recordings is not None,
+        writes=WritePolicy(
+            attempt_timeout_s=settings.call_write_timeout_s,
+            outage_s=settings.call_write_outage_s,
+            max_pending=settings.call_write_queue_max,
+        ),
+        recording_finish_timeout_s=settings.recording_finish_timeout_s,
     )
     livekit = livekit_admin(settings)
     rooms = LiveKitRooms(runtime, livekit, database, settings) if livekit is not None else None
@@ -118,6 +127,7 @@ def build_services(
         lease_s=settings.call_lease_s,
         metrics=metrics,
         on_lost=lost,
+        own_ending=live.unfinished_ending,
     )
     twilio = TwilioServices(
         validator=TwilioSignatureValidator(settings.twilio_auth_token.get_secret_value()),
@@ -137,6 +147,9 @@ def build_services(
         outbox=outbox,
         ssrf_guard=guard,
         recordings=recordings,
+        database_probe=DatabaseProbe(
+            database.ping, timeout_s=settings.ready_ping_timeout_s, cache_s=settings.ready_cache_s
+        ),
     )
 
 

@@ -156,6 +156,21 @@ class Settings(BaseSettings):
     # gateway died is finished as `gateway-lost` by any gateway once it expires.
     call_lease_s: float = Field(default=30.0, ge=1.0)
 
+    # A call's turn and state writes go through a queue of its own, beside the conversation:
+    # each attempt is bounded by `call_write_timeout_s` and retried; when the database has
+    # refused them for `call_write_outage_s`, or more than `call_write_queue_max` wait, the
+    # agent says goodbye and the call ends (`storage-unavailable`), the unwritten logged.
+    call_write_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    call_write_outage_s: float = Field(default=30.0, gt=0)
+    call_write_queue_max: int = Field(default=200, ge=8, le=100_000)
+    # How long hang-up waits for the recorder to complete its upload before the call's
+    # socket closes anyway; an upload left open is salvaged by the outbox after
+    # `recording_grace_s` (keep the grace longer than this).
+    recording_finish_timeout_s: float = Field(default=10.0, gt=0)
+    # /ready pings the database with this bound and keeps the answer this long.
+    ready_ping_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    ready_cache_s: float = Field(default=1.0, ge=0, le=60)
+
     # Offline recognisers loaded at start; more load on demand (~35 ms each).
     stt_prewarm: int = Field(default=4, ge=0, le=256)
 

@@ -5,7 +5,7 @@ The only package that knows the driver; beanie documents never leave it.
 
 from storage.accounts import AccountRepository, hash_api_key, new_api_key
 from storage.assistants import AssistantRepository
-from storage.calls import CallRepository, CallStore
+from storage.calls import CallRepository, CallStore, new_turn_id
 from storage.claims import ClaimRepository
 from storage.database import Database, open_database
 from storage.deliveries import Attempt, DeliveryRecord, DeliveryStatus, WebhookRepository
@@ -103,6 +103,7 @@ __all__ = [
     "ferretdb_binary",
     "hash_api_key",
     "new_api_key",
+    "new_turn_id",
     "normalize_e164",
     "open_database",
     "redact_credentials",

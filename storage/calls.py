@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import json
 import math
@@ -19,6 +20,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from beanie import PydanticObjectId, SortDirection
 from bson.errors import InvalidId
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DocumentTooLarge, DuplicateKeyError, PyMongoError
 
 from storage.documents import CallDocument, TurnDocument
@@ -79,6 +81,7 @@ class CallStore(Protocol):
         end_ms: float,
         interrupted: bool = False,
         latency: Mapping[str, float] | None = None,
+        turn_id: str | None = None,
     ) -> TurnRecord: ...
     async def update_turn(
         self, turn_id: str, *, text: str, end_ms: float, interrupted: bool
@@ -92,6 +95,10 @@ class CallStore(Protocol):
         ended_at: datetime,
         usage: Mapping[str, int] | None = None,
     ) -> CallRecord: ...
+    async def record_carrier_end(
+        self, call_id: str, *, status: CallStatus, reason: str, at: datetime
+    ) -> None: ...
+    async def carrier_end(self, call_id: str) -> tuple[CallStatus, str] | None: ...
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord: ...
     async def get_call_by_sid(self, call_sid: str) -> CallRecord | None: ...
     async def list_calls(
@@ -112,6 +119,15 @@ def call_write_lock(call_id: str) -> asyncio.Lock:
     if lock is None:
         lock = _call_locks[call_id] = asyncio.Lock()
     return lock
+
+
+def _carrier_ends() -> AsyncCollection[dict[str, Any]]:
+    return CallDocument.get_pymongo_collection().database["carrier_ends"]
+
+
+def new_turn_id() -> str:
+    """An id for a turn not stored yet: a write retried with it is stored once."""
+    return str(PydanticObjectId())
 
 
 def _object_id(value: str, *, what: str) -> PydanticObjectId:
@@ -372,13 +388,17 @@ class CallRepository:
         end_ms: float,
         interrupted: bool = False,
         latency: Mapping[str, float] | None = None,
+        turn_id: str | None = None,
     ) -> TurnRecord:
-        """Store one turn at the call's next position: a single insert."""
+        """Store one turn at the call's next position: a single insert. With `turn_id`
+        (`new_turn_id()`) a retry of a write whose answer was lost stores nothing twice."""
+        oid = _object_id(turn_id, what="turn") if turn_id is not None else None
         for _ in range(3):
             if call_id not in self._next_index:
                 self._next_index[call_id] = await self._stored_next_index(call_id)
             index = self._next_index[call_id]
             doc = TurnDocument(
+                id=oid,
                 call_id=call_id,
                 index=index,
                 speaker=speaker,
@@ -392,6 +412,10 @@ class CallRepository:
             try:
                 await doc.insert()
             except DuplicateKeyError:
+                if oid is not None and (stored := await TurnDocument.get(oid)) is not None:
+                    # An earlier attempt was stored although its answer never came.
+                    self._next_index[call_id] = max(index, stored.index + 1)
+                    return _turn_record(stored)
                 # Another writer took this position: read the stored turns again.
                 self._next_index.pop(call_id, None)
                 continue
@@ -462,6 +486,25 @@ class CallRepository:
                     }
                 },
             )
+
+    @_driver_errors
+    async def record_carrier_end(
+        self, call_id: str, *, status: CallStatus, reason: str, at: datetime
+    ) -> None:
+        """The carrier says the call ended while a gateway still serves it. Kept beside the
+        call, one insert by `_id` (the first is kept), never a rewrite of the call's
+        document: FerretDB 1.24 rewrites a document whole, so an update here could undo the
+        finish its serving gateway writes at the same moment."""
+        with contextlib.suppress(DuplicateKeyError):
+            await _carrier_ends().insert_one(
+                {"_id": call_id, "status": status.value, "reason": reason, "at": _stored_time(at)}
+            )
+
+    @_driver_errors
+    async def carrier_end(self, call_id: str) -> tuple[CallStatus, str] | None:
+        """The carrier's end of the call, if one was recorded (`record_carrier_end`)."""
+        doc = await _carrier_ends().find_one({"_id": call_id})
+        return (CallStatus(doc["status"]), str(doc["reason"])) if doc is not None else None
 
     @_driver_errors
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord:

@@ -77,6 +77,13 @@ class Database:
         self.claims = ClaimRepository()
         self.numbers = PhoneNumberRepository()
 
+    async def ping(self) -> None:
+        """One round trip to the server (bound it with a timeout); `StorageError` if refused."""
+        try:
+            await self._client.admin.command("ping")
+        except PyMongoError as exc:
+            raise StorageError(f"the database does not answer: {exc}") from exc
+
     async def close(self) -> None:
         try:
             await self._client.close()

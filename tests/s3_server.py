@@ -29,6 +29,7 @@ class S3Server:
     access_key_id: str = "test-access-key"
     secret_access_key: str = "test-secret-key"
     region: str = "us-east-1"
+    pid: int | None = None  # the server process (tests that stall it send SIGSTOP)
 
     def client(self) -> Any:
         return boto3.client(
@@ -69,7 +70,7 @@ def run_s3_server(
         )
     try:
         wait_port(port, proc, log_path, "moto_server")
-        yield S3Server(endpoint_url=f"http://127.0.0.1:{port}")
+        yield S3Server(endpoint_url=f"http://127.0.0.1:{port}", pid=proc.pid)
     finally:
         proc.terminate()
         try:

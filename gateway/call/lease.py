@@ -6,7 +6,8 @@ written from a thread with its own connection, so however busy the event loop is
 calls keep their lease; it stops only when the event loop itself stops turning, or the
 process dies.
 
-`LostCallSweeper`, in every gateway, finishes a call as `failed` / `gateway-lost` once its
+`LostCallSweeper`, in every gateway, finishes a call as `failed` / `gateway-lost` (or as the
+carrier said it ended, if a status callback recorded that while it was served) once its
 gateway's heartbeat has not changed for a whole lease, as this sweeper saw it on its own
 clock: no two machines' clocks are compared, a gateway that just started (or could not read
 the database) waits one lease before it judges anyone, and a sweeper never finishes a call
@@ -136,6 +137,7 @@ class LostCallSweeper:
         lease_s: float,
         metrics: GatewayMetrics,
         on_lost: Callable[[CallRecord], Awaitable[None]],
+        own_ending: Callable[[str], tuple[CallStatus, str] | None] = lambda call_id: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -145,6 +147,7 @@ class LostCallSweeper:
         self._lease_s = lease_s
         self._metrics = metrics
         self._on_lost = on_lost
+        self._own_ending = own_ending  # how a call ended here whose final write failed
         self._clock = clock
         # gateway id -> (its last beat as read, when this sweeper first read that beat)
         self._seen: dict[str, tuple[datetime | None, float]] = {}
@@ -181,13 +184,16 @@ class LostCallSweeper:
         ]
         finished = []
         for call in lost:
+            # How it ended, if known: here (its final write failed), or as the carrier said
+            # while its gateway still served it.
+            known = self._own_ending(call.id) if call.served_by == self._me else None
+            if known is None:
+                known = await self._store.carrier_end(call.id)
+            status, reason = known if known is not None else (CallStatus.FAILED, LOST_REASON)
             stored = await self._store.finish_call(
-                call.id,
-                status=CallStatus.FAILED,
-                end_reason=LOST_REASON,
-                ended_at=datetime.now(UTC),
+                call.id, status=status, end_reason=reason, ended_at=datetime.now(UTC)
             )
-            if stored.end_reason != LOST_REASON:
+            if stored.end_reason != reason:
                 continue  # its own gateway finished it after all, while this round read
             finished.append(stored)
             self._metrics.calls_lost_total += 1

@@ -4,9 +4,16 @@ carrier (a Twilio media stream, a LiveKit room).
 A carrier supplies a `CallLeg` (how the call is recorded, its transport, how the leg is
 closed) and feeds the caller's events in. The lifecycle does the rest, once: lease ->
 plan -> recorder -> transport -> `CallSession` -> maximum duration -> end exactly once
-(whichever asks first: the caller, the agent, the carrier, the clock, shutdown) -> the
-stored call finished, its report owed and the outbox poked -> the leg closed -> the lease
-released.
+(whichever asks first: the caller, the agent, the carrier, the clock, shutdown, the
+database staying away) -> the call's queued writes stored -> the stored call finished, its
+report owed and the outbox poked -> the recording completed (bounded: an upload left open
+is salvaged by the outbox) -> the leg closed -> the lease released. The lease (the call's
+place in `LiveCalls`, which keeps every sweeper off it) is held until the call is finished
+in the database. Each step of the end runs even if one before it failed.
+
+The call's turns and state go through its `CallWrites` (a bounded queue, one writer): the
+conversation never waits for the database. If the database stays away past the write
+policy's bound, the agent says a short goodbye and the call ends `storage-unavailable`.
 
 Order of calls: `take()` when the gateway takes the call (it holds this gateway's lease
 from then on); `answer()` once the caller is there (the agent greets); `on_audio()` /
@@ -20,21 +27,25 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Coroutine
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from audio.frames import AudioFrame
 from gateway.call.plan import plan_call
 from gateway.call.session import CallSession, SessionConfig
 from gateway.call.transport import CallTransport
+from gateway.call.writes import CallWrites, WritePolicy
 from gateway.logs import call_id_var
 from gateway.metrics import GatewayMetrics
 from gateway.providers.catalog import ProviderCatalog
-from storage import AssistantRepository, CallRecord, CallStatus, CallStore
+from storage import AssistantRepository, CallRecord, CallStatus, CallStore, StorageError
 
 log = logging.getLogger(__name__)
+
+STORAGE_UNAVAILABLE = "storage-unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +57,15 @@ class CallEnding:
 
 
 class CallRecording(Protocol):
-    """A call's recording: started when the call is answered, finished before its final
-    write (so the report has it); neither raises for a store that fails."""
+    """A call's recording: started when the call is answered, finished after its final
+    write, within a bound (the report waits for a recording still being completed);
+    neither raises for a store that fails."""
 
     def start(self) -> None: ...
+
+    async def started(self) -> None:
+        """Wait until its state says it is being recorded (or failed to start)."""
+        ...
 
     async def finish(self) -> object: ...
 
@@ -94,12 +110,28 @@ class LiveCalls:
     def __init__(self, gateway_id: str) -> None:
         self.gateway_id = gateway_id
         self._calls: dict[str, CallLifecycle] = {}
+        # Calls that ended here but whose final write failed (the database was away): how
+        # they ended, for this gateway's sweeper to store once the database is back.
+        self._unfinished: dict[str, CallEnding] = {}
 
     def serving(self, call_id: str) -> bool:
         return call_id in self._calls
 
+    def get(self, call_id: str) -> CallLifecycle | None:
+        """The lifecycle of a call this process serves, if it does."""
+        return self._calls.get(call_id)
+
     def add(self, call: CallLifecycle) -> None:
         self._calls[call.call.id] = call
+
+    def left_unfinished(self, call_id: str, ending: CallEnding) -> None:
+        self._unfinished[call_id] = ending
+
+    def unfinished_ending(self, call_id: str) -> tuple[CallStatus, str] | None:
+        """How a call that ended here but is not finished in the database ended (kept: a
+        few bytes per such call, only while the database was away)."""
+        ending = self._unfinished.get(call_id)
+        return (ending.status, ending.reason) if ending is not None else None
 
     def discard(self, call: CallLifecycle) -> None:
         if self._calls.get(call.call.id) is call:
@@ -125,6 +157,12 @@ class CallRuntime:
     reports: ReportsOwed
     live: LiveCalls
     recordings_enabled: bool  # a recordings bucket is configured
+    writes: WritePolicy = field(default_factory=WritePolicy)
+    recording_finish_timeout_s: float = 10.0  # then the outbox salvages the upload
+    outage_goodbye: str = (
+        "I am sorry, I have to end this call because of a technical problem. "
+        "Please call again later. Goodbye."
+    )
 
 
 class CallLifecycle:
@@ -138,9 +176,12 @@ class CallLifecycle:
         self._transport: LegTransport | None = None
         self._recording: CallRecording | None = None
         self._tasks: list[asyncio.Task[None]] = []  # the pacer, the maximum duration
-        self._writes: list[asyncio.Task[None]] = []  # bookkeeping beside the call
+        self._writes = CallWrites(
+            call_id=call.id, policy=runtime.writes, on_outage=self._storage_outage
+        )
         self._answering = asyncio.Lock()
         self._ending: CallEnding | None = None
+        self._ended_at = datetime.now(UTC)
         self._end_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._counted = False
@@ -151,19 +192,25 @@ class CallLifecycle:
     def take(self) -> None:
         """This gateway serves the call from now on: it holds the gateway's lease."""
         self._rt.live.add(self)
-        self.beside(self._rt.store.set_served_by(self.call.id, self._rt.live.gateway_id), "lease")
+        context = contextvars.copy_context()  # the writer's log lines carry the call id
+        context.run(call_id_var.set, self.call.id)
+        context.run(self._writes.start)
+        store, gateway_id = self._rt.store, self._rt.live.gateway_id
+        self.beside(lambda: store.set_served_by(self.call.id, gateway_id), "lease")
 
-    def beside(self, write: Coroutine[Any, Any, object], what: str) -> None:
-        """Run a bookkeeping write beside the call rather than before the greeting; it is
-        awaited before the call's final write (a failure is logged, the call goes on)."""
-        self._writes.append(asyncio.create_task(self._logged(write, what), name=f"write-{what}"))
+    def beside(self, write: Callable[[], Awaitable[object]], what: str) -> None:
+        """Store a fact of the call beside it rather than before the greeting: queued with
+        the call's turns, in order (`write` is called afresh for each attempt); stored
+        before the call's final write, or logged as unwritten."""
+        self._writes.submit(what, write)
 
-    @staticmethod
-    async def _logged(write: Coroutine[Any, Any, object], what: str) -> None:
-        try:
-            await write
-        except Exception:  # the write's task ends here; the call goes on
-            log.exception("storing the call's %s failed", what)
+    def _storage_outage(self, reason: str) -> None:
+        """The call's writes are given up: the agent says goodbye and the call ends."""
+        log.error("the call ends: its writes cannot be stored (%s)", reason)
+        if self.session is not None and not self.ended.is_set():
+            self.session.end_politely(self._rt.outage_goodbye, STORAGE_UNAVAILABLE)
+        else:
+            self.request_end(STORAGE_UNAVAILABLE, CallStatus.FAILED)
 
     async def answer(self) -> None:
         """The caller is there: plan, recorder, transport, session; the agent greets."""
@@ -171,7 +218,7 @@ class CallLifecycle:
             if self.ended.is_set():
                 return
             rt = self._rt
-            self.beside(rt.store.set_status(self.call.id, CallStatus.IN_PROGRESS), "status")
+            self.beside(lambda: rt.store.set_status(self.call.id, CallStatus.IN_PROGRESS), "status")
             plan = await plan_call(self.call, assistants=rt.assistants, catalog=rt.catalog)
             if plan.recording and rt.recordings_enabled:
                 self._recording = self._leg.recording()
@@ -183,6 +230,7 @@ class CallLifecycle:
                 transport=self._transport,
                 providers=plan.providers,
                 store=rt.store,
+                writes=self._writes,
                 config=rt.session_config,
                 metrics=rt.metrics,
                 on_end=self.request_end,
@@ -222,6 +270,7 @@ class CallLifecycle:
         if self._ending is not None:
             return
         self._ending = CallEnding(reason, status)
+        self._ended_at = datetime.now(UTC)
         self.ended.set()
         context = contextvars.copy_context()  # its log lines carry the call id
         context.run(call_id_var.set, self.call.id)
@@ -234,49 +283,113 @@ class CallLifecycle:
         await self._done.wait()
 
     async def _end(self) -> None:
+        """Every step runs even if one before it failed (each failure is logged); the lease
+        (the call's place in `LiveCalls`) is released only after the final write, and the
+        final write does not wait for S3."""
         ending = self._ending
         assert ending is not None
         async with self._answering:  # an answer under way completes (or fails) first
             pass
         try:
-            await self._stop_call()
-            await self._rt.store.finish_call(
-                self.call.id,
-                status=ending.status,
-                end_reason=ending.reason,
-                ended_at=datetime.now(UTC),
-                usage=self.session.usage if self.session is not None else None,
-            )
-            log.info("call ended", extra={"reason": ending.reason, "status": str(ending.status)})
-            self._rt.reports.poke()
-        except Exception:  # the end's task ends here; the call, still open but no longer
-            # served here, is finished as lost by this gateway's own sweeper
-            log.exception("finishing the call failed")
+            if self.session is not None:
+                await _step("closing the session", self.session.close)
+            if self._transport is not None:
+                await _step("closing the transport", _sync(self._transport.close))
+            await _step("stopping the call's tasks", self._stop_tasks)
+            await _step("storing the call's writes", self._writes.drain)
+            if self._recording is not None:  # stored as in progress: the report waits for it
+                await _step("registering the recording", self._recording_started)
+            if await _step("finishing the call", lambda: self._finish(ending)):
+                log.info(
+                    "call ended", extra={"reason": ending.reason, "status": str(ending.status)}
+                )
+            else:  # this gateway's sweeper finishes it so once the database is back
+                self._rt.live.left_unfinished(self.call.id, ending)
+                log.error(
+                    "the call is not finished in the database", extra={"reason": ending.reason}
+                )
+            await _step("poking the outbox", _sync(self._rt.reports.poke))
+            if self._recording is not None:
+                await _step("finishing the recording", self._finish_recording)
+            await _step("closing the call's leg", lambda: self._leg.close(ending))
+            await _step("stopping the call's writes", self._writes.aclose)
         finally:
-            try:
-                await self._leg.close(ending)
-            except Exception:  # nothing is left to store; the leg is logged and dropped
-                log.exception("closing the call's leg failed")
             if self._counted:
                 self._rt.metrics.calls_active -= 1
+                self._counted = False
             self._rt.live.discard(self)
             self._done.set()
 
-    async def _stop_call(self) -> None:
-        """Everything before the final write: the agent stops (its unfinished turn is
-        stored), the pacer stops, bookkeeping writes land, the recording is completed."""
-        if self.session is not None:
-            await self.session.close()
-        if self._transport is not None:
-            self._transport.close()
+    async def _stop_tasks(self) -> None:
+        """Cancel the pacer and the maximum duration, and wait for them to stop."""
         current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
-        await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
-        await asyncio.gather(*self._writes)
-        if self._recording is not None:
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _finish(self, ending: CallEnding) -> None:
+        """The final write, retried within the write policy's bounds (one attempt once the
+        call's writes were given up: the database is away)."""
+        policy = self._rt.writes
+        deadline = time.monotonic() + (0.0 if self._writes.given_up else policy.outage_s)
+        delay = policy.retry_base_s
+        while True:
             try:
+                # Longer than a turn's bound: it reads the call's turns for its latencies.
+                async with asyncio.timeout(policy.attempt_timeout_s * 3):
+                    await self._rt.store.finish_call(
+                        self.call.id,
+                        status=ending.status,
+                        end_reason=ending.reason,
+                        ended_at=self._ended_at,
+                        usage=self.session.usage if self.session is not None else None,
+                    )
+                return
+            except (StorageError, TimeoutError) as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("finishing the call failed, retrying: %r", exc)
+                await asyncio.sleep(delay)
+                delay = min(policy.retry_cap_s, delay * 2)
+
+    async def _recording_started(self) -> None:
+        assert self._recording is not None
+        try:
+            async with asyncio.timeout(self._rt.recording_finish_timeout_s):
+                await self._recording.started()
+        except TimeoutError:
+            log.warning("the recording had not started when the call ended")
+
+    async def _finish_recording(self) -> None:
+        """Complete the recording, bounded: past the bound its upload is left open for the
+        outbox to salvage (the stored call says `recording`, so its report waits for it)."""
+        assert self._recording is not None
+        timeout_s = self._rt.recording_finish_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
                 await self._recording.finish()
-            except Exception:  # the call's own final write goes on; salvage covers the rest
-                log.exception("finishing the recording failed")
+        except TimeoutError:
+            log.warning(
+                "the recording did not finish in time: left to salvage",
+                extra={"timeout_s": timeout_s},
+            )
+
+
+async def _step(what: str, step: Callable[[], Awaitable[object]]) -> bool:
+    """Run one step of a call's end; a failure is logged and the next step runs (True: done)."""
+    try:
+        await step()
+    except Exception:  # one step of the end: logged with the call id, the end goes on
+        log.exception("%s failed", what)
+        return False
+    return True
+
+
+def _sync(action: Callable[[], object]) -> Callable[[], Awaitable[object]]:
+    """A synchronous step, as `_step` runs it."""
+
+    async def run() -> object:
+        return action()
+
+    return run

@@ -128,8 +128,13 @@ class ReplyGenerator:
                         await self._voice.aclose()  # a fresh connection for the next try
                 if attempt == 2 or not exc.retryable or self._playback.full_text():
                     break
-        await self._apologise(latency, prefer_fallback=tts_failed)
+        await self._speak(self._apology, latency, prefer_fallback=tts_failed)
         return []
+
+    async def say(self, text: str) -> None:
+        """Speak `text` as it is (no LLM): through the main TTS, else the fallback one.
+        Raises `ProviderError` if neither can."""
+        await self._speak(text, None, prefer_fallback=False)
 
     def drop_held_audio(self) -> None:
         """Whatever the resamplers still hold belongs to a reply that was cleared."""
@@ -238,8 +243,11 @@ class ReplyGenerator:
                 await self._transport.mark(mark)
             raise
 
-    async def _apologise(self, latency: TurnLatency | None, *, prefer_fallback: bool) -> None:
-        """Speak the apology: through the fallback (local) TTS first if the main TTS failed."""
+    async def _speak(
+        self, text: str, latency: TurnLatency | None, *, prefer_fallback: bool
+    ) -> None:
+        """Speak `text` (the apology, a goodbye): through the fallback (local) TTS first if
+        the main TTS failed."""
         voices = [self._voice, self._fallback_voice]
         if prefer_fallback:
             voices.reverse()
@@ -248,10 +256,10 @@ class ReplyGenerator:
             if voice is None:
                 continue
             try:
-                await self._speak_text(self._apology, voice, latency)
+                await self._speak_text(text, voice, latency)
                 return
             except ProviderError as exc:
-                log.warning("apology failed: %s", exc, extra={"provider": exc.provider})
+                log.warning("speaking failed: %s", exc, extra={"provider": exc.provider})
                 self._count_failure(exc.provider)
                 failure = exc
         assert failure is not None

@@ -10,8 +10,11 @@ It orchestrates its parts: `TurnTaking` (when the caller speaks, what the STT ge
 `ReplyGenerator` (the agent's speech, its bounds and apology), `PlaybackTracker` (what the
 caller heard) and `CallTranscript` (the turns, in order).
 
+Nothing here waits for the database: turns go to the call's `TurnWrites` queue.
+
 Order of calls: `start()` once (opens STT, greets), then any number of `on_audio()` /
-`on_mark()` / `on_dtmf()`, then `close()` once (stops the agent and stores what was said).
+`on_mark()` / `on_dtmf()` (and at most one `end_politely()`), then `close()` once (stops
+the agent and hands what was said to the writes).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from audio.frames import AudioFrame
 from gateway.call.latency import TurnLatency
 from gateway.call.playback import PlaybackTracker
 from gateway.call.replies import ReplyGenerator
-from gateway.call.transcript import CallTranscript
+from gateway.call.transcript import CallTranscript, TurnWrites
 from gateway.call.transport import CallTransport
 from gateway.call.turn_taking import CallerStarted, PushAudio, TurnTaking
 from gateway.errors import ProviderError
@@ -51,6 +54,8 @@ class SessionConfig:
     # Bounds on the agent: no first token / no audio within these ends the attempt.
     llm_first_token_timeout_s: float = 8.0
     tts_first_audio_timeout_s: float = 5.0
+    # A goodbye said before the call ends for the gateway's own reasons is bounded by this.
+    goodbye_timeout_s: float = 15.0
 
 
 class CallSession:
@@ -63,6 +68,7 @@ class CallSession:
         transport: CallTransport,
         providers: Providers,
         store: CallStore,
+        writes: TurnWrites,
         config: SessionConfig | None = None,
         on_end: Callable[[str, CallStatus], None],
         clock: Callable[[], float] = time.monotonic,
@@ -75,6 +81,7 @@ class CallSession:
         self._clock = clock
         self._metrics = metrics
         config = config or SessionConfig()
+        self._goodbye_timeout_s = config.goodbye_timeout_s
         started_at = clock()  # the origin of the transcript's times
         self._turns = TurnTaking(
             providers.stt,
@@ -97,11 +104,17 @@ class CallSession:
             metrics=metrics,
         )
         self._transcript = CallTranscript(
-            call_id=call_id, store=store, clock=clock, started_at=started_at, metrics=metrics
+            call_id=call_id,
+            store=store,
+            writes=writes,
+            clock=clock,
+            started_at=started_at,
+            metrics=metrics,
         )
         self._stt_stream: STTStream | None = None
         self._stt_task: asyncio.Task[None] | None = None
         self._reply_task: asyncio.Task[None] | None = None
+        self._goodbye: asyncio.Task[None] | None = None
         self._closed = False
 
     # ----------------------------------------------------------------- driver API
@@ -135,7 +148,7 @@ class CallSession:
                 if self._stt_stream is not None:
                     await self._stt_stream.push(step.frame)
             elif isinstance(step, CallerStarted):
-                if self._agent_speaking():
+                if self._agent_speaking() and self._goodbye is None:
                     await self._barge_in()
             elif self._stt_stream is not None:  # the utterance ended: its transcript is owed
                 await self._stt_stream.end_utterance()
@@ -147,6 +160,25 @@ class CallSession:
 
     async def on_dtmf(self, digit: str) -> None:
         log.info("dtmf received", extra={"digit": digit})
+
+    def end_politely(self, goodbye: str, reason: str) -> None:
+        """The gateway must end the call (e.g. its database is away): the agent stops, says
+        `goodbye` (bounded; skipped if it cannot), then the lifecycle ends the call as
+        failed with `reason`."""
+        if self._closed or self._goodbye is not None:
+            return
+        self._goodbye = asyncio.create_task(self._say_goodbye(goodbye, reason), name="goodbye")
+
+    async def _say_goodbye(self, goodbye: str, reason: str) -> None:
+        try:
+            async with asyncio.timeout(self._goodbye_timeout_s):
+                if self._reply_task is not None:
+                    await self._cancel_reply()
+                await self._replies.say(goodbye)
+                await self._playback.wait_all_played()
+        except (ProviderError, TimeoutError) as exc:
+            log.warning("the goodbye was not said: %r", exc)
+        self._on_end(reason, CallStatus.FAILED)
 
     @property
     def usage(self) -> dict[str, int] | None:
@@ -160,6 +192,10 @@ class CallSession:
             return
         self._closed = True
         current = asyncio.current_task()
+        if self._goodbye is not None and self._goodbye is not current:
+            self._goodbye.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._goodbye
         if self._reply_task is not None and self._reply_task is not current:
             await self._cancel_reply()
         if self._stt_task is not None:
@@ -169,10 +205,6 @@ class CallSession:
         if self._stt_stream is not None:
             await self._stt_stream.aclose()
         await self._replies.aclose()
-        try:
-            await self._transcript.written()
-        except Exception:
-            log.exception("storing the last caller turn failed")
 
     # ---------------------------------------------------------------- the caller
 
@@ -184,7 +216,7 @@ class CallSession:
         async for transcript in self._stt_stream.transcripts():
             if not transcript.is_final:
                 # Words heard before the VAD is sure: a faster barge-in.
-                if transcript.text.strip() and self._agent_speaking():
+                if transcript.text.strip() and self._agent_speaking() and not self._goodbye:
                     log.info("barge-in on interim transcript")
                     await self._barge_in()
                 continue
@@ -195,9 +227,11 @@ class CallSession:
             if not text:
                 log.info("utterance with no words ignored")
                 continue
-            await self._transcript.add_caller_turn(
+            self._transcript.add_caller_turn(
                 text, start_ms=utterance.start_ms, end_ms=utterance.end_ms
             )
+            if self._goodbye is not None:
+                continue  # the call is ending: the agent says nothing more
             if self._turns.caller_speaking:
                 continue  # the caller already goes on talking; answer after that utterance
             if self._reply_task is not None:
@@ -229,7 +263,7 @@ class CallSession:
             self._on_end("agent-error", CallStatus.FAILED)
             return
         self._reply_task = None
-        await self._store_agent_turn(self._playback.full_text(), interrupted=False)
+        self._store_agent_turn(self._playback.full_text(), interrupted=False)
         for action in actions:
             if isinstance(action, SendDtmf):
                 await self._send_dtmf(action.digits)
@@ -271,10 +305,10 @@ class CallSession:
                 await task
         self._replies.drop_held_audio()
         if full:
-            await self._store_agent_turn(heard, interrupted=heard != full)
+            self._store_agent_turn(heard, interrupted=heard != full)
         else:
             self._playback.reset()
 
-    async def _store_agent_turn(self, text: str, *, interrupted: bool) -> None:
+    def _store_agent_turn(self, text: str, *, interrupted: bool) -> None:
         self._playback.reset()
-        await self._transcript.add_agent_turn(text, interrupted=interrupted)
+        self._transcript.add_agent_turn(text, interrupted=interrupted)

@@ -1,26 +1,40 @@
-"""The call's transcript as it happens: each turn written when it is said, in order, the
-conversation so far for the agent, and each answer's latency into the metrics.
+"""The call's transcript as it happens: each turn handed to the call's writes when it is
+said, in order, the conversation so far for the agent, and each answer's latency into the
+metrics.
 
-A caller turn's insert runs beside the agent's reply (a database round trip is not on the
-path to the agent's first word); the next write waits for it, so turns keep their order.
+Nothing here waits for the database: a turn is queued on the call's `TurnWrites` (which
+stores the call's writes one after another, retrying while the database is away), so
+neither the agent's reply nor the caller's audio ever waits on a write.
 
 Order of calls: `add_caller_turn()` for each final transcript; `agent_turn_begins()` when a
-reply starts, `add_agent_turn()` when it ends (finished or cut); `written()` before the
-call's final write.
+reply starts, `add_agent_turn()` when it ends (finished or cut).
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
 
 from gateway.call.latency import TurnLatency
 from gateway.metrics import GatewayMetrics
 from gateway.providers.base import ChatMessage
-from storage import CallStore
+from storage import CallStore, Speaker, new_turn_id
 
 log = logging.getLogger(__name__)
+
+
+class TurnWrites(Protocol):
+    """Where the call's writes queue (`gateway.call.writes.CallWrites`)."""
+
+    def submit(
+        self,
+        what: str,
+        write: Callable[[], Awaitable[object]],
+        *,
+        detail: Mapping[str, object] | None = None,
+    ) -> None: ...
 
 
 class CallTranscript:
@@ -31,17 +45,18 @@ class CallTranscript:
         *,
         call_id: str,
         store: CallStore,
+        writes: TurnWrites,
         clock: Callable[[], float],
         started_at: float,
         metrics: GatewayMetrics | None = None,
     ) -> None:
         self._call_id = call_id
         self._store = store
+        self._writes = writes
         self._clock = clock
         self._started_at = started_at
         self._metrics = metrics
         self._history: list[ChatMessage] = []
-        self._caller_write: asyncio.Task[object] | None = None
         self._agent_start_ms = 0.0
         self._latency: TurnLatency | None = None
 
@@ -53,16 +68,10 @@ class CallTranscript:
     def _now_ms(self) -> float:
         return (self._clock() - self._started_at) * 1000.0
 
-    async def add_caller_turn(self, text: str, *, start_ms: float, end_ms: float) -> None:
-        """Store what the caller said; the insert goes on beside whatever comes next."""
+    def add_caller_turn(self, text: str, *, start_ms: float, end_ms: float) -> None:
+        """Store what the caller said (queued behind the turns before it)."""
         log.info("caller said", extra={"text": text})
-        await self.written()
-        self._caller_write = asyncio.create_task(
-            self._store.add_turn(
-                self._call_id, speaker="caller", text=text, start_ms=start_ms, end_ms=end_ms
-            ),
-            name="store-caller-turn",
-        )
+        self._store_turn("caller", text, start_ms=start_ms, end_ms=end_ms)
         self._history.append(ChatMessage(role="user", content=text))
 
     def agent_turn_begins(self, latency: TurnLatency | None) -> None:
@@ -70,7 +79,7 @@ class CallTranscript:
         self._agent_start_ms = self._now_ms()
         self._latency = latency
 
-    async def add_agent_turn(self, text: str, *, interrupted: bool) -> None:
+    def add_agent_turn(self, text: str, *, interrupted: bool) -> None:
         """Store the agent turn begun last: `text` is what the caller heard of it."""
         latency, self._latency = self._latency, None
         if not text and not interrupted:
@@ -78,11 +87,9 @@ class CallTranscript:
         latency_ms = latency.as_ms() if latency is not None else None
         if latency_ms and self._metrics is not None:
             self._metrics.observe_turn(latency_ms)
-        await self.written()
-        await self._store.add_turn(
-            self._call_id,
-            speaker="agent",
-            text=text,
+        self._store_turn(
+            "agent",
+            text,
             start_ms=self._agent_start_ms,
             end_ms=self._now_ms(),
             interrupted=interrupted,
@@ -92,8 +99,26 @@ class CallTranscript:
             self._history.append(ChatMessage(role="assistant", content=text))
         log.info("agent said", extra={"text": text, "interrupted": interrupted})
 
-    async def written(self) -> None:
-        """Wait for the caller turn still being written (its failure is raised here)."""
-        write, self._caller_write = self._caller_write, None
-        if write is not None:
-            await write
+    def _store_turn(
+        self,
+        speaker: Speaker,
+        text: str,
+        *,
+        start_ms: float,
+        end_ms: float,
+        interrupted: bool = False,
+        latency: Mapping[str, float] | None = None,
+    ) -> None:
+        write = functools.partial(
+            self._store.add_turn,
+            self._call_id,
+            speaker=speaker,
+            text=text,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            interrupted=interrupted,
+            latency=latency,
+            turn_id=new_turn_id(),  # one id for every attempt: a retry stores it once
+        )
+        detail = {"speaker": speaker, "text": text, "start_ms": round(start_ms, 1)}
+        self._writes.submit(f"{speaker} turn", write, detail=detail)

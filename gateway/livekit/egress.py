@@ -203,6 +203,11 @@ class RoomRecording:
         )  # fmt: skip
         await self._store.set_recording(self._call.id, state)
 
+    async def started(self) -> None:
+        """Wait until the egress's first state (recording, or failed) is stored."""
+        if self._task is not None:
+            await asyncio.wait({self._task})  # a caller's timeout leaves the start running
+
     async def finish(self) -> None:
         """Stop the egress (its `egress_ended` webhook then gives the file's location)."""
         if self._task is None:

@@ -19,7 +19,7 @@ from audio.frames import PCM16
 from audio.stereo import StereoTimeline, WavEncoding, WavFormat
 from gateway.errors import RecordingError
 from gateway.recording.bucket import RecordingBucket
-from storage import CallStore, RecordingState, RecordingStatus
+from storage import CallStore, RecordingState, RecordingStatus, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ class CallRecorder:
 
     Order of calls: `start()` once (it opens the upload in the background), then
     `caller_audio` / `agent_audio` / `agent_cleared` as the call runs (synchronous: they
-    never wait for S3), then `finish()` once. Times are `clock()` readings (the transport's
-    monotonic clock); the caller's position comes from Twilio's media timestamps.
+    never wait for S3), `started()` before the call's final write, then `finish()` once.
+    Times are `clock()` readings (the transport's monotonic clock); the caller's position
+    comes from Twilio's media timestamps.
     """
 
     def __init__(
@@ -72,12 +73,18 @@ class CallRecorder:
         self._upload_id: str | None = None
         self._failed: str | None = None
         self._uploader: asyncio.Task[None] | None = None
+        self._registered = asyncio.Event()  # the open upload is stored (or never will be)
 
     def _position(self, at: float) -> int:
         return max(0, round((at - self._origin) * self._rate))
 
     def start(self) -> None:
         self._uploader = asyncio.create_task(self._upload_parts(), name="recording-upload")
+
+    async def started(self) -> None:
+        """Wait until the open upload is stored on the call (so the call's report waits for
+        the recording), or the upload could not begin."""
+        await self._registered.wait()
 
     def caller_audio(self, timestamp_ms: int, pcm: PCM16) -> None:
         """A caller frame that Twilio stamped `timestamp_ms` after the stream started; placed
@@ -124,7 +131,11 @@ class CallRecorder:
         try:
             upload_id = await self._retrying("start", lambda: self._bucket.begin_upload(self.key))
             self._upload_id = upload_id
-            await self._store.set_recording(self.call_id, self._state("recording"))
+            try:
+                await self._store.set_recording(self.call_id, self._state("recording"))
+            except StorageError as exc:  # the parts go on; `finish` stores the final state
+                log.warning("storing the open recording failed: %s", exc)
+            self._registered.set()
             while (part := await self._parts.get()) is not None:
                 number = len(self._etags) + 1
                 etag = await self._retrying(
@@ -135,6 +146,8 @@ class CallRecorder:
         except RecordingError as exc:
             self._failed = str(exc)
             log.error("recording stopped: %s", exc, extra={"call_id": self.call_id})
+        finally:
+            self._registered.set()
 
     def _state(self, status: RecordingStatus, **fields: Any) -> RecordingState:
         return RecordingState(

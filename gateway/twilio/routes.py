@@ -1,6 +1,13 @@
 """Twilio's HTTP webhooks: `POST /twilio/voice` answers with TwiML, `POST /twilio/status`
 records call progress. Both verify `X-Twilio-Signature` over the public URL. A voice
-webhook for a call that ended or has had its stream (a replay) gets a hang-up, no token."""
+webhook for a call that ended or has had its stream (a replay) gets a hang-up, no token.
+
+A final status (`completed`, `busy`, ...) never finishes a call under a live stream: the
+stream still has turns and usage to store, and the report is built from what is stored. A
+call this process serves is ended through its lifecycle (the first reason given is kept);
+a call another live gateway serves gets the carrier's end recorded beside it (its gateway
+finishes it; if that gateway dies, the sweeper finishes it with the carrier's status).
+Only a call no gateway serves (never streamed, or lost) is finished here."""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import logging
 import re
 import time
 import urllib.parse
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -184,8 +191,27 @@ async def twilio_status(request: Request) -> Response:
     log.info("call status", extra={"status": status.value, "call_sid": call.call_sid})
     if status in (CallStatus.QUEUED, CallStatus.RINGING, CallStatus.IN_PROGRESS):
         await calls.set_status(call.id, status)
-    else:
-        await calls.finish_call(
-            call.id, status=status, end_reason=f"twilio-{status.value}", ended_at=datetime.now(UTC)
-        )
+        return Response(status_code=204)
+    reason = f"twilio-{status.value}"
+    live = services.calls.live.get(call.id)
+    if live is not None:  # served here: its lifecycle finishes it after its last writes
+        live.request_end(reason, status)
+        return Response(status_code=204)
+    now = datetime.now(UTC)
+    if call.ended_at is None and await _served_elsewhere(services, call, now):
+        await calls.record_carrier_end(call.id, status=status, reason=reason, at=now)
+        log.info("carrier ended a call another gateway serves", extra={"served_by": call.served_by})
+        return Response(status_code=204)
+    await calls.finish_call(call.id, status=status, end_reason=reason, ended_at=now)
     return Response(status_code=204)
+
+
+async def _served_elsewhere(services: Services, call: CallRecord, now: datetime) -> bool:
+    """True if another gateway took the call and its heartbeat is fresh (within two leases
+    on this machine's clock: a dead gateway's call is finished here at once)."""
+    gateway_id = call.served_by
+    if not gateway_id or gateway_id == services.calls.live.gateway_id:
+        return False
+    beat = (await services.database.leases.beats({gateway_id})).get(gateway_id)
+    lease = timedelta(seconds=2 * services.settings.call_lease_s)
+    return beat is not None and now - beat < lease

@@ -198,8 +198,8 @@ class _MediaStream:
         lifecycle.take()
         store = services.database.calls
         if not call.call_sid:
-            lifecycle.beside(store.set_call_sid(call.id, start.call_sid), "call sid")
-        lifecycle.beside(store.set_stream(call.id, start.stream_sid), "stream sid")
+            lifecycle.beside(lambda: store.set_call_sid(call.id, start.call_sid), "call sid")
+        lifecycle.beside(lambda: store.set_stream(call.id, start.stream_sid), "stream sid")
         log.info("media stream started", extra={"call_sid": start.call_sid})
         await lifecycle.answer()
 

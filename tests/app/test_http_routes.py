@@ -49,7 +49,9 @@ def _signed_post(client: TestClient, path: str, form: dict[str, str]):  # type: 
 
 
 def test_health(client: TestClient) -> None:
-    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health").json() == {"status": "ok", "database": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "database": "ok"}
 
 
 def test_voice_webhook_answers_twiml_that_connects_the_stream(client: TestClient) -> None:

@@ -4,6 +4,7 @@ database is in tests/integration/test_two_gateways.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +44,11 @@ class Store:
     calls: dict[str, CallRecord] = field(default_factory=dict)
     beats_now: dict[str, datetime] = field(default_factory=dict)
     finished: list[str] = field(default_factory=list)
+    carrier_ends: dict[str, tuple[CallStatus, str]] = field(default_factory=dict)
     down: bool = False
+
+    async def carrier_end(self, call_id: str) -> tuple[CallStatus, str] | None:
+        return self.carrier_ends.get(call_id)
 
     async def served_calls(self) -> list[CallRecord]:
         if self.down:
@@ -116,6 +121,37 @@ async def test_a_silent_gateway_loses_its_calls_a_whole_lease_after_the_last_bea
     assert {c.status for c in finished} == {CallStatus.FAILED}
     assert sorted(lost) == ["c1", "c2"]  # the carrier cleans up after each (rooms closed)
     assert await sweeper.sweep() == []  # finished once
+
+
+async def test_a_lost_call_the_carrier_said_had_ended_is_finished_as_the_carrier_said() -> None:
+    store, clock, lost = Store(), Clock(), []
+    store.calls["c1"] = _call("c1", OTHER)
+    # Twilio's `completed` reached another gateway while OTHER served the call, then OTHER died.
+    store.carrier_ends["c1"] = (CallStatus.COMPLETED, "twilio-completed")
+    sweeper = _sweeper(store, clock, set(), lost)
+    assert await sweeper.sweep() == []
+    clock.now += LEASE_S
+    [finished] = await sweeper.sweep()
+    assert (finished.status, finished.end_reason) == (CallStatus.COMPLETED, "twilio-completed")
+    assert lost == ["c1"]
+
+
+async def test_a_call_that_ended_here_but_was_not_stored_is_finished_as_it_ended() -> None:
+    store, clock = Store(), Clock()
+    store.calls["mine"] = _call("mine", ME)  # ended here; its final write failed
+    sweeper = LostCallSweeper(
+        store=store,  # type: ignore[arg-type]
+        leases=store,  # type: ignore[arg-type]
+        gateway_id=ME,
+        serving=lambda call_id: False,
+        lease_s=LEASE_S,
+        metrics=GatewayMetrics(),
+        on_lost=lambda call: asyncio.sleep(0),
+        own_ending={"mine": (CallStatus.FAILED, "storage-unavailable")}.get,
+        clock=clock,
+    )
+    [finished] = await sweeper.sweep()
+    assert (finished.status, finished.end_reason) == (CallStatus.FAILED, "storage-unavailable")
 
 
 async def test_a_gateway_with_no_heartbeat_is_judged_over_a_lease_too() -> None:

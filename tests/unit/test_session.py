@@ -19,6 +19,7 @@ import numpy.typing as npt
 from audio.frames import FRAME_MS, AudioFrame, samples_per_frame
 from gateway.call.lifecycle import CallEnding, CallLifecycle, CallRuntime, LiveCalls
 from gateway.call.session import SessionConfig
+from gateway.call.writes import WritePolicy
 from gateway.errors import ProviderError
 from gateway.metrics import GatewayMetrics
 from gateway.providers.base import ChatMessage, LLMEvent, Providers, Transcript
@@ -26,7 +27,7 @@ from gateway.providers.catalog import ProviderCatalog
 from gateway.providers.local_agent import LocalScriptedAgent
 from gateway.providers.sentence_speech import SentenceConnection
 from gateway.settings import Settings
-from storage import CallRecord, CallStatus, Direction, Speaker, TurnRecord
+from storage import CallRecord, CallStatus, Direction, Speaker, StorageError, TurnRecord
 
 RATE = 8000
 
@@ -161,6 +162,8 @@ class MemoryStore:
     turns: list[dict[str, object]] = field(default_factory=list)
     finished: list[tuple[CallStatus, str]] = field(default_factory=list)
     latencies: list[dict[str, float]] = field(default_factory=list)
+    turns_down: bool = False  # every turn write fails, as with the database away
+    finish_fails: bool = False
 
     async def add_turn(
         self,
@@ -172,7 +175,10 @@ class MemoryStore:
         end_ms: float,
         interrupted: bool = False,
         latency: Mapping[str, float] | None = None,
+        turn_id: str | None = None,
     ) -> TurnRecord:
+        if self.turns_down:
+            raise StorageError("database away")
         self.turns.append({"speaker": speaker, "text": text, "interrupted": interrupted})
         if latency is not None:
             self.latencies.append(dict(latency))
@@ -190,6 +196,8 @@ class MemoryStore:
         ended_at: datetime,
         usage: Mapping[str, int] | None = None,
     ) -> CallRecord | None:
+        if self.finish_fails:
+            raise StorageError("database away")
         self.finished.append((status, end_reason))
         return None
 
@@ -216,6 +224,7 @@ async def _answered(
     ref: list[CallLifecycle],
     transport: FakeTransport,
     metrics: GatewayMetrics | None = None,
+    writes: WritePolicy | None = None,
 ) -> CallLifecycle:
     """A call taken and answered by its lifecycle, as a carrier would."""
     runtime = CallRuntime(
@@ -227,6 +236,7 @@ async def _answered(
         reports=NoOutbox(),
         live=LiveCalls("gw-test"),
         recordings_enabled=False,
+        writes=writes or WritePolicy(),
     )
     call = CallLifecycle(runtime, _call(call_id), FakeLeg(transport))
     ref.append(call)
@@ -423,3 +433,51 @@ async def test_a_tts_that_drops_mid_turn_gives_way_to_the_fallback_apology() -> 
     assert str(turn["text"]).endswith(SessionConfig().apology)
     assert metrics.provider_failures == {"broken-tts": 1}
     assert store.finished == [(CallStatus.COMPLETED, "caller-hung-up")]
+
+
+async def test_a_database_that_stays_away_ends_the_call_politely() -> None:
+    ref: list[CallLifecycle] = []
+    transport = FakeTransport(ref)
+    store = MemoryStore(turns_down=True)
+    metrics = GatewayMetrics()
+    providers = Providers(
+        ScriptedSTT(["what are your opening hours"]),
+        LocalScriptedAgent(greeting="Hello, how can I help?"),
+        ToneTTS(),
+    )
+    policy = WritePolicy(attempt_timeout_s=0.5, outage_s=1.0, retry_base_s=0.05)
+    call = await _answered("call-1", providers, store, ref, transport, metrics, policy)
+    # The caller talks on; the agent answers although nothing can be stored.
+    await _feed(call, _silence(3000) + _speech(1000) + _silence(3000))
+    await asyncio.wait_for(call.finished(), 30)
+    await transport.aclose()
+    assert store.finished == [(CallStatus.FAILED, "storage-unavailable")]
+    assert transport.hung_up and store.turns == []
+    # The goodbye was played after the greeting (about 1.1 s of tone for its 11 words).
+    assert transport.played_samples > 2400 * 11
+    assert metrics.calls_active == 0
+
+
+class BrokenTransport(FakeTransport):
+    def close(self) -> None:
+        super().close()
+        raise RuntimeError("the transport is broken")
+
+
+async def test_each_step_of_the_end_runs_when_one_before_it_fails() -> None:
+    ref: list[CallLifecycle] = []
+    transport = BrokenTransport(ref)
+    store = MemoryStore(finish_fails=True)
+    metrics = GatewayMetrics()
+    providers = Providers(
+        ScriptedSTT([]), LocalScriptedAgent(greeting="Hello, how can I help?"), ToneTTS()
+    )
+    policy = WritePolicy(attempt_timeout_s=0.5, outage_s=0.3, retry_base_s=0.05)
+    call = await _answered("call-1", providers, store, ref, transport, metrics, policy)
+    live = call._rt.live
+    await _feed(call, _silence(600))
+    await _hang_up(call)  # the transport's close raises, then the final write fails
+    await transport.aclose()
+    assert transport.hung_up  # the leg was closed all the same
+    assert store.finished == [] and [t["speaker"] for t in store.turns] == ["agent"]
+    assert metrics.calls_active == 0 and not live.serving("call-1")

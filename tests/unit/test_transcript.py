@@ -1,9 +1,12 @@
-"""The call transcript with an in-memory store: a caller turn's insert runs beside what
-comes next and the next write waits for it; agent turns carry their latency."""
+"""The call transcript and its write queue with an in-memory store that can hang, fail and
+come back: turns are handed over without waiting, stored in the order they were said,
+retried while the store is away, and given up (the call told, the unwritten logged) past
+the outage bound."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -11,9 +14,10 @@ import pytest
 
 from gateway.call.latency import TurnLatency
 from gateway.call.transcript import CallTranscript
+from gateway.call.writes import CallWrites, WritePolicy
 from gateway.metrics import GatewayMetrics
 from gateway.providers.base import ChatMessage
-from storage import Speaker, TurnRecord
+from storage import Speaker, StorageError, TurnRecord
 
 
 class _Clock:
@@ -24,14 +28,18 @@ class _Clock:
         return self.now
 
 
-class _SlowStore:
-    """Stores turns; a caller turn's insert waits until `release` is set."""
+class _Store:
+    """Stores turns; `hang` holds every write, `down` fails it; each turn id is kept once."""
 
     def __init__(self) -> None:
-        self.release = asyncio.Event()
+        self.hang = asyncio.Event()
+        self.hang.set()  # set: writes go through
+        self.down = False
+        self.attempts = 0
+        self.attempted = asyncio.Event()
         self.turns: list[tuple[Speaker, str, float, float, bool]] = []
         self.latencies: list[Mapping[str, float] | None] = []
-        self.fail = False
+        self._ids: set[str | None] = set()
 
     async def add_turn(
         self,
@@ -43,94 +51,171 @@ class _SlowStore:
         end_ms: float,
         interrupted: bool = False,
         latency: Mapping[str, float] | None = None,
+        turn_id: str | None = None,
     ) -> TurnRecord:
-        if speaker == "caller":
-            await self.release.wait()
-            if self.fail:
-                raise ConnectionError("database gone")
+        self.attempts += 1
+        self.attempted.set()
+        await self.hang.wait()
+        if self.down:
+            raise StorageError("database away")
+        assert turn_id is not None and turn_id not in self._ids
+        self._ids.add(turn_id)
         self.turns.append((speaker, text, start_ms, end_ms, interrupted))
         self.latencies.append(latency)
-        n = len(self.turns)
         return TurnRecord(
-            id="t", call_id=call_id, index=n, speaker=speaker, text=text, start_ms=start_ms,
-            end_ms=end_ms, interrupted=interrupted, created_at=datetime.now(),
+            id=turn_id, call_id=call_id, index=len(self.turns), speaker=speaker, text=text,
+            start_ms=start_ms, end_ms=end_ms, interrupted=interrupted, created_at=datetime.now(),
         )  # fmt: skip
 
 
-async def _settle() -> None:
-    """Let every task that can run, run (a write held by the store stays held)."""
-    for _ in range(20):
-        await asyncio.sleep(0)
+class _Outages(list[str]):
+    def __call__(self, reason: str) -> None:
+        self.append(reason)
 
 
-def _transcript(store: _SlowStore, clock: _Clock, metrics: GatewayMetrics) -> CallTranscript:
+POLICY = WritePolicy(attempt_timeout_s=5.0, outage_s=30.0, max_pending=8, retry_base_s=0.001)
+
+
+def _transcript(
+    store: _Store, clock: _Clock, writes: CallWrites, metrics: GatewayMetrics | None = None
+) -> CallTranscript:
     return CallTranscript(
         call_id="call-1",
         store=store,  # type: ignore[arg-type]
+        writes=writes,
         clock=clock,
         started_at=clock.now,
         metrics=metrics,
     )
 
 
-async def test_the_agent_turn_waits_for_the_caller_turn_before_it() -> None:
-    clock, store, metrics = _Clock(), _SlowStore(), GatewayMetrics()
-    transcript = _transcript(store, clock, metrics)
-    await transcript.add_caller_turn("what are your hours", start_ms=500.0, end_ms=1500.0)
-    # The insert goes on beside the reply; the agent's history has the turn already.
-    assert store.turns == []
+def _writes(clock: _Clock, outages: _Outages, policy: WritePolicy = POLICY) -> CallWrites:
+    writes = CallWrites(call_id="call-1", policy=policy, on_outage=outages, clock=clock)
+    writes.start()
+    return writes
+
+
+async def _attempted(store: _Store, count: int) -> None:
+    """Wait until the store has seen `count` attempts in all."""
+    while store.attempts < count:
+        store.attempted.clear()
+        await store.attempted.wait()
+
+
+async def _settle() -> None:
+    """Let every task that can run, run (a write held by the store stays held)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_turns_are_handed_over_at_once_and_stored_in_order() -> None:
+    clock, store, metrics, outages = _Clock(), _Store(), GatewayMetrics(), _Outages()
+    writes = _writes(clock, outages)
+    transcript = _transcript(store, clock, writes, metrics)
+    store.hang.clear()  # the database hangs: nothing the call does waits for it
+    transcript.add_caller_turn("what are your hours", start_ms=500.0, end_ms=1500.0)
     assert transcript.history == [ChatMessage("user", "what are your hours")]
     clock.now = 102.0
     latency = TurnLatency(speech_ended_at=101.9, clock=clock)
     latency.mark("stt_final")
     transcript.agent_turn_begins(latency)
     clock.now = 104.0
-    agent = asyncio.create_task(transcript.add_agent_turn("We open at nine.", interrupted=False))
+    transcript.add_agent_turn("We open at nine.", interrupted=False)
+    transcript.add_caller_turn("thanks", start_ms=4500.0, end_ms=5000.0)
     await _settle()
-    assert store.turns == [] and not agent.done()
-    store.release.set()
-    await agent
+    assert store.turns == []
+    store.hang.set()
+    assert await writes.drain()
     assert store.turns == [
         ("caller", "what are your hours", 500.0, 1500.0, False),
         ("agent", "We open at nine.", 2000.0, 4000.0, False),
+        ("caller", "thanks", 4500.0, 5000.0, False),
     ]
     assert store.latencies[1] == {"stt_final": 100.0}
     stt_final = metrics.turn_latency["stt_final"]
     assert (stt_final.n, stt_final.total) == (1, 100.0)
-    assert transcript.history[-1] == ChatMessage("assistant", "We open at nine.")
-
-
-async def test_a_second_caller_turn_waits_for_the_first() -> None:
-    clock, store = _Clock(), _SlowStore()
-    transcript = _transcript(store, clock, GatewayMetrics())
-    await transcript.add_caller_turn("one", start_ms=0.0, end_ms=1.0)
-    second = asyncio.create_task(transcript.add_caller_turn("two", start_ms=2.0, end_ms=3.0))
-    await _settle()
-    assert not second.done()
-    store.release.set()
-    await second
-    await transcript.written()
-    assert [text for _, text, *_ in store.turns] == ["one", "two"]
+    assert transcript.history[-1] == ChatMessage("user", "thanks")
+    await writes.aclose()
+    assert outages == []
 
 
 async def test_agent_turns_cut_to_nothing() -> None:
-    clock, store = _Clock(), _SlowStore()
-    transcript = _transcript(store, clock, GatewayMetrics())
+    clock, store, outages = _Clock(), _Store(), _Outages()
+    writes = _writes(clock, outages)
+    transcript = _transcript(store, clock, writes)
     transcript.agent_turn_begins(None)
-    await transcript.add_agent_turn("", interrupted=False)  # nothing said: nothing stored
+    transcript.add_agent_turn("", interrupted=False)  # nothing said: nothing stored
     transcript.agent_turn_begins(None)
-    await transcript.add_agent_turn("", interrupted=True)  # cut before a word was heard
+    transcript.add_agent_turn("", interrupted=True)  # cut before a word was heard
+    assert await writes.drain()
     assert store.turns == [("agent", "", 0.0, 0.0, True)]
     assert store.latencies == [None]
     assert transcript.history == []
+    await writes.aclose()
 
 
-async def test_a_failed_caller_insert_is_raised_by_the_next_wait() -> None:
-    store = _SlowStore()
-    store.fail = True
-    store.release.set()
-    transcript = _transcript(store, _Clock(), GatewayMetrics())
-    await transcript.add_caller_turn("hello", start_ms=0.0, end_ms=1.0)
-    with pytest.raises(ConnectionError):
-        await transcript.written()
-    await transcript.written()  # reported once
+async def test_writes_wait_out_an_outage_and_go_on_in_order() -> None:
+    clock, store, outages = _Clock(), _Store(), _Outages()
+    writes = _writes(clock, outages)
+    transcript = _transcript(store, clock, writes)
+    store.down = True
+    for n in range(3):
+        transcript.add_caller_turn(f"turn {n}", start_ms=n * 1000.0, end_ms=n * 1000.0 + 500)
+    await _attempted(store, 3)  # the first turn is tried again and again
+    clock.now += POLICY.outage_s - 1  # within the bound: still retrying
+    await _attempted(store, store.attempts + 3)
+    assert store.turns == [] and outages == []
+    store.down = False
+    assert await writes.drain()
+    assert [text for _, text, *_ in store.turns] == ["turn 0", "turn 1", "turn 2"]
+    assert outages == []
+    await writes.aclose()
+
+
+async def test_a_write_that_hangs_is_bounded_and_retried_once_stored() -> None:
+    clock, store, outages = _Clock(), _Store(), _Outages()
+    policy = WritePolicy(attempt_timeout_s=0.01, outage_s=30.0, retry_base_s=0.001)
+    writes = _writes(clock, outages, policy)
+    transcript = _transcript(store, clock, writes)
+    store.hang.clear()
+    transcript.add_caller_turn("hello", start_ms=0.0, end_ms=1.0)
+    await _attempted(store, 3)  # each attempt times out, and is tried again
+    store.hang.set()
+    assert await writes.drain()
+    assert [text for _, text, *_ in store.turns] == ["hello"]
+    await writes.aclose()
+
+
+async def test_past_the_outage_bound_the_call_is_told_and_the_unwritten_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, store, outages = _Clock(), _Store(), _Outages()
+    writes = _writes(clock, outages)
+    transcript = _transcript(store, clock, writes)
+    store.down = True
+    transcript.add_caller_turn("first", start_ms=0.0, end_ms=1.0)
+    transcript.add_caller_turn("second", start_ms=2.0, end_ms=3.0)
+    await _settle()
+    with caplog.at_level(logging.ERROR, logger="gateway.call.writes"):
+        clock.now += POLICY.outage_s
+        assert not await writes.drain()
+        transcript.add_caller_turn("after", start_ms=4.0, end_ms=5.0)  # logged at once
+    assert len(outages) == 1 and "30 s" in outages[0]
+    unwritten = [r.unwritten["text"] for r in caplog.records if hasattr(r, "unwritten")]  # type: ignore[attr-defined]
+    assert unwritten == ["first", "second", "after"]
+    assert all(getattr(r, "call_id", None) == "call-1" for r in caplog.records)
+    assert writes.given_up and store.turns == []
+    await writes.aclose()
+
+
+async def test_a_full_queue_tells_the_call_once() -> None:
+    clock, store, outages = _Clock(), _Store(), _Outages()
+    writes = _writes(clock, outages)
+    transcript = _transcript(store, clock, writes)
+    store.hang.clear()
+    for n in range(POLICY.max_pending + 3):
+        transcript.add_caller_turn(f"turn {n}", start_ms=float(n), end_ms=float(n))
+    assert len(outages) == 1 and "writes waited" in outages[0]
+    assert not await writes.drain()
+    store.hang.set()
+    await writes.aclose()
