@@ -21,7 +21,7 @@ from telephony.twilio import TwilioSignatureValidator
 
 PUBLIC = "https://gw.example.com"
 TOKEN = "test-auth-token"
-KEY = "test-api-key"
+KEY = "vg_test_" + uuid.uuid4().hex  # GATEWAY_API_KEY must not be a placeholder
 
 
 @pytest.fixture

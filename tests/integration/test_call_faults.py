@@ -205,6 +205,8 @@ async def test_s3_stalled_at_hang_up_neither_holds_the_call_nor_loses_it(
         with run_gateway(mongo_url, tmp_path, env) as gateway:
             headers = {"x-api-key": gateway.api_key}
             async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+                claimed = await http.post("/numbers", json={"number": NUMBER}, headers=headers)
+                assert claimed.status_code in (200, 201), claimed.text
                 created = await http.post(
                     "/assistants", json=assistant_body(receiver.url, NUMBER), headers=headers
                 )
@@ -255,6 +257,8 @@ async def test_completed_callback_racing_the_streams_end_keeps_every_turn(
         with run_gateway(mongo_url, tmp_path, env) as gateway:
             headers = {"x-api-key": gateway.api_key}
             async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+                claimed = await http.post("/numbers", json={"number": NUMBER}, headers=headers)
+                assert claimed.status_code in (200, 201), claimed.text
                 created = await http.post(
                     "/assistants", json=assistant_body(receiver.url, NUMBER), headers=headers
                 )
@@ -324,6 +328,8 @@ async def test_completed_callback_at_another_gateway_leaves_the_call_to_its_own(
             with run_gateway(mongo_url, tmp_path / "b", same) as other:
                 headers = {"x-api-key": serving.api_key}
                 async with httpx.AsyncClient(base_url=serving.base_url, timeout=10) as http:
+                    claimed = await http.post("/numbers", json={"number": NUMBER}, headers=headers)
+                    assert claimed.status_code in (200, 201), claimed.text
                     created = await http.post(
                         "/assistants", json=assistant_body(receiver.url, NUMBER), headers=headers
                     )
