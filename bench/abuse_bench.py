@@ -294,6 +294,22 @@ async def media_flood(gw: Gateway) -> tuple[str, dict[str, Any]]:
     return f"{answer} after {sent} sent", {}
 
 
+async def frame_flood(gw: Gateway) -> tuple[str, dict[str, Any]]:
+    """6 000 well-formed 20 ms frames (two minutes of audio) as fast as the socket takes them."""
+    call, ws = await _open_stream(gw)
+    sent = 0
+    try:
+        for seq in range(6_000):
+            await ws.send(_media(call, seq + 2, seq * 20, FRAME))
+            sent += 1
+        answer = await _closed_with(ws, 30)
+    except websockets.ConnectionClosed:
+        answer = f"closed {ws.close_code} {ws.close_reason!r}"
+    finally:
+        await ws.close()
+    return f"{answer} after {sent} sent", {}
+
+
 async def unknown_events(gw: Gateway) -> tuple[str, dict[str, Any]]:
     """10 000 events of a type Twilio never sends, on a started stream."""
     call, ws = await _open_stream(gw)
@@ -355,11 +371,12 @@ async def slowloris(gw: Gateway) -> tuple[str, dict[str, Any]]:
             await asyncio.sleep(1.0)
     held = 0
     for reader, writer in conns:
-        try:  # the gateway has answered or closed a connection it gave up on
-            answered = await asyncio.wait_for(reader.read(1), 0.05)
-        except (TimeoutError, OSError):
-            answered = None
-        held += answered is None
+        try:  # a connection the gateway gave up on reads as closed (EOF or reset)
+            await asyncio.wait_for(reader.read(1), 0.05)
+        except TimeoutError:
+            held += 1
+        except OSError:
+            pass
         writer.close()
     ok = sum(served_during)
     return (
@@ -369,11 +386,33 @@ async def slowloris(gw: Gateway) -> tuple[str, dict[str, Any]]:
 
 
 async def unsigned_upload(gw: Gateway) -> tuple[str, dict[str, Any]]:
-    """A 30 MB multipart upload to the voice webhook with no signature."""
-    files = {"file": ("x.bin", b"\0" * (30 * 1024 * 1024))}
-    async with httpx.AsyncClient(base_url=gw.base, timeout=60) as http:
-        response = await http.post("/twilio/voice", files=files)
-    return f"HTTP {response.status_code}", {}
+    """A 30 MB multipart upload to the voice webhook with no signature: the head declares
+    it, and the body is sent only as far as the gateway reads it."""
+    host, port = gw.base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    size = 30 * 1024 * 1024
+    writer.write(
+        b"POST /twilio/voice HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+        + f"Content-Length: {size}\r\n\r\n".encode()
+    )
+    sent = 0
+    chunk = b"\0" * 65536
+    answer = asyncio.create_task(reader.readline())  # the gateway may answer before reading
+    await asyncio.wait({answer}, timeout=2.0)  # answered on the head alone?
+    try:
+        async with asyncio.timeout(30):
+            while sent < size and not answer.done():
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+            status = (await answer).decode().strip()
+    except (OSError, TimeoutError) as exc:
+        status = f"{type(exc).__name__} after sending"
+    finally:
+        answer.cancel()
+        writer.close()
+    return f"{status or 'closed'} ({sent // 1024} KiB of the body sent)", {}
 
 
 async def deep_json(gw: Gateway) -> tuple[str, dict[str, Any]]:
@@ -416,6 +455,7 @@ SCENARIOS: dict[str, Callable[[Gateway], Awaitable[tuple[str, dict[str, Any]]]]]
     "normal call": normal_call,
     "lying timestamps": lying_timestamps,
     "media flood": media_flood,
+    "frame flood": frame_flood,
     "unknown events": unknown_events,
     "idle sockets": idle_sockets,
     "slowloris": slowloris,
