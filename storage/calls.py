@@ -99,6 +99,9 @@ class CallStore(Protocol):
         self, call_id: str, *, status: CallStatus, reason: str, at: datetime
     ) -> None: ...
     async def carrier_end(self, call_id: str) -> tuple[CallStatus, str] | None: ...
+    async def record_carrier_answer(
+        self, call_id: str, answered_by: str, *, at: datetime
+    ) -> None: ...
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord: ...
     async def get_call_by_sid(self, call_sid: str) -> CallRecord | None: ...
     async def list_calls(
@@ -121,8 +124,18 @@ def call_write_lock(call_id: str) -> asyncio.Lock:
     return lock
 
 
+# What the carrier said about a call another gateway serves, kept beside the call (one
+# insert each, keyed by the call id).
+CARRIER_ENDS = "carrier_ends"
+CARRIER_ANSWERS = "carrier_answers"
+
+
+def _carrier_notes(name: str) -> AsyncCollection[dict[str, Any]]:
+    return CallDocument.get_pymongo_collection().database[name]
+
+
 def _carrier_ends() -> AsyncCollection[dict[str, Any]]:
-    return CallDocument.get_pymongo_collection().database["carrier_ends"]
+    return _carrier_notes(CARRIER_ENDS)
 
 
 def new_turn_id() -> str:
@@ -470,6 +483,12 @@ class CallRepository:
             duration = max(0.0, (ended - started).total_seconds())
             turns = await TurnDocument.find(TurnDocument.call_id == call_id).to_list()
             p50, p95 = _latency_percentiles([t.latency for t in turns if t.latency])
+            late: dict[str, Any] = {}
+            if doc.answered_by is None:
+                # Said while another gateway served the call (`record_carrier_answer`).
+                answer = await _carrier_notes(CARRIER_ANSWERS).find_one({"_id": call_id})
+                if answer is not None:
+                    late["answered_by"] = str(answer["answered_by"])
             # The filter on ended_at makes the first of two racing finishes win.
             await CallDocument.get_pymongo_collection().update_one(
                 {"_id": doc.id, "ended_at": None},
@@ -483,6 +502,7 @@ class CallRepository:
                         "latency_p95": p95,
                         "usage": dict(usage) if usage else None,
                         "report_pending": True,
+                        **late,
                     }
                 },
             )
@@ -495,9 +515,15 @@ class CallRepository:
         call, one insert by `_id` (the first is kept), never a rewrite of the call's
         document: FerretDB 1.24 rewrites a document whole, so an update here could undo the
         finish its serving gateway writes at the same moment."""
+        at = _stored_time(at)
         with contextlib.suppress(DuplicateKeyError):
             await _carrier_ends().insert_one(
-                {"_id": call_id, "status": status.value, "reason": reason, "at": _stored_time(at)}
+                {
+                    "_id": call_id,
+                    "status": status.value,
+                    "reason": reason,
+                    "at": at,
+                }
             )
 
     @_driver_errors
@@ -505,6 +531,21 @@ class CallRepository:
         """The carrier's end of the call, if one was recorded (`record_carrier_end`)."""
         doc = await _carrier_ends().find_one({"_id": call_id})
         return (CallStatus(doc["status"]), str(doc["reason"])) if doc is not None else None
+
+    @_driver_errors
+    async def record_carrier_answer(self, call_id: str, answered_by: str, *, at: datetime) -> None:
+        """Twilio's answering-machine verdict for a call another gateway serves, kept
+        beside the call as `record_carrier_end` is (the first is kept); the call's finish,
+        whoever writes it, copies it onto the call."""
+        at = _stored_time(at)
+        with contextlib.suppress(DuplicateKeyError):
+            await _carrier_notes(CARRIER_ANSWERS).insert_one(
+                {
+                    "_id": call_id,
+                    "answered_by": answered_by,
+                    "at": at,
+                }
+            )
 
     @_driver_errors
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord:
