@@ -1,5 +1,5 @@
-"""Deleting records past their `expires_at` (stream and LiveKit event claims), from one
-background task. FerretDB 1.24 has no TTL index and answers these
+"""Deleting records past their `expires_at` (stream and LiveKit event claims, carrier notes
+beside calls), from one background task. FerretDB 1.24 has no TTL index and answers these
 deletes by reading each collection, so they never run on a call's or a request's path."""
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class ExpiredRecordPruner:
     async def prune(self) -> None:
         now = self._clock()
         await self._database.claims.prune_expired(now)
+        await self._database.calls.prune_carrier_notes(now)
 
     async def run(self) -> None:
         while True:

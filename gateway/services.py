@@ -157,9 +157,9 @@ def build_services(
 @contextlib.asynccontextmanager
 async def running(services: Services) -> AsyncIterator[None]:
     """The background work of a gateway, from before its first call to after its last:
-    the lease, the lost-call sweeper, the webhook outbox and the pruning of expired claims.
-    At the end, every call this
-    process still serves is ended (`gateway-shutdown`) before anything stops."""
+    the lease, the lost-call sweeper, the webhook outbox and the pruning of expired claims
+    and carrier notes. At the end, every call this process still serves is ended
+    (`gateway-shutdown`) before anything stops."""
     await services.lease.start()
     tasks = [
         asyncio.create_task(services.outbox.run(), name="webhook-outbox"),

@@ -12,14 +12,16 @@ import binascii
 import contextlib
 import functools
 import json
+import logging
 import math
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from beanie import PydanticObjectId, SortDirection
 from bson.errors import InvalidId
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DocumentTooLarge, DuplicateKeyError, PyMongoError
 
@@ -37,6 +39,8 @@ from storage.models import (
     TurnRecord,
 )
 from storage.redaction import redact_credentials
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -125,9 +129,15 @@ def call_write_lock(call_id: str) -> asyncio.Lock:
 
 
 # What the carrier said about a call another gateway serves, kept beside the call (one
-# insert each, keyed by the call id).
+# insert each, keyed by the call id) until the call is finished, and never past
+# `CARRIER_NOTE_KEEP` (an expired note is pruned: see `prune_carrier_notes`).
 CARRIER_ENDS = "carrier_ends"
 CARRIER_ANSWERS = "carrier_answers"
+CARRIER_NOTE_KEEP = timedelta(days=1)
+CARRIER_NOTE_INDEXES: dict[str, list[IndexModel]] = {
+    name: [IndexModel([("expires_at", ASCENDING)], name="expires_at")]
+    for name in (CARRIER_ENDS, CARRIER_ANSWERS)
+}
 
 
 def _carrier_notes(name: str) -> AsyncCollection[dict[str, Any]]:
@@ -463,7 +473,17 @@ class CallRepository:
         async with call_write_lock(call_id):
             await self._finish_once(call_id, status, end_reason, ended_at, usage)
         self._next_index.pop(call_id, None)
+        await self._drop_carrier_notes(call_id)
         return await self.get_call(call_id)
+
+    async def _drop_carrier_notes(self, call_id: str) -> None:
+        """The call is finished: what the carrier said beside it is spent (by `_id`, cheap;
+        a note that is left, or written after this, expires)."""
+        for name in CARRIER_NOTE_INDEXES:
+            try:
+                await _carrier_notes(name).delete_one({"_id": call_id})
+            except PyMongoError:  # the call is finished all the same
+                log.warning("deleting a carrier note failed", extra={"call_id": call_id})
 
     async def _finish_once(
         self,
@@ -523,6 +543,7 @@ class CallRepository:
                     "status": status.value,
                     "reason": reason,
                     "at": at,
+                    "expires_at": at + CARRIER_NOTE_KEEP,
                 }
             )
 
@@ -544,8 +565,17 @@ class CallRepository:
                     "_id": call_id,
                     "answered_by": answered_by,
                     "at": at,
+                    "expires_at": at + CARRIER_NOTE_KEEP,
                 }
             )
+
+    @_driver_errors
+    async def prune_carrier_notes(self, now: datetime) -> None:
+        """Delete carrier notes past their `expires_at` (left by a call whose finish could
+        not delete them, or written just after it). On FerretDB this reads the collection:
+        run it from background work, never on a call's path."""
+        for name in CARRIER_NOTE_INDEXES:
+            await _carrier_notes(name).delete_many({"expires_at": {"$lt": _stored_time(now)}})
 
     @_driver_errors
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord:

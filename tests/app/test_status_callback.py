@@ -156,7 +156,7 @@ def test_answered_by_for_a_call_another_gateway_serves_goes_beside_it_until_its_
     answer = _note(settings, "carrier_answers", call_id)
     assert answer is not None and answer["answered_by"] == "machine_start"
 
-    # Its gateway's final write takes the verdict over.
+    # Its gateway's final write takes the verdict over, and the notes beside it go.
     services: Services = client.app.state.services  # type: ignore[attr-defined]
     assert client.portal is not None
     finished = client.portal.call(
@@ -169,6 +169,8 @@ def test_answered_by_for_a_call_another_gateway_serves_goes_beside_it_until_its_
         )
     )
     assert finished.answered_by == "machine_start"
+    assert _note(settings, "carrier_answers", call_id) is None
+    assert _carrier_end(settings, call_id) is None
 
 
 def test_completed_for_a_call_whose_gateway_is_gone_is_finished_by_the_sweeper(
@@ -189,6 +191,7 @@ def test_completed_for_a_call_whose_gateway_is_gone_is_finished_by_the_sweeper(
             time.sleep(0.1)
     assert (call["status"], call["end_reason"]) == ("completed", "twilio-completed")
     assert call["answered_by"] == "human"
+    assert _carrier_end(short, call_id) is None
 
 
 def test_completed_for_a_call_that_never_streamed_finishes_it(client: TestClient) -> None:
