@@ -11,6 +11,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from bson import ObjectId
@@ -76,6 +77,7 @@ def _served_by(
     """Mark the call as taken by `gateway_id`, which beats (alive; its clock `clock_offset`
     from this machine's) or has no heartbeat."""
     assert settings.mongodb_url is not None
+    mongo: MongoClient[dict[str, Any]]
     with MongoClient(settings.mongodb_url) as mongo:
         mongo[settings.mongodb_db]["calls"].update_one(
             {"_id": ObjectId(call_id)}, {"$set": {"served_by": gateway_id}}
@@ -100,6 +102,7 @@ def _completed(client: TestClient, call_sid: str) -> int:
 
 def _note(settings: Settings, collection: str, call_id: str) -> dict[str, object] | None:
     assert settings.mongodb_url is not None
+    mongo: MongoClient[dict[str, Any]]
     with MongoClient(settings.mongodb_url) as mongo:
         doc: dict[str, object] | None = mongo[settings.mongodb_db][collection].find_one(
             {"_id": call_id}
@@ -113,8 +116,11 @@ def _carrier_end(settings: Settings, call_id: str) -> dict[str, object] | None:
 
 def _stored(settings: Settings, call_id: str) -> dict[str, object]:
     assert settings.mongodb_url is not None
+    mongo: MongoClient[dict[str, Any]]
     with MongoClient(settings.mongodb_url) as mongo:
-        doc = mongo[settings.mongodb_db]["calls"].find_one({"_id": ObjectId(call_id)})
+        doc: dict[str, Any] | None = mongo[settings.mongodb_db]["calls"].find_one(
+            {"_id": ObjectId(call_id)}
+        )
     assert doc is not None
     return doc
 
