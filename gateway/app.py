@@ -112,9 +112,11 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
     ]
 
     def body_limit(path: str) -> int:
-        # Twilio's form webhooks are small; everything else is a JSON route.
+        # Twilio's form webhooks and LiveKit's events are small; the rest are JSON routes.
         if path.startswith("/twilio/"):
             return settings.twilio_max_body_bytes
+        if path == "/livekit/webhook":
+            return settings.livekit_max_body_bytes
         return settings.api_max_body_bytes
 
     app = Starlette(

@@ -20,6 +20,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.providers.base import Providers
 from gateway.providers.catalog import ProviderCatalog
 from gateway.providers.registry import build_default_providers
+from gateway.pruning import ExpiredRecordPruner
 from gateway.readiness import DatabaseProbe
 from gateway.recording.bucket import RecordingBucket
 from gateway.settings import Settings
@@ -156,12 +157,14 @@ def build_services(
 @contextlib.asynccontextmanager
 async def running(services: Services) -> AsyncIterator[None]:
     """The background work of a gateway, from before its first call to after its last:
-    the lease, the lost-call sweeper and the webhook outbox. At the end, every call this
-    process still serves is ended (`gateway-shutdown`) before anything stops."""
+    the lease, the lost-call sweeper, the webhook outbox and the pruning of expired claims
+    and carrier notes. At the end, every call this process still serves is ended
+    (`gateway-shutdown`) before anything stops."""
     await services.lease.start()
     tasks = [
         asyncio.create_task(services.outbox.run(), name="webhook-outbox"),
         asyncio.create_task(services.sweeper.run(), name="lost-calls"),
+        asyncio.create_task(ExpiredRecordPruner(services.database).run(), name="pruning"),
     ]
     try:
         yield

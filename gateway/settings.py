@@ -183,6 +183,8 @@ class Settings(BaseSettings):
     # Bounds on what a client may make the gateway hold or do (see README, Hardening).
     # Request bodies, counted as they arrive: Twilio's form webhooks are a few hundred bytes.
     twilio_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # LiveKit's webhook events are a few KB (room, participant and its attributes, egress).
+    livekit_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Nesting of JSON bodies (and page cursors): our models are at most a few levels deep.
     api_max_json_depth: int = Field(default=32, ge=4, le=200)

@@ -12,14 +12,16 @@ import binascii
 import contextlib
 import functools
 import json
+import logging
 import math
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from beanie import PydanticObjectId, SortDirection
 from bson.errors import InvalidId
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DocumentTooLarge, DuplicateKeyError, PyMongoError
 
@@ -37,6 +39,8 @@ from storage.models import (
     TurnRecord,
 )
 from storage.redaction import redact_credentials
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -99,6 +103,9 @@ class CallStore(Protocol):
         self, call_id: str, *, status: CallStatus, reason: str, at: datetime
     ) -> None: ...
     async def carrier_end(self, call_id: str) -> tuple[CallStatus, str] | None: ...
+    async def record_carrier_answer(
+        self, call_id: str, answered_by: str, *, at: datetime
+    ) -> None: ...
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord: ...
     async def get_call_by_sid(self, call_sid: str) -> CallRecord | None: ...
     async def list_calls(
@@ -121,8 +128,24 @@ def call_write_lock(call_id: str) -> asyncio.Lock:
     return lock
 
 
+# What the carrier said about a call another gateway serves, kept beside the call (one
+# insert each, keyed by the call id) until the call is finished, and never past
+# `CARRIER_NOTE_KEEP` (an expired note is pruned: see `prune_carrier_notes`).
+CARRIER_ENDS = "carrier_ends"
+CARRIER_ANSWERS = "carrier_answers"
+CARRIER_NOTE_KEEP = timedelta(days=1)
+CARRIER_NOTE_INDEXES: dict[str, list[IndexModel]] = {
+    name: [IndexModel([("expires_at", ASCENDING)], name="expires_at")]
+    for name in (CARRIER_ENDS, CARRIER_ANSWERS)
+}
+
+
+def _carrier_notes(name: str) -> AsyncCollection[dict[str, Any]]:
+    return CallDocument.get_pymongo_collection().database[name]
+
+
 def _carrier_ends() -> AsyncCollection[dict[str, Any]]:
-    return CallDocument.get_pymongo_collection().database["carrier_ends"]
+    return _carrier_notes(CARRIER_ENDS)
 
 
 def new_turn_id() -> str:
@@ -450,7 +473,17 @@ class CallRepository:
         async with call_write_lock(call_id):
             await self._finish_once(call_id, status, end_reason, ended_at, usage)
         self._next_index.pop(call_id, None)
+        await self._drop_carrier_notes(call_id)
         return await self.get_call(call_id)
+
+    async def _drop_carrier_notes(self, call_id: str) -> None:
+        """The call is finished: what the carrier said beside it is spent (by `_id`, cheap;
+        a note that is left, or written after this, expires)."""
+        for name in CARRIER_NOTE_INDEXES:
+            try:
+                await _carrier_notes(name).delete_one({"_id": call_id})
+            except PyMongoError:  # the call is finished all the same
+                log.warning("deleting a carrier note failed", extra={"call_id": call_id})
 
     async def _finish_once(
         self,
@@ -470,6 +503,12 @@ class CallRepository:
             duration = max(0.0, (ended - started).total_seconds())
             turns = await TurnDocument.find(TurnDocument.call_id == call_id).to_list()
             p50, p95 = _latency_percentiles([t.latency for t in turns if t.latency])
+            late: dict[str, Any] = {}
+            if doc.answered_by is None:
+                # Said while another gateway served the call (`record_carrier_answer`).
+                answer = await _carrier_notes(CARRIER_ANSWERS).find_one({"_id": call_id})
+                if answer is not None:
+                    late["answered_by"] = str(answer["answered_by"])
             # The filter on ended_at makes the first of two racing finishes win.
             await CallDocument.get_pymongo_collection().update_one(
                 {"_id": doc.id, "ended_at": None},
@@ -483,6 +522,7 @@ class CallRepository:
                         "latency_p95": p95,
                         "usage": dict(usage) if usage else None,
                         "report_pending": True,
+                        **late,
                     }
                 },
             )
@@ -495,9 +535,16 @@ class CallRepository:
         call, one insert by `_id` (the first is kept), never a rewrite of the call's
         document: FerretDB 1.24 rewrites a document whole, so an update here could undo the
         finish its serving gateway writes at the same moment."""
+        at = _stored_time(at)
         with contextlib.suppress(DuplicateKeyError):
             await _carrier_ends().insert_one(
-                {"_id": call_id, "status": status.value, "reason": reason, "at": _stored_time(at)}
+                {
+                    "_id": call_id,
+                    "status": status.value,
+                    "reason": reason,
+                    "at": at,
+                    "expires_at": at + CARRIER_NOTE_KEEP,
+                }
             )
 
     @_driver_errors
@@ -505,6 +552,30 @@ class CallRepository:
         """The carrier's end of the call, if one was recorded (`record_carrier_end`)."""
         doc = await _carrier_ends().find_one({"_id": call_id})
         return (CallStatus(doc["status"]), str(doc["reason"])) if doc is not None else None
+
+    @_driver_errors
+    async def record_carrier_answer(self, call_id: str, answered_by: str, *, at: datetime) -> None:
+        """Twilio's answering-machine verdict for a call another gateway serves, kept
+        beside the call as `record_carrier_end` is (the first is kept); the call's finish,
+        whoever writes it, copies it onto the call."""
+        at = _stored_time(at)
+        with contextlib.suppress(DuplicateKeyError):
+            await _carrier_notes(CARRIER_ANSWERS).insert_one(
+                {
+                    "_id": call_id,
+                    "answered_by": answered_by,
+                    "at": at,
+                    "expires_at": at + CARRIER_NOTE_KEEP,
+                }
+            )
+
+    @_driver_errors
+    async def prune_carrier_notes(self, now: datetime) -> None:
+        """Delete carrier notes past their `expires_at` (left by a call whose finish could
+        not delete them, or written just after it). On FerretDB this reads the collection:
+        run it from background work, never on a call's path."""
+        for name in CARRIER_NOTE_INDEXES:
+            await _carrier_notes(name).delete_many({"expires_at": {"$lt": _stored_time(now)}})
 
     @_driver_errors
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord:

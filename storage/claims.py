@@ -5,10 +5,10 @@ once (`livekit_events`, keyed by the event id).
 FerretDB 1.24 has no atomic conditional update (see `storage.deliveries`); its one atomic
 check-and-set is an insert whose `_id` is taken already (SQLite's primary key), so a
 claim is exactly that insert, on MongoDB as on FerretDB. Each claim carries `expires_at`,
-after which it cannot matter any more; FerretDB 1.24 has no TTL indexes, so the claims
-themselves delete expired ones, at most once a minute per process (on MongoDB the
-`expires_at` index makes that delete an index range; on FerretDB it reads the
-collection, which those deletes keep to the claims of one retention period).
+after which it cannot matter any more; FerretDB 1.24 has no TTL indexes, so the gateway
+deletes expired ones with `prune_expired` from background work (`gateway.pruning`), never
+on a claim's path: on MongoDB the `expires_at` index makes that delete an index range, on
+FerretDB it reads the collection (which those deletes keep to one retention period).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
 from storage.calls import _driver_errors, _stored_time
 from storage.documents import CallDocument
@@ -28,7 +28,6 @@ LIVEKIT_EVENTS = "livekit_events"
 # A call's stream claim outlives any call (at most 4 h) and any stream token: until then a
 # replayed start finds it, whatever the call's own document says.
 STREAM_CLAIM_KEEP = timedelta(days=1)
-_PRUNE_EVERY = timedelta(minutes=1)
 
 # The indexes `open_database` creates (by name, as for the documents).
 CLAIM_INDEXES: dict[str, list[IndexModel]] = {
@@ -44,28 +43,21 @@ def _collection(name: str) -> AsyncCollection[dict[str, Any]]:
 class ClaimRepository:
     """Single-use claims (on the database `open_database` opened)."""
 
-    def __init__(self) -> None:
-        self._pruned_at: dict[str, datetime] = {}
-
     async def _claim(self, name: str, key: str, fields: dict[str, Any], *, now: datetime) -> bool:
-        now = _stored_time(now)
         try:
-            await _collection(name).insert_one({"_id": key, "claimed_at": now, **fields})
+            await _collection(name).insert_one(
+                {"_id": key, "claimed_at": _stored_time(now), **fields}
+            )
         except DuplicateKeyError:
             return False
-        await self._prune(name, now)
         return True
 
-    async def _prune(self, name: str, now: datetime) -> None:
-        """Delete the collection's expired claims, at most once per `_PRUNE_EVERY`."""
-        last = self._pruned_at.get(name)
-        if last is not None and now - last < _PRUNE_EVERY:
-            return
-        self._pruned_at[name] = now
-        try:
-            await _collection(name).delete_many({"expires_at": {"$lt": now}})
-        except PyMongoError:
-            self._pruned_at.pop(name, None)  # the claim stands; the next one prunes
+    @_driver_errors
+    async def prune_expired(self, now: datetime) -> None:
+        """Delete the claims past their `expires_at` (a scan on FerretDB: background work
+        only)."""
+        for name in CLAIM_INDEXES:
+            await _collection(name).delete_many({"expires_at": {"$lt": _stored_time(now)}})
 
     @_driver_errors
     async def claim_stream(

@@ -3,10 +3,11 @@ starts an inbound call; a room finishing ends the call it holds; an egress endin
 completes its call's recording. An event about nothing of ours is still answered 200:
 LiveKit retries non-2xx answers.
 
-Before any of that: the token in `Authorization` is verified from the header alone, the
-body is read up to `MAX_BODY_BYTES` (413 beyond), hashed against the token, and only then
-parsed. Each event is acted on once across every gateway on the database: its id is
-claimed first, and a delivery whose id was claimed before is answered 200 and logged.
+Before any of that: the body is capped by `BodySizeLimit` (`LIVEKIT_MAX_BODY_BYTES` on this
+path: 413 beyond, signed or not), the token in `Authorization` is verified from the header
+alone, and only then is the body read, hashed against the token, and parsed. Each event
+is acted on once across every gateway on the database: its id is claimed first, and a
+delivery whose id was claimed before is answered 200 and logged.
 """
 
 from __future__ import annotations
@@ -20,31 +21,13 @@ from livekit.protocol import models
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import NotConfigured, error_response
+from gateway.errors import NotConfigured
 from gateway.livekit.egress import record_egress_ended
 from gateway.livekit.room import LiveKitRooms
 from gateway.services import Services
 from telephony.livekit import verified_event, verified_webhook_token
 
 log = logging.getLogger(__name__)
-
-# LiveKit's events are a few KB (room, participant and its attributes, egress info).
-MAX_BODY_BYTES = 64 * 1024
-
-
-async def _body_at_most(request: Request, limit: int) -> bytes | None:
-    """The request body, or None once it is longer than `limit` (read no further)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def livekit_webhook(request: Request) -> Response:
@@ -55,11 +38,7 @@ async def livekit_webhook(request: Request) -> Response:
     token = verified_webhook_token(
         livekit.token_verifier(), request.headers.get("authorization", ""), now=time.time()
     )
-    body = await _body_at_most(request, MAX_BODY_BYTES)
-    if body is None:
-        log.warning("livekit webhook refused: body over %d bytes", MAX_BODY_BYTES)
-        return error_response(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
-    event = verified_event(token, body)
+    event = verified_event(token, await request.body())  # capped by `BodySizeLimit`
     extra = {"event": event.event, "event_id": event.id, "room": event.room.name}
     if not event.id:
         log.warning("livekit event without an id ignored", extra=extra)

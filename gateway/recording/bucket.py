@@ -5,7 +5,8 @@ name their objects with `recording_key`.
 
 Salvage is idempotent: an upload that is no longer open (`NoSuchUpload`) was completed
 already, by its recorder or an earlier salvage whose state was never stored; the object
-then is the recording, and only its state is written again."""
+then is the recording, and only its state is written again. An open upload with no parts
+is likewise done when its object is there (a short call is stored whole by one `put`)."""
 
 from __future__ import annotations
 
@@ -212,10 +213,14 @@ class RecordingBucket:
             marker = int(page["NextPartNumberMarker"])
         parts.sort(key=lambda p: int(p["PartNumber"]))
         if not parts:
+            # A call shorter than one part is stored whole by `put`, and that put may land
+            # after its recorder was given up on (S3 stalled at hang-up): the upload is then
+            # left open with no parts although the recording is complete.
             await self.abort_upload(state.key, state.upload_id)
-            return state.model_copy(
-                update={"status": "failed", "upload_id": None, "error": "no part was uploaded"}
-            )
+            found = await self._completed_object(state)
+            if found.status == "complete":
+                return found
+            return found.model_copy(update={"error": "no part was uploaded"})
         await self._call(
             "complete_multipart_upload",
             Bucket=self.bucket, Key=state.key, UploadId=state.upload_id,

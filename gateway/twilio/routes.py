@@ -5,9 +5,11 @@ webhook for a call that ended or has had its stream (a replay) gets a hang-up, n
 A final status (`completed`, `busy`, ...) never finishes a call under a live stream: the
 stream still has turns and usage to store, and the report is built from what is stored. A
 call this process serves is ended through its lifecycle (the first reason given is kept);
-a call another live gateway serves gets the carrier's end recorded beside it (its gateway
-finishes it; if that gateway dies, the sweeper finishes it with the carrier's status).
-Only a call no gateway serves (never streamed, or lost) is finished here."""
+a call another gateway serves is not written here at all: the carrier's end (and its
+`AnsweredBy`) is recorded beside it, and its gateway finishes it; if that gateway is dead,
+the lost-call sweeper finishes it with the carrier's status, judging the heartbeat on its
+own clock (no two machines' clocks are compared). Only a call no gateway serves (never
+streamed, or lost and finished) is finished here."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import logging
 import re
 import time
 import urllib.parse
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -186,32 +188,41 @@ async def twilio_status(request: Request) -> Response:
         return Response(status_code=204)
     call_id_var.set(call.id)
     calls = services.database.calls
-    if form.get("AnsweredBy"):
-        await calls.set_answered_by(call.id, form["AnsweredBy"])
     log.info("call status", extra={"status": status.value, "call_sid": call.call_sid})
-    if status in (CallStatus.QUEUED, CallStatus.RINGING, CallStatus.IN_PROGRESS):
-        await calls.set_status(call.id, status)
-        return Response(status_code=204)
+    final = status not in (CallStatus.QUEUED, CallStatus.RINGING, CallStatus.IN_PROGRESS)
     reason = f"twilio-{status.value}"
     live = services.calls.live.get(call.id)
+    now = datetime.now(UTC)
+    if live is None and _served_elsewhere(services, call):
+        # Its document is left to its gateway (FerretDB 1.24 rewrites a document whole, so
+        # a write here could undo that gateway's own), and whether it is alive is left to
+        # the sweeper, which judges heartbeats on its own clock, never on another's.
+        if form.get("AnsweredBy"):
+            await calls.record_carrier_answer(call.id, form["AnsweredBy"], at=now)
+        if final:
+            await calls.record_carrier_end(call.id, status=status, reason=reason, at=now)
+            log.info(
+                "carrier ended a call another gateway serves", extra={"served_by": call.served_by}
+            )
+        return Response(status_code=204)
+    if form.get("AnsweredBy"):
+        await calls.set_answered_by(call.id, form["AnsweredBy"])
+    if not final:
+        await calls.set_status(call.id, status)
+        return Response(status_code=204)
     if live is not None:  # served here: its lifecycle finishes it after its last writes
         live.request_end(reason, status)
-        return Response(status_code=204)
-    now = datetime.now(UTC)
-    if call.ended_at is None and await _served_elsewhere(services, call, now):
-        await calls.record_carrier_end(call.id, status=status, reason=reason, at=now)
-        log.info("carrier ended a call another gateway serves", extra={"served_by": call.served_by})
         return Response(status_code=204)
     await calls.finish_call(call.id, status=status, end_reason=reason, ended_at=now)
     return Response(status_code=204)
 
 
-async def _served_elsewhere(services: Services, call: CallRecord, now: datetime) -> bool:
-    """True if another gateway took the call and its heartbeat is fresh (within two leases
-    on this machine's clock: a dead gateway's call is finished here at once)."""
+def _served_elsewhere(services: Services, call: CallRecord) -> bool:
+    """True if another gateway took the call and has not finished it (whether that gateway
+    is alive is the lost-call sweeper's judgement: it finishes the call if not)."""
     gateway_id = call.served_by
-    if not gateway_id or gateway_id == services.calls.live.gateway_id:
-        return False
-    beat = (await services.database.leases.beats({gateway_id})).get(gateway_id)
-    lease = timedelta(seconds=2 * services.settings.call_lease_s)
-    return beat is not None and now - beat < lease
+    return (
+        call.ended_at is None
+        and gateway_id is not None
+        and gateway_id != services.calls.live.gateway_id
+    )

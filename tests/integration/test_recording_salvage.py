@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -216,3 +217,77 @@ async def test_an_upload_gone_with_no_object_fails_at_once_and_the_report_goes_o
     assert len(counted.calls) == 1
     report = json.loads(rx.requests[0].body)["call"]["recording"]
     assert report["status"] == "failed" and report["url"] is None
+
+
+class PutLandsLate(RecordingBucket):
+    """The real bucket, except that a whole-object `put` is held until `release` is set and
+    then lands even if its caller was cancelled meanwhile (as a boto3 call in its worker
+    thread does when S3 stalls and comes back)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.release = asyncio.Event()
+        self.landing: asyncio.Task[None] | None = None
+
+    async def put(self, key: str, data: bytes) -> None:
+        self.landing = asyncio.create_task(self._put_late(key, data), name="late-put")
+        await asyncio.shield(self.landing)
+
+    async def _put_late(self, key: str, data: bytes) -> None:
+        await self.release.wait()
+        await super().put(key, data)
+
+
+async def test_a_short_call_put_after_its_recorder_was_given_up_on_is_salvaged_complete(
+    database: Database, s3_server: S3Server, s3_bucket: str
+) -> None:
+    org = await database.accounts.ensure_organization("acme")
+    async with receiver(lambda _id, _nth: 200) as rx:
+        call_id = await finished_call(database, org.id, rx.url)
+        bucket = PutLandsLate(
+            bucket=s3_bucket, region=s3_server.region, endpoint_url=s3_server.endpoint_url,
+            access_key_id=s3_server.access_key_id,
+            secret_access_key=s3_server.secret_access_key, prefix="recordings/",
+            url_ttl_s=600,
+        )  # fmt: skip
+        key = bucket.key_for(org.id, call_id, "wav")
+        clock = FakeClock()
+        recorder = CallRecorder(
+            call_id=call_id,
+            key=key,
+            bucket=bucket,
+            store=database.calls,
+            part_bytes=TEST_PART_MIN_BYTES,
+            clock=clock,
+        )
+        recorder.start()
+        await recorder.started()
+        await _run_call(recorder, clock, seconds=0.5, cut_at=0.2)  # shorter than one part
+        # S3 stalls at hang-up: the lifecycle's bound on the recorder cancels `finish()`
+        # while its one `put` is in flight; the put lands once S3 answers again.
+        finishing = asyncio.create_task(recorder.finish(), name="finish")
+        for _ in range(500):
+            if bucket.landing is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert bucket.landing is not None
+        finishing.cancel()
+        await asyncio.gather(finishing, return_exceptions=True)
+        bucket.release.set()
+        await bucket.landing
+        stored = (await database.calls.get_call(call_id, with_turns=False)).recording
+        assert stored is not None and stored.status == "recording" and stored.upload_id
+
+        counted = CountedSalvage(_bucket(s3_server, s3_bucket))
+        await _run_until(
+            _outbox(database, counted, RetryPolicy(base_s=0.4, cap_s=2.0)), lambda: rx.requests
+        )
+
+    body = s3_server.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    final = (await database.calls.get_call(call_id, with_turns=False)).recording
+    assert final is not None and final.status == "complete", final
+    assert final.size_bytes == len(body) and final.upload_id is None
+    report = json.loads(rx.requests[0].body)["call"]["recording"]
+    assert report["status"] == "complete" and report["url"] and key in report["url"]
+    _, samples = read_wav(body)
+    assert samples.shape[0] == 4000  # the whole half second

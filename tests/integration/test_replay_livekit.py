@@ -158,3 +158,16 @@ async def test_an_oversized_webhook_body_is_refused(stack: _Stack) -> None:
     assert unsigned.status_code == 413  # the gateway's body cap answers before any reading
     small_unsigned = await _post(stack.a, b"{}", "")
     assert small_unsigned.status_code == 403
+    # Over LiveKit's own cap (64 KiB), under the JSON routes' (1 MiB): the one body cap,
+    # the middleware's, answers with its one error code, signed or not.
+    mid = lkapi.WebhookEvent(
+        event="room_finished",
+        room=lkapi.Room(name="call-mid", metadata="x" * (200 * 1024)),
+        id="EV_" + uuid.uuid4().hex[:12],
+        created_at=int(time.time()),
+    )
+    body, auth = _signed(stack.server, mid)
+    for authorization in (auth, ""):
+        answered = await _post(stack.a, body, authorization)
+        assert answered.status_code == 413, (answered.status_code, answered.text)
+        assert answered.json()["error"]["code"] == "too_large"
