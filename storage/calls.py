@@ -94,6 +94,7 @@ class CallStore(Protocol):
         end_reason: str,
         ended_at: datetime,
         usage: Mapping[str, int] | None = None,
+        with_turns: bool = False,
     ) -> CallRecord: ...
     async def record_carrier_end(
         self, call_id: str, *, status: CallStatus, reason: str, at: datetime
@@ -445,12 +446,18 @@ class CallRepository:
         end_reason: str,
         ended_at: datetime,
         usage: Mapping[str, int] | None = None,
+        with_turns: bool = False,
     ) -> CallRecord:
-        """Record the outcome once: finishing an already finished call keeps the first."""
+        """Record the outcome once: finishing an already finished call keeps the first.
+        Returns the call as stored, its turns only if asked: a caller that only finishes
+        the call waits for no read after the write (a read that failed would look like a
+        finish that failed)."""
         async with call_write_lock(call_id):
-            await self._finish_once(call_id, status, end_reason, ended_at, usage)
+            doc = await self._finish_once(call_id, status, end_reason, ended_at, usage)
         self._next_index.pop(call_id, None)
-        return await self.get_call(call_id)
+        if with_turns:
+            return await self.get_call(call_id)
+        return _call_record(doc)
 
     async def _finish_once(
         self,
@@ -459,33 +466,40 @@ class CallRepository:
         end_reason: str,
         ended_at: datetime,
         usage: Mapping[str, int] | None,
-    ) -> None:
-        doc = await CallDocument.get(_object_id(call_id, what="call"))
+    ) -> CallDocument:
+        """The call's document once finished (by this write, or by the one before it)."""
+        oid = _object_id(call_id, what="call")
+        doc = await CallDocument.get(oid)
         if doc is None:
             raise CallNotFound(f"no call {call_id!r}")
-        if doc.ended_at is None:
-            ended = _stored_time(ended_at)
-            started = _utc(doc.started_at)
-            assert started is not None
-            duration = max(0.0, (ended - started).total_seconds())
-            turns = await TurnDocument.find(TurnDocument.call_id == call_id).to_list()
-            p50, p95 = _latency_percentiles([t.latency for t in turns if t.latency])
-            # The filter on ended_at makes the first of two racing finishes win.
-            await CallDocument.get_pymongo_collection().update_one(
-                {"_id": doc.id, "ended_at": None},
-                {
-                    "$set": {
-                        "status": status.value,
-                        "end_reason": end_reason,
-                        "ended_at": ended,
-                        "duration_s": round(duration, 3),
-                        "latency_p50": p50,
-                        "latency_p95": p95,
-                        "usage": dict(usage) if usage else None,
-                        "report_pending": True,
-                    }
-                },
-            )
+        if doc.ended_at is not None:
+            return doc
+        ended = _stored_time(ended_at)
+        started = _utc(doc.started_at)
+        assert started is not None
+        duration = max(0.0, (ended - started).total_seconds())
+        turns = await TurnDocument.find(TurnDocument.call_id == call_id).to_list()
+        p50, p95 = _latency_percentiles([t.latency for t in turns if t.latency])
+        fields: dict[str, Any] = {
+            "status": status.value,
+            "end_reason": end_reason,
+            "ended_at": ended,
+            "duration_s": round(duration, 3),
+            "latency_p50": p50,
+            "latency_p95": p95,
+            "usage": dict(usage) if usage else None,
+            "report_pending": True,
+        }
+        # The filter on ended_at makes the first of two racing finishes win.
+        result = await CallDocument.get_pymongo_collection().update_one(
+            {"_id": doc.id, "ended_at": None}, {"$set": fields}
+        )
+        if result.matched_count == 1:
+            return doc.model_copy(update=fields)  # exactly what was written
+        won = await CallDocument.get(oid)  # another process finished it first
+        if won is None:
+            raise CallNotFound(f"no call {call_id!r}")
+        return won
 
     @_driver_errors
     async def record_carrier_end(

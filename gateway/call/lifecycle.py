@@ -337,6 +337,8 @@ class CallLifecycle:
         while True:
             try:
                 # Longer than a turn's bound: it reads the call's turns for its latencies.
+                # Nothing is read back after the write: a failed read would look like a
+                # call left unfinished.
                 async with asyncio.timeout(policy.attempt_timeout_s * 3):
                     await self._rt.store.finish_call(
                         self.call.id,
