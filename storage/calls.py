@@ -495,7 +495,8 @@ class CallRepository:
             {"_id": doc.id, "ended_at": None}, {"$set": fields}
         )
         if result.matched_count == 1:
-            return doc.model_copy(update=fields)  # exactly what was written
+            written: CallDocument = doc.model_copy(update=fields)  # exactly what was written
+            return written
         won = await CallDocument.get(oid)  # another process finished it first
         if won is None:
             raise CallNotFound(f"no call {call_id!r}")
