@@ -128,7 +128,7 @@ def build_services(
         lease_s=settings.call_lease_s,
         metrics=metrics,
         on_lost=lost,
-        own_ending=live.unfinished_ending,
+        unfinished=live,
     )
     twilio = TwilioServices(
         validator=TwilioSignatureValidator(settings.twilio_auth_token.get_secret_value()),

@@ -98,6 +98,7 @@ class CallStore(Protocol):
         end_reason: str,
         ended_at: datetime,
         usage: Mapping[str, int] | None = None,
+        with_turns: bool = False,
     ) -> CallRecord: ...
     async def record_carrier_end(
         self, call_id: str, *, status: CallStatus, reason: str, at: datetime
@@ -468,13 +469,19 @@ class CallRepository:
         end_reason: str,
         ended_at: datetime,
         usage: Mapping[str, int] | None = None,
+        with_turns: bool = False,
     ) -> CallRecord:
-        """Record the outcome once: finishing an already finished call keeps the first."""
+        """Record the outcome once: finishing an already finished call keeps the first.
+        Returns the call as stored, its turns only if asked: a caller that only finishes
+        the call waits for no read after the write (a read that failed would look like a
+        finish that failed)."""
         async with call_write_lock(call_id):
-            await self._finish_once(call_id, status, end_reason, ended_at, usage)
+            doc = await self._finish_once(call_id, status, end_reason, ended_at, usage)
         self._next_index.pop(call_id, None)
         await self._drop_carrier_notes(call_id)
-        return await self.get_call(call_id)
+        if with_turns:
+            return await self.get_call(call_id)
+        return _call_record(doc)
 
     async def _drop_carrier_notes(self, call_id: str) -> None:
         """The call is finished: what the carrier said beside it is spent (by `_id`, cheap;
@@ -492,40 +499,46 @@ class CallRepository:
         end_reason: str,
         ended_at: datetime,
         usage: Mapping[str, int] | None,
-    ) -> None:
-        doc = await CallDocument.get(_object_id(call_id, what="call"))
+    ) -> CallDocument:
+        """The call's document once finished (by this write, or by the one before it)."""
+        oid = _object_id(call_id, what="call")
+        doc = await CallDocument.get(oid)
         if doc is None:
             raise CallNotFound(f"no call {call_id!r}")
-        if doc.ended_at is None:
-            ended = _stored_time(ended_at)
-            started = _utc(doc.started_at)
-            assert started is not None
-            duration = max(0.0, (ended - started).total_seconds())
-            turns = await TurnDocument.find(TurnDocument.call_id == call_id).to_list()
-            p50, p95 = _latency_percentiles([t.latency for t in turns if t.latency])
-            late: dict[str, Any] = {}
-            if doc.answered_by is None:
-                # Said while another gateway served the call (`record_carrier_answer`).
-                answer = await _carrier_notes(CARRIER_ANSWERS).find_one({"_id": call_id})
-                if answer is not None:
-                    late["answered_by"] = str(answer["answered_by"])
-            # The filter on ended_at makes the first of two racing finishes win.
-            await CallDocument.get_pymongo_collection().update_one(
-                {"_id": doc.id, "ended_at": None},
-                {
-                    "$set": {
-                        "status": status.value,
-                        "end_reason": end_reason,
-                        "ended_at": ended,
-                        "duration_s": round(duration, 3),
-                        "latency_p50": p50,
-                        "latency_p95": p95,
-                        "usage": dict(usage) if usage else None,
-                        "report_pending": True,
-                        **late,
-                    }
-                },
-            )
+        if doc.ended_at is not None:
+            return doc
+        ended = _stored_time(ended_at)
+        started = _utc(doc.started_at)
+        assert started is not None
+        duration = max(0.0, (ended - started).total_seconds())
+        turns = await TurnDocument.find(TurnDocument.call_id == call_id).to_list()
+        p50, p95 = _latency_percentiles([t.latency for t in turns if t.latency])
+        fields: dict[str, Any] = {
+            "status": status.value,
+            "end_reason": end_reason,
+            "ended_at": ended,
+            "duration_s": round(duration, 3),
+            "latency_p50": p50,
+            "latency_p95": p95,
+            "usage": dict(usage) if usage else None,
+            "report_pending": True,
+        }
+        if doc.answered_by is None:
+            # Said while another gateway served the call (`record_carrier_answer`).
+            answer = await _carrier_notes(CARRIER_ANSWERS).find_one({"_id": call_id})
+            if answer is not None:
+                fields["answered_by"] = str(answer["answered_by"])
+        # The filter on ended_at makes the first of two racing finishes win.
+        result = await CallDocument.get_pymongo_collection().update_one(
+            {"_id": doc.id, "ended_at": None}, {"$set": fields}
+        )
+        if result.matched_count == 1:
+            written: CallDocument = doc.model_copy(update=fields)  # exactly what was written
+            return written
+        won = await CallDocument.get(oid)  # another process finished it first
+        if won is None:
+            raise CallNotFound(f"no call {call_id!r}")
+        return won
 
     @_driver_errors
     async def record_carrier_end(

@@ -11,7 +11,9 @@ carrier said it ended, if a status callback recorded that while it was served) o
 gateway's heartbeat has not changed for a whole lease, as this sweeper saw it on its own
 clock: no two machines' clocks are compared, a gateway that just started (or could not read
 the database) waits one lease before it judges anyone, and a sweeper never finishes a call
-its own process serves.
+its own process serves. It also finishes, by `_id`, the calls that ended in its own process
+but whose final write failed (`UnfinishedCalls`), as they ended: their lease may never have
+been stored, so no search by lease would find them.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from gateway.metrics import GatewayMetrics
 from storage import (
+    CallNotFound,
     CallRecord,
     CallStatus,
     CallStore,
@@ -37,6 +41,37 @@ from storage import (
 log = logging.getLogger(__name__)
 
 LOST_REASON = "gateway-lost"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnEnding:
+    """How a call that ended in this process ended, kept until it is finished in the
+    database (its final write failed: the database was away)."""
+
+    status: CallStatus
+    reason: str
+    ended_at: datetime
+    usage: Mapping[str, int] | None = None
+
+
+class UnfinishedCalls(Protocol):
+    """The calls that ended here unfinished (`LiveCalls`)."""
+
+    def unfinished(self) -> Mapping[str, OwnEnding]:
+        """Each such call's id and how it ended (a snapshot)."""
+        ...
+
+    def finished(self, call_id: str) -> None:
+        """The call is finished in the database now: forget it."""
+        ...
+
+
+class _NoneUnfinished:
+    def unfinished(self) -> Mapping[str, OwnEnding]:
+        return {}
+
+    def finished(self, call_id: str) -> None:
+        pass
 
 
 class Heartbeat(Protocol):
@@ -137,7 +172,7 @@ class LostCallSweeper:
         lease_s: float,
         metrics: GatewayMetrics,
         on_lost: Callable[[CallRecord], Awaitable[None]],
-        own_ending: Callable[[str], tuple[CallStatus, str] | None] = lambda call_id: None,
+        unfinished: UnfinishedCalls | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -147,7 +182,7 @@ class LostCallSweeper:
         self._lease_s = lease_s
         self._metrics = metrics
         self._on_lost = on_lost
-        self._own_ending = own_ending  # how a call ended here whose final write failed
+        self._unfinished = unfinished or _NoneUnfinished()  # ended here, final write failed
         self._clock = clock
         # gateway id -> (its last beat as read, when this sweeper first read that beat)
         self._seen: dict[str, tuple[datetime | None, float]] = {}
@@ -164,7 +199,9 @@ class LostCallSweeper:
         return {o for o in owners if now - self._seen[o][1] >= self._lease_s}
 
     async def sweep(self) -> list[CallRecord]:
-        """One round: finish every lost call; returns them."""
+        """One round: finish every call that ended here unfinished, then every lost call;
+        returns them."""
+        finished = await self._finish_own()
         try:
             calls = await self._store.served_calls()
             owners = {c.served_by for c in calls if c.served_by and c.served_by != self._me}
@@ -182,13 +219,15 @@ class LostCallSweeper:
             # Ours but no longer served here: its finish failed (the database was away).
             or (c.served_by == self._me and not self._serving(c.id))
         ]
-        finished = []
         for call in lost:
-            # How it ended, if known: here (its final write failed), or as the carrier said
-            # while its gateway still served it.
-            known = self._own_ending(call.id) if call.served_by == self._me else None
-            if known is None:
-                known = await self._store.carrier_end(call.id)
+            # How it ended, if known: here (its final write failed, and it ended after the
+            # first step of this round), or as the carrier said while its gateway served it.
+            own = self._unfinished.unfinished().get(call.id) if call.served_by == self._me else None
+            if own is not None:
+                if (stored := await self._finish_as_ended(call.id, own)) is not None:
+                    finished.append(stored)
+                continue
+            known = await self._store.carrier_end(call.id)
             status, reason = known if known is not None else (CallStatus.FAILED, LOST_REASON)
             stored = await self._store.finish_call(
                 call.id, status=status, end_reason=reason, ended_at=datetime.now(UTC)
@@ -207,6 +246,41 @@ class LostCallSweeper:
                 log.exception("cleaning up after a lost call failed", extra={"call_id": call.id})
         self._metrics.lost_call_sweeps_total += 1
         return finished
+
+    async def _finish_own(self) -> list[CallRecord]:
+        """Finish, by `_id`, each call that ended here but whose final write failed: its
+        lease may never have been stored (the database went away right after the stream
+        was claimed), so `served_calls` would never return it."""
+        finished = []
+        for call_id, ending in list(self._unfinished.unfinished().items()):
+            if self._serving(call_id):  # its lifecycle is still ending it
+                continue
+            if (stored := await self._finish_as_ended(call_id, ending)) is not None:
+                finished.append(stored)
+        return finished
+
+    async def _finish_as_ended(self, call_id: str, ending: OwnEnding) -> CallRecord | None:
+        """Store how a call ended here and forget it; the stored call if this finished it."""
+        try:
+            stored = await self._store.finish_call(
+                call_id,
+                status=ending.status,
+                end_reason=ending.reason,
+                ended_at=ending.ended_at,
+                usage=ending.usage,
+            )
+        except CallNotFound:
+            log.warning("a call that ended here is gone", extra={"call_id": call_id})
+            self._unfinished.finished(call_id)
+            return None
+        self._unfinished.finished(call_id)  # finished now, or already was
+        if stored.end_reason != ending.reason or stored.ended_at is None:
+            return None
+        log.info(
+            "finished a call that ended here once the database was back",
+            extra={"call_id": call_id, "reason": ending.reason},
+        )
+        return stored
 
     async def run(self) -> None:
         """`sweep` every third of a lease (at most every 10 s) until cancelled."""

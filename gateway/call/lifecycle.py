@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from audio.frames import AudioFrame
+from gateway.call.lease import OwnEnding
 from gateway.call.plan import plan_call
 from gateway.call.session import CallSession, SessionConfig
 from gateway.call.transport import CallTransport
@@ -111,8 +112,9 @@ class LiveCalls:
         self.gateway_id = gateway_id
         self._calls: dict[str, CallLifecycle] = {}
         # Calls that ended here but whose final write failed (the database was away): how
-        # they ended, for this gateway's sweeper to store once the database is back.
-        self._unfinished: dict[str, CallEnding] = {}
+        # they ended, for this gateway's sweeper to store once the database is back (a few
+        # bytes per such call, only until then).
+        self._unfinished: dict[str, OwnEnding] = {}
 
     def serving(self, call_id: str) -> bool:
         return call_id in self._calls
@@ -124,14 +126,17 @@ class LiveCalls:
     def add(self, call: CallLifecycle) -> None:
         self._calls[call.call.id] = call
 
-    def left_unfinished(self, call_id: str, ending: CallEnding) -> None:
+    def left_unfinished(self, call_id: str, ending: OwnEnding) -> None:
+        """The call ended here but its final write failed: the sweeper stores `ending`."""
         self._unfinished[call_id] = ending
 
-    def unfinished_ending(self, call_id: str) -> tuple[CallStatus, str] | None:
-        """How a call that ended here but is not finished in the database ended (kept: a
-        few bytes per such call, only while the database was away)."""
-        ending = self._unfinished.get(call_id)
-        return (ending.status, ending.reason) if ending is not None else None
+    def unfinished(self) -> dict[str, OwnEnding]:
+        """The calls that ended here but are not finished in the database, and how they ended."""
+        return dict(self._unfinished)
+
+    def finished(self, call_id: str) -> None:
+        """The sweeper stored the call's end (or found it stored): forget it."""
+        self._unfinished.pop(call_id, None)
 
     def discard(self, call: CallLifecycle) -> None:
         if self._calls.get(call.call.id) is call:
@@ -304,7 +309,11 @@ class CallLifecycle:
                     "call ended", extra={"reason": ending.reason, "status": str(ending.status)}
                 )
             else:  # this gateway's sweeper finishes it so once the database is back
-                self._rt.live.left_unfinished(self.call.id, ending)
+                usage = self.session.usage if self.session is not None else None
+                self._rt.live.left_unfinished(
+                    self.call.id,
+                    OwnEnding(ending.status, ending.reason, self._ended_at, usage),
+                )
                 log.error(
                     "the call is not finished in the database", extra={"reason": ending.reason}
                 )
@@ -337,6 +346,8 @@ class CallLifecycle:
         while True:
             try:
                 # Longer than a turn's bound: it reads the call's turns for its latencies.
+                # Nothing is read back after the write: a failed read would look like a
+                # call left unfinished.
                 async with asyncio.timeout(policy.attempt_timeout_s * 3):
                     await self._rt.store.finish_call(
                         self.call.id,

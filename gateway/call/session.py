@@ -186,8 +186,9 @@ class CallSession:
         return self._replies.usage
 
     async def close(self) -> None:
-        """The call ends: stop the agent, store its unfinished turn (cut to what the caller
-        heard) and the caller turn still being written, close the providers' streams."""
+        """The call ends: stop the agent, queue its unfinished turn (cut to what the caller
+        heard) with the call's writes (the lifecycle drains them before the final write),
+        close the providers' streams."""
         if self._closed:
             return
         self._closed = True

@@ -5,9 +5,11 @@ the database is away.
 The conversation never waits for the database: `submit()` only queues. When the database
 comes back, everything queued is written in the order it was submitted. When it refuses
 writes for longer than `WritePolicy.outage_s`, or more than `max_pending` writes wait (a
-full queue is an outage too: the call cannot keep what it says), `on_outage` is called
-once (the lifecycle ends the call politely), and every write not stored is logged with the
-call id and what it held; later submissions are logged the same way.
+full queue is an outage too: the call cannot keep what it says), the writes are given up:
+`on_outage` is called once (the lifecycle ends the call politely), every write still queued
+is logged with the call id and what it held, the write in flight is not tried again (logged
+the same way unless the attempt under way stores it), and later submissions are logged as
+they come.
 
 Order of calls: `start()` once, inside the running loop; `submit()` any number of times;
 `drain()` before the call's final write (it returns once the queue is empty or given up);
@@ -67,6 +69,7 @@ class CallWrites:
         self._idle.set()
         self._failing_since: float | None = None
         self._given_up: str | None = None
+        self._in_flight: _Write | None = None  # the write the writer is storing (queue[0])
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -92,7 +95,7 @@ class CallWrites:
             self._log_unwritten([item])
             return
         if len(self._queue) >= self._policy.max_pending:
-            self._give_up(f"more than {self._policy.max_pending} writes waited", [item])
+            self._give_up(f"more than {self._policy.max_pending} writes waited", item)
             return
         self._queue.append(item)
         self._idle.clear()
@@ -109,9 +112,13 @@ class CallWrites:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._queue:
-            self._log_unwritten(list(self._queue))
-            self._queue.clear()
+        unwritten = list(self._queue)
+        in_flight = self._in_flight
+        if in_flight is not None and all(item is not in_flight for item in unwritten):
+            unwritten.insert(0, in_flight)  # cut off after a give-up
+        self._in_flight = None
+        self._queue.clear()
+        self._log_unwritten(unwritten)
         self._idle.set()
 
     async def _run(self) -> None:
@@ -121,29 +128,36 @@ class CallWrites:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            await self._store(self._queue[0])
+            self._in_flight = self._queue[0]
+            await self._store(self._in_flight)
+            self._in_flight = None
             if self._queue and self._given_up is None:
                 self._queue.popleft()
 
     async def _store(self, item: _Write) -> None:
-        """Write `item`, retrying until it is stored, fails for good, or the outage bound passes."""
+        """Write `item`, retrying until it is stored, fails for good, the outage bound passes,
+        or the writes are given up (a full queue) while it is tried."""
         policy = self._policy
         delay = policy.retry_base_s
         attempt = 0
         while True:
+            if self._given_up is not None:  # given up between attempts: not tried again
+                self._log_unwritten([item])
+                return
             attempt += 1
             try:
                 async with asyncio.timeout(policy.attempt_timeout_s):
                     await item.write()
             except (StorageError, TimeoutError) as exc:
+                if self._given_up is not None:  # given up while this attempt ran
+                    self._log_unwritten([item])
+                    return
                 now = self._clock()
                 if self._failing_since is None:
                     self._failing_since = now
                 if now - self._failing_since >= policy.outage_s:
-                    self._give_up(
-                        f"the database refused writes for {policy.outage_s:g} s",
-                        list(self._queue),
-                    )
+                    self._in_flight = None  # logged first with the rest, in order
+                    self._give_up(f"the database refused writes for {policy.outage_s:g} s")
                     return
                 log.log(
                     logging.WARNING if attempt == 1 else logging.DEBUG,
@@ -173,8 +187,15 @@ class CallWrites:
                 self._failing_since = None
             return
 
-    def _give_up(self, reason: str, unwritten: list[_Write]) -> None:
+    def _give_up(self, reason: str, refused: _Write | None = None) -> None:
+        """Once: drop and log every queued write (and `refused`, the one that did not fit)
+        but the one in flight, which `_store` logs unless its attempt under way lands."""
+        if self._given_up is not None:
+            return
         self._given_up = reason
+        unwritten = [item for item in self._queue if item is not self._in_flight]
+        if refused is not None:
+            unwritten.append(refused)
         self._queue.clear()
         self._idle.set()
         log.error("the call's writes are given up: %s", reason, extra={"call_id": self._call_id})

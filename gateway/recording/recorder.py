@@ -37,7 +37,9 @@ class CallRecorder:
 
     Order of calls: `start()` once (it opens the upload in the background), then
     `caller_audio` / `agent_audio` / `agent_cleared` as the call runs (synchronous: they
-    never wait for S3), `started()` before the call's final write, then `finish()` once.
+    never wait for S3), `started()` before the call's final write, then `finish()` once;
+    audio that arrives once `finish()` has begun is ignored (the recording ends there, and
+    a part cut then would come after the upload's last).
     Times are `clock()` readings (the transport's monotonic clock); the caller's position
     comes from Twilio's media timestamps.
     """
@@ -74,6 +76,7 @@ class CallRecorder:
         self._failed: str | None = None
         self._uploader: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()  # the open upload is stored (or never will be)
+        self._finishing = False  # `finish()` has begun: no more audio
 
     def _position(self, at: float) -> int:
         return max(0, round((at - self._origin) * self._rate))
@@ -89,6 +92,8 @@ class CallRecorder:
     def caller_audio(self, timestamp_ms: int, pcm: PCM16) -> None:
         """A caller frame that Twilio stamped `timestamp_ms` after the stream started; placed
         there, but never more than a few seconds past the real clock."""
+        if self._finishing:
+            return
         now = self._position(self._clock())
         position = min(timestamp_ms * self._rate // 1000, now + int(_MAX_AHEAD_S * self._rate))
         self._timeline.write_caller(position, pcm)
@@ -99,11 +104,13 @@ class CallRecorder:
 
     def agent_audio(self, due: float, pcm: PCM16) -> None:
         """Agent audio due to play at `due` (the pacer's schedule)."""
-        self._timeline.write_agent(self._position(due), pcm)
+        if not self._finishing:
+            self._timeline.write_agent(self._position(due), pcm)
 
     def agent_cleared(self, at: float) -> None:
         """A barge-in cleared the agent at `at`: nothing it sent for later was heard."""
-        self._timeline.cut_agent(self._position(at))
+        if not self._finishing:
+            self._timeline.cut_agent(self._position(at))
 
     def _append(self, data: bytes) -> None:
         if not data or self._failed:
@@ -161,6 +168,7 @@ class CallRecorder:
 
     async def finish(self) -> RecordingState:
         """Flush what is left, complete the object and store the final state."""
+        self._finishing = True
         end = max(self._timeline.end, self._timeline.committed)
         self._append(self._wav.encode(self._timeline.take(end)))
         self._parts.put_nowait(None)

@@ -146,7 +146,9 @@ class _MediaStream:
                         self._guard.check(event.timestamp_ms, len(event.payload), time.monotonic())
                     if call is not None:
                         pcm = ulaw_decode(event.payload)
-                        if self._recorder is not None:
+                        # Once the end is asked for the socket stays open through the final
+                        # write, but the call (and its recording) has ended.
+                        if self._recorder is not None and not call.ended.is_set():
                             self._recorder.caller_audio(event.timestamp_ms, pcm)
                         await call.on_audio(AudioFrame(pcm, TwilioPacer.sample_rate))
                 elif isinstance(event, MarkPlayed):

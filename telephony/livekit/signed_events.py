@@ -21,7 +21,9 @@ from telephony.errors import SignatureError
 # livekit-server signs each webhook with a token valid five minutes; one valid for longer
 # than this is refused, so the gateway need remember the events it acted on no longer.
 MAX_TOKEN_LIFETIME_S = 24 * 3600
-# `api.TokenVerifier` accepts a token up to a minute past its expiry (its default leeway).
+# `api.TokenVerifier` accepts a token up to a minute past its expiry (its default leeway);
+# an event's claim is kept twice that long past expiry, so while any gateway (clocks up to
+# a minute apart) accepts the token, no other gateway's clock has pruned the claim.
 _PAST_EXPIRY_S = 120.0
 
 

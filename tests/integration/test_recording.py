@@ -240,3 +240,62 @@ async def test_a_frame_stamped_far_ahead_is_placed_at_the_real_clock(
     pcm = _stereo(s3_server.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read())
     assert pcm.shape[0] <= (2.0 + 3.0 + 0.02) * RATE
     assert np.array_equal(pcm[-FRAME:, 0], _caller_frame(7))  # kept, at the clock's bound
+
+
+class _HeldParts(RecordingBucket):
+    """The real bucket, except that each part waits until `release` is set (S3 slow)."""
+
+    def __init__(self, s3: S3Server, bucket: str) -> None:
+        super().__init__(
+            bucket=bucket,
+            region=s3.region,
+            endpoint_url=s3.endpoint_url,
+            access_key_id=s3.access_key_id,
+            secret_access_key=s3.secret_access_key,
+            prefix="recordings/",
+            url_ttl_s=600,
+        )
+        self.release = asyncio.Event()
+        self.part_waiting = asyncio.Event()
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        self.part_waiting.set()
+        await self.release.wait()
+        return await super().upload_part(key, upload_id, number, data)
+
+
+async def test_audio_after_finish_began_is_not_recorded(
+    database: Database, s3_server: S3Server, s3_bucket: str
+) -> None:
+    """The socket stays open while the call's end runs, and caller audio goes on arriving.
+    Audio fed once `finish()` began (waiting for the uploader) used to cut a part after the
+    upload's last: never uploaded, but counted in the final size and header."""
+    call = await _call(database)
+    bucket = _HeldParts(s3_server, s3_bucket)
+    clock = FakeClock()
+    key = bucket.key_for(call.org_id, call.id, "wav")
+    recorder = CallRecorder(
+        call_id=call.id,
+        key=key,
+        bucket=bucket,
+        store=database.calls,
+        part_bytes=PART_BYTES,
+        clock=clock,
+    )
+    recorder.start()
+    await _run_call(recorder, clock, seconds=1.0, cut_at=0.5)  # one full part cut
+    await bucket.part_waiting.wait()
+    finishing = asyncio.create_task(recorder.finish())
+    await asyncio.sleep(0)  # `finish` runs until it waits for the uploader
+    origin = clock.now
+    for k in range(50, 100):  # one more second of caller audio: more than a part
+        clock.now = origin + (k - 50) * 0.020
+        recorder.caller_audio(k * 20, _caller_frame(k))
+    bucket.release.set()
+    state = await finishing
+    assert state.status == "complete"
+    data = s3_server.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    assert len(data) == state.size_bytes
+    pcm = _stereo(data)
+    assert pcm.shape[0] == RATE  # the second before `finish`, nothing after
+    assert state.duration_s == 1.0

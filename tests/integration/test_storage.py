@@ -52,6 +52,7 @@ async def test_call_lifecycle_with_turns(database: Database) -> None:
         status=CallStatus.COMPLETED,
         end_reason="caller-hung-up",
         ended_at=t0 + timedelta(seconds=42),
+        with_turns=True,
     )
     assert ended.status is CallStatus.COMPLETED
     assert ended.duration_s == 42.0
@@ -72,6 +73,8 @@ async def test_call_lifecycle_with_turns(database: Database) -> None:
         "caller-hung-up",
         42.0,
     )
+    # Without turns asked for, what the finish returns is the call as stored, turns aside.
+    assert again == ended.model_copy(update={"turns": ()})
 
 
 async def test_lookup_and_listing(database: Database) -> None:
@@ -137,9 +140,10 @@ async def test_a_finished_call_keeps_its_final_state(database: Database) -> None
     call = await store.create_call(_new_call(), started_at=t0)
     assert call.started_at == t0.replace(microsecond=123000)  # BSON keeps milliseconds
     assert call == await store.get_call(call.id)
-    await store.finish_call(
+    finished = await store.finish_call(
         call.id, status=CallStatus.BUSY, end_reason="busy", ended_at=t0 + timedelta(seconds=1)
     )
+    assert finished == await store.get_call(call.id, with_turns=False)  # as written, unread
     await store.set_status(call.id, CallStatus.IN_PROGRESS)  # a late, out-of-order callback
     assert (await store.get_call(call.id)).status is CallStatus.BUSY
     with pytest.raises(CallNotFound):

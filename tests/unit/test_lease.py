@@ -5,13 +5,14 @@ database is in tests/integration/test_two_gateways.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
 
-from gateway.call.lease import LOST_REASON, GatewayLease, LostCallSweeper
+from gateway.call.lease import LOST_REASON, GatewayLease, LostCallSweeper, OwnEnding
+from gateway.call.lifecycle import LiveCalls
 from gateway.metrics import GatewayMetrics
 from storage import CallRecord, CallStatus, Direction, StorageError
 
@@ -27,7 +28,7 @@ class Clock:
         return self.now
 
 
-def _call(call_id: str, served_by: str) -> CallRecord:
+def _call(call_id: str, served_by: str | None) -> CallRecord:
     return CallRecord(
         id=call_id, org_id=None, transport="twilio", call_sid="CA" + call_id, stream_sid=None,
         from_number="+15550001111", to_number="+15550002222", direction=Direction.INBOUND,
@@ -53,7 +54,7 @@ class Store:
     async def served_calls(self) -> list[CallRecord]:
         if self.down:
             raise StorageError("database away")
-        return [c for c in self.calls.values() if c.ended_at is None]
+        return [c for c in self.calls.values() if c.ended_at is None and c.served_by]
 
     async def beats(self, gateway_ids: Collection[str]) -> dict[str, datetime]:
         if self.down:
@@ -61,12 +62,26 @@ class Store:
         return {g: b for g, b in self.beats_now.items() if g in gateway_ids}
 
     async def finish_call(
-        self, call_id: str, *, status: CallStatus, end_reason: str, ended_at: datetime
+        self,
+        call_id: str,
+        *,
+        status: CallStatus,
+        end_reason: str,
+        ended_at: datetime,
+        usage: Mapping[str, int] | None = None,
+        with_turns: bool = False,
     ) -> CallRecord:
+        if self.down:
+            raise StorageError("database away")
         call = self.calls[call_id]
         if call.ended_at is None:
             call = call.model_copy(
-                update={"status": status, "end_reason": end_reason, "ended_at": ended_at}
+                update={
+                    "status": status,
+                    "end_reason": end_reason,
+                    "ended_at": ended_at,
+                    "usage": dict(usage) if usage else None,
+                }
             )
             self.calls[call_id] = call
             self.finished.append(call_id)
@@ -136,22 +151,71 @@ async def test_a_lost_call_the_carrier_said_had_ended_is_finished_as_the_carrier
     assert lost == ["c1"]
 
 
-async def test_a_call_that_ended_here_but_was_not_stored_is_finished_as_it_ended() -> None:
-    store, clock = Store(), Clock()
-    store.calls["mine"] = _call("mine", ME)  # ended here; its final write failed
-    sweeper = LostCallSweeper(
+def _own_sweeper(store: Store, clock: Clock, live: LiveCalls) -> LostCallSweeper:
+    return LostCallSweeper(
         store=store,  # type: ignore[arg-type]
         leases=store,  # type: ignore[arg-type]
         gateway_id=ME,
-        serving=lambda call_id: False,
+        serving=live.serving,
         lease_s=LEASE_S,
         metrics=GatewayMetrics(),
         on_lost=lambda call: asyncio.sleep(0),
-        own_ending={"mine": (CallStatus.FAILED, "storage-unavailable")}.get,
+        unfinished=live,
         clock=clock,
     )
-    [finished] = await sweeper.sweep()
+
+
+async def test_a_call_that_ended_here_but_was_not_stored_is_finished_as_it_ended() -> None:
+    store, clock, live = Store(), Clock(), LiveCalls(ME)
+    store.calls["mine"] = _call("mine", ME)  # ended here; its final write failed
+    ended_at = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    live.left_unfinished("mine", OwnEnding(CallStatus.FAILED, "storage-unavailable", ended_at))
+    [finished] = await _own_sweeper(store, clock, live).sweep()
     assert (finished.status, finished.end_reason) == (CallStatus.FAILED, "storage-unavailable")
+    assert finished.ended_at == ended_at
+    assert live.unfinished() == {}
+
+
+async def test_a_call_that_ended_here_before_its_lease_was_stored_is_finished_by_id() -> None:
+    """The database went away between the stream's claim and the lease write, and stayed
+    away past the outage bound: the call never named this gateway, so no sweep by lease
+    finds it. It is finished by `_id`, as it ended, once the database is back, and
+    forgotten then (not before)."""
+    store, clock, live = Store(), Clock(), LiveCalls(ME)
+    store.calls["mine"] = _call("mine", None)
+    ended_at = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    ending = OwnEnding(CallStatus.FAILED, "storage-unavailable", ended_at, {"llm_tokens": 7})
+    live.left_unfinished("mine", ending)
+    sweeper = _own_sweeper(store, clock, live)
+    store.down = True
+    with pytest.raises(StorageError):
+        await sweeper.sweep()
+    assert live.unfinished() == {"mine": ending}  # kept until it is stored
+    store.down = False
+    [finished] = await sweeper.sweep()
+    assert (finished.id, finished.status, finished.end_reason) == (
+        "mine",
+        CallStatus.FAILED,
+        "storage-unavailable",
+    )
+    assert finished.ended_at == ended_at and finished.usage == {"llm_tokens": 7}
+    assert live.unfinished() == {}
+    assert await sweeper.sweep() == [] and store.finished == ["mine"]
+
+
+async def test_a_call_that_ended_here_and_was_finished_meanwhile_is_only_forgotten() -> None:
+    store, clock, live = Store(), Clock(), LiveCalls(ME)
+    store.calls["mine"] = _call("mine", None)
+    now = datetime.now(UTC)
+    await store.finish_call(
+        "mine", status=CallStatus.COMPLETED, end_reason="twilio-completed", ended_at=now
+    )
+    live.left_unfinished(
+        "mine", OwnEnding(CallStatus.FAILED, "storage-unavailable", datetime.now(UTC))
+    )
+    assert await _own_sweeper(store, clock, live).sweep() == []
+    assert store.calls["mine"].end_reason == "twilio-completed"
+    assert live.unfinished() == {}
 
 
 async def test_a_gateway_with_no_heartbeat_is_judged_over_a_lease_too() -> None:

@@ -195,6 +195,7 @@ class MemoryStore:
         end_reason: str,
         ended_at: datetime,
         usage: Mapping[str, int] | None = None,
+        with_turns: bool = False,
     ) -> CallRecord | None:
         if self.finish_fails:
             raise StorageError("database away")

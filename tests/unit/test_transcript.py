@@ -219,3 +219,53 @@ async def test_a_full_queue_tells_the_call_once() -> None:
     assert not await writes.drain()
     store.hang.set()
     await writes.aclose()
+
+
+class _Unwritten(logging.Handler):
+    """The texts of the turns logged as not stored; `logged(text)` waits for one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.texts: list[str] = []
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "unwritten"):
+            self.texts.append(record.unwritten["text"])
+            self._changed.set()
+
+    async def logged(self, text: str) -> None:
+        while text not in self.texts:
+            self._changed.clear()
+            await self._changed.wait()
+
+
+async def test_a_full_queue_logs_every_write_it_drops_and_stops_the_one_in_flight() -> None:
+    """The turns already queued when the queue fills are logged too, and the write in
+    flight is not retried after the give-up (the call is told once, not again when it fails)."""
+    clock, store, outages = _Clock(), _Store(), _Outages()
+    writes = _writes(clock, outages)
+    transcript = _transcript(store, clock, writes)
+    unwritten = _Unwritten()
+    logger = logging.getLogger("gateway.call.writes")
+    logger.addHandler(unwritten)
+    try:
+        store.hang.clear()  # "turn 0" is in flight, held by the database
+        turns = [f"turn {n}" for n in range(POLICY.max_pending + 3)]
+        for n, text in enumerate(turns):
+            transcript.add_caller_turn(text, start_ms=float(n), end_ms=float(n))
+            if n == 0:
+                await _attempted(store, 1)
+        assert unwritten.texts == turns[1:]  # queued, the one that did not fit, the later ones
+        store.down = True  # the attempt in flight fails, long past the outage bound
+        clock.now += 2 * POLICY.outage_s
+        store.hang.set()
+        async with asyncio.timeout(10):
+            await unwritten.logged("turn 0")
+        assert store.attempts == 1 and store.turns == []
+        assert len(outages) == 1 and "writes waited" in outages[0]
+        assert sorted(unwritten.texts) == sorted(turns)
+        await writes.aclose()
+        assert sorted(unwritten.texts) == sorted(turns)  # nothing logged twice
+    finally:
+        logger.removeHandler(unwritten)
