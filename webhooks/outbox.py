@@ -11,6 +11,7 @@ clients see; what the exception said goes to the gateway's log only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import random
@@ -152,11 +153,16 @@ class WebhookOutbox:
         # No proxies from the environment: a proxy would resolve the name itself, around the guard.
         self._http = httpx.AsyncClient(follow_redirects=False, timeout=timeout_s, trust_env=False)
         self._wakeup = asyncio.Event()
+        self._waiting = False  # between rounds, waiting for a wake-up or the next poll
 
     def poke(self) -> None:
         """A call just finished: look for its report now rather than at the next poll."""
         self._reports_owed = True
         self._wakeup.set()
+
+    def waiting(self) -> bool:
+        """Whether the outbox is between rounds (it has nothing to do until woken)."""
+        return self._waiting
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -196,10 +202,16 @@ class WebhookOutbox:
                     log.exception("webhook outbox round failed")
                     busy = False
                 if not busy or len(in_flight) >= self._concurrency:
-                    try:  # a finished delivery or a finished call wakes it up
-                        await asyncio.wait_for(self._wakeup.wait(), self._poll_s)
-                    except TimeoutError:
-                        pass
+                    # A finished delivery or a finished call wakes it up. Not `wait_for`:
+                    # on 3.11 it can swallow a cancellation that meets its timeout, and
+                    # the outbox would outlive its gateway's shutdown.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._poll_s):
+                            self._waiting = True
+                            try:
+                                await self._wakeup.wait()
+                            finally:
+                                self._waiting = False
         finally:
             for task in in_flight:
                 task.cancel()  # their leases expire and another round sends them again

@@ -515,3 +515,32 @@ async def test_a_named_host_is_reached_at_the_address_the_guard_checked(
     assert rx.requests[0].headers["host"] == f"{name}:{port}"
     (delivery,) = await database.webhooks.list(org.id)
     assert delivery.status == "delivered"
+
+
+async def test_an_outbox_cancelled_as_it_is_woken_stops(database: Database) -> None:
+    """Shutdown cancels the outbox; a call finishing at that moment (a poke) must not keep
+    it running (`asyncio.wait_for` on 3.11 swallows a cancellation that meets a wake-up)."""
+    outbox = WebhookOutbox(
+        webhooks=database.webhooks,
+        calls=database.calls,
+        assistants=database.assistants,
+        guard=SsrfGuard(["127.0.0.1"]),
+        policy=FAST,
+        poll_s=60.0,  # after its first round it waits for a wake-up
+    )
+    try:
+        for _ in range(5):
+            task = asyncio.create_task(outbox.run(), name="outbox")
+            deadline = time.monotonic() + 30
+            while not outbox.waiting():  # its first round is done
+                assert time.monotonic() < deadline, "the outbox never finished a round"
+                await asyncio.sleep(0.01)
+            outbox.poke()
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=30)
+            if not done:  # stop it for good before failing
+                task.cancel()
+                await asyncio.wait({task}, timeout=30)
+            assert done, "the cancelled outbox went on running"
+    finally:
+        await outbox.aclose()
