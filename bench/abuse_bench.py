@@ -277,13 +277,12 @@ async def lying_timestamps(gw: Gateway) -> tuple[str, dict[str, Any]]:
     return answer, {"wav": (stored.get("recording") or {}).get("size_bytes")}
 
 
-async def media_flood(gw: Gateway) -> tuple[str, dict[str, Any]]:
-    """300 media messages of 48 KB as fast as the socket takes them."""
+async def _flood(gw: Gateway, payload: bytes, count: int) -> tuple[str, dict[str, Any]]:
+    """`count` media messages carrying `payload`, as fast as the socket takes them."""
     call, ws = await _open_stream(gw)
-    payload = b"\x7f" * 36_000  # 48 KB once base64-encoded
     sent = 0
     try:
-        for seq in range(300):
+        for seq in range(count):
             await ws.send(_media(call, seq + 2, seq * 20, payload))
             sent += 1
         answer = await _closed_with(ws, 30)
@@ -294,20 +293,14 @@ async def media_flood(gw: Gateway) -> tuple[str, dict[str, Any]]:
     return f"{answer} after {sent} sent", {}
 
 
+async def media_flood(gw: Gateway) -> tuple[str, dict[str, Any]]:
+    """300 media messages of 48 KB once base64-encoded."""
+    return await _flood(gw, b"\x7f" * 36_000, 300)
+
+
 async def frame_flood(gw: Gateway) -> tuple[str, dict[str, Any]]:
-    """6 000 well-formed 20 ms frames (two minutes of audio) as fast as the socket takes them."""
-    call, ws = await _open_stream(gw)
-    sent = 0
-    try:
-        for seq in range(6_000):
-            await ws.send(_media(call, seq + 2, seq * 20, FRAME))
-            sent += 1
-        answer = await _closed_with(ws, 30)
-    except websockets.ConnectionClosed:
-        answer = f"closed {ws.close_code} {ws.close_reason!r}"
-    finally:
-        await ws.close()
-    return f"{answer} after {sent} sent", {}
+    """6 000 well-formed 20 ms frames (two minutes of audio)."""
+    return await _flood(gw, FRAME, 6_000)
 
 
 async def unknown_events(gw: Gateway) -> tuple[str, dict[str, Any]]:
