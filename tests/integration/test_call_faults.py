@@ -25,7 +25,7 @@ from storage import CallStatus, Database, Direction, NewCall, new_turn_id
 from telephony.twilio import TwilioSignatureValidator
 from tests.ferretdb_server import embedded_ferretdb
 from tests.s3_server import run_s3_server
-from tests.webhook_receiver import run_webhook_receiver
+from tests.webhook_receiver import WebhookReceiver, run_webhook_receiver
 
 from .conftest import GatewayProcess, run_gateway
 from .test_recorded_calls import NUMBER, assistant_body, new_bucket, recording_env
@@ -138,7 +138,7 @@ async def test_a_database_that_stays_away_ends_the_call_politely(tmp_path: Path)
     database = embedded_ferretdb(tmp_path / "ferretdb")
     await asyncio.to_thread(database.start)
     try:
-        env = {"CALL_WRITE_OUTAGE_S": "4", "CALL_LEASE_S": "3"}
+        env: dict[str, str | None] = {"CALL_WRITE_OUTAGE_S": "4", "CALL_LEASE_S": "3"}
         with run_gateway(database.url, tmp_path, env) as gateway:
             async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
                 call = _phone(gateway)
@@ -249,43 +249,53 @@ async def test_s3_stalled_at_hang_up_neither_holds_the_call_nor_loses_it(
     assert "finished a call whose gateway stopped" not in log
 
 
+async def _completed_during_a_reply(
+    serving: GatewayProcess, status_to: GatewayProcess, receiver: WebhookReceiver
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A call on `serving` whose Twilio `completed` callback reaches `status_to` while the
+    agent still speaks, the stream's `stop` after it; the report sent and the call stored."""
+    headers = {"x-api-key": serving.api_key}
+    async with httpx.AsyncClient(base_url=serving.base_url, timeout=10) as http:
+        claimed = await http.post("/numbers", json={"number": NUMBER}, headers=headers)
+        assert claimed.status_code in (200, 201), claimed.text
+        created = await http.post(
+            "/assistants", json=assistant_body(receiver.url, NUMBER), headers=headers
+        )
+        assert created.status_code == 201, created.text
+        call = _phone(serving)
+        await call.start(http)
+        try:
+            await call.wait_agent_audio(within_s=15)
+            await call.wait_agent_silent()
+            await _answered(call, "What are your opening hours?")
+            call.say(espeak_mulaw("I would like to book an appointment."))
+            await call.wait_said()
+            await call.wait_agent_audio(within_s=30)
+            form, signature = _completed(status_to, call, serving.auth_token)
+            answer = await http.post(
+                status_to.base_url + "/twilio/status",
+                data=form,
+                headers={"X-Twilio-Signature": signature},
+            )
+            assert answer.status_code == 204
+            await asyncio.sleep(1.0)  # the agent goes on speaking a little
+            await call.stop()
+        finally:
+            await call.aclose()
+        [report] = await asyncio.to_thread(receiver.wait_accepted, 1, within_s=60)
+        assert call.call_id is not None
+        stored = await _stored(http, serving, call.call_id)
+    sent: dict[str, Any] = report.json()["call"]
+    return sent, stored
+
+
 async def test_completed_callback_racing_the_streams_end_keeps_every_turn(
     mongo_url: str, tmp_path: Path
 ) -> None:
     with run_webhook_receiver() as receiver:
-        env = {"WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]', "WEBHOOK_RETRY_BASE_S": "0.2"}
+        env: dict[str, str | None] = {"WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]', "WEBHOOK_RETRY_BASE_S": "0.2"}
         with run_gateway(mongo_url, tmp_path, env) as gateway:
-            headers = {"x-api-key": gateway.api_key}
-            async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
-                claimed = await http.post("/numbers", json={"number": NUMBER}, headers=headers)
-                assert claimed.status_code in (200, 201), claimed.text
-                created = await http.post(
-                    "/assistants", json=assistant_body(receiver.url, NUMBER), headers=headers
-                )
-                assert created.status_code == 201, created.text
-                call = _phone(gateway)
-                await call.start(http)
-                try:
-                    await call.wait_agent_audio(within_s=15)
-                    await call.wait_agent_silent()
-                    await _answered(call, "What are your opening hours?")
-                    call.say(espeak_mulaw("I would like to book an appointment."))
-                    await call.wait_said()
-                    await call.wait_agent_audio(within_s=30)
-                    # The carrier's `completed` arrives while the agent still speaks ...
-                    form, signature = _completed(gateway, call, gateway.auth_token)
-                    answer = await http.post(
-                        "/twilio/status", data=form, headers={"X-Twilio-Signature": signature}
-                    )
-                    assert answer.status_code == 204
-                    await asyncio.sleep(1.0)
-                    await call.stop()  # ... and the stream's `stop` after it
-                finally:
-                    await call.aclose()
-                [report] = await asyncio.to_thread(receiver.wait_accepted, 1, within_s=60)
-                assert call.call_id is not None
-                stored = await _stored(http, gateway, call.call_id)
-    sent = report.json()["call"]
+            sent, stored = await _completed_during_a_reply(gateway, gateway, receiver)
     said = [(t["speaker"], t["text"]) for t in sent["transcript"]]
     assert said == [(t["speaker"], t["text"]) for t in stored["transcript"]]
     assert [s for s, _ in said] == ["agent", "caller", "agent", "caller", "agent"], said
@@ -326,39 +336,8 @@ async def test_completed_callback_at_another_gateway_leaves_the_call_to_its_own(
                 "GATEWAY_API_KEY": serving.api_key,
             }
             with run_gateway(mongo_url, tmp_path / "b", same) as other:
-                headers = {"x-api-key": serving.api_key}
-                async with httpx.AsyncClient(base_url=serving.base_url, timeout=10) as http:
-                    claimed = await http.post("/numbers", json={"number": NUMBER}, headers=headers)
-                    assert claimed.status_code in (200, 201), claimed.text
-                    created = await http.post(
-                        "/assistants", json=assistant_body(receiver.url, NUMBER), headers=headers
-                    )
-                    assert created.status_code == 201, created.text
-                    call = _phone(serving)
-                    await call.start(http)
-                    try:
-                        await call.wait_agent_audio(within_s=15)
-                        await call.wait_agent_silent()
-                        await _answered(call, "What are your opening hours?")
-                        call.say(espeak_mulaw("I would like to book an appointment."))
-                        await call.wait_said()
-                        await call.wait_agent_audio(within_s=30)
-                        # The balancer hands Twilio's `completed` to the other gateway ...
-                        form, signature = _completed(other, call, serving.auth_token)
-                        answer = await http.post(
-                            other.base_url + "/twilio/status",
-                            data=form,
-                            headers={"X-Twilio-Signature": signature},
-                        )
-                        assert answer.status_code == 204
-                        await asyncio.sleep(1.0)
-                        await call.stop()  # ... and the stream's `stop` reaches its own
-                    finally:
-                        await call.aclose()
-                    [report] = await asyncio.to_thread(receiver.wait_accepted, 1, within_s=60)
-                    assert call.call_id is not None
-                    stored = await _stored(http, serving, call.call_id)
-    sent = report.json()["call"]
+                # The balancer hands Twilio's `completed` to the other gateway.
+                sent, stored = await _completed_during_a_reply(serving, other, receiver)
     said = [(t["speaker"], t["text"]) for t in sent["transcript"]]
     assert said == [(t["speaker"], t["text"]) for t in stored["transcript"]]
     assert [s for s, _ in said] == ["agent", "caller", "agent", "caller", "agent"], said
