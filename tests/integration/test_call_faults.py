@@ -293,7 +293,10 @@ async def test_completed_callback_racing_the_streams_end_keeps_every_turn(
     mongo_url: str, tmp_path: Path
 ) -> None:
     with run_webhook_receiver() as receiver:
-        env: dict[str, str | None] = {"WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]', "WEBHOOK_RETRY_BASE_S": "0.2"}
+        env: dict[str, str | None] = {
+            "WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
+            "WEBHOOK_RETRY_BASE_S": "0.2",
+        }
         with run_gateway(mongo_url, tmp_path, env) as gateway:
             sent, stored = await _completed_during_a_reply(gateway, gateway, receiver)
     said = [(t["speaker"], t["text"]) for t in sent["transcript"]]
