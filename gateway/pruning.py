@@ -29,9 +29,7 @@ class ExpiredRecordPruner:
         self._clock = clock
 
     async def prune(self) -> None:
-        now = self._clock()
-        await self._database.claims.prune_expired(now)
-        await self._database.calls.prune_carrier_notes(now)
+        await self._database.claims.prune_expired(self._clock())
 
     async def run(self) -> None:
         while True:

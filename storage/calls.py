@@ -131,7 +131,7 @@ def call_write_lock(call_id: str) -> asyncio.Lock:
 
 # What the carrier said about a call another gateway serves, kept beside the call (one
 # insert each, keyed by the call id) until the call is finished, and never past
-# `CARRIER_NOTE_KEEP` (an expired note is pruned: see `prune_carrier_notes`).
+# `CARRIER_NOTE_KEEP` (an expired note is pruned with the claims: `storage.claims`).
 CARRIER_ENDS = "carrier_ends"
 CARRIER_ANSWERS = "carrier_answers"
 CARRIER_NOTE_KEEP = timedelta(days=1)
@@ -581,14 +581,6 @@ class CallRepository:
                     "expires_at": at + CARRIER_NOTE_KEEP,
                 }
             )
-
-    @_driver_errors
-    async def prune_carrier_notes(self, now: datetime) -> None:
-        """Delete carrier notes past their `expires_at` (left by a call whose finish could
-        not delete them, or written just after it). On FerretDB this reads the collection:
-        run it from background work, never on a call's path."""
-        for name in CARRIER_NOTE_INDEXES:
-            await _carrier_notes(name).delete_many({"expires_at": {"$lt": _stored_time(now)}})
 
     @_driver_errors
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord:

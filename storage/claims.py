@@ -8,7 +8,8 @@ claim is exactly that insert, on MongoDB as on FerretDB. Each claim carries `exp
 after which it cannot matter any more; FerretDB 1.24 has no TTL indexes, so the gateway
 deletes expired ones with `prune_expired` from background work (`gateway.pruning`), never
 on a claim's path: on MongoDB the `expires_at` index makes that delete an index range, on
-FerretDB it reads the collection (which those deletes keep to one retention period).
+FerretDB it reads the collection (which those deletes keep to one retention period). The
+carrier's notes beside a call (`storage.calls`) expire the same way and are pruned here too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from storage.calls import _driver_errors, _stored_time
+from storage.calls import CARRIER_NOTE_INDEXES, _driver_errors, _stored_time
 from storage.documents import CallDocument
 
 STREAM_CLAIMS = "stream_claims"
@@ -34,6 +35,8 @@ CLAIM_INDEXES: dict[str, list[IndexModel]] = {
     name: [IndexModel([("expires_at", ASCENDING)], name="expires_at")]
     for name in (STREAM_CLAIMS, LIVEKIT_EVENTS)
 }
+# Every collection whose records carry `expires_at`, with its indexes (`open_database`).
+EXPIRING_INDEXES = CLAIM_INDEXES | CARRIER_NOTE_INDEXES
 
 
 def _collection(name: str) -> AsyncCollection[dict[str, Any]]:
@@ -54,9 +57,9 @@ class ClaimRepository:
 
     @_driver_errors
     async def prune_expired(self, now: datetime) -> None:
-        """Delete the claims past their `expires_at` (a scan on FerretDB: background work
-        only)."""
-        for name in CLAIM_INDEXES:
+        """Delete the claims and carrier notes past their `expires_at` (a scan on FerretDB:
+        background work only)."""
+        for name in EXPIRING_INDEXES:
             await _collection(name).delete_many({"expires_at": {"$lt": _stored_time(now)}})
 
     @_driver_errors

@@ -9,8 +9,8 @@ from pymongo.errors import PyMongoError
 
 from storage.accounts import AccountRepository
 from storage.assistants import AssistantRepository
-from storage.calls import CARRIER_NOTE_INDEXES, CallRepository
-from storage.claims import CLAIM_INDEXES, ClaimRepository
+from storage.calls import CallRepository
+from storage.claims import EXPIRING_INDEXES, ClaimRepository
 from storage.deliveries import WebhookRepository
 from storage.documents import (
     ApiKeyDocument,
@@ -105,7 +105,7 @@ async def open_database(url: str, db_name: str, *, timeout_s: float = 10.0) -> D
         for document in _DOCUMENTS:
             meta = document.Settings
             await _ensure_indexes(database[meta.name], meta.indexes)
-        for name, indexes in (CLAIM_INDEXES | CARRIER_NOTE_INDEXES).items():
+        for name, indexes in EXPIRING_INDEXES.items():
             await _ensure_indexes(database[name], indexes)
     except PyMongoError as exc:
         await client.close()
