@@ -342,7 +342,7 @@ class CallLifecycle:
         call's writes were given up: the database is away)."""
         policy = self._rt.writes
         deadline = time.monotonic() + (0.0 if self._writes.given_up else policy.outage_s)
-        delay = policy.retry_base_s
+        delays = policy.retry_delays()
         while True:
             try:
                 # Longer than a turn's bound: it reads the call's turns for its latencies.
@@ -361,8 +361,7 @@ class CallLifecycle:
                 if time.monotonic() >= deadline:
                     raise
                 log.warning("finishing the call failed, retrying: %r", exc)
-                await asyncio.sleep(delay)
-                delay = min(policy.retry_cap_s, delay * 2)
+                await asyncio.sleep(next(delays))
 
     async def _recording_started(self) -> None:
         assert self._recording is not None

@@ -22,7 +22,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from storage import StorageError
@@ -39,6 +39,13 @@ class WritePolicy:
     max_pending: int = 200
     retry_base_s: float = 0.2
     retry_cap_s: float = 2.0
+
+    def retry_delays(self) -> Iterator[float]:
+        """The waits between a write's attempts: `retry_base_s` doubling up to `retry_cap_s`."""
+        delay = self.retry_base_s
+        while True:
+            yield delay
+            delay = min(self.retry_cap_s, delay * 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +145,7 @@ class CallWrites:
         """Write `item`, retrying until it is stored, fails for good, the outage bound passes,
         or the writes are given up (a full queue) while it is tried."""
         policy = self._policy
-        delay = policy.retry_base_s
+        delays = policy.retry_delays()
         attempt = 0
         while True:
             if self._given_up is not None:  # given up between attempts: not tried again
@@ -166,8 +173,7 @@ class CallWrites:
                     exc or type(exc).__name__,
                     extra={"call_id": self._call_id, "attempt": attempt},
                 )
-                await asyncio.sleep(delay)
-                delay = min(policy.retry_cap_s, delay * 2)
+                await asyncio.sleep(next(delays))
                 continue
             except Exception:  # a write no retry can mend: logged, and the rest go on
                 log.exception(
