@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
@@ -20,11 +21,10 @@ from gateway.metrics import GatewayMetrics
 from gateway.providers.base import Providers
 from gateway.providers.catalog import ProviderCatalog
 from gateway.providers.registry import build_default_providers
-from gateway.pruning import ExpiredRecordPruner
 from gateway.readiness import DatabaseProbe
 from gateway.recording.bucket import RecordingBucket
 from gateway.settings import Settings
-from storage import CallRecord, CallStatus, Database, HeartbeatWriter
+from storage import CallRecord, CallStatus, Database, HeartbeatWriter, StorageError
 from telephony.livekit import LiveKitAdmin
 from telephony.twilio import TwilioCalls, TwilioSignatureValidator
 from webhooks.outbox import RetryPolicy, WebhookOutbox
@@ -161,10 +161,17 @@ async def running(services: Services) -> AsyncIterator[None]:
     and carrier notes. At the end, every call this process still serves is ended
     (`gateway-shutdown`) before anything stops."""
     await services.lease.start()
+    sweep_s = min(10.0, services.settings.call_lease_s / 3)  # a third of a lease, at most 10 s
+    prune = services.database.claims.prune_expired  # a scan on FerretDB: once a minute
     tasks = [
         asyncio.create_task(services.outbox.run(), name="webhook-outbox"),
-        asyncio.create_task(services.sweeper.run(), name="lost-calls"),
-        asyncio.create_task(ExpiredRecordPruner(services.database).run(), name="pruning"),
+        asyncio.create_task(
+            _every(sweep_s, services.sweeper.sweep, "sweeping lost calls"), name="lost-calls"
+        ),
+        asyncio.create_task(
+            _every(60.0, lambda: prune(datetime.now(UTC)), "pruning expired records"),
+            name="pruning",
+        ),
     ]
     try:
         yield
@@ -178,6 +185,17 @@ async def running(services: Services) -> AsyncIterator[None]:
         await services.calls.catalog.aclose()
         if services.livekit is not None:
             await services.livekit.aclose()
+
+
+async def _every(seconds: float, one_round: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run `one_round` every `seconds` until cancelled; a round the database failed is
+    logged, and the next one tries again."""
+    while True:
+        try:
+            await one_round()
+        except StorageError as exc:
+            log.warning("%s failed: %s", what, exc)
+        await asyncio.sleep(seconds)
 
 
 def recording_bucket(settings: Settings) -> RecordingBucket | None:

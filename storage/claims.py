@@ -6,7 +6,7 @@ FerretDB 1.24 has no atomic conditional update (see `storage.deliveries`); its o
 check-and-set is an insert whose `_id` is taken already (SQLite's primary key), so a
 claim is exactly that insert, on MongoDB as on FerretDB. Each claim carries `expires_at`,
 after which it cannot matter any more; FerretDB 1.24 has no TTL indexes, so the gateway
-deletes expired ones with `prune_expired` from background work (`gateway.pruning`), never
+deletes expired ones with `prune_expired` from background work (`gateway.services`), never
 on a claim's path: on MongoDB the `expires_at` index makes that delete an index range, on
 FerretDB it reads the collection (which those deletes keep to one retention period). The
 carrier's notes beside a call (`storage.calls`) expire the same way and are pruned here too.

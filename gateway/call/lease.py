@@ -160,7 +160,8 @@ class GatewayLease:
 
 
 class LostCallSweeper:
-    """Finishes the calls of gateways that stopped beating (`run` is the task)."""
+    """Finishes the calls of gateways that stopped beating (`sweep` is one round; the
+    gateway runs one every third of a lease, at most every 10 s)."""
 
     def __init__(
         self,
@@ -281,12 +282,3 @@ class LostCallSweeper:
             extra={"call_id": call_id, "reason": ending.reason},
         )
         return stored
-
-    async def run(self) -> None:
-        """`sweep` every third of a lease (at most every 10 s) until cancelled."""
-        while True:
-            try:
-                await self.sweep()
-            except StorageError as exc:  # a database blip: try again next round
-                log.warning("sweeping lost calls failed: %s", exc)
-            await asyncio.sleep(min(10.0, self._lease_s / 3))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from gateway.pruning import ExpiredRecordPruner
 from storage import CallStatus, Database, Direction, NewCall
 
 
@@ -43,7 +42,7 @@ async def test_carrier_notes_go_with_the_finish_or_once_expired(database: Databa
     assert await calls.carrier_end(finished) is None
 
     assert await calls.carrier_end(stale) is not None  # nothing on the call path prunes
-    await ExpiredRecordPruner(database).prune()
+    await database.claims.prune_expired(datetime.now(UTC))
     assert await calls.carrier_end(stale) is None
     assert await calls.carrier_end(fresh) == (CallStatus.COMPLETED, "twilio-completed")
     # The fresh call's verdict is still there for its finish.

@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
-from gateway.pruning import ExpiredRecordPruner
 from storage import CallStatus, ClaimRepository, Database, Direction, NewCall
 from telephony.twilio import stream_url_for
 from tests.s3_server import S3Server
@@ -322,6 +321,6 @@ async def test_a_claim_is_won_once_among_racing_gateways_and_expires(database: D
     other = "EV_" + uuid.uuid4().hex
     assert await repo.claim_event(other, event="x", now=later, keep_until=later)
     assert not await repo.claim_event(old, event="x", now=later, keep_until=later)
-    await ExpiredRecordPruner(database, clock=lambda: later).prune()
+    await database.claims.prune_expired(later)
     assert await repo.claim_event(old, event="x", now=later, keep_until=later)
     assert not await repo.claim_event(other, event="x", now=later, keep_until=later)
