@@ -20,7 +20,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,19 +35,13 @@ import websockets
 from twilio.request_validator import RequestValidator
 
 from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
+from tests.net import free_port
 from tests.s3_server import run_s3_server
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 FRAME = b"\xff" * 160  # 20 ms of mu-law silence
 ACCOUNT_SID = "AC" + "0" * 32
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _rss_kib(pid: int) -> int:
@@ -505,7 +498,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="vg-abuse-"))
     auth_token, api_key = secrets.token_hex(16), secrets.token_urlsafe(32)
-    twilio_port, port = _free_port(), _free_port()
+    twilio_port, port = free_port(), free_port()
     twilio_url, base = f"http://127.0.0.1:{twilio_port}", f"http://127.0.0.1:{port}"
     common = {k: v for k, v in os.environ.items() if k != "MONGODB_URL"}
     with run_s3_server(work, min_part_bytes=None) as s3:
