@@ -97,7 +97,8 @@ async def test_hang_up_while_the_agent_speaks_cleans_up_fully(
             call.say(booking)
             await call.wait_said()
             await call.wait_agent_audio(within_s=20)  # the long reply is being paced out
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # into the reply ...
+            await call.wait_agent_audio(within_s=20)  # ... and its audio still coming
             assert call.agent_speaking
             if how == "stop":
                 await call.stop()
