@@ -183,6 +183,8 @@ async def running(services: Services) -> AsyncIterator[None]:
         await services.lease.stop()
         await services.outbox.aclose()
         await services.calls.catalog.aclose()
+        if services.recordings is not None:
+            services.recordings.close()
         if services.livekit is not None:
             await services.livekit.aclose()
 

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,36 @@ class S3Server:
     secret_access_key: str = "test-secret-key"
     region: str = "us-east-1"
     pid: int | None = None  # the server process (tests that stall it send SIGSTOP)
+    # One boto3 client for the server's life, closed with it: a client per use leaves its
+    # pooled socket to the garbage collector, whose ResourceWarning then fails whichever
+    # test happens to be running.
+    _client: list[Any] = field(default_factory=list, compare=False, repr=False)
+    _owned: list[Any] = field(default_factory=list, compare=False, repr=False)
 
     def client(self) -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=self.secret_access_key,
-            region_name=self.region,
-        )
+        """The tests' boto3 client for this server."""
+        if not self._client:
+            self._client.append(
+                boto3.client(
+                    "s3",
+                    endpoint_url=self.endpoint_url,
+                    aws_access_key_id=self.access_key_id,
+                    aws_secret_access_key=self.secret_access_key,
+                    region_name=self.region,
+                )
+            )
+        return self._client[0]
+
+    def closes(self, owner: Any) -> None:
+        """Close `owner` (anything with `close()`, e.g. a test's bucket) with the server."""
+        self._owned.append(owner)
+
+    def close(self) -> None:
+        """Close the tests' client and buckets (and their pooled connections)."""
+        for owner in (*self._owned, *self._client):
+            owner.close()
+        self._owned.clear()
+        self._client.clear()
 
     def env(self, bucket: str) -> dict[str, str | None]:
         """The gateway's settings for this server and `bucket`."""
@@ -70,7 +91,11 @@ def run_s3_server(
         )
     try:
         wait_port(port, proc, log_path, "moto_server")
-        yield S3Server(endpoint_url=f"http://127.0.0.1:{port}", pid=proc.pid)
+        server = S3Server(endpoint_url=f"http://127.0.0.1:{port}", pid=proc.pid)
+        try:
+            yield server
+        finally:
+            server.close()
     finally:
         proc.terminate()
         try:

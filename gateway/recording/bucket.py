@@ -65,6 +65,10 @@ class RecordingBucket:
             config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"}),
         )
 
+    def close(self) -> None:
+        """Close the S3 client's pooled connections (at the end of the gateway's life)."""
+        self._s3.close()
+
     def key_for(self, org_id: str | None, call_id: str, extension: str) -> str:
         return recording_key(self.prefix, org_id=org_id, call_id=call_id, extension=extension)
 

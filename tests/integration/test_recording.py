@@ -33,7 +33,8 @@ class FakeClock:
 
 
 def _bucket(s3: S3Server, bucket: str) -> RecordingBucket:
-    return RecordingBucket(
+    """A recordings bucket on `s3`, closed with the server."""
+    made = RecordingBucket(
         bucket=bucket,
         region=s3.region,
         endpoint_url=s3.endpoint_url,
@@ -42,6 +43,8 @@ def _bucket(s3: S3Server, bucket: str) -> RecordingBucket:
         prefix="recordings/",
         url_ttl_s=600,
     )
+    s3.closes(made)
+    return made
 
 
 async def _call(database: Database) -> CallRecord:

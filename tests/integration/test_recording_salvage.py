@@ -7,10 +7,11 @@ with its report carrying the recording link."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,10 @@ from webhooks.outbox import RetryPolicy, WebhookOutbox
 from webhooks.ssrf import SsrfGuard
 
 pytestmark = pytest.mark.timeout(120)
+
+
+async def _holds(outcome: object | Awaitable[object]) -> bool:
+    return bool(await outcome if inspect.isawaitable(outcome) else outcome)
 
 
 class CountedSalvage:
@@ -75,12 +80,12 @@ def _outbox(database: Database, recordings: CountedSalvage, policy: RetryPolicy)
     )
 
 
-async def _run_until(outbox: WebhookOutbox, done: Callable[[], object]) -> None:
+async def _run_until(outbox: WebhookOutbox, done: Callable[[], object | Awaitable[object]]) -> None:
     """Run the outbox until `done()` (e.g. the report reached the receiver), 60 s at most."""
     task = asyncio.create_task(outbox.run(), name="outbox")
     try:
         deadline = time.monotonic() + 60
-        while not done():
+        while not await _holds(done()):
             assert time.monotonic() < deadline, "the outbox never got there"
             await asyncio.sleep(0.05)
     finally:
@@ -110,7 +115,12 @@ async def test_a_failing_salvage_backs_off_per_call(
         counted = CountedSalvage(bucket)
         policy = RetryPolicy(base_s=0.4, cap_s=2.0)
         outbox = _outbox(database, counted, policy)
-        await _run_until(outbox, lambda: len(counted.calls) >= 5)
+
+        async def five_stored() -> bool:
+            recording = (await database.calls.get_call(call_id, with_turns=False)).recording
+            return recording is not None and recording.salvage_attempts >= 5
+
+        await _run_until(outbox, five_stored)
         assert rx.requests == []  # the report still waits for its recording
 
     # Polled every 20 ms, yet each salvage waited at least the lower half of its backoff
@@ -122,7 +132,9 @@ async def test_a_failing_salvage_backs_off_per_call(
         assert attempts[k] - attempts[k - 1] >= least - 0.05, (k, attempts)
     stored = (await database.calls.get_call(call_id, with_turns=False)).recording
     assert stored is not None and stored.status == "recording"
-    assert stored.salvage_attempts == len(attempts)
+    # Every salvage begun was stored, but for one the outbox may have begun as it stopped.
+    assert stored.salvage_attempts >= 5
+    assert len(attempts) - stored.salvage_attempts in (0, 1), (stored, attempts)
     assert stored.salvage_next_at is not None and stored.salvage_next_at > datetime.now(UTC)
 
 
