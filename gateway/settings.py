@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from audio.models import models_dir
 from storage import TurnTakingConfig
 
 
@@ -57,6 +58,11 @@ class Settings(BaseSettings):
     ferretdb_bin: Path | None = None
     voice_gateway_cache: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "voice-gateway"
+    )
+    # The turn-taking models (Silero VAD, Smart Turn): TURN_MODELS_DIR, else the directory
+    # under the cache where scripts/ensure-models.sh installs them.
+    turn_models_dir: Path = Field(
+        default_factory=lambda data: models_dir(data["voice_gateway_cache"])
     )
 
     log_level: str = "INFO"
