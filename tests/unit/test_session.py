@@ -17,8 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from audio.frames import FRAME_MS, AudioFrame, samples_per_frame
-from gateway.call.lifecycle import CallEnding, CallLifecycle, CallRuntime, LiveCalls
 from gateway.call.config import SessionConfig
+from gateway.call.lifecycle import CallEnding, CallLifecycle, CallRuntime, LiveCalls
 from gateway.call.writes import WritePolicy
 from gateway.errors import ProviderError
 from gateway.metrics import GatewayMetrics
@@ -39,7 +39,9 @@ from storage import (
 
 RATE = 8000
 # The energy VAD and a fixed 400 ms silence: these tests pin the session's rules, not a model.
-SILENCE_400 = TurnTakingConfig(vad="energy", end_of_turn="silence", silence_ms=400, idle_timeout_s=0)
+SILENCE_400 = TurnTakingConfig(
+    vad="energy", end_of_turn="silence", silence_ms=400, idle_timeout_s=0
+)
 
 
 class FakeTransport:
