@@ -17,12 +17,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from audio.models import ModelMissing
 from gateway.api import api_keys, assistants, calls, deliveries, numbers, sip
 from gateway.api.auth import bootstrap_api_key, weak_api_key_reason
 from gateway.api.numbers import adopt_used_numbers
 from gateway.api.openapi import docs_page, openapi_document
 from gateway.api.operations import route
 from gateway.body_limit import BodySizeLimit
+from gateway.call.turn_models import load_turn_models
 from gateway.errors import HTTP_ERROR_HANDLERS, ConfigError
 from gateway.livekit.webhook import livekit_webhook
 from gateway.providers.base import Providers
@@ -61,6 +63,10 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
                 "one (python -c 'import secrets; print(\"vg_\" + secrets.token_urlsafe(32))'), "
                 "or unset it and make keys with `voice-gateway create-key --org NAME`"
             )
+    try:
+        turn_models = load_turn_models(settings.turn_models_dir)
+    except ModelMissing as exc:  # never fetched at run time: say how to install them
+        raise ConfigError(str(exc)) from exc
     mongodb_url = settings.mongodb_url
 
     @contextlib.asynccontextmanager
@@ -74,7 +80,9 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
                     settings.gateway_org,
                 )
             await adopt_used_numbers(database)
-            services = build_services(settings, database, providers=providers)
+            services = build_services(
+                settings, database, providers=providers, turn_models=turn_models
+            )
             app.state.services = services
             async with running(services):
                 log.info(

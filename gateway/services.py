@@ -12,10 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.call.config import SessionConfig
+from gateway.call.config import SessionConfig, TurnModels
 from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
-from gateway.call.turn_models import load_turn_models
 from gateway.call.writes import WritePolicy
 from gateway.livekit.room import LiveKitRooms
 from gateway.metrics import GatewayMetrics
@@ -59,7 +58,11 @@ class Services:
 
 
 def build_services(
-    settings: Settings, database: Database, *, providers: Providers | None = None
+    settings: Settings,
+    database: Database,
+    *,
+    turn_models: TurnModels,
+    providers: Providers | None = None,
 ) -> Services:
     """Every service of one gateway process, each built once (inside the running loop)."""
     assert settings.mongodb_url is not None and settings.twilio_auth_token is not None
@@ -90,7 +93,6 @@ def build_services(
         ),
         secret_grace_s=settings.webhook_secret_grace_s,
     )
-    turn_models = load_turn_models(settings.turn_models_dir)  # ModelMissing stops start-up
     gateway_id = "gw-" + secrets.token_hex(6)
     live = LiveCalls(gateway_id)
     runtime = CallRuntime(

@@ -129,6 +129,7 @@ class AssistantDocument(Document):
     max_duration_s: int = 1800
     recording: bool = True
     phone_numbers: list[str] = Field(default_factory=list)
+    turn_taking: dict[str, Any] = Field(default_factory=dict)  # {}: the defaults
     created_at: datetime
     updated_at: datetime
 

@@ -47,6 +47,11 @@ async def update_assistant(req: ApiRequest) -> BaseModel:
     assistants = req.services.database.assistants
     current = await assistants.get(org_id, assistant_id)
     changes = req.body_as(AssistantPatch).model_dump(exclude_unset=True)
+    if changes.get("turn_taking") is not None:
+        changes["turn_taking"] = {
+            **current.config.turn_taking.model_dump(),
+            **changes["turn_taking"],
+        }
     try:
         merged = AssistantConfig.model_validate({**current.config.model_dump(), **changes})
     except ValidationError as exc:

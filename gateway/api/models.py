@@ -140,6 +140,9 @@ class AssistantPatch(_Input):
     max_duration_s: int | None = None
     recording: bool | None = None
     phone_numbers: list[E164] | None = None
+    turn_taking: dict[str, Any] | None = Field(
+        default=None, description="fields of `turn_taking` to change; the others keep their value"
+    )
 
 
 class AssistantOut(AssistantConfig):

@@ -1,8 +1,10 @@
-"""Settings the app factory refuses at start-up: a placeholder or guessable GATEWAY_API_KEY."""
+"""What the app factory refuses at start-up: a placeholder or guessable GATEWAY_API_KEY, and
+turn models that are missing or fail their hash check (never fetched at run time)."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -36,3 +38,21 @@ def test_a_random_gateway_api_key_serves(mongo_url: str) -> None:
     key = "vg_" + uuid.uuid4().hex
     with TestClient(create_app(_settings(mongo_url, key))) as client:
         assert client.get("/api-keys", headers={"x-api-key": key}).status_code == 200
+
+
+def test_a_missing_turn_model_stops_start_up_with_how_to_install(
+    mongo_url: str, tmp_path: Path
+) -> None:
+    settings = _settings(mongo_url, "vg_" + uuid.uuid4().hex)
+    with pytest.raises(ConfigError, match=r"cannot be read .*scripts/ensure-models.sh"):
+        create_app(settings.model_copy(update={"turn_models_dir": tmp_path}))
+
+
+def test_a_corrupt_turn_model_stops_start_up(mongo_url: str, tmp_path: Path) -> None:
+    settings = _settings(mongo_url, "vg_" + uuid.uuid4().hex)
+    for model in settings.turn_models_dir.iterdir():
+        (tmp_path / model.name).write_bytes(model.read_bytes())
+    silero = tmp_path / "silero_vad.onnx"
+    silero.write_bytes(silero.read_bytes()[:-1] + b"\x00")  # one byte changed
+    with pytest.raises(ConfigError, match=r"silero_vad.onnx failed its hash check .*reinstall"):
+        create_app(settings.model_copy(update={"turn_models_dir": tmp_path}))

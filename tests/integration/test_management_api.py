@@ -461,3 +461,74 @@ async def test_numbers_are_checked_across_organisations(
         call = (await http.get(f"/calls/{phone.call_id}", headers=_h(key_a))).json()
         assert call["assistant_id"] == assistant.json()["id"]
         assert (await http.get(f"/calls/{phone.call_id}", headers=_h(key_b))).status_code == 404
+
+
+async def test_an_assistants_turn_taking_is_validated_and_changed_field_by_field(
+    stack: tuple[GatewayProcess, str, str],
+) -> None:
+    gateway, key_a, _ = stack
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        body = {
+            "name": "Patient",
+            "system_prompt": "Be brief.",
+            "turn_taking": {"end_of_turn": "silence", "silence_ms": 900, "idle_timeout_s": 5},
+        }
+        created = await http.post("/assistants", json=body, headers=_h(key_a))
+        assert created.status_code == 201, created.text
+        turn = created.json()["turn_taking"]
+        assert (turn["end_of_turn"], turn["silence_ms"], turn["idle_timeout_s"]) == (
+            "silence",
+            900,
+            5,
+        )
+        assert turn["vad"] == "silero" and "uh-huh" in turn["backchannel_words"]
+        url = f"/assistants/{created.json()['id']}"
+
+        # Out-of-range or unknown settings are refused, naming the field; nothing changes.
+        for bad, field in (
+            ({"pause_ms": 10}, "pause_ms"),
+            ({"idle_timeout_s": -1}, "idle_timeout_s"),
+            ({"vad": "fancy"}, "vad"),
+            ({"keypad_max_digits": 0}, "keypad_max_digits"),
+            ({"backchannel_words": [""]}, "backchannel_words"),
+            ({"no_such_setting": 1}, "no_such_setting"),
+        ):
+            refused = await http.patch(url, json={"turn_taking": bad}, headers=_h(key_a))
+            assert refused.status_code == 422, (bad, refused.text)
+            assert field in str(refused.json()["error"]["details"]), refused.text
+            create = await http.post(
+                "/assistants", json={**body, "turn_taking": bad}, headers=_h(key_a)
+            )
+            assert create.status_code == 422, (bad, create.text)
+        assert (await http.get(url, headers=_h(key_a))).json()["turn_taking"] == turn
+
+        # A change names only what changes; the rest keeps its value.
+        changed = await http.patch(
+            url,
+            json={"turn_taking": {"backchannel_words": ["genau"], "idle_max_prompts": 0}},
+            headers=_h(key_a),
+        )
+        assert changed.status_code == 200, changed.text
+        after = changed.json()["turn_taking"]
+        assert after == {**turn, "backchannel_words": ["genau"], "idle_max_prompts": 0}
+
+        # A reprompt's placeholders are checked when a call is placed, like the prompt's.
+        templated = await http.patch(
+            url,
+            json={"turn_taking": {"idle_reprompt": "{{customer}}, are you there?"}},
+            headers=_h(key_a),
+        )
+        assert templated.status_code == 200, templated.text
+        number = "+15557770009"
+        claimed = await http.post("/numbers", json={"number": number}, headers=_h(key_a))
+        assert claimed.status_code == 201, claimed.text
+        call_body = {
+            "assistant_id": created.json()["id"],
+            "to_number": "+15558880009",
+            "from_number": number,
+            "call_service": "twilio",
+            "metadata": {},
+        }
+        missing = await http.post("/call/outbound", json=call_body, headers=_h(key_a))
+        assert missing.status_code == 422, missing.text
+        assert missing.json()["error"]["details"][0]["loc"][-1] == "customer"
