@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,12 @@ class SpeechEnded:
 
 
 EndpointEvent = SpeechStarted | SpeechEnded
+
+
+class FrameVAD(Protocol):
+    """A per-frame speech classifier the `Endpointer` drives (`EnergyVAD`, `SileroVAD`)."""
+
+    def is_speech(self, pcm: npt.NDArray[np.int16]) -> bool: ...
 
 
 class EnergyVAD:
@@ -76,12 +83,12 @@ class Endpointer:
         rate: int,
         min_speech_ms: int = 120,
         silence_ms: int = 600,
-        vad: EnergyVAD | None = None,
+        vad: FrameVAD | None = None,
     ) -> None:
         self._rate = rate
         self._min_speech_ms = min_speech_ms
         self._silence_ms = silence_ms
-        self._vad = vad or EnergyVAD()
+        self._vad: FrameVAD = vad if vad is not None else EnergyVAD()
         self._samples = 0
         self._in_speech = False
         self._run_start_ms: float | None = None  # start of the current candidate speech run
