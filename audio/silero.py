@@ -10,6 +10,7 @@ Synchronous CPU work, measured in bench/vad_bench.py.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +26,14 @@ _FULL_SCALE = 32768.0
 # shifts it so that the model under-reports the speech that follows (noted by Pipecat's
 # Silero wrapper, strongest at 8 kHz); a gap between words is shorter and keeps it.
 _RESET_AFTER_GATED = 8
+
+
+class ChunkClassifier(Protocol):
+    """What a `SileroVAD` runs per chunk: `SileroModel` (or a scripted stand-in in tests)."""
+
+    def infer(
+        self, window: npt.NDArray[np.float32], state: npt.NDArray[np.float32], rate: int
+    ) -> tuple[float, npt.NDArray[np.float32]]: ...
 
 
 class SileroModel:
@@ -82,7 +91,7 @@ class SileroVAD:
 
     def __init__(
         self,
-        model: SileroModel,
+        model: ChunkClassifier,
         rate: int,
         *,
         threshold: float = 0.5,
