@@ -22,9 +22,10 @@ from audio.models import SILERO_SHA256, check_model
 _CHUNKING = {8000: (256, 32), 16000: (512, 64)}
 _STATE_SHAPE = (2, 1, 128)
 _FULL_SCALE = 32768.0
-# Quiet chunks (8 x 32 ms) after which the recurrent state is cleared: long non-speech
-# shifts it so that the model under-reports the speech that follows (noted by Pipecat's
-# Silero wrapper, strongest at 8 kHz); a gap between words is shorter and keeps it.
+# Gated chunks (8 x 32 ms) after which the recurrent state is cleared. The model never saw
+# them, so its state still describes the audio before the gap: across a pause between
+# words that helps (clearing at once lost ~6 % of espeak speech frames), after a longer
+# quiet the next speech starts from a fresh state, as at the start of a stream.
 _RESET_AFTER_GATED = 8
 
 
