@@ -38,8 +38,8 @@ class SpeechEnded:
 EndpointEvent = SpeechStarted | SpeechEnded
 
 
-class FrameVAD(Protocol):
-    """A per-frame speech classifier the `Endpointer` drives (`EnergyVAD`, `SileroVAD`)."""
+class FrameClassifier(Protocol):
+    """A per-stream speech / no-speech decision on each frame (energy or neural)."""
 
     def is_speech(self, pcm: npt.NDArray[np.int16]) -> bool: ...
 
@@ -83,12 +83,12 @@ class Endpointer:
         rate: int,
         min_speech_ms: int = 120,
         silence_ms: int = 600,
-        vad: FrameVAD | None = None,
+        vad: FrameClassifier | None = None,
     ) -> None:
         self._rate = rate
         self._min_speech_ms = min_speech_ms
         self._silence_ms = silence_ms
-        self._vad: FrameVAD = vad if vad is not None else EnergyVAD()
+        self._vad = vad or EnergyVAD()
         self._samples = 0
         self._in_speech = False
         self._run_start_ms: float | None = None  # start of the current candidate speech run
