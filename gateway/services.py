@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from gateway.call.config import SessionConfig
 from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
-from gateway.call.config import SessionConfig
 from gateway.call.turn_models import load_turn_models
 from gateway.call.writes import WritePolicy
 from gateway.livekit.room import LiveKitRooms

@@ -222,12 +222,10 @@ class TurnTakingConfig(BaseModel):
         default=600, ge=100, le=5000, description="silence that ends a turn (end_of_turn=silence)"
     )
     min_speech_ms: int = Field(default=120, ge=20, le=2000, description="speech that counts")
-    backchannel_words: list[Annotated[str, StringConstraints(min_length=1, max_length=40)]] = (
-        Field(
-            default_factory=lambda: list(DEFAULT_BACKCHANNELS),
-            max_length=200,
-            description="caller words that do not interrupt the agent (acknowledgements)",
-        )
+    backchannel_words: list[Annotated[str, StringConstraints(min_length=1, max_length=40)]] = Field(
+        default_factory=lambda: list(DEFAULT_BACKCHANNELS),
+        max_length=200,
+        description="caller words that do not interrupt the agent (acknowledgements)",
     )
     interruption_min_speech_ms: int = Field(
         default=500,
@@ -236,7 +234,10 @@ class TurnTakingConfig(BaseModel):
         description="caller speech over the agent this long interrupts it whatever its words",
     )
     idle_timeout_s: float = Field(
-        default=15.0, ge=0, le=600, description="silence after the agent's turn before a reprompt (0: never)"
+        default=15.0,
+        ge=0,
+        le=600,
+        description="silence after the agent's turn before a reprompt (0: never)",
     )
     idle_max_prompts: int = Field(default=2, ge=0, le=10, description="reprompts before hanging up")
     idle_reprompt: str = Field(default="Are you still there?", min_length=1, max_length=500)

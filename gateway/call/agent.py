@@ -28,6 +28,7 @@ from storage import CallStatus
 
 log = logging.getLogger(__name__)
 
+
 class AgentTurns:
     """Speaks the agent's turns into the call and stores what the caller heard of each."""
 

@@ -34,9 +34,9 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from audio.frames import AudioFrame
+from gateway.call.config import SessionConfig
 from gateway.call.lease import OwnEnding
 from gateway.call.plan import plan_call
-from gateway.call.config import SessionConfig
 from gateway.call.session import CallSession
 from gateway.call.transport import CallTransport
 from gateway.call.writes import CallWrites, WritePolicy

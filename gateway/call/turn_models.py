@@ -19,7 +19,7 @@ def load_turn_models(directory: Path) -> TurnModels:
     """Both models from `directory` (any assistant may choose either); `ModelMissing` if a
     file is absent or fails its hash check."""
     paths = locate_models(directory)
-    silero = SileroModel.load(paths.silero_vad)
+    silero = SileroModel.load(paths.silero)
     smart_turn = SmartTurnModel.load(paths.smart_turn)
     log.info("turn models loaded", extra={"directory": str(directory)})
     return TurnModels(vad=silero.stream, judge=smart_turn.completion_probability)

@@ -20,12 +20,13 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 
 from audio.frames import AudioFrame
 from audio.resample import StreamResampler
-from audio.vad import EnergyVAD, Endpointer, FrameClassifier, SpeechEnded, SpeechStarted
+from audio.vad import Endpointer, EnergyVAD, FrameClassifier, SpeechEnded, SpeechStarted
 from gateway.providers.base import STT
 
 JUDGE_RATE = 16000  # the turn model's input rate
