@@ -35,7 +35,7 @@ def models_dir(cache_dir: Path) -> Path:
 class TurnModelPaths:
     """The two verified model files."""
 
-    silero_vad: Path
+    silero: Path
     smart_turn: Path
 
 
@@ -54,9 +54,7 @@ def check_model(path: Path, sha256: str) -> None:
 
 def locate_models(directory: Path) -> TurnModelPaths:
     """The model files in `directory`, each checked against its hash."""
-    paths = TurnModelPaths(
-        silero_vad=directory / SILERO_FILE, smart_turn=directory / SMART_TURN_FILE
-    )
-    check_model(paths.silero_vad, SILERO_SHA256)
+    paths = TurnModelPaths(silero=directory / SILERO_FILE, smart_turn=directory / SMART_TURN_FILE)
+    check_model(paths.silero, SILERO_SHA256)
     check_model(paths.smart_turn, SMART_TURN_SHA256)
     return paths

@@ -117,7 +117,7 @@ def _turn_table(turn: SmartTurnModel) -> None:
 
 def main() -> None:
     paths = locate_models(Settings().turn_models_dir)
-    _vad_table(SileroModel.load(paths.silero_vad))
+    _vad_table(SileroModel.load(paths.silero))
     print()
     _turn_table(SmartTurnModel.load(paths.smart_turn))
 

@@ -37,7 +37,7 @@ def test_the_default_directory_is_the_scripts(monkeypatch: pytest.MonkeyPatch) -
 
 def test_installed_models_are_found() -> None:
     paths = models.locate_models(Settings().turn_models_dir)
-    assert paths.silero_vad.name == models.SILERO_FILE
+    assert paths.silero.name == models.SILERO_FILE
     assert paths.smart_turn.name == models.SMART_TURN_FILE
 
 
