@@ -10,6 +10,7 @@ Synchronous CPU work, measured in bench/vad_bench.py.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -21,10 +22,19 @@ from audio.models import SILERO_SHA256, check_model
 _CHUNKING = {8000: (256, 32), 16000: (512, 64)}
 _STATE_SHAPE = (2, 1, 128)
 _FULL_SCALE = 32768.0
-# Quiet chunks (8 x 32 ms) after which the recurrent state is cleared: long non-speech
-# shifts it so that the model under-reports the speech that follows (noted by Pipecat's
-# Silero wrapper, strongest at 8 kHz); a gap between words is shorter and keeps it.
+# Gated chunks (8 x 32 ms) after which the recurrent state is cleared. The model never saw
+# them, so its state still describes the audio before the gap: across a pause between
+# words that helps (clearing at once lost ~6 % of espeak speech frames), after a longer
+# quiet the next speech starts from a fresh state, as at the start of a stream.
 _RESET_AFTER_GATED = 8
+
+
+class ChunkClassifier(Protocol):
+    """What a `SileroVAD` runs per chunk: `SileroModel` (or a scripted stand-in in tests)."""
+
+    def infer(
+        self, window: npt.NDArray[np.float32], state: npt.NDArray[np.float32], rate: int
+    ) -> tuple[float, npt.NDArray[np.float32]]: ...
 
 
 class SileroModel:
@@ -82,7 +92,7 @@ class SileroVAD:
 
     def __init__(
         self,
-        model: SileroModel,
+        model: ChunkClassifier,
         rate: int,
         *,
         threshold: float = 0.5,

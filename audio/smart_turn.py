@@ -34,7 +34,8 @@ _FRAMES = _SAMPLES // HOP  # 800
 def _hz_to_mel(hz: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Slaney's mel scale: linear (200/3 Hz per mel) below 1 kHz, logarithmic above."""
     step = math.log(6.4) / 27.0
-    return np.where(hz < 1000.0, hz * 3.0 / 200.0, 15.0 + np.log(hz / 1000.0 + 1e-300) / step)
+    above = 15.0 + np.log(np.maximum(hz, 1000.0) / 1000.0) / step
+    return np.where(hz < 1000.0, hz * 3.0 / 200.0, above)
 
 
 def _mel_to_hz(mel: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -95,7 +95,7 @@ case "$cmd" in
       DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq opus-tools >&2
     fi
     cd "$ROOT"
-    for b in bench/audio_bench.py bench/stt_wer.py bench/provider_latency_bench.py bench/load_bench.py \
+    for b in bench/audio_bench.py bench/vad_bench.py bench/stt_wer.py bench/provider_latency_bench.py bench/load_bench.py \
              bench/api_bench.py bench/recording_bench.py bench/webhook_bench.py; do
       log "running $b"; "$VENV/bin/python" "$b"
     done ;;
