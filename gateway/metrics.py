@@ -42,6 +42,15 @@ class GatewayMetrics:
     lost_call_sweeps_total: int = 0  # rounds of this gateway's lost-call sweeper
     calls_lost_total: int = 0  # calls of stopped gateways this gateway finished
     stt_reconnects_total: int = 0
+    # Turn-taking: caller speech over the agent paused it; it was an interruption (the
+    # reply cancelled) or not (the agent played on); pauses judged by the turn model.
+    agent_pauses_total: int = 0
+    agent_interruptions_total: int = 0
+    agent_resumes_total: int = 0
+    turns_judged_total: int = 0
+    turns_judged_complete_total: int = 0
+    caller_idle_prompts_total: int = 0  # reprompts and idle goodbyes said
+    keypad_entries_total: int = 0
     provider_failures: dict[str, int] = field(default_factory=dict)
     turn_latency: dict[str, _Histogram] = field(
         default_factory=lambda: {stage: _Histogram() for stage in STAGES}

@@ -47,6 +47,7 @@ class AgentTurns:
     ) -> None:
         self._transport = transport
         self._transcript = transcript
+        self._metrics = metrics
         self._on_done = on_done  # a turn was played to its end and the call goes on
         self._on_end = on_end  # the agent ends the call (hang-up, transfer, failure)
         self._playback = PlaybackTracker(rate=transport.sample_rate, clock=clock)
@@ -100,6 +101,8 @@ class AgentTurns:
         """Fall silent at once, keeping the rest of the turn: the caller speaks over it."""
         if not self.held:
             self.held = True
+            if self._metrics is not None:
+                self._metrics.agent_pauses_total += 1
             self._playback.pause()
             await self._transport.pause()
 
@@ -107,6 +110,8 @@ class AgentTurns:
         """It was not an interruption: play on from where the agent paused."""
         if self.held:
             self.held = False
+            if self._metrics is not None:
+                self._metrics.agent_resumes_total += 1
             self._playback.resume()
             await self._transport.resume()
 
@@ -114,6 +119,8 @@ class AgentTurns:
         """The caller interrupted: drop the rest of the turn, store what they heard of it."""
         heard = self._playback.heard_text()  # fixed now: marks a clear returns do not count
         self.held = False
+        if self._metrics is not None:
+            self._metrics.agent_interruptions_total += 1
         await self._transport.clear()
         await self._stop(heard)
 

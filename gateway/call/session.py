@@ -249,6 +249,9 @@ class CallSession:
             return
         complete = probability >= COMPLETE_THRESHOLD
         log.debug("turn judged", extra={"probability": round(probability, 3)})
+        if self._metrics is not None:
+            self._metrics.turns_judged_total += 1
+            self._metrics.turns_judged_complete_total += int(complete)
         if not self._closed:
             await self._carry_out(self._turns.verdict(step.pause, complete))
 
@@ -302,6 +305,8 @@ class CallSession:
 
     async def _keypad_entry(self, entry: str) -> None:
         """A finished keypad entry is the caller's turn: the agent answers it."""
+        if self._metrics is not None:
+            self._metrics.keypad_entries_total += 1
         self._idle.caller_turn()
         now_ms = (self._clock() - self._started_at) * 1000.0
         self._transcript.add_caller_turn(keypad_text(entry), start_ms=now_ms, end_ms=now_ms)
@@ -322,6 +327,8 @@ class CallSession:
         """The caller said nothing for the idle timeout: reprompt, or say goodbye and end."""
         if self._closed or self._agent.speaking or self._turns.caller_speaking:
             return
+        if self._metrics is not None:
+            self._metrics.caller_idle_prompts_total += 1
         if prompts <= self._idle.max_prompts:
             log.info("the caller is silent: reprompt", extra={"prompts": prompts})
             self._agent.say(self._reprompt)
