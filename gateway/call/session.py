@@ -163,7 +163,7 @@ class CallSession:
         await self._carry_out(self._turns.feed(frame))
         if self._agent.held and self._turns.speech_ms >= self._interruptions.min_speech_ms:
             log.info("interruption: the caller kept speaking over the agent")
-            await self._agent.interrupt()
+            await self._interrupted()
 
     def on_mark(self, name: str) -> None:
         """A mark came back: the audio before it has been played to the caller."""
@@ -267,7 +267,7 @@ class CallSession:
                         self._turns.hurry()
                     if self._interruptions.interrupts(text):
                         log.info("interruption on interim transcript")
-                        await self._agent.interrupt()
+                        await self._interrupted()
                 continue
             utterance = self._turns.take_utterance()
             latency = TurnLatency(speech_ended_at=utterance.ended_at, clock=self._clock)
@@ -294,6 +294,12 @@ class CallSession:
                 continue  # the caller already goes on talking; answer after that utterance
             await self._agent.cancel()
             self._agent.reply(latency)
+
+    async def _interrupted(self) -> None:
+        """The caller's speech over the agent is a turn of its own: the reply is cancelled,
+        and the caller's pauses are judged again."""
+        await self._agent.interrupt()
+        self._turns.hurry(False)
 
     def _keypad_paused(self) -> None:
         self._keypad_timer = None

@@ -179,10 +179,12 @@ class TurnTaking:
             steps += self._pause_over()
         return steps
 
-    def hurry(self) -> None:
-        """End the current utterance at its first pause, unjudged (the agent waits on it)."""
-        self._hurried = True
-        if self._pause is not None and self._pause.complete is None:
+    def hurry(self, hurried: bool = True) -> None:
+        """End the current utterance at its first pause, unjudged (the agent waits on it to
+        know whether it was an interruption); `hurry(False)`: judge its pauses again (it
+        was one, and the caller may pause mid-sentence)."""
+        self._hurried = hurried
+        if hurried and self._pause is not None and self._pause.complete is None:
             self._pause.complete = True
 
     def verdict(self, pause: int, complete: bool) -> list[TurnStep]:

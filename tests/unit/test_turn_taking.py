@@ -220,3 +220,13 @@ def test_a_hurried_utterance_ends_at_its_first_pause_unjudged() -> None:
     # The next utterance is judged again.
     steps = _feed(turns, _speech(400) + _silence(200))
     assert len(_steps_of(steps, JudgeTurn)) == 1
+
+
+def test_an_utterance_no_longer_hurried_is_judged_again() -> None:
+    turns = _judged(_Clock())
+    _feed(turns, _silence(200) + _speech(300))
+    turns.hurry()
+    _feed(turns, _speech(300))
+    turns.hurry(False)  # it was an interruption: the caller may pause mid-sentence
+    steps = _feed(turns, _silence(200))
+    assert len(_steps_of(steps, JudgeTurn)) == 1 and _steps_of(steps, UtteranceEnded) == []
