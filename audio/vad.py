@@ -97,6 +97,11 @@ class Endpointer:
         self._last_speech_end_ms = 0.0
 
     @property
+    def last_speech_ms(self) -> float:
+        """Stream time at the end of the last frame classified as speech."""
+        return self._last_speech_end_ms
+
+    @property
     def position_ms(self) -> float:
         """Stream time at the end of the last frame fed."""
         return 1000.0 * self._samples / self._rate

@@ -246,13 +246,14 @@ async def _answered(
     transport: FakeTransport,
     metrics: GatewayMetrics | None = None,
     writes: WritePolicy | None = None,
+    turn: TurnTakingConfig = SILENCE_400,
 ) -> CallLifecycle:
     """A call taken and answered by its lifecycle, as a carrier would."""
     runtime = CallRuntime(
         store=store,  # type: ignore[arg-type]
         assistants=NoAssistants(),  # type: ignore[arg-type]
         catalog=ProviderCatalog(Settings(), providers),
-        session_config=SessionConfig(turn=SILENCE_400),
+        session_config=SessionConfig(turn=turn),
         metrics=metrics or GatewayMetrics(),
         reports=NoOutbox(),
         live=LiveCalls("gw-test"),
@@ -291,7 +292,10 @@ async def _feed(session: CallLifecycle, frames: list[np.ndarray], speed: float =
 
 
 async def _run(
-    texts: list[str], script: list[tuple[str, int]]
+    texts: list[str],
+    script: list[tuple[str, int]],
+    turn: TurnTakingConfig = SILENCE_400,
+    metrics: GatewayMetrics | None = None,
 ) -> tuple[MemoryStore, FakeTransport]:
     ref: list[CallLifecycle] = []
     transport = FakeTransport(ref)
@@ -299,7 +303,9 @@ async def _run(
     providers = Providers(
         ScriptedSTT(texts), LocalScriptedAgent(greeting="Hello, how can I help?"), ToneTTS()
     )
-    session = await _answered("call-1", providers, store, ref, transport)
+    session = await _answered(
+        "call-1", providers, store, ref, transport, metrics=metrics, turn=turn
+    )
     for kind, ms in script:
         await _feed(session, _speech(ms) if kind == "speech" else _silence(ms))
     await _hang_up(session)
@@ -342,6 +348,88 @@ async def test_barge_in_clears_and_keeps_only_what_was_heard() -> None:
     assert full.startswith(heard) and len(heard) < len(full)
     speakers = [t["speaker"] for t in store.turns]
     assert speakers == ["agent", "caller", "agent", "caller", "agent"]
+
+
+BOOKING = "I can book that for you. Our next free slot is tomorrow at ten in the morning."
+
+
+async def test_an_acknowledgement_over_the_agent_pauses_it_and_it_plays_on() -> None:
+    metrics = GatewayMetrics()
+    store, transport = await _run(
+        ["i want to book an appointment", "uh-huh"],
+        [("silence", 3000), ("speech", 800), ("silence", 1000), ("speech", 300), ("silence", 9000)],
+        metrics=metrics,
+    )
+    assert transport.pauses == 1 and transport.resumes == 1 and transport.clears == 0
+    assert [t["speaker"] for t in store.turns] == ["agent", "caller", "agent"]  # no "uh-huh"
+    assert not any(t["interrupted"] for t in store.turns)
+    assert str(store.turns[2]["text"]).startswith(BOOKING)  # the whole answer
+    assert (metrics.agent_pauses_total, metrics.agent_resumes_total) == (1, 1)
+    assert metrics.agent_interruptions_total == 0
+
+
+async def test_long_speech_over_the_agent_interrupts_it_whatever_its_words() -> None:
+    store, transport = await _run(
+        ["i want to book an appointment", "okay okay okay okay"],
+        [("silence", 3000), ("speech", 800), ("silence", 1000), ("speech", 900), ("silence", 9000)],
+    )
+    assert transport.pauses == 1 and transport.clears == 1
+    interrupted = [t for t in store.turns if t["interrupted"]]
+    assert len(interrupted) == 1 and BOOKING.startswith(str(interrupted[0]["text"]))
+    assert [t["speaker"] for t in store.turns][-2:] == ["caller", "agent"]
+
+
+async def test_an_idle_caller_is_reprompted_then_hung_up_on() -> None:
+    turn = SILENCE_400.model_copy(
+        update={"idle_timeout_s": 0.2, "idle_max_prompts": 1, "idle_reprompt": "Hello?"}
+    )
+    store, transport = await _run([], [("silence", 40000)], turn=turn)
+    said = [(t["speaker"], t["text"]) for t in store.turns]
+    assert said == [
+        ("agent", "Hello, how can I help?"),
+        ("agent", "Hello?"),
+        ("agent", turn.idle_goodbye),
+    ]
+    assert transport.hung_up
+    assert store.finished == [(CallStatus.COMPLETED, "caller-idle")]
+
+
+async def test_speech_resets_the_idle_count() -> None:
+    turn = SILENCE_400.model_copy(update={"idle_timeout_s": 0.3, "idle_max_prompts": 1})
+    store, _ = await _run(
+        ["what are your opening hours"],
+        [("silence", 8000), ("speech", 600), ("silence", 40000)],
+        turn=turn,
+    )
+    texts = [t["text"] for t in store.turns]
+    # Reprompted once, answered, then reprompted once more before the goodbye.
+    assert texts.count(turn.idle_reprompt) == 2 and texts[-1] == turn.idle_goodbye
+    assert store.finished == [(CallStatus.COMPLETED, "caller-idle")]
+
+
+async def test_keypad_digits_reach_the_agent_as_a_caller_turn() -> None:
+    ref: list[CallLifecycle] = []
+    transport = FakeTransport(ref)
+    store = MemoryStore()
+    providers = Providers(
+        ScriptedSTT([]), LocalScriptedAgent(greeting="Hello, how can I help?"), ToneTTS()
+    )
+    turn = SILENCE_400.model_copy(update={"keypad_timeout_s": 0.5})
+    call = await _answered("call-k", providers, store, ref, transport, turn=turn)
+    await _feed(call, _silence(3000))
+    for digit in "1234#":
+        await call.on_dtmf(digit)
+    for digit in "42":  # then a pause ends the entry
+        await call.on_dtmf(digit)
+    for _ in range(200):
+        if sum(t["speaker"] == "agent" for t in store.turns) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    await _hang_up(call)
+    await transport.aclose()
+    said = [(t["speaker"], t["text"]) for t in store.turns]
+    assert ("caller", "[keypad] 1234") in said and ("caller", "[keypad] 42") in said
+    assert [speaker for speaker, _ in said] == ["agent", "caller", "agent", "caller", "agent"]
 
 
 async def test_agent_hangs_up_after_saying_goodbye() -> None:
