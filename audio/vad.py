@@ -97,6 +97,11 @@ class Endpointer:
         self._last_speech_end_ms = 0.0
 
     @property
+    def hearing(self) -> bool:
+        """True while a run of speech frames is under way (confirmed or not yet)."""
+        return self._run_start_ms is not None
+
+    @property
     def last_speech_ms(self) -> float:
         """Stream time at the end of the last frame classified as speech."""
         return self._last_speech_end_ms

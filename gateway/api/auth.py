@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -71,6 +72,18 @@ _PLACEHOLDER_WORDS = (
 _MIN_ESTIMATED_BITS = 64.0
 
 
+_SEGMENT = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
+
+
+def _words_of(key: str) -> set[str]:
+    """The words a person may have written `key` with: its segments (split at separators,
+    case changes and digits) and runs of up to three of them, lower-cased. A placeholder
+    counts only as such a word, never as letters that happen to spell it inside a random
+    key ("...VODUMmY..." does not say "dummy")."""
+    segments = [s.lower() for s in _SEGMENT.findall(key)]
+    return {"".join(segments[i : i + n]) for n in (1, 2, 3) for i in range(len(segments) - n + 1)}
+
+
 def weak_api_key_reason(key: str) -> str | None:
     """Why `key` is too weak for GATEWAY_API_KEY (an admin key of the whole API), or None.
 
@@ -80,9 +93,8 @@ def weak_api_key_reason(key: str) -> str | None:
     """
     if len(key) < MIN_API_KEY_LENGTH:
         return f"it is shorter than {MIN_API_KEY_LENGTH} characters"
-    letters = "".join(c for c in key.lower() if c.isalnum())
     for word in _PLACEHOLDER_WORDS:
-        if word in letters:
+        if word in _words_of(key):
             return f"it contains the placeholder word {word!r}"
     counts = Counter(key)
     bits = -sum(n * math.log2(n / len(key)) for n in counts.values())

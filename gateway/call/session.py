@@ -42,10 +42,12 @@ from gateway.call.plan import TurnPlan
 from gateway.call.transcript import CallTranscript, TurnWrites
 from gateway.call.transport import CallTransport
 from gateway.call.turn_taking import (
+    CallerSound,
     CallerStarted,
     EndOfTurn,
     JudgeTurn,
     PushAudio,
+    SoundGone,
     TurnStep,
     TurnTaking,
 )
@@ -132,6 +134,7 @@ class CallSession:
         self._stt_stream: STTStream | None = None
         self._stt_task: asyncio.Task[None] | None = None
         self._judging: set[asyncio.Task[None]] = set()
+        self._tentative = False  # the agent is paused on a sound not yet known as speech
         self._closed = False
 
     # ----------------------------------------------------------------- driver API
@@ -226,7 +229,18 @@ class CallSession:
             if isinstance(step, PushAudio):
                 if self._stt_stream is not None:
                     await self._stt_stream.push(step.frame)
+            elif isinstance(step, CallerSound):
+                # Pausing is undone at no cost: the agent falls silent at the first sound
+                # that may be speech, before the VAD is sure.
+                if self._agent.speaking and not self._agent.ending and not self._agent.held:
+                    await self._agent.hold()
+                    self._tentative = True
+            elif isinstance(step, SoundGone):
+                if self._tentative and self._agent.held:
+                    await self._agent.resume()
+                self._tentative = False
             elif isinstance(step, CallerStarted):
+                self._tentative = False
                 self._idle.caller_active()
                 if self._agent.speaking and not self._agent.ending:
                     log.info("the caller speaks over the agent: the agent pauses")

@@ -5,7 +5,8 @@ session runs it and hands back its verdict).
 
 Order of calls: `feed()` each frame of caller audio (at the transport's rate), in order, and
 carry out the steps it returns in the order given: `PushAudio` to the STT stream,
-`CallerStarted` (an agent speaking is paused), `JudgeTurn` (ask the turn model, then give
+`CallerSound` / `SoundGone` (what may be speech began / stopped short: an agent speaking
+may pause / play on), `CallerStarted` (speech confirmed), `JudgeTurn` (ask the turn model, then give
 its answer to `verdict()` and carry out the steps that returns), `UtteranceEnded` (ask the
 STT for the final transcript). When a final transcript arrives, `take_utterance()` gives
 its span. `use_stt()` switches to another STT (the fallback) at any point.
@@ -51,6 +52,16 @@ class PushAudio:
 
 
 @dataclass(frozen=True, slots=True)
+class CallerSound:
+    """The VAD hears what may be speech (not confirmed yet): an agent speaking may pause."""
+
+
+@dataclass(frozen=True, slots=True)
+class SoundGone:
+    """What `CallerSound` announced stopped short of speech (a click, a cough)."""
+
+
+@dataclass(frozen=True, slots=True)
 class CallerStarted:
     """The VAD confirmed the caller speaking since `at_ms` (call audio time)."""
 
@@ -71,7 +82,7 @@ class UtteranceEnded:
     """The caller finished an utterance: the STT owes its final transcript."""
 
 
-TurnStep = PushAudio | CallerStarted | JudgeTurn | UtteranceEnded
+TurnStep = PushAudio | CallerSound | SoundGone | CallerStarted | JudgeTurn | UtteranceEnded
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +166,11 @@ class TurnTaking:
         stt_frame = AudioFrame(self._resampler.process(frame.pcm), self.stt_rate)
         self._keep_for_judge(frame)
         was_speaking = self._speaking
+        was_hearing = self._endpointer.hearing
         events = self._endpointer.feed(frame.pcm)
         steps: list[TurnStep] = []
+        if not was_speaking and self._endpointer.hearing != was_hearing:
+            steps.append(CallerSound() if self._endpointer.hearing else SoundGone())
         for event in events:
             if isinstance(event, SpeechStarted):
                 if self._speaking:  # speech again within a pause: the same turn goes on

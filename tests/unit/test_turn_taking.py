@@ -8,6 +8,7 @@ import numpy as np
 
 from audio.frames import AudioFrame
 from gateway.call.turn_taking import (
+    CallerSound,
     CallerStarted,
     EndOfTurn,
     JudgeTurn,
@@ -84,8 +85,9 @@ def test_the_preroll_reaches_the_stt_before_the_speech_it_precedes() -> None:
     # Before the caller speaks nothing goes to the STT: the last 300 ms are kept.
     assert _feed(turns, _silence(500)) == [[]] * 25
     speech = _feed(turns, _speech(1000))
-    # Speech is confirmed after 120 ms (six frames); the five before it are kept too.
-    assert speech[:5] == [[]] * 5
+    # Speech is confirmed after 120 ms (six frames); the five before it are kept too. The
+    # first sound is announced at once (an agent speaking may pause on it).
+    assert speech[:5] == [[CallerSound()]] + [[]] * 4
     started = speech[5]
     assert _kinds(started) == ["PushAudio"] * 15 + ["CallerStarted", "PushAudio"]
     assert started[15] == CallerStarted(at_ms=500.0)
@@ -230,3 +232,11 @@ def test_an_utterance_no_longer_hurried_is_judged_again() -> None:
     turns.hurry(False)  # it was an interruption: the caller may pause mid-sentence
     steps = _feed(turns, _silence(200))
     assert len(_steps_of(steps, JudgeTurn)) == 1 and _steps_of(steps, UtteranceEnded) == []
+
+
+def test_a_sound_that_stops_short_of_speech_is_announced_and_withdrawn() -> None:
+    turns = _turns(_STT(), _Clock())
+    steps = _feed(turns, _silence(200) + _speech(60) + _silence(200))
+    kinds = [k for frame in steps for k in _kinds(frame) if k != "PushAudio"]
+    assert kinds == ["CallerSound", "SoundGone"]  # a click: never a CallerStarted
+    assert not turns.caller_speaking
