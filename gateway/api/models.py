@@ -21,6 +21,7 @@ from storage import (
     RecordingState,
     SipTrunkRecord,
     TurnRecord,
+    TurnTakingConfig,
 )
 
 
@@ -140,6 +141,8 @@ class AssistantPatch(_Input):
     max_duration_s: int | None = None
     recording: bool | None = None
     phone_numbers: list[E164] | None = None
+    # The turn-taking fields given change; the others keep their value.
+    turn_taking: TurnTakingConfig | None = None
 
 
 class AssistantOut(AssistantConfig):
