@@ -101,6 +101,11 @@ class Endpointer:
         """Stream time at the end of the last frame fed."""
         return 1000.0 * self._samples / self._rate
 
+    @property
+    def last_speech_ms(self) -> float:
+        """Stream time at the end of the last frame classified as speech."""
+        return self._last_speech_end_ms
+
     def feed(self, pcm: npt.NDArray[np.int16]) -> list[EndpointEvent]:
         """Take one frame; return the events it completes (usually none)."""
         start_ms = 1000.0 * self._samples / self._rate

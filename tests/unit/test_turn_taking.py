@@ -220,3 +220,17 @@ def test_a_hurried_utterance_ends_at_its_first_pause_unjudged() -> None:
     # The next utterance is judged again.
     steps = _feed(turns, _speech(400) + _silence(200))
     assert len(_steps_of(steps, JudgeTurn)) == 1
+
+
+def test_the_speech_of_an_utterance_stops_counting_when_the_caller_falls_silent() -> None:
+    """An "uh-huh" over the agent is measured by its sound, not by the pause after it (which
+    the agent waits out before it goes on): only longer speech interrupts by its length."""
+    turns = _turns(_STT(), _Clock())
+    _feed(turns, _silence(200) + _speech(300))
+    assert turns.speech_ms == 300.0
+    _feed(turns, _silence(300))  # the pause, before the turn ends
+    assert turns.caller_speaking and turns.speech_ms == 300.0
+    _feed(turns, _speech(200))  # speech again in the same utterance counts on
+    assert turns.speech_ms == 800.0
+    _feed(turns, _silence(400))
+    assert not turns.caller_speaking and turns.speech_ms == 0.0
