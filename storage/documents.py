@@ -129,7 +129,9 @@ class AssistantDocument(Document):
     max_duration_s: int = 1800
     recording: bool = True
     phone_numbers: list[str] = Field(default_factory=list)
-    turn_taking: dict[str, Any] = Field(default_factory=dict)  # {}: the defaults
+    # A `TurnTakingConfig`, field by field (empty: the defaults, as for assistants stored
+    # before it existed).
+    turn_taking: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
 

@@ -47,13 +47,11 @@ async def update_assistant(req: ApiRequest) -> BaseModel:
     assistants = req.services.database.assistants
     current = await assistants.get(org_id, assistant_id)
     changes = req.body_as(AssistantPatch).model_dump(exclude_unset=True)
-    if changes.get("turn_taking") is not None:
-        changes["turn_taking"] = {
-            **current.config.turn_taking.model_dump(),
-            **changes["turn_taking"],
-        }
+    stored = current.config.model_dump()
+    if changes.get("turn_taking") is not None:  # only the fields given (unset ones keep theirs)
+        changes["turn_taking"] = {**stored["turn_taking"], **changes["turn_taking"]}
     try:
-        merged = AssistantConfig.model_validate({**current.config.model_dump(), **changes})
+        merged = AssistantConfig.model_validate({**stored, **changes})
     except ValidationError as exc:
         details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         raise RequestInvalid("invalid assistant fields", details) from exc

@@ -21,6 +21,7 @@ from storage import (
     RecordingState,
     SipTrunkRecord,
     TurnRecord,
+    TurnTakingConfig,
 )
 
 
@@ -140,9 +141,8 @@ class AssistantPatch(_Input):
     max_duration_s: int | None = None
     recording: bool | None = None
     phone_numbers: list[E164] | None = None
-    turn_taking: dict[str, Any] | None = Field(
-        default=None, description="fields of `turn_taking` to change; the others keep their value"
-    )
+    # The turn-taking fields given change; the others keep their value.
+    turn_taking: TurnTakingConfig | None = None
 
 
 class AssistantOut(AssistantConfig):

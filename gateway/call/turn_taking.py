@@ -159,7 +159,9 @@ class TurnTaking:
     def speech_ms(self) -> float:
         """How long the current utterance has lasted up to its last speech (its trailing
         silence does not count; 0 when the caller is not speaking)."""
-        return self._endpointer.last_speech_ms - self._start_ms if self._speaking else 0.0
+        if not self._speaking:
+            return 0.0
+        return max(0.0, self._endpointer.last_speech_ms - self._start_ms)
 
     def feed(self, frame: AudioFrame) -> list[TurnStep]:
         """Take one frame of caller audio; return what to do with it, in order."""

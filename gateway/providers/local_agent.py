@@ -2,6 +2,8 @@
 
 It is not a language model: it matches a few keywords and streams a canned reply word by
 word, so the whole call path (streaming, sentences, barge-in, hang-up) runs with no keys.
+Keypad entries (caller turns `[keypad] 1234`) go through a small digit menu: a lone 1 is
+the opening hours, 2 a booking, 0 a person; any other entry is read back.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from gateway.call.keypad import KEYPAD_PREFIX
 from gateway.providers.base import ChatMessage, HangUp, LLMEvent, TextDelta
 
 
@@ -35,9 +38,21 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(("no", "nothing"), "All right. Say goodbye whenever you are ready to end the call."),
 )
 
+# The digit menu of keypad entries (a lone digit).
+_MENU: dict[str, str] = {"1": "hour", "2": "book", "0": "person"}
+
 _FALLBACK = (
     "Sorry, I did not catch that. You can ask about our opening hours or book an appointment."
 )
+
+
+def _keypad_reply(entry: str) -> tuple[str, bool]:
+    """The menu's answer to a lone digit; any other entry is read back, key by key."""
+    keyword = _MENU.get(entry)
+    if keyword is not None:
+        rule = next(r for r in _RULES if keyword in r.keywords)
+        return rule.reply, rule.hang_up
+    return f"You entered {' '.join(entry)}.", False
 
 
 class LocalScriptedAgent:
@@ -54,6 +69,8 @@ class LocalScriptedAgent:
         last_user = next((m.content for m in reversed(history) if m.role == "user"), None)
         if last_user is None:
             return self._greeting, False
+        if last_user.startswith(KEYPAD_PREFIX):
+            return _keypad_reply(last_user.removeprefix(KEYPAD_PREFIX).strip())
         words = set(re.findall(r"[a-z']+", last_user.lower()))
         text = last_user.lower()
         for rule in _RULES:

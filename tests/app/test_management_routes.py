@@ -69,6 +69,19 @@ def test_assistant_crud_and_patch(client: TestClient) -> None:
     assert unknown_field.status_code == 422
     assert client.get(f"/assistants/{aid}", headers=H).json()["recording"] is False
 
+    # Turn-taking: a patch changes the fields it gives, the others keep their value.
+    turns = {"idle_timeout_s": 5, "backchannel_words": ["uh-huh"]}
+    assert client.patch(f"/assistants/{aid}", json={"turn_taking": turns}, headers=H).is_success
+    patched = client.patch(
+        f"/assistants/{aid}", json={"turn_taking": {"idle_max_prompts": 1}}, headers=H
+    )
+    assert patched.status_code == 200, patched.text
+    stored = client.get(f"/assistants/{aid}", headers=H).json()["turn_taking"]
+    assert stored["idle_timeout_s"] == 5 and stored["idle_max_prompts"] == 1
+    assert stored["backchannel_words"] == ["uh-huh"] and stored["pause_ms"] == 200
+    bad = client.patch(f"/assistants/{aid}", json={"turn_taking": {"pause_ms": 1}}, headers=H)
+    assert bad.status_code == 422
+
     assert client.delete(f"/assistants/{aid}", headers=H).status_code == 204
     gone = client.get(f"/assistants/{aid}", headers=H)
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"

@@ -19,6 +19,7 @@ from storage import (
     NotFound,
     NumberTaken,
     NumberUnavailable,
+    TurnTakingConfig,
     hash_api_key,
 )
 from storage.documents import ApiKeyDocument
@@ -51,10 +52,14 @@ async def test_assistants_are_scoped_and_numbers_unique(database: Database) -> N
     assistants = database.assistants
     await database.numbers.claim("org-a", "+15550000001")
     config = AssistantConfig(
-        name="A", system_prompt="Hi {{name}}", greeting="Hello", phone_numbers=["+15550000001"]
+        name="A",
+        system_prompt="Hi {{name}}",
+        greeting="Hello",
+        phone_numbers=["+15550000001"],
+        turn_taking=TurnTakingConfig(idle_timeout_s=2, backchannel_words=["uh-huh"]),
     )
     mine = await assistants.create("org-a", config)
-    assert (await assistants.get("org-a", mine.id)).config == config
+    assert (await assistants.get("org-a", mine.id)).config == config  # turn-taking too
     with pytest.raises(NotFound):
         await assistants.get("org-b", mine.id)
     with pytest.raises(NotFound):

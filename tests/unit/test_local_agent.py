@@ -17,6 +17,17 @@ def test_greets_first_then_answers_by_keyword() -> None:
     assert _reply(agent, "purple elephants")[0].startswith("Sorry")
 
 
+def test_keypad_entries_go_through_the_digit_menu() -> None:
+    agent = LocalScriptedAgent(greeting="Hello!")
+    assert _reply(agent, "[keypad] 1")[0].startswith("We are open")
+    assert _reply(agent, "[keypad] 2")[0].startswith("I can book")
+    assert _reply(agent, "[keypad] 0")[0].startswith("Sure. Let me note")
+    assert _reply(agent, "[keypad] 1234") == ("You entered 1 2 3 4.", False)
+    assert _reply(agent, "[keypad] #") == ("You entered #.", False)
+    # Only the keypad marker starts the menu: spoken digits go through the keywords.
+    assert _reply(agent, "one")[0].startswith("Sorry")
+
+
 def test_streams_words_then_hangs_up() -> None:
     agent = LocalScriptedAgent(greeting="Hello!")
 

@@ -240,3 +240,17 @@ def test_a_sound_that_stops_short_of_speech_is_announced_and_withdrawn() -> None
     kinds = [k for frame in steps for k in _kinds(frame) if k != "PushAudio"]
     assert kinds == ["CallerSound", "SoundGone"]  # a click: never a CallerStarted
     assert not turns.caller_speaking
+
+
+def test_the_speech_of_an_utterance_stops_counting_when_the_caller_falls_silent() -> None:
+    """An "uh-huh" over the agent is measured by its sound, not by the pause after it (which
+    the agent waits out before it goes on): only longer speech interrupts by its length."""
+    turns = _turns(_STT(), _Clock())
+    _feed(turns, _silence(200) + _speech(300))
+    assert turns.speech_ms == 300.0
+    _feed(turns, _silence(300))  # the pause, before the turn ends
+    assert turns.caller_speaking and turns.speech_ms == 300.0
+    _feed(turns, _speech(200))  # speech again in the same utterance counts on
+    assert turns.speech_ms == 800.0
+    _feed(turns, _silence(400))
+    assert not turns.caller_speaking and turns.speech_ms == 0.0
