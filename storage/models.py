@@ -207,16 +207,33 @@ class TurnTakingConfig(BaseModel):
     )
     end_of_turn: Literal["smart-turn", "silence"] = Field(
         default="smart-turn",
-        description="smart-turn: an audio turn model judges each pause; silence: a fixed wait",
+        description="smart-turn: each pause is judged by an audio turn model and the words "
+        "so far; silence: a fixed wait",
     )
     pause_ms: int = Field(
         default=200, ge=60, le=2000, description="silence before a pause is judged (smart-turn)"
     )
     complete_wait_ms: int = Field(
-        default=200, ge=0, le=3000, description="silence that ends a turn judged complete"
+        default=200,
+        ge=0,
+        le=3000,
+        description="silence that ends a turn that sounds and reads complete",
+    )
+    unsure_wait_ms: int = Field(
+        default=700,
+        ge=0,
+        le=5000,
+        description="silence that ends a turn the audio model and the words disagree on",
     )
     incomplete_wait_ms: int = Field(
-        default=1500, ge=100, le=5000, description="silence that ends a turn judged incomplete"
+        default=1500,
+        ge=100,
+        le=5000,
+        description="silence that ends a turn judged incomplete (the longest wait)",
+    )
+    transcript_check: bool = Field(
+        default=True,
+        description="judge the words so far too (English assistants; others: audio only)",
     )
     silence_ms: int = Field(
         default=600, ge=100, le=5000, description="silence that ends a turn (end_of_turn=silence)"

@@ -22,6 +22,8 @@ class TurnModels:
     vad: Callable[[int], FrameClassifier] | None = None
     # The probability that a turn (16 kHz audio) is complete; thread-safe, run off the loop.
     judge: Callable[[npt.NDArray[np.int16]], float] | None = None
+    # Whether English words so far end a sentence (None: no words).
+    sentence_ends: Callable[[str], bool | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,13 +23,14 @@ class TurnPlan:
     config: TurnTakingConfig
     reprompt: str
     goodbye: str
+    english: bool = True  # the words-so-far check reads English only
 
     @classmethod
     def default(cls, config: TurnTakingConfig) -> TurnPlan:
         return cls(config=config, reprompt=config.idle_reprompt, goodbye=config.idle_goodbye)
 
     @classmethod
-    def for_call(cls, config: TurnTakingConfig, call: CallRecord) -> TurnPlan:
+    def for_call(cls, config: TurnTakingConfig, call: CallRecord, *, language: str) -> TurnPlan:
         """Fill the idle lines from the call's values (checked when the call was opened; a
         name missing since is left as written rather than failing the call)."""
         values = {"from_number": call.from_number, "to_number": call.to_number, **call.metadata}
@@ -44,6 +45,7 @@ class TurnPlan:
             config=config,
             reprompt=filled(config.idle_reprompt),
             goodbye=filled(config.idle_goodbye),
+            english=language.split("-")[0] == "en",
         )
 
 
@@ -67,7 +69,11 @@ async def plan_call(
         providers = dataclasses.replace(providers, llm=PersonaLLM(providers.llm, persona))
     return CallPlan(
         providers=providers,
-        turns=TurnPlan.for_call(config.turn_taking, call) if config else None,
+        turns=(
+            TurnPlan.for_call(config.turn_taking, call, language=config.language)
+            if config
+            else None
+        ),
         max_duration_s=float(config.max_duration_s if config else DEFAULT_MAX_DURATION_S),
         recording=config.recording if config else True,
     )

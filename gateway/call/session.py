@@ -89,6 +89,10 @@ class CallSession:
         self._goodbye_timeout_s = config.goodbye_timeout_s
         self._started_at = clock()  # the origin of the transcript's times
         self._judge = config.models.judge if turn.end_of_turn == "smart-turn" else None
+        self._sentence_ends = (
+            config.models.sentence_ends if turn.transcript_check and plan.english else None
+        )
+        self._waits = (turn.complete_wait_ms, turn.unsure_wait_ms, turn.incomplete_wait_ms)
         vad = config.models.vad if turn.vad == "silero" else None
         self._turns = TurnTaking(
             providers.stt,
@@ -254,20 +258,45 @@ class CallSession:
                 await self._stt_stream.end_utterance()
 
     async def _judge_turn(self, step: JudgeTurn) -> None:
-        """Ask the turn model (off the event loop) whether the paused turn is complete."""
+        """Judge a pause: the audio model (off the event loop) and the words so far. Both
+        saying complete ends the turn after the short wait, both saying not after the long
+        one, a disagreement in between."""
         assert self._judge is not None
         try:
-            probability = await asyncio.to_thread(self._judge, step.audio)
+            probability, words = await asyncio.gather(
+                asyncio.to_thread(self._judge, step.audio), self._words_so_far()
+            )
         except Exception:  # a failing model must not stall the turn: wait the longer bound
             log.exception("the turn model failed; the turn ends after the longer wait")
             return
-        complete = probability >= COMPLETE_THRESHOLD
-        log.debug("turn judged", extra={"probability": round(probability, 3)})
+        sounds_complete = probability >= COMPLETE_THRESHOLD
+        reads_complete = (
+            self._sentence_ends(words) if self._sentence_ends and words is not None else None
+        )
+        complete_wait, unsure_wait, incomplete_wait = self._waits
+        if reads_complete is None or reads_complete == sounds_complete:
+            wait_ms = complete_wait if sounds_complete else incomplete_wait
+        else:
+            wait_ms = unsure_wait
+        log.debug(
+            "turn judged",
+            extra={"probability": round(probability, 3), "words": words, "wait_ms": wait_ms},
+        )
         if self._metrics is not None:
             self._metrics.turns_judged_total += 1
-            self._metrics.turns_judged_complete_total += int(complete)
+            self._metrics.turns_judged_complete_total += int(wait_ms == complete_wait)
         if not self._closed:
-            await self._carry_out(self._turns.verdict(step.pause, complete))
+            await self._carry_out(self._turns.verdict(step.pause, wait_ms))
+
+    async def _words_so_far(self) -> str | None:
+        """What the STT heard of the paused turn (None: not asked for, or it could not say)."""
+        if self._sentence_ends is None or self._stt_stream is None:
+            return None
+        try:
+            return await self._stt_stream.words_so_far()
+        except ProviderError as exc:
+            log.warning("the words so far are unknown: %s", exc)
+            return None
 
     async def _consume_transcripts(self) -> None:
         assert self._stt_stream is not None
@@ -361,9 +390,5 @@ def _end_of_turn(turn: TurnTakingConfig, *, judged: bool) -> EndOfTurn:
     """The end-of-turn rule of `turn` (a fixed silence when no turn model is loaded)."""
     if not judged:
         return EndOfTurn(pause_ms=turn.silence_ms)
-    return EndOfTurn(
-        pause_ms=turn.pause_ms,
-        judged=True,
-        complete_wait_ms=turn.complete_wait_ms,
-        incomplete_wait_ms=turn.incomplete_wait_ms,
-    )
+    longest = max(turn.complete_wait_ms, turn.unsure_wait_ms, turn.incomplete_wait_ms)
+    return EndOfTurn(pause_ms=turn.pause_ms, judged=True, max_wait_ms=longest)

@@ -11,15 +11,20 @@ from audio.models import locate_models
 from audio.silero import SileroModel
 from audio.smart_turn import SmartTurnModel
 from gateway.call.config import TurnModels
+from gateway.call.sentence_end import SentenceEnds
 
 log = logging.getLogger(__name__)
 
 
 def load_turn_models(directory: Path) -> TurnModels:
-    """Both models from `directory` (any assistant may choose either); `ModelMissing` if a
-    file is absent or fails its hash check."""
+    """The VAD and the turn model from `directory` (any assistant may choose either) and the
+    sentence-end model of the pocketsphinx package; `ModelMissing` if a file is absent or
+    fails its hash check."""
     paths = locate_models(directory)
     silero = SileroModel.load(paths.silero)
     smart_turn = SmartTurnModel.load(paths.smart_turn)
     log.info("turn models loaded", extra={"directory": str(directory)})
-    return TurnModels(vad=silero.stream, judge=smart_turn.completion_probability)
+    sentences = SentenceEnds.load()
+    return TurnModels(
+        vad=silero.stream, judge=smart_turn.completion_probability, sentence_ends=sentences.ends
+    )

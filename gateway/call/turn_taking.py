@@ -11,9 +11,10 @@ its answer to `verdict()` and carry out the steps that returns), `UtteranceEnded
 STT for the final transcript). When a final transcript arrives, `take_utterance()` gives
 its span. `use_stt()` switches to another STT (the fallback) at any point.
 
-A pause first lasts `pause_ms` (the VAD's silence). With no turn model the turn ends then.
-With one, the turn ends once the silence reaches `complete_wait_ms` if the model judged the
-turn complete, else `incomplete_wait_ms`; speech before that continues the same turn.
+A pause first lasts `pause_ms` (the VAD's silence). Unjudged, the turn ends then. Judged,
+the turn ends once the silence reaches the wait its verdict gives (short when the turn
+sounds and reads complete, longer when not; never over `max_wait_ms`); speech before that
+continues the same turn.
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ class EndOfTurn:
     """When silence ends the caller's turn."""
 
     pause_ms: int  # the VAD's silence that makes a pause
-    judged: bool = False  # a turn model judges each pause (else the pause ends the turn)
-    complete_wait_ms: int = 0  # silence that ends a turn judged complete
-    incomplete_wait_ms: int = 0  # silence that ends a turn judged incomplete
+    judged: bool = False  # each pause is judged (else the pause ends the turn)
+    max_wait_ms: int = 0  # silence that ends a judged turn whatever the verdict (or none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ class CallerStarted:
 @dataclass(frozen=True, slots=True)
 class JudgeTurn:
     """A pause: judge whether the turn in `audio` (16 kHz, its last 8 s) is complete, and
-    give the answer to `verdict(pause, ...)`."""
+    give the silence it should wait for to `verdict(pause, wait_ms)`."""
 
     pause: int
     audio: npt.NDArray[np.int16]
@@ -100,7 +100,7 @@ class _Pause:
 
     number: int
     speech_end_ms: float
-    complete: bool | None = None  # None: not judged yet
+    wait_ms: float | None = None  # the silence the verdict asks for (None: not judged yet)
 
 
 class TurnTaking:
@@ -201,15 +201,16 @@ class TurnTaking:
         know whether it was an interruption); `hurry(False)`: judge its pauses again (it
         was one, and the caller may pause mid-sentence)."""
         self._hurried = hurried
-        if hurried and self._pause is not None and self._pause.complete is None:
-            self._pause.complete = True
+        if hurried and self._pause is not None and self._pause.wait_ms is None:
+            self._pause.wait_ms = 0
 
-    def verdict(self, pause: int, complete: bool) -> list[TurnStep]:
-        """The turn model's answer for pause number `pause`; returns the steps it makes due
-        now (an answer for a pause that speech already ended is ignored)."""
+    def verdict(self, pause: int, wait_ms: float) -> list[TurnStep]:
+        """The judgement of pause number `pause`: the turn ends once its silence lasts
+        `wait_ms` (at most the longest wait). Returns the steps due now (a verdict on a
+        pause that speech already ended is ignored)."""
         if self._pause is None or self._pause.number != pause:
             return []
-        self._pause.complete = complete
+        self._pause.wait_ms = min(wait_ms, self._end.max_wait_ms)
         return self._pause_over()
 
     def take_utterance(self) -> Utterance:
@@ -236,13 +237,8 @@ class TurnTaking:
         pause = self._pause
         assert pause is not None
         silence_ms = self._endpointer.position_ms - pause.speech_end_ms
-        if pause.complete is None:
-            # Not judged yet (the model is slow): the longest wait still ends the turn.
-            wait_ms = max(self._end.complete_wait_ms, self._end.incomplete_wait_ms)
-        elif pause.complete:
-            wait_ms = self._end.complete_wait_ms
-        else:
-            wait_ms = self._end.incomplete_wait_ms
+        # Not judged yet (the model is slow): the longest wait still ends the turn.
+        wait_ms = self._end.max_wait_ms if pause.wait_ms is None else pause.wait_ms
         if silence_ms < wait_ms:
             return []
         return self._turn_ends(pause.speech_end_ms)

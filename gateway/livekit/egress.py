@@ -194,7 +194,11 @@ class RoomRecording:
         await self._store_state(key, "failed", error=error)
 
     async def _store_state(
-        self, key: str, status: RecordingStatus, *, egress_id: str | None = None,
+        self,
+        key: str,
+        status: RecordingStatus,
+        *,
+        egress_id: str | None = None,
         error: str | None = None,
     ) -> None:
         state = RecordingState(

@@ -43,6 +43,11 @@ class STTStream(Protocol):
 
     def transcripts(self) -> AsyncIterator[Transcript]: ...
 
+    async def words_so_far(self) -> str:
+        """The words of the utterance under way, before its final transcript (what a
+        streaming recogniser heard so far; an offline one decodes what it holds)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -125,6 +125,7 @@ class DeepgramStream:
         self._connected = asyncio.Event()
         self._closing = False
         self._final_pieces: list[str] = []
+        self._interim = ""  # the latest interim words after the final pieces
         self._finalizes_pending = 0
         self._finalize_timer: asyncio.TimerHandle | None = None
         # Audio sent since the last final result, replayed after a reconnect.
@@ -277,13 +278,19 @@ class DeepgramStream:
         text = alternatives[0].transcript.strip() if alternatives else ""
         if not results.is_final:
             if text:
+                self._interim = text
                 self._out.put_nowait(Transcript(self._joined(text), is_final=False))
             return
+        self._interim = ""
         self._unconfirmed.clear()
         if text:
             self._final_pieces.append(text)
         if results.from_finalize and self._finalizes_pending:
             self._emit_final()
+
+    async def words_so_far(self) -> str:
+        """What Deepgram heard of the utterance so far: its final pieces and latest interim."""
+        return self._joined(self._interim)
 
     def _joined(self, extra: str = "") -> str:
         return " ".join([*self._final_pieces, extra]).strip()

@@ -153,6 +153,14 @@ class PocketSphinxStream:
                     extra={"call_id": self._call_id},
                 )
 
+    async def words_so_far(self) -> str:
+        """Decode the utterance held so far (it stays held for the final transcript)."""
+        if self._closed or not self._utterance:
+            return ""
+        pcm = b"".join(self._utterance)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._decode, pcm)
+
     async def end_utterance(self) -> None:
         if self._closed:
             return

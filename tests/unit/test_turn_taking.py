@@ -148,15 +148,16 @@ def test_a_fallback_stt_is_fed_at_its_own_rate() -> None:
     assert pushed and all(s.frame.rate == RATE and s.frame.samples == 160 for s in pushed)
 
 
+COMPLETE, INCOMPLETE = 300, 5000  # the waits verdicts give (5 s: capped at the longest)
+
+
 def _judged(clock: _Clock) -> TurnTaking:
-    """Pauses of 200 ms judged; complete turns end at 300 ms of silence, others at 1 s."""
+    """Pauses of 200 ms judged (here: complete ends at 300 ms of silence, not at 1 s)."""
     return TurnTaking(
         _STT(),
         rate=RATE,
         min_speech_ms=120,
-        end_of_turn=EndOfTurn(
-            pause_ms=200, judged=True, complete_wait_ms=300, incomplete_wait_ms=1000
-        ),
+        end_of_turn=EndOfTurn(pause_ms=200, judged=True, max_wait_ms=1000),
         preroll_ms=300,
         clock=clock,
         started_at=clock.now,
@@ -176,7 +177,7 @@ def test_a_pause_is_judged_and_a_complete_turn_ends_after_the_short_wait() -> No
     # The model gets the turn at 16 kHz: its 800 ms, the pause so far and some audio before.
     assert 16000 * 1.0 <= judge.audio.shape[0] <= 16000 * 1.6
     assert turns.caller_speaking  # not over until the model answers
-    assert turns.verdict(judge.pause, complete=True) == []  # 300 ms not reached yet
+    assert turns.verdict(judge.pause, COMPLETE) == []  # 300 ms not reached yet
     later = _feed(turns, _silence(200))
     [(at, _)] = _steps_of(later, UtteranceEnded)
     assert at == 4  # at 300 ms of silence
@@ -189,14 +190,14 @@ def test_a_turn_judged_incomplete_waits_and_speech_in_the_pause_continues_it() -
     steps = _feed(turns, _silence(200) + _speech(600) + _silence(200))
     [(_, judge)] = _steps_of(steps, JudgeTurn)
     assert isinstance(judge, JudgeTurn)
-    assert turns.verdict(judge.pause, complete=False) == []
+    assert turns.verdict(judge.pause, INCOMPLETE) == []
     # 700 ms of silence in all: a turn judged incomplete is still open; the caller goes on.
     more = _feed(turns, _silence(500) + _speech(600) + _silence(200))
     assert _steps_of(more, UtteranceEnded) == [] and _steps_of(more, CallerStarted) == []
     [(_, second)] = _steps_of(more, JudgeTurn)
     assert isinstance(second, JudgeTurn) and second.pause == judge.pause + 1
-    assert turns.verdict(judge.pause, complete=True) == []  # a stale answer is ignored
-    assert _kinds(turns.verdict(second.pause, complete=True)) == []
+    assert turns.verdict(judge.pause, COMPLETE) == []  # a stale answer is ignored
+    assert _kinds(turns.verdict(second.pause, COMPLETE)) == []
     end = _feed(turns, _silence(100))
     assert _steps_of(end, UtteranceEnded)
     utterance = turns.take_utterance()  # one turn, from the first word to the last
