@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,12 @@ class SpeechEnded:
 
 
 EndpointEvent = SpeechStarted | SpeechEnded
+
+
+class FrameClassifier(Protocol):
+    """A per-stream speech / no-speech decision on each frame (energy or neural)."""
+
+    def is_speech(self, pcm: npt.NDArray[np.int16]) -> bool: ...
 
 
 class EnergyVAD:
@@ -76,7 +83,7 @@ class Endpointer:
         rate: int,
         min_speech_ms: int = 120,
         silence_ms: int = 600,
-        vad: EnergyVAD | None = None,
+        vad: FrameClassifier | None = None,
     ) -> None:
         self._rate = rate
         self._min_speech_ms = min_speech_ms

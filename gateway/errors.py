@@ -53,6 +53,9 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     └── SignatureMismatch       raised by `webhooks.signing.verify` (what receivers run)
     WavFormatError (ValueError) audio/stereo.py: bytes that are not our WAV; the
                                 recording bucket turns it into RecordingError
+    ModelMissing                audio/models.py: a turn-taking model (Silero VAD, Smart
+                                Turn) absent or failing its sha256 check; its message says
+                                how to install it (start-up fails loudly)
 
 A `RecursionError` that reaches the edge (input nested past every bound) answers 422 in
 the same shape instead of a bare 500.

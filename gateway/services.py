@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from gateway.call.config import SessionConfig
 from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
-from gateway.call.session import SessionConfig
+from gateway.call.turn_models import load_turn_models
 from gateway.call.writes import WritePolicy
 from gateway.livekit.room import LiveKitRooms
 from gateway.metrics import GatewayMetrics
@@ -89,15 +90,14 @@ def build_services(
         ),
         secret_grace_s=settings.webhook_secret_grace_s,
     )
+    turn_models = load_turn_models(settings.turn_models_dir)  # ModelMissing stops start-up
     gateway_id = "gw-" + secrets.token_hex(6)
     live = LiveCalls(gateway_id)
     runtime = CallRuntime(
         store=database.calls,
         assistants=database.assistants,
         catalog=catalog,
-        session_config=SessionConfig(
-            silence_ms=settings.vad_silence_ms, min_speech_ms=settings.vad_min_speech_ms
-        ),
+        session_config=SessionConfig(turn=settings.default_turn_taking(), models=turn_models),
         metrics=metrics,
         reports=outbox,
         live=live,

@@ -11,6 +11,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from audio.models import models_dir
+from storage import TurnTakingConfig
+
 
 class HttpToolSetting(BaseModel):
     """An HTTP tool the agent may call: its arguments are POSTed as JSON to `url`."""
@@ -56,12 +59,19 @@ class Settings(BaseSettings):
     voice_gateway_cache: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "voice-gateway"
     )
+    # The turn-taking models (Silero VAD, Smart Turn): TURN_MODELS_DIR, else the directory
+    # under the cache where scripts/ensure-models.sh installs them.
+    turn_models_dir: Path = Field(
+        default_factory=lambda data: models_dir(data["voice_gateway_cache"])
+    )
 
     log_level: str = "INFO"
     log_json: bool = True
 
-    # Turn-taking.
-    vad_silence_ms: int = Field(default=600, ge=100, le=5000)
+    # Turn-taking of calls without an assistant (an assistant's `turn_taking` has its own).
+    turn_vad: Literal["silero", "energy"] = "silero"
+    turn_end_of_turn: Literal["smart-turn", "silence"] = "smart-turn"
+    vad_silence_ms: int = Field(default=600, ge=100, le=5000)  # end_of_turn=silence
     vad_min_speech_ms: int = Field(default=120, ge=20, le=2000)
     # Agent audio sent ahead of real time; absorbs event-loop jitter without delaying clear.
     playout_lead_ms: int = Field(default=60, ge=0, le=1000)
@@ -231,6 +241,15 @@ class Settings(BaseSettings):
             raise ValueError("stream tokens need STREAM_TOKEN_SECRET or TWILIO_AUTH_TOKEN")
         token = self.twilio_auth_token.get_secret_value().encode()
         return hashlib.sha256(b"voice-gateway stream token|" + token).digest()
+
+    def default_turn_taking(self) -> TurnTakingConfig:
+        """The turn-taking of calls without an assistant."""
+        return TurnTakingConfig(
+            vad=self.turn_vad,
+            end_of_turn=self.turn_end_of_turn,
+            silence_ms=self.vad_silence_ms,
+            min_speech_ms=self.vad_min_speech_ms,
+        )
 
     def public_url_for(self, path: str) -> str:
         """The externally visible http(s) URL of `path` (what Twilio signs for form POSTs)."""

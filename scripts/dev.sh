@@ -5,7 +5,7 @@
 #   scripts/dev.sh serve    install everything, run the gateway
 #   scripts/dev.sh bench    install everything, run the benchmarks
 # Built tools live in a per-user cache outside the clone, keyed by version:
-#   ${VOICE_GATEWAY_CACHE:-~/.cache/voice-gateway}/{venv-<hash>,ferretdb-<v>,livekit-server-<v>}
+#   ${VOICE_GATEWAY_CACHE:-~/.cache/voice-gateway}/{venv-<hash>,ferretdb-<v>,livekit-server-<v>,models-<v>}
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,6 +55,11 @@ ensure_ferretdb() {
   export FERRETDB_BIN
 }
 
+ensure_models() {
+  TURN_MODELS_DIR="$(VENV="$VENV" bash "$ROOT/scripts/ensure-models.sh")"
+  export TURN_MODELS_DIR
+}
+
 ensure_livekit_server() {
   LIVEKIT_SERVER_BIN="$(bash "$ROOT/scripts/ensure-livekit-server.sh")"
   export LIVEKIT_SERVER_BIN
@@ -64,6 +69,7 @@ ensure_all() {
   ensure_debian_packages
   ensure_venv
   ensure_ferretdb
+  ensure_models
 }
 
 cmd="${1:-}"
@@ -89,7 +95,7 @@ case "$cmd" in
       DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq opus-tools >&2
     fi
     cd "$ROOT"
-    for b in bench/audio_bench.py bench/stt_wer.py bench/provider_latency_bench.py bench/load_bench.py \
+    for b in bench/audio_bench.py bench/vad_bench.py bench/stt_wer.py bench/provider_latency_bench.py bench/load_bench.py \
              bench/api_bench.py bench/recording_bench.py bench/webhook_bench.py; do
       log "running $b"; "$VENV/bin/python" "$b"
     done ;;

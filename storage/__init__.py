@@ -46,6 +46,7 @@ from storage.models import (
     Speaker,
     TrunkKind,
     TurnRecord,
+    TurnTakingConfig,
     normalize_e164,
 )
 from storage.numbers import PhoneNumberRepository
@@ -99,6 +100,7 @@ __all__ = [
     "StorageError",
     "TrunkKind",
     "TurnRecord",
+    "TurnTakingConfig",
     "WebhookRepository",
     "ferretdb_binary",
     "hash_api_key",

@@ -189,6 +189,69 @@ E164 = Annotated[
 ProviderChoice = Literal["auto", "cloud", "local"]
 
 
+DEFAULT_BACKCHANNELS: tuple[str, ...] = (
+    "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yes", "yep", "yup", "ok",
+    "okay", "right", "sure", "i see", "got it", "alright", "all right", "aha", "oh",
+    "uh", "um", "ah", "huh", "cool", "great", "nice", "good", "exactly", "true",
+)  # fmt: skip
+
+
+class TurnTakingConfig(BaseModel):
+    """How an assistant takes turns: when the caller's turn ends, which caller sounds
+    interrupt the agent, what it does with a silent caller and with keypad digits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vad: Literal["silero", "energy"] = Field(
+        default="silero", description="voice activity detector: neural (Silero) or energy"
+    )
+    end_of_turn: Literal["smart-turn", "silence"] = Field(
+        default="smart-turn",
+        description="smart-turn: an audio turn model judges each pause; silence: a fixed wait",
+    )
+    pause_ms: int = Field(
+        default=200, ge=60, le=2000, description="silence before a pause is judged (smart-turn)"
+    )
+    complete_wait_ms: int = Field(
+        default=200, ge=0, le=3000, description="silence that ends a turn judged complete"
+    )
+    incomplete_wait_ms: int = Field(
+        default=1500, ge=100, le=5000, description="silence that ends a turn judged incomplete"
+    )
+    silence_ms: int = Field(
+        default=600, ge=100, le=5000, description="silence that ends a turn (end_of_turn=silence)"
+    )
+    min_speech_ms: int = Field(default=120, ge=20, le=2000, description="speech that counts")
+    backchannel_words: list[Annotated[str, StringConstraints(min_length=1, max_length=40)]] = Field(
+        default_factory=lambda: list(DEFAULT_BACKCHANNELS),
+        max_length=200,
+        description="caller words that do not interrupt the agent (acknowledgements)",
+    )
+    interruption_min_speech_ms: int = Field(
+        default=500,
+        ge=100,
+        le=5000,
+        description="caller speech over the agent this long interrupts it whatever its words",
+    )
+    idle_timeout_s: float = Field(
+        default=15.0,
+        ge=0,
+        le=600,
+        description="silence after the agent's turn before a reprompt (0: never)",
+    )
+    idle_max_prompts: int = Field(default=2, ge=0, le=10, description="reprompts before hanging up")
+    idle_reprompt: str = Field(default="Are you still there?", min_length=1, max_length=500)
+    idle_goodbye: str = Field(
+        default="I have not heard from you, so I will end the call now. Goodbye.",
+        min_length=1,
+        max_length=500,
+    )
+    keypad_timeout_s: float = Field(
+        default=3.0, ge=0.5, le=30, description="pause after the last digit that ends the entry"
+    )
+    keypad_max_digits: int = Field(default=20, ge=1, le=64, description="digits that end the entry")
+
+
 class AssistantConfig(BaseModel):
     """What an operator sets on an assistant (validated; the same model the API publishes).
 
@@ -215,6 +278,7 @@ class AssistantConfig(BaseModel):
     phone_numbers: list[E164] = Field(
         default_factory=list, description="inbound Twilio numbers answered by this assistant"
     )
+    turn_taking: TurnTakingConfig = Field(default_factory=TurnTakingConfig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,9 +34,10 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from audio.frames import AudioFrame
+from gateway.call.config import SessionConfig
 from gateway.call.lease import OwnEnding
 from gateway.call.plan import plan_call
-from gateway.call.session import CallSession, SessionConfig
+from gateway.call.session import CallSession
 from gateway.call.transport import CallTransport
 from gateway.call.writes import CallWrites, WritePolicy
 from gateway.logs import call_id_var
@@ -237,6 +238,7 @@ class CallLifecycle:
                 store=rt.store,
                 writes=self._writes,
                 config=rt.session_config,
+                turn_plan=plan.turns,
                 metrics=rt.metrics,
                 on_end=self.request_end,
             )

@@ -54,12 +54,13 @@ class Persona:
         greeting: str,
         values: Mapping[str, str],
         max_chars: int | None = None,
+        also: Sequence[str] = (),
     ) -> Persona:
-        """Fill both templates, reporting every missing name at once; `InputTooLarge` if
-        either would be longer than `max_chars` once filled (nothing is built then)."""
-        missing = [
-            name for name in placeholders(system_prompt + "\n" + greeting) if name not in values
-        ]
+        """Fill both templates, reporting every missing name at once (of `also` too: other
+        lines of the call, filled later); `InputTooLarge` if either would be longer than
+        `max_chars` once filled (nothing is built then)."""
+        every = "\n".join((system_prompt, greeting, *also))
+        missing = [name for name in placeholders(every) if name not in values]
         if missing:
             raise MissingPlaceholders(missing)
         if max_chars is not None:

@@ -1,22 +1,56 @@
 """How a call runs, from one read of its assistant: providers speaking the call's persona,
-the maximum duration, and whether it is recorded (the same for every carrier)."""
+its turn-taking, the maximum duration, and whether it is recorded (the same for every
+carrier)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from gateway.call.persona import Persona, PersonaLLM
+from gateway.call.persona import Persona, PersonaLLM, fill
+from gateway.errors import MissingPlaceholders
 from gateway.providers.base import Providers
 from gateway.providers.catalog import ProviderCatalog
-from storage import AssistantRepository, CallRecord
+from storage import AssistantRepository, CallRecord, TurnTakingConfig
 
 DEFAULT_MAX_DURATION_S = 4 * 3600  # calls of the default assistant
 
 
 @dataclass(frozen=True, slots=True)
+class TurnPlan:
+    """The call's turn-taking, with its reprompt and idle goodbye filled for the call."""
+
+    config: TurnTakingConfig
+    reprompt: str
+    goodbye: str
+
+    @classmethod
+    def default(cls, config: TurnTakingConfig) -> TurnPlan:
+        return cls(config=config, reprompt=config.idle_reprompt, goodbye=config.idle_goodbye)
+
+    @classmethod
+    def for_call(cls, config: TurnTakingConfig, call: CallRecord) -> TurnPlan:
+        """Fill the idle lines from the call's values (checked when the call was opened; a
+        name missing since is left as written rather than failing the call)."""
+        values = {"from_number": call.from_number, "to_number": call.to_number, **call.metadata}
+
+        def filled(template: str) -> str:
+            try:
+                return fill(template, values)
+            except MissingPlaceholders:
+                return template
+
+        return cls(
+            config=config,
+            reprompt=filled(config.idle_reprompt),
+            goodbye=filled(config.idle_goodbye),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CallPlan:
     providers: Providers  # speaking the call's persona
+    turns: TurnPlan | None  # None: the process's default turn-taking
     max_duration_s: float
     recording: bool  # the assistant's choice; calls without an assistant are recorded
 
@@ -33,6 +67,7 @@ async def plan_call(
         providers = dataclasses.replace(providers, llm=PersonaLLM(providers.llm, persona))
     return CallPlan(
         providers=providers,
+        turns=TurnPlan.for_call(config.turn_taking, call) if config else None,
         max_duration_s=float(config.max_duration_s if config else DEFAULT_MAX_DURATION_S),
         recording=config.recording if config else True,
     )

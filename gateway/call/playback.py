@@ -32,6 +32,7 @@ class PlaybackTracker:
     _counter: int = 0
     # When the segment now at the head of the unplayed queue started playing.
     _head_started_at: float | None = None
+    _paused_at: float | None = None  # playback is held (the caller speaks over the agent)
     _all_played: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -50,7 +51,7 @@ class PlaybackTracker:
         segment = self._segments[-1]
         segment.samples += samples
         if self._head_started_at is None:
-            self._head_started_at = self.clock()
+            self._head_started_at = self._now()
 
     def close_segment(self) -> None:
         self._segments[-1].closed = True
@@ -60,11 +61,26 @@ class PlaybackTracker:
         for segment in self._segments:
             if segment.mark == name and not segment.played:
                 segment.played = True
-                self._head_started_at = self.clock() if self._unplayed() else None
+                self._head_started_at = self._now() if self._unplayed() else None
                 if not self._unplayed():
                     self._all_played.set()
                 return True
         return False
+
+    def pause(self) -> None:
+        """Playback is held: the playing segment's clock stops until `resume()`."""
+        if self._paused_at is None:
+            self._paused_at = self.clock()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            if self._head_started_at is not None:
+                self._head_started_at += self.clock() - self._paused_at
+            self._paused_at = None
+
+    def _now(self) -> float:
+        """Playback time: the clock, stopped while playback is held."""
+        return self._paused_at if self._paused_at is not None else self.clock()
 
     def _unplayed(self) -> list[_Segment]:
         return [s for s in self._segments if not s.played]
@@ -85,7 +101,7 @@ class PlaybackTracker:
         heard = [s.text for s in self._segments if s.played and s.text]
         head = next((s for s in self._segments if not s.played), None)
         if head is not None and head.samples > 0 and self._head_started_at is not None:
-            played_s = max(0.0, self.clock() - self._head_started_at)
+            played_s = max(0.0, self._now() - self._head_started_at)
             fraction = min(1.0, played_s * self.rate / head.samples)
             words = head.text.split()
             partial = " ".join(words[: int(len(words) * fraction)])
@@ -97,4 +113,5 @@ class PlaybackTracker:
         """Forget every segment (after the turn is stored or cleared)."""
         self._segments.clear()
         self._head_started_at = None
+        self._paused_at = None
         self._all_played.set()

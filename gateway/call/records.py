@@ -81,6 +81,10 @@ async def open_call(
             greeting=assistant.config.greeting,
             values={"from_number": from_number, "to_number": to_number, **metadata},
             max_chars=limits.prompt_max_chars,
+            also=(
+                assistant.config.turn_taking.idle_reprompt,
+                assistant.config.turn_taking.idle_goodbye,
+            ),
         )
     else:
         default_org = await accounts.default_organization()

@@ -1,4 +1,5 @@
-"""One call's conversation: the caller's turns, the agent's replies, barge-in, call actions.
+"""One call's conversation: the caller's turns, the agent's replies, interruptions, idle
+callers, keypad entries and call actions.
 
 The session is transport-agnostic: the call's lifecycle pushes caller `AudioFrame`s and
 events (`on_audio`, `on_mark`, `on_dtmf`) and the session talks back through a
@@ -6,9 +7,14 @@ events (`on_audio`, `on_mark`, `on_dtmf`) and the session talks back through a
 it drives, and does not end calls itself: when the agent hangs up, transfers or fails for
 good, it asks the lifecycle (`on_end`), which then closes it.
 
-It orchestrates its parts: `TurnTaking` (when the caller speaks, what the STT gets),
-`ReplyGenerator` (the agent's speech, its bounds and apology), `PlaybackTracker` (what the
-caller heard) and `CallTranscript` (the turns, in order).
+It orchestrates its parts: `TurnTaking` (when the caller speaks and when their turn ends),
+`AgentTurns` (the agent's speech, what the caller heard of it, pausing it while the
+caller speaks over it), `CallTranscript` (the turns, in order), `IdleCaller` and
+`KeypadEntry`.
+
+Caller speech over the agent pauses it at once; it is an interruption (the reply is
+cancelled) only when the caller says a word that is not an acknowledgement or speaks
+longer than `interruption_min_speech_ms`. Otherwise the agent plays on from where it paused.
 
 Nothing here waits for the database: turns go to the call's `TurnWrites` queue.
 
@@ -24,38 +30,33 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from audio.dtmf import dtmf_tones
 from audio.frames import AudioFrame
+from gateway.call.agent import AgentTurns
+from gateway.call.config import SessionConfig
+from gateway.call.idle import IdleCaller
+from gateway.call.interruptions import InterruptionPolicy
+from gateway.call.keypad import KeypadEntry, keypad_text
 from gateway.call.latency import TurnLatency
-from gateway.call.playback import PlaybackTracker
-from gateway.call.replies import ReplyGenerator
+from gateway.call.plan import TurnPlan
 from gateway.call.transcript import CallTranscript, TurnWrites
 from gateway.call.transport import CallTransport
-from gateway.call.turn_taking import CallerStarted, PushAudio, TurnTaking
+from gateway.call.turn_taking import (
+    CallerStarted,
+    EndOfTurn,
+    JudgeTurn,
+    PushAudio,
+    TurnStep,
+    TurnTaking,
+)
 from gateway.errors import ProviderError
 from gateway.metrics import GatewayMetrics
-from gateway.providers.base import Providers, SendDtmf, STTStream, TransferCall
-from storage import CallStatus, CallStore
+from gateway.providers.base import HangUp, Providers, STTStream
+from storage import CallStatus, CallStore, TurnTakingConfig
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    """How the session takes turns and bounds the agent (one per process, from settings)."""
-
-    silence_ms: int = 600
-    min_speech_ms: int = 120
-    # Audio kept from before the VAD confirmed speech, so the first syllable reaches STT.
-    preroll_ms: int = 300
-    apology: str = "Sorry, I am having trouble right now. Could you say that again?"
-    # Bounds on the agent: no first token / no audio within these ends the attempt.
-    llm_first_token_timeout_s: float = 8.0
-    tts_first_audio_timeout_s: float = 5.0
-    # A goodbye said before the call ends for the gateway's own reasons is bounded by this.
-    goodbye_timeout_s: float = 15.0
+COMPLETE_THRESHOLD = 0.5  # the turn model's probability that makes a turn complete
 
 
 class CallSession:
@@ -70,51 +71,67 @@ class CallSession:
         store: CallStore,
         writes: TurnWrites,
         config: SessionConfig | None = None,
+        turn_plan: TurnPlan | None = None,
         on_end: Callable[[str, CallStatus], None],
         clock: Callable[[], float] = time.monotonic,
         metrics: GatewayMetrics | None = None,
     ) -> None:
         self.call_id = call_id
         self._on_end = on_end
-        self._transport = transport
         self._providers = providers
         self._clock = clock
         self._metrics = metrics
         config = config or SessionConfig()
+        plan = turn_plan or TurnPlan.default(config.turn)
+        turn = plan.config
         self._goodbye_timeout_s = config.goodbye_timeout_s
-        started_at = clock()  # the origin of the transcript's times
+        self._started_at = clock()  # the origin of the transcript's times
+        self._judge = config.models.judge if turn.end_of_turn == "smart-turn" else None
+        vad = config.models.vad if turn.vad == "silero" else None
         self._turns = TurnTaking(
             providers.stt,
             rate=transport.sample_rate,
-            min_speech_ms=config.min_speech_ms,
-            silence_ms=config.silence_ms,
+            min_speech_ms=turn.min_speech_ms,
+            end_of_turn=_end_of_turn(turn, judged=self._judge is not None),
             preroll_ms=config.preroll_ms,
             clock=clock,
-            started_at=started_at,
-        )
-        self._playback = PlaybackTracker(rate=transport.sample_rate, clock=clock)
-        self._replies = ReplyGenerator(
-            call_id=call_id,
-            providers=providers,
-            transport=transport,
-            playback=self._playback,
-            apology=config.apology,
-            llm_first_token_timeout_s=config.llm_first_token_timeout_s,
-            tts_first_audio_timeout_s=config.tts_first_audio_timeout_s,
-            metrics=metrics,
+            started_at=self._started_at,
+            vad=vad(transport.sample_rate) if vad is not None else None,
         )
         self._transcript = CallTranscript(
             call_id=call_id,
             store=store,
             writes=writes,
             clock=clock,
-            started_at=started_at,
+            started_at=self._started_at,
             metrics=metrics,
         )
+        self._agent = AgentTurns(
+            call_id=call_id,
+            providers=providers,
+            transport=transport,
+            transcript=self._transcript,
+            config=config,
+            clock=clock,
+            metrics=metrics,
+            on_done=self._await_caller,
+            on_end=on_end,
+        )
+        self._interruptions = InterruptionPolicy(
+            turn.backchannel_words, min_speech_ms=turn.interruption_min_speech_ms
+        )
+        self._idle = IdleCaller(
+            timeout_s=turn.idle_timeout_s,
+            max_prompts=turn.idle_max_prompts,
+            on_idle=self._caller_idle,
+        )
+        self._reprompt, self._idle_goodbye = plan.reprompt, plan.goodbye
+        self._keypad = KeypadEntry(max_digits=turn.keypad_max_digits)
+        self._keypad_timeout_s = turn.keypad_timeout_s
+        self._keypad_timer: asyncio.TimerHandle | None = None
         self._stt_stream: STTStream | None = None
         self._stt_task: asyncio.Task[None] | None = None
-        self._reply_task: asyncio.Task[None] | None = None
-        self._goodbye: asyncio.Task[None] | None = None
+        self._judging: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # ----------------------------------------------------------------- driver API
@@ -137,53 +154,50 @@ class CallSession:
                 call_id=self.call_id, sample_rate=self._turns.stt_rate
             )
         self._stt_task = asyncio.create_task(self._consume_transcripts(), name="stt")
-        self._start_reply()
+        self._agent.reply()
 
     async def on_audio(self, frame: AudioFrame) -> None:
         """Take one frame of caller audio at the transport's rate."""
         if self._closed:
             return
-        for step in self._turns.feed(frame):
-            if isinstance(step, PushAudio):
-                if self._stt_stream is not None:
-                    await self._stt_stream.push(step.frame)
-            elif isinstance(step, CallerStarted):
-                if self._agent_speaking() and self._goodbye is None:
-                    await self._barge_in()
-            elif self._stt_stream is not None:  # the utterance ended: its transcript is owed
-                await self._stt_stream.end_utterance()
+        await self._carry_out(self._turns.feed(frame))
+        if self._agent.held and self._turns.speech_ms >= self._interruptions.min_speech_ms:
+            log.info("interruption: the caller kept speaking over the agent")
+            await self._agent.interrupt()
 
     def on_mark(self, name: str) -> None:
         """A mark came back: the audio before it has been played to the caller."""
-        if not self._playback.mark_played(name):
-            log.debug("stale mark ignored", extra={"mark": name})
+        self._agent.on_mark(name)
 
     async def on_dtmf(self, digit: str) -> None:
+        """A keypad digit: gathered into an entry that reaches the agent as a caller turn."""
         log.info("dtmf received", extra={"digit": digit})
+        if self._closed:
+            return
+        self._idle.caller_active()
+        if self._keypad_timer is not None:
+            self._keypad_timer.cancel()
+            self._keypad_timer = None
+        entry = self._keypad.press(digit)
+        if entry is not None:
+            await self._keypad_entry(entry)
+        elif self._keypad.pending:
+            loop = asyncio.get_running_loop()
+            self._keypad_timer = loop.call_later(self._keypad_timeout_s, self._keypad_paused)
 
     def end_politely(self, goodbye: str, reason: str) -> None:
         """The gateway must end the call (e.g. its database is away): the agent stops, says
         `goodbye` (bounded; skipped if it cannot), then the lifecycle ends the call as
         failed with `reason`."""
-        if self._closed or self._goodbye is not None:
+        if self._closed:
             return
-        self._goodbye = asyncio.create_task(self._say_goodbye(goodbye, reason), name="goodbye")
-
-    async def _say_goodbye(self, goodbye: str, reason: str) -> None:
-        try:
-            async with asyncio.timeout(self._goodbye_timeout_s):
-                if self._reply_task is not None:
-                    await self._cancel_reply()
-                await self._replies.say(goodbye)
-                await self._playback.wait_all_played()
-        except (ProviderError, TimeoutError) as exc:
-            log.warning("the goodbye was not said: %r", exc)
-        self._on_end(reason, CallStatus.FAILED)
+        self._idle.stop()
+        self._agent.end_politely(goodbye, reason, timeout_s=self._goodbye_timeout_s)
 
     @property
     def usage(self) -> dict[str, int] | None:
         """The LLM tokens the call used so far (None: none)."""
-        return self._replies.usage
+        return self._agent.usage
 
     async def close(self) -> None:
         """The call ends: stop the agent, queue its unfinished turn (cut to what the caller
@@ -192,124 +206,137 @@ class CallSession:
         if self._closed:
             return
         self._closed = True
-        current = asyncio.current_task()
-        if self._goodbye is not None and self._goodbye is not current:
-            self._goodbye.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._goodbye
-        if self._reply_task is not None and self._reply_task is not current:
-            await self._cancel_reply()
+        self._idle.stop()
+        if self._keypad_timer is not None:
+            self._keypad_timer.cancel()
+        for task in list(self._judging):
+            task.cancel()
+        await self._agent.close()
         if self._stt_task is not None:
             self._stt_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stt_task
         if self._stt_stream is not None:
             await self._stt_stream.aclose()
-        await self._replies.aclose()
 
     # ---------------------------------------------------------------- the caller
 
-    def _agent_speaking(self) -> bool:
-        return self._reply_task is not None or self._playback.playing
+    async def _carry_out(self, steps: list[TurnStep]) -> None:
+        for step in steps:
+            if isinstance(step, PushAudio):
+                if self._stt_stream is not None:
+                    await self._stt_stream.push(step.frame)
+            elif isinstance(step, CallerStarted):
+                self._idle.caller_active()
+                if self._agent.speaking and not self._agent.ending:
+                    log.info("the caller speaks over the agent: the agent pauses")
+                    await self._agent.hold()
+                    self._turns.hurry()  # a backchannel's end must not wait for the model
+            elif isinstance(step, JudgeTurn):
+                task = asyncio.create_task(self._judge_turn(step), name="judge-turn")
+                self._judging.add(task)
+                task.add_done_callback(self._judging.discard)
+            elif self._stt_stream is not None:  # the utterance ended: its transcript is owed
+                await self._stt_stream.end_utterance()
+
+    async def _judge_turn(self, step: JudgeTurn) -> None:
+        """Ask the turn model (off the event loop) whether the paused turn is complete."""
+        assert self._judge is not None
+        try:
+            probability = await asyncio.to_thread(self._judge, step.audio)
+        except Exception:  # a failing model must not stall the turn: wait the longer bound
+            log.exception("the turn model failed; the turn ends after the longer wait")
+            return
+        complete = probability >= COMPLETE_THRESHOLD
+        log.debug("turn judged", extra={"probability": round(probability, 3)})
+        if not self._closed:
+            await self._carry_out(self._turns.verdict(step.pause, complete))
 
     async def _consume_transcripts(self) -> None:
         assert self._stt_stream is not None
         async for transcript in self._stt_stream.transcripts():
+            text = transcript.text.strip()
             if not transcript.is_final:
-                # Words heard before the VAD is sure: a faster barge-in.
-                if transcript.text.strip() and self._agent_speaking() and not self._goodbye:
-                    log.info("barge-in on interim transcript")
-                    await self._barge_in()
+                # Words heard before the turn ends: a faster decision on an interruption.
+                if text and self._agent.speaking and not self._agent.ending:
+                    if not self._agent.held:
+                        await self._agent.hold()
+                        self._turns.hurry()
+                    if self._interruptions.interrupts(text):
+                        log.info("interruption on interim transcript")
+                        await self._agent.interrupt()
                 continue
             utterance = self._turns.take_utterance()
             latency = TurnLatency(speech_ended_at=utterance.ended_at, clock=self._clock)
             latency.mark("stt_final")
-            text = transcript.text.strip()
+            if self._agent.held:
+                if not self._interruptions.interrupts(text):
+                    log.info("not an interruption: the agent goes on", extra={"text": text})
+                    await self._agent.resume()
+                    self._await_caller()
+                    continue
+                log.info("interruption", extra={"text": text})
+                await self._agent.interrupt()
             if not text:
                 log.info("utterance with no words ignored")
+                self._await_caller()
                 continue
+            self._idle.caller_turn()
             self._transcript.add_caller_turn(
                 text, start_ms=utterance.start_ms, end_ms=utterance.end_ms
             )
-            if self._goodbye is not None:
+            if self._agent.ending:
                 continue  # the call is ending: the agent says nothing more
             if self._turns.caller_speaking:
                 continue  # the caller already goes on talking; answer after that utterance
-            if self._reply_task is not None:
-                await self._cancel_reply()
-            self._start_reply(latency)
+            await self._agent.cancel()
+            self._agent.reply(latency)
 
-    async def _barge_in(self) -> None:
-        log.info("barge-in: caller spoke over the agent")
-        # What was heard is fixed now; marks that a clear returns do not count as played.
-        heard = self._playback.heard_text()
-        await self._transport.clear()
-        await self._cancel_reply(heard=heard)
+    def _keypad_paused(self) -> None:
+        self._keypad_timer = None
+        entry = self._keypad.flush()
+        if entry and not self._closed:
+            task = asyncio.create_task(self._keypad_entry(entry), name="keypad")
+            self._judging.add(task)
+            task.add_done_callback(self._judging.discard)
 
-    # ----------------------------------------------------------------- the agent
-
-    def _start_reply(self, latency: TurnLatency | None = None) -> None:
-        self._transcript.agent_turn_begins(latency)
-        self._reply_task = asyncio.create_task(self._reply(latency), name="reply")
-
-    async def _reply(self, latency: TurnLatency | None) -> None:
-        try:
-            actions = await self._replies.reply(self._transcript.history, latency)
-            await self._playback.wait_all_played()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the reply task ends here: log with the call id, end the call
-            log.exception("agent reply failed")
-            self._reply_task = None
-            self._on_end("agent-error", CallStatus.FAILED)
+    async def _keypad_entry(self, entry: str) -> None:
+        """A finished keypad entry is the caller's turn: the agent answers it."""
+        self._idle.caller_turn()
+        now_ms = (self._clock() - self._started_at) * 1000.0
+        self._transcript.add_caller_turn(keypad_text(entry), start_ms=now_ms, end_ms=now_ms)
+        if self._agent.ending:
             return
-        self._reply_task = None
-        self._store_agent_turn(self._playback.full_text(), interrupted=False)
-        for action in actions:
-            if isinstance(action, SendDtmf):
-                await self._send_dtmf(action.digits)
-            elif isinstance(action, TransferCall):
-                log.info("agent transfers the call", extra={"to": action.to})
-                try:
-                    await self._transport.transfer(action.to)
-                except Exception:
-                    log.exception("transfer failed; the call goes on")
-                    continue
-                self._on_end("transferred", CallStatus.COMPLETED)  # the call goes on to the <Dial>
-                return
-            else:
-                self._on_end(action.reason, CallStatus.COMPLETED)
-                return
+        await self._agent.cancel()
+        self._agent.reply()
 
-    async def _send_dtmf(self, digits: str) -> None:
-        """Play `digits` as in-band DTMF tones (they cross any G.711 leg) and wait for them."""
-        log.info("agent sends DTMF", extra={"digits": digits})
-        mark = self._playback.begin_segment("")
-        tones = dtmf_tones(digits, self._transport.sample_rate)
-        if tones.shape[0]:
-            self._playback.add_audio(int(tones.shape[0]))
-            await self._transport.play(tones)
-        self._playback.close_segment()
-        await self._transport.mark(mark)
-        await self._playback.wait_all_played()
-        self._playback.reset()
+    # ------------------------------------------------------------- idle caller
 
-    async def _cancel_reply(self, *, heard: str | None = None) -> None:
-        """Stop the reply under way and store the agent turn cut to what was `heard`."""
-        task, self._reply_task = self._reply_task, None
-        if heard is None:
-            heard = self._playback.heard_text()
-        full = self._playback.full_text()
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._replies.drop_held_audio()
-        if full:
-            self._store_agent_turn(heard, interrupted=heard != full)
+    def _await_caller(self) -> None:
+        """The agent's turn was played to its end (or the caller's sound was no turn): the
+        idle timer runs until the caller speaks."""
+        if not self._closed and not self._agent.speaking and not self._turns.caller_speaking:
+            self._idle.agent_finished()
+
+    def _caller_idle(self, prompts: int) -> None:
+        """The caller said nothing for the idle timeout: reprompt, or say goodbye and end."""
+        if self._closed or self._agent.speaking or self._turns.caller_speaking:
+            return
+        if prompts <= self._idle.max_prompts:
+            log.info("the caller is silent: reprompt", extra={"prompts": prompts})
+            self._agent.say(self._reprompt)
         else:
-            self._playback.reset()
+            log.info("the caller stayed silent: the agent hangs up")
+            self._agent.say(self._idle_goodbye, then=HangUp(reason="caller-idle"))
 
-    def _store_agent_turn(self, text: str, *, interrupted: bool) -> None:
-        self._playback.reset()
-        self._transcript.add_agent_turn(text, interrupted=interrupted)
+
+def _end_of_turn(turn: TurnTakingConfig, *, judged: bool) -> EndOfTurn:
+    """The end-of-turn rule of `turn` (a fixed silence when no turn model is loaded)."""
+    if not judged:
+        return EndOfTurn(pause_ms=turn.silence_ms)
+    return EndOfTurn(
+        pause_ms=turn.pause_ms,
+        judged=True,
+        complete_wait_ms=turn.complete_wait_ms,
+        incomplete_wait_ms=turn.incomplete_wait_ms,
+    )

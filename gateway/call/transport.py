@@ -1,4 +1,5 @@
-"""What a call transport offers the call session: paced agent audio, marks, clear, transfer."""
+"""What a call transport offers the call session: paced agent audio, marks, pause, clear,
+transfer."""
 
 from __future__ import annotations
 
@@ -25,7 +26,16 @@ class CallTransport(Protocol):
         ...
 
     async def clear(self) -> None:
-        """Drop all agent audio not yet played (barge-in)."""
+        """Drop all agent audio not yet played (an interruption); ends a pause."""
+        ...
+
+    async def pause(self) -> None:
+        """Stop playing agent audio at once, keeping what is queued (the caller may only be
+        saying "uh-huh")."""
+        ...
+
+    async def resume(self) -> None:
+        """Play on from where `pause()` stopped."""
         ...
 
     async def transfer(self, to: str) -> None:

@@ -1,11 +1,18 @@
 """Turn-taking on the caller's audio: when the caller speaks, what reaches the STT and when,
-and the span of each utterance until its transcript arrives. Pure and synchronous.
+when a pause ends the caller's turn, and the span of each utterance until its transcript
+arrives. Pure and synchronous: a turn model, when one judges pauses, runs outside (the
+session runs it and hands back its verdict).
 
 Order of calls: `feed()` each frame of caller audio (at the transport's rate), in order, and
 carry out the steps it returns in the order given: `PushAudio` to the STT stream,
-`CallerStarted` (an agent still speaking is barged in on), `UtteranceEnded` (ask the STT for
-the final transcript). When a final transcript arrives, `take_utterance()` gives its span.
-`use_stt()` switches to another STT (the fallback) at any point.
+`CallerStarted` (an agent speaking is paused), `JudgeTurn` (ask the turn model, then give
+its answer to `verdict()` and carry out the steps that returns), `UtteranceEnded` (ask the
+STT for the final transcript). When a final transcript arrives, `take_utterance()` gives
+its span. `use_stt()` switches to another STT (the fallback) at any point.
+
+A pause first lasts `pause_ms` (the VAD's silence). With no turn model the turn ends then.
+With one, the turn ends once the silence reaches `complete_wait_ms` if the model judged the
+turn complete, else `incomplete_wait_ms`; speech before that continues the same turn.
 """
 
 from __future__ import annotations
@@ -14,10 +21,26 @@ import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from audio.frames import AudioFrame
 from audio.resample import StreamResampler
-from audio.vad import Endpointer, SpeechEnded, SpeechStarted
+from audio.vad import Endpointer, EnergyVAD, FrameClassifier, SpeechEnded, SpeechStarted
 from gateway.providers.base import STT
+
+JUDGE_RATE = 16000  # the turn model's input rate
+JUDGE_WINDOW_S = 8.0  # the turn model looks at the last 8 s of the turn
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfTurn:
+    """When silence ends the caller's turn."""
+
+    pause_ms: int  # the VAD's silence that makes a pause
+    judged: bool = False  # a turn model judges each pause (else the pause ends the turn)
+    complete_wait_ms: int = 0  # silence that ends a turn judged complete
+    incomplete_wait_ms: int = 0  # silence that ends a turn judged incomplete
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +58,20 @@ class CallerStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class JudgeTurn:
+    """A pause: judge whether the turn in `audio` (16 kHz, its last 8 s) is complete, and
+    give the answer to `verdict(pause, ...)`."""
+
+    pause: int
+    audio: npt.NDArray[np.int16]
+
+
+@dataclass(frozen=True, slots=True)
 class UtteranceEnded:
     """The caller finished an utterance: the STT owes its final transcript."""
 
 
-TurnStep = PushAudio | CallerStarted | UtteranceEnded
+TurnStep = PushAudio | CallerStarted | JudgeTurn | UtteranceEnded
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +83,18 @@ class Utterance:
     ended_at: float
 
 
+@dataclass(slots=True)
+class _Pause:
+    """A pause being waited out: which one, where speech ended, what the model said."""
+
+    number: int
+    speech_end_ms: float
+    complete: bool | None = None  # None: not judged yet
+
+
 class TurnTaking:
-    """The caller's side of the conversation: VAD, pre-roll and utterances awaiting text."""
+    """The caller's side of the conversation: VAD, pre-roll, pauses and utterances awaiting
+    text."""
 
     def __init__(
         self,
@@ -60,21 +102,35 @@ class TurnTaking:
         *,
         rate: int,
         min_speech_ms: int,
-        silence_ms: int,
+        end_of_turn: EndOfTurn,
         preroll_ms: int,
         clock: Callable[[], float],
         started_at: float,
+        vad: FrameClassifier | None = None,
     ) -> None:
         self._rate = rate
         self._clock = clock
         self._started_at = started_at
-        self._endpointer = Endpointer(rate=rate, min_speech_ms=min_speech_ms, silence_ms=silence_ms)
+        self._end = end_of_turn
+        self._endpointer = Endpointer(
+            rate=rate,
+            min_speech_ms=min_speech_ms,
+            silence_ms=end_of_turn.pause_ms,
+            vad=vad or EnergyVAD(),
+        )
         # Audio kept from before the VAD confirmed speech, so the first syllable reaches STT.
         frames_kept = max(1, preroll_ms // 20)
         self._preroll: collections.deque[AudioFrame] = collections.deque(maxlen=frames_kept)
-        self._speaking = False
+        self._speaking = False  # in an utterance: speech, or a pause not yet judged over
         self._start_ms = 0.0
+        self._pause: _Pause | None = None
+        self._pauses = 0
+        self._hurried = False  # this utterance ends at its first pause, unjudged
         self._awaiting_text: collections.deque[Utterance] = collections.deque()
+        # The turn's audio for the turn model (16 kHz, its last 8 s), kept only if judged.
+        self._judge_resampler = StreamResampler(rate, JUDGE_RATE) if end_of_turn.judged else None
+        self._turn_audio: collections.deque[npt.NDArray[np.int16]] = collections.deque()
+        self._turn_samples = 0
         self.use_stt(stt)
 
     def use_stt(self, stt: STT) -> None:
@@ -85,17 +141,26 @@ class TurnTaking:
 
     @property
     def caller_speaking(self) -> bool:
-        """True between the VAD's start and end of an utterance."""
+        """True from the VAD's start of an utterance to the end of its turn."""
         return self._speaking
+
+    @property
+    def speech_ms(self) -> float:
+        """How long the current utterance has lasted (0 when the caller is not speaking)."""
+        return self._endpointer.position_ms - self._start_ms if self._speaking else 0.0
 
     def feed(self, frame: AudioFrame) -> list[TurnStep]:
         """Take one frame of caller audio; return what to do with it, in order."""
         stt_frame = AudioFrame(self._resampler.process(frame.pcm), self.stt_rate)
+        self._keep_for_judge(frame)
         was_speaking = self._speaking
         events = self._endpointer.feed(frame.pcm)
         steps: list[TurnStep] = []
         for event in events:
             if isinstance(event, SpeechStarted):
+                if self._speaking:  # speech again within a pause: the same turn goes on
+                    self._pause = None
+                    continue
                 self._speaking = True
                 self._start_ms = event.at_ms
                 if not self._continuous:
@@ -108,14 +173,25 @@ class TurnTaking:
         else:
             self._preroll.append(stt_frame)
         for event in events:
-            if isinstance(event, SpeechEnded):
-                self._speaking = False
-                # The VAD reports the end `silence_ms` late; date it back on the clock.
-                lag_s = (self._endpointer.position_ms - event.at_ms) / 1000.0
-                ended_at = self._clock() - lag_s
-                self._awaiting_text.append(Utterance(self._start_ms, event.at_ms, ended_at))
-                steps.append(UtteranceEnded())
+            if isinstance(event, SpeechEnded) and self._speaking:
+                steps += self._paused(event.at_ms)
+        if self._pause is not None:
+            steps += self._pause_over()
         return steps
+
+    def hurry(self) -> None:
+        """End the current utterance at its first pause, unjudged (the agent waits on it)."""
+        self._hurried = True
+        if self._pause is not None and self._pause.complete is None:
+            self._pause.complete = True
+
+    def verdict(self, pause: int, complete: bool) -> list[TurnStep]:
+        """The turn model's answer for pause number `pause`; returns the steps it makes due
+        now (an answer for a pause that speech already ended is ignored)."""
+        if self._pause is None or self._pause.number != pause:
+            return []
+        self._pause.complete = complete
+        return self._pause_over()
 
     def take_utterance(self) -> Utterance:
         """The span of the oldest utterance still awaiting its final transcript. A transcript
@@ -124,3 +200,53 @@ class TurnTaking:
             return self._awaiting_text.popleft()
         now = self._clock()
         return Utterance(0.0, (now - self._started_at) * 1000.0, now)
+
+    # ------------------------------------------------------------------ internals
+
+    def _paused(self, speech_end_ms: float) -> list[TurnStep]:
+        """The VAD heard `pause_ms` of silence after speech that ended at `speech_end_ms`."""
+        if not self._end.judged or self._hurried:
+            return self._turn_ends(speech_end_ms)
+        self._pauses += 1
+        self._pause = _Pause(self._pauses, speech_end_ms)
+        audio = np.concatenate(self._turn_audio) if self._turn_audio else np.zeros(0, np.int16)
+        return [JudgeTurn(self._pauses, audio)]
+
+    def _pause_over(self) -> list[TurnStep]:
+        """The turn ends if the pause has lasted the wait its verdict asks for."""
+        pause = self._pause
+        assert pause is not None
+        silence_ms = self._endpointer.position_ms - pause.speech_end_ms
+        if pause.complete is None:
+            # Not judged yet (the model is slow): the longest wait still ends the turn.
+            wait_ms = max(self._end.complete_wait_ms, self._end.incomplete_wait_ms)
+        elif pause.complete:
+            wait_ms = self._end.complete_wait_ms
+        else:
+            wait_ms = self._end.incomplete_wait_ms
+        if silence_ms < wait_ms:
+            return []
+        return self._turn_ends(pause.speech_end_ms)
+
+    def _turn_ends(self, speech_end_ms: float) -> list[TurnStep]:
+        self._speaking = False
+        self._hurried = False
+        self._pause = None
+        self._turn_audio.clear()
+        self._turn_samples = 0
+        # The VAD reports the end some silence late; date it back on the clock.
+        lag_s = (self._endpointer.position_ms - speech_end_ms) / 1000.0
+        ended_at = self._clock() - lag_s
+        self._awaiting_text.append(Utterance(self._start_ms, speech_end_ms, ended_at))
+        return [UtteranceEnded()]
+
+    def _keep_for_judge(self, frame: AudioFrame) -> None:
+        """Keep the frame for the turn model: the turn's audio plus a pre-roll before it."""
+        if self._judge_resampler is None:
+            return
+        pcm = self._judge_resampler.process(frame.pcm)
+        self._turn_audio.append(pcm)
+        self._turn_samples += int(pcm.shape[0])
+        keep = int(JUDGE_WINDOW_S * JUDGE_RATE) if self._speaking else JUDGE_RATE // 2
+        while self._turn_audio and self._turn_samples - self._turn_audio[0].shape[0] >= keep:
+            self._turn_samples -= int(self._turn_audio.popleft().shape[0])

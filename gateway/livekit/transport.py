@@ -49,6 +49,7 @@ class LiveKitTransport:
         self._space = asyncio.Event()
         self._space.set()
         self._closed = False
+        self._paused = False  # the caller speaks over the agent: hold the queued audio
         self._last_capture = float("-inf")
 
     async def play(self, pcm: PCM16) -> None:
@@ -65,8 +66,19 @@ class LiveKitTransport:
         self._frames.mark(name)
         self._wakeup.set()
 
+    async def pause(self) -> None:
+        """Capture no more agent audio until `resume()`; only the source's `lead_ms` plays."""
+        self._paused = True
+
+    async def resume(self) -> None:
+        self._paused = False
+        self._last_capture = float("-inf")  # the pause was no underrun
+        self._wakeup.set()
+
     async def clear(self) -> None:
         self._generation += 1
+        self._paused = False
+        self._wakeup.set()
         self._last_capture = float("-inf")  # what follows a clear starts a new stretch
         self._frames.clear()
         self._space.set()
@@ -111,7 +123,7 @@ class LiveKitTransport:
             # a frame still being captured counts in the source's `queued_duration`.
             for name in self._frames.pop_markers():
                 self._mark_reached(loop, name)
-            pcm = self._frames.pop_frame()
+            pcm = None if self._paused else self._frames.pop_frame()
             if pcm is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()

@@ -87,6 +87,7 @@ class TwilioPacer:
         self._space.set()
         self._write_lock = asyncio.Lock()
         self._closed = False
+        self._paused = False  # the caller speaks over the agent: hold the queued audio
         self.stats = PacingStats()
 
     def _sending(self) -> bool:
@@ -117,9 +118,20 @@ class TwilioPacer:
         self._wakeup.set()  # padding a partial frame may have queued one more
         await self._flush()  # a mark with no audio before it goes out now
 
+    async def pause(self) -> None:
+        """Send no more agent audio until `resume()`; only the `lead_ms` Twilio holds plays."""
+        self._paused = True
+
+    async def resume(self) -> None:
+        self._paused = False
+        self._next_due = None  # a new schedule from now: the pause was no underrun
+        self._wakeup.set()
+
     async def clear(self) -> None:
         self._generation += 1
         self._next_due = None
+        self._paused = False
+        self._wakeup.set()
         self._space.set()
         if self._dropped("clear"):
             return
@@ -144,8 +156,9 @@ class TwilioPacer:
         """Release queued frames on a 20 ms schedule, `lead_ms` ahead of real time, until
         closed or the stream stops."""
         while self._sending():
-            if not self._protocol.queued_frames:
-                self._ran_dry = True
+            if self._paused or not self._protocol.queued_frames:
+                if not self._paused:
+                    self._ran_dry = True
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -163,8 +176,8 @@ class TwilioPacer:
             delay = self._next_due - self._lead_s - now
             if delay > 0:
                 await self._sleep(delay)
-            if generation != self._generation or not self._sending():
-                continue  # cleared (or ended) while waiting: that frame is gone
+            if generation != self._generation or self._paused or not self._sending():
+                continue  # cleared, paused (or ended) while waiting: that frame is not sent
             pcm = self._protocol.release_frame()
             if pcm is None:
                 continue

@@ -17,8 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from audio.frames import FRAME_MS, AudioFrame, samples_per_frame
+from gateway.call.config import SessionConfig
 from gateway.call.lifecycle import CallEnding, CallLifecycle, CallRuntime, LiveCalls
-from gateway.call.session import SessionConfig
 from gateway.call.writes import WritePolicy
 from gateway.errors import ProviderError
 from gateway.metrics import GatewayMetrics
@@ -27,9 +27,21 @@ from gateway.providers.catalog import ProviderCatalog
 from gateway.providers.local_agent import LocalScriptedAgent
 from gateway.providers.sentence_speech import SentenceConnection
 from gateway.settings import Settings
-from storage import CallRecord, CallStatus, Direction, Speaker, StorageError, TurnRecord
+from storage import (
+    CallRecord,
+    CallStatus,
+    Direction,
+    Speaker,
+    StorageError,
+    TurnRecord,
+    TurnTakingConfig,
+)
 
 RATE = 8000
+# The energy VAD and a fixed 400 ms silence: these tests pin the session's rules, not a model.
+SILENCE_400 = TurnTakingConfig(
+    vad="energy", end_of_turn="silence", silence_ms=400, idle_timeout_s=0
+)
 
 
 class FakeTransport:
@@ -42,6 +54,8 @@ class FakeTransport:
         self._speed = speed
         self.played_samples = 0
         self.clears = 0
+        self.pauses = 0
+        self.resumes = 0
         self.hung_up = False
         self._queue: asyncio.Queue[int | str] = asyncio.Queue()
         self._task = asyncio.create_task(self._playout())
@@ -52,6 +66,12 @@ class FakeTransport:
 
     async def mark(self, name: str) -> None:
         await self._queue.put(name)
+
+    async def pause(self) -> None:
+        self.pauses += 1
+
+    async def resume(self) -> None:
+        self.resumes += 1
 
     async def clear(self) -> None:
         self.clears += 1
@@ -232,7 +252,7 @@ async def _answered(
         store=store,  # type: ignore[arg-type]
         assistants=NoAssistants(),  # type: ignore[arg-type]
         catalog=ProviderCatalog(Settings(), providers),
-        session_config=SessionConfig(silence_ms=400),
+        session_config=SessionConfig(turn=SILENCE_400),
         metrics=metrics or GatewayMetrics(),
         reports=NoOutbox(),
         live=LiveCalls("gw-test"),

@@ -9,6 +9,8 @@ import numpy as np
 from audio.frames import AudioFrame
 from gateway.call.turn_taking import (
     CallerStarted,
+    EndOfTurn,
+    JudgeTurn,
     PushAudio,
     TurnStep,
     TurnTaking,
@@ -49,7 +51,7 @@ def _turns(stt: _STT, clock: _Clock) -> TurnTaking:
         stt,
         rate=RATE,
         min_speech_ms=120,
-        silence_ms=400,
+        end_of_turn=EndOfTurn(pause_ms=400),
         preroll_ms=300,
         clock=clock,
         started_at=clock.now,
@@ -142,3 +144,79 @@ def test_a_fallback_stt_is_fed_at_its_own_rate() -> None:
     steps = _feed(turns, _silence(300) + _speech(200))
     pushed = [s for frame_steps in steps for s in frame_steps if isinstance(s, PushAudio)]
     assert pushed and all(s.frame.rate == RATE and s.frame.samples == 160 for s in pushed)
+
+
+def _judged(clock: _Clock) -> TurnTaking:
+    """Pauses of 200 ms judged; complete turns end at 300 ms of silence, others at 1 s."""
+    return TurnTaking(
+        _STT(),
+        rate=RATE,
+        min_speech_ms=120,
+        end_of_turn=EndOfTurn(
+            pause_ms=200, judged=True, complete_wait_ms=300, incomplete_wait_ms=1000
+        ),
+        preroll_ms=300,
+        clock=clock,
+        started_at=clock.now,
+    )
+
+
+def _steps_of(steps: list[list[TurnStep]], kind: type) -> list[tuple[int, TurnStep]]:
+    return [(i, s) for i, frame in enumerate(steps) for s in frame if isinstance(s, kind)]
+
+
+def test_a_pause_is_judged_and_a_complete_turn_ends_after_the_short_wait() -> None:
+    turns = _judged(_Clock())
+    steps = _feed(turns, _silence(200) + _speech(800) + _silence(200))
+    [(at, judge)] = _steps_of(steps, JudgeTurn)
+    assert at == 59  # after 200 ms of silence (frames 10..49 are the speech)
+    assert isinstance(judge, JudgeTurn)
+    # The model gets the turn at 16 kHz: its 800 ms, the pause so far and some audio before.
+    assert 16000 * 1.0 <= judge.audio.shape[0] <= 16000 * 1.6
+    assert turns.caller_speaking  # not over until the model answers
+    assert turns.verdict(judge.pause, complete=True) == []  # 300 ms not reached yet
+    later = _feed(turns, _silence(200))
+    [(at, _)] = _steps_of(later, UtteranceEnded)
+    assert at == 4  # at 300 ms of silence
+    utterance = turns.take_utterance()
+    assert (utterance.start_ms, utterance.end_ms) == (200.0, 1000.0)
+
+
+def test_a_turn_judged_incomplete_waits_and_speech_in_the_pause_continues_it() -> None:
+    turns = _judged(_Clock())
+    steps = _feed(turns, _silence(200) + _speech(600) + _silence(200))
+    [(_, judge)] = _steps_of(steps, JudgeTurn)
+    assert isinstance(judge, JudgeTurn)
+    assert turns.verdict(judge.pause, complete=False) == []
+    # 700 ms of silence in all: a turn judged incomplete is still open; the caller goes on.
+    more = _feed(turns, _silence(500) + _speech(600) + _silence(200))
+    assert _steps_of(more, UtteranceEnded) == [] and _steps_of(more, CallerStarted) == []
+    [(_, second)] = _steps_of(more, JudgeTurn)
+    assert isinstance(second, JudgeTurn) and second.pause == judge.pause + 1
+    assert turns.verdict(judge.pause, complete=True) == []  # a stale answer is ignored
+    assert _kinds(turns.verdict(second.pause, complete=True)) == []
+    end = _feed(turns, _silence(100))
+    assert _steps_of(end, UtteranceEnded)
+    utterance = turns.take_utterance()  # one turn, from the first word to the last
+    assert (utterance.start_ms, utterance.end_ms) == (200.0, 2100.0)
+
+
+def test_a_slow_model_never_holds_a_turn_past_the_longest_wait() -> None:
+    turns = _judged(_Clock())
+    steps = _feed(turns, _silence(200) + _speech(600) + _silence(1000))
+    assert len(_steps_of(steps, JudgeTurn)) == 1
+    [(at, _)] = _steps_of(steps, UtteranceEnded)
+    assert at == 40 + 49  # 1 s of silence after the speech
+    assert not turns.caller_speaking
+
+
+def test_a_hurried_utterance_ends_at_its_first_pause_unjudged() -> None:
+    turns = _judged(_Clock())
+    _feed(turns, _silence(200) + _speech(300))
+    turns.hurry()  # the agent is paused on this utterance (maybe an "uh-huh")
+    steps = _feed(turns, _silence(200))
+    assert _steps_of(steps, JudgeTurn) == []
+    assert len(_steps_of(steps, UtteranceEnded)) == 1
+    # The next utterance is judged again.
+    steps = _feed(turns, _speech(400) + _silence(200))
+    assert len(_steps_of(steps, JudgeTurn)) == 1

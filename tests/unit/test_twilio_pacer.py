@@ -366,3 +366,35 @@ async def test_a_socket_gone_without_stop_stops_the_pacer_quietly() -> None:
         await h.pacer.play(_speech(5))
         assert len(h.sent) == 4
         assert h.metrics.outbound_dropped_after_stop_total == 3
+
+
+async def test_a_pause_holds_the_queued_audio_and_resume_plays_it_on() -> None:
+    async with running_pacer() as h:
+        await h.pacer.play(_speech(10))
+        await h.clock.advance(0.05)
+        await h.pacer.pause()
+        sent = len(h.media())
+        assert 0 < sent < 10
+        await h.clock.advance(0.5)
+        assert len(h.media()) == sent  # nothing sent while paused ...
+        assert h.protocol.queued_frames == 10 - sent  # ... and nothing dropped
+        assert CLEAR not in [text for _, text in h.sent]
+        await h.pacer.resume()
+        await h.clock.advance(0.3)
+        media = [text for _, text in h.media()]
+        assert media == [_media_text(_speech(1, first=k + 1)) for k in range(10)]
+        # A new schedule from the resume, and the pause was no underrun.
+        assert h.media()[sent][0] == T0 + 0.55
+        assert h.pacer.stats.underruns == 0
+        assert [pcm[0] for _, pcm in h.recorder.audio] == list(range(1, 11))
+
+
+async def test_a_clear_ends_a_pause() -> None:
+    async with running_pacer() as h:
+        await h.pacer.play(_speech(10))
+        await h.clock.advance(0.01)
+        await h.pacer.pause()
+        await h.pacer.clear()
+        await h.pacer.play(_speech(1, first=50))
+        await h.clock.advance(0.1)
+        assert h.media()[-1][1] == _media_text(_speech(1, first=50))
