@@ -15,7 +15,7 @@ inference time it took here, as the session's thread would. Reported per configu
   ended before the caller finished, by voice family and by pause length;
 - Smart Turn's verdicts: share of complete utterances judged complete, of pauses judged so;
 - per VAD: backchannels, noises, interruptions and silent lines that the VAD took for speech
-  at all, how long (the gateway lets an interruption through unheard-words at 500 ms), and
+  at all, how long (500 ms of speech interrupts the agent whatever its words), and
   how soon after true speech start the caller counted as speaking (the agent's pause).
 
 Frames are fed as fast as the CPU allows; times are positions on the audio timeline.
@@ -307,7 +307,7 @@ def _report_turns(
             "pause: cut-offs % [cut/n]; ST: share judged complete (final pause on complete "
             "utterances / mid-sentence pause)"
         )
-        head = f"{'detector':34s}"
+        head = f"{'detector':40s}"
         for g in groups:
             head += f" | {'complete ' + g:>24s}"
         for g in groups:
@@ -315,7 +315,7 @@ def _report_turns(
         print(head + " | ST complete/mid")
         for det in DETECTORS:
             cells = _tally(entries, results, f"{det.name}@{rate}", det.threshold)
-            line = f"{det.name:34s}"
+            line = f"{det.name:40s}"
             for g in groups:
                 c = cells[("complete", g)]
                 line += f" | {_fmt_ms(c.delays)} [{c.early + c.missed:2d}/{c.n:3d}]"
@@ -332,10 +332,10 @@ def _report_turns(
             print(line)
         print(f"\ncut-offs by pause length at {rate} Hz, % (espeak / festival / human)")
         pauses = sorted({e["pause_ms"] for e in entries if e["kind"] == "pause"})
-        print(f"{'detector':34s}" + "".join(f" | {str(p) + ' ms':>20s}" for p in pauses))
+        print(f"{'detector':40s}" + "".join(f" | {str(p) + ' ms':>20s}" for p in pauses))
         for det in DETECTORS:
             cells = _tally(entries, results, f"{det.name}@{rate}", det.threshold)
-            line = f"{det.name:34s}"
+            line = f"{det.name:40s}"
             for p in pauses:
                 parts = []
                 for fam in FAMILIES:
