@@ -42,8 +42,9 @@ class GatewayMetrics:
     lost_call_sweeps_total: int = 0  # rounds of this gateway's lost-call sweeper
     calls_lost_total: int = 0  # calls of stopped gateways this gateway finished
     stt_reconnects_total: int = 0
-    # Turn-taking: caller speech over the agent paused it; it was an interruption (the
-    # reply cancelled) or not (the agent played on); pauses judged by the turn model.
+    # Turn-taking: caller sound over the agent paused it; caller speech over it was an
+    # interruption (the reply cancelled) or not (the agent played on); pauses judged, and
+    # those both the audio model and the words judged complete.
     agent_pauses_total: int = 0
     agent_interruptions_total: int = 0
     agent_resumes_total: int = 0

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 Speaker = Literal["caller", "agent"]
 
@@ -190,7 +198,8 @@ ProviderChoice = Literal["auto", "cloud", "local"]
 
 
 DEFAULT_BACKCHANNELS: tuple[str, ...] = (
-    "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yes", "yep", "yup", "ok",
+    "uh-huh", "uh huh", "mm-hmm", "mm-hm", "mhmm", "mmhmm", "mhm", "mm", "hmm", "hm",
+    "yeah", "yes", "yep", "yup", "ok",
     "okay", "right", "sure", "i see", "got it", "alright", "all right", "aha", "oh",
     "uh", "um", "ah", "huh", "cool", "great", "nice", "good", "exactly", "true",
 )  # fmt: skip
@@ -267,6 +276,29 @@ class TurnTakingConfig(BaseModel):
         default=3.0, ge=0.5, le=30, description="pause after the last digit that ends the entry"
     )
     keypad_max_digits: int = Field(default=20, ge=1, le=64, description="digits that end the entry")
+
+    @field_validator("backchannel_words")
+    @classmethod
+    def _words_have_words(cls, words: list[str]) -> list[str]:
+        for phrase in words:
+            if not re.search(r"\w", phrase):
+                raise ValueError(f"{phrase!r} holds no word")
+        return words
+
+    @field_validator("idle_timeout_s")
+    @classmethod
+    def _idle_timeout_is_off_or_human(cls, seconds: float) -> float:
+        if 0 < seconds < 1:
+            raise ValueError("idle_timeout_s is 0 (never) or at least 1 s")
+        return seconds
+
+    @model_validator(mode="after")
+    def _waits_grow(self) -> TurnTakingConfig:
+        if not self.complete_wait_ms <= self.unsure_wait_ms <= self.incomplete_wait_ms:
+            raise ValueError(
+                "the waits must grow: complete_wait_ms <= unsure_wait_ms <= incomplete_wait_ms"
+            )
+        return self
 
 
 class AssistantConfig(BaseModel):

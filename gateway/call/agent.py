@@ -77,9 +77,11 @@ class AgentTurns:
 
     @property
     def usage(self) -> dict[str, int] | None:
+        """The LLM tokens the call used so far (None: none)."""
         return self._replies.usage
 
     def on_mark(self, name: str) -> None:
+        """A mark came back: the audio before it was played."""
         if not self._playback.mark_played(name):
             log.debug("stale mark ignored", extra={"mark": name})
 
@@ -110,8 +112,6 @@ class AgentTurns:
         """It was not an interruption: play on from where the agent paused."""
         if self.held:
             self.held = False
-            if self._metrics is not None:
-                self._metrics.agent_resumes_total += 1
             self._playback.resume()
             await self._transport.resume()
 
@@ -119,14 +119,12 @@ class AgentTurns:
         """The caller interrupted: drop the rest of the turn, store what they heard of it."""
         heard = self._playback.heard_text()  # fixed now: marks a clear returns do not count
         self.held = False
-        if self._metrics is not None:
-            self._metrics.agent_interruptions_total += 1
         await self._transport.clear()
         await self._stop(heard)
 
     async def cancel(self) -> None:
         """Stop the turn under way (the caller has a new turn): store what was heard."""
-        if self._playback.playing:
+        if self.held or self._playback.playing:
             await self.interrupt()
         elif self._task is not None:
             await self._stop(self._playback.heard_text())
@@ -155,6 +153,9 @@ class AgentTurns:
     def _start(
         self, speak: Callable[[], Awaitable[list[Action]]], latency: TurnLatency | None
     ) -> None:
+        if self._task is not None and not self._task.done():
+            log.warning("an agent turn started over another; the other is dropped")
+            self._task.cancel()
         self._transcript.agent_turn_begins(latency)
         self._task = asyncio.create_task(self._turn(speak), name="reply")
 

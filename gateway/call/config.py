@@ -4,6 +4,7 @@ assistant, the loaded turn models, and the agent's bounds (built once, from sett
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +21,10 @@ class TurnModels:
 
     # A neural VAD for one stream at a sample rate.
     vad: Callable[[int], FrameClassifier] | None = None
-    # The probability that a turn (16 kHz audio) is complete; thread-safe, run off the loop.
+    # The probability that a turn (16 kHz audio) is complete; thread-safe, run off the loop
+    # on `executor` (its own threads: not the loop's default executor, shared with DNS).
     judge: Callable[[npt.NDArray[np.int16]], float] | None = None
+    executor: Executor | None = None
     # Whether English words so far end a sentence (None: no words).
     sentence_ends: Callable[[str], bool | None] | None = None
 

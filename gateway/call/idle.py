@@ -1,6 +1,7 @@
 """A caller who goes silent: after `timeout_s` of silence following the agent's turn the
-session is told (`on_idle` with the count of idle spells so far), so that it reprompts or,
-after `max_prompts` reprompts, says goodbye and hangs up."""
+session is told (`on_idle` with the number of this idle spell; `prompted()` counts it once
+the agent said something), so that it reprompts or, after `max_prompts` reprompts, says
+goodbye and hangs up."""
 
 from __future__ import annotations
 
@@ -34,7 +35,12 @@ class IdleCaller:
         self._cancel()
         self._prompts = 0
 
+    def prompted(self) -> None:
+        """The agent said a reprompt (or the goodbye) for an idle spell."""
+        self._prompts += 1
+
     def stop(self) -> None:
+        """The call ends: no more prompts."""
         self._cancel()
 
     def _cancel(self) -> None:
@@ -44,5 +50,4 @@ class IdleCaller:
 
     def _fire(self) -> None:
         self._timer = None
-        self._prompts += 1
-        self._on_idle(self._prompts)
+        self._on_idle(self._prompts + 1)

@@ -3,7 +3,8 @@ or at a length, and reaches the agent as a caller turn (`[keypad] 1234`)."""
 
 from __future__ import annotations
 
-KEYPAD_PREFIX = "[keypad]"
+from gateway.providers.base import KEYPAD_PREFIX
+
 _DIGITS = frozenset("0123456789*#ABCD")
 
 
@@ -22,6 +23,7 @@ class KeypadEntry:
 
     @property
     def pending(self) -> bool:
+        """True while digits of an unfinished entry are held."""
         return bool(self._digits)
 
     def press(self, digit: str) -> str | None:

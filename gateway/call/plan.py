@@ -27,6 +27,7 @@ class TurnPlan:
 
     @classmethod
     def default(cls, config: TurnTakingConfig) -> TurnPlan:
+        """The plan of a call without an assistant (its lines have no placeholders)."""
         return cls(config=config, reprompt=config.idle_reprompt, goodbye=config.idle_goodbye)
 
     @classmethod

@@ -73,6 +73,7 @@ class PlaybackTracker:
             self._paused_at = self.clock()
 
     def resume(self) -> None:
+        """Playback goes on: the playing segment's clock runs again."""
         if self._paused_at is not None:
             if self._head_started_at is not None:
                 self._head_started_at += self.clock() - self._paused_at

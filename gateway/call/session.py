@@ -29,13 +29,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 
 from audio.frames import AudioFrame
 from gateway.call.agent import AgentTurns
 from gateway.call.config import SessionConfig
 from gateway.call.idle import IdleCaller
-from gateway.call.interruptions import InterruptionPolicy
+from gateway.call.interruptions import CallerOverlap, InterruptionPolicy
 from gateway.call.keypad import KeypadEntry, keypad_text
 from gateway.call.latency import TurnLatency
 from gateway.call.plan import TurnPlan
@@ -89,6 +89,7 @@ class CallSession:
         self._goodbye_timeout_s = config.goodbye_timeout_s
         self._started_at = clock()  # the origin of the transcript's times
         self._judge = config.models.judge if turn.end_of_turn == "smart-turn" else None
+        self._judge_executor = config.models.executor
         self._sentence_ends = (
             config.models.sentence_ends if turn.transcript_check and plan.english else None
         )
@@ -123,9 +124,16 @@ class CallSession:
             on_done=self._await_caller,
             on_end=on_end,
         )
-        self._interruptions = InterruptionPolicy(
-            turn.backchannel_words, min_speech_ms=turn.interruption_min_speech_ms
+        self._overlap = CallerOverlap(
+            agent=self._agent,
+            turns=self._turns,
+            policy=InterruptionPolicy(
+                turn.backchannel_words, min_speech_ms=turn.interruption_min_speech_ms
+            ),
+            metrics=metrics,
         )
+        self._answering = asyncio.Lock()  # one caller turn at a time is stored and answered
+        self._owed = False  # a caller turn is stored but not answered yet
         self._idle = IdleCaller(
             timeout_s=turn.idle_timeout_s,
             max_prompts=turn.idle_max_prompts,
@@ -137,8 +145,7 @@ class CallSession:
         self._keypad_timer: asyncio.TimerHandle | None = None
         self._stt_stream: STTStream | None = None
         self._stt_task: asyncio.Task[None] | None = None
-        self._judging: set[asyncio.Task[None]] = set()
-        self._tentative = False  # the agent is paused on a sound not yet known as speech
+        self._tasks: set[asyncio.Task[None]] = set()  # turn judgements, keypad entries
         self._closed = False
 
     # ----------------------------------------------------------------- driver API
@@ -168,9 +175,7 @@ class CallSession:
         if self._closed:
             return
         await self._carry_out(self._turns.feed(frame))
-        if self._agent.held and self._turns.speech_ms >= self._interruptions.min_speech_ms:
-            log.info("interruption: the caller kept speaking over the agent")
-            await self._interrupted()
+        await self._overlap.after_frame()
 
     def on_mark(self, name: str) -> None:
         """A mark came back: the audio before it has been played to the caller."""
@@ -191,6 +196,8 @@ class CallSession:
         elif self._keypad.pending:
             loop = asyncio.get_running_loop()
             self._keypad_timer = loop.call_later(self._keypad_timeout_s, self._keypad_paused)
+        else:  # not a key of ours: the caller is as idle as before
+            self._await_caller()
 
     def end_politely(self, goodbye: str, reason: str) -> None:
         """The gateway must end the call (e.g. its database is away): the agent stops, says
@@ -216,8 +223,9 @@ class CallSession:
         self._idle.stop()
         if self._keypad_timer is not None:
             self._keypad_timer.cancel()
-        for task in list(self._judging):
+        for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._agent.close()
         if self._stt_task is not None:
             self._stt_task.cancel()
@@ -233,27 +241,12 @@ class CallSession:
             if isinstance(step, PushAudio):
                 if self._stt_stream is not None:
                     await self._stt_stream.push(step.frame)
-            elif isinstance(step, CallerSound):
-                # Pausing is undone at no cost: the agent falls silent at the first sound
-                # that may be speech, before the VAD is sure.
-                if self._agent.speaking and not self._agent.ending and not self._agent.held:
-                    await self._agent.hold()
-                    self._tentative = True
-            elif isinstance(step, SoundGone):
-                if self._tentative and self._agent.held:
-                    await self._agent.resume()
-                self._tentative = False
-            elif isinstance(step, CallerStarted):
-                self._tentative = False
-                self._idle.caller_active()
-                if self._agent.speaking and not self._agent.ending:
-                    log.info("the caller speaks over the agent: the agent pauses")
-                    await self._agent.hold()
-                    self._turns.hurry()  # a backchannel's end must not wait for the model
+            elif isinstance(step, CallerSound | SoundGone | CallerStarted):
+                if isinstance(step, CallerStarted):
+                    self._idle.caller_active()
+                await self._overlap.on_step(step)
             elif isinstance(step, JudgeTurn):
-                task = asyncio.create_task(self._judge_turn(step), name="judge-turn")
-                self._judging.add(task)
-                task.add_done_callback(self._judging.discard)
+                self._beside(self._judge_turn(step), "judge-turn")
             elif self._stt_stream is not None:  # the utterance ended: its transcript is owed
                 await self._stt_stream.end_utterance()
 
@@ -262,9 +255,11 @@ class CallSession:
         saying complete ends the turn after the short wait, both saying not after the long
         one, a disagreement in between."""
         assert self._judge is not None
+        loop = asyncio.get_running_loop()
         try:
             probability, words = await asyncio.gather(
-                asyncio.to_thread(self._judge, step.audio), self._words_so_far()
+                loop.run_in_executor(self._judge_executor, self._judge, step.audio),
+                self._words_so_far(),
             )
         except Exception:  # a failing model must not stall the turn: wait the longer bound
             log.exception("the turn model failed; the turn ends after the longer wait")
@@ -284,7 +279,9 @@ class CallSession:
         )
         if self._metrics is not None:
             self._metrics.turns_judged_total += 1
-            self._metrics.turns_judged_complete_total += int(wait_ms == complete_wait)
+            self._metrics.turns_judged_complete_total += int(
+                sounds_complete and reads_complete is not False
+            )
         if not self._closed:
             await self._carry_out(self._turns.verdict(step.pause, wait_ms))
 
@@ -303,79 +300,76 @@ class CallSession:
         async for transcript in self._stt_stream.transcripts():
             text = transcript.text.strip()
             if not transcript.is_final:
-                # Words heard before the turn ends: a faster decision on an interruption.
-                if text and self._agent.speaking and not self._agent.ending:
-                    if not self._agent.held:
-                        await self._agent.hold()
-                        self._turns.hurry()
-                    if self._interruptions.interrupts(text):
-                        log.info("interruption on interim transcript")
-                        await self._interrupted()
+                await self._overlap.on_interim(text)
                 continue
             utterance = self._turns.take_utterance()
             latency = TurnLatency(speech_ended_at=utterance.ended_at, clock=self._clock)
             latency.mark("stt_final")
-            if self._agent.held:
-                if not self._interruptions.interrupts(text):
-                    log.info("not an interruption: the agent goes on", extra={"text": text})
-                    await self._agent.resume()
-                    self._await_caller()
-                    continue
-                log.info("interruption", extra={"text": text})
-                await self._agent.interrupt()
-            if not text:
+            if await self._overlap.on_final(text):
+                self._idle.caller_turn()  # an acknowledgement: the caller is there
+                self._await_caller()
+            elif text:
+                await self._caller_turn(text, utterance.start_ms, utterance.end_ms, latency)
+            elif self._owed and not self._turns.caller_speaking and not self._agent.speaking:
+                await self._caller_turn(None, 0.0, 0.0, latency)  # answer what was said before
+            else:
                 log.info("utterance with no words ignored")
                 self._await_caller()
-                continue
-            self._idle.caller_turn()
-            self._transcript.add_caller_turn(
-                text, start_ms=utterance.start_ms, end_ms=utterance.end_ms
-            )
-            if self._agent.ending:
-                continue  # the call is ending: the agent says nothing more
-            if self._turns.caller_speaking:
-                continue  # the caller already goes on talking; answer after that utterance
-            await self._agent.cancel()
-            self._agent.reply(latency)
 
-    async def _interrupted(self) -> None:
-        """The caller's speech over the agent is a turn of its own: the reply is cancelled,
-        and the caller's pauses are judged again."""
-        await self._agent.interrupt()
-        self._turns.hurry(False)
+    async def _caller_turn(
+        self, text: str | None, start_ms: float, end_ms: float, latency: TurnLatency | None
+    ) -> None:
+        """Store the caller's turn (None: one stored before) and have the agent answer it,
+        unless the caller goes on talking (then the next utterance is answered) or the call
+        is ending. The agent's turn under way is stored first, cut to what was heard."""
+        async with self._answering:
+            self._idle.caller_turn()
+            answer = not self._agent.ending and not self._turns.caller_speaking
+            if answer:
+                await self._agent.cancel()
+            if text is not None:
+                self._transcript.add_caller_turn(text, start_ms=start_ms, end_ms=end_ms)
+            self._owed = not answer and not self._agent.ending
+            if answer:
+                self._agent.reply(latency)
+
+    def _beside(self, work: Coroutine[None, None, None], name: str) -> None:
+        """Run `work` beside the call (held until done; cancelled at close)."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _keypad_paused(self) -> None:
         self._keypad_timer = None
         entry = self._keypad.flush()
         if entry and not self._closed:
-            task = asyncio.create_task(self._keypad_entry(entry), name="keypad")
-            self._judging.add(task)
-            task.add_done_callback(self._judging.discard)
+            self._beside(self._keypad_entry(entry), "keypad")
 
     async def _keypad_entry(self, entry: str) -> None:
         """A finished keypad entry is the caller's turn: the agent answers it."""
         if self._metrics is not None:
             self._metrics.keypad_entries_total += 1
-        self._idle.caller_turn()
         now_ms = (self._clock() - self._started_at) * 1000.0
-        self._transcript.add_caller_turn(keypad_text(entry), start_ms=now_ms, end_ms=now_ms)
-        if self._agent.ending:
-            return
-        await self._agent.cancel()
-        self._agent.reply()
+        await self._caller_turn(keypad_text(entry), now_ms, now_ms, None)
 
     # ------------------------------------------------------------- idle caller
+
+    def _waiting(self) -> bool:
+        """True when the call waits on the caller: nobody speaks and the call goes on."""
+        agent = self._agent
+        return not (self._closed or agent.speaking or agent.ending or self._turns.caller_speaking)
 
     def _await_caller(self) -> None:
         """The agent's turn was played to its end (or the caller's sound was no turn): the
         idle timer runs until the caller speaks."""
-        if not self._closed and not self._agent.speaking and not self._turns.caller_speaking:
+        if self._waiting():
             self._idle.agent_finished()
 
     def _caller_idle(self, prompts: int) -> None:
         """The caller said nothing for the idle timeout: reprompt, or say goodbye and end."""
-        if self._closed or self._agent.speaking or self._turns.caller_speaking:
+        if not self._waiting():
             return
+        self._idle.prompted()
         if self._metrics is not None:
             self._metrics.caller_idle_prompts_total += 1
         if prompts <= self._idle.max_prompts:

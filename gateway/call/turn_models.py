@@ -5,6 +5,7 @@ that says how to install them; nothing is fetched at run time."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from audio.models import locate_models
@@ -25,6 +26,12 @@ def load_turn_models(directory: Path) -> TurnModels:
     smart_turn = SmartTurnModel.load(paths.smart_turn)
     log.info("turn models loaded", extra={"directory": str(directory)})
     sentences = SentenceEnds.load()
+    # One inference per core at most; more queue (a slow verdict falls back to the longest
+    # wait, it never holds a turn forever).
+    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="turn-model")
     return TurnModels(
-        vad=silero.stream, judge=smart_turn.completion_probability, sentence_ends=sentences.ends
+        vad=silero.stream,
+        judge=smart_turn.completion_probability,
+        executor=executor,
+        sentence_ends=sentences.ends,
     )

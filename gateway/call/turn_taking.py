@@ -163,6 +163,16 @@ class TurnTaking:
             return 0.0
         return max(0.0, self._endpointer.last_speech_ms - self._start_ms)
 
+    @property
+    def hearing(self) -> bool:
+        """True while the VAD hears what may be speech (confirmed or not)."""
+        return self._endpointer.hearing
+
+    @property
+    def silence_ms(self) -> float:
+        """How long since the caller's last speech."""
+        return self._endpointer.position_ms - self._endpointer.last_speech_ms
+
     def feed(self, frame: AudioFrame) -> list[TurnStep]:
         """Take one frame of caller audio; return what to do with it, in order."""
         stt_frame = AudioFrame(self._resampler.process(frame.pcm), self.stt_rate)

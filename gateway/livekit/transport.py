@@ -71,6 +71,7 @@ class LiveKitTransport:
         self._paused = True
 
     async def resume(self) -> None:
+        """Feed the held audio on into the source."""
         self._paused = False
         self._last_capture = float("-inf")  # the pause was no underrun
         self._wakeup.set()

@@ -64,6 +64,10 @@ class STT(Protocol):
     async def open_stream(self, *, call_id: str, sample_rate: int) -> STTStream: ...
 
 
+# Keypad entries reach the agent as caller turns "[keypad] 1234".
+KEYPAD_PREFIX = "[keypad]"
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: Literal["system", "user", "assistant"]

@@ -13,8 +13,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from gateway.call.keypad import KEYPAD_PREFIX
-from gateway.providers.base import ChatMessage, HangUp, LLMEvent, TextDelta
+from gateway.providers.base import KEYPAD_PREFIX, ChatMessage, HangUp, LLMEvent, TextDelta
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,6 +123,7 @@ class TwilioPacer:
         self._paused = True
 
     async def resume(self) -> None:
+        """Send the held audio on, on a new 20 ms schedule from now."""
         self._paused = False
         self._next_due = None  # a new schedule from now: the pause was no underrun
         self._wakeup.set()

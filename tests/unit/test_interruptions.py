@@ -19,7 +19,8 @@ def policy() -> InterruptionPolicy:
 
 
 @pytest.mark.parametrize(
-    "text", ["uh-huh", "Uh huh.", "yeah", "Okay", "ok ok", "right, right", "mm-hmm", "I see", ""]
+    "text",
+    ["uh-huh", "Uh huh.", "yeah", "Okay", "ok ok", "right, right", "mm-hmm", "mhmm", "I see", ""],
 )
 def test_acknowledgements_and_silence_do_not_interrupt(
     policy: InterruptionPolicy, text: str
@@ -28,16 +29,24 @@ def test_acknowledgements_and_silence_do_not_interrupt(
 
 
 @pytest.mark.parametrize(
-    "text", ["wait", "no", "stop", "okay but what about Friday", "yeah no", "hold on", "see"]
+    "text", ["wait", "no", "stop", "okay but what about Friday", "yeah no", "hold on", "see", "да"]
 )
 def test_any_other_word_interrupts(policy: InterruptionPolicy, text: str) -> None:
     assert policy.interrupts(text)
 
 
+@pytest.mark.parametrize("text", ["I", "all", "got", "okay i"])
+def test_words_still_being_heard_may_be_the_start_of_an_acknowledgement(
+    policy: InterruptionPolicy, text: str
+) -> None:
+    assert not policy.interrupts(text, final=False)  # "I" of "I see", "all" of "all right"
+    assert policy.interrupts(text)  # but a final "I" is a word of its own
+
+
 def test_the_list_is_the_assistants() -> None:
-    custom = InterruptionPolicy(["jawohl", "genau"], min_speech_ms=500)
-    assert not custom.interrupts("Genau, jawohl")
-    assert custom.interrupts("okay")
+    custom = InterruptionPolicy(["jawohl", "genau", "ja ja", "да"], min_speech_ms=500)
+    assert not custom.interrupts("Genau, jawohl") and not custom.interrupts("Да!")
+    assert custom.interrupts("okay") and not custom.interrupts("ja", final=False)
 
 
 def test_keypad_digits_end_at_the_terminator_or_the_length() -> None:
@@ -52,7 +61,12 @@ def test_keypad_digits_end_at_the_terminator_or_the_length() -> None:
 
 async def test_an_idle_caller_is_told_after_the_timeout_each_time() -> None:
     fired: list[int] = []
-    idle = IdleCaller(timeout_s=0.05, max_prompts=2, on_idle=fired.append)
+
+    def on_idle(spell: int) -> None:
+        fired.append(spell)
+        idle.prompted()  # the session said a reprompt
+
+    idle = IdleCaller(timeout_s=0.05, max_prompts=2, on_idle=on_idle)
     idle.agent_finished()
     await asyncio.sleep(0.2)
     assert fired == [1]

@@ -9,7 +9,7 @@ and the lifecycle's: the call is finished once, with the first reason given.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -45,7 +45,8 @@ SILENCE_400 = TurnTakingConfig(
 
 
 class FakeTransport:
-    """Plays audio in real time (sped up) and echoes marks, like a phone would."""
+    """Plays audio in real time (sped up) and echoes marks, like a phone would; a pause
+    holds what is queued until resumed or cleared."""
 
     sample_rate = RATE
 
@@ -58,6 +59,8 @@ class FakeTransport:
         self.resumes = 0
         self.hung_up = False
         self._queue: asyncio.Queue[int | str] = asyncio.Queue()
+        self._playing = asyncio.Event()  # cleared while paused: nothing plays
+        self._playing.set()
         self._task = asyncio.create_task(self._playout())
         self._closed = asyncio.Event()
 
@@ -69,12 +72,15 @@ class FakeTransport:
 
     async def pause(self) -> None:
         self.pauses += 1
+        self._playing.clear()
 
     async def resume(self) -> None:
         self.resumes += 1
+        self._playing.set()
 
     async def clear(self) -> None:
         self.clears += 1
+        self._playing.set()
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if isinstance(item, str):
@@ -88,6 +94,7 @@ class FakeTransport:
 
     async def _playout(self) -> None:
         while True:
+            await self._playing.wait()
             item = await self._queue.get()
             if isinstance(item, int):
                 await asyncio.sleep(item / RATE / self._speed)
@@ -430,6 +437,113 @@ async def test_keypad_digits_reach_the_agent_as_a_caller_turn() -> None:
     said = [(t["speaker"], t["text"]) for t in store.turns]
     assert ("caller", "[keypad] 1234") in said and ("caller", "[keypad] 42") in said
     assert [speaker for speaker, _ in said] == ["agent", "caller", "agent", "caller", "agent"]
+
+
+class SlowSTT(ScriptedSTT):
+    """A final transcript comes `delay_s` after it is asked for (None: never); interim
+    words may be pushed at any time."""
+
+    def __init__(self, texts: list[str], delay_s: float | None) -> None:
+        super().__init__(texts)
+        self._delay_s = delay_s
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def end_utterance(self) -> None:
+        if self._delay_s is None:
+            return
+        text = self.texts.pop(0) if self.texts else ""
+
+        async def later() -> None:
+            await asyncio.sleep(self._delay_s or 0.0)
+            await self._queue.put(Transcript(text, True))
+
+        task = asyncio.create_task(later())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def interim(self, text: str) -> None:
+        self._queue.put_nowait(Transcript(text, False))
+
+
+async def _call_with(
+    stt: ScriptedSTT, turn: TurnTakingConfig = SILENCE_400
+) -> tuple[CallLifecycle, MemoryStore, FakeTransport]:
+    ref: list[CallLifecycle] = []
+    transport = FakeTransport(ref)
+    store = MemoryStore()
+    agent = LocalScriptedAgent(greeting="Hello, how can I help?")
+    call = await _answered(
+        "call-s", Providers(stt, agent, ToneTTS()), store, ref, transport, turn=turn
+    )
+    return call, store, transport
+
+
+async def _until(condition: Callable[[], bool], within_s: float = 20.0) -> None:
+    for _ in range(int(within_s / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition never held")
+
+
+async def test_interim_words_with_no_utterance_do_not_pause_the_agent() -> None:
+    stt = SlowSTT([], delay_s=0.0)
+    call, store, transport = await _call_with(stt)
+    await asyncio.sleep(0.02)
+    stt.interim("yeah")  # Deepgram heard something the VAD never took for speech
+    await _feed(call, _silence(3000))
+    await _hang_up(call)
+    await transport.aclose()
+    assert transport.pauses == 0
+    assert store.turns[0] == {
+        "speaker": "agent",
+        "text": "Hello, how can I help?",
+        "interrupted": False,
+    }
+
+
+async def test_a_pause_that_no_words_come_to_decide_ends_and_the_agent_goes_on() -> None:
+    call, store, transport = await _call_with(SlowSTT(["i want to book an appointment"], 0.0))
+    await _feed(call, _silence(3000) + _speech(800) + _silence(1000))
+    call.session._turns.use_stt(SlowSTT([], None))  # type: ignore[union-attr]
+    call.session._stt_stream = SlowSTT([], None)  # type: ignore[union-attr]
+    await _feed(call, _speech(300) + _silence(9000))  # its final transcript never comes
+    await _hang_up(call)
+    await transport.aclose()
+    assert transport.pauses == 1 and transport.resumes == 1 and transport.clears == 0
+    assert str(store.turns[-1]["text"]).startswith(BOOKING)
+    assert not store.turns[-1]["interrupted"]
+
+
+async def test_an_acknowledgement_judged_while_the_caller_talks_again_keeps_the_agent_paused() -> (
+    None
+):
+    stt = SlowSTT(["i want to book an appointment", "uh-huh", "wait no"], delay_s=0.3)
+    call, store, transport = await _call_with(stt)
+    await _feed(call, _silence(3000) + _speech(800) + _silence(1000))
+    await _until(lambda: transport.played_samples > 0)
+    # "uh-huh", then more speech before its transcript comes (0.3 s later).
+    await _feed(call, _speech(300) + _silence(400) + _speech(9000) + _silence(2000))
+    await _hang_up(call)
+    await transport.aclose()
+    assert transport.resumes == 0  # never played over the caller's second utterance
+    assert transport.clears >= 1
+    assert [t["speaker"] for t in store.turns][-3:] == ["agent", "caller", "agent"]
+    assert store.turns[-3]["interrupted"]
+
+
+async def test_a_keypad_entry_over_the_agent_stores_its_cut_turn_first() -> None:
+    call, store, transport = await _call_with(ScriptedSTT([]))
+    await _until(lambda: transport.played_samples > 0)
+    await call.on_dtmf("1")
+    await call.on_dtmf("#")
+    await _until(lambda: len(store.turns) >= 3)
+    await _hang_up(call)
+    await transport.aclose()
+    said = [(t["speaker"], t["text"], t["interrupted"]) for t in store.turns]
+    assert said[0][0] == "agent" and said[0][2]  # the greeting, cut
+    assert said[1] == ("caller", "[keypad] 1", False)
+    assert said[2][0] == "agent" and str(said[2][1]).startswith("We are open")
 
 
 async def test_agent_hangs_up_after_saying_goodbye() -> None:
