@@ -41,6 +41,7 @@ from gateway.call.latency import TurnLatency
 from gateway.call.plan import TurnPlan
 from gateway.call.transcript import CallTranscript, TurnWrites
 from gateway.call.transport import CallTransport
+from gateway.call.turn_judge import TurnJudge
 from gateway.call.turn_taking import (
     CallerSound,
     CallerStarted,
@@ -57,8 +58,6 @@ from gateway.providers.base import HangUp, Providers, STTStream
 from storage import CallStatus, CallStore, TurnTakingConfig
 
 log = logging.getLogger(__name__)
-
-COMPLETE_THRESHOLD = 0.5  # the turn model's probability that makes a turn complete
 
 
 class CallSession:
@@ -88,18 +87,13 @@ class CallSession:
         turn = plan.config
         self._goodbye_timeout_s = config.goodbye_timeout_s
         self._started_at = clock()  # the origin of the transcript's times
-        self._judge = config.models.judge if turn.end_of_turn == "smart-turn" else None
-        self._judge_executor = config.models.executor
-        self._sentence_ends = (
-            config.models.sentence_ends if turn.transcript_check and plan.english else None
-        )
-        self._waits = (turn.complete_wait_ms, turn.unsure_wait_ms, turn.incomplete_wait_ms)
+        self._judge = TurnJudge(turn, config.models, english=plan.english, metrics=metrics)
         vad = config.models.vad if turn.vad == "silero" else None
         self._turns = TurnTaking(
             providers.stt,
             rate=transport.sample_rate,
             min_speech_ms=turn.min_speech_ms,
-            end_of_turn=_end_of_turn(turn, judged=self._judge is not None),
+            end_of_turn=_end_of_turn(turn, judged=self._judge.judges),
             preroll_ms=config.preroll_ms,
             clock=clock,
             started_at=self._started_at,
@@ -251,43 +245,14 @@ class CallSession:
                 await self._stt_stream.end_utterance()
 
     async def _judge_turn(self, step: JudgeTurn) -> None:
-        """Judge a pause: the audio model (off the event loop) and the words so far. Both
-        saying complete ends the turn after the short wait, both saying not after the long
-        one, a disagreement in between."""
-        assert self._judge is not None
-        loop = asyncio.get_running_loop()
-        try:
-            probability, words = await asyncio.gather(
-                loop.run_in_executor(self._judge_executor, self._judge, step.audio),
-                self._words_so_far(),
-            )
-        except Exception:  # a failing model must not stall the turn: wait the longer bound
-            log.exception("the turn model failed; the turn ends after the longer wait")
-            return
-        sounds_complete = probability >= COMPLETE_THRESHOLD
-        reads_complete = (
-            self._sentence_ends(words) if self._sentence_ends and words is not None else None
-        )
-        complete_wait, unsure_wait, incomplete_wait = self._waits
-        if reads_complete is None or reads_complete == sounds_complete:
-            wait_ms = complete_wait if sounds_complete else incomplete_wait
-        else:
-            wait_ms = unsure_wait
-        log.debug(
-            "turn judged",
-            extra={"probability": round(probability, 3), "words": words, "wait_ms": wait_ms},
-        )
-        if self._metrics is not None:
-            self._metrics.turns_judged_total += 1
-            self._metrics.turns_judged_complete_total += int(
-                sounds_complete and reads_complete is not False
-            )
-        if not self._closed:
+        """Judge a pause and hand its wait to turn-taking (the longest wait if none)."""
+        wait_ms = await self._judge.wait_ms(step.audio, self._words_so_far)
+        if wait_ms is not None and not self._closed:
             await self._carry_out(self._turns.verdict(step.pause, wait_ms))
 
     async def _words_so_far(self) -> str | None:
         """What the STT heard of the paused turn (None: not asked for, or it could not say)."""
-        if self._sentence_ends is None or self._stt_stream is None:
+        if not self._judge.reads_words or self._stt_stream is None:
             return None
         try:
             return await self._stt_stream.words_so_far()

@@ -1,0 +1,79 @@
+"""The judgement of a pause in the caller's turn: does it sound complete (the audio turn
+model, off the event loop) and does it read complete (the words so far end a sentence)?
+Both yes: the turn ends after the short wait; both no: after the long one; a disagreement
+in between. No words (or not asked for): the audio alone decides."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.call.config import TurnModels
+from gateway.metrics import GatewayMetrics
+from storage import TurnTakingConfig
+
+log = logging.getLogger(__name__)
+
+COMPLETE_THRESHOLD = 0.5  # the turn model's probability that makes a turn sound complete
+
+
+class TurnJudge:
+    """Judges the pauses of one call's caller."""
+
+    def __init__(
+        self,
+        turn: TurnTakingConfig,
+        models: TurnModels,
+        *,
+        english: bool,
+        metrics: GatewayMetrics | None,
+    ) -> None:
+        self._judge = models.judge if turn.end_of_turn == "smart-turn" else None
+        self._executor = models.executor
+        self._sentence_ends = models.sentence_ends if turn.transcript_check and english else None
+        self._waits = (turn.complete_wait_ms, turn.unsure_wait_ms, turn.incomplete_wait_ms)
+        self._metrics = metrics
+
+    @property
+    def judges(self) -> bool:
+        """False: no turn model is loaded or chosen (a fixed silence ends turns)."""
+        return self._judge is not None
+
+    @property
+    def reads_words(self) -> bool:
+        """True if the words so far count (ask the STT for them)."""
+        return self._sentence_ends is not None
+
+    async def wait_ms(
+        self, audio: npt.NDArray[np.int16], words: Callable[[], Awaitable[str | None]]
+    ) -> float | None:
+        """The silence the paused turn in `audio` should wait for; None if the model failed
+        (the turn then ends after the longest wait)."""
+        assert self._judge is not None
+        loop = asyncio.get_running_loop()
+        try:
+            probability, text = await asyncio.gather(
+                loop.run_in_executor(self._executor, self._judge, audio), words()
+            )
+        except Exception:  # a failing model must not stall the turn
+            log.exception("the turn model failed; the turn ends after the longest wait")
+            return None
+        sounds = probability >= COMPLETE_THRESHOLD
+        reads = self._sentence_ends(text) if self._sentence_ends and text is not None else None
+        complete_wait, unsure_wait, incomplete_wait = self._waits
+        if reads is None or reads == sounds:
+            wait_ms = complete_wait if sounds else incomplete_wait
+        else:
+            wait_ms = unsure_wait
+        log.debug(
+            "turn judged",
+            extra={"probability": round(probability, 3), "words": text, "wait_ms": wait_ms},
+        )
+        if self._metrics is not None:
+            self._metrics.turns_judged_total += 1
+            self._metrics.turns_judged_complete_total += int(sounds and reads is not False)
+        return wait_ms
