@@ -139,6 +139,9 @@ def main() -> int:
         "DATA_DIR": str(data_dir),
         "LOG_LEVEL": "WARNING",
         "VAD_SILENCE_MS": str(SILENCE_MS),
+        # A fixed silence window, so that the gateway share is first frame out minus it.
+        "TURN_VAD": "energy",
+        "TURN_END_OF_TURN": "silence",
         "DEEPGRAM_API_KEY": "test-deepgram-key",
         "DEEPGRAM_BASE_URL": dg_url.replace("http://", "ws://"),
         "OPENAI_API_KEY": "test-openai-key",

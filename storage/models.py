@@ -254,7 +254,7 @@ class TurnTakingConfig(BaseModel):
         description="caller words that do not interrupt the agent (acknowledgements)",
     )
     interruption_min_speech_ms: int = Field(
-        default=500,
+        default=800,
         ge=100,
         le=5000,
         description="caller speech over the agent this long interrupts it whatever its words",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from gateway.call.agent import AgentTurns
 from gateway.call.turn_taking import CallerSound, CallerStarted, SoundGone, TurnTaking
@@ -85,7 +85,6 @@ class CallerOverlap:
             if self._over_agent():
                 log.info("the caller speaks over the agent: the agent pauses")
                 await self._agent.hold()
-                self._turns.hurry()  # an acknowledgement's end must not wait for the model
 
     async def after_frame(self) -> None:
         """Long speech over the agent interrupts it; a hold that no words came to decide ends."""
@@ -108,10 +107,20 @@ class CallerOverlap:
             return
         if not self._agent.held:
             await self._agent.hold()
-            self._turns.hurry()
         if self._policy.interrupts(text, final=False):
             log.info("interruption on interim words", extra={"text": text})
             await self._interrupt()
+        else:
+            self._turns.hurry()  # an acknowledgement so far: its first pause ends it
+
+    async def acknowledged(self, words: Callable[[], Awaitable[str | None]]) -> bool:
+        """At a pause in speech over the agent: True if the words so far are only an
+        acknowledgement (the utterance ends now, and the agent goes on sooner); a sentence
+        with a comma in it ("Wait, what about Sundays?") is judged like any turn."""
+        if not self._agent.held:
+            return False
+        text = await words()
+        return text is not None and not self._policy.interrupts(text)
 
     async def on_final(self, text: str) -> bool:
         """The utterance over the agent ended with `text`. True: it was no turn (an

@@ -246,13 +246,20 @@ class CallSession:
 
     async def _judge_turn(self, step: JudgeTurn) -> None:
         """Judge a pause and hand its wait to turn-taking (the longest wait if none)."""
-        wait_ms = await self._judge.wait_ms(step.audio, self._words_so_far)
+        if await self._overlap.acknowledged(self._stt_words):
+            wait_ms: float | None = 0.0
+        else:
+            wait_ms = await self._judge.wait_ms(step.audio, self._words_so_far)
         if wait_ms is not None and not self._closed:
             await self._carry_out(self._turns.verdict(step.pause, wait_ms))
 
     async def _words_so_far(self) -> str | None:
-        """What the STT heard of the paused turn (None: not asked for, or it could not say)."""
-        if not self._judge.reads_words or self._stt_stream is None:
+        """The words so far, if the judge reads them."""
+        return await self._stt_words() if self._judge.reads_words else None
+
+    async def _stt_words(self) -> str | None:
+        """What the STT heard of the paused turn (None: it could not say)."""
+        if self._stt_stream is None:
             return None
         try:
             return await self._stt_stream.words_so_far()
