@@ -221,6 +221,7 @@ class Trial:
 @dataclass(slots=True)
 class Results:
     latency_ms: list[float] = field(default_factory=list)
+    latency_by_voice: dict[str, list[float]] = field(default_factory=dict)
     stored_first_frame_ms: list[float] = field(default_factory=list)
     trials: list[Trial] = field(default_factory=list)
     silent_ms: list[float] = field(default_factory=list)
@@ -317,6 +318,7 @@ async def section_a(caller: Caller, out: Results) -> None:
                 out.errors.append(f"a: no reply to {question!r} ({voice})")
                 continue
             out.latency_ms.append((first - spoken.end) * 1000)
+            out.latency_by_voice.setdefault(voice, []).append((first - spoken.end) * 1000)
             await caller.call.wait_agent_silent(quiet_s=0.4, within_s=30)
     await caller.call.stop()
     for turn in await caller.stored_turns():
@@ -532,6 +534,9 @@ def report(results: dict[str, Results]) -> None:
         line = f"{name:<{label}}" + "".join(f"{cell(r):>{max(w, 22)}}" for r in results.values())
         sys.stdout.write(line + "\n")
     for config, r in results.items():
+        for voice, values in r.latency_by_voice.items():
+            slow = sum(1 for v in values if v > 1000)
+            sys.stdout.write(f"  {config}: a. {voice}: p50 {_fmt(values)}, over 1 s: {slow}\n")
         for kind, cuts in r.cut.items():
             for cut in cuts:
                 sys.stdout.write(f"  {config}: {kind} cut: {cut}\n")
