@@ -117,6 +117,18 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def fake_provider_env(deepgram_url: str, openai_url: str, cartesia_url: str) -> dict[str, str]:
+    """The gateway's settings for the three local provider servers."""
+    return {
+        "DEEPGRAM_API_KEY": "test-deepgram-key",
+        "DEEPGRAM_BASE_URL": deepgram_url.replace("http://", "ws://"),
+        "OPENAI_API_KEY": "test-openai-key",
+        "OPENAI_BASE_URL": openai_url + "/v1",
+        "CARTESIA_API_KEY": "test-cartesia-key",
+        "CARTESIA_BASE_URL": cartesia_url,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=4)
@@ -142,12 +154,7 @@ def main() -> int:
         # A fixed silence window, so that the gateway share is first frame out minus it.
         "TURN_VAD": "energy",
         "TURN_END_OF_TURN": "silence",
-        "DEEPGRAM_API_KEY": "test-deepgram-key",
-        "DEEPGRAM_BASE_URL": dg_url.replace("http://", "ws://"),
-        "OPENAI_API_KEY": "test-openai-key",
-        "OPENAI_BASE_URL": oa_url + "/v1",
-        "CARTESIA_API_KEY": "test-cartesia-key",
-        "CARTESIA_BASE_URL": ct_url,
+        **fake_provider_env(dg_url, oa_url, ct_url),
     }
     gateway_env.pop("MONGODB_URL", None)
     serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]

@@ -65,7 +65,14 @@ import numpy.typing as npt
 
 from audio.codec import ULAW_SILENCE, ulaw_decode, ulaw_encode
 from audio.resample import StreamResampler
-from bench.provider_latency_bench import API_KEY, _fake, _free_port, _pct, _process
+from bench.provider_latency_bench import (
+    API_KEY,
+    _fake,
+    _free_port,
+    _pct,
+    _process,
+    fake_provider_env,
+)
 from gateway.demo.simulated_twilio import FRAME_BYTES, RATE, SimulatedTwilioCall, espeak_mulaw
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -578,14 +585,7 @@ def main() -> int:
     dg_url, dg = _fake("deepgram_server", env, log_dir)
     oa_url, oa = _fake("openai_server", env, log_dir)
     ct_url, ct = _fake("cartesia_server", env, log_dir)
-    providers = {
-        "DEEPGRAM_API_KEY": "test-deepgram-key",
-        "DEEPGRAM_BASE_URL": dg_url.replace("http://", "ws://"),
-        "OPENAI_API_KEY": "test-openai-key",
-        "OPENAI_BASE_URL": oa_url + "/v1",
-        "CARTESIA_API_KEY": "test-cartesia-key",
-        "CARTESIA_BASE_URL": ct_url,
-    }
+    providers = fake_provider_env(dg_url, oa_url, ct_url)
     runs: list[tuple[str, Path, dict[str, str]]] = [(c, ROOT, CONFIGS[c]) for c in configs]
     if args.old_root is not None:
         runs.append(("old", args.old_root.resolve(), OLD_ENV))
