@@ -227,33 +227,24 @@ class SimulatedTwilioCall:
 
     async def stop(self) -> None:
         """Hang up as Twilio does: send `stop` and wait for the gateway to close."""
-        if not self._stopped and not self._closed.is_set():
-            self._stopped = True
-            await self._send(
-                {
-                    "event": "stop",
-                    "sequenceNumber": self._next_sequence(),
-                    "streamSid": self.stream_sid,
-                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-                }
-            )
+        await self._send_stop()
         await self.wait_closed()
 
     async def hang_up(self) -> None:
         """Hang up as Twilio does when the caller puts the phone down: `stop`, then the
         socket is closed at once, without waiting for the gateway."""
-        if not self._stopped and not self._closed.is_set():
-            self._stopped = True
-            with contextlib.suppress(websockets.ConnectionClosed):
-                await self._send(
-                    {
-                        "event": "stop",
-                        "sequenceNumber": self._next_sequence(),
-                        "streamSid": self.stream_sid,
-                        "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-                    }
-                )
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self._send_stop()
         await self.aclose()
+
+    async def _send_stop(self) -> None:
+        """Send Twilio's `stop` (once, and only on a live stream)."""
+        if self._stopped or self._closed.is_set():
+            return
+        self._stopped = True
+        stop = {"accountSid": self.account_sid, "callSid": self.call_sid}
+        message = {"event": "stop", "sequenceNumber": self._next_sequence(), "stop": stop}
+        await self._send({**message, "streamSid": self.stream_sid})
 
     async def drop(self) -> None:
         """The connection drops: no `stop`, no closing handshake, the TCP socket just goes."""
