@@ -176,7 +176,7 @@ def _grid() -> list[Detector]:
             for words in ("oracle", "decoded"):
                 for lm in (-1.0, -1.3, -1.6):
                     dets.append(judged(words, complete, 800, incomplete, None, lm))
-                    for unsure in (600, 800, 1000):
+                    for unsure in (600, 800, 1000, 1200):
                         for st in (0.5, 0.7, 0.9):
                             dets.append(judged(words, complete, unsure, incomplete, st, lm))
     return dets
@@ -326,7 +326,9 @@ def _judge(
         c.st[st_key] = (p, 1000.0 * (time.perf_counter() - t0))
     audio = np.concatenate(held).tobytes() if held else b""
     words_key = hashlib.blake2b(audio, digest_size=16).hexdigest()
-    if words_key not in c.decoded:
+    if not any(d.judge is not None and d.judge.words == "decoded" for d in DETECTORS):
+        c.decoded[words_key] = ("", 0.0)  # no configuration reads the decode: skip it
+    elif words_key not in c.decoded:
         t0 = time.perf_counter()
         text = _decode(audio)
         c.decoded[words_key] = (text, 1000.0 * (time.perf_counter() - t0))
