@@ -174,7 +174,7 @@ def _grid() -> list[Detector]:
             for st in (0.5, 0.7, 0.9):
                 dets.append(judged("", complete, complete, incomplete, st, None))
             for words in ("oracle", "decoded"):
-                for lm in (-1.0, -1.3, -1.6):
+                for lm in (-0.8, -1.0, -1.3, -1.6):
                     dets.append(judged(words, complete, 800, incomplete, None, lm))
                     for unsure in (600, 800, 1000, 1200):
                         for st in (0.5, 0.7, 0.9):
@@ -619,7 +619,7 @@ def _report_signals(
     det = next(d for d in DETECTORS if d.judge is not None and d.judge.words == "")
     print(f"\n=== The judges alone (pauses of {det.name}) ===")
     print("share judged complete: want high at the end of complete turns, low mid-sentence")
-    sts, lms = (0.5, 0.7, 0.9), (-1.0, -1.3, -1.6)
+    sts, lms = (0.5, 0.7, 0.9), (-0.8, -1.0, -1.3, -1.6)
     print(
         f"{'where':28s} {'rate':>5s} {'n':>4s} | ST p>= "
         + "".join(f"{t:>5}" for t in sts)
@@ -629,6 +629,8 @@ def _report_signals(
         + "".join(f"{t:>5}" for t in lms)
         + " | no words"
     )
+    if not any(d.judge is not None and d.judge.words == "decoded" for d in DETECTORS):
+        print("(no configuration read decoded words: PocketSphinx did not run)")
 
     def share(values: list[float | None], t: float) -> str:
         return f"{100.0 * sum(v is not None and v >= t for v in values) / len(values):5.0f}"
@@ -643,8 +645,9 @@ def _report_signals(
                 if e["kind"] not in TURN_KINDS:
                     continue
                 run: Run = r[f"{det.name}@{rate}"]
-                st_ms += [j.st_ms for j in run.judgements]
-                decode_ms += [j.decode_ms for j in run.judgements]
+                if fam == FAMILIES[0]:
+                    st_ms += [j.st_ms for j in run.judgements]
+                    decode_ms += [j.decode_ms for j in run.judgements]
                 if e["family"] != fam:
                     continue
                 segs = e["segments"]
