@@ -115,8 +115,9 @@ class Judgement:
 
 def decide(judge: Judge, j: Judgement) -> tuple[int, float]:
     """The silence to wait for and how late the verdict comes (as gateway/call/session.py
-    `_judge_turn`: agreement picks the short or long wait, disagreement the unsure one;
-    no words: the audio alone; no audio model: the words alone, unsure without words)."""
+    `TurnJudge`: agreement picks the short or long wait, disagreement the unsure one; no
+    words: a turn that sounds complete waits the unsure wait, one that does not the long
+    one; no audio model: the words alone, unsure without words)."""
     if judge.words == "oracle":
         score, words_ms = j.oracle_score, 0.0
     elif judge.words == "decoded":
@@ -130,7 +131,9 @@ def decide(judge: Judge, j: Judgement) -> tuple[int, float]:
         return (judge.complete_ms if reads else judge.incomplete_ms), words_ms
     sounds = j.p >= judge.st_threshold
     delay = max(j.st_ms, words_ms)
-    if reads is None or reads == sounds:
+    if reads is None:
+        return (judge.unsure_ms if sounds else judge.incomplete_ms), delay
+    if reads == sounds:
         return (judge.complete_ms if sounds else judge.incomplete_ms), delay
     return judge.unsure_ms, delay
 
@@ -152,11 +155,7 @@ def judged(
     audio = "words only" if st is None else f"ST>={st}"
     text = "" if lm is None else f" LM>={lm}"
     source = f"{words} " if words else ""
-    waits = (
-        f"{pause}/{complete}/{unsure}/{incomplete}"
-        if lm is not None
-        else (f"{pause}/{complete}/-/{incomplete}")
-    )
+    waits = f"{pause}/{complete}/{unsure}/{incomplete}"
     judge = Judge(st, lm, words, complete, unsure, incomplete)
     longest = max(complete, unsure, incomplete)
     return Detector(
@@ -172,7 +171,8 @@ def _grid() -> list[Detector]:
     for complete in (200, 300):
         for incomplete in (1500, 2000):
             for st in (0.5, 0.7, 0.9):
-                dets.append(judged("", complete, complete, incomplete, st, None))
+                for unsure in (complete, 1200):
+                    dets.append(judged("", complete, unsure, incomplete, st, None))
             for words in ("oracle", "decoded"):
                 for lm in (-0.8, -1.0, -1.3, -1.6):
                     dets.append(judged(words, complete, 800, incomplete, None, lm))

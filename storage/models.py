@@ -229,10 +229,11 @@ class TurnTakingConfig(BaseModel):
         description="silence that ends a turn that sounds and reads complete",
     )
     unsure_wait_ms: int = Field(
-        default=700,
+        default=1200,
         ge=0,
         le=5000,
-        description="silence that ends a turn the audio model and the words disagree on",
+        description="silence that ends a turn the audio model and the words disagree on, "
+        "or that sounds complete when the words are not known",
     )
     incomplete_wait_ms: int = Field(
         default=1500,
@@ -243,6 +244,16 @@ class TurnTakingConfig(BaseModel):
     transcript_check: bool = Field(
         default=True,
         description="judge the words so far too (English assistants; others: audio only)",
+    )
+    smart_turn_threshold: float = Field(
+        default=0.9, ge=0.05, le=0.99, description="turn model probability that sounds complete"
+    )
+    sentence_end_threshold: float = Field(
+        default=-0.8,
+        ge=-5.0,
+        le=0.0,
+        description="log10 probability of a sentence end after the last two words that reads "
+        "complete",
     )
     silence_ms: int = Field(
         default=600, ge=100, le=5000, description="silence that ends a turn (end_of_turn=silence)"

@@ -25,8 +25,8 @@ class TurnModels:
     # on `executor` (its own threads: not the loop's default executor, shared with DNS).
     judge: Callable[[npt.NDArray[np.int16]], float] | None = None
     executor: Executor | None = None
-    # Whether English words so far end a sentence (None: no words).
-    sentence_ends: Callable[[str], bool | None] | None = None
+    # log10 P(a sentence ends after these English words) (None: no words).
+    sentence_end: Callable[[str], float | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

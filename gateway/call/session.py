@@ -255,7 +255,8 @@ class CallSession:
 
     async def _words_so_far(self) -> str | None:
         """The words so far, if the judge reads them."""
-        return await self._stt_words() if self._judge.reads_words else None
+        live = self._stt_stream is not None and self._stt_stream.live_words
+        return await self._stt_words() if self._judge.reads_words(live) else None
 
     async def _stt_words(self) -> str | None:
         """What the STT heard of the paused turn (None: it could not say)."""

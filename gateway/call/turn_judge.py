@@ -1,7 +1,9 @@
 """The judgement of a pause in the caller's turn: does it sound complete (the audio turn
 model, off the event loop) and does it read complete (the words so far end a sentence)?
 Both yes: the turn ends after the short wait; both no: after the long one; a disagreement
-in between. No words (or not asked for): the audio alone decides."""
+in between. Without the words (a recogniser that does not stream them, a language other
+than English) a turn that sounds complete waits the in-between wait: measured on the turn
+corpus, the audio model alone takes 40-70 % of mid-sentence pauses for complete ends."""
 
 from __future__ import annotations
 
@@ -18,8 +20,6 @@ from storage import TurnTakingConfig
 
 log = logging.getLogger(__name__)
 
-COMPLETE_THRESHOLD = 0.5  # the turn model's probability that makes a turn sound complete
-
 
 class TurnJudge:
     """Judges the pauses of one call's caller."""
@@ -34,8 +34,10 @@ class TurnJudge:
     ) -> None:
         self._judge = models.judge if turn.end_of_turn == "smart-turn" else None
         self._executor = models.executor
-        self._sentence_ends = models.sentence_ends if turn.transcript_check and english else None
+        self._sentence_end = models.sentence_end if turn.transcript_check and english else None
         self._waits = (turn.complete_wait_ms, turn.unsure_wait_ms, turn.incomplete_wait_ms)
+        self._sounds_threshold = turn.smart_turn_threshold
+        self._reads_threshold = turn.sentence_end_threshold
         self._metrics = metrics
 
     @property
@@ -43,10 +45,10 @@ class TurnJudge:
         """False: no turn model is loaded or chosen (a fixed silence ends turns)."""
         return self._judge is not None
 
-    @property
-    def reads_words(self) -> bool:
-        """True if the words so far count (ask the STT for them)."""
-        return self._sentence_ends is not None
+    def reads_words(self, live: bool) -> bool:
+        """True if the words so far count: English, asked for, and from a recogniser that
+        streams them (`live`; a decode at every pause is too slow and rough to help)."""
+        return self._sentence_end is not None and live
 
     async def wait_ms(
         self, audio: npt.NDArray[np.int16], words: Callable[[], Awaitable[str | None]]
@@ -62,18 +64,21 @@ class TurnJudge:
         except Exception:  # a failing model must not stall the turn
             log.exception("the turn model failed; the turn ends after the longest wait")
             return None
-        sounds = probability >= COMPLETE_THRESHOLD
-        reads = self._sentence_ends(text) if self._sentence_ends and text is not None else None
+        sounds = probability >= self._sounds_threshold
+        score = self._sentence_end(text) if self._sentence_end and text is not None else None
+        reads = None if score is None else score >= self._reads_threshold
         complete_wait, unsure_wait, incomplete_wait = self._waits
-        if reads is None or reads == sounds:
-            wait_ms = complete_wait if sounds else incomplete_wait
+        if not sounds:
+            wait_ms = unsure_wait if reads else incomplete_wait
+        elif reads is None:
+            wait_ms = unsure_wait  # the audio alone is not trusted to end a turn early
         else:
-            wait_ms = unsure_wait
+            wait_ms = complete_wait if reads else unsure_wait
         log.debug(
             "turn judged",
             extra={"probability": round(probability, 3), "words": text, "wait_ms": wait_ms},
         )
         if self._metrics is not None:
             self._metrics.turns_judged_total += 1
-            self._metrics.turns_judged_complete_total += int(sounds and reads is not False)
+            self._metrics.turns_judged_complete_total += int(bool(sounds and reads))
         return wait_ms

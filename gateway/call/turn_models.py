@@ -33,5 +33,5 @@ def load_turn_models(directory: Path) -> TurnModels:
         vad=silero.stream,
         judge=smart_turn.completion_probability,
         executor=executor,
-        sentence_ends=sentences.ends,
+        sentence_end=sentences.end_log10,
     )

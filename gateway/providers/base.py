@@ -35,6 +35,10 @@ class Transcript:
 
 
 class STTStream(Protocol):
+    # True: `words_so_far()` answers at once with what a streaming recogniser heard (as good
+    # as its final words); False: it decodes what it holds (slower, rougher).
+    live_words: bool
+
     async def push(self, frame: AudioFrame) -> None: ...
 
     async def end_utterance(self) -> None:

@@ -112,6 +112,8 @@ class DeepgramSTT:
 class DeepgramStream:
     """One call's live transcription socket (see the module docstring)."""
 
+    live_words = True
+
     def __init__(self, stt: DeepgramSTT, *, call_id: str, sample_rate: int) -> None:
         self._stt = stt
         self._call_id = call_id

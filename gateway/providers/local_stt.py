@@ -103,6 +103,8 @@ class PocketSphinxSTT:
 class PocketSphinxStream:
     """One call's recogniser: frames in, one final transcript per `end_utterance()`."""
 
+    live_words = False
+
     def __init__(
         self,
         decoder: Decoder,

@@ -111,6 +111,7 @@ class ScriptedSTT:
 
     name = "scripted"
     continuous = False
+    live_words = True  # its words so far are what its next final says
 
     def __init__(self, texts: list[str]) -> None:
         self.texts = texts
@@ -129,6 +130,9 @@ class ScriptedSTT:
 
     async def end_utterance(self) -> None:
         await self._queue.put(Transcript(self.texts.pop(0) if self.texts else "", True))
+
+    async def words_so_far(self) -> str:
+        return self.texts[0] if self.texts else ""
 
     async def transcripts(self) -> AsyncIterator[Transcript]:
         while (item := await self._queue.get()) is not None:
