@@ -140,6 +140,7 @@ class CallSession:
         self._stt_stream: STTStream | None = None
         self._stt_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # turn judgements, keypad entries
+        self._judged: tuple[int, bool] | None = None  # the pause judged last, and its sound
         self._closed = False
 
     # ----------------------------------------------------------------- driver API
@@ -247,11 +248,20 @@ class CallSession:
     async def _judge_turn(self, step: JudgeTurn) -> None:
         """Judge a pause and hand its wait to turn-taking (the longest wait if none)."""
         if await self._overlap.acknowledged(self._stt_words):
-            wait_ms: float | None = 0.0
-        else:
-            wait_ms = await self._judge.wait_ms(step.audio, self._words_so_far)
-        if wait_ms is not None and not self._closed:
-            await self._carry_out(self._turns.verdict(step.pause, wait_ms))
+            await self._carry_out(self._turns.verdict(step.pause, 0.0))
+            return
+        verdict = await self._judge.judge(step.audio, self._words_so_far)
+        if verdict is not None and not self._closed:
+            self._judged = (step.pause, verdict[0])
+            await self._carry_out(self._turns.verdict(step.pause, verdict[1]))
+
+    async def _more_words(self, text: str) -> None:
+        """Words that came during a judged pause may change its wait."""
+        if self._judged is not None and self._turns.caller_speaking:
+            pause, sounds = self._judged
+            live = self._stt_stream is not None and self._stt_stream.live_words
+            if self._judge.reads_words(live):
+                await self._carry_out(self._turns.verdict(pause, self._judge.wait_ms(sounds, text)))
 
     async def _words_so_far(self) -> str | None:
         """The words so far, if the judge reads them."""
@@ -274,7 +284,9 @@ class CallSession:
             text = transcript.text.strip()
             if not transcript.is_final:
                 await self._overlap.on_interim(text)
+                await self._more_words(text)
                 continue
+            self._judged = None
             utterance = self._turns.take_utterance()
             latency = TurnLatency(speech_ended_at=utterance.ended_at, clock=self._clock)
             latency.mark("stt_final")

@@ -50,11 +50,12 @@ class TurnJudge:
         streams them (`live`; a decode at every pause is too slow and rough to help)."""
         return self._sentence_end is not None and live
 
-    async def wait_ms(
+    async def judge(
         self, audio: npt.NDArray[np.int16], words: Callable[[], Awaitable[str | None]]
-    ) -> float | None:
-        """The silence the paused turn in `audio` should wait for; None if the model failed
-        (the turn then ends after the longest wait)."""
+    ) -> tuple[bool, float] | None:
+        """Whether the paused turn in `audio` sounds complete, and the silence it should
+        wait for given the words so far; None if the model failed (the turn then ends after
+        the longest wait)."""
         assert self._judge is not None
         loop = asyncio.get_running_loop()
         try:
@@ -65,20 +66,26 @@ class TurnJudge:
             log.exception("the turn model failed; the turn ends after the longest wait")
             return None
         sounds = probability >= self._sounds_threshold
-        score = self._sentence_end(text) if self._sentence_end and text is not None else None
-        reads = None if score is None else score >= self._reads_threshold
-        complete_wait, unsure_wait, incomplete_wait = self._waits
-        if not sounds:
-            wait_ms = unsure_wait if reads else incomplete_wait
-        elif reads is None:
-            wait_ms = unsure_wait  # the audio alone is not trusted to end a turn early
-        else:
-            wait_ms = complete_wait if reads else unsure_wait
+        wait_ms = self.wait_ms(sounds, text)
         log.debug(
             "turn judged",
             extra={"probability": round(probability, 3), "words": text, "wait_ms": wait_ms},
         )
         if self._metrics is not None:
             self._metrics.turns_judged_total += 1
-            self._metrics.turns_judged_complete_total += int(bool(sounds and reads))
-        return wait_ms
+        return sounds, wait_ms
+
+    def wait_ms(self, sounds: bool, text: str | None) -> float:
+        """The wait of a pause that `sounds` complete (or not) with `text` so far (None: the
+        words are not known). Called again when more words arrive during the pause (a
+        streaming recogniser's words lag the audio by a few hundred ms)."""
+        score = self._sentence_end(text) if self._sentence_end and text is not None else None
+        reads = None if score is None else score >= self._reads_threshold
+        complete_wait, unsure_wait, incomplete_wait = self._waits
+        if not sounds:
+            return unsure_wait if reads else incomplete_wait
+        if reads is None:
+            return unsure_wait  # the audio alone is not trusted to end a turn early
+        if reads and self._metrics is not None:
+            self._metrics.turns_judged_complete_total += 1
+        return complete_wait if reads else unsure_wait

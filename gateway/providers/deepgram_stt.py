@@ -287,6 +287,8 @@ class DeepgramStream:
         self._unconfirmed.clear()
         if text:
             self._final_pieces.append(text)
+            # The words so far, for a turn judged on them (the final comes on `Finalize`).
+            self._out.put_nowait(Transcript(self._joined(), is_final=False))
         if results.from_finalize and self._finalizes_pending:
             self._emit_final()
 

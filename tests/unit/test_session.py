@@ -406,15 +406,21 @@ async def test_an_idle_caller_is_reprompted_then_hung_up_on() -> None:
 
 
 async def test_speech_resets_the_idle_count() -> None:
-    turn = SILENCE_400.model_copy(update={"idle_timeout_s": 0.3, "idle_max_prompts": 1})
-    store, _ = await _run(
-        ["what are your opening hours"],
-        [("silence", 8000), ("speech", 600), ("silence", 40000)],
-        turn=turn,
-    )
+    turn = SILENCE_400.model_copy(update={"idle_timeout_s": 1.0, "idle_max_prompts": 1})
+    call, store, transport = await _call_with(ScriptedSTT(["what are your opening hours"]), turn)
+
+    def reprompts() -> int:
+        return [t["text"] for t in store.turns].count(turn.idle_reprompt)
+
+    while reprompts() < 1:  # the line stays silent until the agent reprompts
+        await _feed(call, _silence(200))
+    await _feed(call, _speech(600))
+    while not store.finished:  # then silent again: reprompted once more, then hung up on
+        await _feed(call, _silence(200))
+    await transport.aclose()
     texts = [t["text"] for t in store.turns]
-    # Reprompted once, answered, then reprompted once more before the goodbye.
-    assert texts.count(turn.idle_reprompt) == 2 and texts[-1] == turn.idle_goodbye
+    assert "what are your opening hours" in texts
+    assert reprompts() == 2 and texts[-1] == turn.idle_goodbye
     assert store.finished == [(CallStatus.COMPLETED, "caller-idle")]
 
 
@@ -509,9 +515,9 @@ async def test_interim_words_with_no_utterance_do_not_pause_the_agent() -> None:
 async def test_a_pause_that_no_words_come_to_decide_ends_and_the_agent_goes_on() -> None:
     call, store, transport = await _call_with(SlowSTT(["i want to book an appointment"], 0.0))
     await _feed(call, _silence(3000) + _speech(800) + _silence(1000))
-    call.session._turns.use_stt(SlowSTT([], None))  # type: ignore[union-attr]
-    call.session._stt_stream = SlowSTT([], None)  # type: ignore[union-attr]
-    await _feed(call, _speech(300) + _silence(9000))  # its final transcript never comes
+    silent = await SlowSTT([], None).open_stream(call_id="call-s", sample_rate=16000)
+    call.session._stt_stream = silent  # type: ignore[union-attr]
+    await _feed(call, _speech(300) + _silence(30000))  # its final transcript never comes
     await _hang_up(call)
     await transport.aclose()
     assert transport.pauses == 1 and transport.resumes == 1 and transport.clears == 0

@@ -31,7 +31,8 @@ async def _wait(judge: TurnJudge, words: str | None) -> float | None:
     async def so_far() -> str | None:
         return words
 
-    return await judge.wait_ms(np.zeros(16000, dtype=np.int16), so_far)
+    verdict = await judge.judge(np.zeros(16000, dtype=np.int16), so_far)
+    return None if verdict is None else verdict[1]
 
 
 @pytest.mark.parametrize(
@@ -72,3 +73,10 @@ async def test_a_failing_model_leaves_the_longest_wait() -> None:
     models = TurnModels(judge=broken, executor=ThreadPoolExecutor(max_workers=1))
     judge = TurnJudge(TURN, models, english=True, metrics=None)
     assert await _wait(judge, "finished") is None
+
+
+def test_words_that_come_during_the_pause_change_its_wait() -> None:
+    judge = _judge(0.95)
+    # The recogniser's words lag: "what time do you" at the pause, the rest 300 ms later.
+    assert judge.wait_ms(True, "unfinished") == 1200
+    assert judge.wait_ms(True, "finished") == 200
