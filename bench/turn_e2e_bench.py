@@ -505,7 +505,7 @@ def _gateway(
         "TWILIO_AUTH_TOKEN": token,
         "GATEWAY_API_KEY": API_KEY,
         "DATA_DIR": str(data_dir),
-        "LOG_LEVEL": "INFO",
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
         "LOG_JSON": "true",
     }
     gateway_env.pop("MONGODB_URL", None)

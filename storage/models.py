@@ -246,7 +246,7 @@ class TurnTakingConfig(BaseModel):
         description="judge the words so far too (English assistants; others: audio only)",
     )
     smart_turn_threshold: float = Field(
-        default=0.9, ge=0.05, le=0.99, description="turn model probability that sounds complete"
+        default=0.5, ge=0.05, le=0.99, description="turn model probability that sounds complete"
     )
     sentence_end_threshold: float = Field(
         default=-0.8,

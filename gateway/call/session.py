@@ -261,7 +261,9 @@ class CallSession:
             pause, sounds = self._judged
             live = self._stt_stream is not None and self._stt_stream.live_words
             if self._judge.reads_words(live):
-                await self._carry_out(self._turns.verdict(pause, self._judge.wait_ms(sounds, text)))
+                wait_ms = self._judge.wait_ms(sounds, text)
+                log.debug("turn judged again", extra={"words": text, "wait_ms": wait_ms})
+                await self._carry_out(self._turns.verdict(pause, wait_ms))
 
     async def _words_so_far(self) -> str | None:
         """The words so far, if the judge reads them."""

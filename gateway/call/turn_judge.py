@@ -59,12 +59,11 @@ class TurnJudge:
         assert self._judge is not None
         loop = asyncio.get_running_loop()
         try:
-            probability, text = await asyncio.gather(
-                loop.run_in_executor(self._executor, self._judge, audio), words()
-            )
+            probability = await loop.run_in_executor(self._executor, self._judge, audio)
         except Exception:  # a failing model must not stall the turn
             log.exception("the turn model failed; the turn ends after the longest wait")
             return None
+        text = await words()  # after the model: the words that came meanwhile count too
         sounds = probability >= self._sounds_threshold
         wait_ms = self.wait_ms(sounds, text)
         log.debug(

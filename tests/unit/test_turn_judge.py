@@ -13,7 +13,9 @@ from gateway.call.turn_judge import TurnJudge
 from gateway.metrics import GatewayMetrics
 from storage import TurnTakingConfig
 
-TURN = TurnTakingConfig(complete_wait_ms=200, unsure_wait_ms=1200, incomplete_wait_ms=1500)
+TURN = TurnTakingConfig(
+    complete_wait_ms=200, unsure_wait_ms=1200, incomplete_wait_ms=1500, smart_turn_threshold=0.9
+)
 FINISHED, UNFINISHED = -0.5, -2.0  # log10 P(sentence end) of words that read finished / not
 
 
