@@ -61,7 +61,7 @@ def run_livekit_server(
     redis = shutil.which("redis-server")
     if redis is None:
         raise RuntimeError("redis-server is missing: `scripts/dev.sh test` installs it")
-    redis_port, http_port, tcp_port, udp_port = (free_port() for _ in range(4))
+    redis_port = free_port()
     redis_log = work_dir / "redis.log"
     with redis_log.open("wb") as out:
         redis_proc = subprocess.Popen(
@@ -72,7 +72,12 @@ def run_livekit_server(
     try:
         wait_port(redis_port, redis_proc, redis_log, "redis-server")
         api_key, api_secret = "testkey", secrets.token_hex(32)
-        config = f"""
+        lk_log = work_dir / "livekit.log"
+        # A free port may be taken (by an outgoing connection's ephemeral port) before the
+        # server binds it: start again on other ports.
+        for attempt in range(3):
+            http_port, tcp_port, udp_port = (free_port() for _ in range(3))
+            config = f"""
 port: {http_port}
 bind_addresses: ["127.0.0.1"]
 rtc:
@@ -85,16 +90,21 @@ redis:
 keys:
   {api_key}: {api_secret}
 """
-        if webhook_url is not None:
-            config += f"webhook:\n  api_key: {api_key}\n  urls: [{webhook_url!r}]\n"
-        lk_log = work_dir / "livekit.log"
-        with lk_log.open("wb") as out:
-            lk_proc = subprocess.Popen(
-                [_binary(), "--dev", "--config-body", config],
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            if webhook_url is not None:
+                config += f"webhook:\n  api_key: {api_key}\n  urls: [{webhook_url!r}]\n"
+            with lk_log.open("wb") as out:
+                lk_proc = subprocess.Popen(
+                    [_binary(), "--dev", "--config-body", config],
+                    stdout=out, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            try:
+                wait_port(http_port, lk_proc, lk_log, "livekit-server")
+                break
+            except RuntimeError:
+                _stop(lk_proc)
+                if attempt == 2 or "address already in use" not in lk_log.read_text():
+                    raise
         try:
-            wait_port(http_port, lk_proc, lk_log, "livekit-server")
             yield LiveKitServer(
                 url=f"http://127.0.0.1:{http_port}",
                 api_key=api_key,

@@ -194,8 +194,10 @@ async def test_a_twilio_call_is_recorded_in_stereo_and_reported_once(
     first_heard = (call.log.played[0][0] - t0) * RATE
     first_recorded = int(np.flatnonzero(pcm[:, 1])[0])
     assert abs(first_recorded - first_heard) < 0.15 * RATE
-    # ... and cut where the phone got the barge-in's clear (measured: within 3 samples),
+    # ... and cut at the barge-in: the agent falls silent when the caller starts speaking
+    # (a pause: the pacer stops sending) and the `clear` comes once the caller's words
+    # make it an interruption, so its last audio is at most that long before the clear;
     # silent from there until the next answer.
     cleared = int((call.log.clears[0] - t0) * RATE)
     last_before = int(np.flatnonzero(pcm[: cleared + int(0.6 * RATE), 1])[-1])
-    assert cleared - 0.1 * RATE < last_before < cleared + 0.05 * RATE
+    assert cleared - 2.0 * RATE < last_before < cleared + 0.05 * RATE
