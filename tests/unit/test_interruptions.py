@@ -61,25 +61,27 @@ def test_keypad_digits_end_at_the_terminator_or_the_length() -> None:
 
 async def test_an_idle_caller_is_told_after_the_timeout_each_time() -> None:
     fired: list[int] = []
+    told = asyncio.Event()
 
     def on_idle(spell: int) -> None:
         fired.append(spell)
         idle.prompted()  # the session said a reprompt
+        told.set()
+
+    async def next_spell() -> None:
+        told.clear()
+        idle.agent_finished()
+        await asyncio.wait_for(told.wait(), 10)
 
     idle = IdleCaller(timeout_s=0.05, max_prompts=2, on_idle=on_idle)
-    idle.agent_finished()
-    await asyncio.sleep(0.2)
+    await next_spell()
     assert fired == [1]
     idle.agent_finished()
-    idle.caller_active()  # a sound: no prompt this time
-    await asyncio.sleep(0.2)
-    assert fired == [1]
-    idle.agent_finished()
-    await asyncio.sleep(0.2)
+    idle.caller_active()  # a sound: the timer is gone, no prompt this time
+    await next_spell()
     assert fired == [1, 2]
     idle.caller_turn()  # the caller spoke: the count starts again
-    idle.agent_finished()
-    await asyncio.sleep(0.2)
+    await next_spell()
     assert fired == [1, 2, 1]
     idle.stop()
 
@@ -88,5 +90,4 @@ async def test_a_zero_timeout_never_prompts() -> None:
     fired: list[int] = []
     idle = IdleCaller(timeout_s=0, max_prompts=2, on_idle=fired.append)
     idle.agent_finished()
-    await asyncio.sleep(0.05)
-    assert fired == []
+    assert idle._timer is None and fired == []  # no timer is armed at all
