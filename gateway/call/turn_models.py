@@ -8,7 +8,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from audio.models import locate_models
+from audio.models import SILERO_FILE, SMART_TURN_FILE
 from audio.silero import SileroModel
 from audio.smart_turn import SmartTurnModel
 from gateway.call.config import TurnModels
@@ -21,9 +21,8 @@ def load_turn_models(directory: Path) -> TurnModels:
     """The VAD and the turn model from `directory` (any assistant may choose either) and the
     sentence-end model of the pocketsphinx package; `ModelMissing` if a file is absent or
     fails its hash check."""
-    paths = locate_models(directory)
-    silero = SileroModel.load(paths.silero)
-    smart_turn = SmartTurnModel.load(paths.smart_turn)
+    silero = SileroModel.load(directory / SILERO_FILE)  # each load checks its file's hash
+    smart_turn = SmartTurnModel.load(directory / SMART_TURN_FILE)
     log.info("turn models loaded", extra={"directory": str(directory)})
     sentences = SentenceEnds.load()
     # One inference per core at most; more queue (a slow verdict falls back to the longest
