@@ -44,7 +44,7 @@ class GatewayMetrics:
     stt_reconnects_total: int = 0
     # Turn-taking: caller sound over the agent paused it; caller speech over it was an
     # interruption (the reply cancelled) or not (the agent played on); pauses judged, and
-    # those both the audio model and the words judged complete.
+    # those the audio model and the words both judged complete when first judged.
     agent_pauses_total: int = 0
     agent_interruptions_total: int = 0
     agent_resumes_total: int = 0

@@ -257,18 +257,20 @@ class CallSession:
 
     async def _more_words(self, text: str) -> None:
         """Words that came during a judged pause may change its wait."""
-        if self._judged is not None and self._turns.caller_speaking:
+        if self._judged is not None and self._turns.caller_speaking and self._reads_words():
             pause, sounds = self._judged
-            live = self._stt_stream is not None and self._stt_stream.live_words
-            if self._judge.reads_words(live):
-                wait_ms = self._judge.wait_ms(sounds, text)
-                log.debug("turn judged again", extra={"words": text, "wait_ms": wait_ms})
-                await self._carry_out(self._turns.verdict(pause, wait_ms))
+            wait_ms = self._judge.wait_ms(sounds, text)
+            log.debug("turn judged again", extra={"words": text, "wait_ms": wait_ms})
+            await self._carry_out(self._turns.verdict(pause, wait_ms))
+
+    def _reads_words(self) -> bool:
+        """True if the judge reads the words of this call's recogniser."""
+        live = self._stt_stream is not None and self._stt_stream.live_words
+        return self._judge.reads_words(live)
 
     async def _words_so_far(self) -> str | None:
         """The words so far, if the judge reads them."""
-        live = self._stt_stream is not None and self._stt_stream.live_words
-        return await self._stt_words() if self._judge.reads_words(live) else None
+        return await self._stt_words() if self._reads_words() else None
 
     async def _stt_words(self) -> str | None:
         """What the STT heard of the paused turn (None: it could not say)."""

@@ -65,26 +65,32 @@ class TurnJudge:
             return None
         text = await words()  # after the model: the words that came meanwhile count too
         sounds = probability >= self._sounds_threshold
-        wait_ms = self.wait_ms(sounds, text)
+        reads = self._reads(text)
+        wait_ms = self._wait(sounds, reads)
         log.debug(
             "turn judged",
             extra={"probability": round(probability, 3), "words": text, "wait_ms": wait_ms},
         )
         if self._metrics is not None:
             self._metrics.turns_judged_total += 1
+            self._metrics.turns_judged_complete_total += int(sounds and bool(reads))
         return sounds, wait_ms
 
     def wait_ms(self, sounds: bool, text: str | None) -> float:
         """The wait of a pause that `sounds` complete (or not) with `text` so far (None: the
         words are not known). Called again when more words arrive during the pause (a
         streaming recogniser's words lag the audio by a few hundred ms)."""
+        return self._wait(sounds, self._reads(text))
+
+    def _reads(self, text: str | None) -> bool | None:
+        """Whether `text` reads as a finished sentence (None: no words, or not read)."""
         score = self._sentence_end(text) if self._sentence_end and text is not None else None
-        reads = None if score is None else score >= self._reads_threshold
+        return None if score is None else score >= self._reads_threshold
+
+    def _wait(self, sounds: bool, reads: bool | None) -> float:
         complete_wait, unsure_wait, incomplete_wait = self._waits
         if not sounds:
             return unsure_wait if reads else incomplete_wait
         if reads is None:
             return unsure_wait  # the audio alone is not trusted to end a turn early
-        if reads and self._metrics is not None:
-            self._metrics.turns_judged_complete_total += 1
         return complete_wait if reads else unsure_wait
