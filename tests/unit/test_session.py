@@ -499,7 +499,7 @@ async def _until(condition: Callable[[], bool], within_s: float = 20.0) -> None:
 async def test_interim_words_with_no_utterance_do_not_pause_the_agent() -> None:
     stt = SlowSTT([], delay_s=0.0)
     call, store, transport = await _call_with(stt)
-    await asyncio.sleep(0.02)
+    await _until(lambda: transport.played_samples > 0)  # the agent is speaking
     stt.interim("yeah")  # Deepgram heard something the VAD never took for speech
     await _feed(call, _silence(3000))
     await _hang_up(call)
