@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from gateway.analysis import CallAnalyst, NoAnalysisEvents, analysis_llm, analysis_model
 from gateway.call.config import SessionConfig, TurnModels
 from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
@@ -41,6 +42,18 @@ class TwilioServices:
 
 
 @dataclass(frozen=True, slots=True)
+class OwedWork:
+    """What a finished call owes (its report, its analysis): each worker is poked."""
+
+    outbox: WebhookOutbox
+    analyst: CallAnalyst
+
+    def poke(self) -> None:
+        self.outbox.poke()
+        self.analyst.poke()
+
+
+@dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
     database: Database
@@ -52,6 +65,7 @@ class Services:
     livekit: LiveKitAdmin | None  # None: LIVEKIT_* unset (the SIP routes answer 503)
     rooms: LiveKitRooms | None
     outbox: WebhookOutbox
+    analyst: CallAnalyst  # post-call analyses
     ssrf_guard: SsrfGuard
     recordings: RecordingBucket | None  # None: S3_BUCKET unset, nothing is recorded
     database_probe: DatabaseProbe  # /health and /ready
@@ -93,6 +107,19 @@ def build_services(
         ),
         secret_grace_s=settings.webhook_secret_grace_s,
     )
+    analyst = CallAnalyst(
+        analyses=database.analyses,
+        calls=database.calls,
+        assistants=database.assistants,
+        llm=analysis_llm(settings),
+        model_for=lambda config: analysis_model(settings, config),
+        # The event system (`call.analyzed`) plugs in here.
+        events=NoAnalysisEvents(),
+        lease_s=max(settings.analysis_lease_s, 2 * settings.analysis_timeout_s + 30),
+        poll_s=settings.analysis_poll_s,
+        concurrency=settings.analysis_concurrency,
+        transcript_max_chars=settings.analysis_transcript_max_chars,
+    )
     gateway_id = "gw-" + secrets.token_hex(6)
     live = LiveCalls(gateway_id)
     runtime = CallRuntime(
@@ -101,7 +128,7 @@ def build_services(
         catalog=catalog,
         session_config=SessionConfig(turn=settings.default_turn_taking(), models=turn_models),
         metrics=metrics,
-        reports=outbox,
+        reports=OwedWork(outbox, analyst),
         live=live,
         recordings_enabled=recordings is not None,
         writes=WritePolicy(
@@ -148,6 +175,7 @@ def build_services(
         livekit=livekit,
         rooms=rooms,
         outbox=outbox,
+        analyst=analyst,
         ssrf_guard=guard,
         recordings=recordings,
         database_probe=DatabaseProbe(
@@ -159,14 +187,15 @@ def build_services(
 @contextlib.asynccontextmanager
 async def running(services: Services) -> AsyncIterator[None]:
     """The background work of a gateway, from before its first call to after its last:
-    the lease, the lost-call sweeper, the webhook outbox and the pruning of expired claims
-    and carrier notes. At the end, every call this process still serves is ended
+    the lease, the lost-call sweeper, the webhook outbox, the call analyst and the pruning
+    of expired claims and carrier notes. At the end, every call this process still serves is ended
     (`gateway-shutdown`) before anything stops."""
     await services.lease.start()
     sweep_s = min(10.0, services.settings.call_lease_s / 3)  # a third of a lease, at most 10 s
     prune = services.database.claims.prune_expired  # a scan on FerretDB: once a minute
     tasks = [
         asyncio.create_task(services.outbox.run(), name="webhook-outbox"),
+        asyncio.create_task(services.analyst.run(), name="call-analyst"),
         asyncio.create_task(
             _every(sweep_s, services.sweeper.sweep, "sweeping lost calls"), name="lost-calls"
         ),
@@ -184,6 +213,7 @@ async def running(services: Services) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
         await services.lease.stop()
         await services.outbox.aclose()
+        await services.analyst.aclose()
         await services.calls.catalog.aclose()
         if services.recordings is not None:
             services.recordings.close()

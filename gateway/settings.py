@@ -139,6 +139,18 @@ class Settings(BaseSettings):
     # this long, so receivers can switch without refusing a delivery.
     webhook_secret_grace_s: float = Field(default=24 * 3600.0, ge=0)
 
+    # Post-call analysis (an assistant's `analysis` plan), run on the OpenAI-compatible
+    # endpoint above after the call ended. Owed analyses are looked for when a call ends here
+    # and every `analysis_poll_s` otherwise (calls finished elsewhere): finding them reads
+    # every call on FerretDB, so seldom. A claimed analysis is another gateway's to run once
+    # its lease (longer than both attempts' timeouts) has passed.
+    analysis_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    analysis_poll_s: float = Field(default=15.0, gt=0)
+    analysis_lease_s: float = Field(default=300.0, gt=0)
+    analysis_concurrency: int = Field(default=4, ge=1, le=64)
+    # The newest transcript that fits is sent (the oldest turns are left out).
+    analysis_transcript_max_chars: int = Field(default=60_000, ge=1000)
+
     # Recordings: S3 (or any S3-compatible store; the endpoint URL is for MinIO, moto, ...).
     # Unset bucket: calls are not recorded. LiveKit Egress uploads with the same settings.
     s3_bucket: str | None = None

@@ -4,6 +4,7 @@ The only package that knows the driver; beanie documents never leave it.
 """
 
 from storage.accounts import AccountRepository, hash_api_key, new_api_key
+from storage.analyses import AnalysisClaim, AnalysisRepository
 from storage.assistants import AssistantRepository
 from storage.calls import CallRepository, CallStore, new_turn_id
 from storage.claims import ClaimRepository
@@ -24,9 +25,13 @@ from storage.errors import (
 from storage.leases import HeartbeatWriter, LeaseRepository
 from storage.models import (
     E164,
+    AnalysisPlan,
+    AnalysisStatus,
+    AnalysisUsage,
     ApiKeyRecord,
     AssistantConfig,
     AssistantRecord,
+    CallAnalysis,
     CallFilter,
     CallPage,
     CallRecord,
@@ -56,11 +61,17 @@ from storage.sip import SipRepository
 __all__ = [
     "E164",
     "AccountRepository",
+    "AnalysisClaim",
+    "AnalysisPlan",
+    "AnalysisRepository",
+    "AnalysisStatus",
+    "AnalysisUsage",
     "ApiKeyRecord",
     "AssistantConfig",
     "AssistantRecord",
     "AssistantRepository",
     "Attempt",
+    "CallAnalysis",
     "CallFilter",
     "CallNotFound",
     "CallPage",

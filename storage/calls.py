@@ -28,6 +28,7 @@ from pymongo.errors import DocumentTooLarge, DuplicateKeyError, PyMongoError
 from storage.documents import CallDocument, TurnDocument
 from storage.errors import CallNotFound, InvalidCursor, NotFound, RecordTooLarge, StorageError
 from storage.models import (
+    CallAnalysis,
     CallFilter,
     CallPage,
     CallRecord,
@@ -149,6 +150,10 @@ def _carrier_ends() -> AsyncCollection[dict[str, Any]]:
     return _carrier_notes(CARRIER_ENDS)
 
 
+# What a call's analysis is from the moment it is owed until a gateway has run it.
+ANALYSIS_PENDING: dict[str, Any] = {"status": "pending"}
+
+
 def new_turn_id() -> str:
     """An id for a turn not stored yet: a write retried with it is stored once."""
     return str(PydanticObjectId())
@@ -197,6 +202,16 @@ def _turn_record(doc: TurnDocument) -> TurnRecord:
     )
 
 
+def _analysis(raw: dict[str, Any]) -> CallAnalysis:
+    """A stored analysis: its structured data is kept as JSON text, so that whatever keys
+    the model chose (`$`, dots) never meet the store's rules for field names."""
+    fields = dict(raw)
+    data_json = fields.pop("data_json", None)
+    if isinstance(data_json, str):
+        fields["data"] = json.loads(data_json)
+    return CallAnalysis.model_validate(fields)
+
+
 def _call_record(doc: CallDocument, turns: tuple[TurnRecord, ...] = ()) -> CallRecord:
     started = _utc(doc.started_at)
     assert started is not None
@@ -225,6 +240,7 @@ def _call_record(doc: CallDocument, turns: tuple[TurnRecord, ...] = ()) -> CallR
         answered_by=doc.answered_by,
         recording=RecordingState.model_validate(doc.recording) if doc.recording else None,
         served_by=doc.served_by,
+        analysis=_analysis(doc.analysis) if doc.analysis else None,
     )
 
 
@@ -522,6 +538,9 @@ class CallRepository:
             "latency_p95": p95,
             "usage": dict(usage) if usage else None,
             "report_pending": True,
+            # Its analysis is owed too (`storage.analyses`), from this same write.
+            "analysis": ANALYSIS_PENDING,
+            "analysis_pending": True,
         }
         if doc.answered_by is None:
             # Said while another gateway served the call (`record_carrier_answer`).

@@ -10,18 +10,22 @@ deletes expired ones with `prune_expired` from background work (`gateway.service
 on a claim's path: on MongoDB the `expires_at` index makes that delete an index range, on
 FerretDB it reads the collection (which those deletes keep to one retention period). The
 carrier's notes beside a call (`storage.calls`) expire the same way and are pruned here too.
+
+Work that is claimed again and again (a webhook delivery's attempts, a call's analysis and
+its re-runs) goes by generations: `take_next_token` inserts token `<key>#<g+1>` of the
+generation after the one its record was read at, so exactly one writer gets each.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from storage.calls import CARRIER_NOTE_INDEXES, _driver_errors, _stored_time
+from storage.calls import CARRIER_NOTE_INDEXES, _driver_errors, _stored_time, _utc
 from storage.documents import CallDocument
 
 STREAM_CLAIMS = "stream_claims"
@@ -29,11 +33,13 @@ LIVEKIT_EVENTS = "livekit_events"
 # A call's stream claim outlives any call (at most 4 h) and any stream token: until then a
 # replayed start finds it, whatever the call's own document says.
 STREAM_CLAIM_KEEP = timedelta(days=1)
+# Claims of calls' analyses (`storage.analyses`): generation tokens, pruned once expired.
+ANALYSIS_CLAIMS = "analysis_claims"
 
 # The indexes `open_database` creates (by name, as for the documents).
 CLAIM_INDEXES: dict[str, list[IndexModel]] = {
     name: [IndexModel([("expires_at", ASCENDING)], name="expires_at")]
-    for name in (STREAM_CLAIMS, LIVEKIT_EVENTS)
+    for name in (STREAM_CLAIMS, LIVEKIT_EVENTS, ANALYSIS_CLAIMS)
 }
 # Every collection whose records carry `expires_at`, with its indexes (`open_database`).
 EXPIRING_INDEXES = CLAIM_INDEXES | CARRIER_NOTE_INDEXES
@@ -41,6 +47,74 @@ EXPIRING_INDEXES = CLAIM_INDEXES | CARRIER_NOTE_INDEXES
 
 def _collection(name: str) -> AsyncCollection[dict[str, Any]]:
     return CallDocument.get_pymongo_collection().database[name]
+
+
+async def take_token(
+    collection: str,
+    key: str,
+    gen: int,
+    *,
+    owner: str,
+    kind: str,
+    now: datetime,
+    until: datetime,
+    fields: dict[str, Any] | None = None,
+) -> bool:
+    """Insert token `gen` of `key` (`_id` = `<key>#<gen>`): True for the one writer that gets
+    it. `until` is when the token stops mattering if its writer never acts on it."""
+    try:
+        await _collection(collection).insert_one(
+            {
+                "_id": f"{key}#{gen}",
+                "gen": gen,
+                "owner": owner,
+                "kind": kind,
+                "at": now,
+                "until": until,
+                **(fields or {}),
+            }
+        )
+    except DuplicateKeyError:
+        return False
+    return True
+
+
+async def take_next_token(
+    collection: str,
+    key: str,
+    read_gen: int,
+    *,
+    owner: str,
+    kind: str,
+    now: datetime,
+    until: datetime,
+    fields: dict[str, Any] | None = None,
+    skips: int = 3,
+) -> int | None:
+    """The generation after `read_gen` (the one the record was read at), if this writer gets
+    it. A taken token whose writer never acted on it (it died in between) is skipped once
+    its `until` has passed; a live one means another writer is at work (None)."""
+    gen = read_gen + 1
+    for _ in range(skips):
+        if await take_token(
+            collection, key, gen, owner=owner, kind=kind, now=now, until=until, fields=fields
+        ):
+            return gen
+        taken = await _collection(collection).find_one({"_id": f"{key}#{gen}"})
+        if taken is None or _token_until(taken) >= now:
+            return None
+        gen += 1
+    return None
+
+
+async def token(collection: str, key: str, gen: int) -> dict[str, Any] | None:
+    """Token `gen` of `key` as stored, if it was taken."""
+    return await _collection(collection).find_one({"_id": f"{key}#{gen}"})
+
+
+def _token_until(raw: dict[str, Any]) -> datetime:
+    until = _utc(cast(datetime, raw["until"]))
+    return until if until is not None else datetime.min.replace(tzinfo=UTC)
 
 
 class ClaimRepository:

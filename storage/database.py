@@ -8,6 +8,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from storage.accounts import AccountRepository
+from storage.analyses import AnalysisRepository
 from storage.assistants import AssistantRepository
 from storage.calls import CallRepository
 from storage.claims import EXPIRING_INDEXES, ClaimRepository
@@ -60,7 +61,7 @@ async def _ensure_indexes(
 
 class Database:
     """An open database: its repositories (`calls`, `accounts`, `assistants`, `sip`,
-    `webhooks`, `leases`, `claims`, `numbers`), and `close()`.
+    `webhooks`, `leases`, `claims`, `numbers`, `analyses`), and `close()`.
 
     Beanie binds document classes to one database per process: the last `open_database`
     wins, so a process opens one at a time (tests close theirs before opening another).
@@ -76,6 +77,7 @@ class Database:
         self.leases = LeaseRepository()
         self.claims = ClaimRepository()
         self.numbers = PhoneNumberRepository()
+        self.analyses = AnalysisRepository()
 
     async def ping(self) -> None:
         """One round trip to the server (bound it with a timeout); `StorageError` if refused."""

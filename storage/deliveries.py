@@ -39,6 +39,7 @@ from storage.calls import (
     _utc,
     call_write_lock,
 )
+from storage.claims import take_next_token, take_token
 from storage.documents import CallDocument, OrganizationDocument, WebhookDeliveryDocument
 from storage.errors import DeliveryBusy, NotFound, SecretRotationRaced, StorageError
 from storage.models import CallRecord
@@ -125,8 +126,11 @@ def _deliveries() -> AsyncCollection[dict[str, Any]]:
     return WebhookDeliveryDocument.get_pymongo_collection()
 
 
+WEBHOOK_LEASES = "webhook_leases"
+
+
 def _tokens() -> AsyncCollection[dict[str, Any]]:
-    return _deliveries().database["webhook_leases"]
+    return _deliveries().database[WEBHOOK_LEASES]
 
 
 def _secrets() -> AsyncCollection[dict[str, Any]]:
@@ -137,40 +141,21 @@ async def _take_token(
     delivery_id: str, gen: int, *, owner: str, kind: str, now: datetime, until: datetime
 ) -> bool:
     """Insert lease token `gen` of the delivery: True for the one writer that gets it."""
-    try:
-        await _tokens().insert_one(
-            {
-                "_id": f"{delivery_id}#{gen}",
-                "delivery_id": delivery_id,
-                "gen": gen,
-                "owner": owner,
-                "kind": kind,
-                "at": now,
-                "until": until,
-            }
-        )
-    except DuplicateKeyError:
-        return False
-    return True
+    return await take_token(
+        WEBHOOK_LEASES, delivery_id, gen, owner=owner, kind=kind, now=now, until=until,
+        fields={"delivery_id": delivery_id},
+    )  # fmt: skip
 
 
 async def _take_next(
     raw: dict[str, Any], *, owner: str, kind: str, now: datetime, until: datetime
 ) -> int | None:
-    """The generation after the one `raw` was read at, if this writer gets it.
-
-    A taken token whose writer never updated the delivery (it died in between) is
-    skipped once its `until` has passed; a live one means another writer is at work.
-    """
-    gen = int(raw.get("lease_gen", 0)) + 1
-    for _ in range(_TOKEN_SKIPS):
-        if await _take_token(raw["_id"], gen, owner=owner, kind=kind, now=now, until=until):
-            return gen
-        taken = await _tokens().find_one({"_id": f"{raw['_id']}#{gen}"})
-        if taken is None or _aware(taken["until"]) >= now:
-            return None
-        gen += 1
-    return None
+    """The generation after the one `raw` was read at, if this writer gets it
+    (`storage.claims.take_next_token`)."""
+    return await take_next_token(
+        WEBHOOK_LEASES, raw["_id"], int(raw.get("lease_gen", 0)), owner=owner, kind=kind,
+        now=now, until=until, fields={"delivery_id": raw["_id"]}, skips=_TOKEN_SKIPS,
+    )  # fmt: skip
 
 
 class WebhookRepository:

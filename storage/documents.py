@@ -46,6 +46,14 @@ class CallDocument(Document):
     # The gateway serving the call's audio (its id); the call holds that gateway's lease
     # (`gateway_leases`): once the gateway stops beating, any gateway finishes the call.
     served_by: str | None = None
+    # Post-call analysis (`CallAnalysis`, field by field). `analysis_pending` is set by the
+    # write that finishes the call (or by a re-run) and cleared once the result is stored
+    # and published; `analysis_gen` is the claim generation the document reflects (claims
+    # are inserts of `<call id>#<gen>` in `analysis_claims`: `storage.analyses`).
+    analysis: dict[str, Any] | None = None
+    analysis_pending: bool = False
+    analysis_gen: int = 0
+    analysis_until: datetime | None = None  # the lease of the claim at `analysis_gen`
 
     class Settings:
         name = "calls"
@@ -132,6 +140,7 @@ class AssistantDocument(Document):
     # A `TurnTakingConfig`, field by field (empty: the defaults, as for assistants stored
     # before it existed).
     turn_taking: dict[str, Any] = Field(default_factory=dict)
+    analysis: dict[str, Any] | None = None  # an `AnalysisPlan`, field by field
     created_at: datetime
     updated_at: datetime
 

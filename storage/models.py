@@ -12,8 +12,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import jsonschema
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -117,6 +118,39 @@ class RecordingState(_Record):
     salvage_next_at: datetime | None = None
 
 
+AnalysisStatus = Literal["pending", "done", "failed", "skipped"]
+
+
+class AnalysisUsage(_Record):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class CallAnalysis(_Record):
+    """The post-call analysis of a call, as stored (`gateway/analysis/` runs it).
+
+    `pending` from the call's end (or a re-run) until a gateway has run it; `skipped` with a
+    `reason` when there was nothing to run (no analysis plan, no LLM configured, no
+    transcript); `failed` with a `reason` when the model could not be reached or never
+    answered JSON; `done` otherwise. Structured data that stayed invalid against the plan's
+    schema after one retry is kept as the model gave it, with `data_error` saying why.
+    """
+
+    status: AnalysisStatus
+    reason: str | None = Field(default=None, description="why it was skipped or failed")
+    summary: str | None = None
+    data: Any = Field(default=None, description="structured data per the plan's JSON Schema")
+    data_error: str | None = Field(
+        default=None, description="why `data` does not match the schema (it is kept as given)"
+    )
+    success: bool | None = Field(default=None, description="the success criteria were met")
+    success_reason: str | None = None
+    model: str | None = None
+    usage: AnalysisUsage | None = Field(default=None, description="the model's tokens, all tries")
+    attempts: int = Field(default=0, description="requests made to the model")
+    completed_at: datetime | None = None
+
+
 class CallRecord(_Record):
     id: str
     org_id: str | None
@@ -142,6 +176,7 @@ class CallRecord(_Record):
     answered_by: str | None = None
     recording: RecordingState | None = None
     served_by: str | None = None  # the gateway serving its audio, while it is live
+    analysis: CallAnalysis | None = Field(default=None, description="post-call analysis")
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +347,47 @@ class TurnTakingConfig(BaseModel):
         return self
 
 
+class AnalysisPlan(BaseModel):
+    """What to work out of a call once it has ended, from its stored transcript (each part
+    optional): a summary, structured data matching a JSON Schema, a success evaluation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    summary_prompt: str | None = Field(
+        default=None, min_length=1, max_length=4_000, description="how to summarise the call"
+    )
+    structured_data_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema (draft 2020-12) of the data to extract"
+    )
+    success_criteria: str | None = Field(
+        default=None, min_length=1, max_length=4_000, description="what makes the call a success"
+    )
+    model: str | None = Field(
+        default=None, max_length=120, description="chat model (default: the assistant's)"
+    )
+
+    @field_validator("structured_data_schema")
+    @classmethod
+    def _is_a_json_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+                raise ValueError(
+                    f"not a JSON Schema (draft 2020-12) at {where}: {exc.message}"
+                ) from exc
+        return schema
+
+    def empty(self) -> bool:
+        """Whether it asks for nothing."""
+        return (
+            self.summary_prompt is None
+            and self.structured_data_schema is None
+            and self.success_criteria is None
+        )
+
+
 class AssistantConfig(BaseModel):
     """What an operator sets on an assistant (validated; the same model the API publishes).
 
@@ -339,6 +415,9 @@ class AssistantConfig(BaseModel):
         default_factory=list, description="inbound Twilio numbers answered by this assistant"
     )
     turn_taking: TurnTakingConfig = Field(default_factory=TurnTakingConfig)
+    analysis: AnalysisPlan | None = Field(
+        default=None, description="post-call analysis, run after the call has ended"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """Assistants through the API: prompt and greeting with `{{placeholders}}`, providers,
 voice, webhook URL (checked by the SSRF guard), maximum duration, recording, numbers (each
-registered to the organisation first: `gateway/api/numbers.py`)."""
+registered to the organisation first: `gateway/api/numbers.py`), post-call analysis plan
+(its JSON Schema checked when saved)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ async def update_assistant(req: ApiRequest) -> BaseModel:
     stored = current.config.model_dump()
     if changes.get("turn_taking") is not None:  # only the fields given (unset ones keep theirs)
         changes["turn_taking"] = {**stored["turn_taking"], **changes["turn_taking"]}
+    if changes.get("analysis") is not None and stored["analysis"] is not None:
+        changes["analysis"] = {**stored["analysis"], **changes["analysis"]}
     try:
         merged = AssistantConfig.model_validate({**stored, **changes})
     except ValidationError as exc:

@@ -1,5 +1,6 @@
 """Calls through the API: pages of calls, one call with its transcript and recording link,
-and placing an outbound call (stored first, then dialled by its carrier)."""
+placing an outbound call (stored first, then dialled by its carrier), and running a
+finished call's analysis again."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel
 
 from gateway.api.models import (
+    AnalysisOut,
     CallDetail,
     CallList,
     CallOut,
@@ -19,7 +21,7 @@ from gateway.api.models import (
 from gateway.api.numbers import require_registered
 from gateway.api.operations import ApiRequest, Operation
 from gateway.call.records import CallInputLimits, open_call
-from gateway.errors import NotConfigured, RequestInvalid
+from gateway.errors import ConflictError, NotConfigured, RequestInvalid
 from gateway.livekit.outbound import dial_livekit
 from gateway.livekit.room import room_of
 from gateway.logs import call_id_var
@@ -57,6 +59,21 @@ async def get_call(req: ApiRequest) -> BaseModel:
     if call.recording is not None and recordings is not None:
         link = recordings.url(call.recording)
     return CallDetail.of(call, recording_url=link)
+
+
+async def analyze_call(req: ApiRequest) -> BaseModel:
+    """Owe the finished call's analysis again, per its assistant's plan as it is now: any
+    gateway's analyst runs it (this one is poked); the answer is the pending state."""
+    call_id = req.path["call_id"]
+    db = req.services.database
+    call = await db.calls.get_call(call_id, with_turns=False)
+    if call.org_id != req.principal.org_id:
+        raise CallNotFound(f"no call {call_id!r}")
+    if call.ended_at is None:
+        raise ConflictError("the call has not ended: it is analysed once it has")
+    pending = await db.analyses.request_analysis(call_id, now=datetime.now(UTC))
+    req.services.analyst.poke()
+    return AnalysisOut.of(pending)
 
 
 async def _outbound_trunk(req: ApiRequest, trunk_id: str | None) -> SipTrunkRecord:
@@ -144,6 +161,11 @@ OPERATIONS = [
     Operation(
         "GET", "/calls/{call_id}", get_call, "A call with its transcript and metrics", "calls",
         response=CallDetail, errors=(401, 404),
+    ),
+    Operation(
+        "POST", "/calls/{call_id}/analyze", analyze_call,
+        "Run a finished call's analysis again (answered before it runs)", "calls",
+        response=AnalysisOut, status=202, errors=(401, 404, 409),
     ),
     Operation(
         "POST", "/call/outbound", place_outbound_call,

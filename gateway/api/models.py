@@ -10,9 +10,11 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, mode
 
 from storage import (
     E164,
+    AnalysisPlan,
     ApiKeyRecord,
     AssistantConfig,
     AssistantRecord,
+    CallAnalysis,
     CallRecord,
     CallStatus,
     Direction,
@@ -75,6 +77,10 @@ class RecordingOut(RecordingState, _FromRecord):
     salvage_next_at: datetime | None = _internal()
 
 
+class AnalysisOut(CallAnalysis, _FromRecord):
+    pass
+
+
 class CallOut(CallRecord, _FromRecord):
     org_id: str | None = _internal()
     turns: tuple[TurnRecord, ...] = _internal()
@@ -82,6 +88,7 @@ class CallOut(CallRecord, _FromRecord):
     greeting: str | None = _internal()
     served_by: str | None = _internal()
     recording: RecordingOut | None = None
+    analysis: AnalysisOut | None = None
     recording_url: str | None = Field(
         default=None, description="presigned link to the complete recording (expires)"
     )
@@ -143,6 +150,8 @@ class AssistantPatch(_Input):
     phone_numbers: list[E164] | None = None
     # The turn-taking fields given change; the others keep their value.
     turn_taking: TurnTakingConfig | None = None
+    # The analysis fields given change, the others keep theirs; null removes the plan.
+    analysis: AnalysisPlan | None = None
 
 
 class AssistantOut(AssistantConfig):

@@ -7,6 +7,15 @@ is scripted from the last user message: "bye" -> a goodbye and an `end_call` too
 `get_weather` HTTP tool, and once the tool's result is in the messages, a reply quoting
 it; "long" -> a long answer, tokens 50 ms apart; "fail" -> HTTP 500; "slow" -> tokens
 50 ms apart; anything else -> an echo.
+
+Non-streaming requests (`stream` absent or false: post-call analysis) get one
+`chat.completion` object with `usage`, scripted by a marker anywhere in the messages:
+"fake:invalid-first" -> data that breaks the test schema, then (once the request carries
+the model's earlier answer, i.e. on the retry) a valid answer; "fake:always-invalid" ->
+invalid data every time; "fake:garbage" -> text that is not JSON; "fake:fail" -> HTTP
+500; otherwise a valid answer: `summary` quoting what the caller said, `data` matching
+`{"order_id": string, "resolved": boolean}`, `success` true. `GET /control/log` lists
+the non-streaming requests received (newest last).
 """
 
 from __future__ import annotations
@@ -97,16 +106,77 @@ async def _events(body: dict[str, Any], said: str) -> AsyncIterator[bytes]:
     yield _sse("[DONE]")
 
 
+VALID_DATA = {"order_id": "A-17", "resolved": True}
+INVALID_DATA = {"order_id": 17}
+_completions: list[dict[str, Any]] = []  # non-streaming requests, for /control/log
+
+
+def _completion(content: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)
+    completion_tokens = len(content.split())
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "fake-model",
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _analysis(messages: list[dict[str, Any]]) -> Response:
+    text = "\n".join(str(m.get("content") or "") for m in messages)
+    retry = any(m.get("role") == "assistant" for m in messages)
+    if "fake:fail" in text:
+        return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, 500)
+    if "fake:garbage" in text:
+        return JSONResponse(_completion("Sure! The call went well, I think.", messages))
+    caller = [
+        line.removeprefix("Caller: ") for line in text.splitlines() if line.startswith("Caller: ")
+    ]
+    invalid = "fake:always-invalid" in text or ("fake:invalid-first" in text and not retry)
+    answer = {
+        "summary": "The caller said: " + " / ".join(caller),
+        "data": INVALID_DATA if invalid else VALID_DATA,
+        "success": True,
+        "success_reason": "The caller got an answer.",
+    }
+    return JSONResponse(_completion(json.dumps(answer), messages))
+
+
 async def chat_completions(request: Request) -> Response:
     if request.headers.get("authorization") != "Bearer test-openai-key":
         return JSONResponse({"error": {"message": "bad key", "type": "invalid_request_error"}}, 401)
     body = await request.json()
+    if not body.get("stream"):
+        _completions.append(body)
+        del _completions[:-200]
+        return _analysis(body["messages"])
     said = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
     if "fail" in said:
         return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, 500)
-    if not body.get("stream"):
-        return JSONResponse({"error": {"message": "only stream=true here"}}, 400)
     return StreamingResponse(_events(body, said), media_type="text/event-stream")
 
 
-app = Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])
+async def control_log(request: Request) -> Response:
+    return JSONResponse(_completions)
+
+
+app = Starlette(
+    routes=[
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/control/log", control_log, methods=["GET"]),
+    ]
+)
