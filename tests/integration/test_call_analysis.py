@@ -55,7 +55,10 @@ async def _assistant(
 ) -> dict[str, Any]:
     claimed = await http.post("/numbers", json={"number": number}, headers=_h(key))
     assert claimed.status_code == 201, claimed.text
-    body = {"name": "Orders", "system_prompt": "Help.", "phone_numbers": [number], **fields}
+    body = {
+        "name": "Orders", "system_prompt": "Help.", "greeting": "Hello, how can I help?",
+        "phone_numbers": [number], **fields,
+    }  # fmt: skip
     created = await http.post("/assistants", json=body, headers=_h(key))
     assert created.status_code == 201, created.text
     assistant: dict[str, Any] = created.json()
@@ -171,7 +174,7 @@ async def test_garbage_fails_the_analysis_and_nothing_else(
     assert analysis["status"] == "failed", analysis
     assert "JSON" in analysis["reason"] and analysis["attempts"] == 2
     assert analysis["summary"] is None and analysis["data"] is None
-    assert call["status"] == "completed" and call["end_reason"] == "caller-hangup"
+    assert call["status"] == "completed" and call["end_reason"] == "caller-hung-up"
     assert [t["speaker"] for t in call["transcript"]][:2] == ["agent", "caller"]
 
 
