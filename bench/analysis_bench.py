@@ -87,8 +87,10 @@ async def finished_call(database: Database, assistant_id: str, org_id: str, n: i
         ),
         started_at=started,
     )  # fmt: skip
-    lines: list[tuple[Speaker, str]] = [("agent", "Hello, how can I help?"), ("caller", "where is my order A-17"),
-             ("agent", "It ships tomorrow."), ("caller", "great, thanks, bye")]  # fmt: skip
+    lines: list[tuple[Speaker, str]] = [
+        ("agent", "Hello, how can I help?"), ("caller", "where is my order A-17"),
+        ("agent", "It ships tomorrow."), ("caller", "great, thanks, bye"),
+    ]  # fmt: skip
     for i, (speaker, text) in enumerate(lines):
         await database.calls.add_turn(
             call.id, speaker=speaker, text=text, start_ms=i * 2000.0, end_ms=i * 2000.0 + 1500
