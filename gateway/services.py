@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from gateway.call.config import SessionConfig, TurnModels
 from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
+from gateway.call.lookup import CallerLookup
 from gateway.call.writes import WritePolicy
 from gateway.livekit.room import LiveKitRooms
 from gateway.metrics import GatewayMetrics
@@ -53,6 +54,7 @@ class Services:
     rooms: LiveKitRooms | None
     outbox: WebhookOutbox
     ssrf_guard: SsrfGuard
+    lookup: CallerLookup  # inbound calls are opened through it (caller lookup first)
     recordings: RecordingBucket | None  # None: S3_BUCKET unset, nothing is recorded
     database_probe: DatabaseProbe  # /health and /ready
 
@@ -111,8 +113,18 @@ def build_services(
         ),
         recording_finish_timeout_s=settings.recording_finish_timeout_s,
     )
+    lookup = CallerLookup(
+        database=database,
+        guard=guard,
+        metrics=metrics,
+        timeout_s=settings.inbound_lookup_timeout_s,
+        max_answer_bytes=settings.inbound_lookup_max_bytes,
+        secret_grace_s=settings.webhook_secret_grace_s,
+    )
     livekit = livekit_admin(settings)
-    rooms = LiveKitRooms(runtime, livekit, database, settings) if livekit is not None else None
+    rooms = (
+        LiveKitRooms(runtime, livekit, database, settings, lookup) if livekit is not None else None
+    )
     lease = GatewayLease(
         HeartbeatWriter(settings.mongodb_url, settings.mongodb_db, gateway_id),
         lease_s=settings.call_lease_s,
@@ -149,6 +161,7 @@ def build_services(
         rooms=rooms,
         outbox=outbox,
         ssrf_guard=guard,
+        lookup=lookup,
         recordings=recordings,
         database_probe=DatabaseProbe(
             database.ping, timeout_s=settings.ready_ping_timeout_s, cache_s=settings.ready_cache_s
@@ -184,6 +197,7 @@ async def running(services: Services) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
         await services.lease.stop()
         await services.outbox.aclose()
+        await services.lookup.aclose()
         await services.calls.catalog.aclose()
         if services.recordings is not None:
             services.recordings.close()
