@@ -53,7 +53,7 @@ async def test_a_sip_caller_is_greeted_with_the_lookups_values(
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
         secret = (await http.get("/webhooks/secret", headers={"x-api-key": key})).json()
         lookup.secrets.append(secret["secret"])
-        assistant = {
+        assistant: dict[str, object] = {
             "name": "Rooms",
             "system_prompt": "Help the caller.",
             "greeting": "Hello {{name}}, you reached the room agent.",
