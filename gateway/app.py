@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from audio.models import ModelMissing
-from gateway.api import api_keys, assistants, calls, deliveries, numbers, sip
+from gateway.api import api_keys, assistants, calls, deliveries, numbers, organization, sip
 from gateway.api.auth import bootstrap_api_key, weak_api_key_reason
 from gateway.api.numbers import adopt_used_numbers
 from gateway.api.openapi import docs_page, openapi_document
@@ -43,6 +43,7 @@ OPERATIONS = [
     *sip.OPERATIONS,
     *deliveries.OPERATIONS,
     *numbers.OPERATIONS,
+    *organization.OPERATIONS,
 ]
 
 

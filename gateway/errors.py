@@ -17,6 +17,9 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── MissingPlaceholders     call metadata lacks a {{name}} the assistant uses -> 422
     ├── ConflictError           clashes with what is stored                      -> 409
     ├── NotConfigured           a feature whose settings are unset               -> 503
+    ├── LookupFailed            a caller lookup with no usable answer (`outcome`: timeout,
+    │                           error, invalid, refused): the call is answered with the
+    │                           assistant's defaults, logged and counted
     ├── ProviderError           an STT / LLM / TTS failure (`retryable`): the call retries
     │                           once, then apologises, and goes on
     └── RecordingError          S3 refused or unreachable: the call goes on, the
@@ -75,6 +78,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.metrics import LookupOutcome
 from storage import redact_credentials
 from storage.errors import (
     CallNotFound,
@@ -110,6 +114,7 @@ __all__ = [
     "GatewayError",
     "InputTooLarge",
     "LiveKitError",
+    "LookupFailed",
     "MissingPlaceholders",
     "NotConfigured",
     "NotFound",
@@ -182,6 +187,14 @@ class ConflictError(GatewayError):
 
 class NotConfigured(GatewayError):
     """A feature was asked for whose settings are not set (e.g. LiveKit, Twilio REST)."""
+
+
+class LookupFailed(GatewayError):
+    """A caller lookup gave no usable answer; `outcome` says how (see `LookupOutcome`)."""
+
+    def __init__(self, outcome: LookupOutcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome: LookupOutcome = outcome
 
 
 class ProviderError(GatewayError):

@@ -5,11 +5,18 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import Literal, get_args
 
 from gateway.call.latency import STAGES
 
 # Upper bounds (ms) of the per-turn latency histogram buckets.
 LATENCY_BUCKETS_MS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000)
+
+# How a caller lookup ended: its answer used; no answer in time; a failed exchange or a
+# non-2xx status; an answer not JSON, too large or wrongly shaped (or naming an assistant
+# not of the organisation, or metadata over the limits); a URL the SSRF guard refused.
+LookupOutcome = Literal["ok", "timeout", "error", "invalid", "refused"]
+LOOKUP_OUTCOMES: tuple[LookupOutcome, ...] = get_args(LookupOutcome)
 
 
 @dataclass(slots=True)
@@ -53,6 +60,9 @@ class GatewayMetrics:
     caller_idle_prompts_total: int = 0  # reprompts and idle goodbyes said
     keypad_entries_total: int = 0
     provider_failures: dict[str, int] = field(default_factory=dict)
+    inbound_lookups: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(LOOKUP_OUTCOMES, 0)
+    )
     turn_latency: dict[str, _Histogram] = field(
         default_factory=lambda: {stage: _Histogram() for stage in STAGES}
     )
@@ -60,6 +70,10 @@ class GatewayMetrics:
     def provider_failed(self, provider: str) -> None:
         """Count one failure of `provider` (a dropped socket, an error answer, a timeout)."""
         self.provider_failures[provider] = self.provider_failures.get(provider, 0) + 1
+
+    def inbound_lookup(self, outcome: LookupOutcome) -> None:
+        """Count one caller lookup by how it ended."""
+        self.inbound_lookups[outcome] = self.inbound_lookups.get(outcome, 0) + 1
 
     def stt_reconnected(self) -> None:
         self.stt_reconnects_total += 1
@@ -82,6 +96,9 @@ class GatewayMetrics:
         lines.append("# TYPE voice_gateway_provider_failures_total counter")
         for provider, count in sorted(self.provider_failures.items()):
             lines.append(f'voice_gateway_provider_failures_total{{provider="{provider}"}} {count}')
+        lines.append("# TYPE voice_gateway_inbound_lookups_total counter")
+        for outcome, count in self.inbound_lookups.items():
+            lines.append(f'voice_gateway_inbound_lookups_total{{outcome="{outcome}"}} {count}')
         name = "voice_gateway_turn_latency_ms"
         lines.append(f"# HELP {name} Caller end of speech to each stage of the agent's answer.")
         lines.append(f"# TYPE {name} histogram")

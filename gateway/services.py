@@ -16,6 +16,7 @@ from gateway.analysis import CallAnalyst, NoAnalysisEvents, analysis_llm, analys
 from gateway.call.config import SessionConfig, TurnModels
 from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
+from gateway.call.lookup import CallerLookup
 from gateway.call.writes import WritePolicy
 from gateway.livekit.room import LiveKitRooms
 from gateway.metrics import GatewayMetrics
@@ -67,6 +68,7 @@ class Services:
     outbox: WebhookOutbox
     analyst: CallAnalyst  # post-call analyses
     ssrf_guard: SsrfGuard
+    lookup: CallerLookup  # inbound calls are opened through it (caller lookup first)
     recordings: RecordingBucket | None  # None: S3_BUCKET unset, nothing is recorded
     database_probe: DatabaseProbe  # /health and /ready
 
@@ -138,8 +140,18 @@ def build_services(
         ),
         recording_finish_timeout_s=settings.recording_finish_timeout_s,
     )
+    lookup = CallerLookup(
+        database=database,
+        guard=guard,
+        metrics=metrics,
+        timeout_s=settings.inbound_lookup_timeout_s,
+        max_answer_bytes=settings.inbound_lookup_max_bytes,
+        secret_grace_s=settings.webhook_secret_grace_s,
+    )
     livekit = livekit_admin(settings)
-    rooms = LiveKitRooms(runtime, livekit, database, settings) if livekit is not None else None
+    rooms = (
+        LiveKitRooms(runtime, livekit, database, settings, lookup) if livekit is not None else None
+    )
     lease = GatewayLease(
         HeartbeatWriter(settings.mongodb_url, settings.mongodb_db, gateway_id),
         lease_s=settings.call_lease_s,
@@ -177,6 +189,7 @@ def build_services(
         outbox=outbox,
         analyst=analyst,
         ssrf_guard=guard,
+        lookup=lookup,
         recordings=recordings,
         database_probe=DatabaseProbe(
             database.ping, timeout_s=settings.ready_ping_timeout_s, cache_s=settings.ready_cache_s
@@ -214,6 +227,7 @@ async def running(services: Services) -> AsyncIterator[None]:
         await services.lease.stop()
         await services.outbox.aclose()
         await services.analyst.aclose()
+        await services.lookup.aclose()
         await services.calls.catalog.aclose()
         if services.recordings is not None:
             services.recordings.close()

@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=8, ge=1, le=256)  # deliveries in flight per gateway
     # Hosts or CIDRs webhooks may reach although private / loopback (e.g. ["127.0.0.1"]).
     webhook_allow_hosts: list[str] = Field(default_factory=list)
+    # Caller lookup (an assistant's or organisation's `inbound_lookup_url`): the whole
+    # exchange is bounded by this (then the call is answered with the defaults), and no
+    # more of the answer than this is read.
+    inbound_lookup_timeout_s: float = Field(default=1.5, gt=0, le=10)
+    inbound_lookup_max_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     # After POST /webhooks/secret/rotate the old secret still signs (beside the new one)
     # this long, so receivers can switch without refusing a delivery.
     webhook_secret_grace_s: float = Field(default=24 * 3600.0, ge=0)

@@ -33,7 +33,11 @@ def _org(doc: OrganizationDocument) -> Organization:
     created = _utc(doc.created_at)
     assert created is not None
     return Organization(
-        id=str(doc.id), name=doc.name, is_default=doc.is_default, created_at=created
+        id=str(doc.id),
+        name=doc.name,
+        is_default=doc.is_default,
+        created_at=created,
+        inbound_lookup_url=doc.inbound_lookup_url,
     )
 
 
@@ -66,6 +70,23 @@ class AccountRepository:
     async def organizations(self) -> list[Organization]:
         docs = await OrganizationDocument.find({}).sort("created_at").to_list()
         return [_org(d) for d in docs]
+
+    @_driver_errors
+    async def get_organization(self, org_id: str) -> Organization:
+        """The organisation `org_id`; `NotFound` if there is none."""
+        doc = await OrganizationDocument.get(_object_id(org_id, what="organisation"))
+        if doc is None:
+            raise NotFound(f"no organisation {org_id!r}")
+        return _org(doc)
+
+    @_driver_errors
+    async def set_inbound_lookup_url(self, org_id: str, url: str | None) -> Organization:
+        """Store the organisation's caller lookup URL (None: no lookup); `NotFound` if none."""
+        oid = _object_id(org_id, what="organisation")
+        await OrganizationDocument.get_pymongo_collection().update_one(
+            {"_id": oid}, {"$set": {"inbound_lookup_url": url}}
+        )
+        return await self.get_organization(org_id)
 
     @_driver_errors
     async def default_organization(self) -> Organization | None:

@@ -96,6 +96,7 @@ class OrganizationDocument(Document):
     # Calls that reach no assistant's number belong to the default organisation.
     is_default: bool = False
     created_at: datetime
+    inbound_lookup_url: str | None = None  # caller lookup of the organisation's inbound calls
 
     class Settings:
         name = "organizations"
@@ -134,6 +135,7 @@ class AssistantDocument(Document):
     voice: str | None = None
     language: str = "en"
     webhook_url: str | None = None
+    inbound_lookup_url: str | None = None
     max_duration_s: int = 1800
     recording: bool = True
     phone_numbers: list[str] = Field(default_factory=list)

@@ -409,6 +409,13 @@ class AssistantConfig(BaseModel):
     )
     language: str = Field(default="en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
     webhook_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2_000)
+    inbound_lookup_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        max_length=2_000,
+        description="asked (signed POST) before an inbound call is answered for {{placeholder}} "
+        "values and optionally another assistant; wins over the organisation's",
+    )
     max_duration_s: int = Field(default=1800, ge=10, le=4 * 3600)
     recording: bool = True
     phone_numbers: list[E164] = Field(
@@ -435,6 +442,8 @@ class Organization:
     name: str
     is_default: bool
     created_at: datetime
+    # Asked before an inbound call of the organisation is answered (an assistant's own wins).
+    inbound_lookup_url: str | None = None
 
 
 class ApiKeyRecord(_Record):

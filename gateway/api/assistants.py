@@ -1,7 +1,7 @@
 """Assistants through the API: prompt and greeting with `{{placeholders}}`, providers,
-voice, webhook URL (checked by the SSRF guard), maximum duration, recording, numbers (each
-registered to the organisation first: `gateway/api/numbers.py`), post-call analysis plan
-(its JSON Schema checked when saved)."""
+voice, webhook URL and caller lookup URL (both checked by the SSRF guard), maximum duration,
+recording, numbers (each registered to the organisation first: `gateway/api/numbers.py`),
+post-call analysis plan (its JSON Schema checked when saved)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,31 @@ from gateway.api.numbers import require_registered
 from gateway.api.operations import ApiRequest, Operation
 from gateway.errors import ConflictError, RequestInvalid
 from storage import AssistantConfig
+from webhooks.errors import UnsafeURL
+from webhooks.ssrf import SsrfGuard
+
+
+def require_safe_url(guard: SsrfGuard, url: str, *, field: str) -> None:
+    """`RequestInvalid` (422 naming `field`) when the SSRF guard refuses `url` (no DNS:
+    what it resolves to is checked again before each request)."""
+    try:
+        guard.check_literal(url)
+    except UnsafeURL as exc:
+        raise RequestInvalid(
+            f"{field} refused: {exc}", [{"loc": ["body", field], "msg": str(exc)}]
+        ) from exc
 
 
 async def _check_config(req: ApiRequest, config: AssistantConfig, *, numbers: bool) -> None:
-    """The webhook URL passes the SSRF guard; every number is the organisation's (checked
-    when the request sets them: a rename leaves alone a number the operator has yet to
-    settle, which reaches no one meanwhile)."""
+    """The webhook and caller lookup URLs pass the SSRF guard; every number is the
+    organisation's (checked when the request sets them: a rename leaves alone a number the
+    operator has yet to settle, which reaches no one meanwhile)."""
     if config.webhook_url:
         req.services.ssrf_guard.check_literal(config.webhook_url)
+    if config.inbound_lookup_url:
+        require_safe_url(
+            req.services.ssrf_guard, config.inbound_lookup_url, field="inbound_lookup_url"
+        )
     if numbers:
         await require_registered(
             req.services.database, req.principal.org_id, config.phone_numbers, field="phone_numbers"

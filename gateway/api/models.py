@@ -19,6 +19,7 @@ from storage import (
     CallStatus,
     Direction,
     DispatchRuleRecord,
+    Organization,
     PhoneNumberRecord,
     RecordingState,
     SipTrunkRecord,
@@ -145,6 +146,7 @@ class AssistantPatch(_Input):
     voice: str | None = None
     language: str | None = None
     webhook_url: str | None = None
+    inbound_lookup_url: str | None = None
     max_duration_s: int | None = None
     recording: bool | None = None
     phone_numbers: list[E164] | None = None
@@ -171,6 +173,33 @@ class AssistantOut(AssistantConfig):
 
 class AssistantList(BaseModel):
     items: list[AssistantOut]
+
+
+# ----------------------------------------------------------------- organisation
+
+
+class OrganizationOut(BaseModel):
+    id: str
+    name: str
+    inbound_lookup_url: str | None = Field(
+        description="asked before an inbound call is answered when its assistant sets none"
+    )
+    created_at: datetime
+
+    @classmethod
+    def of(cls, org: Organization) -> OrganizationOut:
+        return cls(
+            id=org.id,
+            name=org.name,
+            inbound_lookup_url=org.inbound_lookup_url,
+            created_at=org.created_at,
+        )
+
+
+class OrganizationPatch(_Input):
+    """Fields to change; those left out keep their value (null clears the URL)."""
+
+    inbound_lookup_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2_000)
 
 
 # --------------------------------------------------------------------- API keys

@@ -28,13 +28,14 @@ from gateway.call.lifecycle import (
     CallRuntime,
     LegTransport,
 )
-from gateway.call.records import CallInputLimits, open_call
+from gateway.call.lookup import CallerLookup
+from gateway.call.records import CallInputLimits
 from gateway.errors import MissingPlaceholders
 from gateway.livekit.egress import RoomRecording
 from gateway.livekit.transport import RATE, LiveKitTransport
 from gateway.logs import call_id_var
 from gateway.settings import Settings
-from storage import CallRecord, CallStatus, Database, Direction, normalize_e164
+from storage import CallRecord, CallStatus, Database, normalize_e164
 from telephony.errors import LiveKitError
 from telephony.livekit import LiveKitAdmin
 
@@ -214,12 +215,18 @@ class LiveKitRooms:
     """The rooms this gateway serves, each by one `LiveKitRoom` task."""
 
     def __init__(
-        self, runtime: CallRuntime, livekit: LiveKitAdmin, database: Database, settings: Settings
+        self,
+        runtime: CallRuntime,
+        livekit: LiveKitAdmin,
+        database: Database,
+        settings: Settings,
+        lookup: CallerLookup,
     ) -> None:
         self._runtime = runtime
         self._livekit = livekit
         self._database = database
         self._settings = settings
+        self._lookup = lookup  # asked before an inbound SIP call is stored
         self._rooms: dict[str, LiveKitRoom] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -250,7 +257,8 @@ class LiveKitRooms:
     async def serve_inbound(
         self, room_name: str, attributes: Mapping[str, str]
     ) -> LiveKitRoom | None:
-        """A SIP caller joined `room_name` through a dispatch rule: store the call and join."""
+        """A SIP caller joined `room_name` through a dispatch rule: store the call (after its
+        caller lookup) and join."""
         if room_name in self._rooms or ATTR_CALL in attributes:
             return self._rooms.get(room_name)  # ours already (or an outbound call of ours)
         org_id = attributes.get(ATTR_ORG)
@@ -270,12 +278,9 @@ class LiveKitRooms:
             )
             assistant = None
         try:
-            call = await open_call(
-                self._database.calls,
-                self._database.accounts,
+            call = await self._lookup.open_inbound(
                 assistant=assistant,
                 transport="livekit",
-                direction=Direction.INBOUND,
                 from_number=attributes.get("sip.phoneNumber", ""),
                 to_number=to_number,
                 call_sid=attributes.get("sip.callID", ""),

@@ -1,6 +1,7 @@
-"""Twilio's HTTP webhooks: `POST /twilio/voice` answers with TwiML, `POST /twilio/status`
-records call progress. Both verify `X-Twilio-Signature` over the public URL. A voice
-webhook for a call that ended or has had its stream (a replay) gets a hang-up, no token.
+"""Twilio's HTTP webhooks: `POST /twilio/voice` answers with TwiML (an inbound call after
+its caller lookup, `gateway/call/lookup.py`), `POST /twilio/status` records call progress.
+Both verify `X-Twilio-Signature` over the public URL. A voice webhook for a call that ended
+or has had its stream (a replay) gets a hang-up, no token.
 
 A final status (`completed`, `busy`, ...) never finishes a call under a live stream: the
 stream still has turns and usage to store, and the report is built from what is stored. A
@@ -118,22 +119,29 @@ async def twilio_voice(request: Request) -> Response:
     else:
         to_number = form.get("To", "")
         assistant = await db.assistants.for_number(to_number)
+        limits = CallInputLimits.of(services.settings)
         try:
-            call = await open_call(
-                db.calls,
-                db.accounts,
-                assistant=assistant,
-                transport="twilio",
-                direction=(
-                    Direction.INBOUND
-                    if form.get("Direction", "inbound") == "inbound"
-                    else Direction.OUTBOUND
-                ),
-                from_number=form.get("From", ""),
-                to_number=to_number,
-                call_sid=call_sid,
-                limits=CallInputLimits.of(services.settings),
-            )
+            if form.get("Direction", "inbound") == "inbound":  # the caller lookup first
+                call = await services.lookup.open_inbound(
+                    assistant=assistant,
+                    transport="twilio",
+                    from_number=form.get("From", ""),
+                    to_number=to_number,
+                    call_sid=call_sid,
+                    limits=limits,
+                )
+            else:
+                call = await open_call(
+                    db.calls,
+                    db.accounts,
+                    assistant=assistant,
+                    transport="twilio",
+                    direction=Direction.OUTBOUND,
+                    from_number=form.get("From", ""),
+                    to_number=to_number,
+                    call_sid=call_sid,
+                    limits=limits,
+                )
         except MissingPlaceholders as exc:
             assistant_id = assistant.id if assistant else None
             log.error("assistant cannot answer: %s", exc, extra={"assistant_id": assistant_id})
