@@ -21,6 +21,7 @@ from storage.errors import (
     SecretRotationRaced,
     StorageError,
 )
+from storage.events import EventRecord, EventRepository
 from storage.leases import HeartbeatWriter, LeaseRepository
 from storage.models import (
     E164,
@@ -77,6 +78,8 @@ __all__ = [
     "DispatchKind",
     "DispatchRuleRecord",
     "EmbeddedFerretDB",
+    "EventRecord",
+    "EventRepository",
     "HeartbeatWriter",
     "InvalidCursor",
     "LeaseRepository",
