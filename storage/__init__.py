@@ -22,8 +22,10 @@ from storage.errors import (
     SecretRotationRaced,
     StorageError,
 )
+from storage.events import EventRecord, EventRepository
 from storage.leases import HeartbeatWriter, LeaseRepository
 from storage.models import (
+    DEFAULT_WEBHOOK_EVENTS,
     E164,
     AnalysisPlan,
     AnalysisStatus,
@@ -52,6 +54,7 @@ from storage.models import (
     TrunkKind,
     TurnRecord,
     TurnTakingConfig,
+    WebhookEventType,
     normalize_e164,
 )
 from storage.numbers import PhoneNumberRepository
@@ -59,6 +62,7 @@ from storage.redaction import redact_credentials, redact_url
 from storage.sip import SipRepository
 
 __all__ = [
+    "DEFAULT_WEBHOOK_EVENTS",
     "E164",
     "AccountRepository",
     "AnalysisClaim",
@@ -88,6 +92,8 @@ __all__ = [
     "DispatchKind",
     "DispatchRuleRecord",
     "EmbeddedFerretDB",
+    "EventRecord",
+    "EventRepository",
     "HeartbeatWriter",
     "InvalidCursor",
     "LeaseRepository",
@@ -112,6 +118,7 @@ __all__ = [
     "TrunkKind",
     "TurnRecord",
     "TurnTakingConfig",
+    "WebhookEventType",
     "WebhookRepository",
     "ferretdb_binary",
     "hash_api_key",

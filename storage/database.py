@@ -26,6 +26,7 @@ from storage.documents import (
     WebhookDeliveryDocument,
 )
 from storage.errors import StorageError
+from storage.events import EVENT_INDEXES, EventRepository
 from storage.leases import LeaseRepository
 from storage.numbers import PhoneNumberRepository
 from storage.redaction import redact_credentials, redact_url
@@ -61,7 +62,7 @@ async def _ensure_indexes(
 
 class Database:
     """An open database: its repositories (`calls`, `accounts`, `assistants`, `sip`,
-    `webhooks`, `leases`, `claims`, `numbers`, `analyses`), and `close()`.
+    `webhooks`, `leases`, `claims`, `numbers`, `analyses`, `events`), and `close()`.
 
     Beanie binds document classes to one database per process: the last `open_database`
     wins, so a process opens one at a time (tests close theirs before opening another).
@@ -78,6 +79,7 @@ class Database:
         self.claims = ClaimRepository()
         self.numbers = PhoneNumberRepository()
         self.analyses = AnalysisRepository()
+        self.events = EventRepository()
 
     async def ping(self) -> None:
         """One round trip to the server (bound it with a timeout); `StorageError` if refused."""
@@ -107,7 +109,7 @@ async def open_database(url: str, db_name: str, *, timeout_s: float = 10.0) -> D
         for document in _DOCUMENTS:
             meta = document.Settings
             await _ensure_indexes(database[meta.name], meta.indexes)
-        for name, indexes in EXPIRING_INDEXES.items():
+        for name, indexes in (EXPIRING_INDEXES | EVENT_INDEXES).items():
             await _ensure_indexes(database[name], indexes)
     except PyMongoError as exc:
         await client.close()

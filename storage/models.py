@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import jsonschema
 from pydantic import (
@@ -26,6 +26,19 @@ from pydantic import (
 )
 
 Speaker = Literal["caller", "agent"]
+
+# The events a call produces (bodies and order: `webhooks/events.py`). Declared here, the
+# lowest layer, because an assistant's `webhook_events` is validated against it when saved.
+WebhookEventType = Literal[
+    "call.started",
+    "call.status",
+    "call.turn",
+    "call.ended",
+    "call.analyzed",
+    "recording.ready",
+]
+# What an assistant sends when it chose nothing: today's receivers see only the new event.
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEventType, ...] = ("call.ended", "call.analyzed")
 
 
 class CallStatus(enum.StrEnum):
@@ -425,6 +438,16 @@ class AssistantConfig(BaseModel):
     analysis: AnalysisPlan | None = Field(
         default=None, description="post-call analysis, run after the call has ended"
     )
+    webhook_events: list[WebhookEventType] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
+        max_length=len(get_args(WebhookEventType)),
+        description="the event types sent to webhook_url (every event is stored and streamed)",
+    )
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _each_once(cls, value: list[WebhookEventType]) -> list[WebhookEventType]:
+        return list(dict.fromkeys(value))
 
 
 @dataclass(frozen=True, slots=True)

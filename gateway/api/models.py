@@ -25,6 +25,7 @@ from storage import (
     SipTrunkRecord,
     TurnRecord,
     TurnTakingConfig,
+    WebhookEventType,
 )
 
 
@@ -154,6 +155,9 @@ class AssistantPatch(_Input):
     turn_taking: TurnTakingConfig | None = None
     # The analysis fields given change, the others keep theirs; null removes the plan.
     analysis: AnalysisPlan | None = None
+    webhook_events: list[WebhookEventType] | None = Field(
+        default=None, description="the event types sent to webhook_url (replaces the list)"
+    )
 
 
 class AssistantOut(AssistantConfig):

@@ -1,0 +1,205 @@
+"""Call events, stored once each in one sequence per organisation, so that any gateway can
+stream them in order and resume after an id.
+
+FerretDB 1.24 answers only `_id` equality in SQL; every other filter or sort reads the
+whole collection in Go. So an event's `_id` *is* its place: `<org>:<seq>` with `seq`
+counting 1, 2, 3, ... per organisation, and every read here is a lookup by `_id`:
+
+- publish: insert `<org>:<head + 1>`; if another gateway took that place first (the insert
+  is FerretDB's one atomic check-and-set), try the next. A place is taken by one insert
+  and never freed, so a reader that found `n` can rely on `n + 1` being the next event.
+- read after `n`: look up `n + 1`, `n + 2`, ... until one is missing. A poll that finds
+  nothing new costs one lookup, however many events are stored.
+- the head (where a reader starts, where a process starts numbering): a galloping search
+  over lookups, O(log n), once per organisation per process.
+
+An event also has a `key` (e.g. `<call>_call_turn_3`) naming what it reports, so publishing
+the same fact again (a retry, a restarted worker) returns the event stored before. A
+publisher that dies between storing its event and its key can make one duplicate;
+a duplicate found racing is kept in the sequence (no gap) but marked and never read out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+from storage.calls import _driver_errors, _stored_time, _utc
+from storage.documents import CallDocument
+
+EVENTS = "events"
+EVENT_KEYS = "event_keys"
+# The indexes `open_database` creates: reads go by `_id`; these serve MongoDB queries by
+# call (an operator's tools, the API) and never the stream.
+EVENT_INDEXES: dict[str, list[IndexModel]] = {
+    EVENTS: [
+        IndexModel([("call_id", ASCENDING), ("seq", ASCENDING)], name="call_seq"),
+        IndexModel([("org_id", ASCENDING), ("at", ASCENDING)], name="org_at"),
+    ],
+}
+_NO_ORG = "-"  # calls of no organisation (no assistant, no default organisation)
+_READ_MAX = 500
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One stored event: `seq` is its place in its organisation's sequence (the SSE id);
+    `body` is the JSON text webhooks and streams send as it is."""
+
+    seq: int
+    org_id: str | None
+    call_id: str
+    type: str
+    key: str
+    at: datetime
+    body: str
+
+
+def _events() -> AsyncCollection[dict[str, Any]]:
+    return CallDocument.get_pymongo_collection().database[EVENTS]
+
+
+def _keys() -> AsyncCollection[dict[str, Any]]:
+    return CallDocument.get_pymongo_collection().database[EVENT_KEYS]
+
+
+def _place(org_id: str | None, seq: int) -> str:
+    return f"{org_id or _NO_ORG}:{seq}"
+
+
+def _record(raw: dict[str, Any]) -> EventRecord:
+    at = _utc(raw["at"])
+    assert at is not None
+    return EventRecord(
+        seq=int(raw["seq"]),
+        org_id=raw.get("org_id"),
+        call_id=str(raw["call_id"]),
+        type=str(raw["type"]),
+        key=str(raw["key"]),
+        at=at,
+        body=str(raw["body"]),
+    )
+
+
+class EventRepository:
+    """The organisations' event sequences (on the database `open_database` opened)."""
+
+    def __init__(self) -> None:
+        # The highest place this process knows is taken, per organisation: a hint only
+        # (places are only ever added), found again by search when missing.
+        self._heads: dict[str, int] = {}
+        self._head_locks: dict[str, asyncio.Lock] = {}
+
+    @_driver_errors
+    async def publish(
+        self, *, key: str, org_id: str | None, call_id: str, type: str, body: str, at: datetime
+    ) -> EventRecord:
+        """Store the event `key` names at the end of its organisation's sequence, or return
+        the one stored before under `key`."""
+        before = await self._by_key(key)
+        if before is not None:
+            return before
+        org = org_id or _NO_ORG
+        seq = await self._known_head(org) + 1
+        doc = {
+            "org_id": org_id,
+            "call_id": call_id,
+            "type": type,
+            "key": key,
+            "at": _stored_time(at),
+            "body": body,
+        }
+        while True:
+            try:
+                await _events().insert_one({"_id": _place(org_id, seq), "seq": seq, **doc})
+                break
+            except DuplicateKeyError:
+                seq += 1  # another gateway's event took this place
+        self._heads[org] = max(self._heads.get(org, 0), seq)
+        try:
+            await _keys().insert_one({"_id": key, "seq": seq, "org_id": org_id})
+        except DuplicateKeyError:
+            # Published at the same time elsewhere: the other one stands; ours keeps its
+            # place (no gap for readers) but is never read out.
+            await _events().update_one({"_id": _place(org_id, seq)}, {"$set": {"dup": True}})
+            other = await self._by_key(key)
+            if other is not None:
+                return other
+        return _record({"seq": seq, **doc})
+
+    async def _by_key(self, key: str) -> EventRecord | None:
+        found = await _keys().find_one({"_id": key})
+        if found is None:
+            return None
+        raw = await _events().find_one({"_id": _place(found.get("org_id"), int(found["seq"]))})
+        return _record(raw) if raw is not None else None
+
+    @_driver_errors
+    async def get(self, org_id: str | None, seq: int) -> EventRecord | None:
+        """The event at `seq` of the organisation's sequence (None: no such place yet)."""
+        raw = await _events().find_one({"_id": _place(org_id, seq)})
+        return _record(raw) if raw is not None and not raw.get("dup") else None
+
+    @_driver_errors
+    async def read_after(
+        self, org_id: str | None, seq: int, *, limit: int = 100
+    ) -> tuple[list[EventRecord], int]:
+        """The events after place `seq`, in order (at most `limit`), and the last place read
+        (to read after next time; duplicates are passed over but counted)."""
+        out: list[EventRecord] = []
+        last = seq
+        for _ in range(min(limit, _READ_MAX)):
+            raw = await _events().find_one({"_id": _place(org_id, last + 1)})
+            if raw is None:
+                break
+            last += 1
+            if not raw.get("dup"):
+                out.append(_record(raw))
+        org = org_id or _NO_ORG
+        if last > self._heads.get(org, 0):
+            self._heads[org] = last
+        return out, last
+
+    @_driver_errors
+    async def head(self, org_id: str | None) -> int:
+        """The last place taken in the organisation's sequence (0: none), as of now."""
+        org = org_id or _NO_ORG
+        known = await self._known_head(org)
+        while await _events().find_one({"_id": f"{org}:{known + 1}"}, {"_id": 1}) is not None:
+            known += 1
+        self._heads[org] = known
+        return known
+
+    async def _known_head(self, org: str) -> int:
+        """The hint, or (once per organisation and process) the head found by a galloping
+        search over `_id` lookups."""
+        if org in self._heads:
+            return self._heads[org]
+        lock = self._head_locks.setdefault(org, asyncio.Lock())
+        async with lock:
+            if org not in self._heads:
+                self._heads[org] = await self._search_head(org)
+            return self._heads[org]
+
+    async def _search_head(self, org: str) -> int:
+        async def taken(seq: int) -> bool:
+            return await _events().find_one({"_id": f"{org}:{seq}"}, {"_id": 1}) is not None
+
+        if not await taken(1):
+            return 0
+        low, high = 1, 2  # low is taken; find a high that is not
+        while await taken(high):
+            low, high = high, high * 2
+        while high - low > 1:  # low taken, high free
+            mid = (low + high) // 2
+            if await taken(mid):
+                low = mid
+            else:
+                high = mid
+        return low
