@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.analysis import CallAnalyst, NoAnalysisEvents, analysis_llm, analysis_model
+from gateway.analysis import CallAnalyst, analysis_llm, analysis_model
 from gateway.call.config import SessionConfig, TurnModels
 from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
@@ -140,7 +140,7 @@ def build_services(
         llm=analysis_llm(settings),
         model_for=lambda config: analysis_model(settings, config),
         # The event system (`call.analyzed`) plugs in here.
-        events=NoAnalysisEvents(),
+        events=events,
         lease_s=max(settings.analysis_lease_s, 2 * settings.analysis_timeout_s + 30),
         poll_s=settings.analysis_poll_s,
         concurrency=settings.analysis_concurrency,

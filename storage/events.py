@@ -141,6 +141,11 @@ class EventRepository:
         return _record(raw) if raw is not None else None
 
     @_driver_errors
+    async def published(self, key: str) -> bool:
+        """Whether the fact `key` names has its event stored (one read by `_id`)."""
+        return await _keys().find_one({"_id": key}, {"_id": 1}) is not None
+
+    @_driver_errors
     async def get(self, org_id: str | None, seq: int) -> EventRecord | None:
         """The event at `seq` of the organisation's sequence (None: no such place yet)."""
         raw = await _events().find_one({"_id": _place(org_id, seq)})

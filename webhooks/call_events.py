@@ -24,7 +24,10 @@ Where each method is called:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -39,6 +42,7 @@ from storage import (
     TurnRecord,
     WebhookRepository,
 )
+from webhooks.errors import EventNotDue
 from webhooks.events import (
     CALL_ANALYZED,
     CALL_ENDED,
@@ -58,6 +62,8 @@ from webhooks.events import (
 )
 
 log = logging.getLogger(__name__)
+
+_ENDED_POLL_S = 1.0  # an analysis waiting for `call.ended` looks for it this often
 
 
 class RecordingLinks(Protocol):
@@ -79,8 +85,11 @@ class CallEvents:
         on_published: Callable[[EventRecord], None] | None = None,
         on_queued: Callable[[], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        ended_wait_s: float = 120.0,
     ) -> None:
         self._events = events
+        self._ended_wait_s = ended_wait_s
+        self._ended_seen = asyncio.Event()
         self._webhooks = webhooks
         self._assistants = assistants
         self._recordings = recordings
@@ -124,16 +133,37 @@ class CallEvents:
                 call, delivery_id=id, recording=recording, recording_url=recording_url
             ),
         )
+        self._ended_seen.set()  # an analysis waiting for it goes on
         return queued
 
     async def analyzed(self, call: CallRecord) -> None:
-        """The call's analysis was stored (`call` read after it)."""
+        """The call's analysis was stored (`call` read after it). Published after the call's
+        `call.ended` (it waits up to `ended_wait_s` for it: the report waits for the
+        recording to settle; then `EventNotDue`), once per stored result: a re-run's
+        result is an event of its own."""
+        await self._wait_for_ended(call)
         analysis = _analysis_of(call)
+        done = call.analysis.completed_at if call.analysis is not None else None
         await self.publish(
             call,
             CALL_ANALYZED,
+            part=int(done.timestamp() * 1000) if done is not None else None,
             body=lambda id, at: call_analyzed_body(call, analysis, event_id=id, at=at),
         )
+
+    async def _wait_for_ended(self, call: CallRecord) -> None:
+        """Until the call's `call.ended` is stored: woken by this process's `ended`, and
+        looking again each `_ENDED_POLL_S` (another gateway's outbox may publish it)."""
+        key = event_key(call.id, CALL_ENDED)
+        deadline = time.monotonic() + self._ended_wait_s
+        while not await self._events.published(key):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise EventNotDue(f"call.ended of {call.id} not published yet")
+            self._ended_seen.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, _ENDED_POLL_S)):
+                    await self._ended_seen.wait()
 
     async def recording_ready(self, call: CallRecord, state: RecordingState) -> EventRecord | None:
         """The call's recording is complete (None, nothing published: it is not)."""
@@ -209,13 +239,5 @@ class CallEvents:
 
 
 def _analysis_of(call: CallRecord) -> Mapping[str, Any] | None:
-    """The call's stored analysis as JSON-ready data (`CallRecord.analysis`, added with the
-    analysis worker; absent: None)."""
-    analysis: object = getattr(call, "analysis", None)
-    if analysis is None:
-        return None
-    dump = getattr(analysis, "model_dump", None)
-    if callable(dump):
-        data = dump(mode="json")
-        return data if isinstance(data, dict) else None
-    return analysis if isinstance(analysis, Mapping) else None
+    """The call's stored analysis as JSON-ready data."""
+    return call.analysis.model_dump(mode="json") if call.analysis is not None else None

@@ -1,5 +1,6 @@
 """Errors of the webhook layer; the gateway maps `UnsafeURL` to HTTP 422 when an assistant
-is saved, and records the others as a delivery attempt's outcome."""
+is saved, records `UnresolvedHost` as a delivery attempt's outcome, and leaves an analysis
+whose `EventNotDue` was raised owed (it is published again later)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ class UnsafeURL(WebhookError):
 
 class UnresolvedHost(WebhookError):
     """The host name did not resolve (now: DNS failures may pass, so this is retryable)."""
+
+
+class EventNotDue(WebhookError):
+    """An event must wait for another of its call (`call.analyzed` for `call.ended`), and
+    that one did not come within the bound: publish it again later."""
 
 
 class SignatureMismatch(WebhookError):

@@ -3,14 +3,13 @@ finished call's stored transcript by the gateway's OpenAI-compatible model, outs
 call, as owed work in MongoDB (`CallAnalyst`); the result is stored on the call and
 announced through `AnalysisEvents`."""
 
-from gateway.analysis.analyst import AnalysisEvents, CallAnalyst, NoAnalysisEvents
+from gateway.analysis.analyst import AnalysisEvents, CallAnalyst
 from gateway.analysis.llm import AnalysisLLM, OpenAIAnalysisLLM, analysis_llm, analysis_model
 
 __all__ = [
     "AnalysisEvents",
     "AnalysisLLM",
     "CallAnalyst",
-    "NoAnalysisEvents",
     "OpenAIAnalysisLLM",
     "analysis_llm",
     "analysis_model",

@@ -35,6 +35,7 @@ from storage import (
     CallRecord,
     CallStore,
 )
+from webhooks.errors import EventNotDue
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,6 @@ class AnalysisEvents(Protocol):
         stored result (again after a gateway stopped before it was marked published), so an
         implementation must be idempotent; raising leaves the analysis owed (retried)."""
         ...
-
-
-class NoAnalysisEvents:
-    """`AnalysisEvents` that announces nothing."""
-
-    async def analyzed(self, call: CallRecord) -> None:
-        return None
 
 
 class CallAnalyst:
@@ -151,6 +145,8 @@ class CallAnalyst:
     async def _run_in_task(self, claim: AnalysisClaim) -> None:
         try:
             await self.run_claimed(claim)
+        except EventNotDue as exc:  # stored; published by whoever claims it after the lease
+            log.warning("analysis not published yet: %s", exc, extra={"call_id": claim.call_id})
         except Exception:  # the analysis's task ends here; its claim expires, it is run again
             log.exception("call analysis failed", extra={"call_id": claim.call_id})
         finally:
