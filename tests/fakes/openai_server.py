@@ -13,7 +13,9 @@ Non-streaming requests (`stream` absent or false: post-call analysis) get one
 "fake:invalid-first" -> data that breaks the test schema, then (once the request carries
 the model's earlier answer, i.e. on the retry) a valid answer; "fake:always-invalid" ->
 invalid data every time; "fake:garbage" -> text that is not JSON; "fake:fail" -> HTTP
-500; otherwise a valid answer: `summary` quoting what the caller said, `data` matching
+500; "fake:hold-first" -> the first such request is held until its client goes away (a
+gateway killed while it waits for the model), the next ones get a valid answer; otherwise
+a valid answer: `summary` quoting what the caller said, `data` matching
 `{"order_id": string, "resolved": boolean}`, `success` true. `GET /control/log` lists
 the non-streaming requests received (newest last).
 """
@@ -109,6 +111,7 @@ async def _events(body: dict[str, Any], said: str) -> AsyncIterator[bytes]:
 VALID_DATA = {"order_id": "A-17", "resolved": True}
 INVALID_DATA = {"order_id": 17}
 _completions: list[dict[str, Any]] = []  # non-streaming requests, for /control/log
+_held: set[str] = set()  # the texts of the requests held once ("fake:hold-first")
 
 
 def _completion(content: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -163,6 +166,13 @@ async def chat_completions(request: Request) -> Response:
     if not body.get("stream"):
         _completions.append(body)
         del _completions[:-200]
+        text = json.dumps(body["messages"])
+        if "fake:hold-first" in text and text not in _held:
+            _held.add(text)
+            deadline = time.monotonic() + 120
+            while not await request.is_disconnected() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return JSONResponse({"error": {"message": "held", "type": "server_error"}}, 503)
         return _analysis(body["messages"])
     said = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
     if "fail" in said:

@@ -115,14 +115,15 @@ def _types(received: list[ReceivedWebhook]) -> list[str]:
 
 
 def _check_sequence(types: list[str]) -> None:
-    """started, in-progress, the turns in order, the final status, recording, report."""
+    """started, in-progress, the turns in order, the final status, recording, report,
+    analysis."""
     assert types[:2] == ["call.started", "call.status:in-progress"], types
     turns = [t for t in types if t.startswith("call.turn:")]
     assert turns == [f"call.turn:{i}" for i in range(len(turns))] and len(turns) >= 3, types
     assert types[2 : 2 + len(turns)] == turns, types
     assert types[2 + len(turns)].startswith("call.status:"), types
-    assert types[-2:] == ["recording.ready", "call.ended"], types
-    assert len(types) == len(turns) + 5, types
+    assert types[-3:] == ["recording.ready", "call.ended", "call.analyzed"], types
+    assert len(types) == len(turns) + 6, types
 
 
 async def test_every_event_of_a_call_arrives_once_signed_in_order_and_a_retry_holds_the_rest(
@@ -141,7 +142,7 @@ async def test_every_event_of_a_call_arrives_once_signed_in_order_and_a_retry_ho
             await asyncio.to_thread(
                 _wait,
                 receiver,
-                lambda: any(r.json()["type"] == "call.ended" for r in receiver.accepted()),
+                lambda: any(r.json()["type"] == "call.analyzed" for r in receiver.accepted()),
             )
             deliveries = (
                 await http.get("/webhooks/deliveries", params={"call_id": call_id}, headers=headers)
@@ -167,9 +168,12 @@ async def test_every_event_of_a_call_arrives_once_signed_in_order_and_a_retry_ho
         assert body["id"] == request.delivery_id and body["id"].startswith(f"dlv_{call_id}_")
         assert body["call"]["id"] == call_id
     assert {d["id"] for d in deliveries} == {r.delivery_id for r in accepted}
-    ended = accepted[-1].json()
+    analyzed = accepted[-1].json()
+    assert analyzed["analysis"]["status"] == "skipped", analyzed  # it has no analysis plan
+    assert analyzed["analysis"]["reason"] == "no analysis plan"
+    ended = accepted[-2].json()
     assert ended["id"] == f"dlv_{call_id}_call_ended"
-    ready = accepted[-2].json()["recording"]
+    ready = accepted[-3].json()["recording"]
     assert ready["status"] == "complete" and ready["url"]
     again_body = receiver.received[-1]
     assert again_body.delivery_id == turn_id
@@ -185,13 +189,14 @@ async def test_the_default_subscription_sends_only_call_ended_as_before(
             created = await _assistant(http, headers, receiver.url, DEFAULT)
             assert created["webhook_events"] == ["call.ended", "call.analyzed"]
             call_id = await _one_turn_call(gateway, http, DEFAULT)
-            await asyncio.to_thread(receiver.wait_accepted, 1, within_s=60)
+            await asyncio.to_thread(receiver.wait_accepted, 2, within_s=60)
             stored = (await http.get(f"/calls/{call_id}", headers=headers)).json()
             # Every other event is stored all the same (for the event stream), not sent:
             # a later call's report arriving proves the outbox had time to send them.
             await _one_turn_call(gateway, http, DEFAULT)
-            await asyncio.to_thread(receiver.wait_accepted, 2, within_s=60)
-    assert [r.json()["type"] for r in receiver.received] == ["call.ended", "call.ended"]
+            await asyncio.to_thread(receiver.wait_accepted, 4, within_s=60)
+    types = [r.json()["type"] for r in receiver.received]
+    assert types == ["call.ended", "call.analyzed"] * 2, types
     report = receiver.received[0]
     assert report.delivery_id == f"dlv_{call_id}_call_ended"
     body = report.json()
