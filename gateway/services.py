@@ -18,6 +18,7 @@ from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
 from gateway.call.writes import WritePolicy
 from gateway.livekit.room import LiveKitRooms
 from gateway.metrics import GatewayMetrics
+from gateway.pricing import PriceTable
 from gateway.providers.base import Providers
 from gateway.providers.catalog import ProviderCatalog
 from gateway.providers.registry import build_default_providers
@@ -63,10 +64,12 @@ def build_services(
     *,
     turn_models: TurnModels,
     providers: Providers | None = None,
+    prices: PriceTable | None = None,
 ) -> Services:
     """Every service of one gateway process, each built once (inside the running loop)."""
     assert settings.mongodb_url is not None and settings.twilio_auth_token is not None
     metrics = GatewayMetrics()
+    prices = prices if prices is not None else settings.price_table()
     default = providers or build_default_providers(
         settings, on_stt_reconnect=metrics.stt_reconnected
     )
@@ -110,6 +113,7 @@ def build_services(
             max_pending=settings.call_write_queue_max,
         ),
         recording_finish_timeout_s=settings.recording_finish_timeout_s,
+        prices=prices,
     )
     livekit = livekit_admin(settings)
     rooms = LiveKitRooms(runtime, livekit, database, settings) if livekit is not None else None
@@ -131,6 +135,7 @@ def build_services(
         metrics=metrics,
         on_lost=lost,
         unfinished=live,
+        prices=prices,
     )
     twilio = TwilioServices(
         validator=TwilioSignatureValidator(settings.twilio_auth_token.get_secret_value()),
