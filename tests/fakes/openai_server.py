@@ -7,6 +7,9 @@ is scripted from the last user message: "bye" -> a goodbye and an `end_call` too
 `get_weather` HTTP tool, and once the tool's result is in the messages, a reply quoting
 it; "long" -> a long answer, tokens 50 ms apart; "fail" -> HTTP 500; "slow" -> tokens
 50 ms apart; anything else -> an echo.
+
+`GET /control/log` lists each request's `model` and the `usage` the server sent for it
+(what a bill would count); `POST /control/reset` clears it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+_log: list[dict[str, Any]] = []
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -94,6 +99,7 @@ async def _events(body: dict[str, Any], said: str) -> AsyncIterator[bytes]:
             "total_tokens": 12 + len(words),
         }
         yield _sse({**_chunk({}), "choices": [], "usage": usage})
+        _log.append({"model": body.get("model"), "usage": usage})
     yield _sse("[DONE]")
 
 
@@ -109,4 +115,19 @@ async def chat_completions(request: Request) -> Response:
     return StreamingResponse(_events(body, said), media_type="text/event-stream")
 
 
-app = Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])
+async def control_log(request: Request) -> Response:
+    return JSONResponse(_log)
+
+
+async def control_reset(request: Request) -> Response:
+    _log.clear()
+    return JSONResponse({"ok": True})
+
+
+app = Starlette(
+    routes=[
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/control/log", control_log, methods=["GET"]),
+        Route("/control/reset", control_reset, methods=["POST"]),
+    ]
+)
