@@ -6,6 +6,9 @@ Inbound: 20 ms of mu-law -> decode -> 8k->16k (what the STT gets).
 Outbound: a 20 ms TTS chunk -> resample to 8 kHz -> the Media Streams protocol, as the
 pacer drives it: queue the PCM, release the frame (encode -> base64 -> media JSON) and
 take the text to send; the frame's PCM is what the recorder gets.
+Usage counting: what counting a frame sent to the STT adds (`UsageMeter.stt_audio`, the
+session's one call per frame), timed over batches of 1000 frames (a per-call timer would
+cost more than the call).
 Hold-back: after each 20 ms chunk, how far the emitted output lags the input (mean/max),
 for our resampler and for soxr.ResampleStream at HQ and VHQ on the same paths.
 """
@@ -22,8 +25,9 @@ import numpy as np
 import soxr
 
 from audio.codec import ulaw_decode, ulaw_encode
-from audio.frames import FRAME_MS, samples_per_frame
+from audio.frames import FRAME_MS, AudioFrame, samples_per_frame
 from audio.resample import StreamResampler
+from gateway.call.usage import UsageMeter
 from telephony.twilio import MediaStreamProtocol
 
 FRAMES = 5000
@@ -129,6 +133,21 @@ def hold_back_table() -> list[str]:
     return rows
 
 
+def usage_counting() -> tuple[float, float]:
+    """Microseconds per frame (p50 / p99 over batches) of counting a frame's STT audio."""
+    meter = UsageMeter()
+    frame = AudioFrame(np.zeros(samples_per_frame(8000), dtype=np.int16), 8000)
+    batch = 1000
+    per_frame = []
+    for round_ in range(300):
+        t0 = time.perf_counter_ns()
+        for _ in range(batch):
+            meter.stt_audio("deepgram", frame.samples, frame.rate)
+        if round_ >= 20:  # warm-up
+            per_frame.append((time.perf_counter_ns() - t0) / 1000 / batch)
+    return _percentiles(per_frame)
+
+
 def main() -> int:
     out = sys.stdout.write
     out("per-frame cost (20 ms frames, microseconds, p50 / p99)\n")
@@ -138,6 +157,8 @@ def main() -> int:
         p50, p99 = outbound_path(rate)
         label = f"outbound {rate // 1000:>2}k->8k + frame + encode + base64 + JSON"
         out(f"  {label:<54} {p50:7.1f} / {p99:7.1f}\n")
+    p50, p99 = usage_counting()
+    out(f"  {'usage: count a frame sent to the STT (per frame)':<54} {p50:7.3f} / {p99:7.3f}\n")
     out("\naudio held back inside the resampler (after each 20 ms chunk)\n")
     for row in hold_back_table():
         out("  " + row + "\n")

@@ -68,6 +68,12 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         turn_models = load_turn_models(settings.turn_models_dir)
     except ModelMissing as exc:  # never fetched at run time: say how to install them
         raise ConfigError(str(exc)) from exc
+    prices = settings.price_table()  # a bad table stops the gateway here, naming the key
+    if settings.prices_json is None and settings.prices_file is None:
+        log.warning(
+            "call costs use the EXAMPLE price table: set PRICES_JSON or PRICES_FILE to your "
+            "own prices (see gateway/pricing.py)"
+        )
     mongodb_url = settings.mongodb_url
 
     @contextlib.asynccontextmanager
@@ -82,7 +88,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
                 )
             await adopt_used_numbers(database)
             services = build_services(
-                settings, database, providers=providers, turn_models=turn_models
+                settings, database, providers=providers, turn_models=turn_models, prices=prices
             )
             app.state.services = services
             async with running(services):

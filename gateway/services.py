@@ -20,6 +20,7 @@ from gateway.call.lookup import CallerLookup
 from gateway.call.writes import WritePolicy
 from gateway.livekit.room import LiveKitRooms
 from gateway.metrics import GatewayMetrics
+from gateway.pricing import PriceTable
 from gateway.providers.base import Providers
 from gateway.providers.catalog import ProviderCatalog
 from gateway.providers.registry import build_default_providers
@@ -89,11 +90,13 @@ def build_services(
     turn_models: TurnModels,
     providers: Providers | None = None,
     on_published: Callable[[EventRecord], None] | None = None,
+    prices: PriceTable | None = None,
 ) -> Services:
     """Every service of one gateway process, each built once (inside the running loop).
     `on_published` is told of every event this process stores (the event stream's wake-up)."""
     assert settings.mongodb_url is not None and settings.twilio_auth_token is not None
     metrics = GatewayMetrics()
+    prices = prices if prices is not None else settings.price_table()
     default = providers or build_default_providers(
         settings, on_stt_reconnect=metrics.stt_reconnected
     )
@@ -164,6 +167,7 @@ def build_services(
         ),
         recording_finish_timeout_s=settings.recording_finish_timeout_s,
         events=events,
+        prices=prices,
     )
     lookup = CallerLookup(
         database=database,
@@ -195,6 +199,7 @@ def build_services(
         metrics=metrics,
         on_lost=lost,
         unfinished=live,
+        prices=prices,
     )
     twilio = TwilioServices(
         validator=TwilioSignatureValidator(settings.twilio_auth_token.get_secret_value()),

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audio.models import models_dir
+from gateway.errors import ConfigError
+from gateway.pricing import EXAMPLE_PRICES, PriceTable
 from storage import TurnTakingConfig
 
 
@@ -201,6 +203,12 @@ class Settings(BaseSettings):
     # Offline recognisers loaded at start; more load on demand (~35 ms each).
     stt_prewarm: int = Field(default=4, ge=0, le=256)
 
+    # The price table calls are costed with when they are finished (see gateway/pricing.py
+    # for its shape): PRICES_JSON holds the JSON, or PRICES_FILE names a file holding it.
+    # Neither set: EXAMPLE figures (`EXAMPLE_PRICES`), placeholders to replace.
+    prices_json: str | None = None
+    prices_file: Path | None = None
+
     assistant_greeting: str = (
         "Hello! You are talking to the demo assistant. How can I help you today?"
     )
@@ -267,6 +275,29 @@ class Settings(BaseSettings):
             silence_ms=self.vad_silence_ms,
             min_speech_ms=self.vad_min_speech_ms,
         )
+
+    def price_table(self) -> PriceTable:
+        """The price table in force (`ConfigError` naming what is wrong with a bad one)."""
+        if self.prices_json is not None and self.prices_file is not None:
+            raise ConfigError("set PRICES_JSON or PRICES_FILE, not both")
+        if self.prices_file is not None:
+            source = f"PRICES_FILE ({self.prices_file})"
+            try:
+                text = self.prices_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"{source} cannot be read: {exc.strerror}") from exc
+        elif self.prices_json is not None:
+            source, text = "PRICES_JSON", self.prices_json
+        else:
+            return EXAMPLE_PRICES
+        try:
+            return PriceTable.model_validate_json(text)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'the table'}: {error['msg']}"
+                for error in exc.errors(include_url=False)
+            )
+            raise ConfigError(f"{source} is not a valid price table: {problems}") from exc
 
     def public_url_for(self, path: str) -> str:
         """The externally visible http(s) URL of `path` (what Twilio signs for form POSTs)."""

@@ -29,10 +29,12 @@ from storage.documents import CallDocument, TurnDocument
 from storage.errors import CallNotFound, InvalidCursor, NotFound, RecordTooLarge, StorageError
 from storage.models import (
     CallAnalysis,
+    CallCost,
     CallFilter,
     CallPage,
     CallRecord,
     CallStatus,
+    CallUsage,
     Direction,
     NewCall,
     RecordingState,
@@ -98,7 +100,8 @@ class CallStore(Protocol):
         status: CallStatus,
         end_reason: str,
         ended_at: datetime,
-        usage: Mapping[str, int] | None = None,
+        usage: CallUsage | None = None,
+        cost: CallCost | None = None,
         with_turns: bool = False,
     ) -> CallRecord: ...
     async def record_carrier_end(
@@ -234,7 +237,8 @@ def _call_record(doc: CallDocument, turns: tuple[TurnRecord, ...] = ()) -> CallR
         turns=turns,
         latency_p50=doc.latency_p50,
         latency_p95=doc.latency_p95,
-        usage=doc.usage,
+        usage=CallUsage.model_validate(doc.usage) if doc.usage else None,
+        cost=CallCost.model_validate(doc.cost) if doc.cost else None,
         system_prompt=doc.system_prompt,
         greeting=doc.greeting,
         answered_by=doc.answered_by,
@@ -486,15 +490,17 @@ class CallRepository:
         status: CallStatus,
         end_reason: str,
         ended_at: datetime,
-        usage: Mapping[str, int] | None = None,
+        usage: CallUsage | None = None,
+        cost: CallCost | None = None,
         with_turns: bool = False,
     ) -> CallRecord:
-        """Record the outcome once: finishing an already finished call keeps the first.
+        """Record the outcome once: finishing an already finished call keeps the first
+        (its usage and cost too).
         Returns the call as stored, its turns only if asked: a caller that only finishes
         the call waits for no read after the write (a read that failed would look like a
         finish that failed)."""
         async with call_write_lock(call_id):
-            doc = await self._finish_once(call_id, status, end_reason, ended_at, usage)
+            doc = await self._finish_once(call_id, status, end_reason, ended_at, usage, cost)
         self._next_index.pop(call_id, None)
         await self._drop_carrier_notes(call_id)
         if with_turns:
@@ -516,7 +522,8 @@ class CallRepository:
         status: CallStatus,
         end_reason: str,
         ended_at: datetime,
-        usage: Mapping[str, int] | None,
+        usage: CallUsage | None,
+        cost: CallCost | None,
     ) -> CallDocument:
         """The call's document once finished (by this write, or by the one before it)."""
         oid = _object_id(call_id, what="call")
@@ -538,7 +545,8 @@ class CallRepository:
             "duration_s": round(duration, 3),
             "latency_p50": p50,
             "latency_p95": p95,
-            "usage": dict(usage) if usage else None,
+            "usage": usage.model_dump(mode="json") if usage is not None else None,
+            "cost": cost.model_dump(mode="json") if cost is not None else None,
             "report_pending": True,
             # Its analysis is owed too (`storage.analyses`), from this same write.
             "analysis": ANALYSIS_PENDING,

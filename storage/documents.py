@@ -33,7 +33,10 @@ class CallDocument(Document):
     end_reason: str | None = None
     latency_p50: dict[str, float] | None = None
     latency_p95: dict[str, float] | None = None
-    usage: dict[str, int] | None = None  # LLM tokens of the whole call
+    # A `CallUsage` (old calls: `{prompt_tokens, completion_tokens}`) and a `CallCost`
+    # (decimals as strings), both written by the call's finish.
+    usage: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None
     # The assistant's prompt and greeting with the call's placeholders filled, fixed when
     # the call is placed or answered (whichever gateway serves its audio reads them here).
     system_prompt: str | None = None

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal, get_args
 
 import jsonschema
@@ -21,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    computed_field,
     field_validator,
     model_validator,
 )
@@ -164,6 +166,115 @@ class CallAnalysis(_Record):
     completed_at: datetime | None = None
 
 
+class CarrierUsage(_Record):
+    """Seconds a carrier carried the call (from answered to ended)."""
+
+    provider: str = Field(description="the call's transport: twilio or livekit")
+    seconds: float = Field(ge=0)
+
+
+class SttUsage(_Record):
+    """Seconds of caller audio sent to one speech-to-text provider."""
+
+    provider: str = Field(description="deepgram, pocketsphinx (the local recogniser), ...")
+    seconds: float = Field(ge=0)
+
+
+class LlmUsage(_Record):
+    """Tokens one model used over the call, as the provider reported them."""
+
+    provider: str = Field(description="openai (any OpenAI-compatible endpoint), or unknown")
+    model: str | None = Field(default=None, description="the model asked for; null: unknown")
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+
+
+class TtsUsage(_Record):
+    """Characters of text sent to one text-to-speech provider to be spoken."""
+
+    provider: str = Field(description="cartesia, espeak-ng (the local voice), ...")
+    characters: int = Field(ge=0)
+
+
+class CallUsage(_Record):
+    """What a call used of each provider, counted while it ran (the carrier at its end).
+
+    Calls stored before usage was itemised hold only `{prompt_tokens, completion_tokens}`:
+    they read as the usage of one model of an unknown provider. `prompt_tokens` and
+    `completion_tokens` are also given as totals over `llm`, as they always were.
+    """
+
+    carrier: tuple[CarrierUsage, ...] = ()
+    stt: tuple[SttUsage, ...] = ()
+    llm: tuple[LlmUsage, ...] = ()
+    tts: tuple[TtsUsage, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_token_counts(cls, value: Any) -> Any:
+        """An old document: LLM tokens only, of a model nobody recorded."""
+        if isinstance(value, Mapping) and not {"carrier", "stt", "llm", "tts"} & set(value):
+            prompt, completion = value.get("prompt_tokens", 0), value.get("completion_tokens", 0)
+            if not (prompt or completion):
+                return {}
+            return {
+                "llm": [
+                    {
+                        "provider": "unknown",
+                        "model": None,
+                        "prompt_tokens": prompt,
+                        "completion_tokens": completion,
+                    }
+                ]
+            }
+        return value
+
+    @computed_field(description="LLM prompt tokens of the whole call (the sum over `llm`)")  # type: ignore[prop-decorator]
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(item.prompt_tokens for item in self.llm)
+
+    @computed_field(description="LLM completion tokens of the whole call (the sum over `llm`)")  # type: ignore[prop-decorator]
+    @property
+    def completion_tokens(self) -> int:
+        return sum(item.completion_tokens for item in self.llm)
+
+    def with_carrier(self, provider: str, seconds: float) -> CallUsage:
+        """This usage with the carrier's seconds (replacing any counted before)."""
+        carried = CarrierUsage(provider=provider, seconds=round(max(0.0, seconds), 3))
+        return self.model_copy(update={"carrier": (carried,)})
+
+
+CostKind = Literal["carrier", "stt", "llm_input", "llm_output", "tts"]
+CostUnit = Literal["minute", "token", "character"]
+
+
+class CostItem(_Record):
+    """One line of a call's cost: `quantity` `unit`s at `unit_price` each.
+
+    `amount` is rounded half-up to 6 decimal places from the exact product (so it may
+    differ from `quantity` x `unit_price` in the last place when `quantity` is rounded:
+    minutes are given to 6 places from the counted seconds). Decimal values are exact and
+    published as decimal strings."""
+
+    kind: CostKind
+    provider: str
+    model: str | None = Field(default=None, description="LLM items: the model")
+    quantity: Decimal
+    unit: CostUnit
+    unit_price: Decimal = Field(description="price of one unit, exact")
+    amount: Decimal
+
+
+class CallCost(_Record):
+    """A call's cost from its usage and the price table in force when it was finished
+    (`PRICES_JSON` / `PRICES_FILE`); `total` is the sum of the items' amounts."""
+
+    items: tuple[CostItem, ...] = ()
+    total: Decimal
+    currency: str
+
+
 class CallRecord(_Record):
     id: str
     org_id: str | None
@@ -183,7 +294,12 @@ class CallRecord(_Record):
     turns: tuple[TurnRecord, ...] = ()
     latency_p50: dict[str, float] | None = None
     latency_p95: dict[str, float] | None = None
-    usage: dict[str, int] | None = Field(default=None, description="LLM tokens of the call")
+    usage: CallUsage | None = Field(
+        default=None, description="what the call used of each provider (carrier, STT, LLM, TTS)"
+    )
+    cost: CallCost | None = Field(
+        default=None, description="the call's cost, priced when it was finished"
+    )
     system_prompt: str | None = None
     greeting: str | None = None
     answered_by: str | None = None

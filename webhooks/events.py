@@ -206,7 +206,8 @@ def call_ended_body(
             ],
             "latency_p50_ms": dict(call.latency_p50) if call.latency_p50 else None,
             "latency_p95_ms": dict(call.latency_p95) if call.latency_p95 else None,
-            "usage": dict(call.usage) if call.usage else None,
+            "usage": call.usage.model_dump(mode="json") if call.usage else None,
+            "cost": call.cost.model_dump(mode="json") if call.cost else None,
         },
     }
     return _dumps(event)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from pydantic import BaseModel
 
@@ -46,7 +47,17 @@ async def list_calls(req: ApiRequest) -> BaseModel:
         limit=q.limit,
         cursor=q.cursor or None,  # an empty cursor is the first page
     )
-    return CallList(items=[CallOut.of(c) for c in page.items], next_cursor=page.next_cursor)
+    currency = req.services.calls.prices.currency
+    total = sum(
+        (c.cost.total for c in page.items if c.cost is not None and c.cost.currency == currency),
+        Decimal(0),
+    )
+    return CallList(
+        items=[CallOut.of(c) for c in page.items],
+        next_cursor=page.next_cursor,
+        total_cost=total,
+        currency=currency,
+    )
 
 
 async def get_call(req: ApiRequest) -> BaseModel:

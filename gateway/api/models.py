@@ -4,6 +4,7 @@ serialise with them, and the OpenAPI document is generated from them."""
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal, Self
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -103,6 +104,11 @@ class CallDetail(CallOut):
 class CallList(BaseModel):
     items: list[CallOut]
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at end")
+    total_cost: Decimal = Field(
+        description="the sum of this page's calls' `cost.total` in `currency` (a decimal "
+        "string); a call without a cost, or costed in another currency, counts 0"
+    )
+    currency: str = Field(description="the currency of `total_cost`: the price table's")
 
 
 class OutboundCallRequest(_Input):

@@ -21,6 +21,7 @@ from gateway.call.playback import PlaybackTracker
 from gateway.call.replies import Action, ReplyGenerator
 from gateway.call.transcript import CallTranscript
 from gateway.call.transport import CallTransport
+from gateway.call.usage import UsageMeter
 from gateway.errors import ProviderError
 from gateway.metrics import GatewayMetrics
 from gateway.providers.base import HangUp, Providers, SendDtmf, TransferCall
@@ -44,6 +45,7 @@ class AgentTurns:
         metrics: GatewayMetrics | None,
         on_done: Callable[[], None],
         on_end: Callable[[str, CallStatus], None],
+        meter: UsageMeter | None = None,
     ) -> None:
         self._transport = transport
         self._transcript = transcript
@@ -60,6 +62,7 @@ class AgentTurns:
             llm_first_token_timeout_s=config.llm_first_token_timeout_s,
             tts_first_audio_timeout_s=config.tts_first_audio_timeout_s,
             metrics=metrics,
+            meter=meter,
         )
         self._task: asyncio.Task[None] | None = None
         self._goodbye: asyncio.Task[None] | None = None
@@ -74,11 +77,6 @@ class AgentTurns:
     def ending(self) -> bool:
         """True once the gateway's own goodbye is under way: the agent says nothing more."""
         return self._goodbye is not None
-
-    @property
-    def usage(self) -> dict[str, int] | None:
-        """The LLM tokens the call used so far (None: none)."""
-        return self._replies.usage
 
     def on_mark(self, name: str) -> None:
         """A mark came back: the audio before it was played."""

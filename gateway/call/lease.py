@@ -29,11 +29,13 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from gateway.metrics import GatewayMetrics
+from gateway.pricing import EXAMPLE_PRICES, PriceTable, price_call
 from storage import (
     CallNotFound,
     CallRecord,
     CallStatus,
     CallStore,
+    CallUsage,
     LeaseRepository,
     StorageError,
 )
@@ -51,7 +53,7 @@ class OwnEnding:
     status: CallStatus
     reason: str
     ended_at: datetime
-    usage: Mapping[str, int] | None = None
+    usage: CallUsage | None = None  # with the carrier's seconds
 
 
 class UnfinishedCalls(Protocol):
@@ -175,8 +177,10 @@ class LostCallSweeper:
         on_lost: Callable[[CallRecord], Awaitable[None]],
         unfinished: UnfinishedCalls | None = None,
         clock: Callable[[], float] = time.monotonic,
+        prices: PriceTable = EXAMPLE_PRICES,
     ) -> None:
         self._store = store
+        self._prices = prices
         self._leases = leases
         self._me = gateway_id
         self._serving = serving
@@ -230,8 +234,19 @@ class LostCallSweeper:
                 continue
             known = await self._store.carrier_end(call.id)
             status, reason = known if known is not None else (CallStatus.FAILED, LOST_REASON)
+            # What its gateway counted died with it: the carrier's minutes, from the call's
+            # start, are what is known.
+            ended_at = datetime.now(UTC)
+            usage = CallUsage().with_carrier(
+                call.transport, (ended_at - call.started_at).total_seconds()
+            )
             stored = await self._store.finish_call(
-                call.id, status=status, end_reason=reason, ended_at=datetime.now(UTC)
+                call.id,
+                status=status,
+                end_reason=reason,
+                ended_at=ended_at,
+                usage=usage,
+                cost=price_call(usage, self._prices, call_id=call.id),
             )
             if stored.end_reason != reason:
                 continue  # its own gateway finished it after all, while this round read
@@ -262,13 +277,15 @@ class LostCallSweeper:
 
     async def _finish_as_ended(self, call_id: str, ending: OwnEnding) -> CallRecord | None:
         """Store how a call ended here and forget it; the stored call if this finished it."""
+        usage = ending.usage or CallUsage()
         try:
             stored = await self._store.finish_call(
                 call_id,
                 status=ending.status,
                 end_reason=ending.reason,
                 ended_at=ending.ended_at,
-                usage=ending.usage,
+                usage=usage,
+                cost=price_call(usage, self._prices, call_id=call_id),
             )
         except CallNotFound:
             log.warning("a call that ended here is gone", extra={"call_id": call_id})

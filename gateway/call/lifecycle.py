@@ -46,12 +46,14 @@ from gateway.call.transport import CallTransport
 from gateway.call.writes import CallWrites, WritePolicy
 from gateway.logs import call_id_var
 from gateway.metrics import GatewayMetrics
+from gateway.pricing import EXAMPLE_PRICES, PriceTable, price_call
 from gateway.providers.catalog import ProviderCatalog
 from storage import (
     AssistantRepository,
     CallRecord,
     CallStatus,
     CallStore,
+    CallUsage,
     RecordingState,
     StorageError,
     TurnRecord,
@@ -179,6 +181,7 @@ class CallRuntime:
     writes: WritePolicy = field(default_factory=WritePolicy)
     recording_finish_timeout_s: float = 10.0  # then the outbox salvages the upload
     events: CallEvents | None = None  # None: the call publishes no events (unit tests)
+    prices: PriceTable = EXAMPLE_PRICES  # what a finished call's usage costs
     outage_goodbye: str = (
         "I am sorry, I have to end this call because of a technical problem. "
         "Please call again later. Goodbye."
@@ -202,6 +205,7 @@ class CallLifecycle:
         self._answering = asyncio.Lock()
         self._ending: CallEnding | None = None
         self._ended_at = datetime.now(UTC)
+        self._answered_at: datetime | None = None  # the carrier bills from here
         self._end_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._counted = False
@@ -242,6 +246,7 @@ class CallLifecycle:
             if self.ended.is_set():
                 return
             rt = self._rt
+            self._answered_at = datetime.now(UTC)
             self._progress(CallStatus.IN_PROGRESS)
             plan = await plan_call(self.call, assistants=rt.assistants, catalog=rt.catalog)
             if plan.recording and rt.recordings_enabled:
@@ -352,10 +357,9 @@ class CallLifecycle:
                 )
                 await _step("publishing the call's final status", self._final_status_event)
             else:  # this gateway's sweeper finishes it so once the database is back
-                usage = self.session.usage if self.session is not None else None
                 self._rt.live.left_unfinished(
                     self.call.id,
-                    OwnEnding(ending.status, ending.reason, self._ended_at, usage),
+                    OwnEnding(ending.status, ending.reason, self._ended_at, self.usage()),
                 )
                 log.error(
                     "the call is not finished in the database", extra={"reason": ending.reason}
@@ -380,12 +384,23 @@ class CallLifecycle:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def usage(self) -> CallUsage:
+        """What the call used: its session's counts, and the carrier from answered to ended
+        (an unanswered call carried nothing)."""
+        usage = self.session.usage if self.session is not None else CallUsage()
+        carried = 0.0
+        if self._answered_at is not None:
+            carried = (self._ended_at - self._answered_at).total_seconds()
+        return usage.with_carrier(self.call.transport, carried)
+
     async def _finish(self, ending: CallEnding) -> None:
         """The final write, retried within the write policy's bounds (one attempt once the
         call's writes were given up: the database is away)."""
         policy = self._rt.writes
         deadline = time.monotonic() + (0.0 if self._writes.given_up else policy.outage_s)
         delays = policy.retry_delays()
+        usage = self.usage()
+        cost = price_call(usage, self._rt.prices, call_id=self.call.id)
         while True:
             try:
                 # Longer than a turn's bound: it reads the call's turns for its latencies.
@@ -397,7 +412,8 @@ class CallLifecycle:
                         status=ending.status,
                         end_reason=ending.reason,
                         ended_at=self._ended_at,
-                        usage=self.session.usage if self.session is not None else None,
+                        usage=usage,
+                        cost=cost,
                     )
                 return
             except (StorageError, TimeoutError) as exc:

@@ -1,7 +1,8 @@
 """The agent's replies, spoken into the call: the LLM's sentences go to the TTS while its
 audio plays, within bounds (a first token, then audio, in time), retried once, and an apology
 instead of silence when the agent cannot answer. Barge-in and the transcript are the
-session's; this module only says things, counts the tokens and marks each reply's latency.
+session's; this module only says things, counts the tokens and the characters spoken (the
+call's `UsageMeter`) and marks each reply's latency.
 
 Order of calls: `reply()` for each agent turn, one at a time (cancelling its task stops
 it; `drop_held_audio()` then discards what the resamplers still hold), `aclose()` at
@@ -22,6 +23,7 @@ from gateway.call.latency import TurnLatency
 from gateway.call.playback import PlaybackTracker
 from gateway.call.sentences import SentenceChunker
 from gateway.call.transport import CallTransport
+from gateway.call.usage import UsageMeter
 from gateway.errors import ProviderError
 from gateway.metrics import GatewayMetrics
 from gateway.providers.base import (
@@ -81,6 +83,7 @@ class ReplyGenerator:
         llm_first_token_timeout_s: float,
         tts_first_audio_timeout_s: float,
         metrics: GatewayMetrics | None = None,
+        meter: UsageMeter | None = None,
     ) -> None:
         self._call_id = call_id
         self._llm = providers.llm
@@ -97,12 +100,7 @@ class ReplyGenerator:
             if providers.fallback_tts is not None
             else None
         )
-        self._usage = {"prompt_tokens": 0, "completion_tokens": 0}
-
-    @property
-    def usage(self) -> dict[str, int] | None:
-        """The LLM tokens the call used so far (None: none)."""
-        return dict(self._usage) if any(self._usage.values()) else None
+        self.meter = meter or UsageMeter()
 
     async def reply(
         self, history: Sequence[ChatMessage], latency: TurnLatency | None = None
@@ -178,19 +176,20 @@ class ReplyGenerator:
                 if player.done():
                     player.result()  # the TTS failed: stop asking the LLM
                 if isinstance(event, Usage):
-                    self._usage["prompt_tokens"] += event.prompt_tokens
-                    self._usage["completion_tokens"] += event.completion_tokens
+                    self.meter.llm_tokens(
+                        self._llm.name, event.model, event.prompt_tokens, event.completion_tokens
+                    )
                 elif isinstance(event, TextDelta):
                     _mark(latency, "llm_first_token")
                     timeout = None
                     for sentence in chunker.push(event.text):
                         texts.append(sentence)
-                        await speech.say(sentence)
+                        await self._say(voice, speech, sentence)
                 else:
                     actions.append(event)
             for sentence in chunker.flush():
                 texts.append(sentence)
-                await speech.say(sentence)
+                await self._say(voice, speech, sentence)
             await speech.finish()
             await player
             completed = True
@@ -267,12 +266,18 @@ class ReplyGenerator:
 
     async def _speak_text(self, text: str, voice: Voice, latency: TurnLatency | None) -> None:
         speech = await voice.turn()
-        await speech.say(text)
+        await self._say(voice, speech, text)
         await speech.finish()
         try:
             await self._play_speech(speech, voice, [text], latency)
         finally:
             await speech.cancel()
+
+    async def _say(self, voice: Voice, speech: SpeechStream, text: str) -> None:
+        """Hand `text` to the voice: the one place its characters are counted (as spoken,
+        without the surrounding whitespace)."""
+        await speech.say(text)
+        self.meter.tts_text(voice.tts.name, len(text.strip()))
 
     async def _play(self, pcm: PCM16, latency: TurnLatency | None) -> None:
         if pcm.shape[0]:

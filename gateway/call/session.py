@@ -52,10 +52,11 @@ from gateway.call.turn_taking import (
     TurnStep,
     TurnTaking,
 )
+from gateway.call.usage import UsageMeter
 from gateway.errors import ProviderError
 from gateway.metrics import GatewayMetrics
 from gateway.providers.base import HangUp, Providers, STTStream
-from storage import CallStatus, CallStore, TurnRecord, TurnTakingConfig
+from storage import CallStatus, CallStore, CallUsage, TurnRecord, TurnTakingConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class CallSession:
         turn = plan.config
         self._goodbye_timeout_s = config.goodbye_timeout_s
         self._started_at = clock()  # the origin of the transcript's times
+        self._meter = UsageMeter()
         self._judge = TurnJudge(turn, config.models, english=plan.english, metrics=metrics)
         vad = config.models.vad if turn.vad == "silero" else None
         self._turns = TurnTaking(
@@ -119,6 +121,7 @@ class CallSession:
             metrics=metrics,
             on_done=self._await_caller,
             on_end=on_end,
+            meter=self._meter,
         )
         self._overlap = CallerOverlap(
             agent=self._agent,
@@ -206,9 +209,9 @@ class CallSession:
         self._agent.end_politely(goodbye, reason, timeout_s=self._goodbye_timeout_s)
 
     @property
-    def usage(self) -> dict[str, int] | None:
-        """The LLM tokens the call used so far (None: none)."""
-        return self._agent.usage
+    def usage(self) -> CallUsage:
+        """What the call used of its STT, LLM and TTS so far (the carrier is the lifecycle's)."""
+        return self._meter.usage()
 
     async def close(self) -> None:
         """The call ends: stop the agent, queue its unfinished turn (cut to what the caller
@@ -238,6 +241,8 @@ class CallSession:
             if isinstance(step, PushAudio):
                 if self._stt_stream is not None:
                     await self._stt_stream.push(step.frame)
+                    frame = step.frame
+                    self._meter.stt_audio(self._turns.stt_name, frame.samples, frame.rate)
             elif isinstance(step, CallerSound | SoundGone | CallerStarted):
                 if isinstance(step, CallerStarted):
                     self._idle.caller_active()

@@ -147,6 +147,7 @@ class TurnTaking:
     def use_stt(self, stt: STT) -> None:
         """Feed `stt` from now on: at its input rate, every frame or only the caller's speech."""
         self._continuous = stt.continuous
+        self.stt_name = stt.name  # whose audio `PushAudio` frames are (usage is counted by it)
         self.stt_rate = stt.input_rate(self._rate)
         self._resampler = StreamResampler(self._rate, self.stt_rate)
 

@@ -108,10 +108,11 @@ class SendDtmf:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens one model request used (the session adds them up on the call)."""
+    """Tokens one model request used (the session adds them up on the call, per model)."""
 
     prompt_tokens: int
     completion_tokens: int
+    model: str | None = None  # the model asked for (what prices are keyed by)
 
 
 LLMEvent = TextDelta | HangUp | TransferCall | SendDtmf | Usage

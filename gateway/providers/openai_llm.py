@@ -218,7 +218,9 @@ class OpenAIChatLLM:
             )
             async for chunk in stream:
                 if chunk.usage is not None:
-                    yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                    yield Usage(
+                        chunk.usage.prompt_tokens, chunk.usage.completion_tokens, self._model
+                    )
                 for choice in chunk.choices:
                     delta = choice.delta
                     if delta.content:

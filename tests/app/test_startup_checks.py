@@ -1,5 +1,6 @@
-"""What the app factory refuses at start-up: a placeholder or guessable GATEWAY_API_KEY, and
-turn models that are missing or fail their hash check (never fetched at run time)."""
+"""What the app factory refuses at start-up: a placeholder or guessable GATEWAY_API_KEY,
+turn models that are missing or fail their hash check (never fetched at run time), and a
+price table that cannot be right."""
 
 from __future__ import annotations
 
@@ -56,3 +57,12 @@ def test_a_corrupt_turn_model_stops_start_up(mongo_url: str, tmp_path: Path) -> 
     silero.write_bytes(silero.read_bytes()[:-1] + b"\x00")  # one byte changed
     with pytest.raises(ConfigError, match=r"silero_vad.onnx failed its hash check .*reinstall"):
         create_app(settings.model_copy(update={"turn_models_dir": tmp_path}))
+
+
+def test_a_bad_price_table_stops_start_up_naming_the_key(mongo_url: str) -> None:
+    settings = _settings(mongo_url, "vg_" + uuid.uuid4().hex)
+    bad = '{"currency": "USD", "stt_per_minute": {"deepgram": -0.0043}}'
+    with pytest.raises(
+        ConfigError, match=r"PRICES_JSON is not a valid price table: stt_per_minute\.deepgram: "
+    ):
+        create_app(settings.model_copy(update={"prices_json": bad}))

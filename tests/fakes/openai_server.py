@@ -16,13 +16,17 @@ invalid data every time; "fake:garbage" -> text that is not JSON; "fake:fail" ->
 500; "fake:hold-first" -> the first such request is held until its client goes away (a
 gateway killed while it waits for the model), the next ones get a valid answer; otherwise
 a valid answer: `summary` quoting what the caller said, `data` matching
-`{"order_id": string, "resolved": boolean}`, `success` true. `GET /control/log` lists
-the non-streaming requests received (newest last).
+`{"order_id": string, "resolved": boolean}`, `success` true. `GET /control/completions`
+lists the non-streaming requests received (newest last).
+
+`GET /control/log` lists each request's `model` and the `usage` the server sent for it
+(what a bill would count); `POST /control/reset` clears it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +36,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+_log: list[dict[str, Any]] = []
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -105,6 +111,7 @@ async def _events(body: dict[str, Any], said: str) -> AsyncIterator[bytes]:
             "total_tokens": 12 + len(words),
         }
         yield _sse({**_chunk({}), "choices": [], "usage": usage})
+        _log.append({"model": body.get("model"), "usage": usage})
     yield _sse("[DONE]")
 
 
@@ -169,9 +176,10 @@ async def chat_completions(request: Request) -> Response:
         text = json.dumps(body["messages"])
         if "fake:hold-first" in text and text not in _held:
             _held.add(text)
-            deadline = time.monotonic() + 120
-            while not await request.is_disconnected() and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            with contextlib.suppress(TimeoutError):  # the body is read: next comes the disconnect
+                async with asyncio.timeout(120):
+                    while (await request.receive())["type"] != "http.disconnect":
+                        pass
             return JSONResponse({"error": {"message": "held", "type": "server_error"}}, 503)
         return _analysis(body["messages"])
     said = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
@@ -181,12 +189,23 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def control_log(request: Request) -> Response:
+    return JSONResponse(_log)
+
+
+async def control_completions(request: Request) -> Response:
     return JSONResponse(_completions)
+
+
+async def control_reset(request: Request) -> Response:
+    _log.clear()
+    return JSONResponse({"ok": True})
 
 
 app = Starlette(
     routes=[
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/control/log", control_log, methods=["GET"]),
+        Route("/control/completions", control_completions, methods=["GET"]),
+        Route("/control/reset", control_reset, methods=["POST"]),
     ]
 )

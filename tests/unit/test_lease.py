@@ -5,16 +5,26 @@ database is in tests/integration/test_two_gateways.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
 from gateway.call.lease import LOST_REASON, GatewayLease, LostCallSweeper, OwnEnding
 from gateway.call.lifecycle import LiveCalls
 from gateway.metrics import GatewayMetrics
-from storage import CallRecord, CallStatus, Direction, StorageError
+from gateway.pricing import PriceTable
+from storage import (
+    CallCost,
+    CallRecord,
+    CallStatus,
+    CallUsage,
+    Direction,
+    LlmUsage,
+    StorageError,
+)
 
 ME, OTHER = "gw-me", "gw-other"
 LEASE_S = 30.0
@@ -68,7 +78,8 @@ class Store:
         status: CallStatus,
         end_reason: str,
         ended_at: datetime,
-        usage: Mapping[str, int] | None = None,
+        usage: CallUsage | None = None,
+        cost: CallCost | None = None,
         with_turns: bool = False,
     ) -> CallRecord:
         if self.down:
@@ -80,7 +91,8 @@ class Store:
                     "status": status,
                     "end_reason": end_reason,
                     "ended_at": ended_at,
-                    "usage": dict(usage) if usage else None,
+                    "usage": usage,
+                    "cost": cost,
                 }
             )
             self.calls[call_id] = call
@@ -138,6 +150,38 @@ async def test_a_silent_gateway_loses_its_calls_a_whole_lease_after_the_last_bea
     assert await sweeper.sweep() == []  # finished once
 
 
+async def test_a_lost_call_is_costed_from_its_carrier_minutes() -> None:
+    """What its gateway counted died with it: the carrier's minutes from the call's start
+    to the sweep are priced at the table in force."""
+    store, clock = Store(), Clock()
+    started = datetime.now(UTC) - timedelta(seconds=90)
+    store.calls["c1"] = _call("c1", OTHER).model_copy(update={"started_at": started})
+    prices = PriceTable(currency="EUR", carrier_per_minute={"twilio": Decimal("0.02")})
+    sweeper = LostCallSweeper(
+        store=store,  # type: ignore[arg-type]
+        leases=store,  # type: ignore[arg-type]
+        gateway_id=ME,
+        serving=set[str]().__contains__,
+        lease_s=LEASE_S,
+        metrics=GatewayMetrics(),
+        on_lost=lambda call: asyncio.sleep(0),
+        clock=clock,
+        prices=prices,
+    )
+    assert await sweeper.sweep() == []
+    clock.now += LEASE_S
+    [finished] = await sweeper.sweep()
+    assert finished.usage is not None and finished.cost is not None
+    [carrier] = finished.usage.carrier
+    assert carrier.provider == "twilio" and 90 <= carrier.seconds < 120
+    assert not (finished.usage.stt or finished.usage.llm or finished.usage.tts)
+    [item] = finished.cost.items
+    seconds = Decimal(str(carrier.seconds))
+    assert (item.kind, item.unit, item.unit_price) == ("carrier", "minute", Decimal("0.02"))
+    assert item.amount == (seconds * Decimal("0.02") / 60).quantize(Decimal("0.000001"))
+    assert finished.cost.total == item.amount and finished.cost.currency == "EUR"
+
+
 async def test_a_lost_call_the_carrier_said_had_ended_is_finished_as_the_carrier_said() -> None:
     store, clock, lost = Store(), Clock(), []
     store.calls["c1"] = _call("c1", OTHER)
@@ -184,7 +228,10 @@ async def test_a_call_that_ended_here_before_its_lease_was_stored_is_finished_by
     store, clock, live = Store(), Clock(), LiveCalls(ME)
     store.calls["mine"] = _call("mine", None)
     ended_at = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-    ending = OwnEnding(CallStatus.FAILED, "storage-unavailable", ended_at, {"llm_tokens": 7})
+    used = CallUsage(
+        llm=(LlmUsage(provider="openai", model="m", prompt_tokens=5, completion_tokens=2),)
+    ).with_carrier("twilio", 61.5)
+    ending = OwnEnding(CallStatus.FAILED, "storage-unavailable", ended_at, used)
     live.left_unfinished("mine", ending)
     sweeper = _own_sweeper(store, clock, live)
     store.down = True
@@ -198,7 +245,9 @@ async def test_a_call_that_ended_here_before_its_lease_was_stored_is_finished_by
         CallStatus.FAILED,
         "storage-unavailable",
     )
-    assert finished.ended_at == ended_at and finished.usage == {"llm_tokens": 7}
+    assert finished.ended_at == ended_at and finished.usage == used
+    assert finished.cost is not None  # priced when the sweeper stored it
+    assert {item.kind for item in finished.cost.items} == {"carrier", "llm_input", "llm_output"}
     assert live.unfinished() == {}
     assert await sweeper.sweep() == [] and store.finished == ["mine"]
 

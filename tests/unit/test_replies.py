@@ -27,6 +27,7 @@ from gateway.providers.base import (
     Usage,
 )
 from gateway.providers.sentence_speech import SentenceConnection
+from storage import LlmUsage, TtsUsage
 
 RATE = 8000
 APOLOGY = "Sorry, say that again?"
@@ -201,7 +202,7 @@ async def test_a_reply_is_spoken_sentence_by_sentence_and_its_actions_returned()
         [
             TextDelta("We are open from nine. "),
             TextDelta("Goodbye!"),
-            Usage(prompt_tokens=12, completion_tokens=7),
+            Usage(prompt_tokens=12, completion_tokens=7, model="m-1"),
             HangUp("agent-ended"),
         ]
     )
@@ -223,7 +224,13 @@ async def test_a_reply_is_spoken_sentence_by_sentence_and_its_actions_returned()
         "tts_first_byte",
         "first_frame_out",
     ]
-    assert generator.usage == {"prompt_tokens": 12, "completion_tokens": 7}
+    used = generator.meter.usage()  # the tokens per model, the characters as spoken
+    assert used.llm == (
+        LlmUsage(provider="llm", model="m-1", prompt_tokens=12, completion_tokens=7),
+    )
+    assert used.tts == (
+        TtsUsage(provider="tone", characters=len("We are open from nine.Goodbye!")),
+    )
 
 
 async def test_an_llm_with_no_first_token_is_retried_once_then_apologises() -> None:
@@ -236,7 +243,8 @@ async def test_an_llm_with_no_first_token_is_retried_once_then_apologises() -> N
     assert tts.texts == [APOLOGY]  # the main voice is fine: it apologises
     assert playback.full_text() == APOLOGY
     assert transport.marks == ["seg-1"]
-    assert generator.usage is None
+    used = generator.meter.usage()
+    assert used.llm == () and used.tts == (TtsUsage(provider="tone", characters=len(APOLOGY)),)
 
 
 async def test_a_final_llm_error_is_not_retried() -> None:

@@ -225,7 +225,8 @@ class MemoryStore:
         status: CallStatus,
         end_reason: str,
         ended_at: datetime,
-        usage: Mapping[str, int] | None = None,
+        usage: object = None,
+        cost: object = None,
         with_turns: bool = False,
     ) -> CallRecord | None:
         if self.finish_fails:
