@@ -14,7 +14,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,6 +42,7 @@ CALL_ENDED_FIELDS = [
     "id", "assistant_id", "direction", "from_number", "to_number", "transport", "call_sid",
     "status", "started_at", "ended_at", "duration_s", "end_reason", "recording_url",
     "recording", "metadata", "transcript", "latency_p50_ms", "latency_p95_ms", "usage",
+    "cost",  # added with cost per call, after every field receivers knew
 ]  # fmt: skip
 
 
@@ -99,6 +100,21 @@ def _wait(receiver: WebhookReceiver, done: object, within_s: float = 60.0) -> No
         if time.monotonic() > deadline:
             raise TimeoutError(f"received: {[r.json()['type'] for r in receiver.received]}")
         time.sleep(0.05)
+
+
+async def _wait_until(done: Callable[[], Awaitable[bool]], within_s: float = 60.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not await done():
+        assert time.monotonic() < deadline, "not within the bound"
+        await asyncio.sleep(0.1)
+
+
+async def _asked_for_analysis(openai_base_url: str) -> bool:
+    """Whether the OpenAI fake holds the analysis request (the one test that asks for it)."""
+    base = openai_base_url.removesuffix("/v1")
+    async with httpx.AsyncClient(timeout=5) as http:
+        asked = (await http.get(base + "/control/completions")).json()
+    return any("fake:hold-first" in str(body) for body in asked)
 
 
 def _types(received: list[ReceivedWebhook]) -> list[str]:
@@ -248,10 +264,18 @@ async def test_an_assistant_stored_before_webhook_events_reads_as_the_default(
 
 
 async def test_a_killed_gateway_delivers_each_owed_event_after_the_restart_once_in_order(
-    mongo_url: str, s3_server: S3Server, tmp_path: Path
+    mongo_url: str, s3_server: S3Server, openai_base_url: str, tmp_path: Path
 ) -> None:
+    """Killed while the call's analysis waits for the model, after its call.ended was
+    queued: the restarted gateway runs the analysis again and sends call.analyzed after
+    every other event, each once."""
     env = {
         **recording_env(s3_server, new_bucket(s3_server)),
+        "OPENAI_API_KEY": "test-openai-key",
+        "OPENAI_BASE_URL": openai_base_url,
+        "ANALYSIS_TIMEOUT_S": "10",
+        "ANALYSIS_LEASE_S": "25",
+        "ANALYSIS_POLL_S": "1",
         "WEBHOOK_RETRY_BASE_S": "1",
         "WEBHOOK_RETRY_CAP_S": "1",
         "WEBHOOK_MAX_ATTEMPTS": "100",
@@ -265,7 +289,12 @@ async def test_a_killed_gateway_delivers_each_owed_event_after_the_restart_once_
             headers = {"x-api-key": first.api_key}
             async with httpx.AsyncClient(base_url=first.base_url, timeout=10) as http:
                 await _assistant(
-                    http, headers, receiver.url, KILLED, webhook_events=list(EVENT_TYPES)
+                    http,
+                    headers,
+                    receiver.url,
+                    KILLED,
+                    webhook_events=list(EVENT_TYPES),
+                    analysis={"summary_prompt": "Summarise the call. fake:hold-first"},
                 )
                 secret = (await http.get("/webhooks/secret", headers=headers)).json()["secret"]
                 # Call 1 ends: its events are all owed (the receiver refuses the first).
@@ -286,6 +315,8 @@ async def test_a_killed_gateway_delivers_each_owed_event_after_the_restart_once_
                             "/webhooks/deliveries", params={"call_id": ended_id}, headers=headers
                         )
                     ).json()["items"]
+                # The model holds the analysis: the gateway dies between the two events.
+                await _wait_until(lambda: _asked_for_analysis(openai_base_url))
                 os.kill(first.pid, signal.SIGKILL)
         refused_before = len(receiver.received)
         assert all(r.answered == 500 for r in receiver.received)
@@ -300,9 +331,12 @@ async def test_a_killed_gateway_delivers_each_owed_event_after_the_restart_once_
             await asyncio.to_thread(
                 _wait,
                 receiver,
-                lambda: any(r.delivery_id == owed for r in receiver.accepted()),
+                lambda: any(r.json()["type"] == "call.analyzed" for r in receiver.accepted()),
+                120.0,
             )
     accepted = receiver.accepted()
+    analysis = accepted[-1].json()["analysis"]
+    assert analysis["status"] == "done" and analysis["summary"], analysis
     assert refused_before >= 1
     assert len({r.delivery_id for r in accepted}) == len(accepted)  # each once
     assert all(r.json()["call"]["id"] == ended_id for r in accepted)

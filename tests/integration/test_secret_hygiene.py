@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from storage import StorageError, open_database
 from tests.net import free_port
 
 PASSWORD = "Hunter2-" + uuid.uuid4().hex[:8]
@@ -36,12 +35,29 @@ def _serve(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[s
     )
 
 
-async def test_a_database_error_masks_the_urls_password() -> None:
+# In a process of its own: PyMongo 4.20's monitor, cancelled by `close()` while it
+# connects to the refused port, leaves that socket to the garbage collector (15 of 40
+# opens, measured), whose ResourceWarning would then fail whichever test runs next here.
+_OPEN = """
+import asyncio, sys
+from storage import StorageError, open_database
+try:
+    asyncio.run(open_database(sys.argv[1], "db", timeout_s=0.5))
+except StorageError as exc:
+    print(exc)
+"""
+
+
+def test_a_database_error_masks_the_urls_password() -> None:
     url = f"mongodb://gateway:{PASSWORD}@127.0.0.1:{free_port()}/?authSource=admin"
-    with pytest.raises(StorageError) as err:
-        await open_database(url, "db", timeout_s=0.5)
-    assert PASSWORD not in str(err.value)
-    assert f"mongodb://gateway:***@127.0.0.1:{url.split(':')[3]}" in str(err.value)
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::ResourceWarning", "-c", _OPEN, url],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    error = done.stdout + done.stderr
+    assert error.startswith("cannot open MongoDB at "), error
+    assert PASSWORD not in error
+    assert f"mongodb://gateway:***@127.0.0.1:{url.split(':')[3]}" in error
 
 
 def test_a_gateway_that_cannot_reach_its_database_logs_no_password(tmp_path: Path) -> None:
