@@ -3,6 +3,7 @@ delivery during the grace period, and only the new one verifies after it."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -16,10 +17,21 @@ from tests.webhook_receiver import ReceivedWebhook, WebhookReceiver, run_webhook
 def _deliver_one(client: TestClient, receiver: WebhookReceiver, number: str) -> ReceivedWebhook:
     """Finish a call to `number` and wait for its end-call webhook at `receiver`."""
     call_id = _finished_call(client, number)
-    got = [r for r in receiver.wait_accepted(len(receiver.accepted()) + 1, within_s=30)]
-    mine = [r for r in got if r.json()["call"]["id"] == call_id]
+    deadline = time.monotonic() + 30
+    while not (mine := _reports_of(receiver, call_id)):
+        assert time.monotonic() < deadline, "no report within 30 s"
+        receiver.wait_accepted(len(receiver.accepted()) + 1, within_s=30)
     assert len(mine) == 1
     return mine[0]
+
+
+def _reports_of(receiver: WebhookReceiver, call_id: str) -> list[ReceivedWebhook]:
+    """The `call.ended` reports of `call_id` accepted (call.analyzed follows each)."""
+    return [
+        r
+        for r in receiver.accepted()
+        if r.json()["type"] == "call.ended" and r.json()["call"]["id"] == call_id
+    ]
 
 
 def test_a_rotation_keeps_the_old_secret_valid_for_the_grace_period(mongo_url: str) -> None:
