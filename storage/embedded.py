@@ -29,8 +29,8 @@ from storage.errors import StorageError
 
 FERRETDB_VERSION = "v1.24.2"
 # The build of tools/ferretdb/main.go (keep in step with scripts/ensure-ferretdb.sh):
-# r2 listens on a Unix socket and keeps its files private.
-FERRETDB_BUILD = "r2"
+# r2 listens on a Unix socket and keeps its files private; r3 looks `_id` up by its index.
+FERRETDB_BUILD = "r3"
 # sun_path holds 108 bytes on Linux, its terminating NUL included.
 _SOCKET_PATH_MAX = 100
 _REPO_ROOT = Path(__file__).resolve().parent.parent
