@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.auth import authenticate
+from gateway.connections import ABORT_EXTENSION
 from gateway.errors import BadRequest, CallNotFound, RequestInvalid
 from gateway.event_feed import StreamEnded, Subscription
 from gateway.metrics import GatewayMetrics
@@ -126,6 +127,13 @@ class EventStreamResponse(Response):
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if sub.dropped.is_set():
+                # Its last chunk could never be written: cut the connection (uvicorn would
+                # otherwise keep it until the client reads what its socket holds).
+                abort = scope.get("extensions", {}).get(ABORT_EXTENSION, {}).get("abort")
+                if abort is not None:
+                    abort()
+                    await asyncio.sleep(0)  # connection_lost runs: uvicorn sees the client gone
         finally:
             for task in tasks:
                 task.cancel()
