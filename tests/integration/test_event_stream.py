@@ -193,7 +193,7 @@ async def test_events_arrive_in_order_filtered_and_resume_misses_nothing(
             assert [e.id for e in got] == pub.sent[1:]
             assert [e.id for e in got] == list(range(before + 1, before + 7))
             assert {e.event for e in got} == {"call.turn"}
-            assert [e.data for e in got][0] == f'{{"call_id":"{one.id}","n":1,"pad":""}}'
+            assert got[0].data == f'{{"call_id":"{one.id}","n":1,"pad":""}}'
             mine = await only_one.events_until(3)
             assert [e.id for e in mine] == [before + 1, before + 3, before + 5]
             assert live.retry == 3000
@@ -251,9 +251,7 @@ async def test_a_client_that_never_reads_is_dropped_and_others_keep_receiving(
     key = gateway.api_key
     dropped_before = await asyncio.to_thread(_metric, gateway, "event_streams_dropped_total")
     # A small receive buffer so the kernel holds little for the client that never reads.
-    small = httpx.AsyncHTTPTransport(
-        socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
-    )
+    small = httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
     async with (
         publisher(mongo_url, gateway) as pub,
         httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as http,
