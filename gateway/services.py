@@ -25,9 +25,17 @@ from gateway.providers.registry import build_default_providers
 from gateway.readiness import DatabaseProbe
 from gateway.recording.bucket import RecordingBucket
 from gateway.settings import Settings
-from storage import CallRecord, CallStatus, Database, HeartbeatWriter, StorageError
+from storage import (
+    CallRecord,
+    CallStatus,
+    Database,
+    EventRecord,
+    HeartbeatWriter,
+    StorageError,
+)
 from telephony.livekit import LiveKitAdmin
 from telephony.twilio import TwilioCalls, TwilioSignatureValidator
+from webhooks.call_events import CallEvents
 from webhooks.outbox import RetryPolicy, WebhookOutbox
 from webhooks.ssrf import SsrfGuard
 
@@ -53,6 +61,7 @@ class Services:
     livekit: LiveKitAdmin | None  # None: LIVEKIT_* unset (the SIP routes answer 503)
     rooms: LiveKitRooms | None
     outbox: WebhookOutbox
+    events: CallEvents  # the one publisher of call events (stored, then webhooks)
     ssrf_guard: SsrfGuard
     recordings: RecordingBucket | None  # None: S3_BUCKET unset, nothing is recorded
     database_probe: DatabaseProbe  # /health and /ready
@@ -65,8 +74,10 @@ def build_services(
     *,
     turn_models: TurnModels,
     providers: Providers | None = None,
+    on_published: Callable[[EventRecord], None] | None = None,
 ) -> Services:
-    """Every service of one gateway process, each built once (inside the running loop)."""
+    """Every service of one gateway process, each built once (inside the running loop).
+    `on_published` is told of every event this process stores (the event stream's wake-up)."""
     assert settings.mongodb_url is not None and settings.twilio_auth_token is not None
     metrics = GatewayMetrics()
     default = providers or build_default_providers(
@@ -75,6 +86,18 @@ def build_services(
     catalog = ProviderCatalog(settings, default, on_stt_reconnect=metrics.stt_reconnected)
     recordings = recording_bucket(settings)
     guard = SsrfGuard(settings.webhook_allow_hosts)
+
+    def wake_outbox() -> None:  # a delivery was queued: send it now, not at the next poll
+        outbox.wake()
+
+    events = CallEvents(
+        events=database.events,
+        webhooks=database.webhooks,
+        assistants=database.assistants,
+        recordings=recordings,
+        on_published=on_published,
+        on_queued=wake_outbox,
+    )
     outbox = WebhookOutbox(
         webhooks=database.webhooks,
         calls=database.calls,
@@ -94,6 +117,7 @@ def build_services(
             base_s=settings.recording_salvage_base_s, cap_s=settings.recording_salvage_cap_s
         ),
         secret_grace_s=settings.webhook_secret_grace_s,
+        events=events,
     )
     gateway_id = "gw-" + secrets.token_hex(6)
     live = LiveCalls(gateway_id)
@@ -112,6 +136,7 @@ def build_services(
             max_pending=settings.call_write_queue_max,
         ),
         recording_finish_timeout_s=settings.recording_finish_timeout_s,
+        events=events,
     )
     livekit = livekit_admin(settings)
     rooms = LiveKitRooms(runtime, livekit, database, settings) if livekit is not None else None
@@ -150,6 +175,7 @@ def build_services(
         livekit=livekit,
         rooms=rooms,
         outbox=outbox,
+        events=events,
         ssrf_guard=guard,
         recordings=recordings,
         database_probe=DatabaseProbe(

@@ -24,6 +24,7 @@ from storage.errors import (
 from storage.events import EventRecord, EventRepository
 from storage.leases import HeartbeatWriter, LeaseRepository
 from storage.models import (
+    DEFAULT_WEBHOOK_EVENTS,
     E164,
     ApiKeyRecord,
     AssistantConfig,
@@ -48,6 +49,7 @@ from storage.models import (
     TrunkKind,
     TurnRecord,
     TurnTakingConfig,
+    WebhookEventType,
     normalize_e164,
 )
 from storage.numbers import PhoneNumberRepository
@@ -55,6 +57,7 @@ from storage.redaction import redact_credentials, redact_url
 from storage.sip import SipRepository
 
 __all__ = [
+    "DEFAULT_WEBHOOK_EVENTS",
     "E164",
     "AccountRepository",
     "ApiKeyRecord",
@@ -104,6 +107,7 @@ __all__ = [
     "TrunkKind",
     "TurnRecord",
     "TurnTakingConfig",
+    "WebhookEventType",
     "WebhookRepository",
     "ferretdb_binary",
     "hash_api_key",

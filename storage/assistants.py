@@ -19,6 +19,8 @@ def _record(doc: AssistantDocument) -> AssistantRecord:
     created, updated = _utc(doc.created_at), _utc(doc.updated_at)
     assert created is not None and updated is not None
     fields = doc.model_dump(include=set(AssistantConfig.model_fields))
+    if fields.get("webhook_events") is None:  # stored before it existed: the default
+        fields.pop("webhook_events", None)
     return AssistantRecord(
         id=str(doc.id),
         org_id=doc.org_id,

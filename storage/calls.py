@@ -67,7 +67,7 @@ class CallStore(Protocol):
     """What the session and the routes need from call storage."""
 
     async def create_call(self, call: NewCall, *, started_at: datetime) -> CallRecord: ...
-    async def set_status(self, call_id: str, status: CallStatus) -> None: ...
+    async def set_status(self, call_id: str, status: CallStatus) -> bool: ...
     async def set_stream(self, call_id: str, stream_sid: str) -> None: ...
     async def set_call_sid(self, call_id: str, call_sid: str) -> None: ...
     async def set_answered_by(self, call_id: str, answered_by: str) -> None: ...
@@ -320,8 +320,9 @@ class CallRepository:
         return _call_record(doc)
 
     @_driver_errors
-    async def set_status(self, call_id: str, status: CallStatus) -> None:
-        """Record a progress status; it only moves forward, and a finished call keeps its own."""
+    async def set_status(self, call_id: str, status: CallStatus) -> bool:
+        """Record a progress status; it only moves forward, and a finished call keeps its own
+        (True: the status changed, False: it was there already or past it)."""
         earlier = _EARLIER.get(status)
         if earlier is None:
             raise ValueError(f"{status} is final: use finish_call")
@@ -334,6 +335,7 @@ class CallRepository:
             )
         if result.matched_count == 0 and await calls.find_one({"_id": oid}) is None:
             raise CallNotFound(f"no call {call_id!r}")
+        return result.matched_count > 0
 
     async def _set_fact(self, call_id: str, fields: dict[str, Any]) -> None:
         """Record an identifier or fact that holds whether or not the call has ended.

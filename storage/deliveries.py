@@ -15,6 +15,11 @@ generation its document reflects:
   holder writes nothing.
 - redeliver: like a claim, by the API, only while nobody holds the delivery.
 
+Deliveries of one call to one URL go out one at a time, in the order of their events'
+`seq`: a claim passes over a delivery while an earlier one of the same call and URL is
+still pending (being sent, or waiting for its retry). A delivery failed for good (or
+delivered) no longer holds the ones after it; one queued without a `seq` is unordered.
+
 A token whose writer died before it updated the delivery is skipped once its `until` has
 passed. Winners write the delivery one generation after another, never two at once, so
 FerretDB's whole-document writes lose nothing.
@@ -45,7 +50,10 @@ from storage.models import CallRecord
 
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_CANDIDATES = 10  # due deliveries read per claim; gateways racing for one try the next
+# Due deliveries read per claim (gateways racing for one try the next; those held back by
+# an earlier delivery of their call are passed over, so more than the racers need).
+_CANDIDATES = 50
+_CLAIM_FIELDS = {"call_id": 1, "url": 1, "seq": 1, "lease_gen": 1, "next_attempt_at": 1}
 _TOKEN_SKIPS = 3  # dead tokens skipped over in one claim before giving a delivery up
 
 
@@ -75,6 +83,7 @@ class DeliveryRecord:
     lease_gen: int = 0
     lease_owner: str | None = None
     lease_until: datetime = _EPOCH
+    seq: int | None = None  # the event's place in its organisation's sequence
 
 
 def _record(raw: dict[str, Any]) -> DeliveryRecord:
@@ -110,6 +119,7 @@ def _record(raw: dict[str, Any]) -> DeliveryRecord:
         lease_gen=int(raw.get("lease_gen", 0)),
         lease_owner=doc.lease_owner,
         lease_until=at(doc.lease_until),
+        seq=doc.seq,
     )
 
 
@@ -131,6 +141,34 @@ def _tokens() -> AsyncCollection[dict[str, Any]]:
 
 def _secrets() -> AsyncCollection[dict[str, Any]]:
     return _deliveries().database["webhook_secrets"]
+
+
+async def _first_in_line(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The candidates no pending delivery of the same call and URL with a smaller `seq`
+    holds back (one query for all of them: by call id, which MongoDB's `call_seq` index
+    serves; FerretDB 1.24 scans, once per claim, as it does for the candidates)."""
+    ordered = [raw for raw in candidates if raw.get("seq") is not None]
+    if not ordered:
+        return candidates
+    call_ids = sorted({str(raw["call_id"]) for raw in ordered})
+    pending = (
+        await _deliveries()
+        .find(
+            {"status": "pending", "call_id": {"$in": call_ids}, "seq": {"$ne": None}},
+            {"call_id": 1, "url": 1, "seq": 1},
+        )
+        .to_list()
+    )
+    first: dict[tuple[str, str], int] = {}
+    for raw in pending:
+        line = (str(raw["call_id"]), str(raw["url"]))
+        first[line] = min(first.get(line, int(raw["seq"])), int(raw["seq"]))
+    return [
+        raw
+        for raw in candidates
+        if raw.get("seq") is None
+        or int(raw["seq"]) <= first.get((str(raw["call_id"]), str(raw["url"])), int(raw["seq"]))
+    ]
 
 
 async def _take_token(
@@ -200,8 +238,11 @@ class WebhookRepository:
         url: str,
         body: str,
         now: datetime,
+        seq: int | None = None,
     ) -> bool:
-        """Queue a delivery once: False if one with this id exists already."""
+        """Queue a delivery once: False if one with this id exists already. With `seq` (its
+        event's place) it goes out after every pending delivery of the call to `url` with a
+        smaller one."""
         doc = WebhookDeliveryDocument(
             id=delivery_id,
             org_id=org_id,
@@ -212,6 +253,7 @@ class WebhookRepository:
             next_attempt_at=_stored_time(now),
             lease_until=_EPOCH,
             created_at=_stored_time(now),
+            seq=seq,
         )
         try:
             await doc.insert()
@@ -221,19 +263,25 @@ class WebhookRepository:
 
     @_driver_errors
     async def claim(self, *, owner: str, now: datetime, lease_s: float) -> DeliveryRecord | None:
-        """Take the most overdue pending delivery whose lease has expired, for `lease_s`."""
+        """Take the most overdue pending delivery whose lease has expired and that no earlier
+        pending delivery of its call and URL holds back, for `lease_s`."""
         now = _stored_time(now)
         until = _stored_time(now + timedelta(seconds=lease_s))
         candidates = (
             await _deliveries()
             .find(
-                {"status": "pending", "next_attempt_at": {"$lte": now}, "lease_until": {"$lt": now}}
+                {
+                    "status": "pending",
+                    "next_attempt_at": {"$lte": now},
+                    "lease_until": {"$lt": now},
+                },
+                _CLAIM_FIELDS,
             )
             .sort([("next_attempt_at", 1)])
             .limit(_CANDIDATES)
             .to_list()
         )
-        for raw in candidates:
+        for raw in await _first_in_line(candidates):
             gen = await _take_next(raw, owner=owner, kind="claim", now=now, until=until)
             if gen is None:
                 continue  # another gateway has it

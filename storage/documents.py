@@ -132,6 +132,8 @@ class AssistantDocument(Document):
     # A `TurnTakingConfig`, field by field (empty: the defaults, as for assistants stored
     # before it existed).
     turn_taking: dict[str, Any] = Field(default_factory=dict)
+    # None: stored before assistants chose their events (they send the default ones).
+    webhook_events: list[str] | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -212,6 +214,9 @@ class WebhookDeliveryDocument(Document):
     lease_gen: int = 0  # which lease token generation this document reflects (see webhooks)
     created_at: datetime
     delivered_at: datetime | None = None
+    # The event's place in its organisation's sequence: deliveries of one call to one URL
+    # go out in this order, one at a time (None: queued before events had one; unordered).
+    seq: int | None = None
 
     class Settings:
         name = "webhook_deliveries"
@@ -221,6 +226,10 @@ class WebhookDeliveryDocument(Document):
                 name="status_next_attempt",
             ),
             pymongo.IndexModel([("org_id", pymongo.ASCENDING)], name="org_id"),
+            # The claim's check for an earlier pending delivery of the same call.
+            pymongo.IndexModel(
+                [("call_id", pymongo.ASCENDING), ("seq", pymongo.ASCENDING)], name="call_seq"
+            ),
         ]
 
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -25,6 +25,19 @@ from pydantic import (
 )
 
 Speaker = Literal["caller", "agent"]
+
+# The events a call produces (bodies and order: `webhooks/events.py`). Declared here, the
+# lowest layer, because an assistant's `webhook_events` is validated against it when saved.
+WebhookEventType = Literal[
+    "call.started",
+    "call.status",
+    "call.turn",
+    "call.ended",
+    "call.analyzed",
+    "recording.ready",
+]
+# What an assistant sends when it chose nothing: today's receivers see only the new event.
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEventType, ...] = ("call.ended", "call.analyzed")
 
 
 class CallStatus(enum.StrEnum):
@@ -339,6 +352,16 @@ class AssistantConfig(BaseModel):
         default_factory=list, description="inbound Twilio numbers answered by this assistant"
     )
     turn_taking: TurnTakingConfig = Field(default_factory=TurnTakingConfig)
+    webhook_events: list[WebhookEventType] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
+        max_length=len(get_args(WebhookEventType)),
+        description="the event types sent to webhook_url (every event is stored and streamed)",
+    )
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _each_once(cls, value: list[WebhookEventType]) -> list[WebhookEventType]:
+        return list(dict.fromkeys(value))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,84 @@
-"""The end-call event: everything a CRM needs about a finished call, as one JSON body."""
+"""The events a call produces, and their JSON bodies: what webhooks send and the event
+stream streams, byte for byte.
+
+Types (`EventType`, declared in `storage.models` so that an assistant's `webhook_events`
+is checked when it is saved), in the order a call produces them:
+
+- `call.started`: a gateway took the call's audio (the media stream or room is connected;
+  the agent is about to greet). Outbound calls may report `call.status` `ringing` first.
+- `call.status`: the call's progress status changed (`ringing`, `in-progress`), and once
+  more with its final status (`completed`, `failed`, `busy`, `no-answer`, `canceled`) as
+  soon as the call is finished, before `call.ended` (which waits for the recording).
+- `call.turn`: one transcript turn was stored. A turn is stored once, when it is final: a
+  caller turn at its final transcript, an agent turn when the reply ends, cut to what the
+  caller heard if interrupted (`interrupted: true`). So each turn is sent once, final.
+- `call.ended`: the full report (transcript, recording, latencies, usage), queued once the
+  recording settled; its body is the one receivers had before events existed.
+- `call.analyzed`: the post-call analysis of the call.
+- `recording.ready`: the call's recording is complete in the store.
+
+Every body is one JSON object: `id` (`dlv_<key>`, also the delivery id and `X-Webhook-Id`;
+`key` names the fact: `<call>_<type with _>[_<n>]`), `type`, and the event's data.
+Except `call.ended` (kept byte-compatible, see `call_ended_body`), bodies also carry
+`created_at` (ISO 8601) and `call`, the call's summary:
+`{"id", "assistant_id", "direction", "from_number", "to_number", "transport"}`.
+
+    call.started     {id, type, created_at, call: summary + {status, started_at, metadata}}
+    call.status      {id, type, created_at, call, status}
+    call.turn        {id, type, created_at, call, turn: {index, speaker, text, start_ms,
+                      end_ms, interrupted, latency_ms}}
+    call.ended       {id, type, call: {...the full report...}}
+    call.analyzed    {id, type, created_at, call, analysis: {...} | null}
+    recording.ready  {id, type, created_at, call, recording: {status, kind, bucket, key,
+                      location, url, size_bytes, duration_s, salvaged, error}}
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, get_args
 
-from storage import CallRecord, RecordingState
+from storage import (
+    DEFAULT_WEBHOOK_EVENTS,
+    CallRecord,
+    CallStatus,
+    RecordingState,
+    TurnRecord,
+    WebhookEventType,
+)
 
-CALL_ENDED = "call.ended"
+EventType = WebhookEventType
+EVENT_TYPES: Final[tuple[EventType, ...]] = get_args(WebhookEventType)
+DEFAULT_EVENTS: Final[tuple[EventType, ...]] = DEFAULT_WEBHOOK_EVENTS
+
+CALL_STARTED: Final = "call.started"
+CALL_STATUS: Final = "call.status"
+CALL_TURN: Final = "call.turn"
+CALL_ENDED: Final = "call.ended"
+CALL_ANALYZED: Final = "call.analyzed"
+RECORDING_READY: Final = "recording.ready"
+
+
+def event_key(call_id: str, type: EventType, part: str | int | None = None) -> str:
+    """The name of one fact of a call: `<call>_call_turn_3`, `<call>_call_status_ringing`,
+    `<call>_call_ended`. The same fact always has the same key (published once)."""
+    key = f"{call_id}_{type.replace('.', '_')}"
+    return key if part is None else f"{key}_{part}"
+
+
+def delivery_id(key: str) -> str:
+    """The delivery id (and body `id`) of the event `key` names: `dlv_<key>`."""
+    return f"dlv_{key}"
 
 
 def _time(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def _dumps(event: Mapping[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
 def _recording(state: RecordingState | None, url: str | None) -> dict[str, Any] | None:
@@ -32,6 +98,73 @@ def _recording(state: RecordingState | None, url: str | None) -> dict[str, Any] 
     }
 
 
+def call_summary(call: CallRecord) -> dict[str, Any]:
+    """What every event but `call.ended` says of its call (facts that do not change)."""
+    return {
+        "id": call.id,
+        "assistant_id": call.assistant_id,
+        "direction": call.direction.value,
+        "from_number": call.from_number,
+        "to_number": call.to_number,
+        "transport": call.transport,
+    }
+
+
+def _event(type: EventType, call: CallRecord, *, event_id: str, at: datetime) -> dict[str, Any]:
+    return {"id": event_id, "type": type, "created_at": at.isoformat(), "call": call_summary(call)}
+
+
+def call_started_body(call: CallRecord, *, event_id: str, at: datetime) -> str:
+    event = _event(CALL_STARTED, call, event_id=event_id, at=at)
+    event["call"] |= {
+        "status": call.status.value,
+        "started_at": _time(call.started_at),
+        "metadata": dict(call.metadata),
+    }
+    return _dumps(event)
+
+
+def call_status_body(call: CallRecord, status: CallStatus, *, event_id: str, at: datetime) -> str:
+    return _dumps(_event(CALL_STATUS, call, event_id=event_id, at=at) | {"status": status.value})
+
+
+def call_turn_body(call: CallRecord, turn: TurnRecord, *, event_id: str, at: datetime) -> str:
+    data = {
+        "index": turn.index,
+        "speaker": turn.speaker,
+        "text": turn.text,
+        "start_ms": turn.start_ms,
+        "end_ms": turn.end_ms,
+        "interrupted": turn.interrupted,
+        "latency_ms": dict(turn.latency) if turn.latency else None,
+    }
+    return _dumps(_event(CALL_TURN, call, event_id=event_id, at=at) | {"turn": data})
+
+
+def call_analyzed_body(
+    call: CallRecord, analysis: Mapping[str, Any] | None, *, event_id: str, at: datetime
+) -> str:
+    """The `call.analyzed` body: `analysis` as stored on the call (status, summary, data,
+    success, usage, ...), JSON-ready (times as ISO strings), or null when there is none."""
+    event = _event(CALL_ANALYZED, call, event_id=event_id, at=at)
+    event["analysis"] = dict(analysis) if analysis is not None else None
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def recording_ready_body(
+    call: CallRecord, recording: RecordingState, url: str | None, *, event_id: str, at: datetime
+) -> str:
+    event = _event(RECORDING_READY, call, event_id=event_id, at=at)
+    event["recording"] = _recording(recording, url)
+    return _dumps(event)
+
+
 def call_ended_body(
     call: CallRecord,
     *,
@@ -39,7 +172,8 @@ def call_ended_body(
     recording: RecordingState | None = None,
     recording_url: str | None = None,
 ) -> str:
-    """The JSON body of the `call.ended` event of `call` (with its turns)."""
+    """The JSON body of the `call.ended` event of `call` (with its turns): the same fields,
+    in the same order, as before other events existed (no `created_at`)."""
     event: dict[str, Any] = {
         "id": delivery_id,
         "type": CALL_ENDED,
@@ -75,4 +209,4 @@ def call_ended_body(
             "usage": dict(call.usage) if call.usage else None,
         },
     }
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return _dumps(event)

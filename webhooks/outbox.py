@@ -33,11 +33,12 @@ from storage import (
     CallStore,
     DeliveryRecord,
     DeliveryStatus,
+    EventRepository,
     RecordingState,
     WebhookRepository,
 )
+from webhooks.call_events import CallEvents
 from webhooks.errors import UnresolvedHost, UnsafeURL
-from webhooks.events import CALL_ENDED, call_ended_body
 from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_header
 from webhooks.ssrf import SsrfGuard, pinned_url
 
@@ -131,6 +132,7 @@ class WebhookOutbox:
         recording_grace_s: float = 120.0,
         salvage_policy: RetryPolicy | None = None,
         secret_grace_s: float = 24 * 3600.0,
+        events: CallEvents | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._webhooks = webhooks
@@ -154,10 +156,24 @@ class WebhookOutbox:
         self._http = httpx.AsyncClient(follow_redirects=False, timeout=timeout_s, trust_env=False)
         self._wakeup = asyncio.Event()
         self._waiting = False  # between rounds, waiting for a wake-up or the next poll
+        # call.ended (and recording.ready of a recording settled here) are published
+        # through the gateway's one publisher, like every other event of a call.
+        self._events = events or CallEvents(
+            events=EventRepository(),
+            webhooks=webhooks,
+            assistants=assistants,
+            recordings=recordings,
+            on_queued=self.wake,
+            clock=clock,
+        )
 
     def poke(self) -> None:
         """A call just finished: look for its report now rather than at the next poll."""
         self._reports_owed = True
+        self._wakeup.set()
+
+    def wake(self) -> None:
+        """A delivery was queued: look for due deliveries now (reports are not looked for)."""
         self._wakeup.set()
 
     def waiting(self) -> bool:
@@ -236,14 +252,16 @@ class WebhookOutbox:
         return queued > 0 or delivery is not None
 
     async def queue_owed_reports(self) -> int:
-        """Make deliveries of the reports finished calls owe (idempotent per call).
+        """Publish the `call.ended` reports finished calls owe (idempotent per call), each
+        queued for delivery if its assistant sends `call.ended` to a webhook.
 
         A report waits for the call's recording while it is being completed (the recorder's
         last part, LiveKit's egress_ended webhook), for `recording_grace_s` at most; after
         that an open upload is salvaged from its uploaded parts (retried per call with an
         exponential backoff while the store is unreachable; an upload completed already
         counts as done) and an egress that never reported counts as failed, so the report
-        always goes out.
+        always goes out. A complete recording's `recording.ready` is published (once per
+        call, whoever saw it complete first) before the report.
         """
         made = 0
         for summary in await self._webhooks.owed_reports():
@@ -251,28 +269,16 @@ class WebhookOutbox:
             if recording is _Pending.NOT_SETTLED:
                 continue
             call = await self._calls.get_call(summary.id)
-            url = await self._webhook_url(call)
-            if url is not None:
-                delivery_id = f"dlv_{call.id}_{CALL_ENDED.replace('.', '_')}"
-                link = (
-                    self._recordings.url(recording)
-                    if self._recordings is not None and recording is not None
-                    else None
-                )
-                body = call_ended_body(
-                    call, delivery_id=delivery_id, recording=recording, recording_url=link
-                )
-                if await self._webhooks.enqueue(
-                    delivery_id=delivery_id,
-                    org_id=call.org_id,
-                    call_id=call.id,
-                    event=CALL_ENDED,
-                    url=url,
-                    body=body,
-                    now=self._clock(),
-                ):
-                    made += 1
-                    log.info("end-call webhook queued", extra={"call_id": call.id})
+            link = (
+                self._recordings.url(recording)
+                if self._recordings is not None and recording is not None
+                else None
+            )
+            if recording is not None:
+                await self._events.recording_ready(call, recording)
+            if await self._events.ended(call, recording=recording, recording_url=link):
+                made += 1
+                log.info("end-call webhook queued", extra={"call_id": call.id})
             await self._webhooks.report_queued(call.id)
         return made
 
@@ -325,12 +331,6 @@ class WebhookOutbox:
             "recording salvage failed; retrying later",
             extra={"call_id": call_id, "attempt": attempts, "next_at": next_at.isoformat()},
         )
-
-    async def _webhook_url(self, call: CallRecord) -> str | None:
-        if call.assistant_id is None:
-            return None
-        assistant = await self._assistants.get_any(call.assistant_id)
-        return assistant.config.webhook_url if assistant else None
 
     async def _deliver(self, delivery: DeliveryRecord) -> None:
         status_code: int | None = None

@@ -22,6 +22,7 @@ from storage import (
     SipTrunkRecord,
     TurnRecord,
     TurnTakingConfig,
+    WebhookEventType,
 )
 
 
@@ -143,6 +144,9 @@ class AssistantPatch(_Input):
     phone_numbers: list[E164] | None = None
     # The turn-taking fields given change; the others keep their value.
     turn_taking: TurnTakingConfig | None = None
+    webhook_events: list[WebhookEventType] | None = Field(
+        default=None, description="the event types sent to webhook_url (replaces the list)"
+    )
 
 
 class AssistantOut(AssistantConfig):

@@ -12,8 +12,12 @@ place in `LiveCalls`, which keeps every sweeper off it) is held until the call i
 in the database. Each step of the end runs even if one before it failed.
 
 The call's turns and state go through its `CallWrites` (a bounded queue, one writer): the
-conversation never waits for the database. If the database stays away past the write
-policy's bound, the agent says a short goodbye and the call ends `storage-unavailable`.
+conversation never waits for the database. So do its events (`CallRuntime.events`):
+`call.started` when the call is taken, `call.status` in-progress behind its status write,
+each `call.turn` behind its turn's write; after the final write its final `call.status`,
+and `recording.ready` once the recorder completed the upload. If the database stays
+away past the write policy's bound, the agent says a short goodbye and the call ends
+`storage-unavailable`.
 
 Order of calls: `take()` when the gateway takes the call (it holds this gateway's lease
 from then on); `answer()` once the caller is there (the agent greets); `on_audio()` /
@@ -43,7 +47,16 @@ from gateway.call.writes import CallWrites, WritePolicy
 from gateway.logs import call_id_var
 from gateway.metrics import GatewayMetrics
 from gateway.providers.catalog import ProviderCatalog
-from storage import AssistantRepository, CallRecord, CallStatus, CallStore, StorageError
+from storage import (
+    AssistantRepository,
+    CallRecord,
+    CallStatus,
+    CallStore,
+    RecordingState,
+    StorageError,
+    TurnRecord,
+)
+from webhooks.call_events import CallEvents
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +178,7 @@ class CallRuntime:
     recordings_enabled: bool  # a recordings bucket is configured
     writes: WritePolicy = field(default_factory=WritePolicy)
     recording_finish_timeout_s: float = 10.0  # then the outbox salvages the upload
+    events: CallEvents | None = None  # None: the call publishes no events (unit tests)
     outage_goodbye: str = (
         "I am sorry, I have to end this call because of a technical problem. "
         "Please call again later. Goodbye."
@@ -191,6 +205,7 @@ class CallLifecycle:
         self._end_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._counted = False
+        self._finished: CallRecord | None = None  # as the final write stored it
         self.ended = asyncio.Event()  # set as soon as an end is requested
 
     # ------------------------------------------------------------------ start
@@ -203,6 +218,9 @@ class CallLifecycle:
         context.run(self._writes.start)
         store, gateway_id = self._rt.store, self._rt.live.gateway_id
         self.beside(lambda: store.set_served_by(self.call.id, gateway_id), "lease")
+        events = self._rt.events
+        if events is not None:
+            self.beside(lambda: events.started(self.call), "call.started event")
 
     def beside(self, write: Callable[[], Awaitable[object]], what: str) -> None:
         """Store a fact of the call beside it rather than before the greeting: queued with
@@ -224,7 +242,7 @@ class CallLifecycle:
             if self.ended.is_set():
                 return
             rt = self._rt
-            self.beside(lambda: rt.store.set_status(self.call.id, CallStatus.IN_PROGRESS), "status")
+            self._progress(CallStatus.IN_PROGRESS)
             plan = await plan_call(self.call, assistants=rt.assistants, catalog=rt.catalog)
             if plan.recording and rt.recordings_enabled:
                 self._recording = self._leg.recording()
@@ -241,6 +259,7 @@ class CallLifecycle:
                 turn_plan=plan.turns,
                 metrics=rt.metrics,
                 on_end=self.request_end,
+                on_turn=self._turn_event,
             )
             rt.metrics.calls_started_total += 1
             rt.metrics.calls_active += 1
@@ -249,6 +268,27 @@ class CallLifecycle:
             self._tasks.append(
                 asyncio.create_task(self._end_after(plan.max_duration_s), name="max-duration")
             )
+
+    def _progress(self, status: CallStatus) -> None:
+        """Store a progress status beside the call and, if it moved the call on, queue its
+        `call.status` event right behind it."""
+        store, events, moved = self._rt.store, self._rt.events, [False]
+
+        async def write() -> None:
+            moved[0] = await store.set_status(self.call.id, status)
+
+        self.beside(write, "status")
+        if events is not None:
+
+            async def publish() -> None:
+                if moved[0]:
+                    await events.status(self.call, status)
+
+            self.beside(publish, "call.status event")
+
+    async def _turn_event(self, turn: TurnRecord) -> None:
+        if self._rt.events is not None:
+            await self._rt.events.turn(self.call, turn)
 
     async def _end_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -310,6 +350,7 @@ class CallLifecycle:
                 log.info(
                     "call ended", extra={"reason": ending.reason, "status": str(ending.status)}
                 )
+                await _step("publishing the call's final status", self._final_status_event)
             else:  # this gateway's sweeper finishes it so once the database is back
                 usage = self.session.usage if self.session is not None else None
                 self._rt.live.left_unfinished(
@@ -351,7 +392,7 @@ class CallLifecycle:
                 # Nothing is read back after the write: a failed read would look like a
                 # call left unfinished.
                 async with asyncio.timeout(policy.attempt_timeout_s * 3):
-                    await self._rt.store.finish_call(
+                    self._finished = await self._rt.store.finish_call(
                         self.call.id,
                         status=ending.status,
                         end_reason=ending.reason,
@@ -364,6 +405,14 @@ class CallLifecycle:
                     raise
                 log.warning("finishing the call failed, retrying: %r", exc)
                 await asyncio.sleep(next(delays))
+
+    async def _final_status_event(self) -> None:
+        """`call.status` with the status the call was finished with (bounded: the caller
+        is gone, but the end should not hang on a database that went away)."""
+        if self._rt.events is None or self._finished is None:
+            return
+        async with asyncio.timeout(self._rt.writes.attempt_timeout_s * 3):
+            await self._rt.events.status(self.call, self._finished.status)
 
     async def _recording_started(self) -> None:
         assert self._recording is not None
@@ -380,12 +429,17 @@ class CallLifecycle:
         timeout_s = self._rt.recording_finish_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                await self._recording.finish()
+                state = await self._recording.finish()
         except TimeoutError:
             log.warning(
                 "the recording did not finish in time: left to salvage",
                 extra={"timeout_s": timeout_s},
             )
+            return
+        # A LiveKit egress completes later: its egress_ended webhook publishes it.
+        if self._rt.events is not None and isinstance(state, RecordingState):
+            async with asyncio.timeout(self._rt.writes.attempt_timeout_s * 3):
+                await self._rt.events.recording_ready(self.call, state)
 
 
 async def _step(what: str, step: Callable[[], Awaitable[object]]) -> bool:

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 
 from audio.frames import AudioFrame
 from gateway.call.agent import AgentTurns
@@ -55,7 +55,7 @@ from gateway.call.turn_taking import (
 from gateway.errors import ProviderError
 from gateway.metrics import GatewayMetrics
 from gateway.providers.base import HangUp, Providers, STTStream
-from storage import CallStatus, CallStore, TurnTakingConfig
+from storage import CallStatus, CallStore, TurnRecord, TurnTakingConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class CallSession:
         on_end: Callable[[str, CallStatus], None],
         clock: Callable[[], float] = time.monotonic,
         metrics: GatewayMetrics | None = None,
+        on_turn: Callable[[TurnRecord], Awaitable[object]] | None = None,
     ) -> None:
         self.call_id = call_id
         self._on_end = on_end
@@ -106,6 +107,7 @@ class CallSession:
             clock=clock,
             started_at=self._started_at,
             metrics=metrics,
+            on_turn=on_turn,
         )
         self._agent = AgentTurns(
             call_id=call_id,

@@ -8,6 +8,10 @@ neither the agent's reply nor the caller's audio ever waits on a write.
 
 Order of calls: `add_caller_turn()` for each final transcript; `agent_turn_begins()` when a
 reply starts, `add_agent_turn()` when it ends (finished or cut).
+
+Each turn is stored once, when it is final (an interrupted agent turn is stored cut to what
+the caller heard), and `on_turn` (the call's `call.turn` event) is queued right behind its
+write, on the same queue: published in order, after the turn is stored, never waited for.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Protocol
 from gateway.call.latency import TurnLatency
 from gateway.metrics import GatewayMetrics
 from gateway.providers.base import ChatMessage
-from storage import CallStore, Speaker, new_turn_id
+from storage import CallStore, Speaker, TurnRecord, new_turn_id
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,10 @@ class CallTranscript:
         clock: Callable[[], float],
         started_at: float,
         metrics: GatewayMetrics | None = None,
+        on_turn: Callable[[TurnRecord], Awaitable[object]] | None = None,
     ) -> None:
         self._call_id = call_id
+        self._on_turn = on_turn
         self._store = store
         self._writes = writes
         self._clock = clock
@@ -109,7 +115,7 @@ class CallTranscript:
         interrupted: bool = False,
         latency: Mapping[str, float] | None = None,
     ) -> None:
-        write = functools.partial(
+        add = functools.partial(
             self._store.add_turn,
             self._call_id,
             speaker=speaker,
@@ -120,5 +126,18 @@ class CallTranscript:
             latency=latency,
             turn_id=new_turn_id(),  # one id for every attempt: a retry stores it once
         )
+        stored: list[TurnRecord] = []  # the turn as stored, for its event
+
+        async def write() -> None:
+            stored[:] = [await add()]
+
         detail = {"speaker": speaker, "text": text, "start_ms": round(start_ms, 1)}
         self._writes.submit(f"{speaker} turn", write, detail=detail)
+        on_turn = self._on_turn
+        if on_turn is not None:
+
+            async def publish() -> None:
+                if stored:  # nothing to report of a turn whose write failed for good
+                    await on_turn(stored[0])
+
+            self._writes.submit(f"{speaker} turn event", publish, detail=detail)

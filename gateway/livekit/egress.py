@@ -20,6 +20,7 @@ from gateway.recording.bucket import recording_key
 from gateway.settings import Settings
 from storage import CallRecord, CallStore, RecordingState, RecordingStatus
 from telephony.errors import LiveKitError
+from webhooks.call_events import CallEvents
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,13 @@ def ended_state(previous: RecordingState, info: api.EgressInfo) -> RecordingStat
     return None
 
 
-async def record_egress_ended(store: CallStore, info: api.EgressInfo) -> RecordingState | None:
+async def record_egress_ended(
+    store: CallStore, info: api.EgressInfo, *, events: CallEvents | None = None
+) -> RecordingState | None:
     """Store where the egress of `info` left its call's recording (the `egress_ended`
-    webhook). An egress no call of ours holds is logged and ignored: LiveKit's webhooks
-    go to every URL of the project, and other services may record too."""
+    webhook), and publish `recording.ready` if it is complete. An egress no call of ours
+    holds is logged and ignored: LiveKit's webhooks go to every URL of the project, and
+    other services may record too."""
     call = await store.get_call_by_egress(info.egress_id) if info.egress_id else None
     if call is None or call.recording is None:
         log.warning("egress ended for no known call", extra={"egress_id": info.egress_id})
@@ -119,6 +123,8 @@ async def record_egress_ended(store: CallStore, info: api.EgressInfo) -> Recordi
             "error": state.error,
         },
     )
+    if events is not None:
+        await events.recording_ready(call, state)
     return state
 
 

@@ -69,4 +69,6 @@ async def _act(services: Services, rooms: LiveKitRooms, event: api.WebhookEvent)
     elif event.event == "room_finished":
         rooms.end(room, "room-finished")
     elif event.event == "egress_ended":
-        await record_egress_ended(services.database.calls, event.egress_info)
+        await record_egress_ended(
+            services.database.calls, event.egress_info, events=services.events
+        )

@@ -208,12 +208,14 @@ async def twilio_status(request: Request) -> Response:
     if form.get("AnsweredBy"):
         await calls.set_answered_by(call.id, form["AnsweredBy"])
     if not final:
-        await calls.set_status(call.id, status)
+        if await calls.set_status(call.id, status):
+            await services.events.status(call, status)
         return Response(status_code=204)
     if live is not None:  # served here: its lifecycle finishes it after its last writes
         live.request_end(reason, status)
         return Response(status_code=204)
-    await calls.finish_call(call.id, status=status, end_reason=reason, ended_at=now)
+    finished = await calls.finish_call(call.id, status=status, end_reason=reason, ended_at=now)
+    await services.events.status(call, finished.status)
     return Response(status_code=204)
 
 

@@ -236,8 +236,8 @@ class MemoryStore:
     async def set_served_by(self, call_id: str, gateway_id: str) -> None:
         pass
 
-    async def set_status(self, call_id: str, status: CallStatus) -> None:
-        pass
+    async def set_status(self, call_id: str, status: CallStatus) -> bool:
+        return True
 
 
 def _call(call_id: str) -> CallRecord:
