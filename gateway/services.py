@@ -90,12 +90,24 @@ def build_services(
     def wake_outbox() -> None:  # a delivery was queued: send it now, not at the next poll
         outbox.wake()
 
+    event_feed = EventFeed(
+        database.events,
+        poll_s=settings.event_poll_s,
+        buffer=settings.event_client_buffer,
+        on_drop=metrics.event_stream_dropped,
+    )
+
+    def published(event: EventRecord) -> None:  # this process's clients get it at once
+        event_feed.published(event)
+        if on_published is not None:
+            on_published(event)
+
     events = CallEvents(
         events=database.events,
         webhooks=database.webhooks,
         assistants=database.assistants,
         recordings=recordings,
-        on_published=on_published,
+        on_published=published,
         on_queued=wake_outbox,
     )
     outbox = WebhookOutbox(
@@ -181,12 +193,7 @@ def build_services(
         database_probe=DatabaseProbe(
             database.ping, timeout_s=settings.ready_ping_timeout_s, cache_s=settings.ready_cache_s
         ),
-        event_feed=EventFeed(
-            database.events,
-            poll_s=settings.event_poll_s,
-            buffer=settings.event_client_buffer,
-            on_drop=metrics.event_stream_dropped,
-        ),
+        event_feed=event_feed,
     )
 
 
