@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -23,8 +24,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 from storage import CallRecord, Database, NewCall, open_database
 from storage.models import Direction
+from tests.webhook_receiver import run_webhook_receiver
 
 from .conftest import GatewayProcess, run_gateway
 
@@ -336,3 +339,76 @@ async def test_a_client_on_one_gateway_sees_events_stored_through_another(
                 assert time.monotonic() < deadline, b.log_text()[-2000:]
                 await asyncio.sleep(0.1)
             assert "timeout graceful shutdown exceeded" not in b.log_text()
+
+
+async def test_a_call_served_by_one_gateway_is_watched_live_on_another_across_a_reconnect(
+    mongo_url: str, tmp_path: Path
+) -> None:
+    """The call publisher's events (call.started, call.turn, ..., call.ended) of a call
+    served by A reach a client on B as the call runs; the client leaves mid-call and,
+    back with Last-Event-ID, gets everything after its last id once."""
+    number = "+15550007101"
+    env = {**ENV, "MONGODB_DB": "events_" + uuid.uuid4().hex[:8]}
+    env["WEBHOOK_ALLOW_HOSTS"] = '["127.0.0.1"]'
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    with (
+        run_webhook_receiver() as receiver,
+        run_gateway(mongo_url, tmp_path / "a", env) as a,
+    ):
+        shared = {**env, "GATEWAY_API_KEY": a.api_key, "TWILIO_AUTH_TOKEN": a.auth_token}
+        with run_gateway(mongo_url, tmp_path / "b", shared) as b:
+            key = a.api_key
+            async with (
+                httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a,
+                httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b,
+            ):
+                headers = {"x-api-key": key}
+                claimed = await on_a.post("/numbers", json={"number": number}, headers=headers)
+                assert claimed.status_code == 201, claimed.text
+                body = {
+                    "name": "Watched line",
+                    "system_prompt": "You answer questions about the shop.",
+                    "greeting": "Hello, you are on the watched line. How can I help?",
+                    "webhook_url": receiver.url,
+                    "phone_numbers": [number],
+                }
+                created = await on_a.post("/assistants", json=body, headers=headers)
+                assert created.status_code == 201, created.text
+                phone = SimulatedTwilioCall(
+                    base_url=a.base_url,
+                    public_url=a.base_url,
+                    auth_token=a.auth_token,
+                    to_number=number,
+                )
+                try:
+                    async with sse(on_b, key) as first:
+                        await phone.start(on_a)
+                        await phone.wait_agent_audio(within_s=30)
+                        await first.until(
+                            "the greeting's turn, live",
+                            lambda: any(e.event == "call.turn" for e in first.events),
+                        )
+                        before = list(first.events)
+                    # Mid-call, nobody watching: the caller asks, the agent answers.
+                    await phone.wait_agent_silent()
+                    phone.say(espeak_mulaw("What are your opening hours?"))
+                    await phone.wait_said()
+                    await phone.wait_agent_audio(within_s=30)
+                    await phone.wait_agent_silent()
+                    await phone.stop()
+                finally:
+                    await phone.aclose()
+                async with sse(on_b, key, **{"Last-Event-ID": str(before[-1].id)}) as second:
+                    await second.until(
+                        "call.ended", lambda: any(e.event == "call.ended" for e in second.events)
+                    )
+                    after = list(second.events)
+    seen = before + after
+    assert [e.id for e in seen] == list(range(1, len(seen) + 1))  # each once, none missed
+    assert seen[0].event == "call.started"
+    assert {json.loads(e.data)["call"]["id"] for e in seen} == {phone.call_id}
+    turns = [json.loads(e.data)["turn"] for e in seen if e.event == "call.turn"]
+    assert [t["index"] for t in turns] == list(range(len(turns)))
+    assert {t["speaker"] for t in turns} == {"agent", "caller"}
+    assert any(e.event == "call.turn" for e in after)  # said while the client was away
