@@ -106,10 +106,14 @@ class SseClient:
 
 @contextlib.asynccontextmanager
 async def sse(
-    http: httpx.AsyncClient, key: str, params: dict[str, str] | None = None, **headers: str
+    http: httpx.AsyncClient,
+    key: str,
+    params: dict[str, str] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
 ) -> AsyncIterator[SseClient]:
     async with http.stream(
-        "GET", "/events", params=params, headers={"x-api-key": key, **headers}
+        "GET", "/events", params=params, headers={"x-api-key": key, **(headers or {})}
     ) as response:
         assert response.status_code == 200, (await response.aread()).decode()
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -204,7 +208,7 @@ async def test_events_arrive_in_order_filtered_and_resume_misses_nothing(
         # Missed while disconnected: sent after the reconnect, then live ones; none twice.
         for n in range(7, 10):
             await pub.publish(one.id, n)
-        async with sse(http, key, **{"Last-Event-ID": str(last_seen)}) as resumed:
+        async with sse(http, key, headers={"Last-Event-ID": str(last_seen)}) as resumed:
             await resumed.events_until(3)
             await pub.publish(two.id, 10)
             got = await resumed.events_until(4)
@@ -214,7 +218,7 @@ async def test_events_arrive_in_order_filtered_and_resume_misses_nothing(
         async with sse(http, key, params) as by_query:
             got = await by_query.events_until(4)
             assert [e.id for e in got] == [before + 2, before + 4, before + 6, last_seen + 4]
-        async with sse(http, key, params, **{"Last-Event-ID": str(last_seen)}) as both:
+        async with sse(http, key, params, headers={"Last-Event-ID": str(last_seen)}) as both:
             assert [e.id for e in await both.events_until(1)] == [last_seen + 4]
         async with sse(http, key, {"last_event_id": "0"}) as replay:
             got = await replay.events_until(len(pub.sent))
@@ -399,7 +403,7 @@ async def test_a_call_served_by_one_gateway_is_watched_live_on_another_across_a_
                     await phone.stop()
                 finally:
                     await phone.aclose()
-                async with sse(on_b, key, **{"Last-Event-ID": str(before[-1].id)}) as second:
+                async with sse(on_b, key, headers={"Last-Event-ID": str(before[-1].id)}) as second:
                     await second.until(
                         "call.ended", lambda: any(e.event == "call.ended" for e in second.events)
                     )
