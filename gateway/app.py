@@ -18,7 +18,16 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from audio.models import ModelMissing
-from gateway.api import api_keys, assistants, calls, deliveries, numbers, organization, sip
+from gateway.api import (
+    api_keys,
+    assistants,
+    calls,
+    deliveries,
+    events,
+    numbers,
+    organization,
+    sip,
+)
 from gateway.api.auth import bootstrap_api_key, weak_api_key_reason
 from gateway.api.numbers import adopt_used_numbers
 from gateway.api.openapi import docs_page, openapi_document
@@ -104,7 +113,10 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
             await database.close()
 
     spec = openapi_document(
-        OPERATIONS, title="voice-gateway", version=_version(), public=_PUBLIC_PATHS
+        OPERATIONS,
+        title="voice-gateway",
+        version=_version(),
+        public=_PUBLIC_PATHS | events.OPENAPI_PATHS,
     )
 
     async def openapi_json(request: Request) -> Response:
@@ -120,6 +132,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
         *(route(op) for op in OPERATIONS),
+        Route("/events", events.stream_events, methods=["GET"]),
         Route("/twilio/voice", twilio_voice, methods=["POST"]),
         Route("/twilio/status", twilio_status, methods=["POST"]),
         WebSocketRoute("/twilio/stream", twilio_stream_endpoint),
@@ -142,6 +155,15 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
     )
     app.state.settings = settings
     return app
+
+
+def end_event_streams(app: Starlette) -> None:
+    """End every `GET /events` stream of `app` (the server calls it as shutdown begins:
+    uvicorn waits for open responses before the lifespan's end, and a stream never ends
+    by itself)."""
+    services: Services | None = getattr(app.state, "services", None)
+    if services is not None:
+        services.event_feed.close_streams()
 
 
 async def health(request: Request) -> JSONResponse:

@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable, Iterator
 import uvicorn
 from pydantic import SecretStr
 
-from gateway.app import create_app
+from gateway.app import create_app, end_event_streams
 from gateway.connections import deadline_protocol
 from gateway.errors import ConfigError
 from gateway.logs import configure_logging
+from gateway.server import GatewayServer
 from gateway.settings import Settings
 from storage import (
     Database,
@@ -49,9 +50,11 @@ def _database(settings: Settings) -> Iterator[Settings]:
         yield settings.model_copy(update={"mongodb_url": server.url})
 
 
-def _uvicorn_config(settings: Settings, *, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(
-        create_app(settings),
+def gateway_server(settings: Settings, *, host: str, port: int) -> GatewayServer:
+    """uvicorn serving the gateway's app with its bounds; event streams end as it stops."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         log_config=None,
@@ -66,13 +69,14 @@ def _uvicorn_config(settings: Settings, *, host: str, port: int) -> uvicorn.Conf
         ws_ping_interval=None,
         lifespan="on",
     )
+    return GatewayServer(config, before_shutdown=functools.partial(end_event_streams, app))
 
 
 def serve(settings: Settings, *, host: str, port: int) -> int:
     """Run the gateway until interrupted."""
     configure_logging(settings.log_level, json_format=settings.log_json)
     with _database(settings) as ready:
-        uvicorn.Server(_uvicorn_config(ready, host=host, port=port)).run()
+        gateway_server(ready, host=host, port=port).run()
     return 0
 
 
@@ -102,7 +106,7 @@ def demo(settings: Settings) -> int:
             # The demo reads its call back through the API with a key of its own, revoked after.
             key_id, secret = asyncio.run(_create_demo_key(ready))
             ready = ready.model_copy(update={"gateway_api_key": SecretStr(secret)})
-        server = uvicorn.Server(_uvicorn_config(ready, host="127.0.0.1", port=port))
+        server = gateway_server(ready, host="127.0.0.1", port=port)
         try:
             return asyncio.run(run_demo_call(server, ready, base_url=base, out=_out))
         finally:

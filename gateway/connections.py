@@ -8,16 +8,25 @@ of uvicorn's httptools protocol that closes a connection whose request has not f
 arrived (head and body) within `timeout_s` of the connection opening or of the previous
 response, and refuses a request head over `max_head_bytes` with 431. A connection
 upgraded to a WebSocket is the stream driver's from then on (`STREAM_START_TIMEOUT_S`).
+
+Each request's scope also carries `extensions["voice_gateway.abort"]["abort"]`: a callable
+that resets the connection at once, unsent bytes and all. An ASGI app can only end a
+response by writing its last chunk, which waits for a client that does not read; the event
+stream cuts such a client with it (`ABORT_EXTENSION`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
+
+ABORT_EXTENSION = "voice_gateway.abort"
 
 _HEAD_TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -39,6 +48,19 @@ def deadline_protocol(*, timeout_s: float, max_head_bytes: int) -> type[asyncio.
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            extensions = {ABORT_EXTENSION: {"abort": self._abort}}
+            self.scope["extensions"] = extensions  # type: ignore[typeddict-item]
+
+        def _abort(self) -> None:
+            # A reset (linger 0), not a close: the kernel would otherwise keep sending
+            # what it holds to a client that reads slowly or not at all.
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
 
         def data_received(self, data: bytes) -> None:
             awaiting = self._awaiting_head()

@@ -11,6 +11,8 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── RequestInvalid          body or query that does not match its model      -> 422
     │   └── InputTooLarge       a field over its cap (metadata, filled prompt, JSON depth)
     │                           -> 422 naming the field
+    ├── BadRequest              input refused outside a model, e.g. a Last-Event-ID that
+    │                           is not a place of the organisation's events      -> 400
     ├── BodyTooLarge            a request body over its route's cap (counted as it
     │                           arrives, before any parsing)                     -> 413
     ├── UnsupportedMediaType    a Twilio webhook that is not a urlencoded form   -> 415
@@ -20,6 +22,8 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── LookupFailed            a caller lookup with no usable answer (`outcome`: timeout,
     │                           error, invalid, refused): the call is answered with the
     │                           assistant's defaults, logged and counted
+    ├── StreamEnded             gateway/event_feed.py: an event stream's subscription is
+    │                           over (dropped for not reading, or shutdown): the stream ends
     ├── ProviderError           an STT / LLM / TTS failure (`retryable`): the call retries
     │                           once, then apologises, and goes on
     └── RecordingError          S3 refused or unreachable: the call goes on, the
@@ -107,6 +111,7 @@ from webhooks.errors import UnsafeURL
 __all__ = [
     "HTTP_ERROR_HANDLERS",
     "AuthError",
+    "BadRequest",
     "BodyTooLarge",
     "CallNotFound",
     "CarrierError",
@@ -160,6 +165,14 @@ class InputTooLarge(RequestInvalid):
 
     def __init__(self, loc: Sequence[str], message: str) -> None:
         super().__init__(message, [{"loc": list(loc), "msg": message, "type": "too_large"}])
+        self.loc = list(loc)
+
+
+class BadRequest(GatewayError):
+    """Input a model does not describe and the route refuses: HTTP 400 naming where it was."""
+
+    def __init__(self, loc: Sequence[str], message: str) -> None:
+        super().__init__(message)
         self.loc = list(loc)
 
 
@@ -270,6 +283,13 @@ async def _invalid(request: Request, exc: Exception) -> Response:
     return error_response(422, "invalid_request", str(exc), details)
 
 
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BadRequest)
+    log.info("request refused: %s", exc, extra={"path": request.url.path})
+    details = [{"loc": exc.loc, "msg": str(exc), "type": "bad_request"}]
+    return error_response(400, "bad_request", str(exc), details)
+
+
 async def _too_large(request: Request, exc: Exception) -> Response:
     log.info("request too large: %s", exc, extra={"path": request.url.path})
     return error_response(413, "too_large", str(exc))
@@ -340,6 +360,7 @@ HTTP_ERROR_HANDLERS = {
     RequestInvalid: _invalid,
     MissingPlaceholders: _invalid,
     InvalidCursor: _invalid,
+    BadRequest: _bad_request,
     BodyTooLarge: _too_large,
     RecordTooLarge: _too_large,
     UnsupportedMediaType: _unsupported_media_type,

@@ -9,6 +9,7 @@ from typing import Literal, get_args
 
 from gateway.call.latency import STAGES
 
+_GAUGES = ("calls_active", "event_streams_active")
 # Upper bounds (ms) of the per-turn latency histogram buckets.
 LATENCY_BUCKETS_MS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000)
 
@@ -59,6 +60,8 @@ class GatewayMetrics:
     turns_judged_complete_total: int = 0
     caller_idle_prompts_total: int = 0  # reprompts and idle goodbyes said
     keypad_entries_total: int = 0
+    event_streams_active: int = 0  # GET /events clients connected to this process
+    event_streams_dropped_total: int = 0  # clients dropped for not reading (buffer full)
     provider_failures: dict[str, int] = field(default_factory=dict)
     inbound_lookups: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(LOOKUP_OUTCOMES, 0)
@@ -75,6 +78,9 @@ class GatewayMetrics:
         """Count one caller lookup by how it ended."""
         self.inbound_lookups[outcome] = self.inbound_lookups.get(outcome, 0) + 1
 
+    def event_stream_dropped(self) -> None:
+        self.event_streams_dropped_total += 1
+
     def stt_reconnected(self) -> None:
         self.stt_reconnects_total += 1
 
@@ -90,7 +96,7 @@ class GatewayMetrics:
             value = getattr(self, f.name)
             if not isinstance(value, int):
                 continue
-            kind = "gauge" if f.name == "calls_active" else "counter"
+            kind = "gauge" if f.name in _GAUGES else "counter"
             lines.append(f"# TYPE voice_gateway_{f.name} {kind}")
             lines.append(f"voice_gateway_{f.name} {value}")
         lines.append("# TYPE voice_gateway_provider_failures_total counter")

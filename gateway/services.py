@@ -18,6 +18,7 @@ from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
 from gateway.call.lookup import CallerLookup
 from gateway.call.writes import WritePolicy
+from gateway.event_feed import EventFeed
 from gateway.livekit.room import LiveKitRooms
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceTable
@@ -81,6 +82,7 @@ class Services:
     lookup: CallerLookup  # inbound calls are opened through it (caller lookup first)
     recordings: RecordingBucket | None  # None: S3_BUCKET unset, nothing is recorded
     database_probe: DatabaseProbe  # /health and /ready
+    event_feed: EventFeed  # GET /events; the call publisher calls `event_feed.published`
 
 
 def build_services(
@@ -107,12 +109,24 @@ def build_services(
     def wake_outbox() -> None:  # a delivery was queued: send it now, not at the next poll
         outbox.wake()
 
+    event_feed = EventFeed(
+        database.events,
+        poll_s=settings.event_poll_s,
+        buffer=settings.event_client_buffer,
+        on_drop=metrics.event_stream_dropped,
+    )
+
+    def published(event: EventRecord) -> None:  # this process's clients get it at once
+        event_feed.published(event)
+        if on_published is not None:
+            on_published(event)
+
     events = CallEvents(
         events=database.events,
         webhooks=database.webhooks,
         assistants=database.assistants,
         recordings=recordings,
-        on_published=on_published,
+        on_published=published,
         on_queued=wake_outbox,
     )
     outbox = WebhookOutbox(
@@ -225,6 +239,7 @@ def build_services(
         database_probe=DatabaseProbe(
             database.ping, timeout_s=settings.ready_ping_timeout_s, cache_s=settings.ready_cache_s
         ),
+        event_feed=event_feed,
     )
 
 
@@ -232,8 +247,9 @@ def build_services(
 async def running(services: Services) -> AsyncIterator[None]:
     """The background work of a gateway, from before its first call to after its last:
     the lease, the lost-call sweeper, the webhook outbox, the call analyst and the pruning
-    of expired claims and carrier notes. At the end, every call this process still serves is ended
-    (`gateway-shutdown`) before anything stops."""
+    of expired claims and carrier notes (the event feed's pollers run while clients watch).
+    At the end, every call this process still serves is ended (`gateway-shutdown`) before
+    anything stops, then the event streams and their pollers."""
     await services.lease.start()
     sweep_s = min(10.0, services.settings.call_lease_s / 3)  # a third of a lease, at most 10 s
     prune = services.database.claims.prune_expired  # a scan on FerretDB: once a minute
@@ -252,6 +268,7 @@ async def running(services: Services) -> AsyncIterator[None]:
         yield
     finally:
         await services.calls.live.end_all(CallEnding("gateway-shutdown", CallStatus.FAILED))
+        await services.event_feed.aclose()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

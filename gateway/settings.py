@@ -200,6 +200,15 @@ class Settings(BaseSettings):
     ready_ping_timeout_s: float = Field(default=1.0, gt=0, le=30)
     ready_cache_s: float = Field(default=1.0, ge=0, le=60)
 
+    # Live events (`GET /events`): each gateway polls the organisations its clients watch
+    # this often for events stored by other gateways (its own reach them at once); a client
+    # that falls this many events behind is dropped (it resumes with Last-Event-ID); an idle
+    # stream gets a `: keep-alive` comment this often; clients wait `retry` ms to reconnect.
+    event_poll_s: float = Field(default=0.25, gt=0, le=60)
+    event_client_buffer: int = Field(default=1000, ge=1, le=1_000_000)
+    event_heartbeat_s: float = Field(default=15.0, gt=0, le=600)
+    event_retry_ms: int = Field(default=3000, ge=0, le=600_000)
+
     # Offline recognisers loaded at start; more load on demand (~35 ms each).
     stt_prewarm: int = Field(default=4, ge=0, le=256)
 
