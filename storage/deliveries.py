@@ -50,6 +50,7 @@ deliveries stored before rows existed.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -298,9 +299,13 @@ async def _claim_row(
         await _give_back(row["_id"], gen, owner)
         return None
     lease = {"lease_gen": gen, "lease_owner": owner, "lease_until": until}
-    await _deliveries().update_one({"_id": row["_id"]}, {"$set": lease})
     row_lease = {"lease_gen": gen, "lease_until": until}
-    await _due().update_one({"_id": row["_id"]}, {"$set": row_lease})
+    # Both at once, in either order: a claim that dies between them leaves a lease that
+    # expires at `until` whichever was written.
+    await asyncio.gather(
+        _deliveries().update_one({"_id": row["_id"]}, {"$set": lease}),
+        _due().update_one({"_id": row["_id"]}, {"$set": row_lease}),
+    )
     return _record({**fresh, **lease})
 
 
@@ -386,13 +391,15 @@ class WebhookRepository:
             .limit(max(_CANDIDATES, 2 * limit))
             .to_list()
         )
+        # Rows of different calls (or URLs) at once: each claim is a few round trips.
+        rows = await _first_in_line(candidates)
         taken: list[DeliveryRecord] = []
-        for row in await _first_in_line(candidates):
-            if len(taken) >= limit:
-                break
-            record = await _claim_row(row, owner=owner, now=now, until=until)
-            if record is not None:
-                taken.append(record)
+        while rows and len(taken) < limit:
+            batch, rows = rows[: limit - len(taken)], rows[limit - len(taken) :]
+            claims = await asyncio.gather(
+                *(_claim_row(row, owner=owner, now=now, until=until) for row in batch)
+            )
+            taken.extend(record for record in claims if record is not None)
         return taken
 
     @_driver_errors
