@@ -142,6 +142,7 @@ def build_services(
         timeout_s=settings.webhook_timeout_s,
         lease_s=settings.webhook_lease_s,
         concurrency=settings.webhook_concurrency,
+        repair_s=settings.webhook_repair_s,
         recordings=recordings,
         recording_grace_s=settings.recording_grace_s,
         salvage_policy=RetryPolicy(

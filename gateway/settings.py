@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
     webhook_lease_s: float = Field(default=60.0, gt=0)
     webhook_concurrency: int = Field(default=8, ge=1, le=256)  # deliveries in flight per gateway
+    # How often each gateway looks for pending deliveries that lost their due row (a
+    # gateway died between two writes); it reads every stored delivery, so not often.
+    webhook_repair_s: float = Field(default=60.0, ge=1)
     # Hosts or CIDRs webhooks may reach although private / loopback (e.g. ["127.0.0.1"]).
     webhook_allow_hosts: list[str] = Field(default_factory=list)
     # Caller lookup (an assistant's or organisation's `inbound_lookup_url`): the whole

@@ -12,7 +12,7 @@ from storage.analyses import AnalysisRepository
 from storage.assistants import AssistantRepository
 from storage.calls import CallRepository
 from storage.claims import EXPIRING_INDEXES, ClaimRepository
-from storage.deliveries import WebhookRepository
+from storage.deliveries import DUE_INDEXES, WebhookRepository
 from storage.documents import (
     ApiKeyDocument,
     AssistantDocument,
@@ -109,7 +109,7 @@ async def open_database(url: str, db_name: str, *, timeout_s: float = 10.0) -> D
         for document in _DOCUMENTS:
             meta = document.Settings
             await _ensure_indexes(database[meta.name], meta.indexes)
-        for name, indexes in (EXPIRING_INDEXES | EVENT_INDEXES).items():
+        for name, indexes in (EXPIRING_INDEXES | EVENT_INDEXES | DUE_INDEXES).items():
             await _ensure_indexes(database[name], indexes)
     except PyMongoError as exc:
         await client.close()

@@ -23,16 +23,41 @@ delivered) no longer holds the ones after it; one queued without a `seq` is unor
 A token whose writer died before it updated the delivery is skipped once its `until` has
 passed. Winners write the delivery one generation after another, never two at once, so
 FerretDB's whole-document writes lose nothing.
+
+What is due lives in `webhook_due`, one small row per delivery still pending (`_id` = the
+delivery id; its call, URL, `seq`, `next_attempt_at`, lease and `lease_gen`). FerretDB 1.24
+answers only `_id` equality in SQL and reads the whole collection for any other filter or
+sort, so the claim and its per-call ordering check read these rows, never the deliveries
+(every delivery ever sent, with its body): a claim costs what is pending, not what is
+stored. The delivery stays the record of truth, read by `_id` once its token is taken;
+a row is a hint, kept in step by each writer after its token:
+
+- enqueue inserts the row, then the delivery (a row whose delivery never came is dropped
+  by a claim after `_ORPHAN_S`; while it lives it holds its call's later deliveries back,
+  as the delivery would);
+- a claim moves the row's lease after the delivery's; one that finds the delivery settled
+  or not yet due gives its token back (deletes it: it wrote nothing) and drops or corrects
+  the row;
+- record_attempt moves the row to the retry, or deletes it once delivered or failed;
+- redeliver writes the delivery, then the row.
+
+A gateway that dies between two writes leaves a row missing or stale. A stale row costs at
+most a claim that finds nothing to send; a pending delivery with no row is found again by
+`repair_due`, which each outbox runs on start and about once a minute (it reads the pending
+deliveries: a scan on FerretDB, off the claim's path), and which also gives rows to pending
+deliveries stored before rows existed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from beanie import SortDirection
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
@@ -51,11 +76,15 @@ from storage.models import CallRecord
 
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Due deliveries read per claim (gateways racing for one try the next; those held back by
-# an earlier delivery of their call are passed over, so more than the racers need).
+# Due rows read per claim (gateways racing for one try the next; those held back by an
+# earlier delivery of their call are passed over, so more than the racers need).
 _CANDIDATES = 50
-_CLAIM_FIELDS = {"call_id": 1, "url": 1, "seq": 1, "lease_gen": 1, "next_attempt_at": 1}
 _TOKEN_SKIPS = 3  # dead tokens skipped over in one claim before giving a delivery up
+# A due row whose delivery is still missing this long after the row was queued belongs to
+# an enqueue that died between its two inserts: dropped (younger ones may be in flight).
+_ORPHAN_S = 30.0
+_REPAIR_CHUNK = 500  # rows looked up per query by `repair_due`
+_ROW_FIELDS = ("call_id", "url", "seq", "next_attempt_at", "lease_until", "lease_gen")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,18 +176,53 @@ def _secrets() -> AsyncCollection[dict[str, Any]]:
     return _deliveries().database["webhook_secrets"]
 
 
+WEBHOOK_DUE = "webhook_due"
+# The indexes `open_database` creates: what MongoDB needs for the claim (due by time) and
+# its ordering check (by call); FerretDB 1.24 scans the rows, which are only the pending.
+DUE_INDEXES: dict[str, list[IndexModel]] = {
+    WEBHOOK_DUE: [
+        IndexModel([("next_attempt_at", ASCENDING)], name="next_attempt"),
+        IndexModel([("call_id", ASCENDING), ("seq", ASCENDING)], name="call_seq"),
+    ],
+}
+
+
+def _due() -> AsyncCollection[dict[str, Any]]:
+    return _deliveries().database[WEBHOOK_DUE]
+
+
+def _due_row(raw: dict[str, Any], *, queued_at: datetime) -> dict[str, Any]:
+    """The due row of a delivery document (as stored or about to be)."""
+    return {
+        "_id": raw["_id"],
+        "call_id": raw["call_id"],
+        "url": raw["url"],
+        "seq": raw.get("seq"),
+        "next_attempt_at": raw["next_attempt_at"],
+        "lease_until": raw.get("lease_until", _EPOCH),
+        "lease_gen": int(raw.get("lease_gen", 0)),
+        "queued_at": queued_at,
+    }
+
+
+async def _drop_row(row: dict[str, Any]) -> None:
+    """Delete a due row as it was read: a newer one (a redelivery wrote it meanwhile, at a
+    higher generation) stays."""
+    await _due().delete_one({"_id": row["_id"], "lease_gen": {"$lte": int(row["lease_gen"])}})
+
+
 async def _first_in_line(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The candidates no pending delivery of the same call and URL with a smaller `seq`
-    holds back (one query for all of them: by call id, which MongoDB's `call_seq` index
-    serves; FerretDB 1.24 scans, once per claim, as it does for the candidates)."""
+    holds back (one query of the due rows for all of them: by call id, which MongoDB's
+    `call_seq` index serves; FerretDB 1.24 scans the rows, i.e. what is pending)."""
     ordered = [raw for raw in candidates if raw.get("seq") is not None]
     if not ordered:
         return candidates
     call_ids = sorted({str(raw["call_id"]) for raw in ordered})
     pending = (
-        await _deliveries()
+        await _due()
         .find(
-            {"status": "pending", "call_id": {"$in": call_ids}, "seq": {"$ne": None}},
+            {"call_id": {"$in": call_ids}, "seq": {"$ne": None}},
             {"call_id": 1, "url": 1, "seq": 1},
         )
         .to_list()
@@ -194,6 +258,55 @@ async def _take_next(
         WEBHOOK_LEASES, raw["_id"], int(raw.get("lease_gen", 0)), owner=owner, kind=kind,
         now=now, until=until, fields={"delivery_id": raw["_id"]}, skips=_TOKEN_SKIPS,
     )  # fmt: skip
+
+
+async def _give_back(delivery_id: str, gen: int, owner: str) -> None:
+    """Delete token `gen` taken by a claim that wrote nothing under it, so the next claim
+    takes it at once rather than after its `until`."""
+    await _tokens().delete_one({"_id": f"{delivery_id}#{gen}", "owner": owner})
+
+
+async def _claim_row(
+    row: dict[str, Any], *, owner: str, now: datetime, until: datetime
+) -> DeliveryRecord | None:
+    """Claim the delivery of a due row, or None: another gateway has it, or the row was
+    stale (then corrected or dropped)."""
+    gen = await _take_next(row, owner=owner, kind="claim", now=now, until=until)
+    if gen is None:  # another gateway has it, or the row lags a delivery settled since
+        settled = await _deliveries().find_one({"_id": row["_id"]}, {"status": 1})
+        if settled is not None and settled["status"] != "pending":
+            await _drop_row(row)
+        return None
+    # Read as its only writer now: the row is a hint, the delivery the truth.
+    fresh = await _deliveries().find_one({"_id": row["_id"]})
+    if fresh is None or fresh["status"] != "pending" or _aware(fresh["next_attempt_at"]) > now:
+        # The row put right while the token is held, then the token given back.
+        if fresh is not None and fresh["status"] == "pending":  # not due yet: say when
+            await _due().update_one(
+                {"_id": row["_id"]},
+                {
+                    "$set": {
+                        "next_attempt_at": fresh["next_attempt_at"],
+                        "lease_gen": int(fresh.get("lease_gen", 0)),
+                        "lease_until": _EPOCH,
+                    }
+                },
+            )
+        else:
+            queued = _aware(row.get("queued_at", _EPOCH))
+            if fresh is not None or queued + timedelta(seconds=_ORPHAN_S) <= now:
+                await _drop_row(row)  # settled, or an enqueue that died before its delivery
+        await _give_back(row["_id"], gen, owner)
+        return None
+    lease = {"lease_gen": gen, "lease_owner": owner, "lease_until": until}
+    row_lease = {"lease_gen": gen, "lease_until": until}
+    # Both at once, in either order: a claim that dies between them leaves a lease that
+    # expires at `until` whichever was written.
+    await asyncio.gather(
+        _deliveries().update_one({"_id": row["_id"]}, {"$set": lease}),
+        _due().update_one({"_id": row["_id"]}, {"$set": row_lease}),
+    )
+    return _record({**fresh, **lease})
 
 
 class WebhookRepository:
@@ -240,6 +353,16 @@ class WebhookRepository:
             created_at=_stored_time(now),
             seq=seq,
         )
+        # The row first: a pending delivery always has one (ordering reads the rows).
+        row = _due_row(
+            {"_id": delivery_id, "call_id": call_id, "url": url, "seq": seq,
+             "next_attempt_at": doc.next_attempt_at},
+            queued_at=doc.created_at,
+        )  # fmt: skip
+        try:
+            await _due().insert_one(row)
+        except DuplicateKeyError:
+            pass  # queued before (or its row outlived a crash): the claim settles which
         try:
             await doc.insert()
         except DuplicateKeyError:
@@ -250,40 +373,68 @@ class WebhookRepository:
     async def claim(self, *, owner: str, now: datetime, lease_s: float) -> DeliveryRecord | None:
         """Take the most overdue pending delivery whose lease has expired and that no earlier
         pending delivery of its call and URL holds back, for `lease_s`."""
+        taken = await self.claim_many(owner=owner, now=now, lease_s=lease_s, limit=1)
+        return taken[0] if taken else None
+
+    @_driver_errors
+    async def claim_many(
+        self, *, owner: str, now: datetime, lease_s: float, limit: int
+    ) -> list[DeliveryRecord]:
+        """Take up to `limit` deliveries as `claim` does, most overdue first, from one read
+        of the due rows (at most one of each call and URL: the others wait behind it)."""
         now = _stored_time(now)
         until = _stored_time(now + timedelta(seconds=lease_s))
         candidates = (
-            await _deliveries()
-            .find(
-                {
-                    "status": "pending",
-                    "next_attempt_at": {"$lte": now},
-                    "lease_until": {"$lt": now},
-                },
-                _CLAIM_FIELDS,
-            )
+            await _due()
+            .find({"next_attempt_at": {"$lte": now}, "lease_until": {"$lt": now}})
             .sort([("next_attempt_at", 1)])
-            .limit(_CANDIDATES)
+            .limit(max(_CANDIDATES, 2 * limit))
             .to_list()
         )
-        for raw in await _first_in_line(candidates):
-            gen = await _take_next(raw, owner=owner, kind="claim", now=now, until=until)
-            if gen is None:
-                continue  # another gateway has it
-            # Read again as its only writer now: the candidate may be stale.
-            fresh = await _deliveries().find_one({"_id": raw["_id"]})
-            if fresh is None:
-                continue
-            due = fresh["status"] == "pending" and _aware(fresh["next_attempt_at"]) <= now
-            lease = (
-                {"lease_gen": gen, "lease_owner": owner, "lease_until": until}
-                if due
-                else {"lease_gen": gen, "lease_owner": None, "lease_until": _EPOCH}
+        # Rows of different calls (or URLs) at once: each claim is a few round trips.
+        rows = await _first_in_line(candidates)
+        taken: list[DeliveryRecord] = []
+        while rows and len(taken) < limit:
+            batch, rows = rows[: limit - len(taken)], rows[limit - len(taken) :]
+            claims = await asyncio.gather(
+                *(_claim_row(row, owner=owner, now=now, until=until) for row in batch)
             )
-            await _deliveries().update_one({"_id": raw["_id"]}, {"$set": lease})
-            if due:
-                return _record({**fresh, **lease})
-        return None
+            taken.extend(record for record in claims if record is not None)
+        return taken
+
+    @_driver_errors
+    async def repair_due(self) -> int:
+        """Give every pending delivery a due row it lacks (a gateway died between two
+        writes, or the delivery was queued before rows existed), and correct rows that lag
+        their delivery's generation. Reads every pending delivery (a scan of all on
+        FerretDB): background work, about once a minute. Returns the rows written."""
+        fields = {name: 1 for name in (*_ROW_FIELDS, "created_at")}
+        pending = await _deliveries().find({"status": "pending"}, fields).to_list()
+        written = 0
+        for start in range(0, len(pending), _REPAIR_CHUNK):
+            chunk = pending[start : start + _REPAIR_CHUNK]
+            ids = [raw["_id"] for raw in chunk]
+            rows = {
+                row["_id"]: row
+                for row in await _due().find({"_id": {"$in": ids}}, {"lease_gen": 1}).to_list()
+            }
+            for raw in chunk:
+                row = rows.get(raw["_id"])
+                if row is None:
+                    try:
+                        await _due().insert_one(_due_row(raw, queued_at=raw["created_at"]))
+                    except DuplicateKeyError:
+                        continue  # queued or redelivered meanwhile, with its row
+                    written += 1
+                elif int(row.get("lease_gen", 0)) < int(raw.get("lease_gen", 0)):
+                    # As read: a claim that moved the row meanwhile is not undone.
+                    fix = _due_row(raw, queued_at=raw["created_at"])
+                    del fix["_id"], fix["queued_at"]
+                    result = await _due().update_one(
+                        {"_id": raw["_id"], "lease_gen": row.get("lease_gen", 0)}, {"$set": fix}
+                    )
+                    written += result.modified_count
+        return written
 
     @_driver_errors
     async def record_attempt(
@@ -328,6 +479,13 @@ class WebhookRepository:
             {"_id": delivery_id},
             {"$set": fields, "$push": {"attempts": entry}, "$inc": {"attempt_count": 1}},
         )
+        if status == "pending":
+            row = {"lease_gen": lease_gen + 1, "lease_until": _EPOCH}
+            if next_attempt_at is not None:
+                row["next_attempt_at"] = fields["next_attempt_at"]
+            await _due().update_one({"_id": delivery_id}, {"$set": row})
+        else:
+            await _drop_row({"_id": delivery_id, "lease_gen": lease_gen + 1})
         return True
 
     @_driver_errors
@@ -391,6 +549,15 @@ class WebhookRepository:
                     }
                 },
             )
+            # After the delivery: a claim never sees a row of it that the delivery does not
+            # bear out (dying in between leaves it to `repair_due`).
+            row = _due_row(
+                {"_id": delivery_id, "call_id": current.call_id, "url": current.url,
+                 "seq": current.seq, "next_attempt_at": now, "lease_gen": gen},
+                queued_at=now,
+            )  # fmt: skip
+            del row["_id"]
+            await _due().update_one({"_id": delivery_id}, {"$set": row}, upsert=True)
             return await self.get(org_id, delivery_id)
         raise DeliveryBusy(f"delivery {delivery_id!r} is being sent")
 

@@ -132,6 +132,7 @@ class WebhookOutbox:
         recording_grace_s: float = 120.0,
         salvage_policy: RetryPolicy | None = None,
         secret_grace_s: float = 24 * 3600.0,
+        repair_s: float = 60.0,
         events: CallEvents | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -150,6 +151,9 @@ class WebhookOutbox:
         self._salvage_policy = salvage_policy or RetryPolicy(base_s=10.0, cap_s=600.0)
         # A rotated-out signing secret still signs (beside the new one) this long.
         self._secret_grace_s = secret_grace_s
+        # How often pending deliveries that lost their due row are looked for (a scan of
+        # every delivery on FerretDB: `WebhookRepository.repair_due`).
+        self._repair_s = repair_s
         self._clock = clock
         self.owner = "gw-" + secrets.token_hex(6)
         # No proxies from the environment: a proxy would resolve the name itself, around the guard.
@@ -188,6 +192,7 @@ class WebhookOutbox:
         receiver does not hold up the others), until cancelled."""
         in_flight: set[asyncio.Task[None]] = set()
         last_scan = -float("inf")
+        repairs = asyncio.create_task(self._repair_forever(), name="webhook-due-repair")
         try:
             while True:
                 self._wakeup.clear()  # before the round: a poke during it is not lost
@@ -200,18 +205,21 @@ class WebhookOutbox:
                     if self._reports_owed or now - last_scan >= self._poll_s:
                         self._reports_owed, last_scan = False, now
                         busy = await self.queue_owed_reports() > 0
-                    while len(in_flight) < self._concurrency:
-                        delivery = await self._webhooks.claim(
-                            owner=self.owner, now=self._clock(), lease_s=self._lease_s
+                    if len(in_flight) < self._concurrency:
+                        # One read of what is due fills every free slot.
+                        claimed = await self._webhooks.claim_many(
+                            owner=self.owner,
+                            now=self._clock(),
+                            lease_s=self._lease_s,
+                            limit=self._concurrency - len(in_flight),
                         )
-                        if delivery is None:
-                            break
-                        busy = True
-                        task = asyncio.create_task(
-                            self._deliver_in_task(delivery), name=f"webhook-{delivery.id}"
-                        )
-                        in_flight.add(task)
-                        task.add_done_callback(in_flight.discard)
+                        busy = busy or bool(claimed)
+                        for delivery in claimed:
+                            task = asyncio.create_task(
+                                self._deliver_in_task(delivery), name=f"webhook-{delivery.id}"
+                            )
+                            in_flight.add(task)
+                            task.add_done_callback(in_flight.discard)
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # the loop must outlive a failed round (database blip, ...)
@@ -229,9 +237,26 @@ class WebhookOutbox:
                             finally:
                                 self._waiting = False
         finally:
+            repairs.cancel()
             for task in in_flight:
                 task.cancel()  # their leases expire and another round sends them again
-            await asyncio.gather(*in_flight, return_exceptions=True)
+            await asyncio.gather(repairs, *in_flight, return_exceptions=True)
+
+    async def _repair_forever(self) -> None:
+        """On start and every `repair_s`: give pending deliveries the due rows they lack
+        (off the delivery loop: on FerretDB it reads every delivery stored)."""
+        while True:
+            try:
+                repaired = await self._webhooks.repair_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database blip: the next repair tries again
+                log.exception("webhook due-row repair failed")
+            else:
+                if repaired:
+                    log.warning("webhook due rows repaired", extra={"rows": repaired})
+                    self._wakeup.set()
+            await asyncio.sleep(self._repair_s)
 
     async def _deliver_in_task(self, delivery: DeliveryRecord) -> None:
         try:
