@@ -1,14 +1,12 @@
-"""Post-call analysis benchmark: end of call -> analysis received, p50 / p95.
+"""Post-call analysis benchmark: end of call -> `call.analyzed` received, p50 / p95.
 
 An embedded FerretDB (the default store), the OpenAI wire fake (answering at once) under
-uvicorn on loopback, and one `CallAnalyst` in this process. Calls with a transcript and an
-assistant's analysis plan (summary, JSON Schema data, success) are finished one after
-another, each followed by the analyst's poke as the call's lifecycle does; the bench takes
-the time from `finish_call` returning to the analysis being received.
-
-"Received" is `received_at` below: today the moment the analyst hands the stored analysis
-(status done) to its `AnalysisEvents`; swap it for the time a `call.analyzed` event
-reaches its receiver once the event system is there.
+uvicorn on loopback, a webhook receiver on loopback, and in this process what a gateway
+runs after a call: the `WebhookOutbox`, the `CallEvents` publisher and one `CallAnalyst`.
+Calls with a transcript and an assistant's analysis plan (summary, JSON Schema data,
+success) are finished one after another, each followed by the pokes the call's lifecycle
+gives; the bench takes the time from `finish_call` returning to the receiver having the
+call's `call.ended` and then its `call.analyzed` (which is published after it).
 
     python bench/analysis_bench.py [--calls 30]
 """
@@ -23,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,7 +32,6 @@ from gateway.analysis import CallAnalyst, OpenAIAnalysisLLM
 from storage import (
     AnalysisPlan,
     AssistantConfig,
-    CallRecord,
     CallStatus,
     Database,
     Direction,
@@ -45,6 +41,10 @@ from storage import (
 )
 from tests.ferretdb_server import embedded_ferretdb
 from tests.net import free_port
+from tests.webhook_receiver import ReceivedWebhook, WebhookReceiver, run_webhook_receiver
+from webhooks.call_events import CallEvents
+from webhooks.outbox import RetryPolicy, WebhookOutbox
+from webhooks.ssrf import SsrfGuard
 
 SCHEMA = {
     "type": "object",
@@ -53,28 +53,14 @@ SCHEMA = {
 }
 
 
-class StampedEvents:
-    """`AnalysisEvents` that notes when each call's analysis was published."""
-
-    def __init__(self) -> None:
-        self.at: dict[str, float] = {}
-        self.status: dict[str, str] = {}
-        self._arrived = asyncio.Condition()
-
-    async def analyzed(self, call: CallRecord) -> None:
-        self.at.setdefault(call.id, time.perf_counter())
-        self.status[call.id] = call.analysis.status if call.analysis else "none"
-        async with self._arrived:
-            self._arrived.notify_all()
-
-    async def published_at(self, call_id: str) -> float:
-        async with self._arrived:
-            await self._arrived.wait_for(lambda: call_id in self.at)
-        return self.at[call_id]
-
-
-# The point where an analysis counts as received: swap for the `call.analyzed` receiver.
-ReceivedAt = Callable[[str], Awaitable[float]]
+async def arrival(receiver: WebhookReceiver, call_id: str, event: str) -> ReceivedWebhook:
+    """The receiver's request carrying `event` of `call_id`, once it has arrived."""
+    while True:
+        for request in receiver.accepted():
+            body = request.json()
+            if body["type"] == event and body["call"]["id"] == call_id:
+                return request
+        await asyncio.sleep(0.002)
 
 
 async def finished_call(database: Database, assistant_id: str, org_id: str, n: int) -> str:
@@ -103,24 +89,39 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-async def run(mongo_url: str, openai_url: str, calls: int) -> None:
+async def run(mongo_url: str, openai_url: str, calls: int, receiver: WebhookReceiver) -> None:
     database = await open_database(mongo_url, "analysis_bench")
     llm = OpenAIAnalysisLLM(api_key="test-openai-key", base_url=openai_url, timeout_s=10)
-    events = StampedEvents()
-    received_at: ReceivedAt = events.published_at
+    outbox: WebhookOutbox | None = None
+
+    def wake() -> None:
+        if outbox is not None:
+            outbox.wake()
+
+    events = CallEvents(
+        events=database.events, webhooks=database.webhooks, assistants=database.assistants,
+        on_queued=wake,
+    )  # fmt: skip
+    outbox = WebhookOutbox(
+        webhooks=database.webhooks, calls=database.calls, assistants=database.assistants,
+        guard=SsrfGuard(["127.0.0.1"]), policy=RetryPolicy(), events=events,
+    )  # fmt: skip
     analyst = CallAnalyst(
         analyses=database.analyses, calls=database.calls, assistants=database.assistants,
         llm=llm, model_for=lambda config: "fake-model", events=events,
     )  # fmt: skip
-    worker = asyncio.create_task(analyst.run())
+    workers = [asyncio.create_task(analyst.run()), asyncio.create_task(outbox.run())]
     try:
         org = await database.accounts.ensure_organization("bench")
         plan = AnalysisPlan(summary_prompt="Summarise.", structured_data_schema=SCHEMA,
                             success_criteria="The caller got an answer.")  # fmt: skip
-        assistant = await database.assistants.create(
-            org.id, AssistantConfig(name="A", system_prompt="Help.", analysis=plan)
+        config = AssistantConfig(
+            name="A", system_prompt="Help.", analysis=plan, webhook_url=receiver.url
         )
-        latencies: list[float] = []
+        assistant = await database.assistants.create(org.id, config)
+        to_ended: list[float] = []
+        to_analyzed: list[float] = []
+        done = 0
         for n in range(calls):
             call_id = await finished_call(database, assistant.id, org.id, n)
             await database.calls.finish_call(
@@ -128,20 +129,26 @@ async def run(mongo_url: str, openai_url: str, calls: int) -> None:
                 ended_at=datetime.now(UTC),
             )  # fmt: skip
             ended = time.perf_counter()
-            analyst.poke()  # as the call's lifecycle does once the call is finished
-            received = await asyncio.wait_for(received_at(call_id), 30)
-            latencies.append((received - ended) * 1000)
-        done = sum(1 for s in events.status.values() if s == "done")
+            outbox.poke()  # as the call's lifecycle does once the call is finished
+            analyst.poke()
+            report = await asyncio.wait_for(arrival(receiver, call_id, "call.ended"), 30)
+            analyzed = await asyncio.wait_for(arrival(receiver, call_id, "call.analyzed"), 30)
+            to_ended.append((report.arrived - ended) * 1000)
+            to_analyzed.append((analyzed.arrived - ended) * 1000)
+            done += analyzed.json()["analysis"]["status"] == "done"
         print(f"calls: {calls}, analyses done: {done}")
-        print(
-            "end of call -> analysis received (ms): "
-            f"p50 {statistics.median(latencies):.1f}  p95 {percentile(latencies, 0.95):.1f}  "
-            f"max {max(latencies):.1f}"
-        )
+        for what, values in (("call.ended", to_ended), ("call.analyzed", to_analyzed)):
+            print(
+                f"end of call -> {what} received (ms): "
+                f"p50 {statistics.median(values):.1f}  p95 {percentile(values, 0.95):.1f}  "
+                f"max {max(values):.1f}"
+            )
     finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
         await analyst.aclose()
+        await outbox.aclose()
         await database.close()
 
 
@@ -162,8 +169,12 @@ def main() -> None:
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
-        with tempfile.TemporaryDirectory() as tmp, embedded_ferretdb(Path(tmp)) as server:
-            asyncio.run(run(server.url, f"http://127.0.0.1:{port}/v1", args.calls))
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            embedded_ferretdb(Path(tmp)) as server,
+            run_webhook_receiver("/hooks/analysis") as receiver,
+        ):
+            asyncio.run(run(server.url, f"http://127.0.0.1:{port}/v1", args.calls, receiver))
     finally:
         fake.terminate()
         fake.wait()

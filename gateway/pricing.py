@@ -6,11 +6,11 @@ It says, in one currency:
 
     {
       "currency": "USD",
-      "carrier_per_minute": {"twilio": 0.0085, "livekit": 0.0},
-      "stt_per_minute":     {"deepgram": 0.0077, "local": 0},
-      "llm_per_1m_tokens":  {"gpt-4o-mini": {"input": 0.15, "output": 0.6},
-                             "default":     {"input": 0.5,  "output": 1.5}},
-      "tts_per_1k_chars":   {"cartesia": 0.03, "local": 0}
+      "carrier_per_minute": {"twilio": 0.01, "livekit": 0.005},
+      "stt_per_minute":     {"deepgram": 0.008, "local": 0},
+      "llm_per_1m_tokens":  {"my-model": {"input": 0.2, "output": 0.8},
+                             "default":  {"input": 1.0, "output": 4.0}},
+      "tts_per_1k_chars":   {"cartesia": 0.05, "local": 0}
     }
 
 Carrier and STT minutes are priced per second counted (no rounding up to whole minutes);
@@ -21,8 +21,8 @@ row) is priced 0, with a warning in the log. Unknown keys, negative prices and a
 currency that is not three capital letters are refused at start-up (`ConfigError`).
 
 `EXAMPLE_PRICES`, used when neither variable is set, holds EXAMPLE figures of the shape
-above: they are placeholders to replace with your own contracts' prices, not anyone's
-quoted prices.
+above (the figures above are those examples too): placeholders to replace with your own
+contracts' prices, not anyone's quoted prices.
 
 Amounts are `Decimal`, computed exactly from the counted quantities and rounded half-up
 to 6 decimal places (`AMOUNT_PLACES`) per item; the total is the sum of the rounded items,

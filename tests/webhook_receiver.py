@@ -32,6 +32,7 @@ class ReceivedWebhook:
     answered: int
     # Which of the receiver's secrets (`WebhookReceiver.secrets`) verified the request.
     verified_by: tuple[str, ...] = ()
+    arrived: float = 0.0  # time.perf_counter() when it arrived (benchmarks)
 
     def json(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.body)
@@ -76,6 +77,7 @@ class WebhookReceiver:
                     body=body,
                     answered=status,
                     verified_by=verified_by,
+                    arrived=time.perf_counter(),
                 )
             )
         return Response(status_code=status)
