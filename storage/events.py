@@ -8,8 +8,10 @@ counting 1, 2, 3, ... per organisation, and every read here is a lookup by `_id`
 - publish: insert `<org>:<head + 1>`; if another gateway took that place first (the insert
   is FerretDB's one atomic check-and-set), try the next. A place is taken by one insert
   and never freed, so a reader that found `n` can rely on `n + 1` being the next event.
-- read after `n`: look up `n + 1`, `n + 2`, ... until one is missing. A poll that finds
-  nothing new costs one lookup, however many events are stored.
+- read after `n`: look up `n + 1`, `n + 2`, ... until one is missing (after the first
+  found, several at once). A poll that finds nothing new costs one lookup, however many
+  events are stored (the embedded FerretDB build uses the `_id` index for it:
+  scripts/ensure-ferretdb.sh).
 - the head (where a reader starts, where a process starts numbering): a galloping search
   over lookups, O(log n), once per organisation per process.
 
@@ -45,6 +47,7 @@ EVENT_INDEXES: dict[str, list[IndexModel]] = {
 }
 _NO_ORG = "-"  # calls of no organisation (no assistant, no default organisation)
 _READ_MAX = 500
+_READ_WINDOW = 16  # lookups in flight at once when reading a run of new events
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,14 +161,29 @@ class EventRepository:
         """The events after place `seq`, in order (at most `limit`), and the last place read
         (to read after next time; duplicates are passed over but counted)."""
         out: list[EventRecord] = []
-        last = seq
-        for _ in range(min(limit, _READ_MAX)):
-            raw = await _events().find_one({"_id": _place(org_id, last + 1)})
-            if raw is None:
+        last, left, window = seq, min(limit, _READ_MAX), 1
+        while left > 0:
+            # One lookup while nothing is new (an idle poll); then windows of lookups at
+            # once, growing to `_READ_WINDOW`, of which the places up to the first one
+            # missing are taken (later ones are read next time).
+            window = min(window, left)
+            found = await asyncio.gather(
+                *(
+                    _events().find_one({"_id": _place(org_id, last + i)})
+                    for i in range(1, window + 1)
+                )
+            )
+            taken = 0
+            for raw in found:
+                if raw is None:
+                    break
+                taken += 1
+                if not raw.get("dup"):
+                    out.append(_record(raw))
+            last, left = last + taken, left - taken
+            if taken < window:
                 break
-            last += 1
-            if not raw.get("dup"):
-                out.append(_record(raw))
+            window = min(window * 4, _READ_WINDOW)
         org = org_id or _NO_ORG
         if last > self._heads.get(org, 0):
             self._heads[org] = last
