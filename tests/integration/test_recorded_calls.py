@@ -50,14 +50,24 @@ def new_bucket(s3: S3Server) -> str:
     return name
 
 
-def assistant_body(webhook_url: str, number: str) -> dict[str, object]:
-    return {
+REPORT_ONLY = ("call.ended",)
+
+
+def assistant_body(
+    webhook_url: str, number: str, *, webhook_events: tuple[str, ...] | None = REPORT_ONLY
+) -> dict[str, object]:
+    """An assistant whose webhook gets `webhook_events` (the report only, by default: these
+    tests count reports; None: the API's default subscription)."""
+    body: dict[str, object] = {
         "name": "Recorded line",
         "system_prompt": "You answer questions about the shop.",
         "greeting": "Hello, you are on the recorded line. How can I help?",
         "webhook_url": webhook_url,
         "phone_numbers": [number],
     }
+    if webhook_events is not None:
+        body["webhook_events"] = list(webhook_events)
+    return body
 
 
 def stereo(wav_bytes: bytes) -> np.ndarray:

@@ -72,6 +72,7 @@ async def _setup(
         "system_prompt": "Help the caller.",
         "greeting": "Hello, you reached the shared line. How can I help?",
         "webhook_url": hook,
+        "webhook_events": ["call.ended"],  # the reports are counted
         "phone_numbers": [NUMBER],
     }
     _, attributes = await dispatch_attributes(
