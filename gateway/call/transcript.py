@@ -140,4 +140,5 @@ class CallTranscript:
                 if stored:  # nothing to report of a turn whose write failed for good
                     await on_turn(stored[0])
 
-            self._writes.submit(f"{speaker} turn event", publish, detail=detail)
+            # Logged as unwritten by name only: the turn's own line carries what was said.
+            self._writes.submit(f"{speaker} turn event", publish)

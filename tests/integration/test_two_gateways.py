@@ -67,7 +67,7 @@ async def _setup(
 ) -> dict[str, str]:
     """An assistant with a webhook and a number, reached by SIP through a dispatch rule;
     returns the attributes the rule gives SIP participants."""
-    assistant = {
+    assistant: dict[str, object] = {
         "name": "Shared",
         "system_prompt": "Help the caller.",
         "greeting": "Hello, you reached the shared line. How can I help?",
