@@ -57,6 +57,7 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── UnsafeURL               a URL the SSRF guard refuses -> 422 when an assistant is
     │                           saved; a failed attempt at delivery
     ├── UnresolvedHost          a webhook host that did not resolve: the attempt is retried
+    ├── AnswerTooLarge          a caller lookup's answer over its bound: counted invalid
     ├── EventNotDue             call.analyzed waited too long for its call.ended: the
     │                           analysis stays owed and is published later
     └── SignatureMismatch       raised by `webhooks.signing.verify` (what receivers run)

@@ -112,8 +112,11 @@ class Subscription:
 
     async def next(self, *, wait_s: float) -> list[EventRecord]:
         """The next events, in order, or [] when none came within `wait_s` (time for a
-        heartbeat). Raises `StreamEnded` once the subscription is over: closed at once,
-        dropped after what it had buffered."""
+        heartbeat; also while catching up over events `?call_id=` filters out, or proxies
+        would cut a stream that writes nothing). Raises `StreamEnded` once the subscription
+        is over: closed at once, dropped after what it had buffered."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
         while True:
             if self.ended == "closed":
                 raise StreamEnded("closed")
@@ -127,10 +130,12 @@ class Subscription:
                 missed = await self._catch_up()
                 if missed:
                     return missed
+                if loop.time() >= deadline:
+                    return []
                 continue
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), wait_s)
+                await asyncio.wait_for(self._ready.wait(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 return []
 
@@ -138,7 +143,7 @@ class Subscription:
         """Read one batch of the events missed since the cursor; once the cursor reaches
         where the poller is, the poller hands this subscription the rest."""
         before = self.cursor
-        events, last = await self._feed.repo.read_after(self._org.org_id, before, limit=_READ_BATCH)
+        events, last = await self._feed.read(self._org.org_id, before, limit=_READ_BATCH)
         found = [e for e in events if self._wants(e)]
         self.cursor = max(before, last)
         # At the poller's place (or at the end of what is stored): live from here on, with
@@ -213,6 +218,42 @@ class EventFeed:
             org.task = asyncio.create_task(self._poll(org), name=f"event-feed-{org_id}")
         return sub
 
+    async def read(
+        self, org_id: str | None, after: int, *, limit: int
+    ) -> tuple[list[EventRecord], int]:
+        """`repo.read_after`, past stored events that cannot be read: one whose document the
+        repository cannot make a record of (malformed: written by hand, or by another
+        version) is skipped with an error log, so it stalls no stream forever. Raises
+        `StorageError` (the store is unreachable) when nothing could be read."""
+        try:
+            return await self.repo.read_after(org_id, after, limit=limit)
+        except StorageError:
+            raise
+        except Exception:  # noqa: BLE001 - which place is bad is found below, one at a time
+            pass
+        out: list[EventRecord] = []
+        last = after
+        while last - after < limit:
+            try:
+                events, new_last = await self.repo.read_after(org_id, last, limit=1)
+            except StorageError:
+                if out:
+                    break
+                raise
+            except Exception:
+                log.exception(
+                    "event %d of the organisation cannot be read: skipped",
+                    last + 1,
+                    extra={"org_id": org_id},
+                )
+                last += 1
+                continue
+            if new_last == last:
+                break  # nothing more is stored
+            out += events
+            last = new_last
+        return out, last
+
     def published(self, event: EventRecord) -> None:
         """An event this process has just stored: clients here get it at once (in order:
         the next place is handed over directly, anything else wakes the poller)."""
@@ -251,11 +292,12 @@ class EventFeed:
                 org.wake.clear()
                 before = org.last
                 try:
-                    events, last = await self.repo.read_after(
-                        org.org_id, org.last, limit=self._batch
-                    )
+                    events, last = await self.read(org.org_id, org.last, limit=self._batch)
                 except StorageError as exc:
                     log.warning("reading events failed: %s", exc, extra={"org_id": org.org_id})
+                    events, last = [], org.last
+                except Exception:  # a bug: the poller lives on, and tries again after a poll
+                    log.exception("reading events failed", extra={"org_id": org.org_id})
                     events, last = [], org.last
                 if last > org.last:
                     org.last = last

@@ -1,6 +1,7 @@
 """Errors of the webhook layer; the gateway maps `UnsafeURL` to HTTP 422 when an assistant
 is saved, records `UnresolvedHost` as a delivery attempt's outcome, and leaves an analysis
-whose `EventNotDue` was raised owed (it is published again later)."""
+whose `EventNotDue` was raised owed (it is published again later); the caller lookup
+counts `AnswerTooLarge` as an invalid answer."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ class UnsafeURL(WebhookError):
 
 class UnresolvedHost(WebhookError):
     """The host name did not resolve (now: DNS failures may pass, so this is retryable)."""
+
+
+class AnswerTooLarge(WebhookError):
+    """A receiver's answer (a caller lookup's) is longer than the bound it is read to."""
 
 
 class EventNotDue(WebhookError):

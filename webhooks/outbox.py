@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -39,8 +38,8 @@ from storage import (
 )
 from webhooks.call_events import CallEvents
 from webhooks.errors import UnresolvedHost, UnsafeURL
-from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_header
-from webhooks.ssrf import SsrfGuard, pinned_url
+from webhooks.sender import SignedPoster
+from webhooks.ssrf import SsrfGuard
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +138,6 @@ class WebhookOutbox:
         self._webhooks = webhooks
         self._calls = calls
         self._assistants = assistants
-        self._guard = guard
         self._policy = policy
         self._timeout_s = timeout_s
         self._lease_s = max(lease_s, timeout_s + 5)  # a lease outlives the request it covers
@@ -149,15 +147,19 @@ class WebhookOutbox:
         self._recordings = recordings
         self._recording_grace = timedelta(seconds=recording_grace_s)
         self._salvage_policy = salvage_policy or RetryPolicy(base_s=10.0, cap_s=600.0)
-        # A rotated-out signing secret still signs (beside the new one) this long.
-        self._secret_grace_s = secret_grace_s
         # How often pending deliveries that lost their due row are looked for (a scan of
         # every delivery on FerretDB: `WebhookRepository.repair_due`).
         self._repair_s = repair_s
         self._clock = clock
         self.owner = "gw-" + secrets.token_hex(6)
-        # No proxies from the environment: a proxy would resolve the name itself, around the guard.
-        self._http = httpx.AsyncClient(follow_redirects=False, timeout=timeout_s, trust_env=False)
+        self._poster = SignedPoster(
+            guard=guard,
+            secrets=webhooks,
+            user_agent="voice-gateway-webhooks/1",
+            timeout_s=timeout_s,
+            secret_grace_s=secret_grace_s,
+            clock=clock,
+        )
         self._wakeup = asyncio.Event()
         self._waiting = False  # between rounds, waiting for a wake-up or the next poll
         # call.ended (and recording.ready of a recording settled here) are published
@@ -185,7 +187,7 @@ class WebhookOutbox:
         return self._waiting
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._poster.aclose()
 
     async def run(self) -> None:
         """Queue owed reports and deliver due webhooks, up to `concurrency` at once (a slow
@@ -364,38 +366,12 @@ class WebhookOutbox:
         latency_ms = 0.0
         final = False  # a failure no retry can mend
         try:
-            address = await self._guard.check(delivery.url)
-            signing = (
-                await self._webhooks.signing_secrets(
-                    delivery.org_id, now=self._clock(), grace_s=self._secret_grace_s
-                )
-                if delivery.org_id
-                else ("",)
+            request = await self._poster.prepare(
+                delivery.url, delivery.body.encode(), message_id=delivery.id, org_id=delivery.org_id
             )
-            timestamp = int(time.time())
-            body = delivery.body.encode()
-            headers = {
-                "content-type": "application/json",
-                ID_HEADER: delivery.id,
-                TIMESTAMP_HEADER: str(timestamp),
-                SIGNATURE_HEADER: signature_header(signing, timestamp, body),
-                "user-agent": "voice-gateway-webhooks/1",
-            }
-            target, extensions = delivery.url, {}
-            if address is not None:  # connect to the address checked, never resolve again
-                target, headers["host"] = pinned_url(delivery.url, address)
-                extensions = {"sni_hostname": urlsplit(delivery.url).hostname or ""}
             started = time.perf_counter()
             try:
-                # httpx's timeout bounds each read, not the whole exchange: a receiver that
-                # trickles bytes would otherwise outlast the lease. The body is never read.
-                async with (
-                    asyncio.timeout(self._timeout_s),
-                    self._http.stream(
-                        "POST", target, content=body, headers=headers, extensions=extensions
-                    ) as resp,
-                ):
-                    status_code = resp.status_code
+                status_code = (await self._poster.send(request)).status_code  # body never read
             finally:
                 latency_ms = (time.perf_counter() - started) * 1000
         except UnsafeURL as exc:  # an unsafe URL does not become safe by waiting

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,10 +47,16 @@ class EventQuery(BaseModel):
     last_event_id: str | None = Field(default=None, max_length=64)
 
 
+# The line ends of text/event-stream: CRLF, CR, LF (WHATWG HTML, "Parsing an event stream").
+# Not `str.splitlines()`, which also splits U+2028, U+2029, U+0085, \x1c-\x1e: bodies are
+# JSON with those left unescaped, and a client would get them cut into broken pieces.
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def frame(event: EventRecord) -> str:
     """One event in the text/event-stream format (a body with line breaks is split over
     `data:` lines, which the client joins again)."""
-    data = "".join(f"data: {line}\n" for line in event.body.splitlines() or [""])
+    data = "".join(f"data: {line}\n" for line in _LINE_END.split(event.body))
     return f"id: {event.seq}\nevent: {event.type}\n{data}\n"
 
 

@@ -16,7 +16,8 @@ connected to, never resolved again; no redirects, no proxies from the environmen
 The answer (2xx, JSON, at most INBOUND_LOOKUP_MAX_BYTES, within INBOUND_LOOKUP_TIMEOUT_S;
 a 204 or `{}` changes nothing; other keys are ignored):
 
-    {"metadata": {"name": "Dana", "order": "A-17"},   # strings only; optional
+    {"metadata": {"name": "Dana", "order": "A-17"},   # strings only; optional; keys are
+                                                      # names [A-Za-z_][A-Za-z0-9_-]*
      "assistant_id": "<another assistant of the organisation>"}   # optional
 """
 
@@ -25,13 +26,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -47,15 +48,29 @@ from storage import (
     StorageError,
     redact_credentials,
 )
-from webhooks.errors import UnresolvedHost, UnsafeURL
-from webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_header
-from webhooks.ssrf import SsrfGuard, pinned_url
+from webhooks.errors import AnswerTooLarge, UnsafeURL
+from webhooks.sender import SignedPoster
+from webhooks.ssrf import SsrfGuard
 
 log = logging.getLogger(__name__)
 
 LOOKUP_EVENT = "call.inbound"
 # Values the gateway fills itself: an answer cannot replace them.
 _RESERVED = frozenset({"from_number", "to_number"})
+# The names a `{{placeholder}}` may have (gateway/call/persona.py) less `.`: the call is
+# stored with its metadata as a document, and a document key may hold no `.` (nor begin
+# with `$`, which no name can).
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _text(value: str) -> bool:
+    """Whether `value` can be stored: JSON's `\\ud800` escapes decode to lone surrogates,
+    which UTF-8 (and so BSON) cannot encode."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +124,12 @@ class LookupAnswer:
             metadata = {}
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise LookupFailed("invalid", "metadata is not an object of strings")
+        bad = [k for k in metadata if not _KEY.fullmatch(k)]
+        if bad:
+            shown = ", ".join(repr(k[:40]) for k in sorted(bad)[:3])
+            raise LookupFailed("invalid", f"metadata keys that are no placeholder names: {shown}")
+        if not all(_text(v) for v in metadata.values()):
+            raise LookupFailed("invalid", "a metadata value is not text (a lone surrogate)")
         assistant_id = data.get("assistant_id")
         if assistant_id is not None and (not isinstance(assistant_id, str) or not assistant_id):
             raise LookupFailed("invalid", "assistant_id is not a non-empty string")
@@ -140,64 +161,50 @@ class CallerLookup:
         secret_grace_s: float = 24 * 3600.0,
     ) -> None:
         self._database = database
-        self._guard = guard
         self._metrics = metrics
         self._timeout_s = timeout_s
         self._max_answer_bytes = max_answer_bytes
-        self._secret_grace_s = secret_grace_s
-        # No proxies from the environment: a proxy would resolve the name itself, around the guard.
-        self._http = httpx.AsyncClient(follow_redirects=False, timeout=timeout_s, trust_env=False)
+        self._poster = SignedPoster(
+            guard=guard,
+            secrets=database.webhooks,
+            user_agent="voice-gateway-lookup/1",
+            timeout_s=timeout_s,
+            secret_grace_s=secret_grace_s,
+        )
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._poster.aclose()
 
     async def ask(self, url: str, request: LookupRequest, *, org_id: str) -> LookupAnswer:
         """POST `request` to `url`, signed with `org_id`'s secrets, and parse the answer, all
-        within the bound; `LookupFailed` with the outcome otherwise."""
+        within the bound; `LookupFailed` with the outcome otherwise: whatever goes wrong on
+        the way (the store, DNS, the network, the client library), the call goes on."""
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await self._exchange(url, request, org_id=org_id)
-        except TimeoutError as exc:
-            raise LookupFailed("timeout", f"no answer within {self._timeout_s:g} s") from exc
-        except httpx.TimeoutException as exc:
+        except LookupFailed:
+            raise
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise LookupFailed("timeout", f"no answer within {self._timeout_s:g} s") from exc
         except UnsafeURL as exc:
             raise LookupFailed("refused", str(exc)) from exc
-        except (UnresolvedHost, httpx.HTTPError, StorageError) as exc:
+        except AnswerTooLarge as exc:
+            raise LookupFailed("invalid", str(exc)) from exc
+        except Exception as exc:  # the caller hears the defaults' greeting instead
             raise LookupFailed("error", f"{type(exc).__name__}: {exc}") from exc
 
     async def _exchange(self, url: str, request: LookupRequest, *, org_id: str) -> LookupAnswer:
-        address = await self._guard.check(url)
-        signing = await self._database.webhooks.signing_secrets(
-            org_id, now=datetime.now(UTC), grace_s=self._secret_grace_s
+        signed = await self._poster.prepare(
+            url,
+            request.serialize(now=datetime.now(UTC)),
+            message_id=request.id,
+            org_id=org_id,
+            accept="application/json",
         )
-        timestamp = int(time.time())
-        body = request.serialize(now=datetime.now(UTC))
-        headers = {
-            "content-type": "application/json",
-            "accept": "application/json",
-            ID_HEADER: request.id,
-            TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: signature_header(signing, timestamp, body),
-            "user-agent": "voice-gateway-lookup/1",
-        }
-        target, extensions = url, {}
-        if address is not None:  # connect to the address checked, never resolve again
-            target, headers["host"] = pinned_url(url, address)
-            extensions = {"sni_hostname": urlsplit(url).hostname or ""}
-        async with self._http.stream(
-            "POST", target, content=body, headers=headers, extensions=extensions
-        ) as resp:
-            if not 200 <= resp.status_code < 300:
-                raise LookupFailed("error", f"answered HTTP {resp.status_code}")
-            raw = bytearray()
-            async for chunk in resp.aiter_bytes():
-                raw += chunk
-                if len(raw) > self._max_answer_bytes:
-                    raise LookupFailed(
-                        "invalid", f"the answer is over {self._max_answer_bytes} bytes"
-                    )
-        return LookupAnswer.parse(bytes(raw))
+        answer = await self._poster.send(signed, max_body=self._max_answer_bytes)
+        if not 200 <= answer.status_code < 300:
+            raise LookupFailed("error", f"answered HTTP {answer.status_code}")
+        return LookupAnswer.parse(answer.body)
 
     async def _lookup_url(self, assistant: AssistantRecord | None) -> tuple[str | None, str | None]:
         """The URL to ask and the organisation it is asked for: the assistant's, else its
@@ -259,8 +266,8 @@ class CallerLookup:
         """Store a new inbound call (as `open_call` does) after asking the caller lookup, if
         one is set. Whatever the lookup does, the call is opened: with the answer's assistant
         and values when they work, else with `assistant`'s defaults. `MissingPlaceholders`
-        (or `InputTooLarge`) only when the defaults themselves cannot answer, as without a
-        lookup."""
+        (or `InputTooLarge`, `StorageError`) only when the defaults themselves cannot answer,
+        as without a lookup."""
         own = dict(metadata or {})
         choice = InboundChoice(assistant=assistant, metadata=own, changed=False)
         url, org_id = await self._lookup_url(assistant)
@@ -301,10 +308,11 @@ class CallerLookup:
                 )
         try:
             return await self._open(choice, transport, from_number, to_number, call_sid, limits)
-        except (MissingPlaceholders, InputTooLarge) as exc:
+        except (MissingPlaceholders, InputTooLarge, StorageError) as exc:
             if not choice.changed:
                 raise
-            # The answer's assistant or values cannot fill the persona: the defaults answer.
+            # The answer's assistant or values cannot fill the persona, or the store refuses
+            # the call with them: the defaults answer (a store that is down refuses them too).
             outcome = "invalid"
             log.warning(
                 "caller lookup answer unusable: %s; answering with the assistant's defaults",

@@ -310,3 +310,27 @@ async def test_an_unsafe_url_is_refused_when_saved(stack: Stack, url: str) -> No
         )
         assert any("inbound_lookup_url" in d["loc"] for d in error["details"])
     assert shown.json()["inbound_lookup_url"] is None
+
+
+@pytest.mark.parametrize(
+    "metadata", [{"customer.name": "Dana"}, {"$x": "1"}], ids=["dotted-key", "dollar-key"]
+)
+async def test_keys_a_stored_call_cannot_hold_leave_the_default_greeting(
+    stack: Stack, metadata: dict[str, str]
+) -> None:
+    """A stored document's keys hold no `.` and begin with no `$`: such an answer is invalid,
+    and the caller hears the greeting (it once stopped the call with a 503)."""
+    path = f"/crm/keys-{uuid.uuid4().hex[:8]}"
+    stack.lookup.scripts[path] = Scripted.json({"metadata": metadata})
+    async with stack.http() as http:
+        before = await stack.lookups(http)
+        assistant_id, number = await stack.assistant(
+            http, greeting="Hello, this is the shop.", lookup_path=path, number=True
+        )
+        stored, greeting = await stack.greeted(http, number)
+        after = await stack.lookups(http)
+    assert greeting == "Hello, this is the shop."
+    assert stored["assistant_id"] == assistant_id and stored["metadata"] == {}
+    assert after["invalid"] == before["invalid"] + 1
+    assert len(stack.lookup.requests_to(path)) == 1
+    assert "metadata keys that are no placeholder names" in stack.gateway.log_text()

@@ -13,6 +13,8 @@ import pytest
 
 from gateway.event_feed import EventFeed, StreamEnded, Subscription
 from storage import Database, EventRecord, EventRepository
+from storage.documents import CallDocument
+from storage.events import EVENTS
 
 ORG = "org_feed"
 
@@ -86,3 +88,62 @@ async def test_a_subscriber_that_does_not_read_is_dropped_and_the_other_goes_on(
         await feed.aclose()
     with pytest.raises(StreamEnded):
         await reading.next(wait_s=1)  # closed at shutdown
+
+
+async def test_catching_up_over_other_calls_events_leaves_time_for_heartbeats(
+    database: Database,
+) -> None:
+    """A `?call_id=` stream resuming from 0 over many events of other calls: `next()`
+    answers [] (a heartbeat) once `wait_s` has passed, rather than reading every batch
+    first while the client hears nothing (proxies cut such streams)."""
+    org = "org_catch_up"
+    for n in range(450):  # more than two catch-up batches, all of call c0
+        await _publish(database.events, 2 * n, org=org)
+    wanted = await _publish(database.events, 1, org=org)  # call c1
+    feed = EventFeed(database.events, poll_s=3600, buffer=10)
+    try:
+        sub = await feed.subscribe(org, after=0, call_id="c1")
+        replies = []
+        async with asyncio.timeout(60):
+            while True:
+                events = await sub.next(wait_s=0.0)  # any batch read passes the bound
+                replies.append([e.seq for e in events])
+                if events:
+                    break
+        assert replies[-1] == [wanted.seq]
+        assert replies[:-1] and all(r == [] for r in replies[:-1])  # heartbeats came first
+        sub.close()
+    finally:
+        await feed.aclose()
+
+
+async def _malformed(org: str, seq: int) -> None:
+    """A stored event at place `seq` with no body (written by hand, or by another version)."""
+    events = CallDocument.get_pymongo_collection().database[EVENTS]
+    await events.insert_one(
+        {"_id": f"{org}:{seq}", "seq": seq, "org_id": org, "call_id": "c1", "type": "call.turn"}
+    )
+
+
+async def test_a_malformed_stored_event_is_skipped_and_the_stream_goes_on(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    org = "org_malformed"
+    feed = EventFeed(database.events, poll_s=0.05, buffer=50)
+    other_gateway = EventRepository()  # stores events this feed only finds by polling
+    try:
+        first = await _publish(other_gateway, 1, org=org)
+        live = await feed.subscribe(org)
+        await _malformed(org, first.seq + 1)
+        later = [await _publish(other_gateway, n, org=org) for n in range(2, 5)]
+        assert [e.seq for e in later] == [first.seq + 2, first.seq + 3, first.seq + 4]
+        assert await _take(live, 3) == [e.seq for e in later]  # the poller lives on
+        resumed = await feed.subscribe(org, after=0)  # catching up over it, too
+        assert await _take(resumed, 4) == [first.seq, *(e.seq for e in later)]
+        skipped = [r for r in caplog.records if "cannot be read: skipped" in r.getMessage()]
+        assert skipped and all(getattr(r, "org_id", None) == org for r in skipped)
+        assert f"event {first.seq + 1} " in skipped[0].getMessage()
+        live.close()
+        resumed.close()
+    finally:
+        await feed.aclose()

@@ -71,23 +71,32 @@ async def enqueue(
 
 
 async def running(
-    outboxes: list[WebhookOutbox], done: Callable[[], bool], timeout_s: float = 30
+    outboxes: list[WebhookOutbox],
+    done: Callable[[], bool],
+    rows: AsyncCollection[dict[str, Any]],
+    timeout_s: float = 60,
 ) -> None:
-    """Run the outboxes until `done()` (bounded), then a little longer for any duplicate."""
+    """Run the outboxes until `done()` and no due row is left (bounded): with no row, no
+    outbox can claim a delivery again, so nothing more can be sent; the stored attempts
+    (`delivered_once`) then show that none was sent twice."""
     tasks = [asyncio.create_task(o.run(), name=f"outbox-{i}") for i, o in enumerate(outboxes)]
     try:
         deadline = time.monotonic() + timeout_s
-        while not done():
+        while not done() or await rows.count_documents({}) > 0:
             assert time.monotonic() < deadline, "the outboxes did not get there in time"
             await asyncio.sleep(0.02)
-        # Not a wait for something to happen: room for a duplicate that must not come.
-        await asyncio.sleep(0.3)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for outbox in outboxes:
             await outbox.aclose()
+
+
+async def delivered_once(database: Database, org_id: str, *ids: str) -> None:
+    for delivery_id in ids:
+        delivery = await database.webhooks.get(org_id, delivery_id)
+        assert (delivery.status, delivery.attempt_count) == ("delivered", 1), delivery_id
 
 
 def sent_seqs(rx: Receiver) -> list[tuple[str, int]]:
@@ -104,9 +113,9 @@ async def test_a_delivery_whose_row_was_lost_goes_out_after_the_repair(store: St
         # The claim reads the rows only: the delivery is invisible to it ...
         assert await database.webhooks.claim(owner="gw", now=now, lease_s=30) is None
         # ... until an outbox's repair (on start) gives it its row back.
-        await running([new_outbox(database)], lambda: len(rx.requests) >= 1)
+        await running([new_outbox(database)], lambda: len(rx.requests) >= 1, store.rows)
     assert rx.count() == {lost: 1}
-    assert (await database.webhooks.get(org.id, lost)).status == "delivered"
+    await delivered_once(database, org.id, lost)
     assert await store.rows.count_documents({}) == 0
 
 
@@ -139,13 +148,14 @@ async def test_a_stale_row_of_a_delivered_delivery_is_dropped_without_a_second_s
         first = await enqueue(database, org.id, rx.url, "call_a", 1, now)
         stale = await store.rows.find_one({"_id": first})
         assert stale is not None
-        await running([new_outbox(database)], lambda: len(rx.requests) >= 1)
+        await running([new_outbox(database)], lambda: len(rx.requests) >= 1, store.rows)
         # A gateway died after writing "delivered" and before deleting the row.
         await store.rows.insert_one(stale)
         second = await enqueue(database, org.id, rx.url, "call_a", 2, now)
         # The stale row holds the call's next delivery back only until it is claimed.
-        await running([new_outbox(database)], lambda: len(rx.requests) >= 2)
+        await running([new_outbox(database)], lambda: len(rx.requests) >= 2, store.rows)
     assert rx.count() == {first: 1, second: 1}
+    await delivered_once(database, org.id, first, second)
     assert sent_seqs(rx) == [("call_a", 1), ("call_a", 2)]
     assert await store.rows.count_documents({}) == 0
 
@@ -199,7 +209,7 @@ async def test_two_outboxes_keep_each_calls_order_and_send_each_attempt_once(
             for call in calls
         ]
         outboxes = [new_outbox(database), new_outbox(database)]
-        await running(outboxes, lambda: len(rx.requests) >= 2 * len(ids))
+        await running(outboxes, lambda: len(rx.requests) >= 2 * len(ids), store.rows)
     assert rx.count() == dict.fromkeys(ids, 2)
     for call in calls:
         # Its deliveries, in the order they reached the receiver: 1, 1, 2, 2, ... (a
@@ -209,6 +219,7 @@ async def test_two_outboxes_keep_each_calls_order_and_send_each_attempt_once(
     for delivery_id in ids:
         delivery = await database.webhooks.get(org.id, delivery_id)
         assert [a.status_code for a in delivery.attempts] == [500, 200]
+        assert (delivery.status, delivery.attempt_count) == ("delivered", 2)
     assert await store.rows.count_documents({}) == 0
 
 
@@ -218,10 +229,15 @@ async def test_a_redelivery_gets_a_row_and_goes_out(store: Store) -> None:
     now = datetime.now(UTC)
     async with receiver(lambda _id, _nth: 200) as rx:
         delivery_id = await enqueue(database, org.id, rx.url, "call_a", 1, now)
-        await running([new_outbox(database)], lambda: len(rx.requests) >= 1)
+        await running([new_outbox(database)], lambda: len(rx.requests) >= 1, store.rows)
         assert await store.rows.count_documents({}) == 0
         await database.webhooks.redeliver(org.id, delivery_id, now=datetime.now(UTC))
         assert await store.rows.count_documents({"_id": delivery_id}) == 1
-        await running([new_outbox(database)], lambda: len(rx.requests) >= 2)
+        await running([new_outbox(database)], lambda: len(rx.requests) >= 2, store.rows)
     assert rx.count() == {delivery_id: 2}
+    delivery = await database.webhooks.get(org.id, delivery_id)
+    assert delivery.status == "delivered" and [a.status_code for a in delivery.attempts] == [
+        200,
+        200,
+    ]
     assert await store.rows.count_documents({}) == 0

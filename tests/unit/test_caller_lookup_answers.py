@@ -47,6 +47,11 @@ def test_the_request_names_the_call() -> None:
         (b'{"metadata": null, "assistant_id": "abc"}', {}, "abc"),
         (b'{"assistant_id": null, "extra": [1, 2]}', {}, None),  # other keys are ignored
         ('{"metadata": {"name": "Zoë"}}'.encode(), {"name": "Zoë"}, None),
+        (
+            b'{"metadata": {"_ref": "7", "first-name": "Dana"}}',
+            {"_ref": "7", "first-name": "Dana"},
+            None,
+        ),
     ],
 )
 def test_answers_that_are_read(
@@ -71,6 +76,14 @@ def test_answers_that_are_read(
         b'{"assistant_id": ""}',
         b"[" * 100_000,  # nesting past the parser's bound
         b"\xff\xfe",
+        # Keys a stored document cannot hold, or that no {{placeholder}} could name:
+        b'{"metadata": {"customer.name": "Dana"}}',
+        b'{"metadata": {"$x": "1"}}',
+        b'{"metadata": {"name": "Dana", "$where": "1"}}',
+        b'{"metadata": {"": "1"}}',
+        b'{"metadata": {"a b": "1"}}',
+        b'{"metadata": {"1st": "1"}}',
+        b'{"metadata": {"name": "\\ud800"}}',  # a lone surrogate: not text UTF-8 can hold
     ],
 )
 def test_answers_that_are_refused(raw: bytes) -> None:
