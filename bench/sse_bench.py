@@ -6,8 +6,10 @@ finding nothing) and of reading 100 new events, with 1 000 and then 100 000 even
 in the collection (spread over 10 organisations: the others' events count too), filled
 with insert_many. For contrast, the same "after the head" read as a MongoDB range query
 (`{org_id, seq: {$gt: head}}`), which FerretDB 1.24 answers by scanning in Go, and
-FerretDB's plan of an `_id` lookup (on SQLite: `SCAN`, the `_id` index is not used, so a
-lookup that finds nothing reads every row).
+FerretDB's plan of an `_id` lookup: `SEARCH` with the `_id` index on the build
+scripts/ensure-ferretdb.sh makes (r3); `SCAN` on FerretDB 1.24 as released (r2 here, e.g.
+`FERRETDB_BIN=~/.cache/voice-gateway/ferretdb-v1.24.2-r2/ferretdb`), where a lookup that
+finds nothing reads every row.
 
 (b) Published -> received by an SSE client on `GET /events`, at the rate of `--calls` live
 calls each publishing a call.turn every 2-3 s for `--seconds`: from another process (the
@@ -333,11 +335,14 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--skip-poll", action="store_true")
+    parser.add_argument("--skip-stream", action="store_true", help="(a) only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, embedded_ferretdb(Path(tmp)) as ferret:
         if not args.skip_poll:
             print("(a) SSE poll cost on the embedded FerretDB", flush=True)
             asyncio.run(poll_cost(ferret.url))
+        if args.skip_stream:
+            return 0
         print(
             f"(b) published -> SSE client, {args.calls} calls each sending a call.turn "
             f"every 2-3 s for {args.seconds:.0f} s",
