@@ -145,7 +145,9 @@ class AssistantDocument(Document):
     # A `TurnTakingConfig`, field by field (empty: the defaults, as for assistants stored
     # before it existed).
     turn_taking: dict[str, Any] = Field(default_factory=dict)
-    analysis: dict[str, Any] | None = None  # an `AnalysisPlan`, field by field
+    # An `AnalysisPlan`, field by field but its JSON Schema as JSON text
+    # (`structured_data_schema_json`; a nested document in assistants stored before).
+    analysis: dict[str, Any] | None = None
     # None: stored before assistants chose their events (they send the default ones).
     webhook_events: list[str] | None = None
     created_at: datetime

@@ -330,6 +330,18 @@ _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _NUMBER_PUNCTUATION = str.maketrans("", "", " .-()/\t")
 
 
+def unstorable_key(key: str) -> str | None:
+    """Why `key` cannot be a field name of a stored document (None: it can): the store
+    refuses a name that starts with `$` or holds a `.` (FerretDB) or a NUL byte (BSON)."""
+    if key.startswith("$"):
+        return "starts with '$'"
+    if "." in key:
+        return "contains '.'"
+    if "\x00" in key:
+        return "contains a NUL character"
+    return None
+
+
 def normalize_e164(raw: str) -> str:
     """`raw` as an E.164 number: spaces, dots, dashes, slashes and brackets dropped, a
     leading `00` read as `+`; `ValueError` when what is left is not `+` and 7-15 digits."""
