@@ -48,7 +48,10 @@ def _h(key: str) -> dict[str, str]:
 def analysis_gateway(
     mongo_url: str, openai_base_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    env = {"OPENAI_API_KEY": "test-openai-key", "OPENAI_BASE_URL": openai_base_url}
+    env: dict[str, str | None] = {
+        "OPENAI_API_KEY": "test-openai-key",
+        "OPENAI_BASE_URL": openai_base_url,
+    }
     with run_gateway(mongo_url, tmp_path_factory.mktemp("gw-analysis"), env) as process:
         yield process
 
@@ -163,6 +166,24 @@ async def test_an_invalid_first_answer_is_retried_once(analysis_gateway: Gateway
     assert analysis["attempts"] == 2
     assert analysis["data"] == {"order_id": "A-17", "resolved": True}
     assert analysis["data_error"] is None
+
+
+async def test_a_model_briefly_down_is_asked_again_within_the_run(
+    analysis_gateway: GatewayProcess, openai_base_url: str
+) -> None:
+    """A 500 is retryable: the same request goes again after a short backoff, and the
+    analysis is `done` rather than `failed` for good."""
+    gateway, key = analysis_gateway, analysis_gateway.api_key
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        await _assistant(http, key, "+15557770106", analysis=_plan("fake:fail-first"))
+        call_id = await _call(gateway, http, "+15557770106")
+        analysis = (await _analysed(http, key, call_id))["analysis"]
+        sent = (await http.get(openai_base_url.removesuffix("/v1") + "/control/completions")).json()
+    assert analysis["status"] == "done", analysis
+    assert analysis["attempts"] == 1 and analysis["reason"] is None
+    assert analysis["data"] == {"order_id": "A-17", "resolved": True}
+    asked = [body for body in sent if "fake:fail-first" in json.dumps(body["messages"])]
+    assert len(asked) == 2 and asked[0]["messages"] == asked[1]["messages"]
 
 
 async def test_garbage_fails_the_analysis_and_nothing_else(
