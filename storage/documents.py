@@ -42,6 +42,9 @@ class CallDocument(Document):
     system_prompt: str | None = None
     greeting: str | None = None
     answered_by: str | None = None  # Twilio answering-machine detection
+    # When the gateway answered the call (the carrier bills from here); None: not answered,
+    # or answered before this was stored.
+    answered_at: datetime | None = None
     # Set by the same write that finalises the call: its end-call report is owed (the
     # webhook outbox turns it into a delivery, then clears it). Nothing is lost in between.
     report_pending: bool = False

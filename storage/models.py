@@ -303,6 +303,9 @@ class CallRecord(_Record):
     system_prompt: str | None = None
     greeting: str | None = None
     answered_by: str | None = None
+    answered_at: datetime | None = Field(
+        default=None, description="when the gateway answered the call (carrier time from here)"
+    )
     recording: RecordingState | None = None
     served_by: str | None = None  # the gateway serving its audio, while it is live
     analysis: CallAnalysis | None = Field(default=None, description="post-call analysis")
