@@ -65,6 +65,7 @@ from storage.models import (
     TurnTakingConfig,
     WebhookEventType,
     normalize_e164,
+    unstorable_key,
 )
 from storage.numbers import PhoneNumberRepository
 from storage.redaction import redact_credentials, redact_url
@@ -146,4 +147,5 @@ __all__ = [
     "open_database",
     "redact_credentials",
     "redact_url",
+    "unstorable_key",
 ]

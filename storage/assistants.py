@@ -4,7 +4,9 @@ assistant's organisation)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from typing import Any
 
 from beanie import PydanticObjectId
 from bson.errors import InvalidId
@@ -14,6 +16,32 @@ from storage.documents import AssistantDocument, PhoneNumberDocument
 from storage.errors import NotFound, NumberTaken
 from storage.models import AssistantConfig, AssistantRecord, normalize_e164
 
+_SCHEMA_JSON = "structured_data_schema_json"
+
+
+def _stored_config(config: AssistantConfig) -> dict[str, Any]:
+    """The configuration as stored, field by field, except the analysis plan's JSON Schema:
+    kept as JSON text, since a schema's keys (`$defs`, `$ref`, a property named "a.b") are
+    no field names the store takes (FerretDB refuses `$` and `.`, MongoDB `$ref` without
+    `$id`). The same holds for the analysis result's data (`storage.calls._analysis`)."""
+    fields = config.model_dump()
+    plan = fields.get("analysis")
+    if plan is not None:
+        schema = plan.pop("structured_data_schema", None)
+        if schema is not None:
+            plan[_SCHEMA_JSON] = json.dumps(schema, ensure_ascii=False)
+    return fields
+
+
+def _stored_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """An analysis plan as stored, as `AnalysisPlan` reads it: the schema from its JSON text
+    (or as a nested document, as assistants stored before it were)."""
+    plan = dict(plan)
+    schema_json = plan.pop(_SCHEMA_JSON, None)
+    if isinstance(schema_json, str):
+        plan["structured_data_schema"] = json.loads(schema_json)
+    return plan
+
 
 def _record(doc: AssistantDocument) -> AssistantRecord:
     created, updated = _utc(doc.created_at), _utc(doc.updated_at)
@@ -21,6 +49,8 @@ def _record(doc: AssistantDocument) -> AssistantRecord:
     fields = doc.model_dump(include=set(AssistantConfig.model_fields))
     if fields.get("webhook_events") is None:  # stored before it existed: the default
         fields.pop("webhook_events", None)
+    if fields.get("analysis") is not None:
+        fields["analysis"] = _stored_plan(fields["analysis"])
     return AssistantRecord(
         id=str(doc.id),
         org_id=doc.org_id,
@@ -62,7 +92,7 @@ class AssistantRepository:
         await self._check_numbers(org_id, config.phone_numbers, except_id=None)
         now = _stored_time(datetime.now(UTC))
         doc = AssistantDocument(
-            org_id=org_id, created_at=now, updated_at=now, **config.model_dump()
+            org_id=org_id, created_at=now, updated_at=now, **_stored_config(config)
         )
         await doc.insert()
         return _record(doc)
@@ -106,7 +136,7 @@ class AssistantRepository:
         """Store `config` as the assistant's whole configuration (PATCH merges before this)."""
         doc = await self._owned(org_id, assistant_id)
         await self._check_numbers(org_id, config.phone_numbers, except_id=assistant_id)
-        fields = {**config.model_dump(), "updated_at": _stored_time(datetime.now(UTC))}
+        fields = {**_stored_config(config), "updated_at": _stored_time(datetime.now(UTC))}
         await AssistantDocument.get_pymongo_collection().update_one(
             {"_id": doc.id}, {"$set": fields}
         )

@@ -70,7 +70,9 @@ class CallStore(Protocol):
     """What the session and the routes need from call storage."""
 
     async def create_call(self, call: NewCall, *, started_at: datetime) -> CallRecord: ...
-    async def set_status(self, call_id: str, status: CallStatus) -> bool: ...
+    async def set_status(
+        self, call_id: str, status: CallStatus, *, answered_at: datetime | None = None
+    ) -> bool: ...
     async def set_stream(self, call_id: str, stream_sid: str) -> None: ...
     async def set_call_sid(self, call_id: str, call_sid: str) -> None: ...
     async def set_answered_by(self, call_id: str, answered_by: str) -> None: ...
@@ -242,6 +244,7 @@ def _call_record(doc: CallDocument, turns: tuple[TurnRecord, ...] = ()) -> CallR
         system_prompt=doc.system_prompt,
         greeting=doc.greeting,
         answered_by=doc.answered_by,
+        answered_at=_utc(doc.answered_at),
         recording=RecordingState.model_validate(doc.recording) if doc.recording else None,
         served_by=doc.served_by,
         analysis=_analysis(doc.analysis) if doc.analysis else None,
@@ -340,19 +343,30 @@ class CallRepository:
         return _call_record(doc)
 
     @_driver_errors
-    async def set_status(self, call_id: str, status: CallStatus) -> bool:
+    async def set_status(
+        self, call_id: str, status: CallStatus, *, answered_at: datetime | None = None
+    ) -> bool:
         """Record a progress status; it only moves forward, and a finished call keeps its own
-        (True: the status changed, False: it was there already or past it)."""
+        (True: the status changed, False: it was there already or past it). `answered_at`
+        (the gateway answered the call then) is stored either way: a carrier's callback may
+        have moved the status first."""
         earlier = _EARLIER.get(status)
         if earlier is None:
             raise ValueError(f"{status} is final: use finish_call")
         oid = _object_id(call_id, what="call")
         calls = CallDocument.get_pymongo_collection()
+        fields: dict[str, Any] = {"status": status.value}
+        if answered_at is not None:
+            fields["answered_at"] = _stored_time(answered_at)
         async with call_write_lock(call_id):
             result = await calls.update_one(
-                {"_id": oid, "ended_at": None, "status": {"$in": earlier}},
-                {"$set": {"status": status.value}},
+                {"_id": oid, "ended_at": None, "status": {"$in": earlier}}, {"$set": fields}
             )
+            if answered_at is not None and result.matched_count == 0:
+                # By `_id` alone (see `_set_fact`); after the end it is harmless.
+                await calls.update_one(
+                    {"_id": oid}, {"$set": {"answered_at": fields["answered_at"]}}
+                )
         if result.matched_count == 0 and await calls.find_one({"_id": oid}) is None:
             raise CallNotFound(f"no call {call_id!r}")
         return result.matched_count > 0

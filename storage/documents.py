@@ -42,6 +42,9 @@ class CallDocument(Document):
     system_prompt: str | None = None
     greeting: str | None = None
     answered_by: str | None = None  # Twilio answering-machine detection
+    # When the gateway answered the call (the carrier bills from here); None: not answered,
+    # or answered before this was stored.
+    answered_at: datetime | None = None
     # Set by the same write that finalises the call: its end-call report is owed (the
     # webhook outbox turns it into a delivery, then clears it). Nothing is lost in between.
     report_pending: bool = False
@@ -145,7 +148,9 @@ class AssistantDocument(Document):
     # A `TurnTakingConfig`, field by field (empty: the defaults, as for assistants stored
     # before it existed).
     turn_taking: dict[str, Any] = Field(default_factory=dict)
-    analysis: dict[str, Any] | None = None  # an `AnalysisPlan`, field by field
+    # An `AnalysisPlan`, field by field but its JSON Schema as JSON text
+    # (`structured_data_schema_json`; a nested document in assistants stored before).
+    analysis: dict[str, Any] | None = None
     # None: stored before assistants chose their events (they send the default ones).
     webhook_events: list[str] | None = None
     created_at: datetime

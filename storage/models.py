@@ -303,6 +303,9 @@ class CallRecord(_Record):
     system_prompt: str | None = None
     greeting: str | None = None
     answered_by: str | None = None
+    answered_at: datetime | None = Field(
+        default=None, description="when the gateway answered the call (carrier time from here)"
+    )
     recording: RecordingState | None = None
     served_by: str | None = None  # the gateway serving its audio, while it is live
     analysis: CallAnalysis | None = Field(default=None, description="post-call analysis")
@@ -328,6 +331,18 @@ class CallPage:
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _NUMBER_PUNCTUATION = str.maketrans("", "", " .-()/\t")
+
+
+def unstorable_key(key: str) -> str | None:
+    """Why `key` cannot be a field name of a stored document (None: it can): the store
+    refuses a name that starts with `$` or holds a `.` (FerretDB) or a NUL byte (BSON)."""
+    if key.startswith("$"):
+        return "starts with '$'"
+    if "." in key:
+        return "contains '.'"
+    if "\x00" in key:
+        return "contains a NUL character"
+    return None
 
 
 def normalize_e164(raw: str) -> str:

@@ -71,7 +71,9 @@ def analysis_messages(
 @dataclass(frozen=True, slots=True)
 class Reading:
     """One answer, read against the plan. `is_object`: it was a JSON object at all;
-    `problems`: what the model is told on a retry (empty: the answer is complete)."""
+    `problems`: what the model is told on a retry (empty: the answer is complete), which may
+    quote the answer's data (taken from the transcript); `faults`: the same problems said
+    with JSON paths and schema keywords only, for the log."""
 
     is_object: bool
     summary: str | None = None
@@ -80,15 +82,18 @@ class Reading:
     success: bool | None = None
     success_reason: str | None = None
     problems: tuple[str, ...] = field(default=())
+    faults: tuple[str, ...] = field(default=())
 
 
-def _schema_error(schema: dict[str, Any], data: Any) -> str | None:
+def _schema_error(schema: dict[str, Any], data: Any) -> tuple[str, str] | None:
+    """Why `data` does not match `schema`: the full message (it quotes the data) and the
+    fault by path and keyword only (e.g. `at items/0: type`); None if it matches."""
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    return f"at {where}: {error.message}"[:1000]
+    return f"at {where}: {error.message}"[:1000], f"at {where}: {error.validator}"[:300]
 
 
 def read_answer(text: str, plan: AnalysisPlan) -> Reading:
@@ -96,24 +101,32 @@ def read_answer(text: str, plan: AnalysisPlan) -> Reading:
     try:
         answer = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        return Reading(is_object=False, problems=(f"the answer is not JSON ({exc})",))
+        problem = "the answer is not JSON"
+        return Reading(is_object=False, problems=(f"{problem} ({exc})",), faults=(problem,))
     if not isinstance(answer, dict):
-        return Reading(is_object=False, problems=("the answer is not a JSON object",))
+        problem = "the answer is not a JSON object"
+        return Reading(is_object=False, problems=(problem,), faults=(problem,))
     problems: list[str] = []
+    faults: list[str] = []  # the same, without the answer's content
     summary = answer.get("summary")
     if plan.summary_prompt is None:
         summary = None
     elif not isinstance(summary, str) or not summary.strip():
         problems.append('"summary" must be a non-empty string')
+        faults.append(problems[-1])
         summary = None
     data: Any = None
     data_error: str | None = None
     if plan.structured_data_schema is not None:
         if "data" not in answer:
             data_error = '"data" is missing'
+            faults.append(data_error)
         else:
             data = answer["data"]
-            data_error = _schema_error(plan.structured_data_schema, data)
+            mismatch = _schema_error(plan.structured_data_schema, data)
+            if mismatch is not None:
+                data_error = mismatch[0]
+                faults.append(f'"data" does not match the JSON Schema {mismatch[1]}')
         if data_error is not None:
             problems.append(f'"data" does not match the JSON Schema: {data_error}')
     success: bool | None = None
@@ -124,6 +137,7 @@ def read_answer(text: str, plan: AnalysisPlan) -> Reading:
             success = raw_success
         else:
             problems.append('"success" must be true or false')
+            faults.append(problems[-1])
         reason = raw_reason if isinstance(raw_reason, str) else None
     return Reading(
         is_object=True,
@@ -133,6 +147,7 @@ def read_answer(text: str, plan: AnalysisPlan) -> Reading:
         success=success,
         success_reason=reason,
         problems=tuple(problems),
+        faults=tuple(faults),
     )
 
 

@@ -7,7 +7,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from storage import (
     E164,
@@ -27,6 +35,7 @@ from storage import (
     TurnRecord,
     TurnTakingConfig,
     WebhookEventType,
+    unstorable_key,
 )
 
 
@@ -122,11 +131,20 @@ class OutboundCallRequest(_Input):
         default=None, description="LiveKit only: outbound trunk (default: the only one)"
     )
     metadata: dict[str, str] = Field(
-        default_factory=dict, description="fills the assistant's {{placeholders}}"
+        default_factory=dict,
+        description="fills the assistant's {{placeholders}} (keys without '.' or a leading '$')",
     )
     machine_detection: bool = Field(
         default=False, description="Twilio only: answering-machine detection"
     )
+
+    @field_validator("metadata")
+    @classmethod
+    def _keys_the_store_holds(cls, metadata: dict[str, str]) -> dict[str, str]:
+        for key in metadata:
+            if (problem := unstorable_key(key)) is not None:
+                raise ValueError(f"the key {key!r} {problem}: it cannot be stored")
+        return metadata
 
 
 class OutboundCallOut(BaseModel):

@@ -161,6 +161,19 @@ class GatewayLease:
         await asyncio.to_thread(self._writer.close)
 
 
+def _carried_s(call: CallRecord, ended_at: datetime) -> float:
+    """Seconds the carrier carried a lost call: from when it was answered; a call in progress
+    with no answer time was answered before that was stored (counted from its start), and
+    one never answered carried nothing."""
+    if call.answered_at is not None:
+        since = call.answered_at
+    elif call.status == CallStatus.IN_PROGRESS:
+        since = call.started_at
+    else:
+        return 0.0
+    return max(0.0, (ended_at - since).total_seconds())
+
+
 class LostCallSweeper:
     """Finishes the calls of gateways that stopped beating (`sweep` is one round; the
     gateway runs one every third of a lease, at most every 10 s)."""
@@ -177,9 +190,11 @@ class LostCallSweeper:
         on_lost: Callable[[CallRecord], Awaitable[None]],
         unfinished: UnfinishedCalls | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         prices: PriceTable = EXAMPLE_PRICES,
     ) -> None:
         self._store = store
+        self._wall_clock = wall_clock  # when a lost call ended (its leases use `clock`)
         self._prices = prices
         self._leases = leases
         self._me = gateway_id
@@ -234,12 +249,10 @@ class LostCallSweeper:
                 continue
             known = await self._store.carrier_end(call.id)
             status, reason = known if known is not None else (CallStatus.FAILED, LOST_REASON)
-            # What its gateway counted died with it: the carrier's minutes, from the call's
-            # start, are what is known.
-            ended_at = datetime.now(UTC)
-            usage = CallUsage().with_carrier(
-                call.transport, (ended_at - call.started_at).total_seconds()
-            )
+            # What its gateway counted died with it: the carrier's minutes, from when it
+            # was answered (as its lifecycle counts them), are what is known.
+            ended_at = self._wall_clock()
+            usage = CallUsage().with_carrier(call.transport, _carried_s(call, ended_at))
             stored = await self._store.finish_call(
                 call.id,
                 status=status,

@@ -247,7 +247,8 @@ class CallLifecycle:
                 return
             rt = self._rt
             self._answered_at = datetime.now(UTC)
-            self._progress(CallStatus.IN_PROGRESS)
+            # Stored with the status: a sweeper costs the call from here if its gateway dies.
+            self._progress(CallStatus.IN_PROGRESS, answered_at=self._answered_at)
             plan = await plan_call(self.call, assistants=rt.assistants, catalog=rt.catalog)
             if plan.recording and rt.recordings_enabled:
                 self._recording = self._leg.recording()
@@ -274,13 +275,13 @@ class CallLifecycle:
                 asyncio.create_task(self._end_after(plan.max_duration_s), name="max-duration")
             )
 
-    def _progress(self, status: CallStatus) -> None:
-        """Store a progress status beside the call and, if it moved the call on, queue its
-        `call.status` event right behind it."""
+    def _progress(self, status: CallStatus, *, answered_at: datetime | None = None) -> None:
+        """Store a progress status (and when the call was answered) beside the call and, if
+        it moved the call on, queue its `call.status` event right behind it."""
         store, events, moved = self._rt.store, self._rt.events, [False]
 
         async def write() -> None:
-            moved[0] = await store.set_status(self.call.id, status)
+            moved[0] = await store.set_status(self.call.id, status, answered_at=answered_at)
 
         self.beside(write, "status")
         if events is not None:

@@ -185,6 +185,24 @@ def test_features_without_settings_answer_503(client: TestClient) -> None:
     assert unknown.status_code == 404
 
 
+def test_metadata_keys_the_store_cannot_hold_are_refused_naming_the_field(
+    client: TestClient,
+) -> None:
+    """FerretDB refuses a field name with '.' or a leading '$' (and BSON a NUL): such a key
+    is bad input (422 naming `metadata`), not a database outage (503)."""
+    aid = client.post("/assistants", json=_assistant(), headers=H).json()["id"]
+    for key in ("a.b", "$x", "nul\x00"):
+        refused = client.post(
+            "/call/outbound",
+            json={"assistant_id": aid, "to_number": "+15550100005", "metadata": {key: "v"}},
+            headers=H,
+        )
+        assert refused.status_code == 422, refused.text
+        [detail] = refused.json()["error"]["details"]
+        assert detail["loc"] == ["metadata"] and repr(key) in detail["msg"], detail
+    assert client.get("/calls", headers=H).json()["items"] == []
+
+
 def test_call_list_pages_through_the_api(client: TestClient) -> None:
     for _ in range(5):
         _voice(client, "+15550100007")

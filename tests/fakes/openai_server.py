@@ -13,8 +13,10 @@ Non-streaming requests (`stream` absent or false: post-call analysis) get one
 "fake:invalid-first" -> data that breaks the test schema, then (once the request carries
 the model's earlier answer, i.e. on the retry) a valid answer; "fake:always-invalid" ->
 invalid data every time; "fake:garbage" -> text that is not JSON; "fake:fail" -> HTTP
-500; "fake:hold-first" -> the first such request is held until its client goes away (a
-gateway killed while it waits for the model), the next ones get a valid answer; otherwise
+500; "fake:fail-first" -> HTTP 500 to the first such request, a valid answer when the same
+request is sent again (a model briefly down); "fake:refuse" -> HTTP 400;
+"fake:hold-first" -> the first such request is held until its client goes away (a gateway
+killed while it waits for the model), the next ones get a valid answer; otherwise
 a valid answer: `summary` quoting what the caller said, `data` matching
 `{"order_id": string, "resolved": boolean}`, `success` true. `GET /control/completions`
 lists the non-streaming requests received (newest last).
@@ -119,6 +121,7 @@ VALID_DATA = {"order_id": "A-17", "resolved": True}
 INVALID_DATA = {"order_id": 17}
 _completions: list[dict[str, Any]] = []  # non-streaming requests, for /control/log
 _held: set[str] = set()  # the texts of the requests held once ("fake:hold-first")
+_failed: set[str] = set()  # the texts of the requests failed once ("fake:fail-first")
 
 
 def _completion(content: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -149,7 +152,9 @@ def _completion(content: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
 def _analysis(messages: list[dict[str, Any]]) -> Response:
     text = "\n".join(str(m.get("content") or "") for m in messages)
     retry = any(m.get("role") == "assistant" for m in messages)
-    if "fake:fail" in text:
+    if "fake:refuse" in text:
+        return JSONResponse({"error": {"message": "bad", "type": "invalid_request_error"}}, 400)
+    if "fake:fail" in text and "fake:fail-first" not in text:
         return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, 500)
     if "fake:garbage" in text:
         return JSONResponse(_completion("Sure! The call went well, I think.", messages))
@@ -181,6 +186,9 @@ async def chat_completions(request: Request) -> Response:
                     while (await request.receive())["type"] != "http.disconnect":
                         pass
             return JSONResponse({"error": {"message": "held", "type": "server_error"}}, 503)
+        if "fake:fail-first" in text and text not in _failed:
+            _failed.add(text)
+            return JSONResponse({"error": {"message": "down", "type": "server_error"}}, 500)
         return _analysis(body["messages"])
     said = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
     if "fail" in said:

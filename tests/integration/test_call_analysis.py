@@ -5,12 +5,14 @@ back through the API; and the analyst's claims between workers on the real Ferre
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from bson import ObjectId
 
 from gateway.analysis import CallAnalyst, OpenAIAnalysisLLM
 from gateway.analysis.llm import LLMAnswer
@@ -25,6 +27,7 @@ from storage import (
     Direction,
     NewCall,
 )
+from storage.documents import AssistantDocument
 
 from .conftest import GatewayProcess, run_gateway
 
@@ -45,7 +48,10 @@ def _h(key: str) -> dict[str, str]:
 def analysis_gateway(
     mongo_url: str, openai_base_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    env = {"OPENAI_API_KEY": "test-openai-key", "OPENAI_BASE_URL": openai_base_url}
+    env: dict[str, str | None] = {
+        "OPENAI_API_KEY": "test-openai-key",
+        "OPENAI_BASE_URL": openai_base_url,
+    }
     with run_gateway(mongo_url, tmp_path_factory.mktemp("gw-analysis"), env) as process:
         yield process
 
@@ -162,6 +168,24 @@ async def test_an_invalid_first_answer_is_retried_once(analysis_gateway: Gateway
     assert analysis["data_error"] is None
 
 
+async def test_a_model_briefly_down_is_asked_again_within_the_run(
+    analysis_gateway: GatewayProcess, openai_base_url: str
+) -> None:
+    """A 500 is retryable: the same request goes again after a short backoff, and the
+    analysis is `done` rather than `failed` for good."""
+    gateway, key = analysis_gateway, analysis_gateway.api_key
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        await _assistant(http, key, "+15557770106", analysis=_plan("fake:fail-first"))
+        call_id = await _call(gateway, http, "+15557770106")
+        analysis = (await _analysed(http, key, call_id))["analysis"]
+        sent = (await http.get(openai_base_url.removesuffix("/v1") + "/control/completions")).json()
+    assert analysis["status"] == "done", analysis
+    assert analysis["attempts"] == 1 and analysis["reason"] is None
+    assert analysis["data"] == {"order_id": "A-17", "resolved": True}
+    asked = [body for body in sent if "fake:fail-first" in json.dumps(body["messages"])]
+    assert len(asked) == 2 and asked[0]["messages"] == asked[1]["messages"]
+
+
 async def test_garbage_fails_the_analysis_and_nothing_else(
     analysis_gateway: GatewayProcess,
 ) -> None:
@@ -220,6 +244,66 @@ async def test_no_llm_skips_and_an_invalid_schema_is_refused(
             f"/assistants/{assistant['id']}", json={"analysis": None}, headers=_h(key)
         )
         assert removed.status_code == 200 and removed.json()["analysis"] is None
+
+
+# A schema as operators write them: keys the store would refuse as field names.
+SCHEMA_WITH_REFS = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$defs": {"order": {"type": "string", "pattern": "^A-"}},
+    "type": "object",
+    "properties": {
+        "order_id": {"$ref": "#/$defs/order"},
+        "resolved": {"type": "boolean"},
+        "a.b": {"type": "string"},
+    },
+    "required": ["order_id", "resolved"],
+}
+
+
+async def test_a_schema_with_refs_and_dotted_names_is_saved_and_used(
+    analysis_gateway: GatewayProcess, openai_base_url: str
+) -> None:
+    """`$schema`, `$defs`, `$ref` and a property named "a.b" are no field names the store
+    takes: the schema is stored as JSON text, read back as given, and analyses use it."""
+    gateway, key = analysis_gateway, analysis_gateway.api_key
+    plan = {**_plan(), "structured_data_schema": SCHEMA_WITH_REFS}
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        assistant = await _assistant(http, key, "+15557770105", analysis=plan)
+        assert assistant["analysis"]["structured_data_schema"] == SCHEMA_WITH_REFS
+        read = await http.get(f"/assistants/{assistant['id']}", headers=_h(key))
+        assert read.json()["analysis"]["structured_data_schema"] == SCHEMA_WITH_REFS
+        patched = await http.patch(
+            f"/assistants/{assistant['id']}",
+            json={"analysis": {"success_criteria": "The caller booked."}},
+            headers=_h(key),
+        )
+        assert patched.status_code == 200, patched.text
+        assert patched.json()["analysis"]["structured_data_schema"] == SCHEMA_WITH_REFS
+        call_id = await _call(gateway, http, "+15557770105")
+        analysis = (await _analysed(http, key, call_id))["analysis"]
+        sent = (await http.get(openai_base_url.removesuffix("/v1") + "/control/completions")).json()
+    assert analysis["status"] == "done", analysis
+    assert analysis["data"] == {"order_id": "A-17", "resolved": True}
+    assert analysis["data_error"] is None
+    # The model was shown the schema as the operator wrote it.
+    systems = [m["content"] for body in sent for m in body["messages"] if m["role"] == "system"]
+    assert any(json.dumps(SCHEMA_WITH_REFS) in content for content in systems)
+
+
+async def test_old_assistants_with_a_nested_schema_are_read(database: Database) -> None:
+    """Assistants stored before the schema was kept as JSON text hold it nested."""
+    org = await database.accounts.ensure_organization("acme")
+    created = await database.assistants.create(
+        org.id, AssistantConfig(name="A", system_prompt="Help.")
+    )
+    nested = {"summary_prompt": "Summarise.", "structured_data_schema": SCHEMA}
+    await AssistantDocument.get_pymongo_collection().update_one(
+        {"_id": ObjectId(created.id)}, {"$set": {"analysis": nested}}
+    )
+    stored = await database.assistants.get(org.id, created.id)
+    assert stored.config.analysis == AnalysisPlan(
+        summary_prompt="Summarise.", structured_data_schema=SCHEMA
+    )
 
 
 # ----------------------------------------------------------- workers and claims

@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -152,6 +153,11 @@ async def test_cost_items_match_the_usage_the_providers_received(
     [carrier] = usage["carrier"]
     assert carrier["provider"] == "twilio"
     assert stt_seconds - 1 < carrier["seconds"] <= stored["duration_s"]
+    # The carrier counts from the answer, which is stored: the basis a sweeper uses for a
+    # call lost with its gateway (BSON keeps milliseconds).
+    answered, ended = (datetime.fromisoformat(stored[k]) for k in ("answered_at", "ended_at"))
+    assert datetime.fromisoformat(stored["started_at"]) <= answered <= ended
+    assert abs((ended - answered).total_seconds() - carrier["seconds"]) < 0.01
 
     # The cost: each quantity at the table's price, exact, as decimal strings.
     cost = stored["cost"]

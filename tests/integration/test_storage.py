@@ -150,6 +150,22 @@ async def test_a_finished_call_keeps_its_final_state(database: Database) -> None
         await store.set_status("0" * 24, CallStatus.IN_PROGRESS)
 
 
+async def test_the_answer_time_is_stored_with_the_status_or_after_a_carrier_moved_it(
+    database: Database,
+) -> None:
+    store, t0 = database.calls, datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    first = await store.create_call(_new_call(), started_at=t0)
+    answered = t0 + timedelta(seconds=7)
+    assert await store.set_status(first.id, CallStatus.IN_PROGRESS, answered_at=answered)
+    stored = await store.get_call(first.id)
+    assert (stored.status, stored.answered_at) == (CallStatus.IN_PROGRESS, answered)
+    # The carrier's callback moved the status first: the answer time is stored all the same.
+    second = await store.create_call(_new_call(), started_at=t0)
+    assert await store.set_status(second.id, CallStatus.IN_PROGRESS)
+    assert not await store.set_status(second.id, CallStatus.IN_PROGRESS, answered_at=answered)
+    assert (await store.get_call(second.id)).answered_at == answered
+
+
 async def test_unknown_turn_and_naive_times_are_refused(database: Database) -> None:
     store = database.calls
     with pytest.raises(StorageError, match="no turn"):

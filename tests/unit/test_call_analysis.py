@@ -94,8 +94,45 @@ class Scripted:
         return None
 
 
-def _run(llm: Scripted, plan: AnalysisPlan = PLAN) -> CallAnalysis:
-    return asyncio.run(run_plan(llm, plan, TURNS, model="m", max_chars=1000, clock=lambda: NOW))
+class Waits:
+    """`sleep` and `monotonic` on a virtual clock: each wait moves the clock on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waited: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.waited.append(seconds)
+        self.now += seconds
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _run(
+    llm: Scripted,
+    plan: AnalysisPlan = PLAN,
+    waits: Waits | None = None,
+    retry_window_s: float = 60.0,
+) -> CallAnalysis:
+    waits = waits or Waits()
+    return asyncio.run(
+        run_plan(
+            llm,
+            plan,
+            TURNS,
+            model="m",
+            max_chars=1000,
+            clock=lambda: NOW,
+            retry_window_s=retry_window_s,
+            sleep=waits.sleep,
+            monotonic=waits.monotonic,
+        )
+    )
+
+
+def _down(status: int | None = 500) -> ProviderError:
+    return ProviderError(f"the model answered HTTP {status}", provider="openai", status=status)
 
 
 VALID = '{"summary": "s", "data": {"order_id": "A"}, "success": false}'
@@ -119,10 +156,53 @@ def test_data_still_invalid_is_kept_with_its_error_and_garbage_fails() -> None:
     assert kept.data_error == "at (root): 'order_id' is a required property"
     garbage = _run(Scripted("nope", "still nope"))
     assert garbage.status == "failed" and "JSON" in (garbage.reason or "")
-    down = _run(
-        Scripted(ProviderError("the model answered HTTP 500", provider="openai", status=500))
-    )
-    assert (down.status, down.reason, down.attempts) == ("failed", "the model answered HTTP 500", 0)
-    # A usable first answer survives a retry the model did not answer.
-    half = _run(Scripted(INVALID, ProviderError("timeout", provider="openai")))
+    # A usable first answer survives a retry the model did not answer (3 tries).
+    half = _run(Scripted(INVALID, *[ProviderError("timeout", provider="openai")] * 3))
     assert half.status == "done" and half.data_error is not None
+
+
+def test_a_provider_briefly_down_is_asked_again_after_a_backoff() -> None:
+    for error in (_down(500), _down(429), _down(408), _down(None)):  # None: no connection
+        waits = Waits()
+        llm = Scripted(error, VALID)
+        result = _run(llm, waits=waits)
+        assert (result.status, result.attempts) == ("done", 1), error
+        assert waits.waited == [2.0] and llm.requests[0] == llm.requests[1]
+
+
+def test_a_provider_down_for_every_try_fails_with_the_reason() -> None:
+    waits = Waits()
+    llm = Scripted(_down(), _down(), _down(503))
+    down = _run(llm, waits=waits)
+    assert (down.status, down.reason, down.attempts) == ("failed", "the model answered HTTP 503", 0)
+    assert waits.waited == [2.0, 6.0] and len(llm.requests) == 3
+
+
+def test_a_refusal_fails_at_once_and_retries_stay_within_the_window() -> None:
+    waits = Waits()
+    refused = _run(Scripted(_down(400)), waits=waits)
+    assert (refused.status, refused.reason) == ("failed", "the model answered HTTP 400")
+    assert waits.waited == []
+    # A try that used the window up (a timeout as long as the analysis timeout) is the last.
+    waits = Waits()
+
+    class Slow(Scripted):
+        async def complete(self, *, model: str, messages: Sequence[ChatMessage]) -> LLMAnswer:
+            waits.now += 5.0
+            return await super().complete(model=model, messages=messages)
+
+    slow = _run(Slow(_down(None), _down(None), VALID), waits=waits, retry_window_s=10.0)
+    assert slow.status == "failed" and waits.waited == [2.0]  # 5 + 2 + 5 + 6 > 10
+
+
+def test_the_log_names_what_was_wrong_without_the_transcripts_words(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = '{"summary": "s", "data": {"order_id": 4111111111111111}, "success": false}'
+    with caplog.at_level("INFO", logger="gateway.analysis.analyze"):
+        kept = _run(Scripted(secret, secret))
+    assert "4111111111111111" in (kept.data_error or "")  # the operator's own record
+    logged = [r for r in caplog.records if r.getMessage() == "analysis answer unusable"]
+    assert logged and all("4111111111111111" not in str(r.__dict__) for r in caplog.records)
+    problems = logged[0].__dict__["problems"]  # the record's `extra`
+    assert problems == ['"data" does not match the JSON Schema at order_id: type']

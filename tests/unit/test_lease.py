@@ -150,14 +150,11 @@ async def test_a_silent_gateway_loses_its_calls_a_whole_lease_after_the_last_bea
     assert await sweeper.sweep() == []  # finished once
 
 
-async def test_a_lost_call_is_costed_from_its_carrier_minutes() -> None:
-    """What its gateway counted died with it: the carrier's minutes from the call's start
-    to the sweep are priced at the table in force."""
-    store, clock = Store(), Clock()
-    started = datetime.now(UTC) - timedelta(seconds=90)
-    store.calls["c1"] = _call("c1", OTHER).model_copy(update={"started_at": started})
-    prices = PriceTable(currency="EUR", carrier_per_minute={"twilio": Decimal("0.02")})
-    sweeper = LostCallSweeper(
+SWEPT_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)  # the sweeper's wall clock
+
+
+def _costing_sweeper(store: Store, clock: Clock, prices: PriceTable) -> LostCallSweeper:
+    return LostCallSweeper(
         store=store,  # type: ignore[arg-type]
         leases=store,  # type: ignore[arg-type]
         gateway_id=ME,
@@ -166,20 +163,57 @@ async def test_a_lost_call_is_costed_from_its_carrier_minutes() -> None:
         metrics=GatewayMetrics(),
         on_lost=lambda call: asyncio.sleep(0),
         clock=clock,
+        wall_clock=lambda: SWEPT_AT,
         prices=prices,
     )
+
+
+async def test_a_lost_call_is_costed_from_its_carrier_minutes() -> None:
+    """What its gateway counted died with it: the carrier's minutes from when the call was
+    answered (as its lifecycle counts them, not from the start: ringing is not billed) to
+    the sweep are priced at the table in force."""
+    store, clock = Store(), Clock()
+    store.calls["c1"] = _call("c1", OTHER).model_copy(
+        update={
+            "started_at": SWEPT_AT - timedelta(seconds=120),  # rang for 30 s
+            "answered_at": SWEPT_AT - timedelta(seconds=90),
+        }
+    )
+    prices = PriceTable(currency="EUR", carrier_per_minute={"twilio": Decimal("0.02")})
+    sweeper = _costing_sweeper(store, clock, prices)
     assert await sweeper.sweep() == []
     clock.now += LEASE_S
     [finished] = await sweeper.sweep()
     assert finished.usage is not None and finished.cost is not None
+    assert finished.ended_at == SWEPT_AT
     [carrier] = finished.usage.carrier
-    assert carrier.provider == "twilio" and 90 <= carrier.seconds < 120
+    assert (carrier.provider, carrier.seconds) == ("twilio", 90.0)
     assert not (finished.usage.stt or finished.usage.llm or finished.usage.tts)
     [item] = finished.cost.items
     seconds = Decimal(str(carrier.seconds))
     assert (item.kind, item.unit, item.unit_price) == ("carrier", "minute", Decimal("0.02"))
     assert item.amount == (seconds * Decimal("0.02") / 60).quantize(Decimal("0.000001"))
     assert finished.cost.total == item.amount and finished.cost.currency == "EUR"
+
+
+async def test_lost_calls_without_an_answer_time_are_costed_as_they_were_carried() -> None:
+    """In progress without an answer time: answered before that was stored (from its start).
+    Never answered (still ringing): the carrier carried nothing."""
+    store, clock = Store(), Clock()
+    started = SWEPT_AT - timedelta(seconds=75)
+    store.calls["old"] = _call("old", OTHER).model_copy(update={"started_at": started})
+    store.calls["ringing"] = _call("ringing", OTHER).model_copy(
+        update={"started_at": started, "status": CallStatus.RINGING}
+    )
+    sweeper = _costing_sweeper(store, clock, PriceTable())
+    assert await sweeper.sweep() == []
+    clock.now += LEASE_S
+    finished = {c.id: c for c in await sweeper.sweep()}
+    carried = {
+        call_id: [c.seconds for c in call.usage.carrier] if call.usage else None
+        for call_id, call in finished.items()
+    }
+    assert carried == {"old": [75.0], "ringing": [0.0]}
 
 
 async def test_a_lost_call_the_carrier_said_had_ended_is_finished_as_the_carrier_said() -> None:

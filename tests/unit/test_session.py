@@ -237,7 +237,9 @@ class MemoryStore:
     async def set_served_by(self, call_id: str, gateway_id: str) -> None:
         pass
 
-    async def set_status(self, call_id: str, status: CallStatus) -> bool:
+    async def set_status(
+        self, call_id: str, status: CallStatus, *, answered_at: datetime | None = None
+    ) -> bool:
         return True
 
 
