@@ -57,8 +57,8 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── UnsafeURL               a URL the SSRF guard refuses -> 422 when an assistant is
     │                           saved; a failed attempt at delivery
     ├── UnresolvedHost          a webhook host that did not resolve: the attempt is retried
-    ├── EventNotDue             call.analyzed waited too long for its call.ended: the
-    │                           analysis stays owed and is published later
+    ├── EventNotDue             call.analyzed before its call's report is queued: the
+    │                           analysis stays owed and is published after the report
     └── SignatureMismatch       raised by `webhooks.signing.verify` (what receivers run)
     WavFormatError (ValueError) audio/stereo.py: bytes that are not our WAV; the
                                 recording bucket turns it into RecordingError
