@@ -130,7 +130,8 @@ class CallAnalyst:
                             queue.appendleft(call_id)
                     while queue and len(in_flight) < self._concurrency:
                         call_id = queue.popleft()
-                        if call_id in in_flight:
+                        running = in_flight.get(call_id)
+                        if running is not None and not running.done():  # (done: forgotten soon)
                             # Asked again while it runs here (a re-run supersedes it): looked
                             # at again once that task ends.
                             self._again.add(call_id)
