@@ -58,8 +58,8 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     │                           saved; a failed attempt at delivery
     ├── UnresolvedHost          a webhook host that did not resolve: the attempt is retried
     ├── AnswerTooLarge          a caller lookup's answer over its bound: counted invalid
-    ├── EventNotDue             call.analyzed waited too long for its call.ended: the
-    │                           analysis stays owed and is published later
+    ├── EventNotDue             call.analyzed before its call's report is queued: the
+    │                           analysis stays owed and is published after the report
     └── SignatureMismatch       raised by `webhooks.signing.verify` (what receivers run)
     WavFormatError (ValueError) audio/stereo.py: bytes that are not our WAV; the
                                 recording bucket turns it into RecordingError

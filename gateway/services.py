@@ -54,14 +54,15 @@ class TwilioServices:
 
 @dataclass(frozen=True, slots=True)
 class OwedWork:
-    """What a finished call owes (its report, its analysis): each worker is poked."""
+    """What a finished call owes (its report, its analysis): each worker is poked (the
+    analyst claims the call's analysis by its id)."""
 
     outbox: WebhookOutbox
     analyst: CallAnalyst
 
-    def poke(self) -> None:
+    def poke(self, call_id: str) -> None:
         self.outbox.poke()
-        self.analyst.poke()
+        self.analyst.poke(call_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +158,7 @@ def build_services(
         assistants=database.assistants,
         llm=analysis_llm(settings),
         model_for=lambda config: analysis_model(settings, config),
-        # The event system (`call.analyzed`) plugs in here.
-        events=events,
+        events=events,  # `call.analyzed`, after the call's report
         lease_s=max(settings.analysis_lease_s, 2 * settings.analysis_timeout_s + 30),
         poll_s=settings.analysis_poll_s,
         concurrency=settings.analysis_concurrency,

@@ -77,9 +77,15 @@ class AnalysisRepository:
 
     @_driver_errors
     async def owed_analyses(self, limit: int = 100) -> list[str]:
-        """Ids of finished calls whose analysis is owed (a scan on FerretDB: poll seldom)."""
+        """Ids of finished calls whose analysis is owed (a scan on FerretDB: poll seldom),
+        but not those stored already whose report is still to be queued: `call.analyzed`
+        waits for it, and the outbox publishes them once it is."""
         calls = CallDocument.get_pymongo_collection()
-        docs = await calls.find({"analysis_pending": True}, {"_id": 1}).limit(limit).to_list()
+        due = {
+            "analysis_pending": True,
+            "$or": [{"report_pending": {"$ne": True}}, {"analysis.status": "pending"}],
+        }
+        docs = await calls.find(due, {"_id": 1}).limit(limit).to_list()
         return [str(doc["_id"]) for doc in docs]
 
     @_driver_errors

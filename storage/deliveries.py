@@ -319,7 +319,17 @@ class WebhookRepository:
         return [_call_record(d) for d in docs]
 
     @_driver_errors
+    async def report_pending(self, call_id: str) -> bool:
+        """Whether the finished call's report is still to be queued (one read by `_id`;
+        False once `report_queued`, i.e. after its `call.ended` delivery was queued)."""
+        doc = await CallDocument.get_pymongo_collection().find_one(
+            {"_id": _object_id(call_id, what="call")}, {"report_pending": 1}
+        )
+        return bool(doc is not None and doc.get("report_pending"))
+
+    @_driver_errors
     async def report_queued(self, call_id: str) -> None:
+        """The call's report (its `call.ended` delivery, if any) has been queued."""
         async with call_write_lock(call_id):
             await CallDocument.get_pymongo_collection().update_one(
                 {"_id": _object_id(call_id, what="call")}, {"$set": {"report_pending": False}}
@@ -341,6 +351,10 @@ class WebhookRepository:
         """Queue a delivery once: False if one with this id exists already. With `seq` (its
         event's place) it goes out after every pending delivery of the call to `url` with a
         smaller one."""
+        if await self.queued(delivery_id):
+            # Queued before (an event published again): no due row for it either, which
+            # would hold the call's later deliveries back until a claim dropped it.
+            return False
         doc = WebhookDeliveryDocument(
             id=delivery_id,
             org_id=org_id,
@@ -368,6 +382,11 @@ class WebhookRepository:
         except DuplicateKeyError:
             return False
         return True
+
+    @_driver_errors
+    async def queued(self, delivery_id: str) -> bool:
+        """Whether the delivery exists (queued, whatever became of it since): one `_id` read."""
+        return await _deliveries().find_one({"_id": delivery_id}, {"_id": 1}) is not None
 
     @_driver_errors
     async def claim(self, *, owner: str, now: datetime, lease_s: float) -> DeliveryRecord | None:

@@ -6,7 +6,9 @@ whole collection in Go. So an event's `_id` *is* its place: `<org>:<seq>` with `
 counting 1, 2, 3, ... per organisation, and every read here is a lookup by `_id`:
 
 - publish: insert `<org>:<head + 1>`; if another gateway took that place first (the insert
-  is FerretDB's one atomic check-and-set), try the next. A place is taken by one insert
+  is FerretDB's one atomic check-and-set), find the head again by a galloping search from
+  there (other gateways may have stored many since this process's hint) and insert after
+  it. A place is taken by one insert
   and never freed, so a reader that found `n` can rely on `n + 1` being the next event.
 - read after `n`: look up `n + 1`, `n + 2`, ... until one is missing (after the first
   found, several at once). A poll that finds nothing new costs one lookup, however many
@@ -16,9 +18,12 @@ counting 1, 2, 3, ... per organisation, and every read here is a lookup by `_id`
   over lookups, O(log n), once per organisation per process.
 
 An event also has a `key` (e.g. `<call>_call_turn_3`) naming what it reports, so publishing
-the same fact again (a retry, a restarted worker) returns the event stored before. A
-publisher that dies between storing its event and its key can make one duplicate;
-a duplicate found racing is kept in the sequence (no gap) but marked and never read out.
+the same fact again (a retry, a restarted worker) returns the event stored before. The
+event is inserted before its key, under `asyncio.shield`: a caller cancelled in between
+(a write's timeout) does not cut the two apart, so its retry finds the key. Only a process
+that dies between the two inserts can leave an event without its key, and then its next
+publish makes one duplicate (read out like any event). Two publishers racing with the same
+key both insert; the loser's event keeps its place (no gap) but is marked and never read.
 """
 
 from __future__ import annotations
@@ -104,7 +109,15 @@ class EventRepository:
         self, *, key: str, org_id: str | None, call_id: str, type: str, body: str, at: datetime
     ) -> EventRecord:
         """Store the event `key` names at the end of its organisation's sequence, or return
-        the one stored before under `key`."""
+        the one stored before under `key`. Shielded: a cancelled caller does not stop it
+        between the event and its key (see the module's docstring)."""
+        return await asyncio.shield(
+            self._publish(key=key, org_id=org_id, call_id=call_id, type=type, body=body, at=at)
+        )
+
+    async def _publish(
+        self, *, key: str, org_id: str | None, call_id: str, type: str, body: str, at: datetime
+    ) -> EventRecord:
         before = await self._by_key(key)
         if before is not None:
             return before
@@ -122,8 +135,8 @@ class EventRepository:
             try:
                 await _events().insert_one({"_id": _place(org_id, seq), "seq": seq, **doc})
                 break
-            except DuplicateKeyError:
-                seq += 1  # another gateway's event took this place
+            except DuplicateKeyError:  # taken by another gateway: after the head as it is now
+                seq = await self._head_from(org, seq) + 1
         self._heads[org] = max(self._heads.get(org, 0), seq)
         try:
             await _keys().insert_one({"_id": key, "seq": seq, "org_id": org_id})
@@ -211,18 +224,26 @@ class EventRepository:
             return self._heads[org]
 
     async def _search_head(self, org: str) -> int:
-        async def taken(seq: int) -> bool:
-            return await _events().find_one({"_id": f"{org}:{seq}"}, {"_id": 1}) is not None
-
-        if not await taken(1):
+        if not await _taken(org, 1):
             return 0
-        low, high = 1, 2  # low is taken; find a high that is not
-        while await taken(high):
-            low, high = high, high * 2
+        return await self._head_from(org, 1)
+
+    async def _head_from(self, org: str, seq: int) -> int:
+        """The head, knowing `seq` is taken: a galloping search of `_id` lookups forward
+        from it (steps 1, 2, 4, ...), then a binary search of the last step: O(log d)
+        lookups for `d` places taken since."""
+        low, step = seq, 1  # low is taken; find a high that is not
+        while await _taken(org, low + step):
+            low, step = low + step, step * 2
+        high = low + step
         while high - low > 1:  # low taken, high free
             mid = (low + high) // 2
-            if await taken(mid):
+            if await _taken(org, mid):
                 low = mid
             else:
                 high = mid
         return low
+
+
+async def _taken(org: str, seq: int) -> bool:
+    return await _events().find_one({"_id": f"{org}:{seq}"}, {"_id": 1}) is not None

@@ -4,20 +4,28 @@ sequence (what the event stream reads), then, if the call's assistant sends that
 call: `storage/deliveries.py`).
 
 Every fact has a key (`webhooks.events.event_key`): publishing it again (a retried write,
-a restarted gateway, another gateway's outbox) returns the event stored before and queues
-no second delivery. A gateway that dies between storing an event and queueing its delivery
-queues it when the fact is published again (the owed report, a retried call write); an
-event published only once by a process that then died keeps its stored event but may go
-without its delivery.
+a restarted gateway, another gateway's outbox) returns the event stored before, queues its
+delivery if that is missing, and never a second one. A gateway that dies (or a write that
+times out) between storing an event and queueing its delivery is repaired by the call's
+report round: `before_report` publishes again, before `call.ended`, each earlier event of a
+type the assistant sends to a webhook whose delivery is missing, and the final status.
+
+`call.analyzed` goes out after `call.ended`: it is published only once the call's report
+is queued (`report_pending` cleared, after the `call.ended` delivery was queued), else
+`EventNotDue` at once (the analysis stays owed, stored; the outbox publishes it right after
+it queued the report, and the analyst's poll finds any left over).
 
 Where each method is called:
 - `started`: `CallLifecycle.take()` (queued on the call's writes).
 - `status`: `CallLifecycle.answer()` (in-progress, queued behind its status write), the end
-  of the lifecycle (the final status, once the call is finished), the Twilio status
-  callback (progress it stored, or the final status of a call it finished).
+  of the lifecycle (the final status, once the call is finished: it only speeds it up, the
+  report round publishes it before `call.ended`), the Twilio status callback (progress it
+  stored, or the final status of a call it finished).
 - `turn`: the call's transcript, queued behind each turn's write (`CallTranscript`).
-- `ended`: `WebhookOutbox.queue_owed_reports` (the report, once the recording settled).
-- `analyzed`: the analysis worker, once an analysis is stored.
+- `before_report`, `ended`: `WebhookOutbox.queue_owed_reports` (the report, once the
+  recording settled).
+- `analyzed`: the analysis worker, once an analysis is stored; the outbox, once it queued
+  the report of a call whose analysis was stored before.
 - `recording_ready`: `CallLifecycle` once the gateway's recorder completed the upload, the
   LiveKit `egress_ended` webhook, and the outbox when it settles (salvages) a recording.
 """
@@ -25,14 +33,14 @@ Where each method is called:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from storage import (
+    AssistantConfig,
     AssistantRepository,
     CallRecord,
     CallStatus,
@@ -63,7 +71,8 @@ from webhooks.events import (
 
 log = logging.getLogger(__name__)
 
-_ENDED_POLL_S = 1.0  # an analysis waiting for `call.ended` looks for it this often
+# Statuses a call has before it is finished (the report round publishes the final one).
+_UNFINISHED = frozenset({CallStatus.QUEUED, CallStatus.RINGING, CallStatus.IN_PROGRESS})
 
 
 class RecordingLinks(Protocol):
@@ -85,11 +94,8 @@ class CallEvents:
         on_published: Callable[[EventRecord], None] | None = None,
         on_queued: Callable[[], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        ended_wait_s: float = 120.0,
     ) -> None:
         self._events = events
-        self._ended_wait_s = ended_wait_s
-        self._ended_seen = asyncio.Event()
         self._webhooks = webhooks
         self._assistants = assistants
         self._recordings = recordings
@@ -121,6 +127,41 @@ class CallEvents:
             body=lambda id, at: call_turn_body(call, turn, event_id=id, at=at),
         )
 
+    async def before_report(self, call: CallRecord) -> None:
+        """What must be published before the call's report (`call` read with its turns,
+        finished): again, each earlier event (`call.started`, `call.status` in-progress,
+        every `call.turn`) of a type the call's assistant sends to a webhook whose delivery
+        is missing (a gateway died, or a write timed out, between storing the event and
+        queueing it; one `_id` lookup per event when none is), then the final status."""
+        config = await self._webhook_config(call)
+        sends = set(config.webhook_events) if config is not None else set()
+        owed: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        if CALL_STARTED in sends:
+            owed.append((event_key(call.id, CALL_STARTED), lambda: self.started(call)))
+        if CALL_STATUS in sends and (call.status is CallStatus.COMPLETED or call.turns):
+            # It was answered (the lifecycle publishes in-progress when it is).
+            owed.append(
+                (
+                    event_key(call.id, CALL_STATUS, CallStatus.IN_PROGRESS.value),
+                    lambda: self.status(call, CallStatus.IN_PROGRESS),
+                )
+            )
+        if CALL_TURN in sends:
+            for turn in call.turns:
+                owed.append(
+                    (
+                        event_key(call.id, CALL_TURN, turn.index),
+                        functools.partial(self.turn, call, turn),
+                    )
+                )
+        queued = await asyncio.gather(*(self._webhooks.queued(delivery_id(key)) for key, _ in owed))
+        for (key, publish), done in zip(owed, queued, strict=True):
+            if not done:  # in order: an event never stored takes its place now
+                log.warning("event republished", extra={"call_id": call.id, "key": key})
+                await publish()
+        if call.status not in _UNFINISHED:
+            await self.status(call, call.status)
+
     async def ended(
         self, call: CallRecord, *, recording: RecordingState | None, recording_url: str | None
     ) -> bool:
@@ -133,15 +174,15 @@ class CallEvents:
                 call, delivery_id=id, recording=recording, recording_url=recording_url
             ),
         )
-        self._ended_seen.set()  # an analysis waiting for it goes on
         return queued
 
     async def analyzed(self, call: CallRecord) -> None:
-        """The call's analysis was stored (`call` read after it). Published after the call's
-        `call.ended` (it waits up to `ended_wait_s` for it: the report waits for the
-        recording to settle; then `EventNotDue`), once per stored result: a re-run's
-        result is an event of its own."""
-        await self._wait_for_ended(call)
+        """The call's analysis was stored (`call` read after it). Published once the call's
+        report is queued (so its delivery goes out after `call.ended`'s), else
+        `EventNotDue` at once; once per stored result: a re-run's result is an event of its
+        own."""
+        if await self._webhooks.report_pending(call.id):
+            raise EventNotDue(f"the report of {call.id} is not queued yet")
         analysis = _analysis_of(call)
         done = call.analysis.completed_at if call.analysis is not None else None
         await self.publish(
@@ -150,20 +191,6 @@ class CallEvents:
             part=int(done.timestamp() * 1000) if done is not None else None,
             body=lambda id, at: call_analyzed_body(call, analysis, event_id=id, at=at),
         )
-
-    async def _wait_for_ended(self, call: CallRecord) -> None:
-        """Until the call's `call.ended` is stored: woken by this process's `ended`, and
-        looking again each `_ENDED_POLL_S` (another gateway's outbox may publish it)."""
-        key = event_key(call.id, CALL_ENDED)
-        deadline = time.monotonic() + self._ended_wait_s
-        while not await self._events.published(key):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise EventNotDue(f"call.ended of {call.id} not published yet")
-            self._ended_seen.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, _ENDED_POLL_S)):
-                    await self._ended_seen.wait()
 
     async def recording_ready(self, call: CallRecord, state: RecordingState) -> EventRecord | None:
         """The call's recording is complete (None, nothing published: it is not)."""
@@ -210,20 +237,27 @@ class CallEvents:
                 log.exception("on_published failed", extra={"call_id": call.id})
         return record, await self._queue_delivery(call, record, event_id)
 
-    async def _queue_delivery(self, call: CallRecord, record: EventRecord, event_id: str) -> bool:
+    async def _webhook_config(self, call: CallRecord) -> AssistantConfig | None:
+        """The call's assistant's config if it sends events to a webhook."""
         if call.assistant_id is None:
-            return False
+            return None
         assistant = await self._assistants.get_any(call.assistant_id)
         if assistant is None or not assistant.config.webhook_url:
-            return False
-        if record.type not in assistant.config.webhook_events:
+            return None
+        return assistant.config
+
+    async def _queue_delivery(self, call: CallRecord, record: EventRecord, event_id: str) -> bool:
+        """Queue the event's delivery if the assistant sends its type (and it has none yet:
+        an event stored before, whose delivery a dead process never queued, gets it now)."""
+        config = await self._webhook_config(call)
+        if config is None or config.webhook_url is None or record.type not in config.webhook_events:
             return False
         queued = await self._webhooks.enqueue(
             delivery_id=event_id,
             org_id=call.org_id,
             call_id=call.id,
             event=record.type,
-            url=assistant.config.webhook_url,
+            url=config.webhook_url,
             body=record.body,
             now=self._clock(),
             seq=record.seq,

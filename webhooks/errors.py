@@ -23,8 +23,8 @@ class AnswerTooLarge(WebhookError):
 
 
 class EventNotDue(WebhookError):
-    """An event must wait for another of its call (`call.analyzed` for `call.ended`), and
-    that one did not come within the bound: publish it again later."""
+    """An event must wait for another of its call (`call.analyzed` for the call's report,
+    `call.ended`), which is not queued yet: it is published later (not waited for)."""
 
 
 class SignatureMismatch(WebhookError):

@@ -1,7 +1,15 @@
-"""`WebhookOutbox`: turns the reports finished calls owe into deliveries, and delivers them.
+"""`WebhookOutbox`: turns the reports finished calls owe into events and deliveries, and
+delivers every queued delivery (each event type: `storage/deliveries.py`).
 
-Every gateway runs one. It claims a due delivery under a lease (so two gateways never send
-the same attempt), POSTs it signed, and records the attempt: 2xx is delivered; a 4xx other
+Every gateway runs one. A report round (`queue_owed_reports`) takes each finished call
+whose report is owed, once its recording settled, and publishes through the gateway's one
+`CallEvents`, in this order: any earlier event whose delivery is missing and the final
+`call.status` (`CallEvents.before_report`), `recording.ready`, `call.ended`; then marks
+the report queued and publishes the call's analysis if it was stored already
+(`call.analyzed` waits for the report). The delivery loop claims due deliveries, several
+at once (one read of what is due; deliveries of one call go out one at a time, in the
+order of their events), each under a lease (so two gateways never send the same attempt),
+POSTs each signed, and records the attempt: 2xx is delivered; a 4xx other
 than 408 / 429 is failed for good; anything else (5xx, timeouts, refused connections) is
 tried again after an exponential backoff with jitter, up to `max_attempts`. An attempt
 records a short error category ("connection refused", "timeout", "tls error", ...) that API
@@ -34,10 +42,11 @@ from storage import (
     DeliveryStatus,
     EventRepository,
     RecordingState,
+    StorageError,
     WebhookRepository,
 )
 from webhooks.call_events import CallEvents
-from webhooks.errors import UnresolvedHost, UnsafeURL
+from webhooks.errors import UnresolvedHost, UnsafeURL, WebhookError
 from webhooks.sender import SignedPoster
 from webhooks.ssrf import SsrfGuard
 
@@ -113,7 +122,10 @@ _RECORDING_GIVE_UP_S = 3600.0
 
 
 class WebhookOutbox:
-    """The delivery worker of one gateway process."""
+    """The delivery worker of one gateway process. `events` is the gateway's one publisher
+    (the app always passes it, so that its event stream hears of what the outbox
+    publishes); without it (tests, benches) the outbox builds a publisher of its own,
+    which tells no stream."""
 
     def __init__(
         self,
@@ -162,8 +174,6 @@ class WebhookOutbox:
         )
         self._wakeup = asyncio.Event()
         self._waiting = False  # between rounds, waiting for a wake-up or the next poll
-        # call.ended (and recording.ready of a recording settled here) are published
-        # through the gateway's one publisher, like every other event of a call.
         self._events = events or CallEvents(
             events=EventRepository(),
             webhooks=webhooks,
@@ -280,7 +290,9 @@ class WebhookOutbox:
 
     async def queue_owed_reports(self) -> int:
         """Publish the `call.ended` reports finished calls owe (idempotent per call), each
-        queued for delivery if its assistant sends `call.ended` to a webhook.
+        queued for delivery if its assistant sends `call.ended` to a webhook; before it,
+        the call's final `call.status` and any earlier event whose delivery is missing;
+        after it (the report marked queued), the call's analysis if it was stored before.
 
         A report waits for the call's recording while it is being completed (the recorder's
         last part, LiveKit's egress_ended webhook), for `recording_grace_s` at most; after
@@ -301,13 +313,30 @@ class WebhookOutbox:
                 if self._recordings is not None and recording is not None
                 else None
             )
+            await self._events.before_report(call)
             if recording is not None:
                 await self._events.recording_ready(call, recording)
             if await self._events.ended(call, recording=recording, recording_url=link):
                 made += 1
                 log.info("end-call webhook queued", extra={"call_id": call.id})
             await self._webhooks.report_queued(call.id)
+            await self._analysis_after_report(call.id)
         return made
+
+    async def _analysis_after_report(self, call_id: str) -> None:
+        """Publish the call's analysis if it was stored before its report was queued (its
+        `call.analyzed` waited for the report). One still running is published by its
+        analyst once stored (the report is queued now); a failure here leaves it owed, for
+        any gateway's analyst to publish."""
+        try:
+            call = await self._calls.get_call(call_id, with_turns=False)
+            if call.analysis is not None and call.analysis.status != "pending":
+                await self._events.analyzed(call)
+        except (StorageError, WebhookError) as exc:
+            log.warning(
+                "the analysis was not published after the report: %s", exc,
+                extra={"call_id": call_id},
+            )  # fmt: skip
 
     async def _settled_recording(self, call: CallRecord) -> RecordingState | _Pending | None:
         """The call's final recording state (None: it has none), or NOT_SETTLED yet."""

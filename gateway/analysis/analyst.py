@@ -1,14 +1,20 @@
 """`CallAnalyst`: runs the post-call analyses finished calls owe, outside the calls.
 
 Every gateway runs one. The write that finishes a call makes its analysis owed
-(`storage.analyses`); the analyst looks for owed analyses when poked (a call ended here, a
-re-run was asked for) and every `poll_s` otherwise (calls another gateway or the sweeper
-finished: finding them reads every call on FerretDB, so seldom). It claims each under a
-lease, so two gateways never run the same one; one whose gateway stopped mid-way is run
-again by any gateway once the lease has passed. For each: the plan is run on the stored
-transcript (`gateway.analysis.analyze`), the result stored (only while the claim still
-holds), then published through `AnalysisEvents`, and only then is it owed no more, so a
-gateway stopped in between publishes it again (publishers are idempotent).
+(`storage.analyses`); the analyst claims a call's analysis by its id when poked with it (a
+call ended here, a re-run was asked for: no scan), and looks for owed analyses every
+`poll_s` (calls another gateway or the sweeper finished, analyses left unpublished:
+finding them reads every call on FerretDB, so seldom). It claims each under a lease, so
+two gateways never run the same one; one whose gateway stopped mid-way is run again by any
+gateway once the lease has passed. For each: the plan is run on the stored transcript
+(`gateway.analysis.analyze`), the result stored (only while the claim still holds), then
+published through `AnalysisEvents`, and only then is it owed no more, so a gateway stopped
+in between publishes it again (publishers are idempotent).
+
+`call.analyzed` goes out after the call's report: while the report is not queued yet (it
+waits for the recording), publishing raises `EventNotDue` at once and the stored analysis
+stays owed, holding no slot: the outbox publishes it as soon as it queued the report, and
+a later poll (any gateway's) claims it and clears the flag.
 """
 
 from __future__ import annotations
@@ -88,11 +94,17 @@ class CallAnalyst:
         self._clock = clock
         self.owner = "gw-" + secrets.token_hex(6)
         self._owed = True  # look at once when started: a restart finds what was left
+        self._poked: deque[str] = deque()  # calls to claim by id, not found by a look
+        self._again: set[str] = set()  # poked while in flight here: claimed again after
         self._wakeup = asyncio.Event()
 
-    def poke(self) -> None:
-        """An analysis became owed here (a call ended, a re-run): look now, not at the poll."""
-        self._owed = True
+    def poke(self, call_id: str | None = None) -> None:
+        """The analysis of `call_id` became owed here (its call ended, a re-run): claim it
+        now, by its id. Without an id: look for every owed analysis now, not at the poll."""
+        if call_id is None:
+            self._owed = True
+        elif call_id not in self._poked:
+            self._poked.append(call_id)
         self._wakeup.set()
 
     async def aclose(self) -> None:
@@ -112,9 +124,17 @@ class CallAnalyst:
                     if not queue and (self._owed or now - last_look >= self._poll_s):
                         self._owed, last_look = False, now
                         queue.extend(await self._analyses.owed_analyses())
+                    while self._poked:  # claimed first, by id
+                        call_id = self._poked.popleft()
+                        if call_id not in queue:
+                            queue.appendleft(call_id)
                     while queue and len(in_flight) < self._concurrency:
                         call_id = queue.popleft()
-                        if call_id in in_flight:
+                        running = in_flight.get(call_id)
+                        if running is not None and not running.done():  # (done: forgotten soon)
+                            # Asked again while it runs here (a re-run supersedes it): looked
+                            # at again once that task ends.
+                            self._again.add(call_id)
                             continue
                         claim = await self._analyses.claim_analysis(
                             call_id, owner=self.owner, now=self._clock(), lease_s=self._lease_s
@@ -143,34 +163,43 @@ class CallAnalyst:
             await asyncio.gather(*in_flight.values(), return_exceptions=True)
 
     async def _run_in_task(self, claim: AnalysisClaim) -> None:
+        superseded = False
         try:
-            await self.run_claimed(claim)
-        except EventNotDue as exc:  # stored; published by whoever claims it after the lease
-            log.warning("analysis not published yet: %s", exc, extra={"call_id": claim.call_id})
+            superseded = not await self.run_claimed(claim)
+        except EventNotDue as exc:
+            # Stored, owed still: published by the outbox once the report is queued, or by
+            # the claim of a later poll (the store cleared the lease).
+            log.info("analysis not published yet: %s", exc, extra={"call_id": claim.call_id})
         except Exception:  # the analysis's task ends here; its claim expires, it is run again
             log.exception("call analysis failed", extra={"call_id": claim.call_id})
         finally:
+            if claim.call_id in self._again or superseded:
+                # A re-run asked for while this one ran: claim it now, not at the poll.
+                self._again.discard(claim.call_id)
+                self.poke(claim.call_id)
             self._wakeup.set()  # room for another
 
-    async def run_claimed(self, claim: AnalysisClaim) -> None:
-        """Run, store and publish the analysis `claim` holds."""
+    async def run_claimed(self, claim: AnalysisClaim) -> bool:
+        """Run, store and publish the analysis `claim` holds. False: a re-run (or another
+        gateway) superseded it before it was stored, and nothing was."""
         call = await self._calls.get_call(claim.call_id)
         if call.analysis is not None and call.analysis.status != "pending":
             # Stored by a gateway that stopped before it was published: publish it only.
             await self._events.analyzed(call.model_copy(update={"turns": ()}))
             await self._analyses.analysis_published(call.id, gen=claim.gen)
-            return
+            return True
         analysis = await self.analysis_of(call)
         stored = await self._analyses.store_analysis(claim, analysis, now=self._clock())
         if stored is None:
             log.info("analysis superseded before it was stored", extra={"call_id": call.id})
-            return
+            return False
         log.info(
             "call analysed",
             extra={"call_id": call.id, "status": analysis.status, "reason": analysis.reason},
         )
         await self._events.analyzed(stored)
         await self._analyses.analysis_published(call.id, gen=claim.gen + 1)
+        return True
 
     async def analysis_of(self, call: CallRecord) -> CallAnalysis:
         """The call's analysis per its assistant's plan (skipped when there is nothing to run)."""

@@ -83,7 +83,7 @@ async def analyze_call(req: ApiRequest) -> BaseModel:
     if call.ended_at is None:
         raise ConflictError("the call has not ended: it is analysed once it has")
     pending = await db.analyses.request_analysis(call_id, now=datetime.now(UTC))
-    req.services.analyst.poke()
+    req.services.analyst.poke(call_id)
     return AnalysisOut.of(pending)
 
 

@@ -116,9 +116,9 @@ class CallLeg(Protocol):
 
 
 class ReportsOwed(Protocol):
-    """Where a finished call's report goes (the webhook outbox)."""
+    """Where a finished call's owed work goes (its report, its analysis)."""
 
-    def poke(self) -> None: ...
+    def poke(self, call_id: str) -> None: ...
 
 
 class LiveCalls:
@@ -365,7 +365,7 @@ class CallLifecycle:
                 log.error(
                     "the call is not finished in the database", extra={"reason": ending.reason}
                 )
-            await _step("poking the outbox", _sync(self._rt.reports.poke))
+            await _step("poking the outbox", _sync(lambda: self._rt.reports.poke(self.call.id)))
             if self._recording is not None:
                 await _step("finishing the recording", self._finish_recording)
             await _step("closing the call's leg", lambda: self._leg.close(ending))
@@ -425,7 +425,8 @@ class CallLifecycle:
 
     async def _final_status_event(self) -> None:
         """`call.status` with the status the call was finished with (bounded: the caller
-        is gone, but the end should not hang on a database that went away)."""
+        is gone, but the end should not hang on a database that went away). It only speeds
+        it up: the report round (any gateway's outbox) publishes it before `call.ended`."""
         if self._rt.events is None or self._finished is None:
             return
         async with asyncio.timeout(self._rt.writes.attempt_timeout_s * 3):

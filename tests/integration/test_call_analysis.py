@@ -455,7 +455,10 @@ async def test_a_dead_gateways_claim_expires_and_its_late_result_is_refused(
 async def test_a_failed_publish_is_published_again_without_asking_the_model_again(
     database: Database,
 ) -> None:
-    await _finished_call(database, AnalysisPlan(summary_prompt="Summarise."))
+    call_id = await _finished_call(database, AnalysisPlan(summary_prompt="Summarise."))
+    # Its report is queued (the poll passes over a stored analysis whose report is not:
+    # the outbox publishes those once it queued the report).
+    await database.webhooks.report_queued(call_id)
 
     class CountingLLM:
         def __init__(self) -> None:

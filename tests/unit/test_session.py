@@ -184,7 +184,7 @@ class NoAssistants:
 
 
 class NoOutbox:
-    def poke(self) -> None:
+    def poke(self, call_id: str) -> None:
         pass
 
 
