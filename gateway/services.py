@@ -163,6 +163,7 @@ def build_services(
         poll_s=settings.analysis_poll_s,
         concurrency=settings.analysis_concurrency,
         transcript_max_chars=settings.analysis_transcript_max_chars,
+        retry_window_s=settings.analysis_timeout_s,
     )
     gateway_id = "gw-" + secrets.token_hex(6)
     live = LiveCalls(gateway_id)

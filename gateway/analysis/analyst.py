@@ -30,7 +30,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
-from gateway.analysis.analyze import run_plan, skipped
+from gateway.analysis.analyze import RETRY_WINDOW_S, run_plan, skipped
 from gateway.analysis.llm import AnalysisLLM
 from storage import (
     AnalysisClaim,
@@ -79,6 +79,7 @@ class CallAnalyst:
         poll_s: float = 15.0,
         concurrency: int = 4,
         transcript_max_chars: int = 60_000,
+        retry_window_s: float = RETRY_WINDOW_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._analyses = analyses
@@ -91,6 +92,7 @@ class CallAnalyst:
         self._poll_s = poll_s
         self._concurrency = concurrency
         self._max_chars = transcript_max_chars
+        self._retry_window_s = retry_window_s  # a model briefly down is asked again within it
         self._clock = clock
         self.owner = "gw-" + secrets.token_hex(6)
         self._owed = True  # look at once when started: a restart finds what was left
@@ -219,4 +221,5 @@ class CallAnalyst:
             model=model,
             max_chars=self._max_chars,
             clock=self._clock,
+            retry_window_s=self._retry_window_s,
         )
