@@ -13,11 +13,13 @@ REDACTED = "***"
 
 # scheme://user:password@ — the password ends at the last "@" before the host (an "@" in a
 # password must be percent-encoded, but people do not always, so take the longest run).
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s/:@\"']*):([^\s\"']*)@")
+# A backslash ends a value too: inside JSON text (a log line) it starts the escape of the
+# quote that ends the string, which must stay whole.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s/:@\"'\\]*):([^\s\"'\\]*)@")
 # Query parameters that are secrets by name (password=, secret=, token=, ...).
 _SECRET_PARAM = re.compile(
     r"(?i)([?&;](?:password|passwd|pwd|secret|token|api_?key|access_?key|signature|sig)=)"
-    r"[^&;\s\"'#]*"
+    r"[^&;\s\"'#\\]*"
 )
 
 

@@ -69,3 +69,12 @@ def test_no_error_answer_carries_a_password() -> None:
     body = json.loads(bytes(answer.body))
     assert PASSWORD not in answer.body.decode()
     assert body["error"]["message"] == "POST https://ac:***@api.example/ 500"
+
+
+def test_a_log_line_quoting_json_that_quotes_a_signed_url_stays_valid_json() -> None:
+    # A database driver's debug line quotes a stored event, which quotes a presigned URL.
+    event = json.dumps({"url": "https://s3/k.wav?AWSAccessKeyId=k&Signature=ab%2B/c=&Expires=1"})
+    line = json.dumps({"msg": json.dumps({"reply": event})})
+    redacted = redact_credentials(line)
+    inner = json.loads(json.loads(json.loads(redacted)["msg"])["reply"])
+    assert inner["url"] == "https://s3/k.wav?AWSAccessKeyId=k&Signature=***&Expires=1"
