@@ -201,7 +201,8 @@ class WebhookOutbox:
 
     async def run(self) -> None:
         """Queue owed reports and deliver due webhooks, up to `concurrency` at once (a slow
-        receiver does not hold up the others), until cancelled."""
+        receiver does not hold up the others), until cancelled; then the deliveries under
+        way are let finish, within their timeout."""
         in_flight: set[asyncio.Task[None]] = set()
         last_scan = -float("inf")
         repairs = asyncio.create_task(self._repair_forever(), name="webhook-due-repair")
@@ -250,6 +251,10 @@ class WebhookOutbox:
                                 self._waiting = False
         finally:
             repairs.cancel()
+            # Deliveries under way are finished and recorded (bounded), not cut off: cut
+            # after the receiver took one, it would be sent again once its lease expired.
+            if in_flight:
+                await asyncio.wait(set(in_flight), timeout=self._timeout_s + 5)
             for task in in_flight:
                 task.cancel()  # their leases expire and another round sends them again
             await asyncio.gather(repairs, *in_flight, return_exceptions=True)
