@@ -125,35 +125,35 @@ def _price(prices: dict[str, Decimal], provider: str, what: str, call_id: str | 
     return price
 
 
+def _per_minute(
+    kind: CostKind,
+    provider: str,
+    seconds_used: float,
+    table: dict[str, Decimal],
+    call_id: str | None,
+) -> CostItem:
+    """The item of `seconds_used` of `provider`, priced per minute by `table`."""
+    per_minute = _price(table, provider, "STT" if kind == "stt" else kind, call_id)
+    seconds = _seconds(seconds_used)
+    return CostItem(
+        kind=kind,
+        provider=provider,
+        quantity=_round(seconds / 60),
+        unit="minute",
+        unit_price=per_minute,
+        amount=_round(seconds * per_minute / 60),
+    )
+
+
 def price_call(usage: CallUsage, prices: PriceTable, *, call_id: str | None = None) -> CallCost:
     """The cost of `usage` at `prices`: one item per provider (and model) and kind."""
-    items: list[CostItem] = []
-    for carrier in usage.carrier:
-        per_minute = _price(prices.carrier_per_minute, carrier.provider, "carrier", call_id)
-        seconds = _seconds(carrier.seconds)
-        items.append(
-            CostItem(
-                kind="carrier",
-                provider=carrier.provider,
-                quantity=_round(seconds / 60),
-                unit="minute",
-                unit_price=per_minute,
-                amount=_round(seconds * per_minute / 60),
-            )
-        )
-    for stt in usage.stt:
-        per_minute = _price(prices.stt_per_minute, stt.provider, "STT", call_id)
-        seconds = _seconds(stt.seconds)
-        items.append(
-            CostItem(
-                kind="stt",
-                provider=stt.provider,
-                quantity=_round(seconds / 60),
-                unit="minute",
-                unit_price=per_minute,
-                amount=_round(seconds * per_minute / 60),
-            )
-        )
+    items: list[CostItem] = [
+        _per_minute("carrier", c.provider, c.seconds, prices.carrier_per_minute, call_id)
+        for c in usage.carrier
+    ]
+    items += [
+        _per_minute("stt", s.provider, s.seconds, prices.stt_per_minute, call_id) for s in usage.stt
+    ]
     for llm in usage.llm:
         price = prices.llm_price(llm.model)
         if price is None:
