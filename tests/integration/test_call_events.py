@@ -310,7 +310,9 @@ async def test_a_killed_gateway_delivers_each_owed_event_after_the_restart_once_
                         "/webhooks/deliveries", params={"call_id": ended_id}, headers=headers
                     )
                 ).json()["items"]
+                deadline = time.monotonic() + 60
                 while owed not in {d["id"] for d in deliveries}:  # the report is queued
+                    assert time.monotonic() < deadline, deliveries
                     await asyncio.sleep(0.1)
                     deliveries = (
                         await http.get(
