@@ -34,6 +34,8 @@ from gateway.api.openapi import docs_page, openapi_document
 from gateway.api.operations import route
 from gateway.body_limit import BodySizeLimit
 from gateway.call.turn_models import load_turn_models
+from gateway.dashboard.pages import dashboard_routes
+from gateway.dashboard.session import SessionSigner
 from gateway.errors import HTTP_ERROR_HANDLERS, ConfigError
 from gateway.livekit.webhook import livekit_webhook
 from gateway.providers.base import Providers
@@ -65,6 +67,9 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         )
     if settings.mongodb_url is None:
         raise ConfigError("create_app needs MONGODB_URL (the CLI starts the embedded server)")
+    secret = settings.dashboard_session_secret
+    if secret is not None and len(secret.get_secret_value()) < 32:
+        raise ConfigError("DASHBOARD_SESSION_SECRET must be at least 32 characters (random)")
     if settings.gateway_api_key is not None:
         weakness = weak_api_key_reason(settings.gateway_api_key.get_secret_value())
         if weakness is not None:
@@ -96,6 +101,12 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
                     settings.gateway_org,
                 )
             await adopt_used_numbers(database)
+            session_secret = settings.dashboard_session_secret
+            app.state.sessions = SessionSigner(
+                session_secret.get_secret_value().encode()
+                if session_secret is not None
+                else await database.accounts.session_secret()
+            )
             services = build_services(
                 settings, database, providers=providers, turn_models=turn_models, prices=prices
             )
@@ -137,6 +148,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         Route("/twilio/status", twilio_status, methods=["POST"]),
         WebSocketRoute("/twilio/stream", twilio_stream_endpoint),
         Route("/livekit/webhook", livekit_webhook, methods=["POST"]),
+        *dashboard_routes(),
     ]
 
     def body_limit(path: str) -> int:
@@ -154,6 +166,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         middleware=[Middleware(BodySizeLimit, limit_for=body_limit)],
     )
     app.state.settings = settings
+    app.state.sessions = None  # set by the lifespan (its key may be kept in the database)
     return app
 
 

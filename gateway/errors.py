@@ -7,7 +7,11 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
 
     GatewayError                gateway/errors.py
     ├── ConfigError             settings that cannot work (start-up fails loudly)
-    ├── AuthError               missing, wrong or revoked API key                -> 401
+    ├── AuthError               missing, wrong or revoked API key (or a dashboard
+    │                           session that is forged, expired or whose key was revoked)
+    │                                                                            -> 401
+    ├── CsrfRefused             a change made with a dashboard session cookie without
+    │                           that session's CSRF token                        -> 403
     ├── RequestInvalid          body or query that does not match its model      -> 422
     │   └── InputTooLarge       a field over its cap (metadata, filled prompt, JSON depth)
     │                           -> 422 naming the field
@@ -119,6 +123,7 @@ __all__ = [
     "CarrierUnavailable",
     "ConfigError",
     "ConflictError",
+    "CsrfRefused",
     "GatewayError",
     "InputTooLarge",
     "LiveKitError",
@@ -151,6 +156,10 @@ class ConfigError(GatewayError):
 
 class AuthError(GatewayError):
     """Missing, wrong or revoked API key."""
+
+
+class CsrfRefused(GatewayError):
+    """A change made with a dashboard session cookie lacks the session's CSRF token."""
 
 
 class RequestInvalid(GatewayError):
@@ -272,6 +281,11 @@ async def _signature_error(request: Request, exc: Exception) -> Response:
     return error_response(403, "forbidden", str(exc))
 
 
+async def _csrf_refused(request: Request, exc: Exception) -> Response:
+    log.warning("change refused: %s", exc, extra={"path": request.url.path})
+    return error_response(403, "csrf_refused", str(exc))
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     return error_response(404, "not_found", str(exc) or "not found")
 
@@ -357,6 +371,7 @@ HTTP_ERROR_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaita
 HTTP_ERROR_HANDLERS = {
     AuthError: _auth_error,
     SignatureError: _signature_error,
+    CsrfRefused: _csrf_refused,
     NotFound: _not_found,
     RequestInvalid: _invalid,
     MissingPlaceholders: _invalid,

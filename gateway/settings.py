@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     # time). Each is single-use and bound to its call whatever its lifetime.
     stream_token_ttl_s: float = Field(default=30.0, gt=0, le=3600)
 
+    # The dashboard (`/dashboard`): how long a sign-in lasts, and the key its session cookies
+    # are signed with. Unset: one random key kept in the database, shared by every gateway
+    # on it (a key set here must be the same on every gateway behind one balancer).
+    dashboard_session_ttl_s: int = Field(default=12 * 3600, ge=60, le=30 * 24 * 3600)
+    dashboard_session_secret: SecretStr | None = None
+
     # On an empty database this key becomes the first admin key of organisation `gateway_org`.
     gateway_api_key: SecretStr | None = None
     gateway_org: str = "default"

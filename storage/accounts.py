@@ -6,6 +6,7 @@ brute-force that a slow password hash would protect, and a lookup is one indexed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 from datetime import UTC, datetime
@@ -18,6 +19,8 @@ from storage.errors import NotFound, StorageError
 from storage.models import ApiKeyRecord, Organization
 
 KEY_PREFIX = "vg_"
+_GATEWAY_SECRETS = "gateway_secrets"
+_SESSION_SECRET_ID = "dashboard-session"
 
 
 def hash_api_key(key: str) -> str:
@@ -141,6 +144,34 @@ class AccountRepository:
         if doc is None or doc.revoked_at is not None:
             return None
         return _key(doc)
+
+    @_driver_errors
+    async def active_key_by_id(self, key_id: str) -> ApiKeyRecord | None:
+        """The unrevoked key with this id (a dashboard session names its key so), if any."""
+        try:
+            oid = _object_id(key_id, what="API key")
+        except NotFound:
+            return None
+        doc = await ApiKeyDocument.find_one({"_id": oid})
+        if doc is None or doc.revoked_at is not None:
+            return None
+        return _key(doc)
+
+    @_driver_errors
+    async def session_secret(self) -> bytes:
+        """The key every gateway on this database signs dashboard sessions with: made by the
+        first gateway that asks (an insert of a fixed `_id`; the others read the winner's)."""
+        collection = ApiKeyDocument.get_pymongo_collection().database[_GATEWAY_SECRETS]
+        doc = await collection.find_one({"_id": _SESSION_SECRET_ID})
+        if doc is None:
+            with contextlib.suppress(DuplicateKeyError):
+                await collection.insert_one(
+                    {"_id": _SESSION_SECRET_ID, "secret": secrets.token_hex(32)}
+                )
+            doc = await collection.find_one({"_id": _SESSION_SECRET_ID})
+        if doc is None or not isinstance(doc.get("secret"), str):
+            raise StorageError("the dashboard session secret could not be stored")
+        return bytes.fromhex(doc["secret"])
 
     @_driver_errors
     async def list_keys(self, org_id: str) -> list[ApiKeyRecord]:

@@ -11,10 +11,14 @@ import itertools
 import logging
 import math
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 
-from gateway.errors import AuthError
+from starlette.requests import Request
+
+from gateway.dashboard.session import CSRF_HEADER, SESSION_COOKIE, SessionSigner
+from gateway.errors import AuthError, CsrfRefused
 from storage import AccountRepository, hash_api_key
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,30 @@ async def authenticate(accounts: AccountRepository, api_key: str | None) -> Prin
     record = await accounts.find_active_key(api_key)
     if record is None:
         raise AuthError("invalid or revoked API key")
+    return Principal(org_id=record.org_id, key_id=record.id)
+
+
+async def principal_of(
+    request: Request, accounts: AccountRepository, sessions: SessionSigner | None
+) -> Principal:
+    """Who sent `request`: its `x-api-key`, else its dashboard session cookie (whose key is
+    looked up again: a revoked key ends the session). A change made with the cookie must
+    carry the session's CSRF token (`CsrfRefused`); a key in the header needs none, since
+    no browser sends one by itself."""
+    api_key = request.headers.get("x-api-key")
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if api_key is not None or not cookie or sessions is None:
+        return await authenticate(accounts, api_key)
+    session = sessions.read(cookie, now=time.time())
+    if session is None:
+        raise AuthError("the dashboard session is invalid or has expired: sign in again")
+    record = await accounts.active_key_by_id(session.key_id)
+    if record is None:
+        raise AuthError("the key this dashboard session signed in with was revoked")
+    if request.method not in ("GET", "HEAD") and not sessions.csrf_valid(
+        session, request.headers.get(CSRF_HEADER)
+    ):
+        raise CsrfRefused(f"a change made from the dashboard needs its CSRF token ({CSRF_HEADER})")
     return Principal(org_id=record.org_id, key_id=record.id)
 
 

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.auth import authenticate
+from gateway.api.auth import principal_of
 from gateway.connections import ABORT_EXTENSION
 from gateway.errors import BadRequest, CallNotFound, RequestInvalid
 from gateway.event_feed import StreamEnded, Subscription
@@ -72,7 +72,7 @@ def _resume_point(raw: str, head: int) -> int:
 
 async def stream_events(request: Request) -> Response:
     services: Services = request.app.state.services
-    principal = await authenticate(services.database.accounts, request.headers.get("x-api-key"))
+    principal = await principal_of(request, services.database.accounts, request.app.state.sessions)
     try:
         query = EventQuery.model_validate(dict(request.query_params))
     except ValidationError as exc:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.api.auth import Principal, authenticate
+from gateway.api.auth import Principal, principal_of
 from gateway.errors import InputTooLarge, RequestInvalid
 from gateway.services import Services
 
@@ -114,7 +114,9 @@ def route(op: Operation) -> Route:
 
     async def endpoint(request: Request) -> Response:
         services: Services = request.app.state.services
-        principal = await authenticate(services.database.accounts, request.headers.get("x-api-key"))
+        principal = await principal_of(
+            request, services.database.accounts, request.app.state.sessions
+        )
         query = (
             _parse(op.query, dict(request.query_params), "query parameters") if op.query else None
         )

@@ -1,0 +1,335 @@
+// The dashboard's own script: live calls list and transcript (the /events stream), the
+// redeliver buttons, the assistant form, and web calls (the LiveKit browser SDK).
+// Changes go through the JSON API with the session cookie and the page's CSRF token.
+// Text from the server is set with textContent, never parsed as HTML.
+"use strict";
+
+(function () {
+  const csrfMeta = document.querySelector('meta[name="csrf-token"]');
+  const csrf = csrfMeta ? csrfMeta.content : "";
+
+  async function api(method, url, body) {
+    const headers = { "x-csrf-token": csrf };
+    if (body !== undefined) headers["content-type"] = "application/json";
+    const response = await fetch(url, {
+      method,
+      headers,
+      credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (_) {
+      data = null;
+    }
+    return { ok: response.ok, status: response.status, data };
+  }
+
+  function errorText(result) {
+    const error = result.data && result.data.error;
+    return error ? error.message : "The gateway answered " + result.status;
+  }
+
+  // ------------------------------------------------------------ live calls list
+  function liveCallsList() {
+    const rows = document.getElementById("call-rows");
+    if (!rows || !rows.dataset.liveRows) return;
+    const state = document.getElementById("live-state");
+    let timer = null;
+    let running = false;
+    let again = false;
+    async function refresh() {
+      if (running) {
+        again = true;
+        return;
+      }
+      running = true;
+      try {
+        const response = await fetch(rows.dataset.liveRows, { credentials: "same-origin" });
+        if (response.ok) rows.innerHTML = await response.text();  // escaped by the server
+      } finally {
+        running = false;
+        if (again) {
+          again = false;
+          schedule();
+        }
+      }
+    }
+    function schedule() {
+      if (timer) clearTimeout(timer);
+      timer = setTimeout(refresh, 300);
+    }
+    const source = new EventSource("/events");
+    for (const type of ["call.started", "call.status", "call.ended", "call.analyzed"]) {
+      source.addEventListener(type, schedule);
+    }
+    source.onopen = () => { if (state) state.textContent = "Live"; };
+    source.onerror = () => { if (state) state.textContent = "Reconnecting…"; };
+  }
+
+  // ------------------------------------------------------- live call transcript
+  function clock(ms) {
+    const seconds = Math.max(ms, 0) / 1000;
+    return Math.floor(seconds / 60) + ":" + (seconds % 60).toFixed(1).padStart(4, "0");
+  }
+
+  function liveCall() {
+    const article = document.getElementById("call");
+    if (!article || !article.dataset.live) return;
+    const callId = article.dataset.callId;
+    const transcript = document.getElementById("transcript");
+    const status = document.getElementById("call-status");
+    const source = new EventSource("/events?call_id=" + encodeURIComponent(callId));
+    source.addEventListener("call.turn", (event) => {
+      const turn = JSON.parse(event.data).turn;
+      if (transcript.querySelector('tr[data-index="' + turn.index + '"]')) return;
+      const row = document.createElement("tr");
+      row.className = "turn speaker-" + turn.speaker + (turn.interrupted ? " interrupted" : "");
+      row.dataset.index = String(turn.index);
+      const cells = [clock(turn.start_ms), turn.speaker, turn.text];
+      for (const text of cells) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.appendChild(cell);
+      }
+      if (turn.interrupted) {
+        const badge = document.createElement("span");
+        badge.className = "badge warn";
+        badge.textContent = "interrupted";
+        row.lastChild.append(" ", badge);
+      }
+      row.firstChild.className = "num";
+      const later = Array.from(transcript.children).find(
+        (r) => Number(r.dataset.index) > turn.index);
+      transcript.insertBefore(row, later || null);
+      const empty = document.getElementById("no-turns");
+      if (empty) empty.remove();
+    });
+    source.addEventListener("call.status", (event) => {
+      status.textContent = JSON.parse(event.data).status;
+    });
+    source.addEventListener("call.ended", () => {
+      source.close();
+      setTimeout(() => window.location.reload(), 300);  // duration, recording, cost
+    });
+  }
+
+  // ------------------------------------------------------------------ redeliver
+  function redeliverButtons() {
+    for (const button of document.querySelectorAll("button.redeliver")) {
+      button.addEventListener("click", async () => {
+        const id = button.dataset.deliveryId;
+        const out = button.parentElement.querySelector(".redeliver-result");
+        button.disabled = true;
+        const result = await api("POST", "/webhooks/deliveries/" + encodeURIComponent(id) + "/redeliver");
+        button.disabled = false;
+        if (result.ok) {
+          out.textContent = " queued";
+          const badge = button.closest("tr").querySelector(".delivery-status");
+          if (badge) badge.textContent = result.data.status;
+        } else {
+          out.textContent = " " + errorText(result);
+        }
+      });
+    }
+  }
+
+  // ------------------------------------------------------------- assistant form
+  function formBody(form) {
+    const body = {};
+    const problems = {};
+    for (const field of form.querySelectorAll("[name]")) {
+      const name = field.name;
+      const kind = field.dataset.kind || "text";
+      const raw = kind === "bool" ? null : field.value.trim();
+      if (kind === "bool") {
+        body[name] = field.checked;
+      } else if (kind === "int") {
+        body[name] = raw === "" ? null : Number(raw);
+      } else if (kind === "list") {
+        body[name] = raw.split(",").map((s) => s.trim()).filter((s) => s !== "");
+      } else if (kind === "json") {
+        if (raw === "") {
+          if (name === "analysis") body[name] = null;  // no plan
+          continue;
+        }
+        try {
+          body[name] = JSON.parse(raw);
+        } catch (_) {
+          problems[name] = "not valid JSON";
+        }
+      } else if (field.dataset.nullable && raw === "") {
+        body[name] = null;
+      } else {
+        body[name] = field.value;
+      }
+    }
+    return { body, problems };
+  }
+
+  function showFieldErrors(form, problems, general) {
+    for (const span of form.querySelectorAll(".field-error")) span.textContent = "";
+    for (const field of form.querySelectorAll("[aria-invalid]")) field.removeAttribute("aria-invalid");
+    const formError = document.getElementById("form-error");
+    formError.hidden = !general;
+    formError.textContent = general || "";
+    for (const [name, message] of Object.entries(problems)) {
+      const span = document.getElementById("err-" + name);
+      const field = form.querySelector('[name="' + name + '"]');
+      if (span) span.textContent = message;
+      if (field) field.setAttribute("aria-invalid", "true");
+      if (!span) {
+        formError.hidden = false;
+        formError.textContent = (formError.textContent + " " + name + ": " + message).trim();
+      }
+    }
+  }
+
+  function assistantForm() {
+    const form = document.getElementById("assistant-form");
+    if (!form) return;
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const saved = document.getElementById("form-saved");
+      saved.textContent = "";
+      const { body, problems } = formBody(form);
+      if (Object.keys(problems).length) {
+        showFieldErrors(form, problems, "Fix the fields marked below.");
+        return;
+      }
+      const result = await api(form.dataset.method, form.dataset.url, body);
+      if (result.ok) {
+        showFieldErrors(form, {}, "");
+        if (form.dataset.method === "POST") {
+          window.location.assign("/dashboard/assistants/" + encodeURIComponent(result.data.id));
+        } else {
+          saved.textContent = "Saved.";
+        }
+        return;
+      }
+      const fieldProblems = {};
+      const details = (result.data && result.data.error && result.data.error.details) || [];
+      for (const detail of details) {
+        const loc = (detail.loc || []).filter((part) => part !== "body");
+        if (!loc.length) continue;
+        const name = String(loc[0]);
+        const where = loc.slice(1).join(".");
+        const message = (where ? where + ": " : "") + detail.msg;
+        fieldProblems[name] = fieldProblems[name] ? fieldProblems[name] + "; " + message : message;
+      }
+      showFieldErrors(form, fieldProblems, errorText(result));
+    });
+  }
+
+  // ------------------------------------------------------------------ web calls
+  // window.vgWebCall holds the call's moments (performance.now() ms) for people and tests.
+  const webCall = (window.vgWebCall = { state: "idle" });
+
+  function setWebCallState(text) {
+    webCall.state = text;
+    const state = document.getElementById("web-call-state");
+    if (state) state.textContent = text;
+  }
+
+  function meterAgentAudio(track) {
+    // The first loud moment of the agent's audio: the greeting heard.
+    const context = new AudioContext();
+    const source = context.createMediaStreamSource(new MediaStream([track.mediaStreamTrack]));
+    const analyser = context.createAnalyser();
+    analyser.fftSize = 1024;
+    source.connect(analyser);
+    const samples = new Float32Array(analyser.fftSize);
+    webCall.audioContext = context;
+    webCall.peakRms = 0;
+    const timer = setInterval(() => {
+      analyser.getFloatTimeDomainData(samples);
+      let sum = 0;
+      for (const s of samples) sum += s * s;
+      const rms = Math.sqrt(sum / samples.length);
+      webCall.peakRms = Math.max(webCall.peakRms, rms);
+      if (rms > 0.01 && webCall.greetingAt === undefined) {
+        webCall.greetingAt = performance.now();
+        setWebCallState("Connected: the agent is speaking.");
+      }
+    }, 10);
+    webCall.stopMeter = () => {
+      clearInterval(timer);
+      context.close();
+    };
+  }
+
+  async function startWebCall(button) {
+    const panel = document.getElementById("web-call");
+    const hangup = document.getElementById("web-call-hangup");
+    const link = document.getElementById("web-call-link");
+    if (webCall.room) return;
+    if (!window.LivekitClient) {
+      panel.hidden = false;
+      setWebCallState("The LiveKit browser SDK did not load (scripts/ensure-web-assets.sh).");
+      return;
+    }
+    panel.hidden = false;
+    webCall.clickedAt = performance.now();
+    webCall.greetingAt = undefined;
+    setWebCallState("Starting the call…");
+    const result = await api("POST", "/web-calls", {
+      assistant_id: button.dataset.assistantId,
+      metadata: {},
+    });
+    if (!result.ok) {
+      setWebCallState("The call could not start: " + errorText(result));
+      return;
+    }
+    const call = result.data;
+    webCall.callId = call.call_id;
+    link.href = "/dashboard/calls/" + encodeURIComponent(call.call_id);
+    link.hidden = false;
+    const LK = window.LivekitClient;
+    const room = new LK.Room();
+    webCall.room = room;
+    room.on(LK.RoomEvent.TrackSubscribed, (track) => {
+      if (track.kind !== LK.Track.Kind.Audio) return;
+      track.attach(document.getElementById("web-call-audio"));
+      meterAgentAudio(track);
+    });
+    room.on(LK.RoomEvent.Disconnected, () => {
+      if (webCall.stopMeter) webCall.stopMeter();
+      webCall.room = undefined;
+      hangup.disabled = true;
+      setWebCallState("The call has ended.");
+    });
+    try {
+      await room.connect(call.livekit_url, call.token);
+      webCall.connectedAt = performance.now();
+      await room.localParticipant.setMicrophoneEnabled(true);
+      webCall.micAt = performance.now();
+      hangup.disabled = false;
+      hangup.focus();
+      if (webCall.greetingAt === undefined) setWebCallState("Connected: waiting for the agent.");
+    } catch (error) {
+      webCall.room = undefined;
+      setWebCallState("Could not connect: " + error.message);
+    }
+  }
+
+  function webCallButtons() {
+    const hangup = document.getElementById("web-call-hangup");
+    if (hangup) {
+      hangup.addEventListener("click", () => {
+        if (webCall.room) webCall.room.disconnect();
+      });
+    }
+    for (const button of document.querySelectorAll("button.web-call-start")) {
+      button.addEventListener("click", () => startWebCall(button));
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    liveCallsList();
+    liveCall();
+    redeliverButtons();
+    assistantForm();
+    webCallButtons();
+  });
+})();
