@@ -130,7 +130,7 @@ async def test_a_browser_caller_talks_to_the_agent(web_stack: Stack) -> None:
         assert any(t["speaker"] == "caller" for t in turns)
         assert turns[-1]["speaker"] == "agent" and len(turns) >= 3, turns
         carrier = [i for i in stored["cost"]["items"] if i["kind"] == "carrier"]
-        assert [(i["provider"], Decimal(i["amount"])) for i in carrier] == [("web", 0)]
+        assert [(i["provider"], Decimal(i["amount"])) for i in carrier] == [("web", Decimal(0))]
         await _rooms_closed(server, web["room"])
 
         # Its events and its report, as any call's.
@@ -201,7 +201,7 @@ async def test_the_token_joins_its_room_only_as_its_caller(web_stack: Stack) -> 
             assert ended["status"] == "no-answer" and ended["end_reason"] == "no-answer"
             assert ended["transcript"] == []
             carrier = [i for i in ended["cost"]["items"] if i["kind"] == "carrier"]
-            assert [Decimal(i["quantity"]) for i in carrier] == [0]
+            assert [Decimal(i["quantity"]) for i in carrier] == [Decimal(0)]
         await _rooms_closed(server, web["room"], other["room"])
 
 
