@@ -21,13 +21,7 @@ H = {"x-api-key": KEY}
 
 
 def _settings(mongo_url: str, *, livekit: bool) -> Settings:
-    lk: dict[str, object] = {}
-    if livekit:  # a port nobody listens on: LiveKit is configured but unreachable
-        lk = {
-            "livekit_url": f"http://127.0.0.1:{free_port()}",
-            "livekit_api_key": "key",
-            "livekit_api_secret": "secret" * 6,
-        }
+    # With `livekit`, a port nobody listens on: LiveKit is configured but unreachable.
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         public_url=PUBLIC,
@@ -36,7 +30,9 @@ def _settings(mongo_url: str, *, livekit: bool) -> Settings:
         mongodb_url=mongo_url,
         mongodb_db="web_app_" + uuid.uuid4().hex[:8],
         call_metadata_max_keys=3,
-        **lk,
+        livekit_url=f"http://127.0.0.1:{free_port()}" if livekit else None,
+        livekit_api_key="key" if livekit else None,
+        livekit_api_secret="secret" * 6 if livekit else None,  # type: ignore[arg-type]
     )
 
 

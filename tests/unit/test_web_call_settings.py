@@ -3,13 +3,15 @@ LIVEKIT_URL as a WebSocket URL) and the caller token's bounded lifetime."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
 from gateway.settings import Settings
 
 
-def _settings(**values: object) -> Settings:
+def _settings(**values: Any) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
