@@ -115,10 +115,11 @@ class LiveKitRoom:
         return participant.kind == _STANDARD and participant.identity == self._web_caller
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
-        # A web caller is known before its audio arrives: leaving early hangs up too.
-        caller = self._caller.identity if self._caller is not None else self._web_caller
-        if caller is not None and participant.identity == caller:
+        if self._caller is not None and participant.identity == self._caller.identity:
             self.lifecycle.request_end("caller-hung-up", CallStatus.COMPLETED)
+        elif self._caller is None and participant.identity == self._web_caller:
+            # A browser that leaves before its microphone was heard: never answered.
+            self.lifecycle.request_end("caller-hung-up", CallStatus.CANCELED)
 
     def _on_disconnected(self, reason: object) -> None:
         self.lifecycle.request_end("room-closed", CallStatus.COMPLETED)

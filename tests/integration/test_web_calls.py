@@ -245,3 +245,22 @@ async def test_another_organisations_assistant_is_not_found(
         assert ours.json()["error"]["code"] == unknown.json()["error"]["code"] == "not_found"
         calls = (await http.get("/calls", headers=_h(other_key))).json()["items"]
         assert calls == []
+
+
+async def test_a_browser_that_leaves_before_speaking_cancels_the_call(web_stack: Stack) -> None:
+    """Joined, microphone never published (say permission refused), tab closed: the call
+    ends as canceled (its leaving, not the token's time running out: that is no-answer)."""
+    gateway, server, _ = web_stack
+    key = gateway.api_key
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        web = await _web_call(http, key, await _assistant(http, key), {"customer": "Di"})
+        browser = rtc.Room()
+        await browser.connect(web["livekit_url"], web["token"])
+        agent, deadline = f"agent-{web['call_id']}", time.monotonic() + 20
+        while agent not in browser.remote_participants:  # left with the agent there to see it
+            assert time.monotonic() < deadline, "the agent never joined"
+            await asyncio.sleep(0.05)
+        await browser.disconnect()
+        ended = await wait_ended(http, key, web["call_id"], within_s=30)
+        assert ended["status"] == "canceled" and ended["end_reason"] == "caller-hung-up"
+        await _rooms_closed(server, web["room"])
