@@ -27,6 +27,7 @@ from gateway.api import (
     numbers,
     organization,
     sip,
+    web_calls,
 )
 from gateway.api.auth import bootstrap_api_key, weak_api_key_reason
 from gateway.api.numbers import adopt_used_numbers
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 OPERATIONS = [
     *calls.OPERATIONS,
+    *web_calls.OPERATIONS,
     *assistants.OPERATIONS,
     *api_keys.OPERATIONS,
     *sip.OPERATIONS,

@@ -6,13 +6,15 @@ It says, in one currency:
 
     {
       "currency": "USD",
-      "carrier_per_minute": {"twilio": 0.01, "livekit": 0.005},
+      "carrier_per_minute": {"twilio": 0.01, "livekit": 0.005, "web": 0},
       "stt_per_minute":     {"deepgram": 0.008, "local": 0},
       "llm_per_1m_tokens":  {"my-model": {"input": 0.2, "output": 0.8},
                              "default":  {"input": 1.0, "output": 4.0}},
       "tts_per_1k_chars":   {"cartesia": 0.05, "local": 0}
     }
 
+`web` prices a browser's web call (`POST /web-calls`): no phone carrier, only the LiveKit
+room, so 0 in the examples; set it to your LiveKit room-minute price if you pay one.
 Carrier and STT minutes are priced per second counted (no rounding up to whole minutes);
 LLM tokens per million, keyed by the model asked for (`default` prices any other model);
 TTS characters per thousand. `local` names the gateway's own engines (PocketSphinx for
@@ -47,7 +49,7 @@ DEFAULT_MODEL = "default"
 # The engines the table's `local` row prices (the names usage records them under).
 LOCAL_ENGINES = {"stt_per_minute": "pocketsphinx", "tts_per_1k_chars": "espeak-ng"}
 _KNOWN_PROVIDERS = {
-    "carrier_per_minute": {"twilio", "livekit"},
+    "carrier_per_minute": {"twilio", "livekit", "web"},
     "stt_per_minute": {"deepgram", "pocketsphinx", "local"},
     "tts_per_1k_chars": {"cartesia", "espeak-ng", "local"},
 }
@@ -99,7 +101,11 @@ class PriceTable(BaseModel):
 # EXAMPLE figures only, to show the shape: replace them with your own prices.
 EXAMPLE_PRICES = PriceTable(
     currency="USD",
-    carrier_per_minute={"twilio": Decimal("0.0100"), "livekit": Decimal("0.0050")},
+    carrier_per_minute={
+        "twilio": Decimal("0.0100"),
+        "livekit": Decimal("0.0050"),
+        "web": Decimal(0),  # a browser's call: no phone carrier
+    },
     stt_per_minute={"deepgram": Decimal("0.0080"), "pocketsphinx": Decimal(0)},
     llm_per_1m_tokens={
         "gpt-4o-mini": LlmPrice(input=Decimal("0.20"), output=Decimal("0.80")),

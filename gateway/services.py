@@ -203,7 +203,7 @@ def build_services(
     )
 
     async def lost(call: CallRecord) -> None:
-        if rooms is not None and call.transport == "livekit":
+        if rooms is not None and call.transport in ("livekit", "web"):  # both hold a room
             await rooms.close_lost(call)
 
     sweeper = LostCallSweeper(

@@ -133,6 +133,13 @@ class Settings(BaseSettings):
     livekit_api_secret: SecretStr | None = None
     # Agent audio queued in the room's audio source ahead of playout (what barge-in drops).
     livekit_lead_ms: int = Field(default=100, ge=20, le=1000)
+    # The LiveKit URL a browser connects to for a web call (`POST /web-calls` answers it):
+    # unset, LIVEKIT_URL with http -> ws and https -> wss. Set it when browsers reach
+    # LiveKit at another address than the gateway does (e.g. wss://lk.example.com).
+    livekit_public_url: str | None = None
+    # How long a web call's caller token is valid: the browser must join within it, else the
+    # call ends as no-answer (a few seconds more are allowed for the join to complete).
+    web_call_token_ttl_s: int = Field(default=300, ge=5, le=3600)
 
     # End-call webhooks: retries over hours, bounded; a claimed delivery's lease.
     webhook_retry_base_s: float = Field(default=10.0, gt=0)
@@ -265,6 +272,23 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("PUBLIC_URL must not carry a query string or fragment")
         return value.rstrip("/")
+
+    @field_validator("livekit_public_url")
+    @classmethod
+    def _livekit_public_url_is_ws(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("ws", "wss", "http", "https") or not parts.netloc:
+            raise ValueError("LIVEKIT_PUBLIC_URL must be a ws(s) URL, e.g. wss://lk.example.com")
+        return value.rstrip("/")
+
+    def livekit_browser_url(self) -> str | None:
+        """The LiveKit URL browsers join web calls at (None: LiveKit is not configured)."""
+        url = self.livekit_public_url or self.livekit_url
+        if url is None:
+            return None
+        return url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
 
     def with_runtime_secrets(self) -> Settings:
         """Settings whose unset secrets are random per-process values (for the demo)."""

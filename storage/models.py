@@ -169,7 +169,7 @@ class CallAnalysis(_Record):
 class CarrierUsage(_Record):
     """Seconds a carrier carried the call (from answered to ended)."""
 
-    provider: str = Field(description="the call's transport: twilio or livekit")
+    provider: str = Field(description="the call's transport: twilio, livekit or web")
     seconds: float = Field(ge=0)
 
 

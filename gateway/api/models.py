@@ -120,22 +120,12 @@ class CallList(BaseModel):
     currency: str = Field(description="the currency of `total_cost`: the price table's")
 
 
-class OutboundCallRequest(_Input):
-    assistant_id: str
-    to_number: E164
-    from_number: E164 | None = Field(
-        default=None, description="caller id; defaults to the outbound trunk's first number"
-    )
-    call_service: Literal["twilio", "livekit"] = "twilio"
-    trunk_id: str | None = Field(
-        default=None, description="LiveKit only: outbound trunk (default: the only one)"
-    )
+class _CallMetadata(_Input):
+    """A new call's metadata (its size is checked against CALL_METADATA_* when stored)."""
+
     metadata: dict[str, str] = Field(
         default_factory=dict,
         description="fills the assistant's {{placeholders}} (keys without '.' or a leading '$')",
-    )
-    machine_detection: bool = Field(
-        default=False, description="Twilio only: answering-machine detection"
     )
 
     @field_validator("metadata")
@@ -147,12 +137,43 @@ class OutboundCallRequest(_Input):
         return metadata
 
 
+class OutboundCallRequest(_CallMetadata):
+    assistant_id: str
+    to_number: E164
+    from_number: E164 | None = Field(
+        default=None, description="caller id; defaults to the outbound trunk's first number"
+    )
+    call_service: Literal["twilio", "livekit"] = "twilio"
+    trunk_id: str | None = Field(
+        default=None, description="LiveKit only: outbound trunk (default: the only one)"
+    )
+    machine_detection: bool = Field(
+        default=False, description="Twilio only: answering-machine detection"
+    )
+
+
 class OutboundCallOut(BaseModel):
     call_id: str
     status: CallStatus
     call_service: Literal["twilio", "livekit"]
     call_sid: str
     room_name: str | None = None
+
+
+class WebCallRequest(_CallMetadata):
+    assistant_id: str
+
+
+class WebCallOut(BaseModel):
+    """What a browser needs to join the call's room with a LiveKit client SDK."""
+
+    call_id: str
+    livekit_url: str = Field(description="the LiveKit server's URL for browsers (ws:// or wss://)")
+    token: str = Field(
+        description="joins this room only, as the caller, publishing its microphone; "
+        "valid WEB_CALL_TOKEN_TTL_S seconds to join"
+    )
+    room: str
 
 
 # ------------------------------------------------------------------- assistants

@@ -3,10 +3,13 @@
 
 `LiveKitRooms` holds the rooms this process serves. A room is served once, whoever asks
 first (LiveKit's `participant_joined` webhook for inbound SIP calls, `POST /call/outbound`
-for outbound ones). One `LiveKitRoom` per room: it takes the call (its lease), joins with a
-token the gateway mints, publishes the agent's track, waits for the SIP participant's
-audio and for the caller to hear the agent's track, then the call is answered and the
-caller's audio feeds it. The room is left and deleted once the call's final write is done.
+for outbound ones, `POST /web-calls` for browser callers). One `LiveKitRoom` per room: it
+takes the call (its lease), joins with a token the gateway mints, publishes the agent's
+track, waits for the caller's audio and for the caller to hear the agent's track, then the
+call is answered and the caller's audio feeds it. The caller is the SIP participant, or for
+a web call the one standard participant whose identity the gateway minted the browser's
+token for (anyone else in the room is ignored). The room is left and deleted once the
+call's final write is done.
 """
 
 from __future__ import annotations
@@ -35,25 +38,38 @@ from gateway.livekit.egress import RoomRecording
 from gateway.livekit.transport import RATE, LiveKitTransport
 from gateway.logs import call_id_var
 from gateway.settings import Settings
-from storage import CallRecord, CallStatus, Database, normalize_e164
+from storage import CallRecord, CallStatus, Database, Direction, normalize_e164
 from telephony.errors import LiveKitError
 from telephony.livekit import LiveKitAdmin
 
 log = logging.getLogger(__name__)
 
 _SIP = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
+_STANDARD = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
+# A web caller whose token was valid when it connected may still be publishing its track.
+WEB_JOIN_GRACE_S = 10.0
 ATTR_ORG = "voice_gateway.org_id"
 ATTR_ASSISTANT = "voice_gateway.assistant_id"
 ATTR_CALL = "voice_gateway.call_id"
 
 
 def room_of(call: CallRecord) -> str:
-    """The LiveKit room a room call is held in."""
-    return call.metadata.get("room") or f"call-{call.id}"
+    """The LiveKit room a room call is held in: an inbound SIP call's is the one its
+    dispatch rule made (the gateway stores it in the metadata); outbound and web calls get
+    the gateway's own name (their metadata is the client's and names no room)."""
+    if call.transport == "livekit" and call.direction == Direction.INBOUND:
+        return call.metadata.get("room") or f"call-{call.id}"
+    return f"call-{call.id}"
+
+
+def web_caller_identity(call: CallRecord) -> str:
+    """The identity a web call's browser joins its room as (its token says it)."""
+    return f"web-{call.id}"
 
 
 class LiveKitRoom:
-    """One room, one caller, one call."""
+    """One room, one caller, one call. `web_caller`: the identity of a web call's browser
+    participant (None: the caller is the room's SIP participant)."""
 
     def __init__(
         self,
@@ -62,6 +78,8 @@ class LiveKitRoom:
         settings: Settings,
         room_name: str,
         call: CallRecord,
+        *,
+        web_caller: str | None = None,
     ) -> None:
         self._runtime = runtime
         self._livekit = livekit
@@ -69,6 +87,7 @@ class LiveKitRoom:
         self.room_name = room_name
         self.call = call
         self.identity = f"agent-{call.id}"
+        self._web_caller = web_caller
         self.lifecycle = CallLifecycle(runtime, call, self)
         self._room = rtc.Room()
         self._source: rtc.AudioSource | None = None
@@ -85,14 +104,22 @@ class LiveKitRoom:
         publication: rtc.RemoteTrackPublication,
         participant: rtc.RemoteParticipant,
     ) -> None:
-        if track.kind == rtc.TrackKind.KIND_AUDIO and participant.kind == _SIP:
+        if track.kind == rtc.TrackKind.KIND_AUDIO and self._is_caller(participant):
             self._caller = participant
             with contextlib.suppress(asyncio.QueueFull):
                 self._caller_audio.put_nowait(track)
 
+    def _is_caller(self, participant: rtc.RemoteParticipant) -> bool:
+        if self._web_caller is None:
+            return participant.kind == _SIP
+        return participant.kind == _STANDARD and participant.identity == self._web_caller
+
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         if self._caller is not None and participant.identity == self._caller.identity:
             self.lifecycle.request_end("caller-hung-up", CallStatus.COMPLETED)
+        elif self._caller is None and participant.identity == self._web_caller:
+            # A browser that leaves before its microphone was heard: never answered.
+            self.lifecycle.request_end("caller-hung-up", CallStatus.CANCELED)
 
     def _on_disconnected(self, reason: object) -> None:
         self.lifecycle.request_end("room-closed", CallStatus.COMPLETED)
@@ -126,7 +153,8 @@ class LiveKitRoom:
         room.on("track_subscribed", self._on_track_subscribed)
         room.on("participant_disconnected", self._on_participant_disconnected)
         room.on("disconnected", self._on_disconnected)
-        room.on("sip_dtmf_received", self._on_dtmf)
+        if self._web_caller is None:  # a browser has no keypad: no DTMF on a web call
+            room.on("sip_dtmf_received", self._on_dtmf)
         room.on("local_track_subscribed", lambda *_: self._heard_by_caller.set())
         token = self._livekit.agent_token(self.room_name, self.identity)
         await room.connect(self._livekit.ws_url, token)
@@ -136,7 +164,10 @@ class LiveKitRoom:
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         await room.local_participant.publish_track(track, options)
 
-        ring_s = self._settings.outbound_ring_timeout_s + 30
+        if self._web_caller is None:
+            ring_s = self._settings.outbound_ring_timeout_s + 30.0
+        else:  # the browser's token lets it connect only this long
+            ring_s = self._settings.web_call_token_ttl_s + WEB_JOIN_GRACE_S
         caller_track = await self._until_ended(self._caller_audio.get(), ring_s)
         if caller_track is None:
             self.lifecycle.request_end("no-answer", CallStatus.NO_ANSWER)
@@ -196,7 +227,13 @@ class LiveKitRoom:
             source=self._source,
             on_mark=self.lifecycle.on_mark,
             metrics=self._runtime.metrics,
-            transfer=lambda to: self._livekit.transfer_sip(self.room_name, caller, to),
+            # A browser caller has no phone call to refer elsewhere: a transfer fails and
+            # the call goes on (`TransferError`).
+            transfer=(
+                None
+                if self._web_caller is not None
+                else lambda to: self._livekit.transfer_sip(self.room_name, caller, to)
+            ),
         )
 
     async def close(self, ending: CallEnding) -> None:
@@ -230,12 +267,17 @@ class LiveKitRooms:
         self._rooms: dict[str, LiveKitRoom] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    def serve(self, room_name: str, call: CallRecord) -> LiveKitRoom:
-        """Join `room_name` for `call` (once: a room already served is left as it is)."""
+    def serve(
+        self, room_name: str, call: CallRecord, *, web_caller: str | None = None
+    ) -> LiveKitRoom:
+        """Join `room_name` for `call` (once: a room already served is left as it is); its
+        caller is the SIP participant, or the participant `web_caller` for a web call."""
         existing = self._rooms.get(room_name)
         if existing is not None:
             return existing
-        room = LiveKitRoom(self._runtime, self._livekit, self._settings, room_name, call)
+        room = LiveKitRoom(
+            self._runtime, self._livekit, self._settings, room_name, call, web_caller=web_caller
+        )
         room.lifecycle.take()
         self._rooms[room_name] = room
         task = asyncio.create_task(room.run(), name=f"room-{room_name}")

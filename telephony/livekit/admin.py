@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal, TypeVar
 
 import aiohttp
@@ -281,6 +282,28 @@ class LiveKitAdmin:
             api.AccessToken(self._key, self._secret)
             .with_identity(identity)
             .with_kind("agent")
+            .with_grants(grants)
+            .to_jwt()
+        )
+
+    def caller_token(self, room_name: str, identity: str, *, ttl_s: int) -> str:
+        """A token for a browser caller: join `room_name` only (no other room, no admin,
+        create or list), publish its microphone only, subscribe, no data; valid `ttl_s`
+        seconds to join (LiveKit checks it when the participant connects)."""
+        grants = api.VideoGrants(
+            room_join=True,
+            room=room_name,
+            can_publish=True,
+            can_publish_sources=["microphone"],
+            can_subscribe=True,
+            can_publish_data=False,
+            can_update_own_metadata=False,
+        )
+        return (
+            api.AccessToken(self._key, self._secret)
+            .with_identity(identity)
+            .with_kind("standard")
+            .with_ttl(timedelta(seconds=ttl_s))
             .with_grants(grants)
             .to_jwt()
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.livekit_server import LiveKitServer, run_livekit_server
 from tests.net import free_port
 
 
@@ -96,6 +97,24 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def run_room_stack(
+    mongo_url: str, work: Path, extra_env: dict[str, str | None] | None = None
+) -> Iterator[tuple[GatewayProcess, LiveKitServer]]:
+    """A livekit-server whose signed webhooks go to a gateway configured for it (LIVEKIT_*
+    set, then `extra_env`), until the block ends."""
+    port = free_port()
+    with run_livekit_server(work, webhook_url=f"http://127.0.0.1:{port}/livekit/webhook") as lk:
+        env: dict[str, str | None] = {
+            "LIVEKIT_URL": lk.url,
+            "LIVEKIT_API_KEY": lk.api_key,
+            "LIVEKIT_API_SECRET": lk.api_secret,
+            **(extra_env or {}),
+        }
+        with run_gateway(mongo_url, work, env, port=port) as gateway:
+            yield gateway, lk
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from livekit import api as lkapi
 
-from tests.integration.conftest import GatewayProcess, run_gateway
+from tests.integration.conftest import GatewayProcess, run_gateway, run_room_stack
 from tests.integration.test_management_api import create_key, operator_numbers
 from tests.livekit_caller import RoomCaller, caller_token, dispatch_attributes, espeak_pcm16k
 from tests.livekit_server import LiveKitServer, run_livekit_server
@@ -30,18 +30,9 @@ def room_stack(
     mongo_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[GatewayProcess, LiveKitServer]]:
     """A livekit-server whose webhooks go to a gateway configured for it."""
-    port = free_port()
     work = tmp_path_factory.mktemp("lk-rooms")
-    webhook = f"http://127.0.0.1:{port}/livekit/webhook"
-    with run_livekit_server(work, webhook_url=webhook) as server:
-        env: dict[str, str | None] = {
-            "LIVEKIT_URL": server.url,
-            "LIVEKIT_API_KEY": server.api_key,
-            "LIVEKIT_API_SECRET": server.api_secret,
-            "VAD_SILENCE_MS": "500",
-        }
-        with run_gateway(mongo_url, work, env, port=port) as gateway:
-            yield gateway, server
+    with run_room_stack(mongo_url, work, {"VAD_SILENCE_MS": "500"}) as stack:
+        yield stack
 
 
 async def _dispatch_attributes(
@@ -184,8 +175,10 @@ async def test_unsigned_or_forged_webhooks_are_refused(
         assert tampered.status_code == 403
 
 
-async def _wait_ended(http: httpx.AsyncClient, key: str, call_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 20
+async def wait_ended(
+    http: httpx.AsyncClient, key: str, call_id: str, within_s: float = 20.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         stored = (await http.get(f"/calls/{call_id}", headers={"x-api-key": key})).json()
         if stored["ended_at"]:
@@ -194,7 +187,7 @@ async def _wait_ended(http: httpx.AsyncClient, key: str, call_id: str) -> dict[s
     raise AssertionError("the call never ended")
 
 
-async def _room_names(server: LiveKitServer) -> set[str]:
+async def room_names(server: LiveKitServer) -> set[str]:
     async with lkapi.LiveKitAPI(server.url, server.api_key, server.api_secret) as lk:
         rooms = await lk.room.list_rooms(lkapi.ListRoomsRequest())
     return {r.name for r in rooms.rooms}
@@ -222,7 +215,7 @@ async def test_caller_hanging_up_ends_the_call_once(
         finally:
             await caller.leave()  # hang up mid-greeting
         call = await _call_in(http, gateway.api_key, room)
-        stored = await _wait_ended(http, gateway.api_key, call["id"])
+        stored = await wait_ended(http, gateway.api_key, call["id"])
         assert stored["end_reason"] == "caller-hung-up" and stored["status"] == "completed"
         assert stored["assistant_id"] is None  # the default assistant answered
         # Participant left, then room finished: both arrive, one finalisation.
@@ -234,7 +227,7 @@ async def test_caller_hanging_up_ends_the_call_once(
             if '"call ended"' in line and call["id"] in line
         ]
         assert len(ends) == 1, ends
-        assert room not in await _room_names(server)
+        assert room not in await room_names(server)
 
 
 async def test_many_rooms_then_a_killed_gateway_leaves_no_zombie_rooms(
@@ -264,7 +257,7 @@ async def test_many_rooms_then_a_killed_gateway_leaves_no_zombie_rooms(
                     await caller.join(ws_url, token)
                 # Three rooms, each with its own session, all greeted by one process.
                 await asyncio.gather(*(c.wait_agent_audio(within_s=30) for c in callers))
-                assert set(rooms) <= await _room_names(server)
+                assert set(rooms) <= await room_names(server)
                 os.kill(first.pid, signal.SIGKILL)
                 key = first.api_key
             env["GATEWAY_API_KEY"] = key
@@ -284,7 +277,7 @@ async def test_many_rooms_then_a_killed_gateway_leaves_no_zombie_rooms(
                         assert by_room[room]["status"] == "failed"
                         assert by_room[room]["end_reason"] == "gateway-lost"
                 deadline = time.monotonic() + 30
-                while set(rooms) & await _room_names(server):
+                while set(rooms) & await room_names(server):
                     assert time.monotonic() < deadline, "rooms left open"
                     await asyncio.sleep(0.2)
                 for caller in callers:

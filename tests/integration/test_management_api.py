@@ -342,9 +342,13 @@ async def test_openapi_document_validates_and_docs_are_served(
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
         spec = (await http.get("/openapi.json")).json()
         validate(spec)
-        assert {"/assistants", "/call/outbound", "/sip/trunks/inbound", "/calls"} <= set(
-            spec["paths"]
-        )
+        assert {
+            "/assistants",
+            "/call/outbound",
+            "/web-calls",
+            "/sip/trunks/inbound",
+            "/calls",
+        } <= set(spec["paths"])
         body = spec["paths"]["/sip/trunks/inbound"]["post"]["requestBody"]
         ref = body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
         password = spec["components"]["schemas"][ref]["properties"]["auth_password"]

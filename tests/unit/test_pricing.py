@@ -196,3 +196,21 @@ def test_the_meter_counts_per_provider_and_model() -> None:
     )
     assert (usage.prompt_tokens, usage.completion_tokens) == (16, 4)
     assert usage.carrier == ()
+
+
+def test_a_web_call_has_no_phone_carrier_and_its_row_is_explicit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A browser's call (transport `web`) is priced by the table's `web` carrier row: 0 in
+    the examples (no warning: it is priced, not forgotten); an operator may price it."""
+    usage = CallUsage().with_carrier("web", 90.0)
+    [item] = price_call(usage, EXAMPLE_PRICES).items
+    assert (item.kind, item.provider, item.quantity, item.amount) == (
+        "carrier",
+        "web",
+        Decimal("1.5"),
+        Decimal(0),
+    )
+    assert "no carrier price" not in caplog.text
+    priced = PriceTable.model_validate({"carrier_per_minute": {"web": "0.004"}})
+    assert price_call(usage, priced).total == Decimal("0.006")
