@@ -82,7 +82,7 @@ def _origin(url: str | None) -> str | None:
 def _livekit_origins(services: Services) -> list[str]:
     """Where the web-call button's LiveKit client connects (its signalling socket, and the
     http(s) URL it checks when the socket fails)."""
-    url = services.settings.livekit_url
+    url = services.settings.livekit_browser_url()
     if url is None or services.rooms is None:
         return []
     ws = _origin(url)

@@ -1,0 +1,190 @@
+"""Dashboard page load: the calls list with a long call history, in headless Chromium.
+
+Starts an embedded FerretDB (or uses `--mongodb-url`), stores `--calls` finished calls of
+one organisation (inserted in bulk: this bench measures reading them), starts `voice-gateway
+serve` as its own process, signs in through the page, then times:
+
+- the calls list's HTML from the server (`GET /dashboard/calls`, the session cookie),
+- `GET /calls?limit=50` (the JSON API the page mirrors),
+- the whole page in Chromium: navigation start to the `load` event (Navigation Timing),
+  with its script and stylesheet cached as a returning operator has them.
+
+    python bench/dashboard_bench.py [--calls 10000] [--loads 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+from bson import ObjectId
+
+from storage import AssistantConfig, open_database
+from storage.documents import CallDocument
+from tests.browser import launch_chromium
+from tests.ferretdb_server import embedded_ferretdb
+from tests.net import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def seed(url: str, db: str, calls: int) -> str:
+    """One organisation with `calls` finished calls (with turns' worth of fields); its key."""
+    database = await open_database(url, db)
+    try:
+        org = await database.accounts.ensure_organization("acme")
+        _, key = await database.accounts.create_key(org.id, name="bench")
+        assistant = await database.assistants.create(
+            org.id, AssistantConfig(name="Front desk", system_prompt="Help.")
+        )
+        collection = CallDocument.get_pymongo_collection()  # bulk, past the repository
+        base = datetime(2026, 1, 1, tzinfo=UTC)
+        statuses = ["completed"] * 8 + ["no-answer", "busy"]
+        batch = []
+        for i in range(calls):
+            started = base + timedelta(seconds=37 * i)
+            batch.append(
+                {
+                    "_id": ObjectId(),
+                    "org_id": org.id,
+                    "transport": "twilio",
+                    "call_sid": f"CA{uuid.uuid4().hex}",
+                    "from_number": "+15550001111",
+                    "to_number": "+15550002222",
+                    "direction": "inbound" if i % 3 else "outbound",
+                    "assistant_id": assistant.id,
+                    "metadata": {"customer": f"c-{i}"},
+                    "status": statuses[i % len(statuses)],
+                    "started_at": started,
+                    "answered_at": started + timedelta(seconds=2),
+                    "ended_at": started + timedelta(seconds=65),
+                    "duration_s": 65.0,
+                    "end_reason": "caller-hung-up",
+                    "report_pending": False,
+                    "analysis_pending": False,
+                    "analysis_gen": 0,
+                }
+            )
+            if len(batch) == 1000:
+                await collection.insert_many(batch)
+                batch = []
+        if batch:
+            await collection.insert_many(batch)
+        return key
+    finally:
+        await database.close()
+
+
+@contextlib.contextmanager
+def gateway(url: str, db: str) -> Iterator[str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "MONGODB_URL": url,
+        "MONGODB_DB": db,
+        "PUBLIC_URL": base,
+        "TWILIO_AUTH_TOKEN": "bench-twilio-token",
+        "LOG_LEVEL": "WARNING",
+        "STT_PREWARM": "0",
+    }
+    env.pop("GATEWAY_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(base + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the gateway did not start") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def _row(name: str, samples: list[float]) -> str:
+    q = statistics.quantiles(samples, n=20) if len(samples) > 1 else samples * 19
+    return f"| {name} | {statistics.median(samples):.1f} | {q[18]:.1f} | {len(samples)} |"
+
+
+async def measure(base: str, key: str, loads: int) -> list[str]:
+    async with launch_chromium() as launched:
+        context = await launched.browser.new_context()
+        page = await context.new_page()
+        await page.goto(base + "/dashboard/login")
+        await page.get_by_label("API key").fill(key)
+        await page.get_by_role("button", name="Sign in").click()
+        await page.wait_for_selector("tr[data-call-id]")
+        cookies = {c["name"]: c["value"] for c in await context.cookies()}
+        browser_ms, dom_ms = [], []
+        for _ in range(loads):
+            await page.goto(base + "/dashboard/calls", wait_until="load")
+            timing = await page.evaluate(
+                "(() => { const n = performance.getEntriesByType('navigation')[0];"
+                " return [n.loadEventEnd - n.startTime, n.domContentLoadedEventEnd - n.startTime];"
+                " })()"
+            )
+            browser_ms.append(timing[0])
+            dom_ms.append(timing[1])
+        rows = await page.locator("tr[data-call-id]").count()
+        await context.close()
+    server_ms, api_ms = [], []
+    async with httpx.AsyncClient(base_url=base, cookies=cookies, timeout=60) as http:
+        for _ in range(loads):
+            t0 = time.perf_counter()
+            answer = await http.get("/dashboard/calls")
+            server_ms.append((time.perf_counter() - t0) * 1000)
+            assert answer.status_code == 200
+            t0 = time.perf_counter()
+            answer = await http.get("/calls?limit=50", headers={"x-api-key": key})
+            api_ms.append((time.perf_counter() - t0) * 1000)
+            assert answer.status_code == 200
+    return [
+        f"rows on the first page: {rows}",
+        "| what | p50 ms | p95 ms | n |",
+        "| --- | --- | --- | --- |",
+        _row("GET /dashboard/calls (server, HTML)", server_ms),
+        _row("GET /calls?limit=50 (JSON API)", api_ms),
+        _row("calls list in Chromium: DOMContentLoaded", dom_ms),
+        _row("calls list in Chromium: load", browser_ms),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=10_000)
+    parser.add_argument("--loads", type=int, default=20)
+    parser.add_argument("--mongodb-url", default=None, help="default: an embedded FerretDB")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        url = args.mongodb_url or stack.enter_context(embedded_ferretdb(Path(tmp))).url
+        db = "dash_bench_" + uuid.uuid4().hex[:8]
+        t0 = time.perf_counter()
+        key = asyncio.run(seed(url, db, args.calls))
+        print(f"stored {args.calls} calls in {time.perf_counter() - t0:.1f} s")
+        with gateway(url, db) as base:
+            for line in asyncio.run(measure(base, key, args.loads)):
+                print(line)
+
+
+if __name__ == "__main__":
+    main()
