@@ -233,7 +233,8 @@
   }
 
   function meterAgentAudio(track) {
-    // The first loud moment of the agent's audio: the greeting heard.
+    // The agent's audio as the page hears it: the first loud moment (the greeting heard),
+    // and each burst of speech after at least half a second of quiet (`bursts`).
     const context = new AudioContext();
     const source = context.createMediaStreamSource(new MediaStream([track.mediaStreamTrack]));
     const analyser = context.createAnalyser();
@@ -242,14 +243,20 @@
     const samples = new Float32Array(analyser.fftSize);
     webCall.audioContext = context;
     webCall.peakRms = 0;
+    webCall.bursts = [];
+    let lastLoud = -Infinity;
     const timer = setInterval(() => {
       analyser.getFloatTimeDomainData(samples);
       let sum = 0;
       for (const s of samples) sum += s * s;
       const rms = Math.sqrt(sum / samples.length);
       webCall.peakRms = Math.max(webCall.peakRms, rms);
-      if (rms > 0.01 && webCall.greetingAt === undefined) {
-        webCall.greetingAt = performance.now();
+      if (rms <= 0.01) return;
+      const now = performance.now();
+      if (now - lastLoud > 500) webCall.bursts.push(now);
+      lastLoud = now;
+      if (webCall.greetingAt === undefined) {
+        webCall.greetingAt = now;
         setWebCallState("Connected: the agent is speaking.");
       }
     }, 10);
@@ -273,9 +280,19 @@
     webCall.clickedAt = performance.now();
     webCall.greetingAt = undefined;
     setWebCallState("Starting the call…");
+    let metadata = {};
+    const variables = document.getElementById("web-call-metadata");
+    if (variables && variables.value.trim() !== "") {
+      try {
+        metadata = JSON.parse(variables.value);
+      } catch (_) {
+        setWebCallState("The call variables are not valid JSON.");
+        return;
+      }
+    }
     const result = await api("POST", "/web-calls", {
       assistant_id: button.dataset.assistantId,
-      metadata: {},
+      metadata,
     });
     if (!result.ok) {
       setWebCallState("The call could not start: " + errorText(result));
