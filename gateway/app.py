@@ -41,6 +41,7 @@ from gateway.services import Services, build_services, running
 from gateway.settings import Settings
 from gateway.twilio.routes import twilio_status, twilio_voice
 from gateway.twilio.stream import twilio_stream_endpoint
+from gateway.web_assets import WebAssets
 from storage import open_database
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,11 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(spec)
 
+    # Swagger UI, LiveKit's browser SDK and our own scripts: served here, never a CDN.
+    web_assets = WebAssets(settings.web_assets_dir)
+
     async def docs(request: Request) -> Response:
-        return docs_page("/openapi.json", "voice-gateway API")
+        return docs_page("/openapi.json", "voice-gateway API", web_assets)
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -137,6 +141,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         Route("/twilio/status", twilio_status, methods=["POST"]),
         WebSocketRoute("/twilio/stream", twilio_stream_endpoint),
         Route("/livekit/webhook", livekit_webhook, methods=["POST"]),
+        *web_assets.routes(),
     ]
 
     def body_limit(path: str) -> int:
@@ -154,6 +159,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         middleware=[Middleware(BodySizeLimit, limit_for=body_limit)],
     )
     app.state.settings = settings
+    app.state.web_assets = web_assets
     return app
 
 

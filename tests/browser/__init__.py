@@ -78,6 +78,15 @@ class BrowserMissing(RuntimeError):
     """Debian's chromium is not installed."""
 
 
+def _require_chromium() -> None:
+    """A missing browser fails the test (never a skip), naming what installs it."""
+    if not CHROMIUM.exists():
+        raise BrowserMissing(
+            f"{CHROMIUM} is missing: `scripts/dev.sh test` installs Debian's chromium "
+            "(or `apt-get install chromium`); set CHROMIUM_BIN for another binary"
+        )
+
+
 @dataclass(frozen=True)
 class LaunchedBrowser:
     browser: Browser
@@ -89,11 +98,7 @@ async def launch_chromium(
     *, fake_microphone: Path | None = None, webrtc: bool = False, args: Sequence[str] = ()
 ) -> AsyncIterator[LaunchedBrowser]:
     """Headless Chromium from `CHROMIUM` until the block ends."""
-    if not CHROMIUM.exists():
-        raise BrowserMissing(
-            f"{CHROMIUM} is missing: `scripts/dev.sh test` installs Debian's chromium "
-            "(or `apt-get install chromium`); set CHROMIUM_BIN for another binary"
-        )
+    _require_chromium()
     flags = [*BASE_FLAGS, *args]
     if webrtc or fake_microphone is not None:
         flags += WEBRTC_FLAGS
