@@ -62,7 +62,10 @@
   // plays and measures every remote audio track. Resolves to a session:
   //   {room, startedAt, connectedAt, micPublishedAt, remoteTracks: [{participant, meter}],
   //    firstRemoteAudioAt, state, error, leave()}
-  // (times are performance.now()). `options.threshold` is the level counted as sound;
+  // (times are performance.now()). `options.microphone` are the capture options of
+  // setMicrophoneEnabled (e.g. {noiseSuppression: false, echoCancellation: false,
+  // autoGainControl: false}: Chromium's processing fades a steady test tone within ~2 s);
+  // `options.threshold` is the level counted as sound;
   // `options.onRemoteAudio(session)` runs at the first loud remote audio, `onState(state)`
   // on connection changes ("connecting", "connected", "reconnecting", "disconnected").
   async function joinCall(url, token, options) {
@@ -113,7 +116,7 @@
       await room.connect(url, token);
       session.connectedAt = performance.now();
       setState("connected");
-      await room.localParticipant.setMicrophoneEnabled(true);
+      await room.localParticipant.setMicrophoneEnabled(true, opts.microphone);
       session.micPublishedAt = performance.now();
     } catch (err) {
       session.error = String(err && err.message ? err.message : err);

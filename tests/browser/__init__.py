@@ -4,8 +4,9 @@ beyond loopback. (The package's test modules are the browser tests.)
 
 `launch_chromium()` starts Debian's binary with the flags this machine needs (its closed
 network refuses Chromium's background connections) and, with `fake_microphone=`, a
-microphone fed from a WAV file. `LoopbackOnly` blocks and records every request a page
-makes that would leave loopback; a test asserts `guard.left_loopback == []`.
+microphone fed from a WAV file (looped; see `fake_microphone_flags`). `LoopbackOnly`
+blocks and records every request a page makes that would leave loopback; a test asserts
+`guard.left_loopback == []`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import ipaddress
 import os
 import threading
 import time
+import wave
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,21 +59,37 @@ BASE_FLAGS: tuple[str, ...] = (
     "--autoplay-policy=no-user-gesture-required",
 )
 
-# WebRTC with every peer on 127.0.0.1 (livekit-server's `rtc.node_ip`): Chromium leaves
-# loopback out of ICE gathering unless told otherwise.
+# WebRTC with every peer on 127.0.0.1: Chromium leaves loopback out of ICE gathering unless
+# told otherwise. On a host whose only interface is loopback this flag AND livekit-server's
+# `rtc.enable_loopback_candidate: true` (tests/livekit_server.py) are both needed; where
+# another interface exists ICE also succeeds on its address without either.
 WEBRTC_FLAGS: tuple[str, ...] = ("--allow-loopback-in-peer-connection",)
 
 
-def fake_microphone_flags(wav: Path, *, loop: bool = False) -> tuple[str, ...]:
+def fake_microphone_flags(wav: Path) -> tuple[str, ...]:
     """Flags that grant getUserMedia without a prompt and feed the microphone from `wav`
-    (16-bit PCM WAV). Without `loop` the file plays once, then the microphone is silent
-    (Chromium's `%noloop` suffix)."""
-    path = str(wav.resolve()) + ("" if loop else "%noloop")
+    (16-bit PCM WAV). The file plays in a loop: Debian's Chromium 156 ignores the `%noloop`
+    suffix (a 1 s tone with it was still heard 8 s later), so pad a WAV whose speech must
+    be heard once with enough silence for the test (`pad_with_silence`)."""
     return (
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={path}",
+        f"--use-file-for-fake-audio-capture={wav.resolve()}",
     )
+
+
+def pad_with_silence(source: Path, target: Path, *, total_s: float) -> None:
+    """`source` (a 16-bit PCM WAV) followed by silence up to `total_s`, written to `target`."""
+    with wave.open(str(source), "rb") as inp:
+        params = inp.getparams()
+        frames = inp.readframes(inp.getnframes())
+    if params.sampwidth != 2:
+        raise ValueError(f"{source} is not 16-bit PCM")
+    frame_bytes = params.nchannels * params.sampwidth
+    wanted = int(total_s * params.framerate) * frame_bytes
+    with wave.open(str(target), "wb") as out:
+        out.setparams(params)
+        out.writeframes(frames + b"\x00" * max(0, wanted - len(frames)))
 
 
 class BrowserMissing(RuntimeError):

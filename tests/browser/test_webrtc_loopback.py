@@ -130,7 +130,7 @@ async def test_browser_and_python_hear_each_other(
                 async with loopback_page(launched.browser) as (page, guard):
                     page.on("console", lambda m: log.info("page: %s", m.text))
                     jwt = token(livekit_server, room, "browser")
-                    await page.goto(f"{base}/test/webrtc.html?url={ws_url}&token={jwt}")
+                    await page.goto(f"{base}/test/webrtc.html?url={ws_url}&token={jwt}&raw=1")
 
                     async def report() -> dict[str, Any]:
                         result: dict[str, Any] = await page.evaluate("window.spikeReport()")

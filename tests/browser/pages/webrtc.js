@@ -35,6 +35,10 @@
   };
   window.VoiceGatewayCall.joinCall(params.get("url"), params.get("token"), {
     threshold: Number(params.get("threshold") || "0.02"),
+    // A test tone, not a voice: Chromium's noise suppression would fade it out.
+    microphone: params.get("raw") === "1"
+      ? { echoCancellation: false, noiseSuppression: false, autoGainControl: false }
+      : undefined,
     onState: function (s) { spike.state = s; document.getElementById("status").textContent = s; },
   }).then(function (session) { spike.session = session; }, function (err) {
     spike.error = String(err && err.message ? err.message : err);
