@@ -208,6 +208,16 @@ class WebAssets:
     def __init__(self, vendor_dir: Path, own_dir: Path = OWN_STATIC_DIR) -> None:
         self.vendor = VendorAssets(vendor_dir)
         self.own = StaticDirectory(own_dir, "/static")
+        self.directories: list[StaticDirectory] = []
+
+    def add_directory(self, directory: Path, prefix: str) -> StaticDirectory:
+        """Serve another package directory (e.g. the dashboard's files) under `prefix`, say
+        `/static/dashboard`; its `url(name)` builds versioned URLs. Call before `routes()`."""
+        if not prefix.startswith("/static/") or prefix.rstrip("/") == self.vendor.prefix:
+            raise ValueError(f"a static prefix below /static/ other than vendor: {prefix!r}")
+        added = StaticDirectory(directory, prefix)
+        self.directories.append(added)
+        return added
 
     def vendor_url(self, name: str) -> str:
         """E.g. `vendor_url("livekit-client.umd.js")` ->
@@ -219,8 +229,9 @@ class WebAssets:
         return self.own.url(name)
 
     def routes(self) -> list[Route]:
-        # The vendor prefix first: `/static/{name:path}` would also match it.
-        return [self.vendor.route(), self.own.route()]
+        # The longer prefixes first: `/static/{name:path}` would also match theirs.
+        extra = sorted(self.directories, key=lambda d: len(d.prefix), reverse=True)
+        return [self.vendor.route(), *(d.route() for d in extra), self.own.route()]
 
     def template_globals(self) -> dict[str, Callable[[str], str]]:
         """For `templates.env.globals.update(...)`: `vendor_url` and `static_url`."""
