@@ -35,7 +35,7 @@ from gateway.api.openapi import docs_page, openapi_document
 from gateway.api.operations import route
 from gateway.body_limit import BodySizeLimit
 from gateway.call.turn_models import load_turn_models
-from gateway.dashboard.pages import dashboard_routes
+from gateway.dashboard.pages import dashboard_routes, dashboard_templates
 from gateway.dashboard.session import SessionSigner
 from gateway.errors import HTTP_ERROR_HANDLERS, ConfigError
 from gateway.livekit.webhook import livekit_webhook
@@ -44,6 +44,7 @@ from gateway.services import Services, build_services, running
 from gateway.settings import Settings
 from gateway.twilio.routes import twilio_status, twilio_voice
 from gateway.twilio.stream import twilio_stream_endpoint
+from gateway.web_assets import WebAssets
 from storage import open_database
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,12 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(spec)
 
+    # Swagger UI, LiveKit's browser SDK and our own scripts: served here, never a CDN.
+    web_assets = WebAssets(settings.web_assets_dir)
+    templates = dashboard_templates(web_assets)  # adds the dashboard's files to web_assets
+
     async def docs(request: Request) -> Response:
-        return docs_page("/openapi.json", "voice-gateway API")
+        return docs_page("/openapi.json", "voice-gateway API", web_assets)
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -151,6 +156,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         WebSocketRoute("/twilio/stream", twilio_stream_endpoint),
         Route("/livekit/webhook", livekit_webhook, methods=["POST"]),
         *dashboard_routes(),
+        *web_assets.routes(),
     ]
 
     def body_limit(path: str) -> int:
@@ -169,6 +175,8 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
     )
     app.state.settings = settings
     app.state.sessions = None  # set by the lifespan (its key may be kept in the database)
+    app.state.web_assets = web_assets
+    app.state.dashboard_templates = templates
     return app
 
 

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     turn_models_dir: Path = Field(
         default_factory=lambda data: models_dir(data["voice_gateway_cache"])
     )
+    # The browser packages the pages load (LiveKit's SDK, Swagger UI): WEB_ASSETS_DIR, else
+    # the cache's `web-assets` link that scripts/ensure-web-assets.sh installs them behind.
+    # Missing: the gateway starts, warns, and /static/vendor/ answers 503.
+    web_assets_dir: Path = Field(
+        default_factory=lambda data: data["voice_gateway_cache"] / "web-assets"
+    )
 
     log_level: str = "INFO"
     log_json: bool = True

@@ -5,7 +5,8 @@
 #   scripts/dev.sh serve    install everything, run the gateway
 #   scripts/dev.sh bench    install everything, run the benchmarks
 # Built tools live in a per-user cache outside the clone, keyed by version:
-#   ${VOICE_GATEWAY_CACHE:-~/.cache/voice-gateway}/{venv-<hash>,ferretdb-<v>,livekit-server-<v>,models-<v>}
+#   ${VOICE_GATEWAY_CACHE:-~/.cache/voice-gateway}/{venv-<hash>,ferretdb-<v>,livekit-server-<v>,models-<v>,
+#   web-assets-<hash>}
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +26,7 @@ ensure_debian_packages() {
   command -v espeak-ng >/dev/null || missing+=(espeak-ng)
   command -v go >/dev/null || missing+=(golang-go)
   command -v redis-server >/dev/null || missing+=(redis-server)  # livekit-server's SIP APIs
+  command -v npm >/dev/null || missing+=(npm)  # the browser packages (ensure-web-assets.sh)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
@@ -60,6 +62,20 @@ ensure_models() {
   export TURN_MODELS_DIR
 }
 
+ensure_web_assets() {
+  WEB_ASSETS_DIR="$(bash "$ROOT/scripts/ensure-web-assets.sh")"
+  export WEB_ASSETS_DIR
+}
+
+# The browser tests drive Debian's chromium (Playwright's own browser download is not used).
+ensure_browser() {
+  if [ ! -x /usr/bin/chromium ]; then
+    log "installing Debian packages: chromium chromium-driver"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium chromium-driver >&2
+  fi
+}
+
 ensure_livekit_server() {
   LIVEKIT_SERVER_BIN="$(bash "$ROOT/scripts/ensure-livekit-server.sh")"
   export LIVEKIT_SERVER_BIN
@@ -70,6 +86,7 @@ ensure_all() {
   ensure_venv
   ensure_ferretdb
   ensure_models
+  ensure_web_assets
 }
 
 cmd="${1:-}"
@@ -84,6 +101,7 @@ case "$cmd" in
   test)
     ensure_all
     ensure_livekit_server
+    ensure_browser
     cd "$ROOT"
     "$VENV/bin/ruff" check .
     "$VENV/bin/mypy"

@@ -85,6 +85,9 @@ rtc:
   udp_port: {udp_port}
   use_external_ip: false
   node_ip: 127.0.0.1
+  # A host candidate on 127.0.0.1 too: a browser (--allow-loopback-in-peer-connection)
+  # then connects over loopback even where no other interface exists.
+  enable_loopback_candidate: true
 redis:
   address: 127.0.0.1:{redis_port}
 keys:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -37,21 +38,14 @@ from gateway.dashboard.session import (
     SIGN_IN_TTL_S,
     SessionSigner,
 )
-from gateway.dashboard.static import STATIC_PREFIX, static_route, static_url
 from gateway.errors import AuthError
 from gateway.services import Services
+from gateway.web_assets import WebAssets
 from storage import AssistantRecord, CallFilter, CallRecord, NotFound
 
 log = logging.getLogger(__name__)
 
-_templates = Environment(
-    loader=PackageLoader("gateway.dashboard", "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-_templates.globals["static_url"] = static_url
-_templates.globals["vendor_url"] = lambda name: f"/static/vendor/{name}"
+STATIC_DIR = Path(__file__).parent / "static"  # served under /static/dashboard/
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +113,8 @@ def _page(
     connect: Sequence[str] = (),
     **context: Any,
 ) -> HTMLResponse:
-    html = _templates.get_template(template).render(
+    templates: Environment = request.app.state.dashboard_templates
+    html = templates.get_template(template).render(
         request=request, viewer=viewer, csrf_field=CSRF_FIELD, **context
     )
     response = HTMLResponse(html, status_code=status)
@@ -444,13 +439,25 @@ def _money(value: Decimal | None, currency: str = "") -> str:
     return f"{value:.4f} {currency}".strip()
 
 
-_templates.filters["when"] = _when
-_templates.filters["clock"] = _clock
-_templates.filters["money"] = _money
+def dashboard_templates(assets: WebAssets) -> Environment:
+    """The pages' Jinja2 environment (autoescaped), its URL builders bound to `assets`
+    (`dashboard_url` for the files in `STATIC_DIR`, which it adds to `assets`)."""
+    own = assets.add_directory(STATIC_DIR, "/static/dashboard")
+    env = Environment(
+        loader=PackageLoader("gateway.dashboard", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals.update(assets.template_globals())
+    env.globals["dashboard_url"] = own.url
+    env.filters.update(when=_when, clock=_clock, money=_money)
+    return env
 
 
 def dashboard_routes() -> list[BaseRoute]:
-    """Every `/dashboard` route (pages, fragments, sign-in and out, our static files)."""
+    """Every `/dashboard` route (pages, fragments, sign-in and out); the app keeps
+    `dashboard_templates(...)` as `app.state.dashboard_templates`."""
     return [
         Route("/dashboard", home, methods=["GET"]),
         Route("/dashboard/login", sign_in_form, methods=["GET"]),
@@ -462,5 +469,4 @@ def dashboard_routes() -> list[BaseRoute]:
         Route("/dashboard/assistants", assistants_page, methods=["GET"]),
         Route("/dashboard/assistants/new", assistant_page, methods=["GET"]),
         Route("/dashboard/assistants/{assistant_id}", assistant_page, methods=["GET"]),
-        static_route(STATIC_PREFIX),
     ]

@@ -223,7 +223,8 @@
   }
 
   // ------------------------------------------------------------------ web calls
-  // window.vgWebCall holds the call's moments (performance.now() ms) for people and tests.
+  // window.vgWebCall holds the call's moments (performance.now() ms) and, once joined, the
+  // LiveKit session of /static/livekit-call.js (its meters), for people and tests.
   const webCall = (window.vgWebCall = { state: "idle" });
 
   function setWebCallState(text) {
@@ -232,54 +233,14 @@
     if (state) state.textContent = text;
   }
 
-  function meterAgentAudio(track) {
-    // The agent's audio as the page hears it: the first loud moment (the greeting heard),
-    // and each burst of speech after at least half a second of quiet (`bursts`).
-    const context = new AudioContext();
-    const source = context.createMediaStreamSource(new MediaStream([track.mediaStreamTrack]));
-    const analyser = context.createAnalyser();
-    analyser.fftSize = 1024;
-    source.connect(analyser);
-    const samples = new Float32Array(analyser.fftSize);
-    webCall.audioContext = context;
-    webCall.peakRms = 0;
-    webCall.bursts = [];
-    let lastLoud = -Infinity;
-    const timer = setInterval(() => {
-      analyser.getFloatTimeDomainData(samples);
-      let sum = 0;
-      for (const s of samples) sum += s * s;
-      const rms = Math.sqrt(sum / samples.length);
-      webCall.peakRms = Math.max(webCall.peakRms, rms);
-      if (rms <= 0.01) return;
-      const now = performance.now();
-      if (now - lastLoud > 500) webCall.bursts.push(now);
-      lastLoud = now;
-      if (webCall.greetingAt === undefined) {
-        webCall.greetingAt = now;
-        setWebCallState("Connected: the agent is speaking.");
-      }
-    }, 10);
-    webCall.stopMeter = () => {
-      clearInterval(timer);
-      context.close();
-    };
-  }
-
   async function startWebCall(button) {
-    const panel = document.getElementById("web-call");
     const hangup = document.getElementById("web-call-hangup");
     const link = document.getElementById("web-call-link");
-    if (webCall.room) return;
-    if (!window.LivekitClient) {
-      panel.hidden = false;
+    if (webCall.session) return;
+    if (!window.VoiceGatewayCall || !window.LivekitClient) {
       setWebCallState("The LiveKit browser SDK did not load (scripts/ensure-web-assets.sh).");
       return;
     }
-    panel.hidden = false;
-    webCall.clickedAt = performance.now();
-    webCall.greetingAt = undefined;
-    setWebCallState("Starting the call…");
     let metadata = {};
     const variables = document.getElementById("web-call-metadata");
     if (variables && variables.value.trim() !== "") {
@@ -290,6 +251,9 @@
         return;
       }
     }
+    webCall.clickedAt = performance.now();
+    webCall.greetingAt = undefined;
+    setWebCallState("Starting the call…");
     const result = await api("POST", "/web-calls", {
       assistant_id: button.dataset.assistantId,
       metadata,
@@ -302,39 +266,34 @@
     webCall.callId = call.call_id;
     link.href = "/dashboard/calls/" + encodeURIComponent(call.call_id);
     link.hidden = false;
-    const LK = window.LivekitClient;
-    const room = new LK.Room();
-    webCall.room = room;
-    room.on(LK.RoomEvent.TrackSubscribed, (track) => {
-      if (track.kind !== LK.Track.Kind.Audio) return;
-      track.attach(document.getElementById("web-call-audio"));
-      meterAgentAudio(track);
-    });
-    room.on(LK.RoomEvent.Disconnected, () => {
-      if (webCall.stopMeter) webCall.stopMeter();
-      webCall.room = undefined;
-      hangup.disabled = true;
-      setWebCallState("The call has ended.");
-    });
     try {
-      await room.connect(call.livekit_url, call.token);
-      webCall.connectedAt = performance.now();
-      await room.localParticipant.setMicrophoneEnabled(true);
-      webCall.micAt = performance.now();
-      hangup.disabled = false;
-      hangup.focus();
-      if (webCall.greetingAt === undefined) setWebCallState("Connected: waiting for the agent.");
+      webCall.session = await window.VoiceGatewayCall.joinCall(call.livekit_url, call.token, {
+        onRemoteAudio: (session) => {
+          webCall.greetingAt = session.firstRemoteAudioAt;
+          setWebCallState("Connected: the agent is speaking.");
+        },
+        onState: (state) => {
+          if (state !== "disconnected") return;
+          webCall.session = undefined;
+          hangup.disabled = true;
+          setWebCallState("The call has ended.");
+        },
+      });
     } catch (error) {
-      webCall.room = undefined;
+      webCall.session = undefined;
       setWebCallState("Could not connect: " + error.message);
+      return;
     }
+    hangup.disabled = false;
+    hangup.focus();
+    if (webCall.greetingAt === undefined) setWebCallState("Connected: waiting for the agent.");
   }
 
   function webCallButtons() {
     const hangup = document.getElementById("web-call-hangup");
     if (hangup) {
       hangup.addEventListener("click", () => {
-        if (webCall.room) webCall.room.disconnect();
+        if (webCall.session) webCall.session.leave();
       });
     }
     for (const button of document.querySelectorAll("button.web-call-start")) {
