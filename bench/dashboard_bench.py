@@ -9,7 +9,12 @@ serve` as its own process, signs in through the page, then times:
 - the whole page in Chromium: navigation start to the `load` event (Navigation Timing),
   with its script and stylesheet cached as a returning operator has them.
 
-    python bench/dashboard_bench.py [--calls 10000] [--loads 20]
+Then, with a real livekit-server (and Redis) beside a second gateway, `--web-calls` web calls
+from the dashboard, one after another: from the click on "Talk to this assistant" to the
+greeting's first loud audio in the page (WebAudio), with the moments in between (the
+`POST /web-calls` answer, the room joined, the microphone published). Local providers.
+
+    python bench/dashboard_bench.py [--calls 10000] [--loads 20] [--web-calls 7]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+import wave
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +41,7 @@ from storage import AssistantConfig, open_database
 from storage.documents import CallDocument
 from tests.browser import launch_chromium
 from tests.ferretdb_server import embedded_ferretdb
+from tests.integration.conftest import run_room_stack
 from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,10 +176,75 @@ async def measure(base: str, key: str, loads: int) -> list[str]:
     ]
 
 
+async def web_calls(url: str, work: Path, calls: int) -> list[str]:
+    """Button -> greeting, for `calls` web calls placed from the dashboard in Chromium."""
+    with run_room_stack(url, work) as (gw, _):
+        async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http:
+            made = await http.post(
+                "/assistants",
+                headers={"x-api-key": gw.api_key},
+                json={
+                    "name": "Web agent",
+                    "system_prompt": "Help.",
+                    "greeting": "Hello, you reached the web agent. How can I help you today?",
+                },
+            )
+            made.raise_for_status()
+            moments: list[list[float]] = []
+            silent = work / "silent.wav"  # the caller says nothing (no fake beeps)
+            with wave.open(str(silent), "wb") as out:
+                out.setnchannels(1)
+                out.setsampwidth(2)
+                out.setframerate(16000)
+                out.writeframes(b"\0\0" * 16000 * 60)
+            async with launch_chromium(fake_microphone=silent) as launched:
+                page = await (await launched.browser.new_context()).new_page()
+                await page.goto(gw.base_url + "/dashboard/login")
+                await page.get_by_label("API key").fill(gw.api_key)
+                await page.get_by_role("button", name="Sign in").click()
+                await page.wait_for_selector("#call-rows")
+                for i in range(calls + 1):  # the first warms Chromium and livekit-server up
+                    await page.goto(gw.base_url + "/dashboard/assistants")
+                    await page.get_by_role("button", name="Talk to Web agent").click()
+                    await page.wait_for_function(
+                        "() => window.vgWebCall.greetingAt !== undefined", timeout=60_000
+                    )
+                    w = await page.evaluate(
+                        "(() => { const w = window.vgWebCall, s = w.session;"
+                        " return [w.clickedAt, s.startedAt, s.connectedAt, s.micPublishedAt,"
+                        " w.greetingAt, w.callId]; })()"
+                    )
+                    await page.get_by_role("button", name="Hang up").click()
+                    call_id = w[5]
+                    for _ in range(300):  # until the call has ended
+                        call = (
+                            await http.get(f"/calls/{call_id}", headers={"x-api-key": gw.api_key})
+                        ).json()
+                        if call["ended_at"]:
+                            break
+                        await asyncio.sleep(0.1)
+                    if i:
+                        clicked = w[0]
+                        moments.append(
+                            [w[1] - clicked, w[2] - clicked, w[3] - clicked, w[4] - clicked]
+                        )
+    columns = list(zip(*moments, strict=True))
+    return [
+        f"web calls from the dashboard: {calls} (after one warm-up), local providers",
+        "| from the click to | p50 ms | p95 ms | n |",
+        "| --- | --- | --- | --- |",
+        _row("POST /web-calls answered (joining starts)", list(columns[0])),
+        _row("room joined", list(columns[1])),
+        _row("microphone published", list(columns[2])),
+        _row("greeting heard in the page (WebAudio)", list(columns[3])),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=10_000)
     parser.add_argument("--loads", type=int, default=20)
+    parser.add_argument("--web-calls", type=int, default=7, help="0: skip (needs livekit-server)")
     parser.add_argument("--mongodb-url", default=None, help="default: an embedded FerretDB")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
@@ -183,6 +255,9 @@ def main() -> None:
         print(f"stored {args.calls} calls in {time.perf_counter() - t0:.1f} s")
         with gateway(url, db) as base:
             for line in asyncio.run(measure(base, key, args.loads)):
+                print(line)
+        if args.web_calls:
+            for line in asyncio.run(web_calls(url, Path(tmp), args.web_calls)):
                 print(line)
 
 
