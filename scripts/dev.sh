@@ -108,13 +108,16 @@ case "$cmd" in
     exec "$VENV/bin/pytest" -q "$@" ;;
   bench)
     ensure_all
+    ensure_livekit_server  # the room and web-call benches
+    ensure_browser         # the dashboard bench
     if ! command -v opusenc >/dev/null; then  # the recording bench compares Ogg/Opus
       as_root apt-get update -qq
       DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq opus-tools >&2
     fi
     cd "$ROOT"
     for b in bench/audio_bench.py bench/vad_bench.py bench/stt_wer.py bench/provider_latency_bench.py bench/load_bench.py \
-             bench/api_bench.py bench/recording_bench.py bench/webhook_bench.py; do
+             bench/api_bench.py bench/recording_bench.py bench/webhook_bench.py \
+             bench/dashboard_bench.py bench/web_call_bench.py; do
       log "running $b"; "$VENV/bin/python" "$b"
     done ;;
   *)

@@ -3,7 +3,7 @@ serialise with them, and the OpenAPI document is generated from them."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, Self
 
@@ -56,6 +56,12 @@ class CallQuery(_Input):
     cursor: str | None = Field(
         default=None, max_length=256, description="`next_cursor` of the previous page"
     )
+
+    @field_validator("started_after", "started_before")
+    @classmethod
+    def _utc_when_unzoned(cls, value: datetime | None) -> datetime | None:
+        """A time without a zone (an HTML `datetime-local` field sends one) is UTC."""
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 class _FromRecord(BaseModel):

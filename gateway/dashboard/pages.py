@@ -41,7 +41,7 @@ from gateway.dashboard.session import (
 from gateway.errors import AuthError
 from gateway.services import Services
 from gateway.web_assets import WebAssets
-from storage import AssistantRecord, CallFilter, CallRecord, NotFound
+from storage import AssistantRecord, CallFilter, CallRecord, InvalidCursor, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,9 @@ def _livekit_origins(services: Services) -> list[str]:
     assert ws is not None
     http = ws.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
     ws = http.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    if (urlsplit(url).hostname or "").endswith(".livekit.cloud"):
+        # LiveKit Cloud sends the client on to a region's own host after the first connect.
+        return [ws, http, "wss://*.livekit.cloud", "https://*.livekit.cloud"]
     return [ws, http]
 
 
@@ -197,8 +200,12 @@ async def sign_in(request: Request) -> Response:
     services: Services = request.app.state.services
     sessions = _sessions(request)
     form = await request.form()
-    expected = sessions.sign_in_token(request.cookies.get(SIGN_IN_COOKIE), now=time.time())
-    if expected is None or form.get(CSRF_FIELD) != expected:
+    token = form.get(CSRF_FIELD)
+    if not sessions.sign_in_valid(
+        request.cookies.get(SIGN_IN_COOKIE),
+        token if isinstance(token, str) else None,
+        now=time.time(),
+    ):
         log.warning("dashboard sign-in refused: no valid form token")
         return _sign_in_page(
             request, error="The sign-in form expired: please try again.", status=403
@@ -265,31 +272,46 @@ async def _assistant_names(services: Services, org_id: str) -> dict[str, str]:
 
 
 async def _calls_context(request: Request, viewer: Viewer) -> dict[str, Any]:
-    """The calls page's data: its filters (as the API reads them), one page, names."""
+    """The calls page's data: its filters (as the API reads them), one page, names. A
+    filter or cursor the API would refuse shows an error on the page instead of calls."""
     services: Services = request.app.state.services
-    raw = {k: v for k, v in request.query_params.items() if v != "" and k != "fragment"}
+    raw = {k: v for k, v in request.query_params.items() if v != ""}
+    filters = {k: v for k, v in raw.items() if k != "cursor"}
+    context: dict[str, Any] = {
+        "calls": [],
+        "query": raw,
+        "first_page": False,
+        "next_url": None,
+        "first_url": None,
+        "names": await _assistant_names(services, viewer.principal.org_id),
+        "error": None,
+        "events_after": None,
+    }
     try:
         query = CallQuery.model_validate(raw)
     except ValidationError as exc:
         fields = ", ".join(str(e["loc"][0]) for e in exc.errors() if e["loc"])
-        return {"error": f"Invalid filter: {fields or 'query'}", "calls": [], "query": raw}
-    page = await services.database.calls.list_calls(
-        _call_filter(viewer.principal.org_id, query),
-        limit=query.limit,
-        cursor=query.cursor or None,
-    )
-    filters = {k: v for k, v in raw.items() if k not in ("cursor",)}
-    next_url = None
+        return context | {"error": f"Invalid filter: {fields or 'query'}"}
+    # Live updates resume after the last event before the page was read: none is missed.
+    events_after = await services.database.events.head(viewer.principal.org_id)
+    try:
+        page = await services.database.calls.list_calls(
+            _call_filter(viewer.principal.org_id, query),
+            limit=query.limit,
+            cursor=query.cursor or None,
+        )
+    except InvalidCursor:
+        return context | {"error": "Invalid page cursor: start again from the first page."}
     if page.next_cursor:
-        next_url = "/dashboard/calls?" + urlencode({**filters, "cursor": page.next_cursor})
-    return {
+        context["next_url"] = "/dashboard/calls?" + urlencode(
+            {**filters, "cursor": page.next_cursor}
+        )
+    if query.cursor:
+        context["first_url"] = "/dashboard/calls?" + urlencode(filters)
+    return context | {
         "calls": page.items,
-        "query": raw,
         "first_page": not query.cursor,
-        "next_url": next_url,
-        "first_url": "/dashboard/calls?" + urlencode(filters) if query.cursor else None,
-        "names": await _assistant_names(services, viewer.principal.org_id),
-        "error": None,
+        "events_after": events_after,
     }
 
 
@@ -321,6 +343,7 @@ async def call_page(request: Request) -> Response:
         return _to_sign_in(request)
     services: Services = request.app.state.services
     call_id = request.path_params["call_id"]
+    events_after = await services.database.events.head(viewer.principal.org_id)
     try:
         call = await services.database.calls.get_call(call_id)
     except NotFound:
@@ -341,6 +364,7 @@ async def call_page(request: Request) -> Response:
         viewer=viewer,
         media=media,
         call=call,
+        events_after=events_after,
         assistant=assistant,
         recording_url=recording_url,
         deliveries=deliveries,

@@ -45,6 +45,12 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _same(expected: str, given: str) -> bool:
+    """Constant-time equality of a MAC we made and one a client sent (any characters: a
+    forged value may hold non-ASCII, which `compare_digest` refuses as `str`)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
+
+
 class SessionSigner:
     """Issues and reads session and sign-in cookies, and derives their CSRF tokens."""
 
@@ -67,7 +73,7 @@ class SessionSigner:
         if len(parts) != 3 or parts[0] != _VERSION or len(value) > 1024:
             return None
         body = f"{parts[0]}.{parts[1]}"
-        if not hmac.compare_digest(self._mac(purpose, body), parts[2]):
+        if not _same(self._mac(purpose, body), parts[2]):
             return None
         try:
             payload = json.loads(_unb64(parts[1]))
@@ -103,7 +109,7 @@ class SessionSigner:
         return self._mac("csrf", session.nonce)
 
     def csrf_valid(self, session: Session, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(self.csrf_token(session), token)
+        return token is not None and _same(self.csrf_token(session), token)
 
     # -------------------------------------------------------------- the sign-in form
 
@@ -113,10 +119,10 @@ class SessionSigner:
         cookie = self._seal("sign-in", {"n": nonce, "e": int(now + SIGN_IN_TTL_S)})
         return cookie, self._mac("sign-in-form", nonce)
 
-    def sign_in_token(self, cookie: str | None, *, now: float) -> str | None:
-        """The form token that goes with a (valid) pre-session cookie; None for no cookie."""
-        if not cookie:
-            return None
+    def sign_in_valid(self, cookie: str | None, token: str | None, *, now: float) -> bool:
+        """Whether a sign-in form's `token` goes with its (valid) pre-session cookie."""
+        if not cookie or token is None:
+            return False
         payload = self._open("sign-in", cookie, now=now)
         nonce = payload.get("n") if payload is not None else None
-        return self._mac("sign-in-form", nonce) if isinstance(nonce, str) else None
+        return isinstance(nonce, str) and _same(self._mac("sign-in-form", nonce), token)

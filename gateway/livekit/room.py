@@ -92,6 +92,7 @@ class LiveKitRoom:
         self._room = rtc.Room()
         self._source: rtc.AudioSource | None = None
         self._caller: rtc.RemoteParticipant | None = None
+        self._web_caller_joined = False
         self._caller_audio: asyncio.Queue[rtc.Track] = asyncio.Queue(maxsize=1)
         self._heard_by_caller = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -121,7 +122,29 @@ class LiveKitRoom:
             # A browser that leaves before its microphone was heard: never answered.
             self.lifecycle.request_end("caller-hung-up", CallStatus.CANCELED)
 
+    def caller_left(self, identity: str) -> None:
+        """LiveKit's webhook says `identity` left the room: if it is this call's caller, the
+        call ends as its own disconnect event would end it (the webhook can come first, and
+        a browser that left at once may never have been seen by the agent's connection)."""
+        if identity == self._web_caller:
+            heard = self._caller is not None
+            status = CallStatus.COMPLETED if heard else CallStatus.CANCELED
+            self.lifecycle.request_end("caller-hung-up", status)
+        elif self._caller is not None and identity == self._caller.identity:
+            self.lifecycle.request_end("caller-hung-up", CallStatus.COMPLETED)
+
+    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        if participant.identity == self._web_caller:
+            self._web_caller_joined = True
+
     def _on_disconnected(self, reason: object) -> None:
+        if self._web_caller_joined:
+            # LiveKit closes a room once only agents are left in it, and that can reach us
+            # before the browser's own leaving: a web call's room closing is its hang-up.
+            heard = self._caller is not None
+            status = CallStatus.COMPLETED if heard else CallStatus.CANCELED
+            self.lifecycle.request_end("caller-hung-up", status)
+            return
         self.lifecycle.request_end("room-closed", CallStatus.COMPLETED)
 
     def _on_dtmf(self, dtmf: rtc.SipDTMF) -> None:
@@ -151,6 +174,7 @@ class LiveKitRoom:
             return  # ended before the room was joined (the dial failed)
         room = self._room
         room.on("track_subscribed", self._on_track_subscribed)
+        room.on("participant_connected", self._on_participant_connected)
         room.on("participant_disconnected", self._on_participant_disconnected)
         room.on("disconnected", self._on_disconnected)
         if self._web_caller is None:  # a browser has no keypad: no DTMF on a web call
@@ -159,6 +183,8 @@ class LiveKitRoom:
         token = self._livekit.agent_token(self.room_name, self.identity)
         await room.connect(self._livekit.ws_url, token)
         log.info("joined room", extra={"room": self.room_name})
+        if self._web_caller is not None and self._web_caller in room.remote_participants:
+            self._web_caller_joined = True  # the browser was in the room before the agent
         self._source = rtc.AudioSource(RATE, 1, queue_size_ms=self._settings.livekit_lead_ms)
         track = rtc.LocalAudioTrack.create_audio_track("agent", self._source)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
@@ -289,6 +315,13 @@ class LiveKitRooms:
 
         task.add_done_callback(forget)
         return room
+
+    def participant_left(self, room_name: str, identity: str) -> None:
+        """A participant left `room_name` (webhook): its call ends if it was the caller and
+        this gateway serves the room."""
+        room = self._rooms.get(room_name)
+        if room is not None:
+            room.caller_left(identity)
 
     def end(self, room_name: str, reason: str) -> None:
         """The room finished (webhook): end its call if this gateway serves it."""

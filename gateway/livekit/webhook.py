@@ -1,7 +1,7 @@
 """`POST /livekit/webhook`: LiveKit's signed room events. A SIP participant joining a room
-starts an inbound call; a room finishing ends the call it holds; an egress ending
-completes its call's recording. An event about nothing of ours is still answered 200:
-LiveKit retries non-2xx answers.
+starts an inbound call; its caller leaving, or the room finishing, ends the call it holds;
+an egress ending completes its call's recording. An event about nothing of ours is still
+answered 200: LiveKit retries non-2xx answers.
 
 Before any of that: the body is capped by `BodySizeLimit` (`LIVEKIT_MAX_BODY_BYTES` on this
 path: 413 beyond, signed or not), the token in `Authorization` is verified from the header
@@ -66,6 +66,8 @@ async def _act(services: Services, rooms: LiveKitRooms, event: api.WebhookEvent)
     room = event.room.name
     if event.event == "participant_joined" and event.participant.kind == models.ParticipantInfo.SIP:
         await rooms.serve_inbound(room, dict(event.participant.attributes))
+    elif event.event == "participant_left":
+        rooms.participant_left(room, event.participant.identity)
     elif event.event == "room_finished":
         rooms.end(room, "room-finished")
     elif event.event == "egress_ended":

@@ -3,9 +3,11 @@ the real database: what a browser's cookie may and may not do."""
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from starlette.testclient import TestClient
@@ -13,6 +15,7 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.dashboard.session import SESSION_COOKIE, SIGN_IN_COOKIE, SessionSigner
 from gateway.settings import Settings
+from storage import AssistantConfig, Direction, NewCall
 
 PUBLIC = "https://gw.example.com"
 KEY = "vg_Dashboard-session-key-4f9Qx2LmZr8T"
@@ -145,7 +148,7 @@ def test_a_revoked_key_ends_its_session(client: TestClient) -> None:
     revoked = client.post(f"/api-keys/{record.id}/revoke", headers=admin)
     assert revoked.status_code == 200, revoked.text
     assert client.get("/dashboard/assistants").status_code == 303
-    assert client.get("/calls", headers={"x-api-key": ""}).status_code == 401
+    assert client.get("/calls").status_code == 401  # the JSON API through the cookie too
 
 
 def test_sign_out_needs_its_token_and_clears_the_cookie(client: TestClient) -> None:
@@ -173,7 +176,55 @@ def test_user_text_is_escaped(client: TestClient) -> None:
 
 
 def test_other_organisations_records_are_not_found(client: TestClient) -> None:
+    database = client.app.state.services.database  # type: ignore[attr-defined]
+    assert client.portal is not None
+    other = client.portal.call(database.accounts.ensure_organization, "globex")
+    theirs = client.portal.call(
+        functools.partial(
+            database.assistants.create,
+            other.id,
+            AssistantConfig(name="Their agent", system_prompt="Theirs."),
+        )
+    )
+    their_call = client.portal.call(
+        functools.partial(
+            database.calls.create_call,
+            NewCall(
+                org_id=other.id, transport="twilio", call_sid="CA-theirs",
+                from_number="+15550001234", to_number="+15550005678",
+                direction=Direction.INBOUND, assistant_id=theirs.id,
+            ),
+            started_at=datetime.now(UTC),
+        )
+    )  # fmt: skip
     _sign_in(client)
-    assert client.get("/dashboard/calls/0123456789abcdef01234567").status_code == 404
-    assert client.get("/dashboard/assistants/0123456789abcdef01234567").status_code == 404
+    assert client.get(f"/dashboard/calls/{their_call.id}").status_code == 404
+    assert client.get(f"/dashboard/assistants/{theirs.id}").status_code == 404
+    for path in ("/dashboard/calls", "/dashboard/calls/rows", "/dashboard/assistants"):
+        page = client.get(path)
+        assert page.status_code == 200
+        assert their_call.id not in page.text and "Their agent" not in page.text
+    assert client.get(f"/calls/{their_call.id}").status_code == 404
     assert client.get("/dashboard/calls/not-an-id").status_code == 404
+
+
+def test_bad_filters_show_an_error_on_the_page(client: TestClient) -> None:
+    _sign_in(client)
+    for query in ("status=bogus", "limit=0", "colour=red", "cursor=not-a-cursor"):
+        page = client.get("/dashboard/calls?" + query)
+        assert page.status_code == 422, (query, page.text)
+        assert "Invalid" in page.text and 'role="alert"' in page.text
+    # An HTML datetime-local value has no zone: it is read as UTC, by the API too.
+    assert client.get("/dashboard/calls?started_after=2026-01-01T10:00").status_code == 200
+    assert client.get("/calls?started_after=2026-01-01T10:00").status_code == 200
+
+
+def test_forged_values_with_any_characters_are_refused_not_errors(client: TestClient) -> None:
+    csrf = _sign_in(client)
+    forged_token = (csrf[:-1] + "é").encode("latin-1")  # a header's bytes, read as latin-1
+    refused = client.post("/assistants", json={}, headers={"x-csrf-token": forged_token})
+    assert refused.status_code == 403
+    client.cookies.clear()
+    forged_cookie = {"cookie": f"{SESSION_COOKIE}=v1.é.é".encode("latin-1")}
+    assert client.get("/dashboard/calls", headers=forged_cookie).status_code == 303
+    assert client.get("/calls", headers=forged_cookie).status_code == 401

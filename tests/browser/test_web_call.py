@@ -26,7 +26,7 @@ from tests.livekit_server import LiveKitServer
 pytestmark = pytest.mark.timeout(240)
 
 GREETING = "Hello, you reached the web agent. How can I help you today?"
-LEAD_S = 8.0  # the microphone is silent this long: the greeting is heard first
+LEAD_S = 20.0  # the microphone is silent this long: the greeting is heard first
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,8 @@
       if (timer) clearTimeout(timer);
       timer = setTimeout(refresh, 300);
     }
-    const source = new EventSource("/events");
+    // From the last event before the page was read, so nothing in between is missed.
+    const source = new EventSource("/events?last_event_id=" + rows.dataset.eventsAfter);
     for (const type of ["call.started", "call.status", "call.ended", "call.analyzed"]) {
       source.addEventListener(type, schedule);
     }
@@ -80,7 +81,9 @@
     const callId = article.dataset.callId;
     const transcript = document.getElementById("transcript");
     const status = document.getElementById("call-status");
-    const source = new EventSource("/events?call_id=" + encodeURIComponent(callId));
+    const source = new EventSource(
+      "/events?call_id=" + encodeURIComponent(callId) +
+      "&last_event_id=" + article.dataset.eventsAfter);
     source.addEventListener("call.turn", (event) => {
       const turn = JSON.parse(event.data).turn;
       if (transcript.querySelector('tr[data-index="' + turn.index + '"]')) return;
@@ -209,16 +212,20 @@
         return;
       }
       const fieldProblems = {};
+      const generalProblems = [];
       const details = (result.data && result.data.error && result.data.error.details) || [];
       for (const detail of details) {
         const loc = (detail.loc || []).filter((part) => part !== "body");
-        if (!loc.length) continue;
+        if (!loc.length) {
+          generalProblems.push(detail.msg);
+          continue;
+        }
         const name = String(loc[0]);
         const where = loc.slice(1).join(".");
         const message = (where ? where + ": " : "") + detail.msg;
         fieldProblems[name] = fieldProblems[name] ? fieldProblems[name] + "; " + message : message;
       }
-      showFieldErrors(form, fieldProblems, errorText(result));
+      showFieldErrors(form, fieldProblems, [errorText(result), ...generalProblems].join(": "));
     });
   }
 
@@ -236,7 +243,7 @@
   async function startWebCall(button) {
     const hangup = document.getElementById("web-call-hangup");
     const link = document.getElementById("web-call-link");
-    if (webCall.session) return;
+    if (webCall.session || webCall.starting) return;  // one call at a time
     if (!window.VoiceGatewayCall || !window.LivekitClient) {
       setWebCallState("The LiveKit browser SDK did not load (scripts/ensure-web-assets.sh).");
       return;
@@ -253,7 +260,16 @@
     }
     webCall.clickedAt = performance.now();
     webCall.greetingAt = undefined;
+    webCall.starting = true;
     setWebCallState("Starting the call…");
+    try {
+      await placeWebCall(button, metadata, hangup, link);
+    } finally {
+      webCall.starting = false;
+    }
+  }
+
+  async function placeWebCall(button, metadata, hangup, link) {
     const result = await api("POST", "/web-calls", {
       assistant_id: button.dataset.assistantId,
       metadata,
