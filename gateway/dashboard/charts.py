@@ -12,6 +12,7 @@ WIDTH = 480
 HEIGHT = 120
 _BAR_GAP = 4
 _TOP = 14  # room for the value above the tallest bar
+_MAX_BAR = 40  # a call with few answers keeps narrow bars
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,7 @@ def latency_chart(turns: Sequence[TurnRecord]) -> LatencyChart | None:
     if not points:
         return None
     top = max(ms for _, ms in points) or 1.0
-    step = WIDTH / len(points)
+    step = min(WIDTH / len(points), _MAX_BAR + _BAR_GAP)
     width = max(step - _BAR_GAP, 1.0)
     bars = []
     for i, (turn, ms) in enumerate(points):
