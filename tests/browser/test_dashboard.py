@@ -286,3 +286,52 @@ async def test_a_forged_cookie_is_signed_out_and_a_change_without_csrf_refused(
         }"""
     )
     assert answers == [403, "csrf_refused", 201]
+
+
+async def test_create_and_edit_an_assistant_with_errors_beside_the_fields(
+    gateway: GatewayProcess, page: Page
+) -> None:
+    await sign_in(page, gateway)
+    await page.get_by_role("link", name="Assistants").click()
+    await page.get_by_role("link", name="New assistant").click()
+    await page.get_by_label("Name").fill("Night line")
+    await page.get_by_label("System prompt").fill("You take messages at night.")
+    await page.get_by_label("Maximum duration (s)").fill("1")  # the API's floor is 10
+    await page.get_by_label("Phone numbers (E.164, comma-separated)").fill("12345")
+    await page.get_by_role("button", name="Create").click()
+    await expect(page.locator("#err-max_duration_s")).to_contain_text("greater than or equal")
+    await expect(page.locator("#err-phone_numbers")).not_to_be_empty()
+    await expect(page.get_by_label("Maximum duration (s)")).to_have_attribute(
+        "aria-invalid", "true"
+    )
+    # Nothing was stored; fixed, it is created and opens for editing.
+    await page.get_by_label("Maximum duration (s)").fill("600")
+    await page.get_by_label("Phone numbers (E.164, comma-separated)").fill("")
+    await page.get_by_role("button", name="Create").click()
+    await expect(page.get_by_role("heading", name="Night line")).to_be_visible()
+    await expect(page.locator("#err-max_duration_s")).to_be_empty()
+    await page.get_by_label("Greeting").fill("Good evening, leave a message.")
+    await page.get_by_label("Turn taking (JSON)").fill("{not json")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator("#err-turn_taking")).to_have_text("not valid JSON")
+    await page.get_by_label("Turn taking (JSON)").fill('{"idle_timeout_s": 9}')
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator("#form-saved")).to_have_text("Saved.")
+    async with httpx.AsyncClient(
+        base_url=gateway.base_url, headers={"x-api-key": gateway.api_key}
+    ) as http:
+        stored = [
+            a for a in (await http.get("/assistants")).json()["items"] if a["name"] == "Night line"
+        ]
+    assert len(stored) == 1
+    assert stored[0]["greeting"] == "Good evening, leave a message."
+    assert stored[0]["max_duration_s"] == 600 and stored[0]["turn_taking"]["idle_timeout_s"] == 9
+
+
+async def test_pages_fit_a_phone_screen(gateway: GatewayProcess, page: Page) -> None:
+    await page.set_viewport_size({"width": 390, "height": 800})
+    await sign_in(page, gateway)
+    for path in ("/dashboard/calls", "/dashboard/assistants", "/dashboard/assistants/new"):
+        await page.goto(gateway.base_url + path)
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)  # wide tables scroll inside their own box
