@@ -323,5 +323,10 @@
     redeliverButtons();
     assistantForm();
     webCallButtons();
+    // Buttons that do nothing without this script are enabled only now.
+    for (const button of document.querySelectorAll("button[data-needs-script]")) {
+      button.disabled = false;
+    }
+    document.documentElement.dataset.ready = "true";
   });
 })();
