@@ -4,15 +4,17 @@ gateway's CPU and its late frames.
 Starts the protocol-faithful Deepgram, OpenAI and Cartesia servers of tests/fakes (they
 answer at once) and, for each worker count, `voice-gateway serve --workers W` on its
 embedded FerretDB configured with all three (energy VAD, silence end of turn); then this
-process places `--calls` concurrent calls that stay silent after the greeting (`--mode
-silent`) or ask a question every few seconds (`--mode talking`) for `--seconds`. Reports,
-per W: the gateway processes' CPU over the steady window (% of one core, and per call),
-FerretDB's apart, the outbound frames sent > 20 ms behind schedule (each worker's own
-counters: /metrics read on the connection that /health said which worker it reached), the
-caller-side gaps between agent frames, and for talking calls the reply latency (end of
-speech to first frame out) p50 / p99. Load generator, fakes and gateway share the cores.
+process places `--calls` concurrent calls (started over `--ramp-s`) that stay silent after
+the greeting (`--mode silent`) or ask a question every few seconds (`--mode talking`) for a
+`--seconds` window that opens once every call was greeted. Reports, per W: the gateway
+processes' CPU over the window (% of one core, and per call), FerretDB's apart, the
+outbound frames sent > 20 ms behind schedule (each worker's own counters: /metrics read on
+the connection that /health said which worker it reached), the caller-side gaps between
+agent frames, and for talking calls the reply latency (end of speech to first frame out)
+p50 / p99. Load generator, fakes and gateway share the cores.
 
-    python bench/workers_bench.py [--workers 1,2] [--calls 40] [--mode silent] [--seconds 20]
+    python bench/workers_bench.py [--workers 1,2] [--calls 40] [--mode silent|talking]
+        [--seconds 20] [--ramp-s 10]
 """
 
 from __future__ import annotations
@@ -142,7 +144,9 @@ async def _one_call(
     steady: asyncio.Event,
     done: asyncio.Event,
     on_greeted: Callable[[], None],
+    delay_s: float,
 ) -> tuple[str | None, list[float]]:
+    await asyncio.sleep(delay_s)  # arrivals spread over the ramp, not all in one instant
     call = SimulatedTwilioCall(
         base_url=base, public_url=base, auth_token=token, record_arrivals=True
     )
@@ -181,7 +185,14 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _run_level(
-    base: str, token: str, supervisor: int, workers: int, calls: int, seconds: float, talk: bool
+    base: str,
+    token: str,
+    supervisor: int,
+    workers: int,
+    calls: int,
+    seconds: float,
+    talk: bool,
+    ramp_s: float,
 ) -> dict[str, float]:
     speech = [espeak_mulaw(line) for line in LINES] if talk else None
     steady, done, all_greeted, greeted = asyncio.Event(), asyncio.Event(), asyncio.Event(), [0]
@@ -192,8 +203,10 @@ async def _run_level(
             all_greeted.set()
 
     tasks = [
-        asyncio.create_task(_one_call(base, token, speech, steady, done, on_greeted))
-        for _ in range(calls)
+        asyncio.create_task(
+            _one_call(base, token, speech, steady, done, on_greeted, ramp_s * i / calls)
+        )
+        for i in range(calls)
     ]
     # Until every call was greeted (or one failed: it is counted below).
     waiter = asyncio.create_task(all_greeted.wait())
@@ -215,6 +228,8 @@ async def _run_level(
     done.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
+    for kind in sorted({f"{type(r).__name__}: {r}"[:120] for r in failed}):
+        sys.stderr.write(f"  a call failed: {kind}\n")
     gaps = [g for r in results if isinstance(r, tuple) for g in r[1]]
     replies: list[float] = []
     if talk:
@@ -251,13 +266,15 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--mode", choices=("silent", "talking"), default="silent")
     parser.add_argument("--seconds", type=float, default=20.0, help="steady window")
+    parser.add_argument("--ramp-s", type=float, default=10.0, help="calls start over this long")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="vg-workers-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     fakes = {name: _fake(name) for name in ("deepgram", "openai", "cartesia")}
     sys.stdout.write(
-        f"{args.calls} {args.mode} calls, {args.seconds:g} s steady window "
+        f"{args.calls} {args.mode} calls started over {args.ramp_s:g} s, "
+        f"{args.seconds:g} s steady window "
         "(shared machine: load generator, fakes and gateway on the same cores)\n"
         f"{'workers':>7} {'failed':>6} {'gw CPU %':>8} {'%/call':>7} {'ferret %':>8} "
         f"{'frames':>7} {'late %':>7} {'gap p50':>7} {'gap p99':>7} "
@@ -304,6 +321,7 @@ def main() -> int:
                         args.calls,
                         args.seconds,
                         args.mode == "talking",
+                        args.ramp_s,
                     )
                 )
             sys.stdout.write(

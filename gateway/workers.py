@@ -81,7 +81,7 @@ class RestartPolicy:
     stable_s: float = 30.0
 
     def delay_s(self, deaths_in_a_row: int) -> float:
-        return min(self.cap_s, self.base_s * 2 ** max(0, deaths_in_a_row - 1))
+        return min(self.cap_s, self.base_s * 2.0 ** max(0, deaths_in_a_row - 1))
 
 
 @dataclass(slots=True)
