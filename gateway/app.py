@@ -190,12 +190,15 @@ def end_event_streams(app: Starlette) -> None:
 
 
 async def health(request: Request) -> JSONResponse:
-    """Liveness: 200 while the process serves; `database` says whether MongoDB answers."""
+    """Liveness: 200 while the process serves; `database` says whether MongoDB answers;
+    `worker`, under `serve --workers N`, which process answered."""
     services: Services | None = getattr(request.app.state, "services", None)
-    if services is None:  # before the lifespan opened the database
-        return JSONResponse({"status": "ok", "database": "unavailable"})
-    up = await services.database_probe.up()
-    return JSONResponse({"status": "ok", "database": "ok" if up else "unavailable"})
+    up = services is not None and await services.database_probe.up()
+    body: dict[str, object] = {"status": "ok", "database": "ok" if up else "unavailable"}
+    worker = request.app.state.settings.worker_index
+    if worker is not None:
+        body["worker"] = worker
+    return JSONResponse(body)
 
 
 async def ready(request: Request) -> JSONResponse:
@@ -226,7 +229,8 @@ _PUBLIC_PATHS: dict[str, Any] = {
     "/health": {
         "get": {
             "operationId": "health",
-            "summary": "Liveness, and whether the database answers (`database`: ok/unavailable)",
+            "summary": "Liveness, and whether the database answers (`database`: ok/unavailable)"
+            "; `worker`: which process of `serve --workers N` answered",
             "tags": ["ops"],
             "responses": {"200": {"description": "The gateway is up"}},
         }

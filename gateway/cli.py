@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable, Iterator
 import uvicorn
 from pydantic import SecretStr
 
-from gateway.app import create_app, end_event_streams
 from gateway.connections import deadline_protocol
 from gateway.errors import ConfigError
 from gateway.logs import configure_logging
 from gateway.server import GatewayServer
 from gateway.settings import Settings
+from gateway.workers import default_workers, supervise_workers
 from storage import (
     Database,
     EmbeddedFerretDB,
@@ -50,8 +50,18 @@ def _database(settings: Settings) -> Iterator[Settings]:
         yield settings.model_copy(update={"mongodb_url": server.url})
 
 
-def gateway_server(settings: Settings, *, host: str, port: int) -> GatewayServer:
+def gateway_server(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    on_started: Callable[[], None] | None = None,
+) -> GatewayServer:
     """uvicorn serving the gateway's app with its bounds; event streams end as it stops."""
+    # Imported here: `serve --workers N`'s supervisor runs this module without the app
+    # (LiveKit's WebRTC, the providers); only the processes that serve load it.
+    from gateway.app import create_app, end_event_streams
+
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -69,13 +79,21 @@ def gateway_server(settings: Settings, *, host: str, port: int) -> GatewayServer
         ws_ping_interval=None,
         lifespan="on",
     )
-    return GatewayServer(config, before_shutdown=functools.partial(end_event_streams, app))
+    return GatewayServer(
+        config, before_shutdown=functools.partial(end_event_streams, app), on_started=on_started
+    )
 
 
-def serve(settings: Settings, *, host: str, port: int) -> int:
-    """Run the gateway until interrupted."""
+def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
+    """Run the gateway until interrupted: in this process, or in `workers` processes on one
+    port (`gateway.workers`) over one database."""
     configure_logging(settings.log_level, json_format=settings.log_json)
     with _database(settings) as ready:
+        if workers > 1:
+            assert ready.mongodb_url is not None
+            return supervise_workers(
+                count=workers, host=host, port=port, mongodb_url=ready.mongodb_url
+            )
         gateway_server(ready, host=host, port=port).run()
     return 0
 
@@ -262,6 +280,13 @@ def numbers(settings: Settings, *, action: str, number: str | None, org: str | N
         return 1
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voice-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         "--host", default=None, help="listen address (default: HOST or 127.0.0.1)"
     )
     serve_cmd.add_argument("--port", type=int, default=None, help="port (default: PORT or 8080)")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="gateway processes on the one port (default: WORKERS, or one per core); "
+        "1 runs the gateway in this process",
+    )
     commands.add_parser("demo", help="start the gateway and place a simulated Twilio call")
     key_cmd = commands.add_parser("create-key", help="make an API key and print it once")
     key_cmd.add_argument("--org", required=True, help="organisation name (made if missing)")
@@ -314,7 +346,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         host = args.host or settings.host
         port = args.port if args.port is not None else settings.port
-        return serve(settings, host=host, port=port)
+        workers = args.workers or settings.workers or default_workers()
+        return serve(settings, host=host, port=port, workers=workers)
     return demo(settings)
 
 

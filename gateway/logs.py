@@ -18,9 +18,15 @@ _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
 class _CallIdFilter(logging.Filter):
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "call_id"):
             record.call_id = call_id_var.get()
+        if self._worker is not None and not hasattr(record, "worker"):
+            record.worker = self._worker  # which process of `serve --workers N` said it
         return True
 
 
@@ -55,15 +61,18 @@ class TextFormatter(logging.Formatter):
         return redact_credentials(super().format(record))
 
 
-def configure_logging(level: str = "INFO", *, json_format: bool = True) -> None:
-    """Install the gateway's handler on the root logger (idempotent)."""
+def configure_logging(
+    level: str = "INFO", *, json_format: bool = True, worker: int | None = None
+) -> None:
+    """Install the gateway's handler on the root logger (idempotent); `worker`, the index of
+    a process of `serve --workers N`, is then on every record."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_voice_gateway", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler._voice_gateway = True  # type: ignore[attr-defined]
-    handler.addFilter(_CallIdFilter())
+    handler.addFilter(_CallIdFilter(worker))
     if json_format:
         handler.setFormatter(JsonFormatter())
     else:

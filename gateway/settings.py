@@ -35,6 +35,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # `serve`: gateway processes on the one port, over one database (`serve --workers` wins);
+    # unset, one per core; 1 serves in the `serve` process itself. Each process is told its
+    # index (WORKER_INDEX, set by `serve` for its workers, not by operators).
+    workers: int | None = Field(default=None, ge=1, le=256)
+    worker_index: int | None = Field(default=None, ge=0)
     # The externally visible base URL (what Twilio calls); http maps to ws, https to wss.
     public_url: str = "http://127.0.0.1:8080"
 

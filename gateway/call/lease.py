@@ -174,6 +174,10 @@ def _carried_s(call: CallRecord, ended_at: datetime) -> float:
     return max(0.0, (ended_at - since).total_seconds())
 
 
+def _millis(at: datetime) -> datetime:
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
 class LostCallSweeper:
     """Finishes the calls of gateways that stopped beating (`sweep` is one round; the
     gateway runs one every third of a lease, at most every 10 s)."""
@@ -251,7 +255,9 @@ class LostCallSweeper:
             status, reason = known if known is not None else (CallStatus.FAILED, LOST_REASON)
             # What its gateway counted died with it: the carrier's minutes, from when it
             # was answered (as its lifecycle counts them), are what is known.
-            ended_at = self._wall_clock()
+            # At the store's millisecond precision: `stored.ended_at` equals it only if this
+            # write finished the call (N workers sweep: another may have won the same call).
+            ended_at = _millis(self._wall_clock())
             usage = CallUsage().with_carrier(call.transport, _carried_s(call, ended_at))
             stored = await self._store.finish_call(
                 call.id,
@@ -261,8 +267,8 @@ class LostCallSweeper:
                 usage=usage,
                 cost=price_call(usage, self._prices, call_id=call.id),
             )
-            if stored.end_reason != reason:
-                continue  # its own gateway finished it after all, while this round read
+            if stored.end_reason != reason or stored.ended_at != ended_at:
+                continue  # finished by its own gateway after all, or by another sweeper
             finished.append(stored)
             self._metrics.calls_lost_total += 1
             log.warning(

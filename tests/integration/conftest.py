@@ -27,6 +27,8 @@ class GatewayProcess:
     log_path: Path
     db_name: str
     pid: int
+    # The `serve` process itself (the supervisor under --workers N), for its exit status.
+    process: subprocess.Popen[bytes] | None = None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -39,8 +41,10 @@ def run_gateway(
     extra_env: dict[str, str | None] | None = None,
     *,
     port: int | None = None,
+    workers: int = 1,
 ) -> Iterator[GatewayProcess]:
-    """`voice-gateway serve` as its own process on a loopback port, until the block ends."""
+    """`voice-gateway serve --workers N` (one process unless told) as its own process on a
+    loopback port, until the block ends."""
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     auth_token = uuid.uuid4().hex
@@ -62,12 +66,15 @@ def run_gateway(
             env[name] = value
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+            [
+                *(sys.executable, "-m", "gateway.cli", "serve"),
+                *("--port", str(port), "--workers", str(workers)),
+            ],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    process = GatewayProcess(base, auth_token, api_key, log_path, env["MONGODB_DB"], proc.pid)
+    process = GatewayProcess(base, auth_token, api_key, log_path, env["MONGODB_DB"], proc.pid, proc)
     try:
         _wait_until_up(base + "/health", proc, process.log_text)
         yield process

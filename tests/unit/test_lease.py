@@ -150,6 +150,65 @@ async def test_a_silent_gateway_loses_its_calls_a_whole_lease_after_the_last_bea
     assert await sweeper.sweep() == []  # finished once
 
 
+@dataclass
+class _ReadTogether(Store):
+    """A store whose readers of the open calls wait for each other (`together`)."""
+
+    together: asyncio.Barrier | None = None
+
+    async def served_calls(self) -> list[CallRecord]:
+        calls = await super().served_calls()
+        if self.together is not None:
+            await self.together.wait()
+        return calls
+
+
+async def test_of_two_sweepers_finishing_one_lost_call_only_the_one_that_wrote_counts_it() -> None:
+    """`serve --workers N` runs a sweeper per worker: when two finish the same lost call in
+    one round, the store keeps the first finish and only its sweeper reports the call (the
+    log line, the metric, the carrier's clean-up)."""
+    store, clock = _ReadTogether(), Clock()
+    store.calls["c1"] = _call("c1", OTHER)
+    store.beat(OTHER)
+    walls = iter(
+        [
+            datetime(2026, 12, 1, 9, 0, 0, 1234, tzinfo=UTC),
+            datetime(2026, 12, 1, 9, 0, 1, tzinfo=UTC),
+        ]
+    )
+    lost: list[str] = []
+    metrics = [GatewayMetrics(), GatewayMetrics()]
+
+    async def on_lost(call: CallRecord) -> None:
+        lost.append(call.id)
+
+    sweepers = [
+        LostCallSweeper(
+            store=store,  # type: ignore[arg-type]
+            leases=store,  # type: ignore[arg-type]
+            gateway_id=me,
+            serving=set[str]().__contains__,
+            lease_s=LEASE_S,
+            metrics=m,
+            on_lost=on_lost,
+            clock=clock,
+            wall_clock=lambda: next(walls),
+        )
+        for me, m in (("gw-a", metrics[0]), ("gw-b", metrics[1]))
+    ]
+    for sweeper in sweepers:
+        assert await sweeper.sweep() == []
+    clock.now += LEASE_S
+    store.together = asyncio.Barrier(2)  # both read the open calls before either finishes
+    results = await asyncio.gather(*(sweeper.sweep() for sweeper in sweepers))
+    assert sorted(len(r) for r in results) == [0, 1]
+    [[won]] = [r for r in results if r]
+    assert won.id == "c1" and won.ended_at is not None
+    assert won.ended_at.microsecond % 1000 == 0  # as the store keeps it
+    assert lost == ["c1"] and store.finished == ["c1"]
+    assert sorted(m.calls_lost_total for m in metrics) == [0, 1]
+
+
 SWEPT_AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)  # the sweeper's wall clock
 
 
