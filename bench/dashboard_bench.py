@@ -22,15 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 import wave
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -41,8 +37,7 @@ from storage import AssistantConfig, open_database
 from storage.documents import CallDocument
 from tests.browser import launch_chromium
 from tests.ferretdb_server import embedded_ferretdb
-from tests.integration.conftest import run_room_stack
-from tests.net import free_port
+from tests.integration.conftest import run_gateway, run_room_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,40 +87,6 @@ async def seed(url: str, db: str, calls: int) -> str:
         return key
     finally:
         await database.close()
-
-
-@contextlib.contextmanager
-def gateway(url: str, db: str) -> Iterator[str]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "MONGODB_URL": url,
-        "MONGODB_DB": db,
-        "PUBLIC_URL": base,
-        "TWILIO_AUTH_TOKEN": "bench-twilio-token",
-        "LOG_LEVEL": "WARNING",
-        "STT_PREWARM": "0",
-    }
-    env.pop("GATEWAY_API_KEY", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(base + "/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the gateway did not start") from None
-                time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 def _row(name: str, samples: list[float]) -> str:
@@ -253,8 +214,9 @@ def main() -> None:
         t0 = time.perf_counter()
         key = asyncio.run(seed(url, db, args.calls))
         print(f"stored {args.calls} calls in {time.perf_counter() - t0:.1f} s")
-        with gateway(url, db) as base:
-            for line in asyncio.run(measure(base, key, args.loads)):
+        env = {"MONGODB_DB": db, "GATEWAY_API_KEY": None, "LOG_LEVEL": "WARNING"}
+        with run_gateway(url, Path(tmp), env) as gw:
+            for line in asyncio.run(measure(gw.base_url, key, args.loads)):
                 print(line)
         if args.web_calls:
             for line in asyncio.run(web_calls(url, Path(tmp), args.web_calls)):
