@@ -33,12 +33,14 @@ the same; MongoDB keeps its own indexes on the calls for other tools.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from beanie import PydanticObjectId
+from bson import ObjectId
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
@@ -58,6 +60,10 @@ BACKFILL = "call_index_v1"  # the migration that keys the calls stored before th
 _BACKFILL_CLAIM = BACKFILL + ".claim"
 _BACKFILL_RETRY_S = 600.0  # a claim older than this was left by a process that died
 _WINDOW = 64  # lookups in flight at once when walking entries or slots
+# Entries are also read 16 at a time from a block `<org>:b:<k>` (entries 16k+1 .. 16k+16),
+# a copy a reader stores once they are all there and settled (finished, or a day old).
+_BLOCK = 16
+_SETTLED_MS = 24 * 3600 * 1000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Key = tuple[int, str]  # (start in ms since the epoch, call id): the calls list's order
@@ -165,17 +171,48 @@ class CallIndex:
         """The call of entry `index_key` is finished with `status` (which never changes)."""
         await _collection(CALL_INDEX).update_one({"_id": index_key}, {"$set": {"s": status}})
 
+    async def _block(self, org: str, k: int, head: int) -> list[dict[str, Any] | None]:
+        """Entries `16k+1 .. 16k+16` (those up to `head`), in order: one lookup of their block
+        once it exists, else each entry (then the block is stored, if it is complete and
+        settled, for the next reader)."""
+        first = _BLOCK * k + 1
+        last = min(first + _BLOCK - 1, head)
+        block = await _collection(CALL_INDEX).find_one({"_id": f"{org}:b:{k}"})
+        if block is not None:
+            entries: list[dict[str, Any] | None] = list(block["e"])
+            return entries[: last - first + 1]
+        got = list(await asyncio.gather(*(self._entry(org, n) for n in range(first, last + 1))))
+        if last == first + _BLOCK - 1 and all(e is not None and _settled(e) for e in got):
+            with contextlib.suppress(DuplicateKeyError):
+                await _collection(CALL_INDEX).insert_one({"_id": f"{org}:b:{k}", "e": got})
+        return got
+
     async def _last_below(self, org: str, head: int, bound: Key) -> int:
-        """The last place whose `m` is below `bound` (0: none), by binary search."""
-        low, high = 0, head + 1
+        """The last place whose `m` is below `bound` (0: none): a binary search over the
+        blocks' last entries, then one block."""
+        if head == 0:
+            return 0
+
+        async def below(n: int) -> bool:
+            entry = await self._entry(org, n)
+            return entry is not None and _key(entry["m"]) < bound
+
+        low, high = -1, (head - 1) // _BLOCK + 1  # blocks: low's last entry below, high's not
+        if await below(head):
+            return head
         while high - low > 1:
             mid = (low + high) // 2
-            entry = await self._entry(org, mid)
-            if entry is not None and (int(entry["m"][0]), str(entry["m"][1])) < bound:
+            end = min(_BLOCK * (mid + 1), head)
+            if await below(end):
                 low = mid
             else:
                 high = mid
-        return low
+        entries = await self._block(org, high, head)
+        place = _BLOCK * high
+        for offset, entry in enumerate(entries, start=1):
+            if entry is not None and _key(entry["m"]) < bound:
+                place = _BLOCK * high + offset
+        return place
 
     async def page(
         self,
@@ -204,10 +241,12 @@ class CallIndex:
             )
 
         async def documents(entries: list[dict[str, Any]]) -> list[CallDocument]:
-            docs = await asyncio.gather(
-                *(CallDocument.get(PydanticObjectId(str(e["call_id"]))) for e in entries)
+            calls = CallDocument.get_pymongo_collection()
+            raws = await asyncio.gather(
+                *(calls.find_one({"_id": ObjectId(str(e["call_id"]))}) for e in entries)
             )
-            return [d for d in docs if d is not None and accept(d)]
+            docs = [CallDocument.model_validate(raw) for raw in raws if raw is not None]
+            return [d for d in docs if accept(d)]
 
         org = org_id
         late_head, head = await asyncio.gather(self.head(f"{org}:late"), self.head(org))
@@ -224,24 +263,34 @@ class CallIndex:
             late.extend(e for e in got if e is not None and fits(e))
         for doc in await documents(late):
             found[str(doc.id)] = doc
-        # The ones in order, from the cursor's place down.
+        # The ones in order, from the cursor's place down, a few blocks at a time; calls
+        # read only for as many entries as the page still lacks.
         n = head if before is None else await self._last_below(org, head, before)
-        taken, window = 0, min(limit + 1, _WINDOW)
+        taken, blocks = 0, (limit + 1) // _BLOCK + 2
         while n >= 1 and taken < limit + 1:
-            got = await asyncio.gather(
-                *(self._entry(org, k) for k in range(n, max(0, n - window), -1))
-            )
-            n -= window
-            window = _WINDOW
+            top = (n - 1) // _BLOCK
+            ks = range(top, max(-1, top - blocks), -1)
+            read = await asyncio.gather(*(self._block(org, k, n) for k in ks))
+            blocks = 8
             wanted: list[dict[str, Any]] = []
-            for entry in got:
+            need, below = limit + 1 - taken, _BLOCK * ks[-1]
+            places = (
+                (_BLOCK * k + 1 + offset, block[offset])
+                for k, block in zip(ks, read, strict=True)
+                for offset in range(len(block) - 1, -1, -1)
+            )
+            for place, entry in places:
                 if entry is None or entry.get("late"):
                     continue
                 if not_before_ms is not None and int(entry["t"]) < not_before_ms:
-                    n = 0  # in order: every entry below starts earlier still
+                    below = 0  # in order: every entry below starts earlier still
                     break
                 if fits(entry):
                     wanted.append(entry)
+                    if len(wanted) == need:
+                        below = place - 1
+                        break
+            n = below
             for doc in await documents(wanted):
                 if str(doc.id) not in found:
                     found[str(doc.id)] = doc
@@ -440,6 +489,16 @@ class CallIndex:
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _key(raw: list[Any]) -> Key:
+    return (int(raw[0]), str(raw[1]))
+
+
+def _settled(entry: dict[str, Any]) -> bool:
+    """Whether an entry will not change: its call is finished (or a day old)."""
+    now_ms = millis(datetime.now(UTC))
+    return "s" in entry or int(entry["t"]) < now_ms - _SETTLED_MS
 
 
 def _doc_key(doc: CallDocument) -> Key:
