@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from pymongo import MongoClient
+from pymongo.synchronous.database import Database
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
@@ -80,7 +81,7 @@ def _served_by(
     assert settings.mongodb_url is not None
     mongo: MongoClient[dict[str, Any]]
     with MongoClient(settings.mongodb_url) as mongo:
-        db = mongo[settings.mongodb_db]
+        db: Database[dict[str, Any]] = mongo[settings.mongodb_db]
         # As `CallRepository.set_served_by` writes it: the open call's row, then the call.
         db[OPEN_CALLS].update_one(
             {"_id": call_id}, {"$set": {"at": datetime.now(UTC)}}, upsert=True
