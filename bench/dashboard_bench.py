@@ -29,11 +29,13 @@ import uuid
 import wave
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 from bson import ObjectId
 
 from storage import AssistantConfig, open_database
+from storage.call_index import CALL_INDEX, BulkCall, index_entries
 from storage.documents import CallDocument
 from tests.browser import launch_chromium
 from tests.ferretdb_server import embedded_ferretdb
@@ -54,7 +56,8 @@ async def seed(url: str, db: str, calls: int) -> str:
         collection = CallDocument.get_pymongo_collection()  # bulk, past the repository
         base = datetime(2026, 1, 1, tzinfo=UTC)
         statuses = ["completed"] * 8 + ["no-answer", "busy"]
-        batch = []
+        batch: list[dict[str, Any]] = []
+        keyed: list[BulkCall] = []
         for i in range(calls):
             started = base + timedelta(seconds=37 * i)
             batch.append(
@@ -79,11 +82,19 @@ async def seed(url: str, db: str, calls: int) -> str:
                     "analysis_gen": 0,
                 }
             )
+            row = batch[-1]
+            keyed.append(
+                (org.id, str(row["_id"]), started, assistant.id, row["direction"], row["status"])
+            )
             if len(batch) == 1000:
                 await collection.insert_many(batch)
                 batch = []
         if batch:
             await collection.insert_many(batch)
+        # Their keys too, as `create_call` stores them (`storage.call_index`).
+        entries = index_entries(keyed)
+        for start in range(0, len(entries), 1000):
+            await collection.database[CALL_INDEX].insert_many(entries[start : start + 1000])
         return key
     finally:
         await database.close()

@@ -26,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from storage.call_index import OWED_ANALYSES, CallIndex, update_if
 from storage.calls import (
     ANALYSIS_PENDING,
     _call_record,
@@ -77,16 +78,19 @@ class AnalysisRepository:
 
     @_driver_errors
     async def owed_analyses(self, limit: int = 100) -> list[str]:
-        """Ids of finished calls whose analysis is owed (a scan on FerretDB: poll seldom),
-        but not those stored already whose report is still to be queued: `call.analyzed`
-        waits for it, and the outbox publishes them once it is."""
-        calls = CallDocument.get_pymongo_collection()
-        due = {
-            "analysis_pending": True,
-            "$or": [{"report_pending": {"$ne": True}}, {"analysis.status": "pending"}],
-        }
-        docs = await calls.find(due, {"_id": 1}).limit(limit).to_list()
-        return [str(doc["_id"]) for doc in docs]
+        """Ids of finished calls whose analysis is owed (read from their rows:
+        `storage.call_index`), but not those stored already whose report is still to be
+        queued: `call.analyzed` waits for it, and the outbox publishes them once it is."""
+        docs = await CallIndex().flagged(
+            OWED_ANALYSES,
+            lambda d: (
+                d.analysis_pending
+                and (not d.report_pending or (d.analysis or {}).get("status") == "pending")
+            ),
+            limit=limit,
+            now=datetime.now(UTC),
+        )
+        return [str(doc.id) for doc in docs]
 
     @_driver_errors
     async def claim_analysis(
@@ -161,9 +165,11 @@ class AnalysisRepository:
         """The result stored at generation `gen` has been published: it is owed no more,
         unless a re-run took a later generation meanwhile."""
         async with call_write_lock(call_id):
-            await CallDocument.get_pymongo_collection().update_one(
-                {"_id": _object_id(call_id, what="call"), "analysis_gen": gen},
-                {"$set": {"analysis_pending": False}},
+            await update_if(
+                CallDocument.get_pymongo_collection(),
+                _object_id(call_id, what="call"),
+                {"analysis_gen": gen},
+                {"analysis_pending": False},
             )
 
     @_driver_errors
@@ -186,6 +192,7 @@ class AnalysisRepository:
             if gen is None:  # a gateway claimed or stored it meanwhile: look again
                 await asyncio.sleep(0.05)
                 continue
+            await CallIndex().mark(OWED_ANALYSES, call_id, at=now)
             async with call_write_lock(call_id):
                 await calls.update_one(
                     {"_id": oid},

@@ -25,6 +25,14 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DocumentTooLarge, DuplicateKeyError, PyMongoError
 
+from storage.call_index import (
+    OPEN_CALLS,
+    OWED_ANALYSES,
+    OWED_REPORTS,
+    CallIndex,
+    millis,
+    update_if,
+)
 from storage.documents import CallDocument, TurnDocument
 from storage.errors import CallNotFound, InvalidCursor, NotFound, RecordTooLarge, StorageError
 from storage.models import (
@@ -321,10 +329,25 @@ class CallRepository:
 
     def __init__(self) -> None:
         self._next_index: dict[str, int] = {}
+        self._keys = CallIndex()
 
     @_driver_errors
     async def create_call(self, call: NewCall, *, started_at: datetime) -> CallRecord:
+        """Store a new call, keyed first (`storage.call_index`): a key whose call was never
+        stored is passed over by readers, a call never keyed would be missing from them."""
+        oid = PydanticObjectId()
+        started = _stored_time(started_at)
+        index_key = await self._keys.add_call(
+            org_id=call.org_id,
+            call_id=str(oid),
+            started_at=started,
+            assistant_id=call.assistant_id,
+            direction=call.direction.value,
+        )
+        if call.call_sid:
+            await self._keys.note_sid(call.call_sid, str(oid), started)
         doc = CallDocument(
+            id=oid,
             org_id=call.org_id,
             transport=call.transport,
             call_sid=call.call_sid,
@@ -335,9 +358,10 @@ class CallRepository:
             assistant_id=call.assistant_id,
             metadata=dict(call.metadata),
             status=call.status.value,
-            started_at=_stored_time(started_at),
+            started_at=started,
             system_prompt=call.system_prompt,
             greeting=call.greeting,
+            index_key=index_key,
         )
         await doc.insert()
         return _call_record(doc)
@@ -359,17 +383,17 @@ class CallRepository:
         if answered_at is not None:
             fields["answered_at"] = _stored_time(answered_at)
         async with call_write_lock(call_id):
-            result = await calls.update_one(
-                {"_id": oid, "ended_at": None, "status": {"$in": earlier}}, {"$set": fields}
+            changed = await update_if(
+                calls, oid, {"ended_at": None, "status": {"$in": earlier}}, fields
             )
-            if answered_at is not None and result.matched_count == 0:
+            if answered_at is not None and not changed:
                 # By `_id` alone (see `_set_fact`); after the end it is harmless.
                 await calls.update_one(
                     {"_id": oid}, {"$set": {"answered_at": fields["answered_at"]}}
                 )
-        if result.matched_count == 0 and await calls.find_one({"_id": oid}) is None:
+        if not changed and await calls.find_one({"_id": oid}, {"_id": 1}) is None:
             raise CallNotFound(f"no call {call_id!r}")
-        return result.matched_count > 0
+        return changed
 
     async def _set_fact(self, call_id: str, fields: dict[str, Any]) -> None:
         """Record an identifier or fact that holds whether or not the call has ended.
@@ -392,6 +416,13 @@ class CallRepository:
     async def set_call_sid(self, call_id: str, call_sid: str) -> None:
         """The carrier's id of a call placed by the gateway, once the carrier returned it."""
         await self._set_fact(call_id, {"call_sid": call_sid})
+        doc = await CallDocument.get_pymongo_collection().find_one(
+            {"_id": _object_id(call_id, what="call")}, {"started_at": 1}
+        )
+        if doc is not None:
+            started = _utc(doc["started_at"])
+            assert started is not None
+            await self._keys.note_sid(call_sid, call_id, started)
 
     @_driver_errors
     async def set_answered_by(self, call_id: str, answered_by: str) -> None:
@@ -409,33 +440,41 @@ class CallRepository:
     @_driver_errors
     async def set_recording(self, call_id: str, state: RecordingState) -> None:
         """Store where the call's recording is (replaces the whole state; by `_id` alone)."""
+        if state.egress_id:
+            await self._keys.note_egress(state.egress_id, call_id)
         await self._set_fact(call_id, {"recording": state.model_dump()})
 
     @_driver_errors
     async def set_served_by(self, call_id: str, gateway_id: str) -> None:
         """The gateway `gateway_id` serves the call's audio from now on (holds its lease)."""
+        await self._keys.mark(OPEN_CALLS, call_id, at=_stored_time(datetime.now(UTC)))
         await self._set_fact(call_id, {"served_by": gateway_id})
 
     @_driver_errors
     async def served_calls(self) -> list[CallRecord]:
-        """Open calls a gateway took (they hold its lease), without turns."""
-        docs = await CallDocument.find({"ended_at": None, "served_by": {"$ne": None}}).to_list()
+        """Open calls a gateway took (they hold its lease), without turns: read from the
+        rows of open calls (`storage.call_index`), never every call."""
+        docs = await self._keys.flagged(
+            OPEN_CALLS,
+            lambda d: d.ended_at is None and d.served_by is not None,
+            limit=1_000_000,
+            now=datetime.now(UTC),
+        )
         return [_call_record(d) for d in docs]
 
     @_driver_errors
     async def get_call_by_egress(self, egress_id: str) -> CallRecord | None:
         """The call whose recording is the LiveKit egress `egress_id`, without turns."""
-        doc = await CallDocument.find_one({"recording.egress_id": egress_id})
-        return _call_record(doc) if doc is not None else None
+        call_id = await self._keys.call_by_egress(egress_id)
+        if call_id is None:
+            return None
+        doc = await CallDocument.get(_object_id(call_id, what="call"))
+        if doc is None or (doc.recording or {}).get("egress_id") != egress_id:
+            return None
+        return _call_record(doc)
 
     async def _stored_next_index(self, call_id: str) -> int:
-        last = (
-            await TurnDocument.find(TurnDocument.call_id == call_id)
-            .sort([("index", SortDirection.DESCENDING)])
-            .limit(1)
-            .to_list()
-        )
-        return last[0].index + 1 if last else 0
+        return await self._keys.next_turn_index(call_id)
 
     @_driver_errors
     async def add_turn(
@@ -453,12 +492,21 @@ class CallRepository:
         """Store one turn at the call's next position: a single insert. With `turn_id`
         (`new_turn_id()`) a retry of a write whose answer was lost stores nothing twice."""
         oid = _object_id(turn_id, what="turn") if turn_id is not None else None
-        for _ in range(3):
+        if oid is not None and (stored := await TurnDocument.get(oid)) is not None:
+            # An earlier attempt was stored although its answer never came.
+            return _turn_record(stored)
+        turn_oid = oid if oid is not None else PydanticObjectId()
+        for _ in range(8):
             if call_id not in self._next_index:
                 self._next_index[call_id] = await self._stored_next_index(call_id)
             index = self._next_index[call_id]
+            # The position is claimed by the insert of its slot (`storage.call_index`).
+            if not await self._keys.claim_turn(call_id, index, str(turn_oid)):
+                self._next_index.pop(call_id, None)  # another writer took it: read again
+                continue
+            self._next_index[call_id] = index + 1
             doc = TurnDocument(
-                id=oid,
+                id=turn_oid,
                 call_id=call_id,
                 index=index,
                 speaker=speaker,
@@ -472,14 +520,9 @@ class CallRepository:
             try:
                 await doc.insert()
             except DuplicateKeyError:
-                if oid is not None and (stored := await TurnDocument.get(oid)) is not None:
-                    # An earlier attempt was stored although its answer never came.
-                    self._next_index[call_id] = max(index, stored.index + 1)
-                    return _turn_record(stored)
-                # Another writer took this position: read the stored turns again.
-                self._next_index.pop(call_id, None)
-                continue
-            self._next_index[call_id] = index + 1
+                if (stored := await TurnDocument.get(turn_oid)) is not None:
+                    return _turn_record(stored)  # stored by a retry racing this one
+                continue  # a turn stored at this position before slots existed: the next
             return _turn_record(doc)
         raise StorageError(f"could not find a free turn position for call {call_id!r}")
 
@@ -516,6 +559,10 @@ class CallRepository:
         async with call_write_lock(call_id):
             doc = await self._finish_once(call_id, status, end_reason, ended_at, usage, cost)
         self._next_index.pop(call_id, None)
+        try:
+            await self._keys.unmark(OPEN_CALLS, call_id)
+        except PyMongoError:  # a reader drops it later
+            log.warning("dropping an open call's row failed", extra={"call_id": call_id})
         await self._drop_carrier_notes(call_id)
         if with_turns:
             return await self.get_call(call_id)
@@ -550,7 +597,7 @@ class CallRepository:
         started = _utc(doc.started_at)
         assert started is not None
         duration = max(0.0, (ended - started).total_seconds())
-        turns = await TurnDocument.find(TurnDocument.call_id == call_id).to_list()
+        turns = await self._keys.turns(call_id)
         p50, p95 = _latency_percentiles([t.latency for t in turns if t.latency])
         fields: dict[str, Any] = {
             "status": status.value,
@@ -566,16 +613,21 @@ class CallRepository:
             "analysis": ANALYSIS_PENDING,
             "analysis_pending": True,
         }
+        # Rows first (`storage.call_index`): what is owed is read from them.
+        marked = _stored_time(datetime.now(UTC))
+        await self._keys.mark(OWED_REPORTS, call_id, at=marked)
+        await self._keys.mark(OWED_ANALYSES, call_id, at=marked)
         if doc.answered_by is None:
             # Said while another gateway served the call (`record_carrier_answer`).
             answer = await _carrier_notes(CARRIER_ANSWERS).find_one({"_id": call_id})
             if answer is not None:
                 fields["answered_by"] = str(answer["answered_by"])
         # The filter on ended_at makes the first of two racing finishes win.
-        result = await CallDocument.get_pymongo_collection().update_one(
-            {"_id": doc.id, "ended_at": None}, {"$set": fields}
-        )
-        if result.matched_count == 1:
+        if await update_if(
+            CallDocument.get_pymongo_collection(), doc.id, {"ended_at": None}, fields
+        ):
+            if doc.index_key is not None:
+                await self._keys.finished(doc.index_key, status.value)
             written: CallDocument = doc.model_copy(update=fields)  # exactly what was written
             return written
         won = await CallDocument.get(oid)  # another process finished it first
@@ -633,32 +685,78 @@ class CallRepository:
             raise CallNotFound(f"no call {call_id!r}")
         if not with_turns:
             return _call_record(doc)
-        turns = (
-            await TurnDocument.find(TurnDocument.call_id == call_id)
-            .sort([("index", SortDirection.ASCENDING)])
-            .to_list()
-        )
+        turns = await self._keys.turns(call_id)
         return _call_record(doc, tuple(_turn_record(t) for t in turns))
 
     @_driver_errors
     async def get_call_by_sid(self, call_sid: str) -> CallRecord | None:
-        """The newest call with this transport id, without turns."""
-        docs = (
-            await CallDocument.find(CallDocument.call_sid == call_sid)
-            .sort([("started_at", SortDirection.DESCENDING)])
-            .limit(1)
-            .to_list()
-        )
-        return _call_record(docs[0]) if docs else None
+        """The newest call with this transport id, without turns (by its key in
+        `call_sids`, `storage.call_index`)."""
+        call_id = await self._keys.call_by_sid(call_sid)
+        if call_id is None:
+            return None
+        doc = await CallDocument.get(_object_id(call_id, what="call"))
+        return _call_record(doc) if doc is not None and doc.call_sid == call_sid else None
 
     @_driver_errors
     async def list_calls(
         self, where: CallFilter | None = None, *, limit: int = 50, cursor: str | None = None
     ) -> CallPage:
-        """The newest matching calls first, without turns; `next_cursor` resumes after them."""
+        """The newest matching calls first, without turns; `next_cursor` resumes after them.
+        An organisation's calls are read through their keys (`storage.call_index`): the
+        same page on every store, at the same cost whatever the number of calls stored."""
         if limit < 1:
             return CallPage(items=[], next_cursor=None)
-        query = _call_query(where or CallFilter())
+        where = where or CallFilter()
+        if where.org_id is not None:
+            docs = await self._keyed_page(where, limit, cursor)
+        else:
+            docs = await self._queried_page(where, limit, cursor)
+        more = len(docs) > limit
+        docs = docs[:limit]
+        return CallPage(
+            items=[_call_record(d) for d in docs],
+            next_cursor=_encode_cursor(docs[-1]) if more else None,
+        )
+
+    async def _keyed_page(
+        self, where: CallFilter, limit: int, cursor: str | None
+    ) -> list[CallDocument]:
+        assert where.org_id is not None
+        bounds: list[tuple[int, str]] = []
+        if cursor is not None:
+            started, oid = _decode_cursor(cursor)
+            aware = _utc(started)
+            assert aware is not None
+            bounds.append((millis(aware), str(oid)))
+        if where.started_before is not None:
+            bounds.append((millis(_stored_time(where.started_before)), ""))
+        after = _stored_time(where.started_after) if where.started_after is not None else None
+
+        def accept(doc: CallDocument) -> bool:
+            return (
+                doc.org_id == where.org_id
+                and (where.assistant_id is None or doc.assistant_id == where.assistant_id)
+                and (where.status is None or doc.status == where.status.value)
+                and (where.direction is None or doc.direction == where.direction.value)
+            )
+
+        return await self._keys.page(
+            where.org_id,
+            limit=limit,
+            before=min(bounds) if bounds else None,
+            not_before_ms=millis(after) if after is not None else None,
+            assistant_id=where.assistant_id,
+            direction=where.direction.value if where.direction is not None else None,
+            status=where.status.value if where.status is not None else None,
+            accept=accept,
+        )
+
+    async def _queried_page(
+        self, where: CallFilter, limit: int, cursor: str | None
+    ) -> list[CallDocument]:
+        """Every organisation's calls (an operator's view): one query (a scan on FerretDB)."""
+        query = _call_query(where)
         if cursor is not None:
             started, oid = _decode_cursor(cursor)
             after = {
@@ -668,15 +766,9 @@ class CallRepository:
                 ]
             }
             query = {"$and": [query, after]} if query else after
-        docs = (
+        return (
             await CallDocument.find(query)
             .sort([("started_at", SortDirection.DESCENDING), ("_id", SortDirection.DESCENDING)])
             .limit(limit + 1)
             .to_list()
-        )
-        more = len(docs) > limit
-        docs = docs[:limit]
-        return CallPage(
-            items=[_call_record(d) for d in docs],
-            next_cursor=_encode_cursor(docs[-1]) if more else None,
         )

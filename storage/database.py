@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
@@ -10,6 +12,7 @@ from pymongo.errors import PyMongoError
 from storage.accounts import AccountRepository
 from storage.analyses import AnalysisRepository
 from storage.assistants import AssistantRepository
+from storage.call_index import CallIndex
 from storage.calls import CallRepository
 from storage.claims import EXPIRING_INDEXES, ClaimRepository
 from storage.deliveries import DUE_INDEXES, WebhookRepository
@@ -111,6 +114,8 @@ async def open_database(url: str, db_name: str, *, timeout_s: float = 10.0) -> D
             await _ensure_indexes(database[meta.name], meta.indexes)
         for name, indexes in (EXPIRING_INDEXES | EVENT_INDEXES | DUE_INDEXES).items():
             await _ensure_indexes(database[name], indexes)
+        # Calls stored before their keys (`storage.call_index`) are keyed once.
+        await CallIndex().backfill(now=datetime.now(UTC))
     except PyMongoError as exc:
         await client.close()
         raise StorageError(

@@ -61,6 +61,7 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from storage.call_index import OWED_REPORTS, CallIndex
 from storage.calls import (
     _call_record,
     _driver_errors,
@@ -314,8 +315,11 @@ class WebhookRepository:
 
     @_driver_errors
     async def owed_reports(self, limit: int = 500) -> list[CallRecord]:
-        """Finished calls whose end-call report has not been queued yet."""
-        docs = await CallDocument.find({"report_pending": True}).limit(limit).to_list()
+        """Finished calls whose end-call report has not been queued yet (read from their
+        rows, `storage.call_index`, never every call)."""
+        docs = await CallIndex().flagged(
+            OWED_REPORTS, lambda d: d.report_pending, limit=limit, now=datetime.now(UTC)
+        )
         return [_call_record(d) for d in docs]
 
     @_driver_errors
@@ -334,6 +338,7 @@ class WebhookRepository:
             await CallDocument.get_pymongo_collection().update_one(
                 {"_id": _object_id(call_id, what="call")}, {"$set": {"report_pending": False}}
             )
+        await CallIndex().unmark(OWED_REPORTS, call_id)  # a report is owed once per call
 
     @_driver_errors
     async def enqueue(

@@ -60,6 +60,9 @@ class CallDocument(Document):
     analysis_pending: bool = False
     analysis_gen: int = 0
     analysis_until: datetime | None = None  # the lease of the claim at `analysis_gen`
+    # The `_id` of the call's entry in `call_index` (`storage.call_index`), where its
+    # finish writes its final status; None: keyed by the migration, or before it.
+    index_key: str | None = None
 
     class Settings:
         name = "calls"

@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from pymongo import MongoClient
+from pymongo.synchronous.database import Database
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.services import Services
 from gateway.settings import Settings
 from storage import CallStatus, HeartbeatWriter
+from storage.call_index import OPEN_CALLS
 from telephony.twilio import TwilioSignatureValidator
 
 PUBLIC = "https://gw.example.com"
@@ -79,9 +81,12 @@ def _served_by(
     assert settings.mongodb_url is not None
     mongo: MongoClient[dict[str, Any]]
     with MongoClient(settings.mongodb_url) as mongo:
-        mongo[settings.mongodb_db]["calls"].update_one(
-            {"_id": ObjectId(call_id)}, {"$set": {"served_by": gateway_id}}
+        db: Database[dict[str, Any]] = mongo[settings.mongodb_db]
+        # As `CallRepository.set_served_by` writes it: the open call's row, then the call.
+        db[OPEN_CALLS].update_one(
+            {"_id": call_id}, {"$set": {"at": datetime.now(UTC)}}, upsert=True
         )
+        db["calls"].update_one({"_id": ObjectId(call_id)}, {"$set": {"served_by": gateway_id}})
     if alive:
         writer = HeartbeatWriter(settings.mongodb_url, settings.mongodb_db, gateway_id)
         try:
