@@ -24,6 +24,7 @@ import numpy as np
 from livekit import rtc
 
 from audio.frames import AudioFrame
+from gateway.call.admission import Admission
 from gateway.call.lifecycle import (
     CallEnding,
     CallLifecycle,
@@ -48,6 +49,9 @@ _SIP = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
 _STANDARD = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
 # A web caller whose token was valid when it connected may still be publishing its track.
 WEB_JOIN_GRACE_S = 10.0
+# A refused dispatch's Retry-After: LiveKit's webhook client (go-retryablehttp) honours it
+# for a 503, so its few retries come a second apart, each free to reach another gateway.
+LIVEKIT_RETRY_AFTER_S = 1
 ATTR_ORG = "voice_gateway.org_id"
 ATTR_ASSISTANT = "voice_gateway.assistant_id"
 ATTR_CALL = "voice_gateway.call_id"
@@ -284,8 +288,11 @@ class LiveKitRooms:
         database: Database,
         settings: Settings,
         lookup: CallerLookup,
+        *,
+        admission: Admission,
     ) -> None:
         self._runtime = runtime
+        self._admission = admission
         self._livekit = livekit
         self._database = database
         self._settings = settings
@@ -336,6 +343,22 @@ class LiveKitRooms:
         caller lookup) and join."""
         if room_name in self._rooms or ATTR_CALL in attributes:
             return self._rooms.get(room_name)  # ours already (or an outbound call of ours)
+        # Full: `GatewayFull` before anything is read; the webhook answers 503 and gives the
+        # event back, so LiveKit's retry may reach a gateway with room (see webhook.py).
+        self._admission.require(
+            room_name,
+            hold_s=self._settings.admission_hold_s,
+            arrival="livekit",
+            retry_after_s=LIVEKIT_RETRY_AFTER_S,
+        )
+        try:
+            return await self._open_inbound(room_name, attributes)
+        finally:
+            self._admission.release(room_name)  # the room's call holds its place from here
+
+    async def _open_inbound(
+        self, room_name: str, attributes: Mapping[str, str]
+    ) -> LiveKitRoom | None:
         org_id = attributes.get(ATTR_ORG)
         assistant = None
         if attributes.get(ATTR_ASSISTANT):

@@ -8,6 +8,13 @@ path: 413 beyond, signed or not), the token in `Authorization` is verified from 
 alone, and only then is the body read, hashed against the token, and parsed. Each event
 is acted on once across every gateway on the database: its id is claimed first, and a
 delivery whose id was claimed before is answered 200 and logged.
+
+A SIP caller's `participant_joined` that this process has no room for (admission,
+`gateway/call/admission.py`) is left for another gateway: its claim is given back and the
+webhook answered 503 with `Retry-After: 1`. LiveKit's webhook client retries a 5xx a few
+times (go-retryablehttp's default: 4 retries), and a balancer in front of several gateways
+may hand a retry to one with room. Nothing is stored for it here (another gateway may
+still take the call); if none does, the caller waits in the room until they hang up.
 """
 
 from __future__ import annotations

@@ -5,9 +5,11 @@ Refusals happen before any audio flows: a bad upgrade signature closes before ac
 (HTTP 403); a missing, wrong or expired per-call stream token closes right after `start`
 (1008), as does a start for a call that ended or has had its stream (a replay: the token
 is single-use, claimed in the database before anything of the call is touched); so does
-a socket that sends no `start` within STREAM_START_TIMEOUT_S. Once `start` checks out,
-the stream is the `CallLeg` of the call's `CallLifecycle`, and its media is held to the
-real clock (`InboundMediaGuard`): a stream that lies about time or floods is closed 1008.
+a socket that sends no `start` within STREAM_START_TIMEOUT_S, and an upgrade is refused
+before accept (HTTP 403) while MAX_PENDING_STREAMS sockets of this process wait for
+theirs. Once `start` checks out, the stream is the `CallLeg` of the call's
+`CallLifecycle`, and its media is held to the real clock (`InboundMediaGuard`): a stream
+that lies about time or floods is closed 1008.
 Unknown events are counted, and logged once per name.
 """
 
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -61,15 +64,28 @@ async def twilio_stream_endpoint(websocket: WebSocket) -> None:
         log.warning("stream upgrade refused: %s", exc)
         await websocket.close(code=POLICY_VIOLATION)  # before accept: an HTTP 403
         return
-    await websocket.accept()
-    await _MediaStream(services, websocket).run()
+    slots = services.stream_slots
+    if not slots.open():  # a flood of upgrades: refused before accept (HTTP 403)
+        services.metrics.streams_refused_total += 1
+        log.warning("stream upgrade refused: too many streams waiting for start")
+        await websocket.close(code=POLICY_VIOLATION)
+        return
+    stream = _MediaStream(services, websocket, on_started=slots.release)
+    try:
+        await websocket.accept()
+        await stream.run()
+    finally:
+        stream.release_slot()
 
 
 class _MediaStream:
     """One media stream: its receive loop, and the `CallLeg` of its call."""
 
-    def __init__(self, services: Services, websocket: WebSocket) -> None:
+    def __init__(
+        self, services: Services, websocket: WebSocket, *, on_started: Callable[[], None]
+    ) -> None:
         self._services = services
+        self._on_started: Callable[[], None] | None = on_started  # frees its pending slot
         self._ws = websocket
         self._protocol = MediaStreamProtocol()
         self._call: CallLifecycle | None = None
@@ -168,7 +184,14 @@ class _MediaStream:
                 elif isinstance(event, StreamStopped):
                     return CallEnding("caller-hung-up", CallStatus.COMPLETED)
 
+    def release_slot(self) -> None:
+        """The socket is no longer waiting for `start` (it started, or it is closing)."""
+        if self._on_started is not None:
+            self._on_started()
+            self._on_started = None
+
     async def _start(self, start: Start) -> None:
+        self.release_slot()  # checked or refused below, it is no longer pending
         services = self._services
         self._started_at = time.monotonic()
         self._call_sid = start.call_sid
