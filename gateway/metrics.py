@@ -47,6 +47,7 @@ class GatewayMetrics:
     protocol_errors_total: int = 0
     unknown_events_total: int = 0  # Media Streams events of names this gateway ignores
     streams_without_start_total: int = 0  # sockets closed for sending no `start` in time
+    streams_idle_total: int = 0  # started streams closed for sending nothing in time
     lost_call_sweeps_total: int = 0  # rounds of this gateway's lost-call sweeper
     calls_lost_total: int = 0  # calls of stopped gateways this gateway finished
     stt_reconnects_total: int = 0

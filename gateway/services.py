@@ -297,6 +297,8 @@ async def running(services: Services) -> AsyncIterator[None]:
         await services.calls.catalog.aclose()
         if services.recordings is not None:
             services.recordings.close()
+        if services.rooms is not None:
+            await services.rooms.aclose()
         if services.livekit is not None:
             await services.livekit.aclose()
 

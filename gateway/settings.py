@@ -261,6 +261,9 @@ class Settings(BaseSettings):
     call_prompt_max_chars: int = Field(default=40_000, ge=1000)
     # A Media Stream that has not sent `start` this long after the upgrade is closed (1008).
     stream_start_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # A started Media Stream that sends no message this long is closed (1008) and its call
+    # ends `stream-idle` (Twilio sends a frame every 20 ms, silence included).
+    stream_idle_timeout_s: float = Field(default=15.0, ge=1, le=600)
     # The offline recogniser keeps at most this much of one utterance (the newest audio).
     local_stt_max_utterance_s: float = Field(default=30.0, ge=1, le=300)
     # uvicorn: connections served at once (then 503), idle keep-alive, and the time and
@@ -288,6 +291,10 @@ class Settings(BaseSettings):
     # Media Stream sockets upgraded but without `start` yet, per process: an upgrade beyond
     # is refused before it is accepted (each is also closed after STREAM_START_TIMEOUT_S).
     max_pending_streams: int = Field(default=64, ge=1, le=100_000)
+    # A LiveKit dispatch refused here (full) is given back to LiveKit's retries; if no
+    # gateway took it this long after, the refusing gateway serves it (room again) or
+    # stores it busy/gateway-full and closes its room (the caller is hung up).
+    livekit_dispatch_grace_s: float = Field(default=10.0, ge=0.5, le=120)
 
     @field_validator("public_url")
     @classmethod

@@ -118,6 +118,7 @@ async def record_refused_call(
     to_number: str,
     end_reason: str,
     call_sid: str = "",
+    metadata: Mapping[str, str] | None = None,
 ) -> CallRecord:
     """Store a call the gateway refused without answering it, finished at once as `busy`
     with `end_reason`: its organisation the assistant's (or the default's), no persona (it
@@ -138,7 +139,7 @@ async def record_refused_call(
             to_number=to_number,
             direction=direction,
             assistant_id=assistant.id if assistant else None,
-            metadata={},
+            metadata=dict(metadata or {}),
             status=CallStatus.RINGING,
         ),
         started_at=now,

@@ -13,8 +13,11 @@ A SIP caller's `participant_joined` that this process has no room for (admission
 `gateway/call/admission.py`) is left for another gateway: its claim is given back and the
 webhook answered 503 with `Retry-After: 1`. LiveKit's webhook client retries a 5xx a few
 times (go-retryablehttp's default: 4 retries), and a balancer in front of several gateways
-may hand a retry to one with room. Nothing is stored for it here (another gateway may
-still take the call); if none does, the caller waits in the room until they hang up.
+may hand a retry to one with room. Nothing is stored for it then (another gateway may
+still take the call). After LIVEKIT_DISPATCH_GRACE_S the refusing gateway tries to claim
+the event itself: if no gateway took the call, it serves it if it has room by then, else
+stores it busy/gateway-full and closes the room, so the caller is hung up rather than left
+in a silent room (`LiveKitRooms.dispatch_refused`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from livekit.protocol import models
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import NotConfigured
+from gateway.errors import GatewayFull, NotConfigured
 from gateway.livekit.egress import record_egress_ended
 from gateway.livekit.room import LiveKitRooms
 from gateway.services import Services
@@ -63,8 +66,12 @@ async def livekit_webhook(request: Request) -> Response:
     log.info("livekit event", extra=extra)
     try:
         await _act(services, rooms, event)
-    except Exception:  # given back so LiveKit's retry is acted on, then answered as usual
+    except Exception as exc:  # given back so LiveKit's retry is acted on, then answered as usual
         await claims.release_event(event.id)
+        if isinstance(exc, GatewayFull):  # left for another gateway, with a last resort
+            keep_until = datetime.fromtimestamp(token.valid_until, UTC)
+            attributes = dict(event.participant.attributes)
+            rooms.dispatch_refused(event.id, event.room.name, attributes, keep_until=keep_until)
         raise
     return JSONResponse({"ok": True})
 

@@ -2,11 +2,13 @@
 (MAX_LIVE_CALLS=2): two simulated Twilio callers talk to the agent; a third call is
 answered `<Reject reason="busy"/>`, stored busy/gateway-full and counted; an outbound
 call is refused 503 with Retry-After and placed once there is room again; the two live
-calls finish normally with their transcripts."""
+calls finish normally with their transcripts. A LiveKit SIP dispatch to a full gateway is
+left for another gateway, and hung up (stored busy/gateway-full) when none takes it."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -14,11 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 from telephony.twilio import TwilioSignatureValidator
+from tests.livekit_caller import RoomCaller, caller_token, dispatch_attributes, espeak_pcm16k
 
-from .conftest import FakeServer, GatewayProcess, run_gateway
+from .conftest import FakeServer, GatewayProcess, run_gateway, run_room_stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -39,6 +43,8 @@ def bounded_gateway(
         "TWILIO_ACCOUNT_SID": TWILIO_ACCOUNT,
         "TWILIO_API_BASE_URL": twilio_fake.url,
         "VAD_SILENCE_MS": "400",
+        "MAX_PENDING_STREAMS": "3",
+        "STREAM_IDLE_TIMEOUT_S": "2",
     }
     with run_gateway(mongo_url, tmp_path_factory.mktemp("admission"), env) as gateway:
         twilio_fake.reset()
@@ -186,3 +192,158 @@ async def test_a_full_gateway_refuses_new_calls_and_keeps_its_live_ones(
     log_text = gateway.log_text()
     refusals = [line for line in log_text.splitlines() if "call refused" in line]
     assert any(refused_sid in line and "live-calls" in line for line in refusals)
+
+
+async def _signed_socket(gateway: GatewayProcess) -> websockets.ClientConnection:
+    url = gateway.base_url.replace("http", "ws") + "/twilio/stream"
+    signature = TwilioSignatureValidator(gateway.auth_token).sign(url, {})
+    return await websockets.connect(url, additional_headers={"X-Twilio-Signature": signature})
+
+
+async def test_sockets_waiting_for_start_are_bounded_and_idle_streams_closed(
+    bounded_gateway: GatewayProcess,
+) -> None:
+    """MAX_PENDING_STREAMS=3: a fourth signed upgrade without `start` is refused before
+    accept, and a slot is free again once a waiting socket goes. A started stream that
+    then sends nothing is closed after STREAM_IDLE_TIMEOUT_S=2, its call `stream-idle`."""
+    gateway = bounded_gateway
+    waiting = [await _signed_socket(gateway) for _ in range(3)]
+    try:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await _signed_socket(gateway)
+        assert refused.value.response.status_code == 403
+        await waiting.pop().close()
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:  # the gateway frees the slot once it has seen the close
+            try:
+                waiting.append(await _signed_socket(gateway))
+                break
+            except websockets.InvalidStatus:
+                assert asyncio.get_running_loop().time() < deadline, "the slot stayed taken"
+                await asyncio.sleep(0.1)
+    finally:
+        for socket in waiting:
+            await socket.close()
+
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=15) as http:
+        call = _call(gateway)
+        _, params = await call.answer(http)
+        socket = await _signed_socket(gateway)
+        try:
+            start = {
+                "accountSid": call.account_sid,
+                "streamSid": call.stream_sid,
+                "callSid": call.call_sid,
+                "tracks": ["inbound"],
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                "customParameters": params,
+            }
+            message = {"event": "start", "sequenceNumber": "1", "start": start}
+            await socket.send(json.dumps({**message, "streamSid": call.stream_sid}))
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:  # the greeting's frames, then the close
+                    await asyncio.wait_for(socket.recv(), 30)
+            assert socket.close_code == 1008 and socket.close_reason == "no media"
+        finally:
+            await socket.close()
+        assert call.call_id is not None
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            stored = (
+                await http.get(f"/calls/{call.call_id}", headers={"x-api-key": gateway.api_key})
+            ).json()
+            if stored["ended_at"]:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the idle call never ended"
+            await asyncio.sleep(0.1)
+        assert (stored["status"], stored["end_reason"]) == ("failed", "stream-idle")
+        metrics = (await http.get("/metrics")).text
+    assert _metric(metrics, "voice_gateway_streams_refused_total") >= 1
+    assert _metric(metrics, "voice_gateway_streams_idle_total") == 1
+
+
+async def test_a_full_gateway_leaves_a_livekit_dispatch_then_hangs_it_up(
+    mongo_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """One live SIP room call (MAX_LIVE_CALLS=1): a second SIP caller's dispatch is refused
+    503 + Retry-After (LiveKit retries it); no other gateway takes it, so after the grace the
+    refusing gateway stores it busy/gateway-full and closes its room (the caller is hung
+    up); the first call goes on and is answered."""
+    work = tmp_path_factory.mktemp("admission-lk")
+    env: dict[str, str | None] = {
+        "MAX_LIVE_CALLS": "1",
+        "MAX_LOOP_LAG_MS": "10000",
+        "LIVEKIT_DISPATCH_GRACE_S": "2",
+        "VAD_SILENCE_MS": "500",
+    }
+    with run_room_stack(mongo_url, work, env) as (gateway, server):
+        key = gateway.api_key
+        async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+            _, rule_attributes = await dispatch_attributes(
+                http,
+                key,
+                server.url,
+                server.api_key,
+                server.api_secret,
+                {"name": "Rooms", "system_prompt": "Be brief.", "greeting": "Hello from rooms."},
+                ["+15557770001"],
+            )
+            ws_url = server.url.replace("http://", "ws://")
+            callers: list[RoomCaller] = []
+
+            async def sip_caller(room: str) -> RoomCaller:
+                attributes = {
+                    **rule_attributes,
+                    "sip.phoneNumber": "+15550001111",
+                    "sip.trunkPhoneNumber": "+15557770001",
+                    "sip.callID": "SCL_" + secrets.token_hex(4),
+                }
+                caller = RoomCaller()
+                callers.append(caller)
+                token = caller_token(server.api_key, server.api_secret, room, "sip", attributes)
+                await caller.join(ws_url, token)
+                return caller
+
+            first_room, second_room = "call-" + secrets.token_hex(4), "call-" + secrets.token_hex(4)
+            try:
+                first = await sip_caller(first_room)
+                await first.wait_agent_audio(within_s=30)
+                await first.wait_agent_silent()
+
+                second = await sip_caller(second_room)
+                # Hung up by the refusing gateway once the grace is over.
+                await asyncio.wait_for(second.left.wait(), 60)
+                refused = await _stored_in_room(http, key, second_room)
+                assert refused["status"] == "busy"
+                assert refused["end_reason"] == "gateway-full"
+                assert refused["transport"] == "livekit"
+                metrics = (await http.get("/metrics")).text
+                prefix = "voice_gateway_calls_refused_total"
+                assert _metric(metrics, f'{prefix}{{arrival="livekit",cause="live-calls"}}') >= 1
+
+                # The live call never noticed.
+                first.say(espeak_pcm16k("What are your opening hours?"))
+                await first.wait_said()
+                await first.wait_agent_audio(within_s=20)
+                await first.wait_agent_silent()
+                assert not first.left.is_set()
+            finally:
+                for caller in callers:
+                    await caller.leave()
+            answered = await _stored_in_room(http, key, first_room)
+            assert answered["status"] in ("in-progress", "completed")
+        lines = gateway.log_text().splitlines()
+        assert any("call refused" in line and second_room in line for line in lines)
+
+
+async def _stored_in_room(
+    http: httpx.AsyncClient, key: str, room: str, within_s: float = 30
+) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        items = (await http.get("/calls", headers={"x-api-key": key})).json()["items"]
+        found = [c for c in items if c["metadata"].get("room") == room]
+        if found:
+            return dict(found[0])
+        assert asyncio.get_running_loop().time() < deadline, f"no call stored for {room}"
+        await asyncio.sleep(0.1)
