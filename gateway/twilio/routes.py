@@ -200,11 +200,6 @@ def _refuse(services: Services, form: dict[str, str], refusal: Refusal) -> Respo
         extra={"call_sid": call_sid, "from": form.get("From", ""), **refusal.log_fields()},
     )
     twiml = services.settings.overflow_twiml or reject_twiml("busy")
-    if services.admission.refusals_storing >= _MAX_REFUSALS_STORING:
-        services.metrics.refused_calls_unstored_total += 1
-        log.warning("refused call not stored: too many being stored", extra={"call_sid": call_sid})
-        return _twiml(twiml)
-    services.admission.refusals_storing += 1
     return Response(
         twiml,
         media_type="application/xml",
@@ -215,7 +210,12 @@ def _refuse(services: Services, form: dict[str, str], refusal: Refusal) -> Respo
 async def _store_refused(services: Services, form: dict[str, str]) -> None:
     """Store a refused Twilio call as busy/gateway-full (its report is owed as any finished
     call's); a database that fails is logged: the call was refused all the same."""
-    db, call_sid = services.database, form.get("CallSid", "")
+    db, call_sid, admission = services.database, form.get("CallSid", ""), services.admission
+    if admission.refusals_storing >= _MAX_REFUSALS_STORING:
+        services.metrics.refused_calls_unstored_total += 1
+        log.warning("refused call not stored: too many being stored", extra={"call_sid": call_sid})
+        return
+    admission.refusals_storing += 1
     try:
         if await db.calls.get_call_by_sid(call_sid) is not None:
             return  # a replayed webhook of a call stored before: it stays as it is
@@ -239,7 +239,7 @@ async def _store_refused(services: Services, form: dict[str, str]) -> None:
     except StorageError as exc:
         log.warning("a refused call could not be stored: %s", exc, extra={"call_sid": call_sid})
     finally:
-        services.admission.refusals_storing -= 1
+        admission.refusals_storing -= 1
 
 
 async def _status_target(
@@ -298,7 +298,10 @@ async def twilio_status(request: Request) -> Response:
         if await calls.set_status(call.id, status):
             await services.events.status(call, status)
         return Response(status_code=204)
-    services.admission.release(call.id)  # an outbound call that never streamed: no place
+    # A call that ended before its stream started here holds no place any more.
+    services.admission.release(call.id)  # outbound: held under its id while it rang
+    if call.call_sid:
+        services.admission.release(call.call_sid)  # inbound: under its CallSid
     if live is not None:  # served here: its lifecycle finishes it after its last writes
         live.request_end(reason, status)
         return Response(status_code=204)
