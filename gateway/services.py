@@ -285,6 +285,8 @@ async def running(services: Services) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if services.rooms is not None:  # no refused dispatch is taken up any more
+            await services.rooms.aclose()
         await services.calls.live.end_all(CallEnding("gateway-shutdown", CallStatus.FAILED))
         await services.event_feed.aclose()
         for task in tasks:
@@ -297,8 +299,6 @@ async def running(services: Services) -> AsyncIterator[None]:
         await services.calls.catalog.aclose()
         if services.recordings is not None:
             services.recordings.close()
-        if services.rooms is not None:
-            await services.rooms.aclose()
         if services.livekit is not None:
             await services.livekit.aclose()
 
