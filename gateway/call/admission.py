@@ -162,13 +162,17 @@ class Admission:
         refused = self.admit(key, hold_s=hold_s)
         if refused is None:
             return
+        self.refused(refused, arrival=arrival, key=key)
+        raise GatewayFull(refused.cause, retry_after_s=retry_after_s)
+
+    def refused(self, refusal: Refusal, *, arrival: Arrival, key: str) -> None:
+        """Log and count a refusal (`key`: the CallSid, room or request refused)."""
         if self._metrics is not None:
-            self._metrics.call_refused(arrival, refused.cause)
+            self._metrics.call_refused(arrival, refusal.cause)
         log.warning(
             "call refused: the gateway is full",
-            extra={"arrival": arrival, "admission_key": key, **refused.log_fields()},
+            extra={"arrival": arrival, "admission_key": key, **refusal.log_fields()},
         )
-        raise GatewayFull(refused.cause, retry_after_s=retry_after_s)
 
 
 class StreamSlots:

@@ -35,7 +35,7 @@ from gateway.call.lifecycle import (
 )
 from gateway.call.lookup import CallerLookup
 from gateway.call.records import CallInputLimits, record_refused_call
-from gateway.errors import MissingPlaceholders
+from gateway.errors import GatewayFull, MissingPlaceholders
 from gateway.livekit.egress import RoomRecording
 from gateway.livekit.transport import RATE, LiveKitTransport
 from gateway.logs import call_id_var
@@ -365,6 +365,21 @@ class LiveKitRooms:
             return await self._open_inbound(room_name, attributes)
         finally:
             self._admission.release(room_name)  # the room's call holds its place from here
+
+    def admit_dispatch(
+        self, event_id: str, room_name: str, attributes: Mapping[str, str], *, keep_until: datetime
+    ) -> None:
+        """Before a SIP caller's dispatch is claimed: `GatewayFull` if this process has no
+        room for a new call, with its last resort scheduled (`dispatch_refused`). Checked
+        again, holding a place, when the call is opened (`serve_inbound`)."""
+        if room_name in self._rooms or ATTR_CALL in attributes:
+            return
+        refusal = self._admission.refusal()
+        if refusal is None:
+            return
+        self.dispatch_refused(event_id, room_name, attributes, keep_until=keep_until)
+        self._admission.refused(refusal, arrival="livekit", key=room_name)
+        raise GatewayFull(refusal.cause, retry_after_s=LIVEKIT_RETRY_AFTER_S)
 
     def dispatch_refused(
         self, event_id: str, room_name: str, attributes: Mapping[str, str], *, keep_until: datetime

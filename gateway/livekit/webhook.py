@@ -10,8 +10,9 @@ is acted on once across every gateway on the database: its id is claimed first, 
 delivery whose id was claimed before is answered 200 and logged.
 
 A SIP caller's `participant_joined` that this process has no room for (admission,
-`gateway/call/admission.py`) is left for another gateway: its claim is given back and the
-webhook answered 503 with `Retry-After: 1`. LiveKit's webhook client retries a 5xx a few
+`gateway/call/admission.py`) is left for another gateway: it is not claimed (or its claim
+is given back, if the process filled up meanwhile) and the webhook is answered 503 with
+`Retry-After: 1`. LiveKit's webhook client retries a 5xx a few
 times (go-retryablehttp's default: 4 retries), and a balancer in front of several gateways
 may hand a retry to one with room. Nothing is stored for it then (another gateway may
 still take the call). After LIVEKIT_DISPATCH_GRACE_S the refusing gateway tries to claim
@@ -53,12 +54,17 @@ async def livekit_webhook(request: Request) -> Response:
     if not event.id:
         log.warning("livekit event without an id ignored", extra=extra)
         return JSONResponse({"ok": True})
+    keep_until = datetime.fromtimestamp(token.valid_until, UTC)
+    if event.event == "participant_joined" and event.participant.kind == models.ParticipantInfo.SIP:
+        # A full gateway leaves the dispatch unclaimed, for a retry elsewhere (503).
+        attributes = dict(event.participant.attributes)
+        rooms.admit_dispatch(event.id, event.room.name, attributes, keep_until=keep_until)
     claims = services.database.claims
     fresh = await claims.claim_event(
         event.id,
         event=event.event,
         now=datetime.now(UTC),
-        keep_until=datetime.fromtimestamp(token.valid_until, UTC),
+        keep_until=keep_until,
     )
     if not fresh:
         log.warning("webhook event already handled: %s", event.id, extra=extra)
@@ -68,8 +74,7 @@ async def livekit_webhook(request: Request) -> Response:
         await _act(services, rooms, event)
     except Exception as exc:  # given back so LiveKit's retry is acted on, then answered as usual
         await claims.release_event(event.id)
-        if isinstance(exc, GatewayFull):  # left for another gateway, with a last resort
-            keep_until = datetime.fromtimestamp(token.valid_until, UTC)
+        if isinstance(exc, GatewayFull):  # full by the time it was opened: as above
             attributes = dict(event.participant.attributes)
             rooms.dispatch_refused(event.id, event.room.name, attributes, keep_until=keep_until)
         raise
