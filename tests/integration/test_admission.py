@@ -84,7 +84,7 @@ async def _stored_by_sid(
         items = (await http.get("/calls", headers={"x-api-key": key})).json()["items"]
         found = [c for c in items if c["call_sid"] == call_sid]
         if found:
-            return found[0]
+            return dict(found[0])
         assert asyncio.get_running_loop().time() < deadline, f"{call_sid} was never stored"
         await asyncio.sleep(0.1)
 

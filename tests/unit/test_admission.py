@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from pydantic import ValidationError
@@ -22,7 +22,9 @@ class _Stop(Exception):
     """Ends a monitor's run once its scripted delays are spent."""
 
 
-def _scripted_loop(delays_ms: list[float]) -> tuple[Callable[[], float], Callable[[float], object]]:
+def _scripted_loop(
+    delays_ms: list[float],
+) -> tuple[Callable[[], float], Callable[[float], Awaitable[None]]]:
     """A clock and a sleep: each sleep advances the clock by what was asked plus the next
     scripted delay (how late the loop woke); after the last one the run stops."""
     now = [1000.0]
