@@ -112,6 +112,8 @@ async def test_a_full_gateway_refuses_new_calls_and_keeps_its_live_ones(
     headers = {"x-api-key": key}
     question = espeak_mulaw("What are your opening hours?")
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=15) as http:
+        registered = await http.post("/numbers", headers=headers, json={"number": OUR_NUMBER})
+        assert registered.status_code == 201, registered.text
         assistant = await http.post(
             "/assistants",
             headers=headers,
