@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -33,6 +35,7 @@ from bench.provider_latency_bench import API_KEY, _fake, _free_port, _wait_up, f
 from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 
 ROOT = Path(__file__).resolve().parent.parent
+LAG_REFUSALS = 'voice_gateway_calls_refused_total{arrival="twilio",cause="loop-lag"}'
 LINES = ("What are your opening hours?", "How much does it cost?", "Can I book an appointment?")
 
 
@@ -100,7 +103,7 @@ async def _offer(
 
 async def _run(
     base: str, token: str, pid: int, offered: int, arrival_s: float, seconds: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     speech = [espeak_mulaw(line) for line in LINES]
     limits = httpx.Limits(max_connections=offered + 10)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
@@ -114,12 +117,12 @@ async def _run(
         cpu = (_cpu_s(pid) - cpu_before) / (time.monotonic() - wall_before)
         after = _counters((await http.get("/metrics")).text)
         headers = {"x-api-key": API_KEY}
-        lost = 0
+        lost: collections.Counter[str] = collections.Counter()
         for o in outcomes:
             if o.admitted and o.call_id:
                 stored = (await http.get(f"/calls/{o.call_id}", headers=headers)).json()
                 if stored.get("end_reason") != "caller-hung-up" or o.failed:
-                    lost += 1
+                    lost[f"{stored.get('end_reason')} / {o.failed}"] += 1
         busy = await http.get("/calls", headers=headers, params={"status": "busy", "limit": 200})
         stored_busy = sum(1 for c in busy.json()["items"] if c["end_reason"] == "gateway-full")
 
@@ -140,7 +143,11 @@ async def _run(
         "errors": sum(1 for o in outcomes if not o.admitted and o.failed is not None),
         "frames": sent,
         "late_pct": 100.0 * late / sent if sent else 0.0,
-        "lost": lost,
+        "lost": sum(lost.values()),
+        "lost_why": "; ".join(f"{n} x {why}" for why, n in lost.most_common(3)),
+        "refused_lag": delta(LAG_REFUSALS),
+        "unstored": delta("voice_gateway_refused_calls_unstored_total"),
+        "lag_ms": after.get("voice_gateway_event_loop_lag_ms", 0.0),
         "admit_ms_p50": _pct([o.answer_ms for o in admitted], 0.5),
         "admit_ms_p95": _pct([o.answer_ms for o in admitted], 0.95),
         "refuse_ms_p50": _pct([o.answer_ms for o in refused], 0.5),
@@ -157,6 +164,7 @@ def main() -> int:
     parser.add_argument("--arrival-ms", type=float, default=100.0)
     parser.add_argument("--call-seconds", type=float, default=20.0)
     parser.add_argument("--max-loop-lag-ms", type=float, default=50.0)
+    parser.add_argument("--ms-per-char", type=float, default=45.0, help="the TTS fake's pace")
     args = parser.parse_args()
     offered = args.offered or 2 * args.bound
 
@@ -190,7 +198,8 @@ def main() -> int:
         )
         try:
             _wait_up(base + "/health", gateway)
-            httpx.post(ct_url + "/control", json={"ms_per_char": 5}).raise_for_status()
+            tts = {"ms_per_char": args.ms_per_char}
+            httpx.post(ct_url + "/control", json=tts).raise_for_status()
             r = asyncio.run(
                 _run(base, token, gateway.pid, offered, args.arrival_ms / 1000, args.call_seconds)
             )
@@ -202,8 +211,10 @@ def main() -> int:
         f"{args.call_seconds:.0f} s each (cloud-provider fakes, energy VAD)\n"
         f"admitted {r['admitted']}, refused {r['refused']} (stored busy/gateway-full: "
         f"{r['refused_stored']:.0f}), other errors {r['errors']}\n"
+        f"refused for loop lag: {r['refused_lag']:.0f}; not stored (too many at once): "
+        f"{r['unstored']:.0f}; loop lag at the end {r['lag_ms']:.1f} ms\n"
         f"admitted calls: {r['frames']:.0f} frames out, late {r['late_pct']:.3f} %, "
-        f"lost {r['lost']}\n"
+        f"lost {r['lost']} {r['lost_why']}\n"
         f"voice webhook answer (ms): admitted p50 {r['admit_ms_p50']:.1f} p95 "
         f"{r['admit_ms_p95']:.1f}; refused p50 {r['refuse_ms_p50']:.1f} p95 "
         f"{r['refuse_ms_p95']:.1f} p99 {r['refuse_ms_p99']:.1f}\n"
