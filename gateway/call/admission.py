@@ -123,7 +123,10 @@ class Admission:
         self.max_live_calls = max_live_calls
         self.lag = lag
         self.max_loop_lag_ms = max_loop_lag_ms
-        self.refusals_storing = 0  # refused calls being stored now (the routes bound it)
+        # Refused calls waiting to be stored or being stored (the routes bound it), and the
+        # stores that may run at once: a flood of refusals is a short queue of writes.
+        self.refusals_storing = 0
+        self.refusal_writes = asyncio.Semaphore(4)
 
     def refusal(self) -> Refusal | None:
         """Why one more call cannot be taken now (None: it can). O(1): no I/O, no scan."""

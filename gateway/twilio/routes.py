@@ -59,9 +59,10 @@ _UNAVAILABLE = "Sorry, this number cannot take calls right now. Goodbye."
 _SIGNATURE_SHAPE = re.compile(r"[A-Za-z0-9+/]{27}=")
 # Twilio's voice and status webhooks carry a few dozen fields.
 _MAX_FORM_FIELDS = 200
-# Refused calls being stored at once, per process: past it a refusal is only logged and
-# counted (a flood of calls must not become a flood of database writes beside live calls).
-_MAX_REFUSALS_STORING = 16
+# Refused calls waiting to be stored, per process (a few are written at once,
+# `Admission.refusal_writes`): past it a refusal is only logged and counted, so that a
+# flood of calls is never more than a short queue of database writes beside live calls.
+_MAX_REFUSALS_STORING = 256
 
 
 def _twiml(body: str) -> Response:
@@ -210,36 +211,42 @@ def _refuse(services: Services, form: dict[str, str], refusal: Refusal) -> Respo
 async def _store_refused(services: Services, form: dict[str, str]) -> None:
     """Store a refused Twilio call as busy/gateway-full (its report is owed as any finished
     call's); a database that fails is logged: the call was refused all the same."""
-    db, call_sid, admission = services.database, form.get("CallSid", ""), services.admission
+    call_sid, admission = form.get("CallSid", ""), services.admission
     if admission.refusals_storing >= _MAX_REFUSALS_STORING:
         services.metrics.refused_calls_unstored_total += 1
-        log.warning("refused call not stored: too many being stored", extra={"call_sid": call_sid})
+        log.warning("refused call not stored: too many waiting", extra={"call_sid": call_sid})
         return
     admission.refusals_storing += 1
     try:
-        if await db.calls.get_call_by_sid(call_sid) is not None:
-            return  # a replayed webhook of a call stored before: it stays as it is
-        inbound = form.get("Direction", "inbound") == "inbound"
-        to_number = form.get("To", "")
-        call = await record_refused_call(
-            db.calls,
-            db.accounts,
-            assistant=await db.assistants.for_number(to_number),
-            transport="twilio",
-            direction=Direction.INBOUND if inbound else Direction.OUTBOUND,
-            from_number=form.get("From", ""),
-            to_number=to_number,
-            call_sid=call_sid,
-            end_reason=GATEWAY_FULL,
-        )
-        call_id_var.set(call.id)
-        log.info("refused call stored", extra={"call_sid": call_sid, "status": call.status.value})
-        await services.events.status(call, call.status)
-        services.outbox.poke()  # its report goes out now, not at the next poll
+        async with admission.refusal_writes:
+            await _write_refused(services, form)
     except StorageError as exc:
         log.warning("a refused call could not be stored: %s", exc, extra={"call_sid": call_sid})
     finally:
         admission.refusals_storing -= 1
+
+
+async def _write_refused(services: Services, form: dict[str, str]) -> None:
+    db, call_sid = services.database, form.get("CallSid", "")
+    if await db.calls.get_call_by_sid(call_sid) is not None:
+        return  # a replayed webhook of a call stored before: it stays as it is
+    inbound = form.get("Direction", "inbound") == "inbound"
+    to_number = form.get("To", "")
+    call = await record_refused_call(
+        db.calls,
+        db.accounts,
+        assistant=await db.assistants.for_number(to_number),
+        transport="twilio",
+        direction=Direction.INBOUND if inbound else Direction.OUTBOUND,
+        from_number=form.get("From", ""),
+        to_number=to_number,
+        call_sid=call_sid,
+        end_reason=GATEWAY_FULL,
+    )
+    call_id_var.set(call.id)
+    log.info("refused call stored", extra={"call_sid": call_sid, "status": call.status.value})
+    await services.events.status(call, call.status)
+    services.outbox.poke()  # its report goes out now, not at the next poll
 
 
 async def _status_target(
