@@ -123,8 +123,15 @@ async def _run(
                 stored = (await http.get(f"/calls/{o.call_id}", headers=headers)).json()
                 if stored.get("end_reason") != "caller-hung-up" or o.failed:
                     lost[f"{stored.get('end_reason')} / {o.failed}"] += 1
-        busy = await http.get("/calls", headers=headers, params={"status": "busy", "limit": 200})
-        stored_busy = sum(1 for c in busy.json()["items"] if c["end_reason"] == "gateway-full")
+        refused_n = sum(1 for o in outcomes if not o.admitted and o.failed is None)
+        deadline = time.monotonic() + 60  # refusals are stored after their answer, queued
+        while True:
+            params = {"status": "busy", "limit": 200}
+            busy = await http.get("/calls", headers=headers, params=params)
+            stored_busy = sum(1 for c in busy.json()["items"] if c["end_reason"] == "gateway-full")
+            if stored_busy >= refused_n or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
