@@ -290,7 +290,7 @@ class Settings(BaseSettings):
     admission_hold_s: float = Field(default=10.0, gt=0, le=300)
     # Media Stream sockets upgraded but without `start` yet, per process: an upgrade beyond
     # is refused before it is accepted (each is also closed after STREAM_START_TIMEOUT_S).
-    max_pending_streams: int = Field(default=64, ge=1, le=100_000)
+    max_pending_streams: int = Field(default=256, ge=1, le=100_000)
     # A LiveKit dispatch refused here (full) is given back to LiveKit's retries; if no
     # gateway took it this long after, the refusing gateway serves it (room again) or
     # stores it busy/gateway-full and closes its room (the caller is hung up).
