@@ -124,9 +124,9 @@ class Admission:
         self.lag = lag
         self.max_loop_lag_ms = max_loop_lag_ms
         # Refused calls waiting to be stored or being stored (the routes bound it), and the
-        # stores that may run at once: a flood of refusals is a short queue of writes.
+        # one store that runs at a time: a flood of refusals is a queue of single writes.
         self.refusals_storing = 0
-        self.refusal_writes = asyncio.Semaphore(4)
+        self.refusal_writes = asyncio.Semaphore(1)
 
     def refusal(self) -> Refusal | None:
         """Why one more call cannot be taken now (None: it can). O(1): no I/O, no scan."""

@@ -59,7 +59,7 @@ _UNAVAILABLE = "Sorry, this number cannot take calls right now. Goodbye."
 _SIGNATURE_SHAPE = re.compile(r"[A-Za-z0-9+/]{27}=")
 # Twilio's voice and status webhooks carry a few dozen fields.
 _MAX_FORM_FIELDS = 200
-# Refused calls waiting to be stored, per process (a few are written at once,
+# Refused calls waiting to be stored, per process (written one at a time,
 # `Admission.refusal_writes`): past it a refusal is only logged and counted, so that a
 # flood of calls is never more than a short queue of database writes beside live calls.
 _MAX_REFUSALS_STORING = 256
