@@ -126,7 +126,7 @@ async def _run(
         refused_n = sum(1 for o in outcomes if not o.admitted and o.failed is None)
         deadline = time.monotonic() + 60  # refusals are stored after their answer, queued
         while True:
-            params = {"status": "busy", "limit": 200}
+            params: dict[str, str | int] = {"status": "busy", "limit": 200}
             busy = await http.get("/calls", headers=headers, params=params)
             stored_busy = sum(1 for c in busy.json()["items"] if c["end_reason"] == "gateway-full")
             if stored_busy >= refused_n or time.monotonic() > deadline:
