@@ -23,6 +23,10 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── MissingPlaceholders     call metadata lacks a {{name}} the assistant uses -> 422
     ├── ConflictError           clashes with what is stored                      -> 409
     ├── NotConfigured           a feature whose settings are unset               -> 503
+    ├── GatewayFull             this process is at its bound on live calls or its event
+    │                           loop lags (gateway/call/admission.py): a new call is not
+    │                           taken -> 503 with Retry-After (Twilio's voice webhook
+    │                           answers `<Reject reason="busy"/>` instead)
     ├── LookupFailed            a caller lookup with no usable answer (`outcome`: timeout,
     │                           error, invalid, refused): the call is answered with the
     │                           assistant's defaults, logged and counted
@@ -125,6 +129,7 @@ __all__ = [
     "ConflictError",
     "CsrfRefused",
     "GatewayError",
+    "GatewayFull",
     "InputTooLarge",
     "LiveKitError",
     "LookupFailed",
@@ -212,6 +217,16 @@ class ConflictError(GatewayError):
 
 class NotConfigured(GatewayError):
     """A feature was asked for whose settings are not set (e.g. LiveKit, Twilio REST)."""
+
+
+class GatewayFull(GatewayError):
+    """This process takes no more calls now (`cause`: live-calls or loop-lag); the client
+    may try again after `retry_after_s` (another gateway behind a balancer may take it)."""
+
+    def __init__(self, cause: str, *, retry_after_s: int) -> None:
+        super().__init__(f"the gateway is full ({cause}): try again later")
+        self.cause = cause
+        self.retry_after_s = retry_after_s
 
 
 class LookupFailed(GatewayError):
@@ -340,6 +355,14 @@ async def _not_configured(request: Request, exc: Exception) -> Response:
     return error_response(503, "not_configured", str(exc))
 
 
+async def _gateway_full(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayFull)
+    # Logged and counted where the call was refused (the route knows its carrier).
+    response = error_response(503, "gateway_full", str(exc))
+    response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
 async def _carrier_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CarrierError)
     if exc.caller_fault:
@@ -388,6 +411,7 @@ HTTP_ERROR_HANDLERS = {
     SecretRotationRaced: _conflict,
     UnsafeURL: _unsafe_url,
     NotConfigured: _not_configured,
+    GatewayFull: _gateway_full,
     CarrierError: _carrier_error,
     LiveKitError: _livekit_error,
     StorageError: _storage_error,

@@ -9,7 +9,7 @@ from typing import Literal, get_args
 
 from gateway.call.latency import STAGES
 
-_GAUGES = ("calls_active", "event_streams_active")
+_GAUGES = ("calls_active", "event_streams_active", "event_loop_lag_ms")
 # Upper bounds (ms) of the per-turn latency histogram buckets.
 LATENCY_BUCKETS_MS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000)
 
@@ -47,6 +47,7 @@ class GatewayMetrics:
     protocol_errors_total: int = 0
     unknown_events_total: int = 0  # Media Streams events of names this gateway ignores
     streams_without_start_total: int = 0  # sockets closed for sending no `start` in time
+    streams_idle_total: int = 0  # started streams closed for sending nothing in time
     lost_call_sweeps_total: int = 0  # rounds of this gateway's lost-call sweeper
     calls_lost_total: int = 0  # calls of stopped gateways this gateway finished
     stt_reconnects_total: int = 0
@@ -62,6 +63,14 @@ class GatewayMetrics:
     keypad_entries_total: int = 0
     event_streams_active: int = 0  # GET /events clients connected to this process
     event_streams_dropped_total: int = 0  # clients dropped for not reading (buffer full)
+    # Admission (gateway/call/admission.py): the loop's lag as admission judges it (90th
+    # percentile over its window); stream sockets refused for the pending-start bound; refused
+    # calls not stored because too many refusals were being stored at once.
+    event_loop_lag_ms: float = 0.0
+    streams_refused_total: int = 0
+    refused_calls_unstored_total: int = 0
+    # New calls refused because this process was full, by arrival and cause.
+    calls_refused: dict[tuple[str, str], int] = field(default_factory=dict)
     provider_failures: dict[str, int] = field(default_factory=dict)
     inbound_lookups: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(LOOKUP_OUTCOMES, 0)
@@ -73,6 +82,14 @@ class GatewayMetrics:
     def provider_failed(self, provider: str) -> None:
         """Count one failure of `provider` (a dropped socket, an error answer, a timeout)."""
         self.provider_failures[provider] = self.provider_failures.get(provider, 0) + 1
+
+    def call_refused(self, arrival: str, cause: str) -> None:
+        """Count one call refused by admission (`arrival`: twilio, livekit, outbound, web)."""
+        key = (arrival, cause)
+        self.calls_refused[key] = self.calls_refused.get(key, 0) + 1
+
+    def loop_lag(self, lag_ms: float) -> None:
+        self.event_loop_lag_ms = lag_ms
 
     def inbound_lookup(self, outcome: LookupOutcome) -> None:
         """Count one caller lookup by how it ended."""
@@ -94,11 +111,16 @@ class GatewayMetrics:
         lines = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, int):
+            if not isinstance(value, int | float):
                 continue
             kind = "gauge" if f.name in _GAUGES else "counter"
             lines.append(f"# TYPE voice_gateway_{f.name} {kind}")
-            lines.append(f"voice_gateway_{f.name} {value}")
+            text = f"{value:.1f}" if isinstance(value, float) else str(value)
+            lines.append(f"voice_gateway_{f.name} {text}")
+        lines.append("# TYPE voice_gateway_calls_refused_total counter")
+        for (arrival, cause), count in sorted(self.calls_refused.items()):
+            labels = f'arrival="{arrival}",cause="{cause}"'
+            lines.append(f"voice_gateway_calls_refused_total{{{labels}}} {count}")
         lines.append("# TYPE voice_gateway_provider_failures_total counter")
         for provider, count in sorted(self.provider_failures.items()):
             lines.append(f'voice_gateway_provider_failures_total{{provider="{provider}"}} {count}')

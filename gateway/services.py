@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway.analysis import CallAnalyst, analysis_llm, analysis_model
+from gateway.call.admission import Admission, LoopLagMonitor, StreamSlots
 from gateway.call.config import SessionConfig, TurnModels
 from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
@@ -84,6 +85,8 @@ class Services:
     recordings: RecordingBucket | None  # None: S3_BUCKET unset, nothing is recorded
     database_probe: DatabaseProbe  # /health and /ready
     event_feed: EventFeed  # GET /events; the call publisher calls `event_feed.published`
+    admission: Admission  # whether a new call is taken (live calls, event-loop lag)
+    stream_slots: StreamSlots  # Media Stream sockets not started yet (MAX_PENDING_STREAMS)
 
 
 def build_services(
@@ -193,9 +196,18 @@ def build_services(
         max_answer_bytes=settings.inbound_lookup_max_bytes,
         secret_grace_s=settings.webhook_secret_grace_s,
     )
+    admission = Admission(
+        live=live,
+        max_live_calls=settings.max_live_calls,
+        lag=LoopLagMonitor(on_lag=metrics.loop_lag),
+        max_loop_lag_ms=settings.max_loop_lag_ms,
+        metrics=metrics,
+    )
     livekit = livekit_admin(settings)
     rooms = (
-        LiveKitRooms(runtime, livekit, database, settings, lookup) if livekit is not None else None
+        LiveKitRooms(runtime, livekit, database, settings, lookup, admission=admission)
+        if livekit is not None
+        else None
     )
     lease = GatewayLease(
         HeartbeatWriter(settings.mongodb_url, settings.mongodb_db, gateway_id),
@@ -242,20 +254,24 @@ def build_services(
             database.ping, timeout_s=settings.ready_ping_timeout_s, cache_s=settings.ready_cache_s
         ),
         event_feed=event_feed,
+        admission=admission,
+        stream_slots=StreamSlots(settings.max_pending_streams),
     )
 
 
 @contextlib.asynccontextmanager
 async def running(services: Services) -> AsyncIterator[None]:
     """The background work of a gateway, from before its first call to after its last:
-    the lease, the lost-call sweeper, the webhook outbox, the call analyst and the pruning
-    of expired claims and carrier notes (the event feed's pollers run while clients watch).
+    the lease, the lost-call sweeper, the webhook outbox, the call analyst, the pruning
+    of expired claims and carrier notes, and admission's event-loop lag monitor (the event
+    feed's pollers run while clients watch).
     At the end, every call this process still serves is ended (`gateway-shutdown`) before
     anything stops, then the event streams and their pollers."""
     await services.lease.start()
     sweep_s = min(10.0, services.settings.call_lease_s / 3)  # a third of a lease, at most 10 s
     prune = services.database.claims.prune_expired  # a scan on FerretDB: once a minute
     tasks = [
+        asyncio.create_task(services.admission.lag.run(), name="loop-lag"),
         asyncio.create_task(services.outbox.run(), name="webhook-outbox"),
         asyncio.create_task(services.analyst.run(), name="call-analyst"),
         asyncio.create_task(
@@ -269,6 +285,8 @@ async def running(services: Services) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if services.rooms is not None:  # no refused dispatch is taken up any more
+            await services.rooms.aclose()
         await services.calls.live.end_all(CallEnding("gateway-shutdown", CallStatus.FAILED))
         await services.event_feed.aclose()
         for task in tasks:

@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -265,6 +266,9 @@ class Settings(BaseSettings):
     call_prompt_max_chars: int = Field(default=40_000, ge=1000)
     # A Media Stream that has not sent `start` this long after the upgrade is closed (1008).
     stream_start_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # A started Media Stream that sends no message this long is closed (1008) and its call
+    # ends `stream-idle` (Twilio sends a frame every 20 ms, silence included).
+    stream_idle_timeout_s: float = Field(default=15.0, ge=1, le=600)
     # The offline recogniser keeps at most this much of one utterance (the newest audio).
     local_stt_max_utterance_s: float = Field(default=30.0, ge=1, le=300)
     # uvicorn: connections served at once (then 503), idle keep-alive, and the time and
@@ -273,6 +277,29 @@ class Settings(BaseSettings):
     http_keep_alive_s: int = Field(default=5, ge=1, le=300)
     http_header_timeout_s: float = Field(default=10.0, gt=0, le=300)
     http_max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+
+    # Admission control (README, Capacity): a process takes a new call only while it holds
+    # fewer than MAX_LIVE_CALLS (calls served, and calls admitted whose leg is on its way)
+    # and its event loop's lag (90th percentile over the last 2 s) is at most
+    # MAX_LOOP_LAG_MS. Otherwise a Twilio call is answered with OVERFLOW_TWIML (unset:
+    # `<Reject reason="busy"/>`) and stored busy/gateway-full, `POST /call/outbound` and
+    # `POST /web-calls` get 503 with Retry-After: ADMISSION_RETRY_AFTER_S, and a LiveKit
+    # dispatch webhook gets 503 with Retry-After: 1 (LiveKit retries it; behind a
+    # balancer, possibly at another gateway).
+    max_live_calls: int = Field(default=32, ge=1, le=10_000)
+    max_loop_lag_ms: float = Field(default=50.0, gt=0, le=10_000)
+    overflow_twiml: str | None = None
+    admission_retry_after_s: int = Field(default=5, ge=1, le=3600)
+    # How long an admitted Twilio call holds its place for its media stream to start here
+    # (an outbound call: its ring time and this); then the place is given up.
+    admission_hold_s: float = Field(default=10.0, gt=0, le=300)
+    # Media Stream sockets upgraded but without `start` yet, per process: an upgrade beyond
+    # is refused before it is accepted (each is also closed after STREAM_START_TIMEOUT_S).
+    max_pending_streams: int = Field(default=256, ge=1, le=100_000)
+    # A LiveKit dispatch refused here (full) is given back to LiveKit's retries; if no
+    # gateway took it this long after, the refusing gateway serves it (room again) or
+    # stores it busy/gateway-full and closes its room (the caller is hung up).
+    livekit_dispatch_grace_s: float = Field(default=10.0, ge=0.5, le=120)
 
     @field_validator("public_url")
     @classmethod
@@ -283,6 +310,19 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("PUBLIC_URL must not carry a query string or fragment")
         return value.rstrip("/")
+
+    @field_validator("overflow_twiml")
+    @classmethod
+    def _overflow_twiml_is_twiml(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            root = ElementTree.fromstring(value.strip())
+        except ElementTree.ParseError as exc:
+            raise ValueError(f"OVERFLOW_TWIML is not XML: {exc}") from exc
+        if root.tag != "Response":
+            raise ValueError("OVERFLOW_TWIML must be TwiML: one <Response> element")
+        return value.strip()
 
     @field_validator("livekit_public_url")
     @classmethod

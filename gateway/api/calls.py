@@ -5,6 +5,7 @@ finished call's analysis again."""
 from __future__ import annotations
 
 import logging
+import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -105,7 +106,23 @@ async def place_outbound_call(req: ApiRequest) -> BaseModel:
     carrier refusal (`carrier-refused`) or an unreachable carrier (`carrier-unreachable`)
     finishes the stored call as `failed`, so nothing dangles, and its report is owed. The
     caller id (`from_number`, or the trunk's first number) must be the organisation's: 422
-    otherwise."""
+    otherwise. A gateway with no room for the call answers 503 with Retry-After before
+    anything is read or stored (`GatewayFull`); an admitted Twilio call holds its place
+    while it rings (its final status, or its stream starting here, frees it)."""
+    settings = req.services.settings
+    key = "outbound-" + secrets.token_hex(8)
+    hold_s = settings.outbound_ring_timeout_s + settings.admission_hold_s
+    admission = req.services.admission
+    admission.require(
+        key, hold_s=hold_s, arrival="outbound", retry_after_s=settings.admission_retry_after_s
+    )
+    try:
+        return await _place_outbound_call(req, hold_s)
+    finally:
+        admission.release(key)  # the call holds its own place from here (or needs none)
+
+
+async def _place_outbound_call(req: ApiRequest, hold_s: float) -> BaseModel:
     services, body = req.services, req.body_as(OutboundCallRequest)
     db = services.database
     assistant = await db.assistants.get(req.principal.org_id, body.assistant_id)
@@ -150,6 +167,7 @@ async def place_outbound_call(req: ApiRequest) -> BaseModel:
             )
             services.outbox.poke()  # its report goes out now, not at the next poll
             raise
+        services.admission.admit_held(call.id, hold_s=hold_s)  # until its stream starts
         room_name = None
     else:
         sid = await dial_livekit(services, call, trunk)

@@ -4,6 +4,8 @@ LiveKit room, and answers what the browser joins it with (`gateway.livekit.web`)
 
 from __future__ import annotations
 
+import secrets
+
 from pydantic import BaseModel
 
 from gateway.api.models import WebCallOut, WebCallRequest
@@ -21,10 +23,26 @@ async def place_web_call(req: ApiRequest) -> BaseModel:
     """Store the call (`ringing` until the browser's audio arrives; its persona filled from
     `metadata` as an outbound call's is, with empty numbers: a browser has none), then open
     its room. The browser must join within WEB_CALL_TOKEN_TTL_S, else the call ends
-    `no-answer`. Another organisation's assistant is 404, as an unknown one."""
+    `no-answer`. Another organisation's assistant is 404, as an unknown one. A gateway
+    with no room for the call answers 503 with Retry-After first (`GatewayFull`)."""
     services, body = req.services, req.body_as(WebCallRequest)
     if services.rooms is None or services.livekit is None:
         raise NotConfigured("LiveKit is not configured (LIVEKIT_URL, _API_KEY, _API_SECRET)")
+    settings, key = services.settings, "web-" + secrets.token_hex(8)
+    services.admission.require(
+        key,
+        hold_s=settings.admission_hold_s,
+        arrival="web",
+        retry_after_s=settings.admission_retry_after_s,
+    )
+    try:
+        return await _place_web_call(req, body)
+    finally:
+        services.admission.release(key)  # its room holds the call from here
+
+
+async def _place_web_call(req: ApiRequest, body: WebCallRequest) -> BaseModel:
+    services = req.services
     db = services.database
     assistant = await db.assistants.get(req.principal.org_id, body.assistant_id)
     call = await open_call(

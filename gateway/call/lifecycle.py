@@ -131,6 +131,28 @@ class LiveCalls:
         # they ended, for this gateway's sweeper to store once the database is back (a few
         # bytes per such call, only until then).
         self._unfinished: dict[str, OwnEnding] = {}
+        # Calls admitted here whose leg has not arrived yet (a Twilio call between its voice
+        # webhook and its media stream, an outbound call while it rings): key (CallSid or
+        # call id) -> when (monotonic) the place it holds is given up.
+        self._expected: dict[str, float] = {}
+
+    def expect(self, key: str, *, hold_s: float, now: float | None = None) -> None:
+        """Hold a place for an admitted call until its leg arrives (`add`), `release(key)`,
+        or `hold_s` passes (its leg went to another gateway, or never came)."""
+        self._expected[key] = (time.monotonic() if now is None else now) + hold_s
+
+    def release(self, key: str) -> None:
+        """The admitted call `key` is taken or given up: its place is free."""
+        self._expected.pop(key, None)
+
+    def occupancy(self, now: float | None = None) -> int:
+        """Calls served here plus places held for admitted calls (expired holds dropped:
+        there are at most the admission bound of them)."""
+        if self._expected:
+            now = time.monotonic() if now is None else now
+            for key in [k for k, until in self._expected.items() if until <= now]:
+                del self._expected[key]
+        return len(self._calls) + len(self._expected)
 
     def serving(self, call_id: str) -> bool:
         return call_id in self._calls
@@ -141,6 +163,9 @@ class LiveCalls:
 
     def add(self, call: CallLifecycle) -> None:
         self._calls[call.call.id] = call
+        self._expected.pop(call.call.id, None)  # its place was held since it was admitted
+        if call.call.call_sid:
+            self._expected.pop(call.call.call_sid, None)
 
     def left_unfinished(self, call_id: str, ending: OwnEnding) -> None:
         """The call ended here but its final write failed: the sweeper stores `ending`."""

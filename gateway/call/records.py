@@ -105,3 +105,45 @@ async def open_call(
         ),
         started_at=datetime.now(UTC),
     )
+
+
+async def record_refused_call(
+    store: CallStore,
+    accounts: AccountRepository,
+    *,
+    assistant: AssistantRecord | None,
+    transport: str,
+    direction: Direction,
+    from_number: str,
+    to_number: str,
+    end_reason: str,
+    call_sid: str = "",
+    metadata: Mapping[str, str] | None = None,
+) -> CallRecord:
+    """Store a call the gateway refused without answering it, finished at once as `busy`
+    with `end_reason`: its organisation the assistant's (or the default's), no persona (it
+    was never answered, so no placeholder can be missing). Its report is owed as any
+    finished call's is."""
+    if assistant is not None:
+        org_id: str | None = assistant.org_id
+    else:
+        default_org = await accounts.default_organization()
+        org_id = default_org.id if default_org else None
+    now = datetime.now(UTC)
+    call = await store.create_call(
+        NewCall(
+            org_id=org_id,
+            transport=transport,
+            call_sid=call_sid,
+            from_number=from_number,
+            to_number=to_number,
+            direction=direction,
+            assistant_id=assistant.id if assistant else None,
+            metadata=dict(metadata or {}),
+            status=CallStatus.RINGING,
+        ),
+        started_at=now,
+    )
+    return await store.finish_call(
+        call.id, status=CallStatus.BUSY, end_reason=end_reason, ended_at=now
+    )

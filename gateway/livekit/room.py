@@ -18,12 +18,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from livekit import rtc
 
 from audio.frames import AudioFrame
+from gateway.call.admission import GATEWAY_FULL, Admission
 from gateway.call.lifecycle import (
     CallEnding,
     CallLifecycle,
@@ -32,13 +34,20 @@ from gateway.call.lifecycle import (
     LegTransport,
 )
 from gateway.call.lookup import CallerLookup
-from gateway.call.records import CallInputLimits
-from gateway.errors import MissingPlaceholders
+from gateway.call.records import CallInputLimits, record_refused_call
+from gateway.errors import GatewayFull, MissingPlaceholders
 from gateway.livekit.egress import RoomRecording
 from gateway.livekit.transport import RATE, LiveKitTransport
 from gateway.logs import call_id_var
 from gateway.settings import Settings
-from storage import CallRecord, CallStatus, Database, Direction, normalize_e164
+from storage import (
+    AssistantRecord,
+    CallRecord,
+    CallStatus,
+    Database,
+    Direction,
+    normalize_e164,
+)
 from telephony.errors import LiveKitError
 from telephony.livekit import LiveKitAdmin
 
@@ -48,6 +57,9 @@ _SIP = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
 _STANDARD = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
 # A web caller whose token was valid when it connected may still be publishing its track.
 WEB_JOIN_GRACE_S = 10.0
+# A refused dispatch's Retry-After: LiveKit's webhook client (go-retryablehttp) honours it
+# for a 503, so its few retries come a second apart, each free to reach another gateway.
+LIVEKIT_RETRY_AFTER_S = 1
 ATTR_ORG = "voice_gateway.org_id"
 ATTR_ASSISTANT = "voice_gateway.assistant_id"
 ATTR_CALL = "voice_gateway.call_id"
@@ -284,14 +296,19 @@ class LiveKitRooms:
         database: Database,
         settings: Settings,
         lookup: CallerLookup,
+        *,
+        admission: Admission,
     ) -> None:
         self._runtime = runtime
+        self._admission = admission
         self._livekit = livekit
         self._database = database
         self._settings = settings
         self._lookup = lookup  # asked before an inbound SIP call is stored
         self._rooms: dict[str, LiveKitRoom] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Refused dispatches waiting for their last resort, by webhook event id.
+        self._last_resorts: dict[str, asyncio.Task[None]] = {}
 
     def serve(
         self, room_name: str, call: CallRecord, *, web_caller: str | None = None
@@ -336,6 +353,101 @@ class LiveKitRooms:
         caller lookup) and join."""
         if room_name in self._rooms or ATTR_CALL in attributes:
             return self._rooms.get(room_name)  # ours already (or an outbound call of ours)
+        # Full: `GatewayFull` before anything is read; the webhook answers 503 and gives the
+        # event back, so LiveKit's retry may reach a gateway with room (see webhook.py).
+        self._admission.require(
+            room_name,
+            hold_s=self._settings.admission_hold_s,
+            arrival="livekit",
+            retry_after_s=LIVEKIT_RETRY_AFTER_S,
+        )
+        try:
+            return await self._open_inbound(room_name, attributes)
+        finally:
+            self._admission.release(room_name)  # the room's call holds its place from here
+
+    def admit_dispatch(
+        self, event_id: str, room_name: str, attributes: Mapping[str, str], *, keep_until: datetime
+    ) -> None:
+        """Before a SIP caller's dispatch is claimed: `GatewayFull` if this process has no
+        room for a new call, with its last resort scheduled (`dispatch_refused`). Checked
+        again, holding a place, when the call is opened (`serve_inbound`)."""
+        if room_name in self._rooms or ATTR_CALL in attributes:
+            return
+        refusal = self._admission.refusal()
+        if refusal is None:
+            return
+        self.dispatch_refused(event_id, room_name, attributes, keep_until=keep_until)
+        self._admission.refused(refusal, arrival="livekit", key=room_name)
+        raise GatewayFull(refusal.cause, retry_after_s=LIVEKIT_RETRY_AFTER_S)
+
+    def dispatch_refused(
+        self, event_id: str, room_name: str, attributes: Mapping[str, str], *, keep_until: datetime
+    ) -> None:
+        """A SIP caller's dispatch was refused here (full) and given back to LiveKit's
+        retries (`participant_joined` event `event_id`). The last resort, after
+        LIVEKIT_DISPATCH_GRACE_S: a gateway that took the call has claimed the event by then;
+        if none has, this one claims it and serves the call if it has room now, else stores
+        it busy/gateway-full and closes the room (the caller is hung up, not left in a
+        silent room)."""
+        if event_id in self._last_resorts:
+            return
+        task = asyncio.create_task(
+            self._last_resort(event_id, room_name, dict(attributes), keep_until),
+            name=f"dispatch-{room_name}",
+        )
+        self._last_resorts[event_id] = task
+        task.add_done_callback(lambda _: self._last_resorts.pop(event_id, None))
+
+    async def _last_resort(
+        self, event_id: str, room_name: str, attributes: dict[str, str], keep_until: datetime
+    ) -> None:
+        await asyncio.sleep(self._settings.livekit_dispatch_grace_s)
+        extra = {"room": room_name, "event_id": event_id}
+        try:
+            fresh = await self._database.claims.claim_event(
+                event_id, event="participant_joined", now=datetime.now(UTC), keep_until=keep_until
+            )
+            if not fresh:
+                return  # a gateway took the call (or a retry here did)
+            if self._admission.refusal() is None:  # room again: the call is ours after all
+                log.info("refused dispatch taken after all", extra=extra)
+                await self.serve_inbound(room_name, attributes)
+                return
+            assistant = await self._dispatch_assistant(room_name, attributes)
+            call = await record_refused_call(
+                self._database.calls,
+                self._database.accounts,
+                assistant=assistant,
+                transport="livekit",
+                direction=Direction.INBOUND,
+                from_number=attributes.get("sip.phoneNumber", ""),
+                to_number=attributes.get("sip.trunkPhoneNumber", ""),
+                call_sid=attributes.get("sip.callID", ""),
+                metadata={"room": room_name},
+                end_reason=GATEWAY_FULL,
+            )
+            call_id_var.set(call.id)
+            log.warning("dispatch refused by every gateway: the caller is hung up", extra=extra)
+            with contextlib.suppress(LiveKitError):
+                await self._livekit.delete_room(room_name)
+            if self._runtime.events is not None:
+                await self._runtime.events.status(call, call.status)
+            self._runtime.reports.poke(call.id)
+        except Exception:  # the task ends here: logged with the room
+            log.exception("the last resort of a refused dispatch failed", extra=extra)
+
+    async def aclose(self) -> None:
+        """Stop waiting on refused dispatches (shutdown; their calls are left to LiveKit)."""
+        tasks = list(self._last_resorts.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _dispatch_assistant(
+        self, room_name: str, attributes: Mapping[str, str]
+    ) -> AssistantRecord | None:
+        """The assistant the dispatch rule's attributes name, if it is theirs to name."""
         org_id = attributes.get(ATTR_ORG)
         assistant = None
         if attributes.get(ATTR_ASSISTANT):
@@ -352,6 +464,13 @@ class LiveKitRooms:
                 extra={"room": room_name, "number": to_number},
             )
             assistant = None
+        return assistant
+
+    async def _open_inbound(
+        self, room_name: str, attributes: Mapping[str, str]
+    ) -> LiveKitRoom | None:
+        assistant = await self._dispatch_assistant(room_name, attributes)
+        to_number = attributes.get("sip.trunkPhoneNumber", "")
         try:
             call = await self._lookup.open_inbound(
                 assistant=assistant,

@@ -8,6 +8,17 @@ path: 413 beyond, signed or not), the token in `Authorization` is verified from 
 alone, and only then is the body read, hashed against the token, and parsed. Each event
 is acted on once across every gateway on the database: its id is claimed first, and a
 delivery whose id was claimed before is answered 200 and logged.
+
+A SIP caller's `participant_joined` that this process has no room for (admission,
+`gateway/call/admission.py`) is left for another gateway: it is not claimed (or its claim
+is given back, if the process filled up meanwhile) and the webhook is answered 503 with
+`Retry-After: 1`. LiveKit's webhook client retries a 5xx a few
+times (go-retryablehttp's default: 4 retries), and a balancer in front of several gateways
+may hand a retry to one with room. Nothing is stored for it then (another gateway may
+still take the call). After LIVEKIT_DISPATCH_GRACE_S the refusing gateway tries to claim
+the event itself: if no gateway took the call, it serves it if it has room by then, else
+stores it busy/gateway-full and closes the room, so the caller is hung up rather than left
+in a silent room (`LiveKitRooms.dispatch_refused`).
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from livekit.protocol import models
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import NotConfigured
+from gateway.errors import GatewayFull, NotConfigured
 from gateway.livekit.egress import record_egress_ended
 from gateway.livekit.room import LiveKitRooms
 from gateway.services import Services
@@ -43,12 +54,17 @@ async def livekit_webhook(request: Request) -> Response:
     if not event.id:
         log.warning("livekit event without an id ignored", extra=extra)
         return JSONResponse({"ok": True})
+    keep_until = datetime.fromtimestamp(token.valid_until, UTC)
+    if event.event == "participant_joined" and event.participant.kind == models.ParticipantInfo.SIP:
+        # A full gateway leaves the dispatch unclaimed, for a retry elsewhere (503).
+        attributes = dict(event.participant.attributes)
+        rooms.admit_dispatch(event.id, event.room.name, attributes, keep_until=keep_until)
     claims = services.database.claims
     fresh = await claims.claim_event(
         event.id,
         event=event.event,
         now=datetime.now(UTC),
-        keep_until=datetime.fromtimestamp(token.valid_until, UTC),
+        keep_until=keep_until,
     )
     if not fresh:
         log.warning("webhook event already handled: %s", event.id, extra=extra)
@@ -56,8 +72,11 @@ async def livekit_webhook(request: Request) -> Response:
     log.info("livekit event", extra=extra)
     try:
         await _act(services, rooms, event)
-    except Exception:  # given back so LiveKit's retry is acted on, then answered as usual
+    except Exception as exc:  # given back so LiveKit's retry is acted on, then answered as usual
         await claims.release_event(event.id)
+        if isinstance(exc, GatewayFull):  # full by the time it was opened: as above
+            attributes = dict(event.participant.attributes)
+            rooms.dispatch_refused(event.id, event.room.name, attributes, keep_until=keep_until)
         raise
     return JSONResponse({"ok": True})
 

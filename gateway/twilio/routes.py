@@ -1,7 +1,10 @@
 """Twilio's HTTP webhooks: `POST /twilio/voice` answers with TwiML (an inbound call after
 its caller lookup, `gateway/call/lookup.py`), `POST /twilio/status` records call progress.
 Both verify `X-Twilio-Signature` over the public URL. A voice webhook for a call that ended
-or has had its stream (a replay) gets a hang-up, no token.
+or has had its stream (a replay) gets a hang-up, no token. A new call that this process
+has no room for (`gateway/call/admission.py`) is answered at once, before anything is read
+from the database, with `<Reject reason="busy"/>` (or OVERFLOW_TWIML); it is stored as
+`busy`/`gateway-full` after the answer has gone.
 
 A final status (`completed`, `busy`, ...) never finishes a call under a live stream: the
 stream still has turns and usage to store, and the report is built from what is stored. A
@@ -20,10 +23,12 @@ import time
 import urllib.parse
 from datetime import UTC, datetime
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.call.records import CallInputLimits, open_call
+from gateway.call.admission import GATEWAY_FULL, Refusal
+from gateway.call.records import CallInputLimits, open_call, record_refused_call
 from gateway.errors import (
     MissingPlaceholders,
     RequestInvalid,
@@ -33,12 +38,13 @@ from gateway.errors import (
 from gateway.logs import call_id_var
 from gateway.services import Services
 from gateway.twilio.stream_claim import stream_refused
-from storage import CallNotFound, CallRecord, CallStatus, Direction
+from storage import CallNotFound, CallRecord, CallStatus, Direction, StorageError
 from telephony.errors import SignatureError
 from telephony.twilio import (
     connect_stream_twiml,
     hang_up_twiml,
     issue_stream_token,
+    reject_twiml,
     say_and_hang_up_twiml,
     stream_url_for,
 )
@@ -53,6 +59,10 @@ _UNAVAILABLE = "Sorry, this number cannot take calls right now. Goodbye."
 _SIGNATURE_SHAPE = re.compile(r"[A-Za-z0-9+/]{27}=")
 # Twilio's voice and status webhooks carry a few dozen fields.
 _MAX_FORM_FIELDS = 200
+# Refused calls waiting to be stored, per process (written one at a time,
+# `Admission.refusal_writes`): past it a refusal is only logged and counted, so that a
+# flood of calls is never more than a short queue of database writes beside live calls.
+_MAX_REFUSALS_STORING = 256
 
 
 def _twiml(body: str) -> Response:
@@ -106,11 +116,26 @@ async def twilio_voice(request: Request) -> Response:
     call_sid = form.get("CallSid", "")
     if not call_sid:
         return error_response(400, "invalid_request", "CallSid is required")
+    settings = services.settings
+    full = services.admission.admit(call_sid, hold_s=settings.admission_hold_s)
+    if full is not None:  # before any read: a full gateway answers at once
+        return _refuse(services, form, full)
+    try:
+        return await _answer(services, form, call_sid)
+    except BaseException:
+        services.admission.release(call_sid)
+        raise
+
+
+async def _answer(services: Services, form: dict[str, str], call_sid: str) -> Response:
+    """The TwiML of an admitted call (its place held under `call_sid` until its stream
+    starts; given up here if it gets no stream)."""
     db = services.database
     call = await db.calls.get_call_by_sid(call_sid)
     if call is not None:
         refused = await stream_refused(db, call)
         if refused is not None:  # a replay: no new token, nothing stored changes
+            services.admission.release(call_sid)
             call_id_var.set(call.id)
             log.warning(
                 "voice webhook replayed: %s; hanging up", refused, extra={"call_sid": call_sid}
@@ -143,6 +168,7 @@ async def twilio_voice(request: Request) -> Response:
                     limits=limits,
                 )
         except MissingPlaceholders as exc:
+            services.admission.release(call_sid)
             assistant_id = assistant.id if assistant else None
             log.error("assistant cannot answer: %s", exc, extra={"assistant_id": assistant_id})
             return _twiml(say_and_hang_up_twiml(_UNAVAILABLE))
@@ -161,6 +187,66 @@ async def twilio_voice(request: Request) -> Response:
     )
     log.info("call answered", extra={"call_sid": call_sid, "from": call.from_number})
     return _twiml(twiml)
+
+
+def _refuse(services: Services, form: dict[str, str], refusal: Refusal) -> Response:
+    """Answer a call this process has no room for: `<Reject reason="busy"/>` (the caller
+    hears a busy tone; Twilio bills nothing) or the operator's OVERFLOW_TWIML (e.g. a
+    `<Dial>` to an overflow number). It is logged and counted now, and stored as
+    busy/gateway-full once the answer has gone (a replay of a stored call stores nothing)."""
+    call_sid = form.get("CallSid", "")
+    services.metrics.call_refused("twilio", refusal.cause)
+    log.warning(
+        "call refused: the gateway is full",
+        extra={"call_sid": call_sid, "from": form.get("From", ""), **refusal.log_fields()},
+    )
+    twiml = services.settings.overflow_twiml or reject_twiml("busy")
+    return Response(
+        twiml,
+        media_type="application/xml",
+        background=BackgroundTask(_store_refused, services, form),
+    )
+
+
+async def _store_refused(services: Services, form: dict[str, str]) -> None:
+    """Store a refused Twilio call as busy/gateway-full (its report is owed as any finished
+    call's); a database that fails is logged: the call was refused all the same."""
+    call_sid, admission = form.get("CallSid", ""), services.admission
+    if admission.refusals_storing >= _MAX_REFUSALS_STORING:
+        services.metrics.refused_calls_unstored_total += 1
+        log.warning("refused call not stored: too many waiting", extra={"call_sid": call_sid})
+        return
+    admission.refusals_storing += 1
+    try:
+        async with admission.refusal_writes:
+            await _write_refused(services, form)
+    except StorageError as exc:
+        log.warning("a refused call could not be stored: %s", exc, extra={"call_sid": call_sid})
+    finally:
+        admission.refusals_storing -= 1
+
+
+async def _write_refused(services: Services, form: dict[str, str]) -> None:
+    db, call_sid = services.database, form.get("CallSid", "")
+    if await db.calls.get_call_by_sid(call_sid) is not None:
+        return  # a replayed webhook of a call stored before: it stays as it is
+    inbound = form.get("Direction", "inbound") == "inbound"
+    to_number = form.get("To", "")
+    call = await record_refused_call(
+        db.calls,
+        db.accounts,
+        assistant=await db.assistants.for_number(to_number),
+        transport="twilio",
+        direction=Direction.INBOUND if inbound else Direction.OUTBOUND,
+        from_number=form.get("From", ""),
+        to_number=to_number,
+        call_sid=call_sid,
+        end_reason=GATEWAY_FULL,
+    )
+    call_id_var.set(call.id)
+    log.info("refused call stored", extra={"call_sid": call_sid, "status": call.status.value})
+    await services.events.status(call, call.status)
+    services.outbox.poke()  # its report goes out now, not at the next poll
 
 
 async def _status_target(
@@ -219,6 +305,10 @@ async def twilio_status(request: Request) -> Response:
         if await calls.set_status(call.id, status):
             await services.events.status(call, status)
         return Response(status_code=204)
+    # A call that ended before its stream started here holds no place any more.
+    services.admission.release(call.id)  # outbound: held under its id while it rang
+    if call.call_sid:
+        services.admission.release(call.call_sid)  # inbound: under its CallSid
     if live is not None:  # served here: its lifecycle finishes it after its last writes
         live.request_end(reason, status)
         return Response(status_code=204)

@@ -5,9 +5,12 @@ Refusals happen before any audio flows: a bad upgrade signature closes before ac
 (HTTP 403); a missing, wrong or expired per-call stream token closes right after `start`
 (1008), as does a start for a call that ended or has had its stream (a replay: the token
 is single-use, claimed in the database before anything of the call is touched); so does
-a socket that sends no `start` within STREAM_START_TIMEOUT_S. Once `start` checks out,
-the stream is the `CallLeg` of the call's `CallLifecycle`, and its media is held to the
-real clock (`InboundMediaGuard`): a stream that lies about time or floods is closed 1008.
+a socket that sends no `start` within STREAM_START_TIMEOUT_S, and an upgrade is refused
+before accept (HTTP 403) while MAX_PENDING_STREAMS sockets of this process wait for
+theirs. Once `start` checks out, the stream is the `CallLeg` of the call's
+`CallLifecycle`, and its media is held to the real clock (`InboundMediaGuard`): a stream
+that lies about time or floods is closed 1008, and so is one that sends nothing for
+STREAM_IDLE_TIMEOUT_S (its call ends `stream-idle`).
 Unknown events are counted, and logged once per name.
 """
 
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -61,15 +65,28 @@ async def twilio_stream_endpoint(websocket: WebSocket) -> None:
         log.warning("stream upgrade refused: %s", exc)
         await websocket.close(code=POLICY_VIOLATION)  # before accept: an HTTP 403
         return
-    await websocket.accept()
-    await _MediaStream(services, websocket).run()
+    slots = services.stream_slots
+    if not slots.open():  # a flood of upgrades: refused before accept (HTTP 403)
+        services.metrics.streams_refused_total += 1
+        log.warning("stream upgrade refused: too many streams waiting for start")
+        await websocket.close(code=POLICY_VIOLATION)
+        return
+    stream = _MediaStream(services, websocket, on_started=slots.release)
+    try:
+        await websocket.accept()
+        await stream.run()
+    finally:
+        stream.release_slot()
 
 
 class _MediaStream:
     """One media stream: its receive loop, and the `CallLeg` of its call."""
 
-    def __init__(self, services: Services, websocket: WebSocket) -> None:
+    def __init__(
+        self, services: Services, websocket: WebSocket, *, on_started: Callable[[], None]
+    ) -> None:
         self._services = services
+        self._on_started: Callable[[], None] | None = on_started  # frees its pending slot
         self._ws = websocket
         self._protocol = MediaStreamProtocol()
         self._call: CallLifecycle | None = None
@@ -79,6 +96,8 @@ class _MediaStream:
         self._guard: InboundMediaGuard | None = None
         self._call_sid = ""
         self._close_code, self._close_reason = 1000, "call ended"
+        self._last_message = 0.0  # loop time of the newest message (the idle watchdog's)
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         ending = CallEnding("stream-closed", CallStatus.COMPLETED)
@@ -100,11 +119,35 @@ class _MediaStream:
             ending = CallEnding("gateway-error", CallStatus.FAILED)
             self._close_code, self._close_reason = 1011, "internal error"
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                await asyncio.gather(self._watchdog, return_exceptions=True)
             if self._call is None:
                 await self._close()
             else:  # the lifecycle stores everything, then closes the socket (`close`)
                 self._call.request_end(ending.reason, ending.status)
                 await self._call.finished()
+
+    async def _watch_idle(self, idle_s: float) -> None:
+        """End the call of a started stream that sends nothing for `idle_s` (Twilio sends a
+        media frame every 20 ms, silence included: such a stream's peer is gone or stuck).
+        A check right after this process itself stalled is skipped: the messages that
+        arrived meanwhile are not read yet."""
+        loop = asyncio.get_running_loop()
+        period = idle_s / 2
+        while True:
+            due = loop.time() + period
+            await asyncio.sleep(period)
+            now = loop.time()
+            if now - due > period or now - self._last_message <= idle_s:
+                continue
+            call = self._call
+            assert call is not None
+            self._services.metrics.streams_idle_total += 1
+            log.warning("media stream sent nothing for %.0f s: closed", idle_s)
+            self._close_code, self._close_reason = POLICY_VIOLATION, "no media"
+            call.request_end("stream-idle", CallStatus.FAILED)
+            return
 
     async def _receive(self, start_by: float) -> Message:
         """The next WebSocket message; before `start` only until `start_by` (loop time)."""
@@ -127,8 +170,10 @@ class _MediaStream:
         metrics = self._services.metrics
         start_timeout_s = self._services.settings.stream_start_timeout_s
         start_by = asyncio.get_running_loop().time() + start_timeout_s
+        loop = asyncio.get_running_loop()
         while True:
             message = await self._receive(start_by)
+            self._last_message = loop.time()
             if message["type"] == "websocket.disconnect":
                 self._protocol.connection_lost()  # the pacer stops sending at once
                 return CallEnding("stream-disconnected", CallStatus.COMPLETED)
@@ -168,7 +213,14 @@ class _MediaStream:
                 elif isinstance(event, StreamStopped):
                     return CallEnding("caller-hung-up", CallStatus.COMPLETED)
 
+    def release_slot(self) -> None:
+        """The socket is no longer waiting for `start` (it started, or it is closing)."""
+        if self._on_started is not None:
+            self._on_started()
+            self._on_started = None
+
     async def _start(self, start: Start) -> None:
+        self.release_slot()  # checked or refused below, it is no longer pending
         services = self._services
         self._started_at = time.monotonic()
         self._call_sid = start.call_sid
@@ -203,6 +255,8 @@ class _MediaStream:
             lifecycle.beside(lambda: store.set_call_sid(call.id, start.call_sid), "call sid")
         lifecycle.beside(lambda: store.set_stream(call.id, start.stream_sid), "stream sid")
         log.info("media stream started", extra={"call_sid": start.call_sid})
+        idle_s = services.settings.stream_idle_timeout_s
+        self._watchdog = asyncio.create_task(self._watch_idle(idle_s), name="stream-idle")
         await lifecycle.answer()
 
     # ---------------------------------------------------------------- the CallLeg

@@ -38,6 +38,7 @@ from telephony.twilio.twiml import (
     connect_stream_twiml,
     dial_twiml,
     hang_up_twiml,
+    reject_twiml,
     say_and_hang_up_twiml,
     stream_url_for,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "hang_up_twiml",
     "issue_stream_token",
     "parse_message",
+    "reject_twiml",
     "say_and_hang_up_twiml",
     "stream_url_for",
     "verify_stream_token",

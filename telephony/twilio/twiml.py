@@ -1,9 +1,11 @@
 """Every TwiML the gateway answers or sends: connecting a call's audio to the Media Streams
-endpoint, handing it to another number, a spoken refusal, and a plain hang-up."""
+endpoint, handing it to another number, a spoken refusal, a busy refusal, and a plain
+hang-up."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 from urllib.parse import urlsplit
 
 from twilio.twiml.voice_response import Connect, VoiceResponse
@@ -42,6 +44,14 @@ def hang_up_twiml() -> str:
     """TwiML that hangs up at once (a call that gets no stream)."""
     response = VoiceResponse()
     response.hangup()
+    return str(response)
+
+
+def reject_twiml(reason: Literal["busy", "rejected"] = "busy") -> str:
+    """`<Reject>` TwiML: the call is refused unanswered (not billed); the caller hears a busy
+    tone for "busy", a "not in service" message for "rejected"."""
+    response = VoiceResponse()
+    response.reject(reason=reason)
     return str(response)
 
 

@@ -1,0 +1,173 @@
+"""Admission control without a server: the bound on live calls with its held places, the
+event-loop lag judged on an injected clock (no timing: the clock is a counter), the
+pending-stream slots, the overflow TwiML setting and the refusal counters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.call.admission import Admission, LoopLagMonitor, StreamSlots
+from gateway.call.lifecycle import LiveCalls
+from gateway.errors import GatewayFull
+from gateway.metrics import GatewayMetrics
+from gateway.settings import Settings
+
+
+class _Stop(Exception):
+    """Ends a monitor's run once its scripted delays are spent."""
+
+
+def _scripted_loop(
+    delays_ms: list[float],
+) -> tuple[Callable[[], float], Callable[[float], Awaitable[None]]]:
+    """A clock and a sleep: each sleep advances the clock by what was asked plus the next
+    scripted delay (how late the loop woke); after the last one the run stops."""
+    now = [1000.0]
+    pending = list(delays_ms)
+
+    def clock() -> float:
+        return now[0]
+
+    async def sleep(seconds: float) -> None:
+        if not pending:
+            raise _Stop
+        now[0] += seconds + pending.pop(0) / 1000.0
+
+    return clock, sleep
+
+
+async def _run(monitor: LoopLagMonitor) -> None:
+    with pytest.raises(_Stop):
+        await monitor.run()
+
+
+def _admission(
+    live: LiveCalls, *, max_live: int = 2, lag: LoopLagMonitor | None = None
+) -> Admission:
+    return Admission(
+        live=live,
+        max_live_calls=max_live,
+        lag=lag or LoopLagMonitor(),
+        max_loop_lag_ms=50.0,
+        metrics=GatewayMetrics(),
+    )
+
+
+async def test_lag_is_the_quantile_of_the_window_on_an_injected_clock() -> None:
+    seen: list[float] = []
+    clock, sleep = _scripted_loop([1.0] * 36 + [200.0] * 4)
+    monitor = LoopLagMonitor(window=40, quantile=0.9, clock=clock, sleep=sleep, on_lag=seen.append)
+    await _run(monitor)
+    # 4 late wakes of 40 are above the 90th percentile's rank: the loop is not judged late.
+    assert monitor.lag_ms == pytest.approx(1.0)
+    assert len(seen) == 40
+
+    clock, sleep = _scripted_loop([1.0] * 35 + [200.0] * 5)
+    monitor = LoopLagMonitor(window=40, quantile=0.9, clock=clock, sleep=sleep)
+    await _run(monitor)
+    assert monitor.lag_ms == pytest.approx(200.0)  # 5 of 40: a loop that stays late
+
+
+async def test_a_lone_pause_does_not_refuse_but_a_late_loop_does_and_recovers() -> None:
+    live = LiveCalls("gw-test")
+    clock, sleep = _scripted_loop([0.5] * 10 + [900.0])  # one long pause (a model load)
+    monitor = LoopLagMonitor(window=40, clock=clock, sleep=sleep)
+    admission = _admission(live, max_live=10, lag=monitor)
+    await _run(monitor)
+    assert admission.refusal() is None
+
+    for _ in range(10):  # the loop stays late: a quarter of the window over the bound
+        monitor.observe(80.0)
+    refused = admission.refusal()
+    assert refused is not None and refused.cause == "loop-lag"
+    assert refused.lag_ms == pytest.approx(80.0) and refused.max_lag_ms == 50.0
+    assert admission.admit("CA1", hold_s=10) is not None
+    assert live.occupancy() == 0  # a refused call holds no place
+
+    for _ in range(40):  # the calls it has are on time again: it admits
+        monitor.observe(2.0)
+    assert admission.refusal() is None
+
+
+def test_a_fresh_monitor_reports_no_lag_and_bad_parameters_are_refused() -> None:
+    assert LoopLagMonitor().lag_ms == 0.0
+    monitor = LoopLagMonitor(window=10, quantile=0.5)
+    monitor.observe(30.0)  # one sample of ten: the nine missing count as an idle loop
+    assert monitor.lag_ms == 0.0
+    monitor.observe(-5.0)  # woke early (a coarse clock): no negative lag
+    assert monitor.lag_ms == 0.0
+    with pytest.raises(ValueError):
+        LoopLagMonitor(quantile=0)
+    with pytest.raises(ValueError):
+        LoopLagMonitor(window=0)
+
+
+def test_admitted_calls_hold_their_place_until_taken_released_or_expired() -> None:
+    live = LiveCalls("gw-test")
+    admission = _admission(live, max_live=2)
+    assert admission.admit("CA-one", hold_s=10) is None
+    assert admission.admit("CA-two", hold_s=10) is None
+    refused = admission.admit("CA-three", hold_s=10)  # no await between check and hold
+    assert refused is not None
+    assert (refused.cause, refused.live, refused.max_live) == ("live-calls", 2, 2)
+
+    admission.release("CA-one")  # its stream never came (a hang-up TwiML)
+    assert admission.admit("CA-three", hold_s=10) is None
+    assert live.occupancy() == 2
+
+    # A hold runs out (its stream went to another worker): the place is free again.
+    assert live.occupancy(now=time.monotonic() + 11) == 0
+
+
+def test_require_raises_gateway_full_counted_under_its_arrival() -> None:
+    live = LiveCalls("gw-test")
+    metrics = GatewayMetrics()
+    admission = Admission(
+        live=live, max_live_calls=1, lag=LoopLagMonitor(), max_loop_lag_ms=50, metrics=metrics
+    )
+    admission.require("req-1", hold_s=5, arrival="outbound", retry_after_s=7)
+    with pytest.raises(GatewayFull) as full:
+        admission.require("req-2", hold_s=5, arrival="outbound", retry_after_s=7)
+    assert full.value.retry_after_s == 7 and full.value.cause == "live-calls"
+    metrics.call_refused("twilio", "loop-lag")
+    metrics.loop_lag(12.25)
+    text = metrics.render()
+    assert 'voice_gateway_calls_refused_total{arrival="outbound",cause="live-calls"} 1' in text
+    assert 'voice_gateway_calls_refused_total{arrival="twilio",cause="loop-lag"} 1' in text
+    assert "# TYPE voice_gateway_event_loop_lag_ms gauge" in text
+    assert "voice_gateway_event_loop_lag_ms 12.2" in text
+
+
+def test_stream_slots_bound_sockets_waiting_for_start() -> None:
+    slots = StreamSlots(2)
+    assert slots.open() and slots.open()
+    assert not slots.open()
+    slots.release()
+    assert slots.open()
+    for _ in range(5):
+        slots.release()
+    assert slots.pending == 0
+
+
+def test_overflow_twiml_must_be_one_response_element() -> None:
+    dial = "<Response><Dial>+15550009999</Dial></Response>"
+    assert Settings(overflow_twiml=dial).overflow_twiml == dial
+    assert Settings(overflow_twiml="  ").overflow_twiml is None
+    with pytest.raises(ValidationError, match="not XML"):
+        Settings(overflow_twiml="<Response><Dial>")
+    with pytest.raises(ValidationError, match="one <Response>"):
+        Settings(overflow_twiml="<Dial>+15550009999</Dial>")
+
+
+async def test_the_monitor_stops_when_cancelled() -> None:
+    monitor = LoopLagMonitor(interval_s=0.001)
+    task = asyncio.create_task(monitor.run())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
