@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import uvicorn
 from pydantic import SecretStr
 
-from gateway.app import create_app, end_event_streams
+from gateway.app import create_app, drain, end_event_streams
 from gateway.connections import deadline_protocol
 from gateway.errors import ConfigError
 from gateway.logs import configure_logging
@@ -51,7 +51,8 @@ def _database(settings: Settings) -> Iterator[Settings]:
 
 
 def gateway_server(settings: Settings, *, host: str, port: int) -> GatewayServer:
-    """uvicorn serving the gateway's app with its bounds; event streams end as it stops."""
+    """uvicorn serving the gateway's app with its bounds; SIGTERM drains it (live calls go
+    on, bounded by DRAIN_TIMEOUT_S); event streams end as it stops."""
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -69,7 +70,11 @@ def gateway_server(settings: Settings, *, host: str, port: int) -> GatewayServer
         ws_ping_interval=None,
         lifespan="on",
     )
-    return GatewayServer(config, before_shutdown=functools.partial(end_event_streams, app))
+    return GatewayServer(
+        config,
+        before_shutdown=functools.partial(end_event_streams, app),
+        drain=functools.partial(drain, app),
+    )
 
 
 def serve(settings: Settings, *, host: str, port: int) -> int:

@@ -23,6 +23,8 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── MissingPlaceholders     call metadata lacks a {{name}} the assistant uses -> 422
     ├── ConflictError           clashes with what is stored                      -> 409
     ├── NotConfigured           a feature whose settings are unset               -> 503
+    ├── GatewayDraining         a new call asked of a gateway that drains (SIGTERM):
+    │                           another gateway takes it              -> 503 + Retry-After
     ├── LookupFailed            a caller lookup with no usable answer (`outcome`: timeout,
     │                           error, invalid, refused): the call is answered with the
     │                           assistant's defaults, logged and counted
@@ -124,6 +126,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "CsrfRefused",
+    "GatewayDraining",
     "GatewayError",
     "InputTooLarge",
     "LiveKitError",
@@ -212,6 +215,11 @@ class ConflictError(GatewayError):
 
 class NotConfigured(GatewayError):
     """A feature was asked for whose settings are not set (e.g. LiveKit, Twilio REST)."""
+
+
+class GatewayDraining(GatewayError):
+    """This gateway drains (it got SIGTERM): it takes no new call. A balancer retries the
+    request on another gateway (`deploy/haproxy.cfg`: `retry-on 503`)."""
 
 
 class LookupFailed(GatewayError):
@@ -340,6 +348,13 @@ async def _not_configured(request: Request, exc: Exception) -> Response:
     return error_response(503, "not_configured", str(exc))
 
 
+async def _draining(request: Request, exc: Exception) -> Response:
+    log.info("new call refused: the gateway drains", extra={"path": request.url.path})
+    response = error_response(503, "draining", str(exc) or "this gateway is shutting down")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 async def _carrier_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CarrierError)
     if exc.caller_fault:
@@ -388,6 +403,7 @@ HTTP_ERROR_HANDLERS = {
     SecretRotationRaced: _conflict,
     UnsafeURL: _unsafe_url,
     NotConfigured: _not_configured,
+    GatewayDraining: _draining,
     CarrierError: _carrier_error,
     LiveKitError: _livekit_error,
     StorageError: _storage_error,

@@ -107,6 +107,7 @@ async def place_outbound_call(req: ApiRequest) -> BaseModel:
     caller id (`from_number`, or the trunk's first number) must be the organisation's: 422
     otherwise."""
     services, body = req.services, req.body_as(OutboundCallRequest)
+    services.draining.refuse_new_call()  # 503: a balancer retries it on another gateway
     db = services.database
     assistant = await db.assistants.get(req.principal.org_id, body.assistant_id)
     trunk = None

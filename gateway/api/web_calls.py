@@ -23,6 +23,7 @@ async def place_web_call(req: ApiRequest) -> BaseModel:
     its room. The browser must join within WEB_CALL_TOKEN_TTL_S, else the call ends
     `no-answer`. Another organisation's assistant is 404, as an unknown one."""
     services, body = req.services, req.body_as(WebCallRequest)
+    services.draining.refuse_new_call()  # 503: a balancer retries it on another gateway
     if services.rooms is None or services.livekit is None:
         raise NotConfigured("LiveKit is not configured (LIVEKIT_URL, _API_KEY, _API_SECRET)")
     db = services.database

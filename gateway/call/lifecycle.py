@@ -131,6 +131,15 @@ class LiveCalls:
         # they ended, for this gateway's sweeper to store once the database is back (a few
         # bytes per such call, only until then).
         self._unfinished: dict[str, OwnEnding] = {}
+        self._none_left = asyncio.Event()  # set while no call is served here
+        self._none_left.set()
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    async def none_left(self) -> None:
+        """Wait until this process serves no call (at once if it serves none now)."""
+        await self._none_left.wait()
 
     def serving(self, call_id: str) -> bool:
         return call_id in self._calls
@@ -139,8 +148,13 @@ class LiveCalls:
         """The lifecycle of a call this process serves, if it does."""
         return self._calls.get(call_id)
 
+    def snapshot(self) -> list[CallLifecycle]:
+        """The calls served here now."""
+        return list(self._calls.values())
+
     def add(self, call: CallLifecycle) -> None:
         self._calls[call.call.id] = call
+        self._none_left.clear()
 
     def left_unfinished(self, call_id: str, ending: OwnEnding) -> None:
         """The call ended here but its final write failed: the sweeper stores `ending`."""
@@ -157,6 +171,8 @@ class LiveCalls:
     def discard(self, call: CallLifecycle) -> None:
         if self._calls.get(call.call.id) is call:
             del self._calls[call.call.id]
+        if not self._calls:
+            self._none_left.set()
 
     async def end_all(self, ending: CallEnding) -> None:
         """End every call this process serves and wait until each is finished (shutdown)."""
@@ -235,10 +251,15 @@ class CallLifecycle:
     def _storage_outage(self, reason: str) -> None:
         """The call's writes are given up: the agent says goodbye and the call ends."""
         log.error("the call ends: its writes cannot be stored (%s)", reason)
+        self.end_politely(self._rt.outage_goodbye, STORAGE_UNAVAILABLE)
+
+    def end_politely(self, goodbye: str, reason: str) -> None:
+        """The gateway ends the call: the agent says `goodbye` (bounded) if the call is
+        answered, then the call ends as failed with `reason` (at once if not answered)."""
         if self.session is not None and not self.ended.is_set():
-            self.session.end_politely(self._rt.outage_goodbye, STORAGE_UNAVAILABLE)
+            self.session.end_politely(goodbye, reason)
         else:
-            self.request_end(STORAGE_UNAVAILABLE, CallStatus.FAILED)
+            self.request_end(reason, CallStatus.FAILED)
 
     async def answer(self) -> None:
         """The caller is there: plan, recorder, transport, session; the agent greets."""

@@ -27,9 +27,15 @@ class GatewayProcess:
     log_path: Path
     db_name: str
     pid: int
+    process: subprocess.Popen[bytes] | None = None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_exit(self, timeout_s: float) -> int:
+        """Wait until the process exits; its exit code (negative: the signal that ended it)."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout_s)
 
 
 @contextlib.contextmanager
@@ -67,7 +73,9 @@ def run_gateway(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    process = GatewayProcess(base, auth_token, api_key, log_path, env["MONGODB_DB"], proc.pid)
+    process = GatewayProcess(
+        base, auth_token, api_key, log_path, env["MONGODB_DB"], proc.pid, process=proc
+    )
     try:
         _wait_until_up(base + "/health", proc, process.log_text)
         yield process
