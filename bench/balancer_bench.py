@@ -188,7 +188,7 @@ class Bench:
                 for phone in started:
                     await phone.stop()
                 for phone in started:
-                    call_id = phone.call_id
+                    call_id = str(phone.call_id)
 
                     async def ended(call_id: str = call_id) -> bool:
                         call = await self.db.calls.get_call(call_id, with_turns=False)

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from gateway.app import create_app, drain
@@ -59,6 +60,7 @@ def test_a_draining_gateway_is_not_ready_and_takes_no_new_call(client: TestClien
     answered = _voice(client, known_sid)  # a call taken before the drain
     assert answered.status_code == 200 and "<Stream" in answered.text
 
+    assert client.portal is not None and isinstance(client.app, Starlette)
     client.portal.call(drain, client.app)  # no live call here: it returns at once
 
     ready = client.get("/ready")
@@ -71,7 +73,7 @@ def test_a_draining_gateway_is_not_ready_and_takes_no_new_call(client: TestClien
     _refused_as_draining(_voice(client, "CA" + uuid.uuid4().hex))
     headers = {"x-api-key": KEY}
     outbound = {"assistant_id": "a" * 24, "to_number": "+15551230000"}
-    _refused_as_draining(client.post("/calls", json=outbound, headers=headers))
+    _refused_as_draining(client.post("/call/outbound", json=outbound, headers=headers))
     _refused_as_draining(
         client.post("/web-calls", json={"assistant_id": "a" * 24}, headers=headers)
     )

@@ -99,12 +99,17 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log_text: Callable[[
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    proc.terminate()  # the gateway drains: calls still live go on (DRAIN_TIMEOUT_S)
+    for last in (False, True):
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            if last:
+                proc.kill()
+                proc.wait()
+            else:
+                proc.terminate()  # a second SIGTERM cuts the drain short: calls end now
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ def test_draining_is_set_once_and_refuses_new_calls_from_then_on() -> None:
 
 
 def test_the_shipped_config_checks_ready_keeps_websockets_and_retries_503() -> None:
-    lines = {line.strip() for line in SHIPPED_CONFIG.read_text().splitlines()}
+    lines = {line.split("#", 1)[0].strip() for line in SHIPPED_CONFIG.read_text().splitlines()}
     assert "option httpchk GET /ready" in lines
     assert "http-check expect status 200" in lines
     assert "retry-on conn-failure 503" in lines and "option redispatch 1" in lines
