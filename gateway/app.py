@@ -221,7 +221,7 @@ async def ready(request: Request) -> JSONResponse:
     services: Services | None = getattr(request.app.state, "services", None)
     if services is not None and services.draining.active:
         return JSONResponse(
-            {"status": "draining", "live_calls": len(services.calls.live)},
+            {"status": "draining", "live_calls": services.calls.live.count()},
             status_code=503,
             headers={"Retry-After": "5"},
         )

@@ -69,7 +69,7 @@ async def drain_calls(
     if not draining.begin():
         return
     started = time.monotonic()
-    log.info("draining: no new calls", extra={"live_calls": len(live), "timeout_s": timeout_s})
+    log.info("draining: no new calls", extra={"live_calls": live.count(), "timeout_s": timeout_s})
     try:
         async with asyncio.timeout(timeout_s):
             await live.none_left()
@@ -85,5 +85,5 @@ async def drain_calls(
         async with asyncio.timeout(goodbye_timeout_s + 10.0):  # the goodbye, then final writes
             await live.none_left()
     except TimeoutError:
-        log.error("calls still live after their goodbye", extra={"live_calls": len(live)})
+        log.error("calls still live after their goodbye", extra={"live_calls": live.count()})
     log.info("drained", extra={"drain_s": time.monotonic() - started})
