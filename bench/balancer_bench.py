@@ -154,7 +154,9 @@ class Bench:
 
                 t0 = time.monotonic()
                 b.proc.send_signal(signal.SIGTERM)
-                offering = asyncio.create_task(self._offer(http, offered, offer_every_s, result))
+                offering = asyncio.create_task(
+                    self._offer(http, offered, names, offer_every_s, hangup_s, result)
+                )
 
                 async def b_not_ready() -> bool:
                     try:
@@ -176,14 +178,9 @@ class Bench:
                         max(0.0, t0 + hangup_s * (i + 1) / len(on_b) - time.monotonic())
                     )
                     await phone.stop()
+                await offering
                 result.exit_code = await asyncio.to_thread(b.proc.wait, 120)
                 result.drain_s = time.monotonic() - t0
-                offering.cancel()
-                await asyncio.gather(offering, return_exceptions=True)
-                for phone in offered:
-                    if phone.call_id is not None:
-                        name = names.get(await self.served_by(phone), "?")
-                        result.offered_on[name] = result.offered_on.get(name, 0) + 1
                 started = [p for p in phones + offered if p.call_id is not None]
                 for phone in started:
                     await phone.stop()
@@ -204,10 +201,18 @@ class Bench:
         return result
 
     async def _offer(
-        self, http: httpx.AsyncClient, offered: list[SimulatedTwilioCall], every_s: float, r: Round
+        self,
+        http: httpx.AsyncClient,
+        offered: list[SimulatedTwilioCall],
+        names: dict[str, str],
+        every_s: float,
+        for_s: float,
+        r: Round,
     ) -> None:
-        """A new call every `every_s` while B drains (each one counted; failures too)."""
+        """A new call every `every_s` for `for_s` after SIGTERM (each counted, failures too);
+        each one hangs up once it heard its greeting and its gateway is known."""
         tasks: list[asyncio.Task[None]] = []
+        until = time.monotonic() + for_s
 
         async def one() -> None:
             mine: list[SimulatedTwilioCall] = []
@@ -220,9 +225,12 @@ class Bench:
                     await phone.aclose()
                 return
             offered.extend(mine)
+            name = names.get(await self.served_by(mine[0]), "?")
+            r.offered_on[name] = r.offered_on.get(name, 0) + 1
+            await mine[0].stop()
 
         try:
-            while True:
+            while time.monotonic() < until:
                 r.offered += 1
                 tasks.append(asyncio.create_task(one()))
                 await asyncio.sleep(every_s)
