@@ -37,6 +37,7 @@ from gateway.body_limit import BodySizeLimit
 from gateway.call.turn_models import load_turn_models
 from gateway.dashboard.pages import dashboard_routes, dashboard_templates
 from gateway.dashboard.session import SessionSigner
+from gateway.drain import drain_calls
 from gateway.errors import HTTP_ERROR_HANDLERS, ConfigError
 from gateway.livekit.webhook import livekit_webhook
 from gateway.providers.base import Providers
@@ -189,12 +190,31 @@ def end_event_streams(app: Starlette) -> None:
         services.event_feed.close_streams()
 
 
+async def drain(app: Starlette) -> None:
+    """Drain `app`'s gateway (the server calls it on SIGTERM, before it stops): no new
+    calls, live calls go on up to `DRAIN_TIMEOUT_S`, then end politely."""
+    services: Services | None = getattr(app.state, "services", None)
+    if services is None:  # not started: nothing to drain
+        return
+    await drain_calls(
+        services.calls.live,
+        services.draining,
+        timeout_s=services.settings.drain_timeout_s,
+        goodbye_timeout_s=services.calls.session_config.goodbye_timeout_s,
+    )
+
+
 async def health(request: Request) -> JSONResponse:
-    """Liveness: 200 while the process serves; `database` says whether MongoDB answers;
-    `worker`, under `serve --workers N`, which process answered."""
+    """Liveness: 200 while the process serves (`status` ok, or draining after SIGTERM: its
+    calls still talk, do not kill it); `database` says whether MongoDB answers; `worker`,
+    under `serve --workers N`, which process answered."""
     services: Services | None = getattr(request.app.state, "services", None)
     up = services is not None and await services.database_probe.up()
-    body: dict[str, object] = {"status": "ok", "database": "ok" if up else "unavailable"}
+    draining = services is not None and services.draining.active
+    body: dict[str, object] = {
+        "status": "draining" if draining else "ok",
+        "database": "ok" if up else "unavailable",
+    }
     worker = request.app.state.settings.worker_index
     if worker is not None:
         body["worker"] = worker
@@ -202,8 +222,15 @@ async def health(request: Request) -> JSONResponse:
 
 
 async def ready(request: Request) -> JSONResponse:
-    """Readiness, for balancers: 503 while the database does not answer."""
+    """Readiness, for balancers: 503 while the database does not answer, or while the
+    gateway drains (`status`: draining; it takes no new call)."""
     services: Services | None = getattr(request.app.state, "services", None)
+    if services is not None and services.draining.active:
+        return JSONResponse(
+            {"status": "draining", "live_calls": services.calls.live.count()},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
     if services is None or not await services.database_probe.up():
         return JSONResponse(
             {"status": "not-ready", "database": "unavailable"},
@@ -229,8 +256,11 @@ _PUBLIC_PATHS: dict[str, Any] = {
     "/health": {
         "get": {
             "operationId": "health",
-            "summary": "Liveness, and whether the database answers (`database`: ok/unavailable)"
-            "; `worker`: which process of `serve --workers N` answered",
+            "summary": (
+                "Liveness (`status`: ok, or draining after SIGTERM), whether the database "
+                "answers (`database`: ok/unavailable); `worker`: which process of "
+                "`serve --workers N` answered"
+            ),
             "tags": ["ops"],
             "responses": {"200": {"description": "The gateway is up"}},
         }
@@ -238,11 +268,19 @@ _PUBLIC_PATHS: dict[str, Any] = {
     "/ready": {
         "get": {
             "operationId": "ready",
-            "summary": "Readiness for balancers: not ready while the database does not answer",
+            "summary": (
+                "Readiness for balancers: not ready while the database does not answer or "
+                "the gateway drains"
+            ),
             "tags": ["ops"],
             "responses": {
                 "200": {"description": "Ready to take calls"},
-                "503": {"description": "The database does not answer (Retry-After is set)"},
+                "503": {
+                    "description": (
+                        "The database does not answer, or the gateway drains (`status`: "
+                        "draining; Retry-After is set)"
+                    )
+                },
             },
         }
     },

@@ -57,10 +57,11 @@ def gateway_server(
     port: int,
     on_started: Callable[[], None] | None = None,
 ) -> GatewayServer:
-    """uvicorn serving the gateway's app with its bounds; event streams end as it stops."""
+    """uvicorn serving the gateway's app with its bounds; SIGTERM drains it (live calls go
+    on, bounded by DRAIN_TIMEOUT_S); event streams end as it stops."""
     # Imported here: `serve --workers N`'s supervisor runs this module without the app
     # (LiveKit's WebRTC, the providers); only the processes that serve load it.
-    from gateway.app import create_app, end_event_streams
+    from gateway.app import create_app, drain, end_event_streams
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -80,7 +81,10 @@ def gateway_server(
         lifespan="on",
     )
     return GatewayServer(
-        config, before_shutdown=functools.partial(end_event_streams, app), on_started=on_started
+        config,
+        before_shutdown=functools.partial(end_event_streams, app),
+        drain=functools.partial(drain, app),
+        on_started=on_started,
     )
 
 

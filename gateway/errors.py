@@ -27,6 +27,8 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     │                           loop lags (gateway/call/admission.py): a new call is not
     │                           taken -> 503 with Retry-After (Twilio's voice webhook
     │                           answers `<Reject reason="busy"/>` instead)
+    ├── GatewayDraining         a new call asked of a gateway that drains (SIGTERM):
+    │                           another gateway takes it              -> 503 + Retry-After
     ├── LookupFailed            a caller lookup with no usable answer (`outcome`: timeout,
     │                           error, invalid, refused): the call is answered with the
     │                           assistant's defaults, logged and counted
@@ -128,6 +130,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "CsrfRefused",
+    "GatewayDraining",
     "GatewayError",
     "GatewayFull",
     "InputTooLarge",
@@ -227,6 +230,11 @@ class GatewayFull(GatewayError):
         super().__init__(f"the gateway is full ({cause}): try again later")
         self.cause = cause
         self.retry_after_s = retry_after_s
+
+
+class GatewayDraining(GatewayError):
+    """This gateway drains (it got SIGTERM): it takes no new call. A balancer retries the
+    request on another gateway (`deploy/haproxy.cfg`: `retry-on 503`)."""
 
 
 class LookupFailed(GatewayError):
@@ -363,6 +371,13 @@ async def _gateway_full(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def _draining(request: Request, exc: Exception) -> Response:
+    log.info("new call refused: the gateway drains", extra={"path": request.url.path})
+    response = error_response(503, "draining", str(exc) or "this gateway is shutting down")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 async def _carrier_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CarrierError)
     if exc.caller_fault:
@@ -412,6 +427,7 @@ HTTP_ERROR_HANDLERS = {
     UnsafeURL: _unsafe_url,
     NotConfigured: _not_configured,
     GatewayFull: _gateway_full,
+    GatewayDraining: _draining,
     CarrierError: _carrier_error,
     LiveKitError: _livekit_error,
     StorageError: _storage_error,

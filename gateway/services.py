@@ -9,7 +9,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gateway.analysis import CallAnalyst, analysis_llm, analysis_model
@@ -19,6 +19,7 @@ from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
 from gateway.call.lookup import CallerLookup
 from gateway.call.writes import WritePolicy
+from gateway.drain import Draining
 from gateway.event_feed import EventFeed
 from gateway.livekit.room import LiveKitRooms
 from gateway.metrics import GatewayMetrics
@@ -87,6 +88,8 @@ class Services:
     event_feed: EventFeed  # GET /events; the call publisher calls `event_feed.published`
     admission: Admission  # whether a new call is taken (live calls, event-loop lag)
     stream_slots: StreamSlots  # Media Stream sockets not started yet (MAX_PENDING_STREAMS)
+    # Set on SIGTERM (gateway/drain.py): /ready says 503, new calls are refused.
+    draining: Draining = field(default_factory=Draining)
 
 
 def build_services(

@@ -227,6 +227,11 @@ class Settings(BaseSettings):
     # /ready pings the database with this bound and keeps the answer this long.
     ready_ping_timeout_s: float = Field(default=1.0, gt=0, le=30)
     ready_cache_s: float = Field(default=1.0, ge=0, le=60)
+    # SIGTERM drains the gateway (gateway/drain.py): /ready answers 503 `draining`, requests
+    # that would start a call answer 503 + Retry-After, and live calls go on for up to this
+    # long; then the agent says goodbye on each call left (`gateway-shutdown`) and the
+    # process exits 0. A second SIGTERM cuts the drain short.
+    drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)
 
     # Live events (`GET /events`): each gateway polls the organisations its clients watch
     # this often for events stored by other gateways (its own reach them at once); a client

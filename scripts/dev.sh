@@ -76,6 +76,15 @@ ensure_browser() {
   fi
 }
 
+# The balancer tests and bench put Debian's HAProxy in front of two gateways.
+ensure_haproxy() {
+  if [ ! -x /usr/sbin/haproxy ]; then
+    log "installing Debian package: haproxy"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq haproxy >&2
+  fi
+}
+
 ensure_livekit_server() {
   LIVEKIT_SERVER_BIN="$(bash "$ROOT/scripts/ensure-livekit-server.sh")"
   export LIVEKIT_SERVER_BIN
@@ -102,6 +111,7 @@ case "$cmd" in
     ensure_all
     ensure_livekit_server
     ensure_browser
+    ensure_haproxy
     cd "$ROOT"
     "$VENV/bin/ruff" check .
     "$VENV/bin/mypy"
@@ -110,6 +120,7 @@ case "$cmd" in
     ensure_all
     ensure_livekit_server  # the room and web-call benches
     ensure_browser         # the dashboard bench
+    ensure_haproxy         # the balancer bench
     if ! command -v opusenc >/dev/null; then  # the recording bench compares Ogg/Opus
       as_root apt-get update -qq
       DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq opus-tools >&2

@@ -124,6 +124,7 @@ async def place_outbound_call(req: ApiRequest) -> BaseModel:
 
 async def _place_outbound_call(req: ApiRequest, hold_s: float) -> BaseModel:
     services, body = req.services, req.body_as(OutboundCallRequest)
+    services.draining.refuse_new_call()  # 503: a balancer retries it on another gateway
     db = services.database
     assistant = await db.assistants.get(req.principal.org_id, body.assistant_id)
     trunk = None

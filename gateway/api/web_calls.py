@@ -26,6 +26,7 @@ async def place_web_call(req: ApiRequest) -> BaseModel:
     `no-answer`. Another organisation's assistant is 404, as an unknown one. A gateway
     with no room for the call answers 503 with Retry-After first (`GatewayFull`)."""
     services, body = req.services, req.body_as(WebCallRequest)
+    services.draining.refuse_new_call()  # 503: a balancer retries it on another gateway
     if services.rooms is None or services.livekit is None:
         raise NotConfigured("LiveKit is not configured (LIVEKIT_URL, _API_KEY, _API_SECRET)")
     settings, key = services.settings, "web-" + secrets.token_hex(8)

@@ -135,6 +135,8 @@ class LiveCalls:
         # webhook and its media stream, an outbound call while it rings): key (CallSid or
         # call id) -> when (monotonic) the place it holds is given up.
         self._expected: dict[str, float] = {}
+        self._none_left = asyncio.Event()  # set while no call is served here
+        self._none_left.set()
 
     def expect(self, key: str, *, hold_s: float, now: float | None = None) -> None:
         """Hold a place for an admitted call until its leg arrives (`add`), `release(key)`,
@@ -154,6 +156,14 @@ class LiveCalls:
                 del self._expected[key]
         return len(self._calls) + len(self._expected)
 
+    def count(self) -> int:
+        """How many calls this process serves (no `__len__`: an empty one stays truthy)."""
+        return len(self._calls)
+
+    async def none_left(self) -> None:
+        """Wait until this process serves no call (at once if it serves none now)."""
+        await self._none_left.wait()
+
     def serving(self, call_id: str) -> bool:
         return call_id in self._calls
 
@@ -161,11 +171,16 @@ class LiveCalls:
         """The lifecycle of a call this process serves, if it does."""
         return self._calls.get(call_id)
 
+    def snapshot(self) -> list[CallLifecycle]:
+        """The calls served here now."""
+        return list(self._calls.values())
+
     def add(self, call: CallLifecycle) -> None:
         self._calls[call.call.id] = call
         self._expected.pop(call.call.id, None)  # its place was held since it was admitted
         if call.call.call_sid:
             self._expected.pop(call.call.call_sid, None)
+        self._none_left.clear()
 
     def left_unfinished(self, call_id: str, ending: OwnEnding) -> None:
         """The call ended here but its final write failed: the sweeper stores `ending`."""
@@ -182,6 +197,8 @@ class LiveCalls:
     def discard(self, call: CallLifecycle) -> None:
         if self._calls.get(call.call.id) is call:
             del self._calls[call.call.id]
+        if not self._calls:
+            self._none_left.set()
 
     async def end_all(self, ending: CallEnding) -> None:
         """End every call this process serves and wait until each is finished (shutdown)."""
@@ -260,10 +277,15 @@ class CallLifecycle:
     def _storage_outage(self, reason: str) -> None:
         """The call's writes are given up: the agent says goodbye and the call ends."""
         log.error("the call ends: its writes cannot be stored (%s)", reason)
+        self.end_politely(self._rt.outage_goodbye, STORAGE_UNAVAILABLE)
+
+    def end_politely(self, goodbye: str, reason: str) -> None:
+        """The gateway ends the call: the agent says `goodbye` (bounded) if the call is
+        answered, then the call ends as failed with `reason` (at once if not answered)."""
         if self.session is not None and not self.ended.is_set():
-            self.session.end_politely(self._rt.outage_goodbye, STORAGE_UNAVAILABLE)
+            self.session.end_politely(goodbye, reason)
         else:
-            self.request_end(STORAGE_UNAVAILABLE, CallStatus.FAILED)
+            self.request_end(reason, CallStatus.FAILED)
 
     async def answer(self) -> None:
         """The caller is there: plan, recorder, transport, session; the agent greets."""

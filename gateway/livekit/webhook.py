@@ -51,6 +51,9 @@ async def livekit_webhook(request: Request) -> Response:
     )
     event = verified_event(token, await request.body())  # capped by `BodySizeLimit`
     extra = {"event": event.event, "event_id": event.id, "room": event.room.name}
+    if event.event == "participant_joined" and event.participant.kind == models.ParticipantInfo.SIP:
+        # A new call while draining: 503, retried by the balancer (or LiveKit) elsewhere.
+        services.draining.refuse_new_call()
     if not event.id:
         log.warning("livekit event without an id ignored", extra=extra)
         return JSONResponse({"ok": True})

@@ -142,6 +142,9 @@ async def _answer(services: Services, form: dict[str, str], call_sid: str) -> Re
             )
             return _twiml(hang_up_twiml())
     else:
+        # A new call while draining: 503, which the balancer retries on another gateway
+        # (with no balancer, Twilio tries the number's fallback URL, if one is set).
+        services.draining.refuse_new_call()
         to_number = form.get("To", "")
         assistant = await db.assistants.for_number(to_number)
         limits = CallInputLimits.of(services.settings)

@@ -33,6 +33,11 @@ class GatewayProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_exit(self, timeout_s: float) -> int:
+        """Wait until the process exits; its exit code (negative: the signal that ended it)."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout_s)
+
 
 @contextlib.contextmanager
 def run_gateway(
@@ -74,7 +79,9 @@ def run_gateway(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    process = GatewayProcess(base, auth_token, api_key, log_path, env["MONGODB_DB"], proc.pid, proc)
+    process = GatewayProcess(
+        base, auth_token, api_key, log_path, env["MONGODB_DB"], proc.pid, process=proc
+    )
     try:
         _wait_until_up(base + "/health", proc, process.log_text)
         yield process
@@ -98,12 +105,17 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log_text: Callable[[
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    proc.terminate()  # the gateway drains: calls still live go on (DRAIN_TIMEOUT_S)
+    for last in (False, True):
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            if last:
+                proc.kill()
+                proc.wait()
+            else:
+                proc.terminate()  # a second SIGTERM cuts the drain short: calls end now
 
 
 @contextlib.contextmanager
