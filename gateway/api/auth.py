@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from gateway.dashboard.session import CSRF_HEADER, SESSION_COOKIE, SessionSigner
+from gateway.dashboard.session import CSRF_HEADER, SESSION_COOKIE, Session, SessionSigner
 from gateway.errors import AuthError, CsrfRefused
 from storage import AccountRepository, hash_api_key
 
@@ -53,17 +53,26 @@ async def principal_of(
     cookie = request.cookies.get(SESSION_COOKIE)
     if api_key is not None or not cookie or sessions is None:
         return await authenticate(accounts, api_key)
+    principal, session = await session_principal(accounts, sessions, cookie)
+    if request.method not in ("GET", "HEAD") and not sessions.csrf_valid(
+        session, request.headers.get(CSRF_HEADER)
+    ):
+        raise CsrfRefused(f"a change made from the dashboard needs its CSRF token ({CSRF_HEADER})")
+    return principal
+
+
+async def session_principal(
+    accounts: AccountRepository, sessions: SessionSigner, cookie: str
+) -> tuple[Principal, Session]:
+    """The organisation and session a dashboard session cookie names; `AuthError` when it
+    is forged, altered or expired, or its key was revoked (looked up on every request)."""
     session = sessions.read(cookie, now=time.time())
     if session is None:
         raise AuthError("the dashboard session is invalid or has expired: sign in again")
     record = await accounts.active_key_by_id(session.key_id)
     if record is None:
         raise AuthError("the key this dashboard session signed in with was revoked")
-    if request.method not in ("GET", "HEAD") and not sessions.csrf_valid(
-        session, request.headers.get(CSRF_HEADER)
-    ):
-        raise CsrfRefused(f"a change made from the dashboard needs its CSRF token ({CSRF_HEADER})")
-    return Principal(org_id=record.org_id, key_id=record.id)
+    return Principal(org_id=record.org_id, key_id=record.id), session
 
 
 async def bootstrap_api_key(accounts: AccountRepository, key: str, org_name: str) -> None:

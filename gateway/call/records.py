@@ -53,6 +53,15 @@ class CallInputLimits:
             )
 
 
+async def _org_of(accounts: AccountRepository, assistant: AssistantRecord | None) -> str | None:
+    """The organisation a call of `assistant` belongs to (None: the default assistant's,
+    the default organisation, if there is one)."""
+    if assistant is not None:
+        return assistant.org_id
+    default_org = await accounts.default_organization()
+    return default_org.id if default_org else None
+
+
 async def open_call(
     store: CallStore,
     accounts: AccountRepository,
@@ -75,7 +84,6 @@ async def open_call(
     limits.check_metadata(metadata)
     persona = None
     if assistant is not None:
-        org_id: str | None = assistant.org_id
         persona = Persona.for_call(
             system_prompt=assistant.config.system_prompt,
             greeting=assistant.config.greeting,
@@ -86,12 +94,9 @@ async def open_call(
                 assistant.config.turn_taking.idle_goodbye,
             ),
         )
-    else:
-        default_org = await accounts.default_organization()
-        org_id = default_org.id if default_org else None
     return await store.create_call(
         NewCall(
-            org_id=org_id,
+            org_id=await _org_of(accounts, assistant),
             transport=transport,
             call_sid=call_sid,
             from_number=from_number,
@@ -124,15 +129,10 @@ async def record_refused_call(
     with `end_reason`: its organisation the assistant's (or the default's), no persona (it
     was never answered, so no placeholder can be missing). Its report is owed as any
     finished call's is."""
-    if assistant is not None:
-        org_id: str | None = assistant.org_id
-    else:
-        default_org = await accounts.default_organization()
-        org_id = default_org.id if default_org else None
     now = datetime.now(UTC)
     call = await store.create_call(
         NewCall(
-            org_id=org_id,
+            org_id=await _org_of(accounts, assistant),
             transport=transport,
             call_sid=call_sid,
             from_number=from_number,

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.api.auth import Principal, authenticate
+from gateway.api.auth import Principal, authenticate, session_principal
 from gateway.api.models import CallQuery
 from gateway.dashboard.charts import latency_chart
 from gateway.dashboard.session import (
@@ -143,16 +143,13 @@ async def _viewer(request: Request) -> Viewer | None:
     if not cookie:
         return None
     sessions = _sessions(request)
-    session = sessions.read(cookie, now=time.time())
-    if session is None:
-        log.info("dashboard session refused (forged or expired)")
-        return None
     services: Services = request.app.state.services
-    record = await services.database.accounts.active_key_by_id(session.key_id)
-    if record is None:
-        log.info("dashboard session ended: its key was revoked", extra={"key_id": session.key_id})
+    try:
+        principal, session = await session_principal(services.database.accounts, sessions, cookie)
+    except AuthError as exc:
+        log.info("dashboard session refused: %s", exc)
         return None
-    return Viewer(Principal(record.org_id, record.id), sessions.csrf_token(session))
+    return Viewer(principal, sessions.csrf_token(session))
 
 
 # --------------------------------------------------------------------- signing in
@@ -271,7 +268,9 @@ async def _assistant_names(services: Services, org_id: str) -> dict[str, str]:
     return {a.id: a.config.name for a in await services.database.assistants.list(org_id)}
 
 
-async def _calls_context(request: Request, viewer: Viewer) -> dict[str, Any]:
+async def _calls_context(
+    request: Request, viewer: Viewer, *, live_from_here: bool = True
+) -> dict[str, Any]:
     """The calls page's data: its filters (as the API reads them), one page, names. A
     filter or cursor the API would refuse shows an error on the page instead of calls."""
     services: Services = request.app.state.services
@@ -293,7 +292,10 @@ async def _calls_context(request: Request, viewer: Viewer) -> dict[str, Any]:
         fields = ", ".join(str(e["loc"][0]) for e in exc.errors() if e["loc"])
         return context | {"error": f"Invalid filter: {fields or 'query'}"}
     # Live updates resume after the last event before the page was read: none is missed.
-    events_after = await services.database.events.head(viewer.principal.org_id)
+    # (The rows the live page fetches again need none: its stream is open already.)
+    events_after = (
+        await services.database.events.head(viewer.principal.org_id) if live_from_here else None
+    )
     try:
         page = await services.database.calls.list_calls(
             _call_filter(viewer.principal.org_id, query),
@@ -329,7 +331,7 @@ async def call_rows(request: Request) -> Response:
     viewer = await _viewer(request)
     if viewer is None:
         return HTMLResponse("", status_code=401)
-    context = await _calls_context(request, viewer)
+    context = await _calls_context(request, viewer, live_from_here=False)
     return _page(request, "call_rows.html", viewer=viewer, **context)
 
 

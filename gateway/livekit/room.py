@@ -128,22 +128,22 @@ class LiveKitRoom:
         return participant.kind == _STANDARD and participant.identity == self._web_caller
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
-        if self._caller is not None and participant.identity == self._caller.identity:
-            self.lifecycle.request_end("caller-hung-up", CallStatus.COMPLETED)
-        elif self._caller is None and participant.identity == self._web_caller:
-            # A browser that leaves before its microphone was heard: never answered.
-            self.lifecycle.request_end("caller-hung-up", CallStatus.CANCELED)
+        self.caller_left(participant.identity)
 
     def caller_left(self, identity: str) -> None:
-        """LiveKit's webhook says `identity` left the room: if it is this call's caller, the
-        call ends as its own disconnect event would end it (the webhook can come first, and
-        a browser that left at once may never have been seen by the agent's connection)."""
+        """`identity` left the room (the agent's connection saw it, or LiveKit's webhook
+        said so: the webhook can come first, and a browser that left at once may never have
+        been seen by the agent's connection): if it is this call's caller, the call ends."""
         if identity == self._web_caller:
-            heard = self._caller is not None
-            status = CallStatus.COMPLETED if heard else CallStatus.CANCELED
-            self.lifecycle.request_end("caller-hung-up", status)
+            self._caller_hung_up()
         elif self._caller is not None and identity == self._caller.identity:
             self.lifecycle.request_end("caller-hung-up", CallStatus.COMPLETED)
+
+    def _caller_hung_up(self) -> None:
+        """A web call's browser left: completed once its microphone was heard, else it was
+        never answered (canceled)."""
+        status = CallStatus.COMPLETED if self._caller is not None else CallStatus.CANCELED
+        self.lifecycle.request_end("caller-hung-up", status)
 
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         if participant.identity == self._web_caller:
@@ -153,9 +153,7 @@ class LiveKitRoom:
         if self._web_caller_joined:
             # LiveKit closes a room once only agents are left in it, and that can reach us
             # before the browser's own leaving: a web call's room closing is its hang-up.
-            heard = self._caller is not None
-            status = CallStatus.COMPLETED if heard else CallStatus.CANCELED
-            self.lifecycle.request_end("caller-hung-up", status)
+            self._caller_hung_up()
             return
         self.lifecycle.request_end("room-closed", CallStatus.COMPLETED)
 
