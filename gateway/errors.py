@@ -29,6 +29,9 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     │                           answers `<Reject reason="busy"/>` instead)
     ├── GatewayDraining         a new call asked of a gateway that drains (SIGTERM):
     │                           another gateway takes it              -> 503 + Retry-After
+    ├── OrganizationAtCapacity  an outbound call while the organisation's live calls are
+    │                           at its cap less its inbound reserve
+    │                           (gateway/call/capacity.py)            -> 429 + Retry-After
     ├── LookupFailed            a caller lookup with no usable answer (`outcome`: timeout,
     │                           error, invalid, refused): the call is answered with the
     │                           assistant's defaults, logged and counted
@@ -139,6 +142,7 @@ __all__ = [
     "MissingPlaceholders",
     "NotConfigured",
     "NotFound",
+    "OrganizationAtCapacity",
     "ProtocolError",
     "ProviderError",
     "RecordingError",
@@ -235,6 +239,15 @@ class GatewayFull(GatewayError):
 class GatewayDraining(GatewayError):
     """This gateway drains (it got SIGTERM): it takes no new call. A balancer retries the
     request on another gateway (`deploy/haproxy.cfg`: `retry-on 503`)."""
+
+
+class OrganizationAtCapacity(GatewayError):
+    """The organisation's live calls leave no room for another outbound call (its
+    `max_concurrent_calls` less `inbound_reserved_calls`); try again after `retry_after_s`."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class LookupFailed(GatewayError):
@@ -378,6 +391,13 @@ async def _draining(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def _at_capacity(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OrganizationAtCapacity)
+    response = error_response(429, "organization_at_capacity", str(exc))
+    response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
 async def _carrier_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CarrierError)
     if exc.caller_fault:
@@ -428,6 +448,7 @@ HTTP_ERROR_HANDLERS = {
     NotConfigured: _not_configured,
     GatewayFull: _gateway_full,
     GatewayDraining: _draining,
+    OrganizationAtCapacity: _at_capacity,
     CarrierError: _carrier_error,
     LiveKitError: _livekit_error,
     StorageError: _storage_error,

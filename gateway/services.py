@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from gateway.analysis import CallAnalyst, analysis_llm, analysis_model
 from gateway.call.admission import Admission, LoopLagMonitor, StreamSlots
+from gateway.call.capacity import OrganizationCapacity
 from gateway.call.config import SessionConfig, TurnModels
 from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
@@ -88,6 +89,7 @@ class Services:
     event_feed: EventFeed  # GET /events; the call publisher calls `event_feed.published`
     admission: Admission  # whether a new call is taken (live calls, event-loop lag)
     stream_slots: StreamSlots  # Media Stream sockets not started yet (MAX_PENDING_STREAMS)
+    capacity: OrganizationCapacity  # the organisations' caps on live calls (outbound starts)
     # Set on SIGTERM (gateway/drain.py): /ready says 503, new calls are refused.
     draining: Draining = field(default_factory=Draining)
 
@@ -259,6 +261,11 @@ def build_services(
         event_feed=event_feed,
         admission=admission,
         stream_slots=StreamSlots(settings.max_pending_streams),
+        capacity=OrganizationCapacity(
+            accounts=database.accounts,
+            calls=database.calls,
+            retry_after_s=settings.admission_retry_after_s,
+        ),
     )
 
 

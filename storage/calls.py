@@ -35,6 +35,7 @@ from storage.call_index import (
 )
 from storage.documents import CallDocument, TurnDocument
 from storage.errors import CallNotFound, InvalidCursor, NotFound, RecordTooLarge, StorageError
+from storage.live_calls import LiveCallCount, LiveCallRows
 from storage.models import (
     CallAnalysis,
     CallCost,
@@ -330,6 +331,7 @@ class CallRepository:
     def __init__(self) -> None:
         self._next_index: dict[str, int] = {}
         self._keys = CallIndex()
+        self._live = LiveCallRows()
 
     @_driver_errors
     async def create_call(self, call: NewCall, *, started_at: datetime) -> CallRecord:
@@ -346,6 +348,10 @@ class CallRepository:
         )
         if call.call_sid:
             await self._keys.note_sid(call.call_sid, str(oid), started)
+        # Counted live from before it is stored (`storage.live_calls`) until it is finished.
+        await self._live.add(
+            str(oid), org_id=call.org_id, direction=call.direction.value, at=started
+        )
         doc = CallDocument(
             id=oid,
             org_id=call.org_id,
@@ -463,6 +469,11 @@ class CallRepository:
         return [_call_record(d) for d in docs]
 
     @_driver_errors
+    async def live_calls(self, org_id: str | None) -> LiveCallCount:
+        """The organisation's unfinished calls, by direction (`storage.live_calls`)."""
+        return await self._live.count(org_id)
+
+    @_driver_errors
     async def get_call_by_egress(self, egress_id: str) -> CallRecord | None:
         """The call whose recording is the LiveKit egress `egress_id`, without turns."""
         call_id = await self._keys.call_by_egress(egress_id)
@@ -561,6 +572,7 @@ class CallRepository:
         self._next_index.pop(call_id, None)
         try:
             await self._keys.unmark(OPEN_CALLS, call_id)
+            await self._live.remove(call_id)
         except PyMongoError:  # a reader drops it later
             log.warning("dropping an open call's row failed", extra={"call_id": call_id})
         await self._drop_carrier_notes(call_id)

@@ -31,6 +31,7 @@ from storage.documents import (
 from storage.errors import StorageError
 from storage.events import EVENT_INDEXES, EventRepository
 from storage.leases import LeaseRepository
+from storage.live_calls import LIVE_CALL_INDEXES
 from storage.numbers import PhoneNumberRepository
 from storage.redaction import redact_credentials, redact_url
 from storage.sip import SipRepository
@@ -112,7 +113,9 @@ async def open_database(url: str, db_name: str, *, timeout_s: float = 10.0) -> D
         for document in _DOCUMENTS:
             meta = document.Settings
             await _ensure_indexes(database[meta.name], meta.indexes)
-        for name, indexes in (EXPIRING_INDEXES | EVENT_INDEXES | DUE_INDEXES).items():
+        for name, indexes in (
+            EXPIRING_INDEXES | EVENT_INDEXES | DUE_INDEXES | LIVE_CALL_INDEXES
+        ).items():
             await _ensure_indexes(database[name], indexes)
         # Calls stored before their keys (`storage.call_index`) are keyed once.
         await CallIndex().backfill(now=datetime.now(UTC))

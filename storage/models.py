@@ -598,6 +598,11 @@ class Organization:
     created_at: datetime
     # Asked before an inbound call of the organisation is answered (an assistant's own wins).
     inbound_lookup_url: str | None = None
+    # Its cap on live calls (inbound, ringing and live outbound; None: no cap), of which
+    # `inbound_reserved_calls` only inbound calls may use: outbound calls (campaigns and
+    # POST /call/outbound) start only while live < max - reserved (`gateway.call.capacity`).
+    max_concurrent_calls: int | None = None
+    inbound_reserved_calls: int = 0
 
 
 class ApiKeyRecord(_Record):

@@ -20,16 +20,10 @@ from gateway.api.models import (
     OutboundCallOut,
     OutboundCallRequest,
 )
-from gateway.api.numbers import require_registered
 from gateway.api.operations import ApiRequest, Operation
-from gateway.call.records import CallInputLimits, open_call
-from gateway.errors import ConflictError, NotConfigured, RequestInvalid
-from gateway.livekit.outbound import dial_livekit
-from gateway.livekit.room import room_of
-from gateway.logs import call_id_var
-from gateway.twilio.outbound import dial_twilio
-from storage import CallFilter, CallNotFound, CallStatus, Direction, SipTrunkRecord
-from telephony.errors import CarrierError, CarrierUnavailable
+from gateway.call.outbound import OutboundDial, place_call
+from gateway.errors import ConflictError
+from storage import CallFilter, CallNotFound, CallStatus
 
 log = logging.getLogger(__name__)
 
@@ -88,27 +82,17 @@ async def analyze_call(req: ApiRequest) -> BaseModel:
     return AnalysisOut.of(pending)
 
 
-async def _outbound_trunk(req: ApiRequest, trunk_id: str | None) -> SipTrunkRecord:
-    sip, org_id = req.services.database.sip, req.principal.org_id
-    if trunk_id is not None:
-        return await sip.trunk(org_id, trunk_id, "outbound")
-    trunks = await sip.trunks(org_id, "outbound")
-    if len(trunks) != 1:
-        raise RequestInvalid(
-            "trunk_id is required: the organisation has "
-            f"{len(trunks)} outbound trunks" + ("" if trunks else " (create one first)")
-        )
-    return trunks[0]
-
-
 async def place_outbound_call(req: ApiRequest) -> BaseModel:
-    """Store the call (`queued`, its persona filled), then ask its carrier to dial. A
-    carrier refusal (`carrier-refused`) or an unreachable carrier (`carrier-unreachable`)
-    finishes the stored call as `failed`, so nothing dangles, and its report is owed. The
-    caller id (`from_number`, or the trunk's first number) must be the organisation's: 422
+    """Store the call (`queued`, its persona filled), then ask its carrier to dial
+    (`gateway.call.outbound`, the campaigns' path too). A carrier refusal
+    (`carrier-refused`) or an unreachable carrier (`carrier-unreachable`) finishes the
+    stored call as `failed`, so nothing dangles, and its report is owed. The caller id
+    (`from_number`, or the trunk's first number) must be the organisation's: 422
     otherwise. A gateway with no room for the call answers 503 with Retry-After before
-    anything is read or stored (`GatewayFull`); an admitted Twilio call holds its place
-    while it rings (its final status, or its stream starting here, frees it)."""
+    anything is read or stored (`GatewayFull`); an organisation whose live calls are at its
+    cap less its inbound reserve answers 429 with Retry-After (`OrganizationAtCapacity`);
+    an admitted Twilio call holds its place while it rings (its final status, or its
+    stream starting here, frees it)."""
     settings = req.services.settings
     key = "outbound-" + secrets.token_hex(8)
     hold_s = settings.outbound_ring_timeout_s + settings.admission_hold_s
@@ -116,70 +100,30 @@ async def place_outbound_call(req: ApiRequest) -> BaseModel:
     admission.require(
         key, hold_s=hold_s, arrival="outbound", retry_after_s=settings.admission_retry_after_s
     )
+    body = req.body_as(OutboundCallRequest)
     try:
-        return await _place_outbound_call(req, hold_s)
+        placed = await place_call(
+            req.services,
+            OutboundDial(
+                org_id=req.principal.org_id,
+                assistant_id=body.assistant_id,
+                to_number=body.to_number,
+                call_service=body.call_service,
+                from_number=body.from_number,
+                trunk_id=body.trunk_id,
+                metadata=body.metadata,
+                machine_detection=body.machine_detection,
+            ),
+            hold_s=hold_s,
+        )
     finally:
         admission.release(key)  # the call holds its own place from here (or needs none)
-
-
-async def _place_outbound_call(req: ApiRequest, hold_s: float) -> BaseModel:
-    services, body = req.services, req.body_as(OutboundCallRequest)
-    services.draining.refuse_new_call()  # 503: a balancer retries it on another gateway
-    db = services.database
-    assistant = await db.assistants.get(req.principal.org_id, body.assistant_id)
-    trunk = None
-    if body.call_service == "twilio":
-        if services.twilio.rest is None:
-            raise NotConfigured(
-                "Twilio REST is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN)"
-            )
-        if body.from_number is None:
-            raise RequestInvalid("from_number is required for call_service=twilio")
-        from_number = body.from_number
-    else:
-        if services.rooms is None:
-            raise NotConfigured("LiveKit is not configured (LIVEKIT_URL, _API_KEY, _API_SECRET)")
-        trunk = await _outbound_trunk(req, body.trunk_id)
-        from_number = body.from_number or trunk.numbers[0]
-    await require_registered(db, req.principal.org_id, from_number, field="from_number")
-    call = await open_call(
-        db.calls,
-        db.accounts,
-        assistant=assistant,
-        transport=body.call_service,
-        direction=Direction.OUTBOUND,
-        from_number=from_number,
-        to_number=body.to_number,
-        metadata=body.metadata,
-        status=CallStatus.QUEUED,
-        limits=CallInputLimits.of(services.settings),
-    )
-    call_id_var.set(call.id)
-    if trunk is None:
-        try:
-            sid = await dial_twilio(services, call, machine_detection=body.machine_detection)
-        except CarrierError as exc:
-            unreachable = isinstance(exc, CarrierUnavailable)
-            await db.calls.finish_call(
-                call.id,
-                status=CallStatus.FAILED,
-                end_reason="carrier-unreachable" if unreachable else "carrier-refused",
-                ended_at=datetime.now(UTC),
-            )
-            services.outbox.poke()  # its report goes out now, not at the next poll
-            raise
-        services.admission.admit_held(call.id, hold_s=hold_s)  # until its stream starts
-        room_name = None
-    else:
-        sid = await dial_livekit(services, call, trunk)
-        room_name = room_of(call)
-    await db.calls.set_call_sid(call.id, sid)
     return OutboundCallOut(
-        call_id=call.id,
+        call_id=placed.call_id,
         status=CallStatus.QUEUED,
-        call_service=body.call_service,
-        call_sid=sid,
-        room_name=room_name,
+        call_service=placed.call_service,
+        call_sid=placed.call_sid,
+        room_name=placed.room_name,
     )
 
 
@@ -201,6 +145,6 @@ OPERATIONS = [
         "POST", "/call/outbound", place_outbound_call,
         "Place an outbound call from an assistant", "calls",
         body=OutboundCallRequest, response=OutboundCallOut, status=201,
-        errors=(401, 404, 422, 502, 503),
+        errors=(401, 404, 422, 429, 502, 503),
     ),
 ]  # fmt: skip

@@ -22,6 +22,7 @@ _ERROR_TEXT = {
     404: "No such resource in the key's organisation",
     409: "Conflicts with an existing resource",
     422: "Invalid input",
+    429: "The organisation is at its cap on concurrent calls (Retry-After)",
     502: "The carrier or LiveKit refused the request",
     503: "A dependency (database, LiveKit) is unavailable",
 }
