@@ -41,6 +41,8 @@ def _org(doc: OrganizationDocument) -> Organization:
         is_default=doc.is_default,
         created_at=created,
         inbound_lookup_url=doc.inbound_lookup_url,
+        max_concurrent_calls=doc.max_concurrent_calls,
+        inbound_reserved_calls=doc.inbound_reserved_calls,
     )
 
 
@@ -88,6 +90,24 @@ class AccountRepository:
         oid = _object_id(org_id, what="organisation")
         await OrganizationDocument.get_pymongo_collection().update_one(
             {"_id": oid}, {"$set": {"inbound_lookup_url": url}}
+        )
+        return await self.get_organization(org_id)
+
+    @_driver_errors
+    async def set_call_caps(
+        self, org_id: str, *, max_concurrent_calls: int | None, inbound_reserved_calls: int
+    ) -> Organization:
+        """Store the organisation's cap on live calls (None: none) and the share of it kept
+        for inbound calls (the API checks 0 <= reserved < max); `NotFound` if none."""
+        oid = _object_id(org_id, what="organisation")
+        await OrganizationDocument.get_pymongo_collection().update_one(
+            {"_id": oid},
+            {
+                "$set": {
+                    "max_concurrent_calls": max_concurrent_calls,
+                    "inbound_reserved_calls": inbound_reserved_calls,
+                }
+            },
         )
         return await self.get_organization(org_id)
 

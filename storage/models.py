@@ -598,6 +598,10 @@ class Organization:
     created_at: datetime
     # Asked before an inbound call of the organisation is answered (an assistant's own wins).
     inbound_lookup_url: str | None = None
+    # The organisation's cap on live calls, inbound included (None: no cap); outbound calls
+    # start only while live calls < max_concurrent_calls - inbound_reserved_calls.
+    max_concurrent_calls: int | None = None
+    inbound_reserved_calls: int = 0
 
 
 class ApiKeyRecord(_Record):

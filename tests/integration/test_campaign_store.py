@@ -231,3 +231,16 @@ async def test_do_not_call_is_per_organisation(database: Database) -> None:
     assert not await dnc.remove("org-a", "+15550000003")
     assert not await dnc.blocked("org-a", "+15550000003")
     assert await dnc.list("org-b") == ["+15550000001"]
+
+
+async def test_an_organisations_call_caps_round_trip(database: Database) -> None:
+    accounts = database.accounts
+    org = await accounts.ensure_organization("capped")
+    assert org.max_concurrent_calls is None and org.inbound_reserved_calls == 0
+    capped = await accounts.set_call_caps(org.id, max_concurrent_calls=10, inbound_reserved_calls=2)
+    assert (capped.max_concurrent_calls, capped.inbound_reserved_calls) == (10, 2)
+    assert (await accounts.get_organization(org.id)).max_concurrent_calls == 10
+    cleared = await accounts.set_call_caps(
+        org.id, max_concurrent_calls=None, inbound_reserved_calls=0
+    )
+    assert cleared.max_concurrent_calls is None
