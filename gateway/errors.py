@@ -13,8 +13,10 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── CsrfRefused             a change made with a dashboard session cookie without
     │                           that session's CSRF token                        -> 403
     ├── RequestInvalid          body or query that does not match its model      -> 422
-    │   └── InputTooLarge       a field over its cap (metadata, filled prompt, JSON depth)
-    │                           -> 422 naming the field
+    │   ├── InputTooLarge       a field over its cap (metadata, filled prompt, JSON depth)
+    │   │                       -> 422 naming the field
+    │   └── ContactsRejected    a campaign's contact upload with rejected rows: nothing is
+    │                           added -> 422 `contacts_rejected`, details [{row, reason}]
     ├── BadRequest              input refused outside a model, e.g. a Last-Event-ID that
     │                           is not a place of the organisation's events      -> 400
     ├── BodyTooLarge            a request body over its route's cap (counted as it
@@ -56,7 +58,8 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     └── TransferError           a transfer is impossible or failed: the call goes on
     StorageError                storage/errors.py               -> 503
     ├── NotFound                no such record in the key's organisation         -> 404
-    │   └── CallNotFound
+    │   ├── CallNotFound
+    │   └── CampaignNotFound    (also another organisation's campaign)
     ├── InvalidCursor           a page cursor this store did not issue           -> 422
     ├── RecordTooLarge          a document over MongoDB's 16 MiB (`DocumentTooLarge`);
     │                           nothing is written                               -> 413
@@ -65,6 +68,8 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── NumberUnavailable       a number the organisation may not have (another's or
     │                           reserved; the answer never says whose)           -> 409
     ├── DeliveryBusy            a delivery a gateway is sending right now        -> 409
+    ├── CampaignStateConflict   a change a campaign's state forbids (resume a cancelled
+    │                           one, contacts for a completed one)               -> 409
     └── SecretRotationRaced     two rotations of a webhook secret at once        -> 409
     WebhookError                webhooks/errors.py
     ├── UnsafeURL               a URL the SSRF guard refuses -> 422 when an assistant is
@@ -102,6 +107,7 @@ from gateway.metrics import LookupOutcome
 from storage import redact_credentials
 from storage.errors import (
     CallNotFound,
+    CampaignStateConflict,
     DeliveryBusy,
     InvalidCursor,
     NotFound,
@@ -132,6 +138,7 @@ __all__ = [
     "CarrierUnavailable",
     "ConfigError",
     "ConflictError",
+    "ContactsRejected",
     "CsrfRefused",
     "GatewayDraining",
     "GatewayError",
@@ -188,6 +195,20 @@ class InputTooLarge(RequestInvalid):
     def __init__(self, loc: Sequence[str], message: str) -> None:
         super().__init__(message, [{"loc": list(loc), "msg": message, "type": "too_large"}])
         self.loc = list(loc)
+
+
+class ContactsRejected(RequestInvalid):
+    """A contact upload with rejected rows (nothing was added): `rows` is the report, each
+    `{"row": <as the user counts it>, "reason": ...}`, the first `REPORT_MAX` of `rejected`."""
+
+    REPORT_MAX = 1000
+
+    def __init__(self, rows: Sequence[dict[str, Any]], *, rejected: int, total: int) -> None:
+        shown = "" if rejected <= len(rows) else f" (the first {len(rows)} listed)"
+        super().__init__(
+            f"{rejected} of {total} contacts rejected{shown}: nothing was added", list(rows)
+        )
+        self.rejected = rejected
 
 
 class BadRequest(GatewayError):
@@ -334,6 +355,12 @@ async def _invalid(request: Request, exc: Exception) -> Response:
     return error_response(422, "invalid_request", str(exc), details)
 
 
+async def _contacts_rejected(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ContactsRejected)
+    log.info("contacts rejected: %s", exc, extra={"path": request.url.path})
+    return error_response(422, "contacts_rejected", str(exc), exc.details)
+
+
 async def _bad_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BadRequest)
     log.info("request refused: %s", exc, extra={"path": request.url.path})
@@ -432,6 +459,7 @@ HTTP_ERROR_HANDLERS = {
     CsrfRefused: _csrf_refused,
     NotFound: _not_found,
     RequestInvalid: _invalid,
+    ContactsRejected: _contacts_rejected,
     MissingPlaceholders: _invalid,
     InvalidCursor: _invalid,
     BadRequest: _bad_request,
@@ -444,6 +472,7 @@ HTTP_ERROR_HANDLERS = {
     NumberUnavailable: _conflict,
     DeliveryBusy: _conflict,
     SecretRotationRaced: _conflict,
+    CampaignStateConflict: _conflict,
     UnsafeURL: _unsafe_url,
     NotConfigured: _not_configured,
     GatewayFull: _gateway_full,

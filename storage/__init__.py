@@ -7,12 +7,29 @@ from storage.accounts import AccountRepository, hash_api_key, new_api_key
 from storage.analyses import AnalysisClaim, AnalysisRepository
 from storage.assistants import AssistantRepository
 from storage.calls import CallRepository, CallStore, new_turn_id
+from storage.campaigns import (
+    AttemptRecord,
+    CampaignCounts,
+    CampaignRecord,
+    CampaignRepository,
+    CampaignSpec,
+    CampaignState,
+    ContactInput,
+    ContactRecord,
+    ContactStatus,
+    Outcome,
+    RetryPolicy,
+    Schedule,
+)
 from storage.claims import ClaimRepository
 from storage.database import Database, open_database
 from storage.deliveries import Attempt, DeliveryRecord, DeliveryStatus, WebhookRepository
+from storage.do_not_call import DoNotCallRepository
 from storage.embedded import EmbeddedFerretDB, ferretdb_binary
 from storage.errors import (
     CallNotFound,
+    CampaignNotFound,
+    CampaignStateConflict,
     DeliveryBusy,
     InvalidCursor,
     NotFound,
@@ -85,6 +102,7 @@ __all__ = [
     "AssistantRecord",
     "AssistantRepository",
     "Attempt",
+    "AttemptRecord",
     "CallAnalysis",
     "CallCost",
     "CallFilter",
@@ -95,8 +113,18 @@ __all__ = [
     "CallStatus",
     "CallStore",
     "CallUsage",
+    "CampaignCounts",
+    "CampaignNotFound",
+    "CampaignRecord",
+    "CampaignRepository",
+    "CampaignSpec",
+    "CampaignState",
+    "CampaignStateConflict",
     "CarrierUsage",
     "ClaimRepository",
+    "ContactInput",
+    "ContactRecord",
+    "ContactStatus",
     "CostItem",
     "CostKind",
     "CostUnit",
@@ -107,6 +135,7 @@ __all__ = [
     "Direction",
     "DispatchKind",
     "DispatchRuleRecord",
+    "DoNotCallRepository",
     "EmbeddedFerretDB",
     "EventRecord",
     "EventRepository",
@@ -120,12 +149,15 @@ __all__ = [
     "NumberTaken",
     "NumberUnavailable",
     "Organization",
+    "Outcome",
     "PhoneNumberRecord",
     "PhoneNumberRepository",
     "RecordTooLarge",
     "RecordingKind",
     "RecordingState",
     "RecordingStatus",
+    "RetryPolicy",
+    "Schedule",
     "SecretRotationRaced",
     "SipProvider",
     "SipRepository",

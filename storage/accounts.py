@@ -97,13 +97,8 @@ class AccountRepository:
     async def set_call_caps(
         self, org_id: str, *, max_concurrent_calls: int | None, inbound_reserved_calls: int
     ) -> Organization:
-        """Store the organisation's cap on live calls (None: no cap) and the share of it
-        kept for inbound calls; `NotFound` if there is no such organisation, `ValueError`
-        for a reserve that is negative or over the cap."""
-        if inbound_reserved_calls < 0 or (
-            max_concurrent_calls is not None and inbound_reserved_calls > max_concurrent_calls
-        ):
-            raise ValueError("inbound_reserved_calls must be >= 0 and at most max_concurrent_calls")
+        """Store the organisation's cap on live calls (None: none) and the share of it kept
+        for inbound calls (the API checks 0 <= reserved < max); `NotFound` if none."""
         oid = _object_id(org_id, what="organisation")
         await OrganizationDocument.get_pymongo_collection().update_one(
             {"_id": oid},

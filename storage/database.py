@@ -14,8 +14,10 @@ from storage.analyses import AnalysisRepository
 from storage.assistants import AssistantRepository
 from storage.call_index import CallIndex
 from storage.calls import CallRepository
+from storage.campaigns import CAMPAIGN_INDEXES, CampaignRepository
 from storage.claims import EXPIRING_INDEXES, ClaimRepository
 from storage.deliveries import DUE_INDEXES, WebhookRepository
+from storage.do_not_call import DO_NOT_CALL_INDEXES, DoNotCallRepository
 from storage.documents import (
     ApiKeyDocument,
     AssistantDocument,
@@ -66,7 +68,8 @@ async def _ensure_indexes(
 
 class Database:
     """An open database: its repositories (`calls`, `accounts`, `assistants`, `sip`,
-    `webhooks`, `leases`, `claims`, `numbers`, `analyses`, `events`), and `close()`.
+    `webhooks`, `leases`, `claims`, `numbers`, `analyses`, `events`, `campaigns`,
+    `do_not_call`), and `close()`.
 
     Beanie binds document classes to one database per process: the last `open_database`
     wins, so a process opens one at a time (tests close theirs before opening another).
@@ -84,6 +87,8 @@ class Database:
         self.numbers = PhoneNumberRepository()
         self.analyses = AnalysisRepository()
         self.events = EventRepository()
+        self.campaigns = CampaignRepository()
+        self.do_not_call = DoNotCallRepository()
 
     async def ping(self) -> None:
         """One round trip to the server (bound it with a timeout); `StorageError` if refused."""
@@ -114,7 +119,12 @@ async def open_database(url: str, db_name: str, *, timeout_s: float = 10.0) -> D
             meta = document.Settings
             await _ensure_indexes(database[meta.name], meta.indexes)
         for name, indexes in (
-            EXPIRING_INDEXES | EVENT_INDEXES | DUE_INDEXES | LIVE_CALL_INDEXES
+            EXPIRING_INDEXES
+            | EVENT_INDEXES
+            | DUE_INDEXES
+            | CAMPAIGN_INDEXES
+            | DO_NOT_CALL_INDEXES
+            | LIVE_CALL_INDEXES
         ).items():
             await _ensure_indexes(database[name], indexes)
         # Calls stored before their keys (`storage.call_index`) are keyed once.

@@ -106,8 +106,8 @@ class OrganizationDocument(Document):
     is_default: bool = False
     created_at: datetime
     inbound_lookup_url: str | None = None  # caller lookup of the organisation's inbound calls
-    max_concurrent_calls: int | None = None  # its cap on live calls (None: none)
-    inbound_reserved_calls: int = 0  # of which only inbound calls may use
+    max_concurrent_calls: int | None = None  # live calls, inbound included (None: no cap)
+    inbound_reserved_calls: int = 0  # of those, kept for inbound calls
 
     class Settings:
         name = "organizations"

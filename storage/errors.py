@@ -15,6 +15,15 @@ class CallNotFound(NotFound):
     """No call with that id."""
 
 
+class CampaignNotFound(NotFound):
+    """No campaign with that id in the caller's organisation."""
+
+
+class CampaignStateConflict(StorageError):
+    """A campaign's state forbids the change asked (pause/resume of a cancelled or
+    completed campaign, cancel of a completed one, contacts added to either)."""
+
+
 class InvalidCursor(StorageError):
     """A page cursor this store did not issue."""
 
