@@ -29,8 +29,8 @@ from pydantic import (
 
 Speaker = Literal["caller", "agent"]
 
-# The events a call produces (bodies and order: `webhooks/events.py`). Declared here, the
-# lowest layer, because an assistant's `webhook_events` is validated against it when saved.
+# The events a call or a campaign produces (bodies and order: `webhooks/events.py`).
+# Declared here, the lowest layer, because an assistant's `webhook_events` is validated against it when saved.
 WebhookEventType = Literal[
     "call.started",
     "call.status",
@@ -38,6 +38,8 @@ WebhookEventType = Literal[
     "call.ended",
     "call.analyzed",
     "recording.ready",
+    "campaign.contact_done",
+    "campaign.completed",
 ]
 # What an assistant sends when it chose nothing: today's receivers see only the new event.
 DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEventType, ...] = ("call.ended", "call.analyzed")

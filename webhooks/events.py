@@ -17,6 +17,15 @@ is checked when it is saved), in the order a call produces them:
 - `call.analyzed`: the post-call analysis of the call.
 - `recording.ready`: the call's recording is complete in the store.
 
+A campaign's dialer (`gateway/campaigns/`) produces two more, published like a call's (in
+the organisation's sequence, so GET /events streams them; delivered to the campaign's
+assistant's `webhook_url` if its `webhook_events` include them; ordered per campaign:
+their `call_id` for ordering is the campaign id):
+
+- `campaign.contact_done`: a contact reached its final outcome (no attempt is left).
+- `campaign.completed`: every contact of the campaign is done (`state` completed), or,
+  once a cancelled campaign's live calls ended, done or cancelled (`state` cancelled).
+
 Every body is one JSON object: `id` (`dlv_<key>`, also the delivery id and `X-Webhook-Id`;
 `key` names the fact: `<call>_<type with _>[_<n>]`), `type`, and the event's data.
 Except `call.ended` (kept byte-compatible, see `call_ended_body`), bodies also carry
@@ -31,6 +40,17 @@ Except `call.ended` (kept byte-compatible, see `call_ended_body`), bodies also c
     call.analyzed    {id, type, created_at, call, analysis: {...} | null}
     recording.ready  {id, type, created_at, call, recording: {status, kind, bucket, key,
                       location, url, size_bytes, duration_s, salvaged, error}}
+
+Campaign events carry `campaign` instead of `call`: `{"id", "name", "assistant_id",
+"call_service"}`; keys are `<campaign>_campaign_contact_done_<n>` and
+`<campaign>_campaign_completed`:
+
+    campaign.contact_done  {id, type, created_at, campaign, contact: {n, to_number,
+                            metadata, outcome, attempts, call_ids}}
+                            (outcome: completed, voicemail, busy, no-answer, failed,
+                            canceled, do-not-call; call_ids in attempt order)
+    campaign.completed     {id, type, created_at, campaign, state, counts: {total,
+                            by_status, by_outcome}}
 """
 
 from __future__ import annotations
@@ -59,6 +79,8 @@ CALL_TURN: Final = "call.turn"
 CALL_ENDED: Final = "call.ended"
 CALL_ANALYZED: Final = "call.analyzed"
 RECORDING_READY: Final = "recording.ready"
+CAMPAIGN_CONTACT_DONE: Final = "campaign.contact_done"
+CAMPAIGN_COMPLETED: Final = "campaign.completed"
 
 
 def event_key(call_id: str, type: EventType, part: str | int | None = None) -> str:
@@ -163,6 +185,74 @@ def recording_ready_body(
     event = _event(RECORDING_READY, call, event_id=event_id, at=at)
     event["recording"] = _recording(recording, url)
     return _dumps(event)
+
+
+def campaign_summary(
+    *, campaign_id: str, name: str, assistant_id: str, call_service: str
+) -> dict[str, Any]:
+    """What every campaign event says of its campaign."""
+    return {
+        "id": campaign_id,
+        "name": name,
+        "assistant_id": assistant_id,
+        "call_service": call_service,
+    }
+
+
+def campaign_contact_done_body(
+    campaign: Mapping[str, Any],
+    *,
+    n: int,
+    to_number: str,
+    metadata: Mapping[str, str],
+    outcome: str,
+    attempts: int,
+    call_ids: tuple[str, ...],
+    event_id: str,
+    at: datetime,
+) -> str:
+    return _dumps(
+        {
+            "id": event_id,
+            "type": CAMPAIGN_CONTACT_DONE,
+            "created_at": at.isoformat(),
+            "campaign": dict(campaign),
+            "contact": {
+                "n": n,
+                "to_number": to_number,
+                "metadata": dict(metadata),
+                "outcome": outcome,
+                "attempts": attempts,
+                "call_ids": list(call_ids),
+            },
+        }
+    )
+
+
+def campaign_completed_body(
+    campaign: Mapping[str, Any],
+    *,
+    state: str,
+    total: int,
+    by_status: Mapping[str, int],
+    by_outcome: Mapping[str, int],
+    event_id: str,
+    at: datetime,
+) -> str:
+    return _dumps(
+        {
+            "id": event_id,
+            "type": CAMPAIGN_COMPLETED,
+            "created_at": at.isoformat(),
+            "campaign": dict(campaign),
+            "state": state,
+            "counts": {
+                "total": total,
+                "by_status": dict(by_status),
+                "by_outcome": dict(by_outcome),
+            },
+        }
+    )
 
 
 def call_ended_body(

@@ -178,6 +178,36 @@ def _millis(at: datetime) -> datetime:
     return at.replace(microsecond=at.microsecond // 1000 * 1000)
 
 
+class BeatWatch:
+    """Judges other gateways by their heartbeats as read here: a gateway is dead once the
+    beat read for it (or its absence) has not changed for a whole lease on this process's
+    own clock (no two machines' clocks are compared; one first seen is judged a lease
+    later). Used by the lost-call sweeper and by the campaign dialer's leadership."""
+
+    def __init__(self, *, lease_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lease_s = lease_s
+        self._clock = clock
+        # gateway id -> (its last beat as read, when it was first read so)
+        self._seen: dict[str, tuple[datetime | None, float]] = {}
+
+    def expired(self, owners: set[str], beats: Mapping[str, datetime]) -> set[str]:
+        """Of `owners` (every gateway watched: others are forgotten), those whose beat in
+        `beats` (missing: none) has not changed for a lease."""
+        now = self._clock()
+        for owner in owners:
+            beat = beats.get(owner)
+            seen = self._seen.get(owner)
+            if seen is None or seen[0] != beat:
+                self._seen[owner] = (beat, now)
+        for gone in set(self._seen) - owners:
+            del self._seen[gone]
+        return {o for o in owners if now - self._seen[o][1] >= self._lease_s}
+
+    def forget(self) -> None:
+        """Reads failed: that time is no evidence, every gateway is judged afresh."""
+        self._seen.clear()
+
+
 class LostCallSweeper:
     """Finishes the calls of gateways that stopped beating (`sweep` is one round; the
     gateway runs one every third of a lease, at most every 10 s)."""
@@ -207,20 +237,7 @@ class LostCallSweeper:
         self._metrics = metrics
         self._on_lost = on_lost
         self._unfinished = unfinished or _NoneUnfinished()  # ended here, final write failed
-        self._clock = clock
-        # gateway id -> (its last beat as read, when this sweeper first read that beat)
-        self._seen: dict[str, tuple[datetime | None, float]] = {}
-
-    def _expired(self, owners: set[str], beats: dict[str, datetime]) -> set[str]:
-        now = self._clock()
-        for owner in owners:
-            beat = beats.get(owner)
-            seen = self._seen.get(owner)
-            if seen is None or seen[0] != beat:
-                self._seen[owner] = (beat, now)
-        for gone in set(self._seen) - owners:
-            del self._seen[gone]
-        return {o for o in owners if now - self._seen[o][1] >= self._lease_s}
+        self._watch = BeatWatch(lease_s=lease_s, clock=clock)
 
     async def sweep(self) -> list[CallRecord]:
         """One round: finish every call that ended here unfinished, then every lost call;
@@ -233,9 +250,9 @@ class LostCallSweeper:
         except StorageError:
             # While this sweeper cannot read it sees no beats: that time is no evidence, so
             # every gateway is judged afresh, over a whole lease, once it reads again.
-            self._seen.clear()
+            self._watch.forget()
             raise
-        expired = self._expired(owners, beats)
+        expired = self._watch.expired(owners, beats)
         lost = [
             c
             for c in calls
