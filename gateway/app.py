@@ -35,6 +35,7 @@ from gateway.api.openapi import docs_page, openapi_document
 from gateway.api.operations import route
 from gateway.body_limit import BodySizeLimit
 from gateway.call.turn_models import load_turn_models
+from gateway.campaigns.placing import campaign_dialer
 from gateway.dashboard.pages import dashboard_routes, dashboard_templates
 from gateway.dashboard.session import SessionSigner
 from gateway.drain import drain_calls
@@ -115,7 +116,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
                 settings, database, providers=providers, turn_models=turn_models, prices=prices
             )
             app.state.services = services
-            async with running(services):
+            async with running(services), campaign_dialer(services):
                 log.info(
                     "gateway ready",
                     extra={

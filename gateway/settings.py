@@ -213,6 +213,18 @@ class Settings(BaseSettings):
     # gateway died is finished as `gateway-lost` by any gateway once it expires.
     call_lease_s: float = Field(default=30.0, ge=1.0)
 
+    # Outbound campaigns (`gateway/campaigns/`): every gateway runs the dialer; one leads
+    # each campaign. It ticks every `campaign_tick_s` (real time), looks for new active
+    # campaigns every `campaign_list_s`, and judges an attempt claimed by a gateway that
+    # died before its call was stored as not dialled (outcome failed) once it has seen it
+    # so for `campaign_attempt_stale_s`.
+    campaign_tick_s: float = Field(default=0.5, gt=0, le=60)
+    campaign_list_s: float = Field(default=2.0, gt=0, le=600)
+    campaign_attempt_stale_s: float = Field(default=60.0, gt=0)
+    # FOR TESTS AND DEMOS ONLY: a file whose content moves the dialer's clock (an offset
+    # in seconds, or an ISO 8601 instant: `gateway/campaigns/clock.py`). Unset: real time.
+    campaign_clock_file: str | None = None
+
     # A call's turn and state writes go through a queue of its own, beside the conversation:
     # each attempt is bounded by `call_write_timeout_s` and retried; when the database has
     # refused them for `call_write_outage_s`, or more than `call_write_queue_max` wait, the

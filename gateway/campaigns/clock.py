@@ -13,6 +13,7 @@ the monotonic seconds that space dials, injectable so a day-long campaign runs i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -25,11 +26,13 @@ log = logging.getLogger(__name__)
 
 class Clock(Protocol):
     """Time for the dialer: `now()` (aware, UTC) decides windows and backoffs; `monotonic()`
-    spaces dials (`calls_per_second`) and bounds waits."""
+    and `sleep()` space dials (`calls_per_second`) and bound waits."""
 
     def now(self) -> datetime: ...
 
     def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
 
 
 class SystemClock:
@@ -40,6 +43,9 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class FileClock:
@@ -75,6 +81,9 @@ class FileClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
 
 def parse_clock_file(text: str, *, written_at: datetime) -> timedelta:
     """What a clock file's `text` adds to the machine's time: an offset in seconds, or an
@@ -93,13 +102,15 @@ def parse_clock_file(text: str, *, written_at: datetime) -> timedelta:
 
 
 class FakeClock:
-    """A clock its test moves: `advance(seconds)` moves both the time and dial spacing."""
+    """A clock its test moves: `advance(seconds)` moves both the time and dial spacing, and
+    wakes the sleepers whose time came."""
 
     def __init__(self, start: datetime) -> None:
         if start.tzinfo is None:
             raise ValueError("FakeClock takes an aware datetime")
         self._now = start.astimezone(UTC)
         self._mono = 0.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
 
     def now(self) -> datetime:
         return self._now
@@ -107,9 +118,22 @@ class FakeClock:
     def monotonic(self) -> float:
         return self._mono
 
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self._mono + seconds, woken))
+        await woken
+
     def advance(self, seconds: float) -> None:
         self._now += timedelta(seconds=seconds)
         self._mono += seconds
+        due = [(t, f) for t, f in self._sleepers if t <= self._mono]
+        self._sleepers = [(t, f) for t, f in self._sleepers if t > self._mono]
+        for _, woken in due:
+            if not woken.done():
+                woken.set_result(None)
 
     def set(self, at: datetime) -> None:
         """Jump to `at` (forward only: monotonic time never goes back)."""

@@ -25,7 +25,7 @@ class W:
 
 
 def ny(*args: int) -> datetime:
-    return datetime(*args, tzinfo=NY)  # type: ignore[misc]
+    return datetime(*args, tzinfo=NY)  # type: ignore[arg-type,misc]
 
 
 def test_inside_and_the_edges() -> None:

@@ -1,0 +1,653 @@
+"""The campaign dialer: a background task in every gateway that places the calls of the
+active campaigns, one gateway (the leader) per campaign at a time, durably.
+
+Leadership. A campaign's leader is the gateway of its highest term (`campaign_terms`,
+claimed by a unique insert). A gateway that leads no term of an active campaign claims the
+next one only when there is none yet, or when the holder's heartbeat is judged dead the way
+the lost-call sweeper judges it (`BeatWatch`: unchanged for a whole lease on this process's
+own clock). A leader that reads a higher term steps down at once.
+
+Each tick (`campaign_tick_s`), for each campaign it leads, the leader:
+1. polls its attempts in flight: each call by `_id`; a finished call gives the attempt's
+   outcome (`outcomes.call_outcome`), and the contact is tried again after the backoff or
+   is done (`outcomes.after_attempt`); `campaign.contact_done` is published when done;
+2. re-reads the campaign: paused starts nothing; cancelled starts nothing, turns its pending
+   contacts `cancelled`, and lets live calls finish normally; new committed contacts are
+   loaded (after the last one it has);
+3. while the campaign is active and this gateway does not drain (nor refuses calls), starts
+   attempts of the due contacts (their `next_at` passed, inside the window in their time
+   zone) under `max_concurrency`, under the organisation's cap (`max_concurrent_calls` less
+   `inbound_reserved_calls`, counted once per organisation per tick and decremented by each
+   start), spaced `1 / calls_per_second` apart in real time (each start is scheduled at
+   its slot within the coming tick). Before every attempt the do-not-call list is read (a
+   listed number is done, outcome `do-not-call`, never dialled). An attempt is claimed
+   (`campaign_attempts`, a unique insert: two gateways never dial the same attempt), the
+   contact is saved `calling`, and the call is stored and dialled through the same path as
+   POST /call/outbound, with the contact's metadata as the call's metadata;
+4. once every contact is done or cancelled and nothing is in flight, marks the campaign
+   completed and publishes `campaign.completed` (pending contacts whose window never opens
+   again, e.g. `end_at` passed, count as settled: they stay pending, never called).
+
+A new leader loads the contacts once (`all_contacts`). A contact it finds `calling`, or
+whose next attempt it finds already claimed, is an attempt of a previous leader: with a
+call id it waits for that call's outcome (the lost-call sweeper finishes a call whose
+gateway died); without one, it re-reads the claim each tick, and once it has seen no call
+for `campaign_attempt_stale_s` judges the attempt not dialled: it counts as an attempt
+with outcome `failed` (the call is stored before it is dialled and named in the claim
+first, so no call was placed) and the retry policy decides. A call stored but still
+`queued` with no carrier id after that bound (its gateway died between storing and
+dialling) is finished as `failed` / `not-dialled` the same way.
+
+Contacts' state has one writer, the leader's tick; the placing tasks only name the call in
+the attempt's claim. A database error in a campaign's tick drops this leader's memory of
+it; the next tick loads it again from the store (claims make that safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import heapq
+import logging
+import math
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from gateway.call.lease import BeatWatch
+from gateway.campaigns.clock import Clock
+from gateway.campaigns.outcomes import after_attempt, call_outcome
+from gateway.campaigns.schedule import next_open
+from gateway.errors import GatewayError
+from storage import (
+    AttemptRecord,
+    CallNotFound,
+    CallRecord,
+    CallStatus,
+    CampaignRecord,
+    CampaignState,
+    ContactRecord,
+    ContactStatus,
+    Outcome,
+    StorageError,
+)
+from telephony.errors import TelephonyError
+from webhooks.campaign_events import CampaignRef, ContactDone
+
+log = logging.getLogger(__name__)
+
+NOT_DIALLED = "not-dialled"  # end reason of a stored call its gateway never dialled
+_NEVER = math.inf
+_LOAD_PAGE = 5000
+
+
+class CampaignStore(Protocol):
+    """The dialer's side of `storage.CampaignRepository`."""
+
+    async def active(self) -> list[CampaignRecord]: ...
+    async def get_any(self, campaign_id: str) -> CampaignRecord | None: ...
+    async def all_contacts(self, campaign_id: str) -> list[ContactRecord]: ...
+    async def contacts(
+        self,
+        campaign_id: str,
+        *,
+        status: ContactStatus | None = None,
+        after_n: int = 0,
+        limit: int = 100,
+    ) -> list[ContactRecord]: ...
+    async def save_contact(self, contact: ContactRecord) -> None: ...
+    async def current_term(self, campaign_id: str) -> tuple[int, str | None]: ...
+    async def claim_term(
+        self, campaign_id: str, term: int, *, gateway_id: str, at: datetime
+    ) -> bool: ...
+    async def claim_attempt(
+        self, campaign_id: str, n: int, attempt: int, *, gateway_id: str, at: datetime
+    ) -> bool: ...
+    async def set_attempt_call(
+        self, campaign_id: str, n: int, attempt: int, call_id: str
+    ) -> None: ...
+    async def attempt(self, campaign_id: str, n: int, attempt: int) -> AttemptRecord | None: ...
+    async def mark_completed(self, campaign_id: str, *, at: datetime) -> None: ...
+
+
+class DoNotCallList(Protocol):
+    async def blocked(self, org_id: str, number: str) -> bool: ...
+
+
+class CallReader(Protocol):
+    """What the dialer reads and writes of calls (`storage.CallRepository`)."""
+
+    async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord: ...
+    async def finish_call(
+        self, call_id: str, *, status: CallStatus, end_reason: str, ended_at: datetime
+    ) -> CallRecord: ...
+
+
+class Heartbeats(Protocol):
+    async def beats(self, gateway_ids: Collection[str]) -> dict[str, datetime]: ...
+
+
+class OutboundRoom(Protocol):
+    async def outbound_room(self, org_id: str | None) -> int | None: ...
+
+
+class CallPlacer(Protocol):
+    """Stores and dials one attempt's call (`gateway.campaigns.placing`); `on_stored(call
+    id)` is awaited once the call is stored, before it is dialled. Raises if the call could
+    not be placed (a carrier refusal finishes the stored call as failed first)."""
+
+    async def place(
+        self,
+        campaign: CampaignRecord,
+        contact: ContactRecord,
+        *,
+        on_stored: Callable[[str], Awaitable[None]],
+    ) -> None: ...
+
+
+class CampaignEventSink(Protocol):
+    """`webhooks.campaign_events.CampaignEvents`."""
+
+    async def contact_done(self, campaign: CampaignRef, contact: ContactDone) -> object: ...
+    async def completed(
+        self,
+        campaign: CampaignRef,
+        *,
+        state: str,
+        total: int,
+        by_status: Mapping[str, int],
+        by_outcome: Mapping[str, int],
+    ) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DialerConfig:
+    gateway_id: str
+    lease_s: float  # a leader whose heartbeat is unchanged this long is dead
+    tick_s: float = 0.5
+    list_s: float = 2.0  # how often the active campaigns are listed
+    attempt_stale_s: float = 60.0
+
+
+@dataclass(slots=True)
+class _Attempt:
+    n: int
+    attempt: int
+    seen: float  # monotonic time this leader took it on
+    call_id: str | None = None
+    ours: bool = False  # placed by this process
+    task: asyncio.Task[None] | None = None
+    failed: bool = False  # placing ended with no call stored
+    dialling: bool = False  # the call is stored and named in the claim: dialling follows
+    named: bool = False  # the call id is in the contact's call_ids (saved)
+
+
+@dataclass(slots=True)
+class _Lead:
+    """What the leader of one campaign keeps in memory."""
+
+    campaign: CampaignRecord
+    term: int
+    contacts: dict[int, ContactRecord]
+    due: list[tuple[float, int]] = field(default_factory=list)  # (ready at, n), pending only
+    in_flight: dict[int, _Attempt] = field(default_factory=dict)
+    next_dial: float = 0.0  # monotonic time of the next free dial slot
+    unpublished: list[ContactRecord] = field(default_factory=list)
+
+    @property
+    def max_n(self) -> int:
+        return max(self.contacts, default=0)
+
+
+def campaign_ref(campaign: CampaignRecord) -> CampaignRef:
+    return CampaignRef(
+        id=campaign.id,
+        org_id=campaign.org_id,
+        name=campaign.name,
+        assistant_id=campaign.assistant_id,
+        call_service=campaign.call_service,
+    )
+
+
+class CampaignDialer:
+    """The dialer of one gateway process (see the module docstring): `run()` until
+    cancelled, or `tick()` once (tests drive it with a `FakeClock`); `aclose()` at the end."""
+
+    def __init__(
+        self,
+        *,
+        config: DialerConfig,
+        campaigns: CampaignStore,
+        do_not_call: DoNotCallList,
+        calls: CallReader,
+        heartbeats: Heartbeats,
+        capacity: OutboundRoom,
+        placer: CallPlacer,
+        events: CampaignEventSink,
+        clock: Clock,
+        may_start: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._config = config
+        self._me = config.gateway_id
+        self._store = campaigns
+        self._dnc = do_not_call
+        self._calls = calls
+        self._heartbeats = heartbeats
+        self._capacity = capacity
+        self._placer = placer
+        self._events = events
+        self._clock = clock
+        self._may_start = may_start  # False while the gateway drains or refuses calls
+        self._watch = BeatWatch(lease_s=config.lease_s, clock=clock.monotonic)
+        self._leads: dict[str, _Lead] = {}
+        self._listed: dict[str, CampaignRecord] = {}
+        self._listed_at = -math.inf
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.attempts_started = 0
+
+    def leads(self) -> list[str]:
+        """The campaigns this process leads now."""
+        return list(self._leads)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except StorageError as exc:
+                log.warning("campaign dialer round failed: %s", exc)
+            await self._clock.sleep(self._config.tick_s)
+
+    async def aclose(self) -> None:
+        """Stop the placing tasks (a call being stored or dialled now is judged by the next
+        leader, as a dead gateway's)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # -- a round
+
+    async def tick(self) -> None:
+        """One round over every campaign this process leads or might lead."""
+        mono = self._clock.monotonic()
+        if mono - self._listed_at >= self._config.list_s:
+            self._listed = {c.id: c for c in await self._store.active()}
+            self._listed_at = mono
+        await self._take_leads()
+        rooms: dict[str, int | None] = {}  # organisation -> outbound calls it may start
+        for campaign_id in list(self._leads):
+            lead = self._leads[campaign_id]
+            try:
+                await self._lead_round(lead, rooms)
+            except StorageError as exc:
+                log.warning("campaign round failed: %s", exc, extra={"campaign_id": campaign_id})
+                self._leads.pop(campaign_id, None)  # loaded again from the store
+
+    async def _take_leads(self) -> None:
+        """Lead each listed campaign whose leader is missing or dead (a term claimed)."""
+        candidates = [cid for cid in self._listed if cid not in self._leads]
+        terms: dict[str, tuple[int, str | None]] = {}
+        for cid in candidates:
+            terms[cid] = await self._store.current_term(cid)
+        holders = {h for t, h in terms.values() if h is not None and h != self._me}
+        beats = await self._heartbeats.beats(holders) if holders else {}
+        dead = self._watch.expired(holders, beats)
+        for cid, (term, holder) in terms.items():
+            if holder == self._me:  # ours already (a campaign resumed)
+                await self._load(self._listed[cid], term)
+                continue
+            if term > 0 and holder is not None and holder not in dead:
+                continue
+            won = await self._store.claim_term(
+                cid, term + 1, gateway_id=self._me, at=self._clock.now()
+            )
+            if won:
+                log.info(
+                    "campaign leadership taken",
+                    extra={"campaign_id": cid, "term": term + 1, "from_gateway": holder},
+                )
+                await self._load(self._listed[cid], term + 1)
+
+    async def _load(self, campaign: CampaignRecord, term: int) -> None:
+        contacts = await self._store.all_contacts(campaign.id)
+        lead = _Lead(campaign=campaign, term=term, contacts={}, next_dial=self._clock.monotonic())
+        self._add_contacts(lead, contacts)
+        self._leads[campaign.id] = lead
+
+    def _add_contacts(self, lead: _Lead, contacts: list[ContactRecord]) -> None:
+        mono = self._clock.monotonic()
+        for contact in contacts:
+            lead.contacts[contact.n] = contact
+            if contact.status == ContactStatus.PENDING:
+                ready = contact.next_at.timestamp() if contact.next_at is not None else 0.0
+                heapq.heappush(lead.due, (ready, contact.n))
+            elif contact.status == ContactStatus.CALLING:
+                # A previous leader's attempt: its call, or its claim, says how it went.
+                lead.in_flight[contact.n] = _Attempt(
+                    n=contact.n, attempt=contact.attempts, seen=mono
+                )
+
+    async def _lead_round(self, lead: _Lead, rooms: dict[str, int | None]) -> None:
+        cid = lead.campaign.id
+        term, _ = await self._store.current_term(cid)
+        if term > lead.term:
+            log.info("campaign leadership lost", extra={"campaign_id": cid, "term": term})
+            del self._leads[cid]
+            return
+        campaign = await self._store.get_any(cid)
+        if campaign is None:
+            del self._leads[cid]
+            return
+        lead.campaign = campaign
+        if campaign.contact_count > len(lead.contacts):
+            await self._load_new(lead)
+        await self._retry_unpublished(lead)
+        await self._poll(lead)
+        if campaign.state == CampaignState.CANCELLED:
+            await self._cancel_pending(lead)
+        elif campaign.state == CampaignState.ACTIVE and self._may_start():
+            await self._start_attempts(lead, rooms)
+        if not lead.in_flight and await self._settled(lead):
+            del self._leads[cid]
+        elif campaign.state not in (CampaignState.ACTIVE, CampaignState.CANCELLED) and (
+            not lead.in_flight
+        ):
+            del self._leads[cid]  # paused (or completed): resumed campaigns are listed again
+
+    async def _load_new(self, lead: _Lead) -> None:
+        while True:
+            page = await self._store.contacts(
+                lead.campaign.id, after_n=lead.max_n, limit=_LOAD_PAGE
+            )
+            self._add_contacts(lead, page)
+            if len(page) < _LOAD_PAGE:
+                return
+
+    # -- attempts in flight
+
+    async def _poll(self, lead: _Lead) -> None:
+        cid = lead.campaign.id
+        mono = self._clock.monotonic()
+        for att in list(lead.in_flight.values()):
+            if att.task is not None and not att.task.done():
+                continue  # being stored or dialled now
+            if att.call_id is None and not att.failed and not att.ours:
+                claim = await self._store.attempt(cid, att.n, att.attempt)
+                if claim is not None and claim.call_id is not None:
+                    att.call_id = claim.call_id
+                    att.dialling = True
+            if att.call_id is None:
+                if att.failed or mono - att.seen >= self._config.attempt_stale_s:
+                    if not att.failed:
+                        log.warning(
+                            "attempt judged not dialled",
+                            extra={"campaign_id": cid, "n": att.n, "attempt": att.attempt},
+                        )
+                    await self._settle(lead, att, Outcome.FAILED)
+                continue
+            if not att.named:
+                contact = lead.contacts[att.n]
+                if att.call_id not in contact.call_ids:
+                    contact = dataclasses.replace(
+                        contact,
+                        call_ids=(*contact.call_ids, att.call_id),
+                        updated_at=self._clock.now(),
+                    )
+                    await self._store.save_contact(contact)
+                    lead.contacts[att.n] = contact
+                att.named = True
+            try:
+                call = await self._calls.get_call(att.call_id, with_turns=False)
+            except CallNotFound:
+                await self._settle(lead, att, Outcome.FAILED)
+                continue
+            outcome = call_outcome(call)
+            if outcome is None and self._never_dialled(call, att, mono):
+                call = await self._calls.finish_call(
+                    call.id,
+                    status=CallStatus.FAILED,
+                    end_reason=NOT_DIALLED,
+                    ended_at=datetime.now(UTC),
+                )
+                outcome = call_outcome(call)
+            if outcome is not None:
+                await self._settle(lead, att, outcome)
+
+    def _never_dialled(self, call: CallRecord, att: _Attempt, mono: float) -> bool:
+        """A stored call nobody is dialling: stored here and the dial never began, or
+        stored by a gateway that died and still queued with no carrier id after the bound."""
+        if call.status != CallStatus.QUEUED or call.call_sid:
+            return False
+        if att.ours:
+            return not att.dialling
+        return mono - att.seen >= self._config.attempt_stale_s
+
+    async def _settle(self, lead: _Lead, att: _Attempt, outcome: Outcome) -> None:
+        now = self._clock.now()
+        contact = after_attempt(lead.contacts[att.n], outcome, lead.campaign.retry, now=now)
+        if contact.status == ContactStatus.PENDING and lead.campaign.state == (
+            CampaignState.CANCELLED
+        ):
+            contact = dataclasses.replace(contact, status=ContactStatus.CANCELLED, next_at=None)
+        await self._store.save_contact(contact)
+        lead.contacts[att.n] = contact
+        del lead.in_flight[att.n]
+        log.info(
+            "campaign attempt ended",
+            extra={
+                "campaign_id": lead.campaign.id,
+                "call_id": att.call_id,
+                "n": att.n,
+                "attempt": att.attempt,
+                "outcome": outcome.value,
+                "status": contact.status.value,
+            },
+        )
+        if contact.status == ContactStatus.PENDING:
+            assert contact.next_at is not None
+            heapq.heappush(lead.due, (contact.next_at.timestamp(), contact.n))
+        elif contact.status == ContactStatus.DONE:
+            await self._publish_done(lead, contact)
+
+    async def _publish_done(self, lead: _Lead, contact: ContactRecord) -> None:
+        assert contact.outcome is not None
+        try:
+            await self._events.contact_done(
+                campaign_ref(lead.campaign),
+                ContactDone(
+                    n=contact.n,
+                    to_number=contact.to_number,
+                    metadata=contact.metadata,
+                    outcome=contact.outcome.value,
+                    attempts=contact.attempts,
+                    call_ids=contact.call_ids,
+                ),
+            )
+        except StorageError as exc:  # published again next round (once per key)
+            log.warning(
+                "campaign.contact_done not published: %s",
+                exc,
+                extra={"campaign_id": lead.campaign.id},
+            )
+            lead.unpublished.append(contact)
+
+    async def _retry_unpublished(self, lead: _Lead) -> None:
+        owed, lead.unpublished = lead.unpublished, []
+        for contact in owed:
+            await self._publish_done(lead, contact)
+
+    async def _cancel_pending(self, lead: _Lead) -> None:
+        now = self._clock.now()
+        for n, contact in list(lead.contacts.items()):
+            if contact.status == ContactStatus.PENDING:
+                contact = dataclasses.replace(
+                    contact, status=ContactStatus.CANCELLED, next_at=None, updated_at=now
+                )
+                await self._store.save_contact(contact)
+                lead.contacts[n] = contact
+        lead.due.clear()
+
+    # -- new attempts
+
+    async def _start_attempts(self, lead: _Lead, rooms: dict[str, int | None]) -> None:
+        campaign = lead.campaign
+        now = self._clock.now()
+        now_ts = now.timestamp()
+        mono = self._clock.monotonic()
+        horizon = mono + self._config.tick_s  # dial slots this round may take
+        opens: dict[str, datetime | None] = {}  # time zone -> when its window opens
+        while lead.due and lead.due[0][0] <= now_ts:
+            if len(lead.in_flight) >= campaign.max_concurrency:
+                return
+            if max(lead.next_dial, mono) >= horizon:
+                return
+            org = campaign.org_id
+            if org not in rooms:
+                free = await self._capacity.outbound_room(org)
+                # Starts of this process whose call is not stored yet are not counted there.
+                rooms[org] = None if free is None else free - self._unstored(org)
+            room = rooms[org]
+            if room is not None and room <= 0:
+                return
+            ready, n = heapq.heappop(lead.due)
+            contact = lead.contacts[n]
+            if contact.status != ContactStatus.PENDING:
+                continue  # a stale entry
+            if contact.next_at is not None and contact.next_at.timestamp() > ready:
+                heapq.heappush(lead.due, (contact.next_at.timestamp(), n))
+                continue
+            zone = contact.time_zone or campaign.schedule.time_zone
+            if zone not in opens:
+                opens[zone] = next_open(campaign.schedule, now, zone)
+            opening = opens[zone]
+            if opening is None or opening > now:
+                heapq.heappush(lead.due, (opening.timestamp() if opening else _NEVER, n))
+                continue
+            if await self._dnc.blocked(org, contact.to_number):
+                contact = dataclasses.replace(
+                    contact,
+                    status=ContactStatus.DONE,
+                    outcome=Outcome.DO_NOT_CALL,
+                    next_at=None,
+                    updated_at=now,
+                )
+                await self._store.save_contact(contact)
+                lead.contacts[n] = contact
+                await self._publish_done(lead, contact)
+                continue
+            await self._begin(lead, contact, now=now)
+            if room is not None:
+                rooms[org] = room - 1
+
+    def _unstored(self, org_id: str) -> int:
+        return sum(
+            1
+            for lead in self._leads.values()
+            if lead.campaign.org_id == org_id
+            for att in lead.in_flight.values()
+            if att.ours and att.call_id is None and not att.failed
+        )
+
+    async def _begin(self, lead: _Lead, contact: ContactRecord, *, now: datetime) -> None:
+        campaign = lead.campaign
+        attempt = contact.attempts + 1
+        mono = self._clock.monotonic()
+        claimed = await self._store.claim_attempt(
+            campaign.id, contact.n, attempt, gateway_id=self._me, at=now
+        )
+        contact = dataclasses.replace(
+            contact, status=ContactStatus.CALLING, attempts=attempt, next_at=None, updated_at=now
+        )
+        await self._store.save_contact(contact)
+        lead.contacts[contact.n] = contact
+        att = _Attempt(n=contact.n, attempt=attempt, seen=mono, ours=claimed)
+        lead.in_flight[contact.n] = att
+        if not claimed:  # a previous leader's claim: judged by its call (see `_poll`)
+            log.warning(
+                "attempt claimed before: adopted",
+                extra={"campaign_id": campaign.id, "n": contact.n, "attempt": attempt},
+            )
+            return
+        slot = max(lead.next_dial, mono)
+        lead.next_dial = slot + 1.0 / campaign.calls_per_second
+        self.attempts_started += 1
+        task = asyncio.create_task(
+            self._place(campaign, contact, att, delay=slot - mono),
+            name=f"campaign-dial-{campaign.id}-{contact.n}",
+        )
+        att.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _place(
+        self, campaign: CampaignRecord, contact: ContactRecord, att: _Attempt, *, delay: float
+    ) -> None:
+        """Store and dial one attempt's call at its slot (`delay` from now)."""
+        if delay > 0:
+            await self._clock.sleep(delay)
+
+        async def stored(call_id: str) -> None:
+            att.call_id = call_id
+            await self._store.set_attempt_call(campaign.id, contact.n, att.attempt, call_id)
+            att.dialling = True
+
+        try:
+            await self._placer.place(campaign, contact, on_stored=stored)
+        except (GatewayError, TelephonyError, StorageError) as exc:  # refused: its outcome
+            if att.call_id is None:
+                att.failed = True
+            log.warning(
+                "campaign call not placed: %s",
+                exc,
+                extra={"campaign_id": campaign.id, "call_id": att.call_id, "n": contact.n},
+            )
+        except Exception:  # the attempt's task ends here: its outcome says how
+            if att.call_id is None:
+                att.failed = True
+            log.exception(
+                "campaign call not placed",
+                extra={"campaign_id": campaign.id, "call_id": att.call_id, "n": contact.n},
+            )
+
+    # -- the end
+
+    async def _settled(self, lead: _Lead) -> bool:
+        """If every contact is settled (done, cancelled, or pending with no window left),
+        complete the campaign: mark it, publish `campaign.completed`; True then."""
+        campaign = lead.campaign
+        if campaign.state not in (CampaignState.ACTIVE, CampaignState.CANCELLED):
+            return False
+        if campaign.contact_count == 0 or len(lead.contacts) < campaign.contact_count:
+            return False
+        if lead.due and lead.due[0][0] != _NEVER:  # every pending contact has an entry
+            return False
+        if any(c.status == ContactStatus.CALLING for c in lead.contacts.values()):
+            return False
+        if lead.unpublished:
+            return False
+        now = self._clock.now()
+        if campaign.state == CampaignState.ACTIVE:
+            await self._store.mark_completed(campaign.id, at=now)
+            state = CampaignState.COMPLETED.value
+        else:
+            state = CampaignState.CANCELLED.value
+        by_status: dict[str, int] = dict.fromkeys((s.value for s in ContactStatus), 0)
+        by_outcome: dict[str, int] = {}
+        for c in lead.contacts.values():
+            by_status[c.status.value] += 1
+            if c.outcome is not None:
+                by_outcome[c.outcome.value] = by_outcome.get(c.outcome.value, 0) + 1
+        await self._events.completed(
+            campaign_ref(campaign),
+            state=state,
+            total=len(lead.contacts),
+            by_status=by_status,
+            by_outcome=by_outcome,
+        )
+        log.info(
+            "campaign completed",
+            extra={"campaign_id": campaign.id, "state": state, "by_outcome": by_outcome},
+        )
+        self._listed.pop(campaign.id, None)
+        return True
