@@ -22,7 +22,9 @@ from gateway.api import (
     api_keys,
     assistants,
     calls,
+    campaigns,
     deliveries,
+    do_not_call,
     events,
     numbers,
     organization,
@@ -60,6 +62,8 @@ OPERATIONS = [
     *deliveries.OPERATIONS,
     *numbers.OPERATIONS,
     *organization.OPERATIONS,
+    *campaigns.OPERATIONS,
+    *do_not_call.OPERATIONS,
 ]
 
 
@@ -167,6 +171,8 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
             return settings.twilio_max_body_bytes
         if path == "/livekit/webhook":
             return settings.livekit_max_body_bytes
+        if campaigns.is_contact_upload(path):
+            return settings.campaign_upload_max_bytes
         return settings.api_max_body_bytes
 
     app = Starlette(

@@ -275,6 +275,9 @@ class Settings(BaseSettings):
     # LiveKit's webhook events are a few KB (room, participant and its attributes, egress).
     livekit_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # `POST /campaigns/{id}/contacts` only (a CSV or JSON list of contacts): 100 000 rows
+    # of a number and a few short columns are ~10 MB.
+    campaign_upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     # Nesting of JSON bodies (and page cursors): our models are at most a few levels deep.
     api_max_json_depth: int = Field(default=32, ge=4, le=200)
     # A call's metadata (keys and values, UTF-8) and its persona once placeholders are filled.

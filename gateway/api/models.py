@@ -239,6 +239,13 @@ class OrganizationOut(BaseModel):
     inbound_lookup_url: str | None = Field(
         description="asked before an inbound call is answered when its assistant sets none"
     )
+    max_concurrent_calls: int | None = Field(
+        description="cap on the organisation's live calls, inbound included (null: none)"
+    )
+    inbound_reserved_calls: int = Field(
+        description="of that cap, kept for inbound calls: outbound calls (campaigns and "
+        "POST /call/outbound) start only below max_concurrent_calls - inbound_reserved_calls"
+    )
     created_at: datetime
 
     @classmethod
@@ -247,14 +254,21 @@ class OrganizationOut(BaseModel):
             id=org.id,
             name=org.name,
             inbound_lookup_url=org.inbound_lookup_url,
+            max_concurrent_calls=org.max_concurrent_calls,
+            inbound_reserved_calls=org.inbound_reserved_calls,
             created_at=org.created_at,
         )
 
 
 class OrganizationPatch(_Input):
-    """Fields to change; those left out keep their value (null clears the URL)."""
+    """Fields to change; those left out keep their value (null clears the URL, and the cap:
+    with no cap nothing is reserved)."""
 
     inbound_lookup_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2_000)
+    max_concurrent_calls: int | None = Field(default=None, ge=1, le=100_000)
+    inbound_reserved_calls: int | None = Field(
+        default=None, ge=0, description="below max_concurrent_calls"
+    )
 
 
 # --------------------------------------------------------------------- API keys

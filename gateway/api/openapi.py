@@ -21,6 +21,8 @@ _ERROR_TEXT = {
     401: "Missing, wrong or revoked API key",
     404: "No such resource in the key's organisation",
     409: "Conflicts with an existing resource",
+    413: "The request body is over its route's cap",
+    415: "A body of a media type the route does not read",
     422: "Invalid input",
     429: "The organisation is at its cap on concurrent calls (Retry-After)",
     502: "The carrier or LiveKit refused the request",
@@ -81,6 +83,8 @@ def openapi_document(
                     "application/json": {"schema": _schema_ref(op.body, components, "validation")}
                 },
             }
+            for media in op.raw_body:
+                spec["requestBody"]["content"][media] = {"schema": {"type": "string"}}
         if op.response is not None:
             spec["responses"][str(op.status)] = {
                 "description": op.summary,

@@ -36,6 +36,10 @@ class ApiRequest:
     path: dict[str, str]
     body: BaseModel | None
     query: BaseModel | None
+    # Set for an operation with `raw_body`: the body's bytes and its media type (lower case,
+    # without parameters), for the handler to read itself.
+    raw: bytes | None = None
+    content_type: str = ""
 
     def body_as(self, model: type[M]) -> M:
         assert isinstance(self.body, model)
@@ -61,6 +65,9 @@ class Operation:
     query: type[BaseModel] | None = None
     status: int = 200
     errors: Sequence[int] = field(default=(401, 404, 422))
+    # The handler reads the body itself (`ApiRequest.raw`), in any of these media types
+    # besides JSON; `body` then only documents the JSON form.
+    raw_body: Sequence[str] = ()
 
 
 def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
@@ -121,9 +128,15 @@ def route(op: Operation) -> Route:
             _parse(op.query, dict(request.query_params), "query parameters") if op.query else None
         )
         max_depth = services.settings.api_max_json_depth
-        body = await _body(request, op.body, max_depth=max_depth) if op.body else None
         path = {k: str(v) for k, v in request.path_params.items()}
-        result = await op.handler(ApiRequest(services, principal, path, body, query))
+        if op.raw_body:
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            raw = await request.body()
+            api_request = ApiRequest(services, principal, path, None, query, raw, media)
+        else:
+            body = await _body(request, op.body, max_depth=max_depth) if op.body else None
+            api_request = ApiRequest(services, principal, path, body, query)
+        result = await op.handler(api_request)
         if result is None:
             return Response(status_code=204)
         return JSONResponse(result.model_dump(mode="json"), status_code=op.status)
