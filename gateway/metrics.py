@@ -50,6 +50,8 @@ class GatewayMetrics:
     streams_idle_total: int = 0  # started streams closed for sending nothing in time
     lost_call_sweeps_total: int = 0  # rounds of this gateway's lost-call sweeper
     calls_lost_total: int = 0  # calls of stopped gateways this gateway finished
+    campaign_rounds_total: int = 0  # rounds of this gateway's campaign dialer
+    campaign_attempts_total: int = 0  # campaign attempts this gateway claimed and placed
     stt_reconnects_total: int = 0
     # Turn-taking: caller sound over the agent paused it; caller speech over it was an
     # interruption (the reply cancelled) or not (the agent played on); pauses judged, and

@@ -36,7 +36,10 @@ for `campaign_attempt_stale_s` judges the attempt not dialled: it counts as an a
 with outcome `failed` (the call is stored before it is dialled and named in the claim
 first, so no call was placed) and the retry policy decides. A call stored but still
 `queued` with no carrier id after that bound (its gateway died between storing and
-dialling) is finished as `failed` / `not-dialled` the same way.
+dialling) is finished as `failed` / `not-dialled` the same way. A dialled call neither
+answered nor finished after longer than it can ring (`unanswered_s`: its carrier's status
+callbacks went to a gateway that died) is finished as `failed` / `carrier-status-lost`
+(an answered call holds a lease: the lost-call sweeper finishes it).
 
 Contacts' state has one writer, the leader's tick; the placing tasks only name the call in
 the attempt's claim. A database error in a campaign's tick drops this leader's memory of
@@ -60,6 +63,7 @@ from gateway.campaigns.clock import Clock
 from gateway.campaigns.outcomes import after_attempt, call_outcome
 from gateway.campaigns.schedule import next_open
 from gateway.errors import GatewayError
+from gateway.metrics import GatewayMetrics
 from storage import (
     AttemptRecord,
     CallNotFound,
@@ -78,6 +82,7 @@ from webhooks.campaign_events import CampaignRef, ContactDone
 log = logging.getLogger(__name__)
 
 NOT_DIALLED = "not-dialled"  # end reason of a stored call its gateway never dialled
+STATUS_LOST = "carrier-status-lost"  # a dialled call whose final status never came
 _NEVER = math.inf
 _LOAD_PAGE = 5000
 
@@ -168,6 +173,9 @@ class DialerConfig:
     tick_s: float = 0.5
     list_s: float = 2.0  # how often the active campaigns are listed
     attempt_stale_s: float = 60.0
+    # Longer than a dialled call can ring unanswered (the ring timeout, admission's hold
+    # and `attempt_stale_s`): then its final status is judged lost.
+    unanswered_s: float = 180.0
 
 
 @dataclass(slots=True)
@@ -227,6 +235,7 @@ class CampaignDialer:
         events: CampaignEventSink,
         clock: Clock,
         may_start: Callable[[], bool] = lambda: True,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._config = config
         self._me = config.gateway_id
@@ -244,7 +253,7 @@ class CampaignDialer:
         self._listed: dict[str, CampaignRecord] = {}
         self._listed_at = -math.inf
         self._tasks: set[asyncio.Task[None]] = set()
-        self.attempts_started = 0
+        self._metrics = metrics or GatewayMetrics()
 
     def leads(self) -> list[str]:
         """The campaigns this process leads now."""
@@ -283,6 +292,7 @@ class CampaignDialer:
             except StorageError as exc:
                 log.warning("campaign round failed: %s", exc, extra={"campaign_id": campaign_id})
                 self._leads.pop(campaign_id, None)  # loaded again from the store
+        self._metrics.campaign_rounds_total += 1
 
     async def _take_leads(self) -> None:
         """Lead each listed campaign whose leader is missing or dead (a term claimed)."""
@@ -403,25 +413,30 @@ class CampaignDialer:
                 await self._settle(lead, att, Outcome.FAILED)
                 continue
             outcome = call_outcome(call)
-            if outcome is None and self._never_dialled(call, att, mono):
+            if outcome is None and (reason := self._judged_lost(call, att, mono)) is not None:
                 call = await self._calls.finish_call(
-                    call.id,
-                    status=CallStatus.FAILED,
-                    end_reason=NOT_DIALLED,
-                    ended_at=datetime.now(UTC),
+                    call.id, status=CallStatus.FAILED, end_reason=reason, ended_at=datetime.now(UTC)
                 )
                 outcome = call_outcome(call)
             if outcome is not None:
                 await self._settle(lead, att, outcome)
 
-    def _never_dialled(self, call: CallRecord, att: _Attempt, mono: float) -> bool:
-        """A stored call nobody is dialling: stored here and the dial never began, or
-        stored by a gateway that died and still queued with no carrier id after the bound."""
-        if call.status != CallStatus.QUEUED or call.call_sid:
-            return False
-        if att.ours:
-            return not att.dialling
-        return mono - att.seen >= self._config.attempt_stale_s
+    def _judged_lost(self, call: CallRecord, att: _Attempt, mono: float) -> str | None:
+        """Why an unfinished attempt's call is over though nothing will finish it (None: it
+        is not): stored and never dialled (here: the dial never began; by a gateway that
+        died: still queued with no carrier id after `attempt_stale_s`), or dialled but
+        neither answered here nor told final by the carrier for longer than it could ring
+        (`unanswered_s`: its status callbacks went to a gateway that died)."""
+        if call.status == CallStatus.QUEUED and not call.call_sid:
+            if att.ours and not att.dialling:
+                return NOT_DIALLED
+            if not att.ours and mono - att.seen >= self._config.attempt_stale_s:
+                return NOT_DIALLED
+            return None
+        unanswered = call.status in (CallStatus.QUEUED, CallStatus.RINGING)
+        if unanswered and call.served_by is None and mono - att.seen >= self._config.unanswered_s:
+            return STATUS_LOST
+        return None
 
     async def _settle(self, lead: _Lead, att: _Attempt, outcome: Outcome) -> None:
         now = self._clock.now()
@@ -571,7 +586,7 @@ class CampaignDialer:
             return
         slot = max(lead.next_dial, mono)
         lead.next_dial = slot + 1.0 / campaign.calls_per_second
-        self.attempts_started += 1
+        self._metrics.campaign_attempts_total += 1
         task = asyncio.create_task(
             self._place(campaign, contact, att, delay=slot - mono),
             name=f"campaign-dial-{campaign.id}-{contact.n}",

@@ -75,6 +75,9 @@ def build_dialer(services: Services) -> CampaignDialer:
             tick_s=settings.campaign_tick_s,
             list_s=settings.campaign_list_s,
             attempt_stale_s=settings.campaign_attempt_stale_s,
+            unanswered_s=settings.outbound_ring_timeout_s
+            + settings.admission_hold_s
+            + settings.campaign_attempt_stale_s,
         ),
         campaigns=db.campaigns,
         do_not_call=db.do_not_call,
@@ -91,6 +94,7 @@ def build_dialer(services: Services) -> CampaignDialer:
         ),
         clock=clock_from_file(settings.campaign_clock_file),
         may_start=may_start,
+        metrics=services.metrics,
     )
 
 

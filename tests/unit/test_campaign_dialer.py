@@ -233,6 +233,10 @@ class Carrier:
             update={"id": call_id, "to_number": contact.to_number}
         )
         await on_stored(call_id)
+        # Answered at once (a call left ringing past `unanswered_s` is judged lost).
+        self.calls[call_id] = self.calls[call_id].model_copy(
+            update={"status": CallStatus.IN_PROGRESS}
+        )
         script = self._scripts.get(contact.to_number, [CallStatus.COMPLETED])
         step = script[min(len(self.numbered(contact.to_number)), len(script) - 1)]
         answered_by = None
