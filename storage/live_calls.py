@@ -8,7 +8,9 @@ live calls reads this short collection (filtered by `org_id`: a scan of live cal
 FerretDB, the `org_id` index on MongoDB), never the calls. A row is a hint: a row older
 than `_SETTLE_S` whose call is finished (its delete failed, or a process died between the
 two writes) or was never stored is dropped by the reader, which checks each old row's
-call by `_id` at most every `_RECHECK_S`.
+call by `_id` at most every `_RECHECK_S`; so is the row of a call still queued or ringing,
+never taken by a gateway, `_RING_BOUND_S` after it was stored (no call rings that long:
+its final status was lost, and nothing else would ever finish it).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ LIVE_CALL_INDEXES: dict[str, list[IndexModel]] = {
 }
 _SETTLE_S = 60.0  # younger rows count as they are: their call's insert may be under way
 _RECHECK_S = 30.0
+_RING_BOUND_S = 900.0
 NO_ORG = "-"
 
 
@@ -84,7 +87,7 @@ class LiveCallRows:
         gone: set[str] = set()
         for start in range(0, len(old), 64):
             chunk = old[start : start + 64]
-            docs = await asyncio.gather(*(_unfinished(str(r["_id"])) for r in chunk))
+            docs = await asyncio.gather(*(_unfinished(str(r["_id"]), now) for r in chunk))
             for row, live in zip(chunk, docs, strict=True):
                 call_id = str(row["_id"])
                 if live:
@@ -113,11 +116,17 @@ def _age_s(row: dict[str, Any], now: datetime) -> float:
     return (now - at).total_seconds()
 
 
-async def _unfinished(call_id: str) -> bool:
-    """Whether the call is stored and unfinished (one read by `_id`)."""
+async def _unfinished(call_id: str, now: datetime) -> bool:
+    """Whether the call is stored, unfinished, and not a call left ringing past the bound
+    (one read by `_id`)."""
     try:
         oid = PydanticObjectId(call_id)
     except (InvalidId, TypeError):
         return False
-    doc = await CallDocument.get_pymongo_collection().find_one({"_id": oid}, {"ended_at": 1})
-    return doc is not None and doc.get("ended_at") is None
+    doc = await CallDocument.get_pymongo_collection().find_one(
+        {"_id": oid}, {"ended_at": 1, "status": 1, "served_by": 1, "started_at": 1}
+    )
+    if doc is None or doc.get("ended_at") is not None:
+        return False
+    ringing = doc.get("status") in ("queued", "ringing") and doc.get("served_by") is None
+    return not (ringing and _age_s({"at": doc.get("started_at")}, now) >= _RING_BOUND_S)

@@ -30,7 +30,8 @@ from pydantic import (
 Speaker = Literal["caller", "agent"]
 
 # The events a call or a campaign produces (bodies and order: `webhooks/events.py`).
-# Declared here, the lowest layer, because an assistant's `webhook_events` is validated against it when saved.
+# Declared here, the lowest layer, because an assistant's `webhook_events` is validated
+# against it when saved.
 WebhookEventType = Literal[
     "call.started",
     "call.status",
