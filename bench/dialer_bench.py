@@ -63,7 +63,9 @@ class CommandCounter(monitoring.CommandListener):
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name in ("hello", "isMaster", "ismaster", "ping", "endSessions"):
             return
-        self.counts[(_who.get(), event.command_name)] += 1
+        collection = event.command.get(event.command_name)
+        where = f"{event.command_name} {collection}" if isinstance(collection, str) else ""
+        self.counts[(_who.get(), where or event.command_name)] += 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -222,7 +224,7 @@ async def _run(url: str, args: argparse.Namespace, counter: CommandCounter) -> N
     per = dialer_ops / max(1, attempts)
     print(f"dialer commands per attempt: {per:.1f} (all rounds' and placing's commands / attempts)")
     for name, n in counter.by_name("dialer").items():
-        print(f"  {name:>10}: {n / max(1, attempts):6.2f} per attempt")
+        print(f"  {name:>32}: {n / max(1, attempts):6.2f} per attempt")
     carrier_ops = counter.total("carrier") / max(1, attempts)
     print(
         f"fake carrier's commands per call (answer + finish; not the dialer's): {carrier_ops:.1f}"

@@ -475,6 +475,12 @@ class CallRepository:
         return await self._live.count(org_id)
 
     @_driver_errors
+    async def live_call_ids(self, org_id: str | None) -> frozenset[str]:
+        """The ids of the organisation's calls not finished yet, as its rows say (one query;
+        a call missing from them is finished or was never stored)."""
+        return await self._live.ids(org_id)
+
+    @_driver_errors
     async def get_call_by_egress(self, egress_id: str) -> CallRecord | None:
         """The call whose recording is the LiveKit egress `egress_id`, without turns."""
         call_id = await self._keys.call_by_egress(egress_id)

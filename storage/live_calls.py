@@ -72,6 +72,12 @@ class LiveCallRows:
         self._checked.pop(call_id, None)
         await _rows().delete_one({"_id": call_id})
 
+    async def ids(self, org_id: str | None) -> frozenset[str]:
+        """The ids of the organisation's rows (one query, unchecked): a call not among them
+        is finished, or was never stored."""
+        rows = await _rows().find({"org_id": org_id or NO_ORG}, {"_id": 1}).to_list()
+        return frozenset(str(r["_id"]) for r in rows)
+
     async def count(self, org_id: str | None, *, now: datetime | None = None) -> LiveCallCount:
         """The organisation's live calls: its rows, less the settled ones whose call is
         finished (dropped now)."""

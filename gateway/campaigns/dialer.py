@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import heapq
 import logging
 import math
@@ -124,6 +125,7 @@ class CallReader(Protocol):
     """What the dialer reads and writes of calls (`storage.CallRepository`)."""
 
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord: ...
+    async def live_call_ids(self, org_id: str | None) -> frozenset[str]: ...
     async def finish_call(
         self, call_id: str, *, status: CallStatus, end_reason: str, ended_at: datetime
     ) -> CallRecord: ...
@@ -173,6 +175,9 @@ class DialerConfig:
     tick_s: float = 0.5
     list_s: float = 2.0  # how often the active campaigns are listed
     attempt_stale_s: float = 60.0
+    # An attempt's call still among its organisation's live calls is read again (to judge
+    # it lost) only this often; one that left them is read in the round that sees it.
+    recheck_s: float = 15.0
     # Longer than a dialled call can ring unanswered (the ring timeout, admission's hold
     # and `attempt_stale_s`): then its final status is judged lost.
     unanswered_s: float = 180.0
@@ -189,6 +194,7 @@ class _Attempt:
     failed: bool = False  # placing ended with no call stored
     dialling: bool = False  # the call is stored and named in the claim: dialling follows
     named: bool = False  # the call id is in the contact's call_ids (saved)
+    read_at: float = -math.inf  # monotonic time its call was last read
 
 
 @dataclass(slots=True)
@@ -253,6 +259,7 @@ class CampaignDialer:
         self._listed: dict[str, CampaignRecord] = {}
         self._listed_at = -math.inf
         self._tasks: set[asyncio.Task[None]] = set()
+        self._storing = asyncio.Lock()
         self._metrics = metrics or GatewayMetrics()
 
     def leads(self) -> list[str]:
@@ -352,12 +359,15 @@ class CampaignDialer:
         lead.campaign = campaign
         if campaign.contact_count > len(lead.contacts):
             await self._load_new(lead)
-        await self._retry_unpublished(lead)
-        await self._poll(lead)
-        if campaign.state == CampaignState.CANCELLED:
-            await self._cancel_pending(lead)
-        elif campaign.state == CampaignState.ACTIVE and self._may_start():
-            await self._start_attempts(lead, rooms)
+        try:
+            await self._poll(lead)
+            if campaign.state == CampaignState.CANCELLED:
+                await self._cancel_pending(lead)
+            elif campaign.state == CampaignState.ACTIVE and self._may_start():
+                await self._start_attempts(lead, rooms)
+        finally:
+            # One at a time: events racing for their organisation's next place cost retries.
+            await self._publish_owed(lead)
         if not lead.in_flight and await self._settled(lead):
             del self._leads[cid]
         elif campaign.state not in (CampaignState.ACTIVE, CampaignState.CANCELLED) and (
@@ -377,49 +387,66 @@ class CampaignDialer:
     # -- attempts in flight
 
     async def _poll(self, lead: _Lead) -> None:
-        cid = lead.campaign.id
+        """Read each attempt in flight (a window of them at once; each touches only its own
+        contact) and settle those whose outcome is known."""
         mono = self._clock.monotonic()
-        for att in list(lead.in_flight.values()):
-            if att.task is not None and not att.task.done():
-                continue  # being stored or dialled now
-            if att.call_id is None and not att.failed and not att.ours:
-                claim = await self._store.attempt(cid, att.n, att.attempt)
-                if claim is not None and claim.call_id is not None:
-                    att.call_id = claim.call_id
-                    att.dialling = True
-            if att.call_id is None:
-                if att.failed or mono - att.seen >= self._config.attempt_stale_s:
-                    if not att.failed:
-                        log.warning(
-                            "attempt judged not dialled",
-                            extra={"campaign_id": cid, "n": att.n, "attempt": att.attempt},
-                        )
-                    await self._settle(lead, att, Outcome.FAILED)
-                continue
-            if not att.named:
-                contact = lead.contacts[att.n]
-                if att.call_id not in contact.call_ids:
-                    contact = dataclasses.replace(
-                        contact,
-                        call_ids=(*contact.call_ids, att.call_id),
-                        updated_at=self._clock.now(),
+        placed = [
+            att
+            for att in lead.in_flight.values()
+            if att.task is None or att.task.done()  # else being stored or dialled now
+        ]
+        live: frozenset[str] = frozenset()
+        if any(att.call_id is not None for att in placed):
+            # One query for all: a call among the organisation's live calls is not over.
+            live = await self._calls.live_call_ids(lead.campaign.org_id)
+        due = [
+            att
+            for att in placed
+            if att.call_id is None
+            or att.call_id not in live
+            or mono - att.read_at >= self._config.recheck_s
+        ]
+        await _windowed([functools.partial(self._poll_one, lead, att, mono) for att in due])
+
+    async def _poll_one(self, lead: _Lead, att: _Attempt, mono: float) -> None:
+        cid = lead.campaign.id
+        if att.call_id is None and not att.failed and not att.ours:
+            claim = await self._store.attempt(cid, att.n, att.attempt)
+            if claim is not None and claim.call_id is not None:
+                att.call_id = claim.call_id
+                att.dialling = True
+        if att.call_id is None:
+            if att.failed or mono - att.seen >= self._config.attempt_stale_s:
+                if not att.failed:
+                    log.warning(
+                        "attempt judged not dialled",
+                        extra={"campaign_id": cid, "n": att.n, "attempt": att.attempt},
                     )
-                    await self._store.save_contact(contact)
-                    lead.contacts[att.n] = contact
-                att.named = True
-            try:
-                call = await self._calls.get_call(att.call_id, with_turns=False)
-            except CallNotFound:
                 await self._settle(lead, att, Outcome.FAILED)
-                continue
-            outcome = call_outcome(call)
-            if outcome is None and (reason := self._judged_lost(call, att, mono)) is not None:
-                call = await self._calls.finish_call(
-                    call.id, status=CallStatus.FAILED, end_reason=reason, ended_at=datetime.now(UTC)
+            return
+        if not att.named:
+            contact = lead.contacts[att.n]
+            if att.call_id not in contact.call_ids:
+                contact = dataclasses.replace(
+                    contact, call_ids=(*contact.call_ids, att.call_id), updated_at=self._clock.now()
                 )
-                outcome = call_outcome(call)
-            if outcome is not None:
-                await self._settle(lead, att, outcome)
+                await self._store.save_contact(contact)
+                lead.contacts[att.n] = contact
+            att.named = True
+        att.read_at = mono
+        try:
+            call = await self._calls.get_call(att.call_id, with_turns=False)
+        except CallNotFound:
+            await self._settle(lead, att, Outcome.FAILED)
+            return
+        outcome = call_outcome(call)
+        if outcome is None and (reason := self._judged_lost(call, att, mono)) is not None:
+            call = await self._calls.finish_call(
+                call.id, status=CallStatus.FAILED, end_reason=reason, ended_at=datetime.now(UTC)
+            )
+            outcome = call_outcome(call)
+        if outcome is not None:
+            await self._settle(lead, att, outcome)
 
     def _judged_lost(self, call: CallRecord, att: _Attempt, mono: float) -> str | None:
         """Why an unfinished attempt's call is over though nothing will finish it (None: it
@@ -463,7 +490,7 @@ class CampaignDialer:
             assert contact.next_at is not None
             heapq.heappush(lead.due, (contact.next_at.timestamp(), contact.n))
         elif contact.status == ContactStatus.DONE:
-            await self._publish_done(lead, contact)
+            lead.unpublished.append(contact)  # published after the round's window of steps
 
     async def _publish_done(self, lead: _Lead, contact: ContactRecord) -> None:
         assert contact.outcome is not None
@@ -479,7 +506,7 @@ class CampaignDialer:
                     call_ids=contact.call_ids,
                 ),
             )
-        except StorageError as exc:  # published again next round (once per key)
+        except StorageError as exc:  # published next round (once per key)
             log.warning(
                 "campaign.contact_done not published: %s",
                 exc,
@@ -487,7 +514,7 @@ class CampaignDialer:
             )
             lead.unpublished.append(contact)
 
-    async def _retry_unpublished(self, lead: _Lead) -> None:
+    async def _publish_owed(self, lead: _Lead) -> None:
         owed, lead.unpublished = lead.unpublished, []
         for contact in owed:
             await self._publish_done(lead, contact)
@@ -506,25 +533,31 @@ class CampaignDialer:
     # -- new attempts
 
     async def _start_attempts(self, lead: _Lead, rooms: dict[str, int | None]) -> None:
+        """Choose the due contacts this round may start (in order; their dial slots taken,
+        their places held in flight), then begin them a window at a time."""
         campaign = lead.campaign
         now = self._clock.now()
         now_ts = now.timestamp()
         mono = self._clock.monotonic()
-        horizon = mono + self._config.tick_s  # dial slots this round may take
+        spacing = 1.0 / campaign.calls_per_second
+        # Slots up to two rounds ahead: a round slower than a tick loses no slot.
+        horizon = mono + 2 * self._config.tick_s
         opens: dict[str, datetime | None] = {}  # time zone -> when its window opens
+        org = campaign.org_id
+        chosen: list[tuple[ContactRecord, float]] = []
         while lead.due and lead.due[0][0] <= now_ts:
             if len(lead.in_flight) >= campaign.max_concurrency:
-                return
-            if max(lead.next_dial, mono) >= horizon:
-                return
-            org = campaign.org_id
+                break
+            slot = max(lead.next_dial, mono)
+            if slot >= horizon:
+                break
             if org not in rooms:
                 free = await self._capacity.outbound_room(org)
                 # Starts of this process whose call is not stored yet are not counted there.
                 rooms[org] = None if free is None else free - self._unstored(org)
             room = rooms[org]
             if room is not None and room <= 0:
-                return
+                break
             ready, n = heapq.heappop(lead.due)
             contact = lead.contacts[n]
             if contact.status != ContactStatus.PENDING:
@@ -539,21 +572,18 @@ class CampaignDialer:
             if opening is None or opening > now:
                 heapq.heappush(lead.due, (opening.timestamp() if opening else _NEVER, n))
                 continue
-            if await self._dnc.blocked(org, contact.to_number):
-                contact = dataclasses.replace(
-                    contact,
-                    status=ContactStatus.DONE,
-                    outcome=Outcome.DO_NOT_CALL,
-                    next_at=None,
-                    updated_at=now,
-                )
-                await self._store.save_contact(contact)
-                lead.contacts[n] = contact
-                await self._publish_done(lead, contact)
-                continue
-            await self._begin(lead, contact, now=now)
+            # Its place, held while it begins (concurrency, the organisation's room).
+            lead.in_flight[n] = _Attempt(n=n, attempt=contact.attempts + 1, seen=mono, ours=True)
+            lead.next_dial = slot + spacing
+            chosen.append((contact, slot - mono))
             if room is not None:
                 rooms[org] = room - 1
+        await _windowed(
+            [
+                functools.partial(self._begin, lead, contact, now=now, delay=delay)
+                for contact, delay in chosen
+            ]
+        )
 
     def _unstored(self, org_id: str) -> int:
         return sum(
@@ -564,32 +594,56 @@ class CampaignDialer:
             if att.ours and att.call_id is None and not att.failed
         )
 
-    async def _begin(self, lead: _Lead, contact: ContactRecord, *, now: datetime) -> None:
-        campaign = lead.campaign
-        attempt = contact.attempts + 1
-        mono = self._clock.monotonic()
-        claimed = await self._store.claim_attempt(
-            campaign.id, contact.n, attempt, gateway_id=self._me, at=now
-        )
+    async def _begin(
+        self, lead: _Lead, contact: ContactRecord, *, now: datetime, delay: float
+    ) -> None:
+        """The do-not-call list, then the attempt's claim, the contact saved `calling`, and
+        its call placed at its slot (`delay` from now) by a task of its own."""
+        campaign, n = lead.campaign, contact.n
+        att = lead.in_flight[n]
+        try:
+            blocked = await self._dnc.blocked(campaign.org_id, contact.to_number)
+            if blocked:
+                del lead.in_flight[n]
+                contact = dataclasses.replace(
+                    contact,
+                    status=ContactStatus.DONE,
+                    outcome=Outcome.DO_NOT_CALL,
+                    next_at=None,
+                    updated_at=now,
+                )
+                await self._store.save_contact(contact)
+                lead.contacts[n] = contact
+                lead.unpublished.append(contact)
+                return
+            claimed = await self._store.claim_attempt(
+                campaign.id, n, att.attempt, gateway_id=self._me, at=now
+            )
+        except BaseException:
+            if lead.in_flight.get(n) is att and lead.contacts[n].status == ContactStatus.PENDING:
+                del lead.in_flight[n]  # nothing claimed: still due
+                heapq.heappush(lead.due, (0.0, n))
+            raise
+        att.ours = claimed
         contact = dataclasses.replace(
-            contact, status=ContactStatus.CALLING, attempts=attempt, next_at=None, updated_at=now
+            contact,
+            status=ContactStatus.CALLING,
+            attempts=att.attempt,
+            next_at=None,
+            updated_at=now,
         )
+        lead.contacts[n] = contact
         await self._store.save_contact(contact)
-        lead.contacts[contact.n] = contact
-        att = _Attempt(n=contact.n, attempt=attempt, seen=mono, ours=claimed)
-        lead.in_flight[contact.n] = att
         if not claimed:  # a previous leader's claim: judged by its call (see `_poll`)
             log.warning(
                 "attempt claimed before: adopted",
-                extra={"campaign_id": campaign.id, "n": contact.n, "attempt": attempt},
+                extra={"campaign_id": campaign.id, "n": n, "attempt": att.attempt},
             )
             return
-        slot = max(lead.next_dial, mono)
-        lead.next_dial = slot + 1.0 / campaign.calls_per_second
         self._metrics.campaign_attempts_total += 1
         task = asyncio.create_task(
-            self._place(campaign, contact, att, delay=slot - mono),
-            name=f"campaign-dial-{campaign.id}-{contact.n}",
+            self._place(campaign, contact, att, delay=delay),
+            name=f"campaign-dial-{campaign.id}-{n}",
         )
         att.task = task
         self._tasks.add(task)
@@ -601,8 +655,19 @@ class CampaignDialer:
         """Store and dial one attempt's call at its slot (`delay` from now)."""
         if delay > 0:
             await self._clock.sleep(delay)
+        # This process stores its calls one at a time (dials stay concurrent): stores at
+        # once race for their organisation's next place in the calls index and retry.
+        await self._storing.acquire()
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self._storing.release()
 
         async def stored(call_id: str) -> None:
+            release()
             att.call_id = call_id
             await self._store.set_attempt_call(campaign.id, contact.n, att.attempt, call_id)
             att.dialling = True
@@ -624,6 +689,8 @@ class CampaignDialer:
                 "campaign call not placed",
                 extra={"campaign_id": campaign.id, "call_id": att.call_id, "n": contact.n},
             )
+        finally:
+            release()
 
     # -- the end
 
@@ -666,3 +733,15 @@ class CampaignDialer:
         )
         self._listed.pop(campaign.id, None)
         return True
+
+
+async def _windowed(steps: list[Callable[[], Awaitable[None]]], window: int = 32) -> None:
+    """Run `steps` concurrently, `window` at a time; the first error is raised once all of
+    a window ended."""
+    for start in range(0, len(steps), window):
+        results = await asyncio.gather(
+            *(step() for step in steps[start : start + window]), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result

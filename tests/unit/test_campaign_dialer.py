@@ -278,6 +278,9 @@ class Carrier:
             raise CallNotFound(call_id)
         return self.calls[call_id]
 
+    async def live_call_ids(self, org_id: str | None) -> frozenset[str]:
+        return frozenset(i for i, c in self.calls.items() if c.ended_at is None)
+
     async def finish_call(
         self, call_id: str, *, status: CallStatus, end_reason: str, ended_at: datetime
     ) -> CallRecord:
