@@ -279,7 +279,9 @@ async def running(services: Services) -> AsyncIterator[None]:
     """The background work of a gateway, from before its first call to after its last:
     the lease, the lost-call sweeper, the webhook outbox, the call analyst, the pruning
     of expired claims and carrier notes, and admission's event-loop lag monitor (the event
-    feed's pollers run while clients watch).
+    feed's pollers run while clients watch). The campaign dialer places calls through the
+    outbound path, which needs these services: `gateway/app.py` runs it inside this
+    (`gateway.campaigns.placing.campaign_dialer`), so it stops before the calls end.
     At the end, every call this process still serves is ended (`gateway-shutdown`) before
     anything stops, then the event streams and their pollers."""
     await services.lease.start()

@@ -373,7 +373,9 @@ class CampaignDialer:
         elif campaign.state not in (CampaignState.ACTIVE, CampaignState.CANCELLED) and (
             not lead.in_flight
         ):
-            del self._leads[cid]  # paused (or completed): resumed campaigns are listed again
+            # Paused (or completed): a resumed campaign is listed again, and led from a load.
+            del self._leads[cid]
+            self._listed.pop(cid, None)
 
     async def _load_new(self, lead: _Lead) -> None:
         while True:

@@ -409,8 +409,9 @@ class World:
     dnc: NoBlocks
     dialers: dict[str, CampaignDialer] = field(default_factory=dict)
 
-    def dialer(self, gateway: str) -> CampaignDialer:
+    def dialer(self, gateway: str, may_start: Callable[[], bool] = lambda: True) -> CampaignDialer:
         dialer = CampaignDialer(
+            may_start=may_start,
             config=DialerConfig(
                 gateway_id=gateway, lease_s=30, tick_s=1.0, list_s=1.0, attempt_stale_s=60
             ),
@@ -616,3 +617,27 @@ async def test_paused_starts_nothing_and_resume_goes_on(paused: bool) -> None:
     w.store.set_state("camp1", CampaignState.ACTIVE)
     await w.run(step_s=60, until=lambda: bool(w.store.completed), limit=timedelta(hours=4))
     assert len(w.carrier.dialled) == 5
+
+
+async def test_a_draining_gateway_starts_no_attempt_but_finishes_its_own() -> None:
+    numbers = [f"+1555070{i:04d}" for i in range(1, 7)]
+    w = _world({})
+    w.store.add(_campaign(), _contacts(numbers))
+    draining = False
+    w.dialer("gw-a", may_start=lambda: not draining)
+    w.clock.set(datetime(2026, 6, 1, 9, 0, tzinfo=NY))
+    await w.run(step_s=1, until=lambda: len(w.carrier.dialled) >= 3, limit=timedelta(hours=1))
+    draining = True
+    await w.run(
+        step_s=60,
+        until=lambda: (
+            all(c.ended_at is not None for c in w.carrier.calls.values())
+            and not any(c.status == ContactStatus.CALLING for c in w.store.states.values())
+        ),
+        limit=timedelta(hours=2),
+    )
+    later = w.clock.now() + timedelta(hours=3)  # the window stays open: still nothing new
+    await w.run(step_s=60, until=lambda: w.clock.now() >= later, limit=timedelta(hours=4))
+    assert len(w.carrier.dialled) == 3
+    done = [c for c in w.store.states.values() if c.status == ContactStatus.DONE]
+    assert len(done) == 3 and not w.store.completed
