@@ -54,6 +54,7 @@ CAMPAIGN_TERMS = "campaign_terms"
 CHUNK_ROWS = 2000
 _CHUNK_BYTES = 4 * 1024 * 1024  # well under BSON's 16 MiB per document
 _WINDOW = 16  # lookups in flight at once
+_CHUNKS_PER_INSERT = 4
 
 # The indexes `open_database` creates: the `_id` reads above serve FerretDB; these serve
 # MongoDB's scans (an organisation's campaigns, the active ones, a campaign's states).
@@ -532,17 +533,22 @@ class CampaignRepository:
             break
         self._batch_heads[campaign_id] = max(b, self._batch_heads.get(campaign_id, 0))
         try:
-            await _collection(CAMPAIGN_ROWS).insert_many(
-                [
-                    {
-                        "_id": f"{campaign_id}:{b}:{k}",
-                        "campaign_id": campaign_id,
-                        "rows": json.dumps(chunk, separators=(",", ":")),
-                    }
-                    for k, chunk in enumerate(chunks, start=1)
-                ],
-                ordered=False,
-            )
+            # A few chunks per insert: the event loop (live calls' audio) is never held
+            # for the encoding of the whole upload.
+            for first in range(0, len(chunks), _CHUNKS_PER_INSERT):
+                await _collection(CAMPAIGN_ROWS).insert_many(
+                    [
+                        {
+                            "_id": f"{campaign_id}:{b}:{k}",
+                            "campaign_id": campaign_id,
+                            "rows": json.dumps(chunk, separators=(",", ":")),
+                        }
+                        for k, chunk in enumerate(
+                            chunks[first : first + _CHUNKS_PER_INSERT], start=first + 1
+                        )
+                    ],
+                    ordered=False,
+                )
             await _collection(CAMPAIGN_BATCHES).update_one(
                 {"_id": f"{campaign_id}:{b}"}, {"$set": {"committed": True}}
             )
