@@ -10,7 +10,8 @@ and claimed by `_id`, and every document has one writer:
 - `campaign_batches`: `_id` = `<campaign>:<b>`, b = 1, 2, ...: one upload. The upload
   claims the place by a unique insert (a racing upload takes the next one), stating its
   first contact number `first_n` (the previous batch's `first_n + count`) and `count`; its
-  rows go to `campaign_rows` docs `<campaign>:<b>:<k>` (k = 1.. `chunks`, <= 2000 rows each);
+  rows go to `campaign_rows` docs `<campaign>:<b>:<k>` (k = 1.. `chunks`, <= 2000 rows each,
+  `chunk_rows` saying how many, so a page reads only the chunks it shows);
   then the batch is marked `committed`. Only committed batches hold contacts, so an upload
   that fails or dies adds none (its numbers `n` stay unused: ids may have gaps).
   The campaign's contact count is the sum of its committed batches' counts.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -53,6 +54,7 @@ CAMPAIGN_TERMS = "campaign_terms"
 CHUNK_ROWS = 2000
 _CHUNK_BYTES = 4 * 1024 * 1024  # well under BSON's 16 MiB per document
 _WINDOW = 16  # lookups in flight at once
+_CHUNKS_PER_INSERT = 4
 
 # The indexes `open_database` creates: the `_id` reads above serve FerretDB; these serve
 # MongoDB's scans (an organisation's campaigns, the active ones, a campaign's states).
@@ -282,8 +284,16 @@ class _Batch:
     b: int
     first_n: int
     count: int
-    chunks: int
-    committed: bool
+    chunk_rows: tuple[int, ...]  # rows in chunk 1, 2, ...
+
+    def chunks_after(self, after_n: int) -> list[tuple[int, int]]:
+        """(k, first n) of the chunks holding contacts past `after_n`."""
+        out, n = [], self.first_n
+        for k, rows in enumerate(self.chunk_rows, start=1):
+            if n + rows - 1 > after_n:
+                out.append((k, n))
+            n += rows
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,8 +450,7 @@ class CampaignRepository:
                             b=int(raw["b"]),
                             first_n=int(raw["first_n"]),
                             count=int(raw["count"]),
-                            chunks=int(raw["chunks"]),
-                            committed=True,
+                            chunk_rows=tuple(int(r) for r in raw["chunk_rows"]),
                         )
                     )
         return out
@@ -449,31 +458,35 @@ class CampaignRepository:
     async def _contact_count(self, campaign_id: str) -> int:
         return sum(b.count for b in await self._batches(campaign_id))
 
-    async def _batch_rows(self, campaign_id: str, batch: _Batch) -> list[_Data]:
-        raws = await asyncio.gather(
-            *(
-                _collection(CAMPAIGN_ROWS).find_one({"_id": f"{campaign_id}:{batch.b}:{k}"})
-                for k in range(1, batch.chunks + 1)
-            )
-        )
+    async def _chunk(self, campaign_id: str, b: int, k: int, first_n: int) -> list[_Data]:
+        raw = await _collection(CAMPAIGN_ROWS).find_one({"_id": f"{campaign_id}:{b}:{k}"})
+        if raw is None:  # a committed batch has all its chunks: written before the mark
+            return []
         out: list[_Data] = []
-        n = batch.first_n
-        for raw in raws:
-            if raw is None:  # a committed batch has all its chunks: written before the mark
-                continue
-            for number, zone, flat in json.loads(raw["rows"]):
-                meta = {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
-                out.append(_Data(n=n, to_number=str(number), time_zone=zone, metadata=meta))
-                n += 1
+        for n, (number, zone, flat) in enumerate(json.loads(raw["rows"]), start=first_n):
+            meta = {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+            out.append(_Data(n=n, to_number=str(number), time_zone=zone, metadata=meta))
         return out
 
-    async def _data(self, campaign_id: str, after_n: int = 0) -> list[_Data]:
-        """Every contact's data past `after_n`, in n order."""
-        batches = [b for b in await self._batches(campaign_id) if b.first_n + b.count - 1 > after_n]
-        out: list[_Data] = []
-        for batch in batches:
-            out.extend(d for d in await self._batch_rows(campaign_id, batch) if d.n > after_n)
-        return out
+    async def _data_chunks(
+        self, campaign_id: str, after_n: int = 0, *, window: int = 64
+    ) -> AsyncIterator[list[_Data]]:
+        """The contacts' data past `after_n`, chunk by chunk in n order, `window` chunks
+        read at once (a page reads only the chunks it needs)."""
+        places = [
+            (batch.b, k, first_n)
+            for batch in await self._batches(campaign_id)
+            for k, first_n in batch.chunks_after(after_n)
+        ]
+        for start in range(0, len(places), window):
+            part = places[start : start + window]
+            chunks = await asyncio.gather(*(self._chunk(campaign_id, *p) for p in part))
+            for chunk in chunks:
+                yield [d for d in chunk if d.n > after_n]
+
+    async def _data(self, campaign_id: str) -> list[_Data]:
+        """Every contact's data, in n order."""
+        return [d async for chunk in self._data_chunks(campaign_id) for d in chunk]
 
     async def _states(self, campaign_id: str) -> dict[int, dict[str, Any]]:
         """Every stored contact state of the campaign (one query: a scan on FerretDB)."""
@@ -509,6 +522,7 @@ class CampaignRepository:
                         "first_n": first_n,
                         "count": len(stored),
                         "chunks": len(chunks),
+                        "chunk_rows": [len(chunk) for chunk in chunks],
                         "committed": False,
                         "created_at": now,
                     }
@@ -519,17 +533,22 @@ class CampaignRepository:
             break
         self._batch_heads[campaign_id] = max(b, self._batch_heads.get(campaign_id, 0))
         try:
-            await _collection(CAMPAIGN_ROWS).insert_many(
-                [
-                    {
-                        "_id": f"{campaign_id}:{b}:{k}",
-                        "campaign_id": campaign_id,
-                        "rows": json.dumps(chunk, separators=(",", ":")),
-                    }
-                    for k, chunk in enumerate(chunks, start=1)
-                ],
-                ordered=False,
-            )
+            # A few chunks per insert: the event loop (live calls' audio) is never held
+            # for the encoding of the whole upload.
+            for first in range(0, len(chunks), _CHUNKS_PER_INSERT):
+                await _collection(CAMPAIGN_ROWS).insert_many(
+                    [
+                        {
+                            "_id": f"{campaign_id}:{b}:{k}",
+                            "campaign_id": campaign_id,
+                            "rows": json.dumps(chunk, separators=(",", ":")),
+                        }
+                        for k, chunk in enumerate(
+                            chunks[first : first + _CHUNKS_PER_INSERT], start=first + 1
+                        )
+                    ],
+                    ordered=False,
+                )
             await _collection(CAMPAIGN_BATCHES).update_one(
                 {"_id": f"{campaign_id}:{b}"}, {"$set": {"committed": True}}
             )
@@ -558,19 +577,23 @@ class CampaignRepository:
         """Contacts past `after_n` (n ascending; the cursor is the last n), of `status` if
         given. Without a status the page's states are read by `_id`; with one, all the
         campaign's states in one query."""
-        data = await self._data(campaign_id, after_n)
         if status is None:
-            page = data[:limit]
+            page: list[_Data] = []
+            async for chunk in self._data_chunks(campaign_id, after_n, window=1):
+                page.extend(chunk[: limit - len(page)])
+                if len(page) == limit:
+                    break
             states = await self._states_of(campaign_id, [d.n for d in page])
             return [_contact(campaign_id, d, states.get(d.n)) for d in page]
         all_states = await self._states(campaign_id)
         out: list[ContactRecord] = []
-        for d in data:
-            contact = _contact(campaign_id, d, all_states.get(d.n))
-            if contact.status == status:
-                out.append(contact)
-                if len(out) == limit:
-                    break
+        async for chunk in self._data_chunks(campaign_id, after_n, window=4):
+            for d in chunk:
+                contact = _contact(campaign_id, d, all_states.get(d.n))
+                if contact.status == status:
+                    out.append(contact)
+                    if len(out) == limit:
+                        return out
         return out
 
     async def _states_of(self, campaign_id: str, ns: Iterable[int]) -> dict[int, dict[str, Any]]:

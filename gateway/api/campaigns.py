@@ -5,6 +5,8 @@ a cancelled campaign places no further call, and its live calls finish normally.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import re
 
@@ -138,13 +140,19 @@ async def add_contacts(req: ApiRequest) -> BaseModel:
         raise UnsupportedMediaType(
             f"contacts are sent as application/json or text/csv, not {req.content_type}"
         )
-    checked = check_rows(
-        rows,
-        required=required_placeholders(assistant.config),
-        existing=await db.campaigns.existing_numbers(campaign.id),
-        limits=CallInputLimits.of(services.settings),
-        config=assistant.config,
-        from_number=campaign.from_number or "",
+    existing = await db.campaigns.existing_numbers(campaign.id)
+    # 100 000 rows are a second or two of Python: off the event loop, which paces live
+    # calls' audio every 20 ms.
+    checked = await asyncio.to_thread(
+        functools.partial(
+            check_rows,
+            rows,
+            required=required_placeholders(assistant.config),
+            existing=existing,
+            limits=CallInputLimits.of(services.settings),
+            config=assistant.config,
+            from_number=campaign.from_number or "",
+        )
     )
     if checked.rejected:
         raise ContactsRejected(

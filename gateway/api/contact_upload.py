@@ -102,8 +102,8 @@ def read_csv(raw: bytes) -> Iterator[RawRow]:
         ) from exc
 
 
-def _header(names: list[str]) -> tuple[int, int | None]:
-    """The indexes of `to_number` and `time_zone` (None: no such column)."""
+def _header(names: list[str]) -> tuple[int, int | None, list[int]]:
+    """The indexes of `to_number`, `time_zone` (None: no such column) and the metadata."""
     for i, name in enumerate(names):
         if not name:
             raise RequestInvalid(
@@ -118,19 +118,18 @@ def _header(names: list[str]) -> tuple[int, int | None]:
             "the CSV header has no to_number column",
             [{"loc": ["body", "header"], "msg": "a column named to_number is required"}],
         )
-    return names.index("to_number"), (names.index("time_zone") if "time_zone" in names else None)
+    number_at = names.index("to_number")
+    zone_at = names.index("time_zone") if "time_zone" in names else None
+    metadata_at = [i for i in range(len(names)) if i not in (number_at, zone_at)]
+    return number_at, zone_at, metadata_at
 
 
 def _csv_row(
-    row: int, names: list[str], columns: tuple[int, int | None], record: list[str]
+    row: int, names: list[str], columns: tuple[int, int | None, list[int]], record: list[str]
 ) -> RawRow:
-    number_at, zone_at = columns
+    number_at, zone_at, metadata_at = columns
     # An empty cell is no value (a placeholder left blank is missing, not empty).
-    metadata = {
-        name: value
-        for i, (name, value) in enumerate(zip(names, record, strict=True))
-        if i not in (number_at, zone_at) and value != ""
-    }
+    metadata = {names[i]: record[i] for i in metadata_at if record[i] != ""}
     time_zone = record[zone_at].strip() if zone_at is not None else ""
     return RawRow(row, record[number_at], metadata, time_zone or None)
 
@@ -234,14 +233,21 @@ def _metadata_problems(
     missing = sorted(required - metadata.keys())
     if missing:
         return ["missing placeholder " + ", ".join(f"{{{{{name}}}}}" for name in missing)]
-    try:
-        limits.check_metadata(metadata)
-    except InputTooLarge as exc:
-        return [str(exc)]
+    chars = sum(len(k) + len(v) for k, v in metadata.items())
+    # A UTF-8 character is at most 4 bytes: most rows are judged without encoding them.
+    if len(metadata) > limits.metadata_max_keys or chars * 4 > limits.metadata_max_bytes:
+        try:
+            limits.check_metadata(metadata)
+        except InputTooLarge as exc:
+            return [str(exc)]
     if not required:
         return []
+    longest = max(len(v) for v in (*metadata.values(), from_number, to_number))
     values = {**metadata, "from_number": from_number, "to_number": to_number}
     for what, template in (("system_prompt", config.system_prompt), ("greeting", config.greeting)):
+        # No placeholder fills more than `longest`: most rows need no filling to know.
+        if len(template) + template.count("{{") * longest <= limits.prompt_max_chars:
+            continue
         length = filled_length(template, values)
         if length > limits.prompt_max_chars:
             most = limits.prompt_max_chars

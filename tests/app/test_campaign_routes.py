@@ -56,6 +56,8 @@ def _campaign(aid: str, **changes: object) -> dict[str, Any]:
         "assistant_id": aid,
         "from_number": CALLER_ID,
         "schedule": {
+            # Opens in 2035: a dialer running in the app has nothing to dial here.
+            "start_at": "2035-01-05T00:00:00Z",
             "time_zone": "Europe/Paris",
             "days": ["mon", "tue", "wed", "thu", "fri"],
             "hours": ["09:00", "17:00"],
