@@ -76,6 +76,9 @@ class CalleeScript:
     amd_speech_ms: int = 2400
     amd_beep_ms: int = 150  # the beep heard, then reported
     amd_silence_ms: int = 1500  # a greeting with no beep: its end after this much silence
+    # Open the stream at this gateway instead of the TwiML's host (as a balancer would
+    # route it); the URL signed is still the TwiML's.
+    stream_via: str | None = None
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> CalleeScript:
@@ -180,7 +183,7 @@ class ScriptedCallee:
         await self._status("in-progress")
         origin = _http_origin(stream_url)
         call = SimulatedTwilioCall(
-            base_url=origin,
+            base_url=script.stream_via or origin,
             public_url=origin,
             auth_token=self._auth_token,
             from_number=self._form.get("From", ""),

@@ -191,3 +191,43 @@ async def test_voicemail_on_twilio(stack: GatewayProcess, twilio_fake: FakeServe
         assert callee["amd"] is None and callee["agent_audio"] == []
         assert [s["status"] for s in callee["statuses"]][-1] == status
     assert machine_too and human
+
+
+async def test_a_verdict_taken_by_another_gateway(
+    stack: GatewayProcess,
+    mongo_url: str,
+    twilio_fake: FakeServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Behind a balancer: the stream is served by gateway B while Twilio's callbacks (the
+    AMD verdict among them) reach gateway A. A keeps the verdict beside the call; B's gate
+    finds it there, leaves the message after the beep and ends the call."""
+    a = stack
+    env: dict[str, str | None] = {
+        "TWILIO_ACCOUNT_SID": TWILIO_ACCOUNT,
+        "TWILIO_API_BASE_URL": twilio_fake.url,
+        "MONGODB_DB": a.db_name,
+        "PUBLIC_URL": a.base_url,
+        "TWILIO_AUTH_TOKEN": a.auth_token,
+        "GATEWAY_API_KEY": a.api_key,
+        "VAD_SILENCE_MS": "400",
+    }
+    via_b = "+15550100007"
+    with run_gateway(mongo_url, tmp_path_factory.mktemp("gateway-b"), env) as b:
+        script = {via_b: {"answer": "machine", "stream_via": b.base_url}}
+        async with httpx.AsyncClient(base_url=a.base_url, timeout=20) as http:
+            scripted = await http.post(twilio_fake.url + "/control/numbers", json=script)
+            scripted.raise_for_status()
+            leave_id, _ = await _setup(http, a)
+            call_id, call_sid = await _place(http, a, leave_id, via_b)
+            call = await _finished(http, a, call_id)
+            callee = await _callee(twilio_fake, call_sid)
+    assert callee["amd"]["answered_by"] == "machine_end_beep"
+    beep = next(s for s in callee["speech"] if s["what"] == "beep")
+    assert callee["agent_audio"] and callee["agent_audio"][0][0] >= beep["end_ms"], callee
+    assert callee["ended_by"] == "gateway"
+    assert call["status"] == "completed" and call["end_reason"] == "voicemail", call
+    assert call["answered_by"] == "machine_end_beep"
+    started = f'"msg": "media stream started", "call_id": "{call_id}"'
+    assert started in b.log_text() and started not in a.log_text()
+    assert f'"msg": "machine detection", "call_id": "{call_id}"' in a.log_text()
