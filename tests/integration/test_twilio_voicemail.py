@@ -79,6 +79,19 @@ async def _setup(http: httpx.AsyncClient, gateway: GatewayProcess) -> tuple[str,
         "/assistants", json=_assistant("survey", {"action": "hangup"}), headers=h
     )
     assert leave.status_code == hang_up.status_code == 201, leave.text + hang_up.text
+    # The message's placeholders are checked when a call is placed, like the greeting's.
+    missing = await http.post(
+        "/call/outbound",
+        json={
+            "assistant_id": leave.json()["id"],
+            "to_number": MACHINE,
+            "from_number": FROM,
+            "metadata": {"customer": "Dana"},
+        },
+        headers=h,
+    )
+    assert missing.status_code == 422, missing.text
+    assert missing.json()["error"]["details"][0]["loc"][-1] == "day"
     return leave.json()["id"], hang_up.json()["id"]
 
 
