@@ -42,6 +42,7 @@ from tests.unit.test_session import (
     _speech,
 )
 
+METRICS = GatewayMetrics()  # of every call here
 PLAN = VoicemailPlan(action="leave_message", message="Hi {{customer}}, call Acme back.")
 
 
@@ -89,7 +90,7 @@ async def _screened(
         assistants=OneAssistant(plan),  # type: ignore[arg-type]
         catalog=ProviderCatalog(Settings(), providers),
         session_config=SessionConfig(turn=SILENCE_400),
-        metrics=GatewayMetrics(),
+        metrics=METRICS,
         reports=NoOutbox(),
         live=LiveCalls("gw-test"),
         recordings_enabled=False,
@@ -129,6 +130,7 @@ async def test_a_machine_hears_the_message_after_its_greeting_then_the_call_ends
         {"speaker": "agent", "text": "Hi Dana, call Acme back.", "interrupted": False}
     ]
     assert transport.played_samples > 0 and transport.clears == 0
+    assert METRICS.screened_messages_left_total >= 1
     await transport.aclose()
 
 
