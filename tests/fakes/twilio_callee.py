@@ -76,6 +76,9 @@ class CalleeScript:
     amd_speech_ms: int = 2400
     amd_beep_ms: int = 150  # the beep heard, then reported
     amd_silence_ms: int = 1500  # a greeting with no beep: its end after this much silence
+    # Open the stream at this gateway instead of the TwiML's host (as a balancer would
+    # route it); the URL signed is still the TwiML's.
+    stream_via: str | None = None
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> CalleeScript:
@@ -101,7 +104,8 @@ class CalleeRecord:
     machine_detection: str | None
     statuses: list[dict[str, Any]] = field(default_factory=list)
     speech: list[dict[str, Any]] = field(default_factory=list)  # {what, text, start_ms, end_ms}
-    amd: dict[str, Any] | None = None  # {answered_by, at_ms, duration_ms, callback_status}
+    # {answered_by, sent_ms, at_ms (answered), duration_ms, callback_status}
+    amd: dict[str, Any] | None = None
     agent_audio: list[list[float]] = field(default_factory=list)  # [start_ms, end_ms]
     ended_ms: float | None = None
     ended_by: str | None = None  # gateway | rest | callee
@@ -180,7 +184,7 @@ class ScriptedCallee:
         await self._status("in-progress")
         origin = _http_origin(stream_url)
         call = SimulatedTwilioCall(
-            base_url=origin,
+            base_url=script.stream_via or origin,
             public_url=origin,
             auth_token=self._auth_token,
             from_number=self._form.get("From", ""),
@@ -275,7 +279,8 @@ class ScriptedCallee:
         call = self._call
         if self.hangup.is_set() or (call is not None and call.log.closed_at is not None):
             return  # the call ended before the detection did
-        duration_ms = round(self._ms(time.monotonic()))
+        sent_ms = self._ms(time.monotonic())
+        duration_ms = round(sent_ms)
         form = {
             "AccountSid": self._account_sid,
             "CallSid": self._sid,
@@ -287,7 +292,8 @@ class ScriptedCallee:
             response = await http.post(url, data=form, headers={"X-Twilio-Signature": signature})
         self.record.amd = {
             "answered_by": answered_by,
-            "at_ms": self._ms(time.monotonic()),
+            "sent_ms": sent_ms,
+            "at_ms": self._ms(time.monotonic()),  # its answer came back
             "duration_ms": duration_ms,
             "callback_status": response.status_code,
         }

@@ -79,6 +79,19 @@ async def _setup(http: httpx.AsyncClient, gateway: GatewayProcess) -> tuple[str,
         "/assistants", json=_assistant("survey", {"action": "hangup"}), headers=h
     )
     assert leave.status_code == hang_up.status_code == 201, leave.text + hang_up.text
+    # The message's placeholders are checked when a call is placed, like the greeting's.
+    missing = await http.post(
+        "/call/outbound",
+        json={
+            "assistant_id": leave.json()["id"],
+            "to_number": MACHINE,
+            "from_number": FROM,
+            "metadata": {"customer": "Dana"},
+        },
+        headers=h,
+    )
+    assert missing.status_code == 422, missing.text
+    assert missing.json()["error"]["details"][0]["loc"][-1] == "day"
     return leave.json()["id"], hang_up.json()["id"]
 
 
@@ -191,3 +204,75 @@ async def test_voicemail_on_twilio(stack: GatewayProcess, twilio_fake: FakeServe
         assert callee["amd"] is None and callee["agent_audio"] == []
         assert [s["status"] for s in callee["statuses"]][-1] == status
     assert machine_too and human
+
+
+async def test_a_verdict_taken_by_another_gateway(
+    stack: GatewayProcess,
+    mongo_url: str,
+    twilio_fake: FakeServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Behind a balancer: the stream is served by gateway B while Twilio's callbacks (the
+    AMD verdict among them) reach gateway A. A keeps the verdict beside the call; B's gate
+    finds it there, leaves the message after the beep and ends the call."""
+    a = stack
+    env: dict[str, str | None] = {
+        "TWILIO_ACCOUNT_SID": TWILIO_ACCOUNT,
+        "TWILIO_API_BASE_URL": twilio_fake.url,
+        "MONGODB_DB": a.db_name,
+        "PUBLIC_URL": a.base_url,
+        "TWILIO_AUTH_TOKEN": a.auth_token,
+        "GATEWAY_API_KEY": a.api_key,
+        "VAD_SILENCE_MS": "400",
+    }
+    via_b = "+15550100007"
+    with run_gateway(mongo_url, tmp_path_factory.mktemp("gateway-b"), env) as b:
+        script = {via_b: {"answer": "machine", "stream_via": b.base_url}}
+        async with httpx.AsyncClient(base_url=a.base_url, timeout=20) as http:
+            scripted = await http.post(twilio_fake.url + "/control/numbers", json=script)
+            scripted.raise_for_status()
+            leave_id, _ = await _setup(http, a)
+            call_id, call_sid = await _place(http, a, leave_id, via_b)
+            call = await _finished(http, a, call_id)
+            callee = await _callee(twilio_fake, call_sid)
+    assert callee["amd"]["answered_by"] == "machine_end_beep"
+    beep = next(s for s in callee["speech"] if s["what"] == "beep")
+    assert callee["agent_audio"] and callee["agent_audio"][0][0] >= beep["end_ms"], callee
+    assert callee["ended_by"] == "gateway"
+    assert call["status"] == "completed" and call["end_reason"] == "voicemail", call
+    assert call["answered_by"] == "machine_end_beep"
+    started = f'"msg": "media stream started", "call_id": "{call_id}"'
+    assert started in b.log_text() and started not in a.log_text()
+    assert f'"msg": "machine detection", "call_id": "{call_id}"' in a.log_text()
+
+
+async def test_a_rest_hang_up_ends_a_scripted_call(
+    stack: GatewayProcess, twilio_fake: FakeServer
+) -> None:
+    """Twilio's `Status=completed` update hangs the callee up: `stop` on its stream, the
+    gateway ends the call, `completed` follows (the fake as the dialer's tests use it)."""
+    gateway = stack
+    talker = "+15550100008"
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        script = {talker: {"answer": "human", "talk_s": 120}}
+        (await http.post(twilio_fake.url + "/control/numbers", json=script)).raise_for_status()
+        leave_id, _ = await _setup(http, gateway)
+        call_id, call_sid = await _place(http, gateway, leave_id, talker)
+        deadline = time.monotonic() + 60
+        while True:  # the greeting is heard
+            record = (await http.get(f"{twilio_fake.url}/control/calls/{call_sid}")).json()
+            if record["agent_audio"]:
+                break
+            assert time.monotonic() < deadline, record
+            await asyncio.sleep(0.1)
+        hung_up = await http.post(
+            f"{twilio_fake.url}/2010-04-01/Accounts/{TWILIO_ACCOUNT}/Calls/{call_sid}.json",
+            data={"Status": "completed"},
+            auth=(TWILIO_ACCOUNT, gateway.auth_token),
+        )
+        assert hung_up.status_code == 200, hung_up.text
+        call = await _finished(http, gateway, call_id)
+        callee = await _callee(twilio_fake, call_sid)
+    assert callee["ended_by"] == "rest" and callee["ended_ms"] < 60_000
+    assert [s["status"] for s in callee["statuses"]][-1] == "completed"
+    assert call["status"] == "completed" and call["end_reason"] == "caller-hung-up", call
