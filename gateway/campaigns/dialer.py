@@ -28,6 +28,10 @@ Each tick (`campaign_tick_s`), for each campaign it leads, the leader:
    completed and publishes `campaign.completed` (pending contacts whose window never opens
    again, e.g. `end_at` passed, count as settled: they stay pending, never called).
 
+A campaign cancelled while no gateway led it (it was paused, say) is led once more by a
+gateway that had listed it active (the one of its last term, or any if that one is dead),
+to turn its pending contacts `cancelled` and publish `campaign.completed`.
+
 A new leader loads the contacts once (`all_contacts`). A contact it finds `calling`, or
 whose next attempt it finds already claimed, is an attempt of a previous leader: with a
 call id it waits for that call's outcome (the lost-call sweeper finishes a call whose
@@ -257,6 +261,8 @@ class CampaignDialer:
         self._watch = BeatWatch(lease_s=config.lease_s, clock=clock.monotonic)
         self._leads: dict[str, _Lead] = {}
         self._listed: dict[str, CampaignRecord] = {}
+        self._settling: dict[str, CampaignRecord] = {}  # cancelled, to be settled here
+        self._resting: set[str] = set()  # paused campaigns known here (not led)
         self._listed_at = -math.inf
         self._tasks: set[asyncio.Task[None]] = set()
         self._storing = asyncio.Lock()
@@ -288,7 +294,21 @@ class CampaignDialer:
         """One round over every campaign this process leads or might lead."""
         mono = self._clock.monotonic()
         if mono - self._listed_at >= self._config.list_s:
-            self._listed = {c.id: c for c in await self._store.active()}
+            listed = {c.id: c for c in await self._store.active()}
+            known = (set(self._listed) | self._resting) - set(listed) - set(self._leads)
+            self._resting -= set(listed)
+            for gone in known - set(self._settling):
+                # Paused: watched for a cancel. Cancelled while no one led it: led once
+                # more, to settle.
+                campaign = await self._store.get_any(gone)
+                state = campaign.state if campaign is not None else None
+                if state == CampaignState.PAUSED:
+                    self._resting.add(gone)
+                    continue
+                self._resting.discard(gone)
+                if campaign is not None and state == CampaignState.CANCELLED:
+                    self._settling[gone] = campaign
+            self._listed = listed | self._settling
             self._listed_at = mono
         await self._take_leads()
         rooms: dict[str, int | None] = {}  # organisation -> outbound calls it may start
@@ -303,7 +323,7 @@ class CampaignDialer:
 
     async def _take_leads(self) -> None:
         """Lead each listed campaign whose leader is missing or dead (a term claimed)."""
-        candidates = [cid for cid in self._listed if cid not in self._leads]
+        candidates = [c for c in self._listed if c not in self._leads and c not in self._resting]
         terms: dict[str, tuple[int, str | None]] = {}
         for cid in candidates:
             terms[cid] = await self._store.current_term(cid)
@@ -315,6 +335,7 @@ class CampaignDialer:
                 await self._load(self._listed[cid], term)
                 continue
             if term > 0 and holder is not None and holder not in dead:
+                self._settling.pop(cid, None)  # its live leader settles it
                 continue
             won = await self._store.claim_term(
                 cid, term + 1, gateway_id=self._me, at=self._clock.now()
@@ -373,9 +394,10 @@ class CampaignDialer:
         elif campaign.state not in (CampaignState.ACTIVE, CampaignState.CANCELLED) and (
             not lead.in_flight
         ):
-            # Paused (or completed): a resumed campaign is listed again, and led from a load.
+            # Paused (or completed): not led until it is listed active again (then from a
+            # load), watched meanwhile for a cancel.
             del self._leads[cid]
-            self._listed.pop(cid, None)
+            self._resting.add(cid)
 
     async def _load_new(self, lead: _Lead) -> None:
         while True:
@@ -734,6 +756,7 @@ class CampaignDialer:
             extra={"campaign_id": campaign.id, "state": state, "by_outcome": by_outcome},
         )
         self._listed.pop(campaign.id, None)
+        self._settling.pop(campaign.id, None)
         return True
 
 

@@ -641,3 +641,20 @@ async def test_a_draining_gateway_starts_no_attempt_but_finishes_its_own() -> No
     assert len(w.carrier.dialled) == 3
     done = [c for c in w.store.states.values() if c.status == ContactStatus.DONE]
     assert len(done) == 3 and not w.store.completed
+
+
+async def test_a_campaign_cancelled_while_paused_is_settled() -> None:
+    numbers = [f"+1555080{i:04d}" for i in range(1, 6)]
+    w = _world({})
+    w.store.add(_campaign(), _contacts(numbers))
+    w.dialer("gw-a")
+    w.clock.set(datetime(2026, 6, 1, 9, 0, tzinfo=NY))
+    await w.run(step_s=1, until=lambda: len(w.carrier.dialled) >= 1, limit=timedelta(hours=1))
+    w.store.set_state("camp1", CampaignState.PAUSED)
+    await w.run(step_s=60, until=lambda: not w.dialers["gw-a"].leads(), limit=timedelta(hours=1))
+    w.store.set_state("camp1", CampaignState.CANCELLED)
+    await w.run(step_s=60, until=lambda: bool(w.events.completed_events),
+                limit=timedelta(hours=1))  # fmt: skip
+    assert w.events.completed_events[0][0] == "cancelled"
+    statuses = [c.status for c in await w.store.all_contacts("camp1")]
+    assert ContactStatus.PENDING not in statuses and ContactStatus.CANCELLED in statuses
