@@ -5,13 +5,15 @@ so a schedule that can never open is a 422 like any other invalid field."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Literal, Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
+from gateway.campaigns.schedule import DAYS, can_open, parse_hour
+from gateway.campaigns.schedule import zone as schedule_zone
 from storage import (
     E164,
     CampaignCounts,
@@ -24,7 +26,6 @@ from storage import (
     RetryPolicy,
     Schedule,
 )
-from storage.campaigns import DAYS
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 RetryOn = Literal["busy", "no-answer", "failed", "voicemail"]
@@ -36,42 +37,9 @@ MAX_BACKOFF_S = 7 * 24 * 3600
 def zone(name: str) -> ZoneInfo | None:
     """The IANA time zone `name` (None: there is none of that name)."""
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+        return schedule_zone(name)
+    except ValueError:
         return None
-
-
-def _minutes(hhmm: str) -> int:
-    hours, minutes = hhmm.split(":")
-    return int(hours) * 60 + int(minutes)
-
-
-def _local(day: date, minutes: int, tz: ZoneInfo) -> datetime:
-    midnight = datetime.combine(day, time(0), tzinfo=tz)
-    return (midnight + timedelta(minutes=minutes)).astimezone(UTC)
-
-
-def opens(schedule: Schedule, *, now: datetime) -> bool:
-    """Whether the schedule's window opens at least once from `now` on (in its own zone;
-    contacts with a zone of their own may shift it, which the dialer judges)."""
-    tz = zone(schedule.time_zone)
-    first, last = _minutes(schedule.hours[0]), _minutes(schedule.hours[1])
-    if tz is None or not schedule.days or first >= last:
-        return False
-    start = max(schedule.start_at or now, now)
-    end = schedule.end_at
-    if end is not None and end <= start:
-        return False
-    # Within any 8 local days every weekday comes once: look at each until the end.
-    day = start.astimezone(tz).date() - timedelta(days=1)
-    for _ in range(9):
-        opening = _local(day, first, tz)
-        if end is not None and opening >= end:
-            return False
-        if DAYS[day.weekday()] in schedule.days and _local(day, last, tz) > start:
-            return True
-        day += timedelta(days=1)
-    return False
 
 
 def _every_day() -> list[Day]:
@@ -93,7 +61,8 @@ class ScheduleIn(_Input):
     days: list[Day] = Field(default_factory=_every_day, max_length=7)
     hours: tuple[str, str] = Field(
         default=("00:00", "24:00"),
-        description='local calling hours ["HH:MM", "HH:MM"], start before end ("24:00": midnight)',
+        description='local calling hours ["HH:MM", "HH:MM"] ("24:00": midnight; an end '
+        "before the start runs overnight)",
     )
 
     @field_validator("time_zone")
@@ -109,13 +78,10 @@ class ScheduleIn(_Input):
         for hhmm in value:
             if not _HHMM.match(hhmm):
                 raise ValueError(f"{hhmm!r} is not a time of day HH:MM")
-        if value[0] == "24:00":
+        if parse_hour(value[0]) is None:
             raise ValueError("the hours cannot start at 24:00")
-        if _minutes(value[0]) >= _minutes(value[1]):
-            raise ValueError(
-                "the hours never open: the start must be before the end (an overnight "
-                "window is two campaigns, or 00:00-24:00)"
-            )
+        if value[0] == value[1]:
+            raise ValueError("the hours never open: the start and the end are the same")
         return value
 
     @field_validator("days")
@@ -135,7 +101,7 @@ class ScheduleIn(_Input):
             self.end_at = self.end_at.replace(tzinfo=tz)
         if self.start_at and self.end_at and self.end_at <= self.start_at:
             raise ValueError("end_at is not after start_at: the campaign would never open")
-        if not opens(self.record(), now=datetime.now(UTC)):
+        if not can_open(self.record(), now=datetime.now(UTC)):
             raise ValueError(
                 "the schedule never opens: no calling hours on its days fall between now "
                 "(or start_at) and end_at"

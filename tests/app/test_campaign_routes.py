@@ -126,7 +126,7 @@ def test_a_campaign_is_created_listed_and_read(client: TestClient) -> None:
         ({"schedule": {"time_zone": "UTC", "days": []}}, "days"),
         ({"schedule": {"time_zone": "UTC", "days": ["mon", "xyz"]}}, "days"),
         ({"schedule": {"time_zone": "UTC", "hours": ["09:00", "09:00"]}}, "hours"),
-        ({"schedule": {"time_zone": "UTC", "hours": ["17:00", "09:00"]}}, "hours"),
+        ({"schedule": {"time_zone": "UTC", "hours": ["24:00", "09:00"]}}, "hours"),
         ({"schedule": {"time_zone": "UTC", "hours": ["9am", "17:00"]}}, "hours"),
         (
             {

@@ -1,5 +1,5 @@
-"""Whether a campaign's schedule can ever open (`opens`), and reading contact uploads
-(`read_csv`, `read_json`, `check_rows`) without a server."""
+"""Whether a campaign's schedule can ever open (`can_open`, the dialer's own judge), and
+reading contact uploads (`read_csv`, `read_json`, `check_rows`) without a server."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.api.campaign_models import opens
 from gateway.api.contact_upload import check_rows, read_csv, read_json, required_placeholders
 from gateway.call.records import CallInputLimits
+from gateway.campaigns.schedule import can_open
 from gateway.errors import BadRequest, RequestInvalid
 from storage import AssistantConfig, Schedule
 
@@ -25,7 +25,7 @@ def _at(text: str) -> datetime:
 
 def test_a_window_opens_when_some_hours_of_its_days_fall_in_its_span() -> None:
     paris = Schedule(time_zone="Europe/Paris", days=WEEKDAYS, hours=("09:00", "17:00"))
-    assert opens(paris, now=NOW)
+    assert can_open(paris, now=NOW)
     # Saturday 08:00-12:00 only: a weekday campaign never opens.
     weekend = Schedule(
         time_zone="Europe/Paris",
@@ -34,7 +34,7 @@ def test_a_window_opens_when_some_hours_of_its_days_fall_in_its_span() -> None:
         start_at=_at("2031-01-04T08:00:00+01:00"),
         end_at=_at("2031-01-04T12:00:00+01:00"),
     )
-    assert not opens(weekend, now=NOW)
+    assert not can_open(weekend, now=NOW)
     # Friday 16:59 Paris to Monday 09:00: one minute on Friday.
     friday = Schedule(
         time_zone="Europe/Paris",
@@ -43,9 +43,9 @@ def test_a_window_opens_when_some_hours_of_its_days_fall_in_its_span() -> None:
         start_at=_at("2031-01-03T16:59:00+01:00"),
         end_at=_at("2031-01-06T09:00:00+01:00"),
     )
-    assert opens(friday, now=NOW)
+    assert can_open(friday, now=NOW)
     # The same from 17:00: closed all along (Monday opens at the end).
-    assert not opens(
+    assert not can_open(
         Schedule(
             time_zone="Europe/Paris",
             days=WEEKDAYS,
@@ -55,10 +55,12 @@ def test_a_window_opens_when_some_hours_of_its_days_fall_in_its_span() -> None:
         ),
         now=NOW,
     )
-    assert not opens(Schedule(time_zone="UTC", end_at=_at("2030-12-31T00:00:00+00:00")), now=NOW)
-    assert not opens(Schedule(time_zone="UTC", days=()), now=NOW)
-    assert not opens(Schedule(time_zone="UTC", hours=("10:00", "10:00")), now=NOW)
-    assert opens(Schedule(time_zone="UTC", days=("sun",), hours=("23:00", "24:00")), now=NOW)
+    assert not can_open(Schedule(time_zone="UTC", end_at=_at("2030-12-31T00:00:00+00:00")), now=NOW)
+    assert not can_open(Schedule(time_zone="UTC", days=()), now=NOW)
+    assert not can_open(Schedule(time_zone="UTC", hours=("10:00", "10:00")), now=NOW)
+    assert can_open(Schedule(time_zone="UTC", days=("sun",), hours=("23:00", "24:00")), now=NOW)
+    # An overnight window (22:00 to 06:00) opens on the days named.
+    assert can_open(Schedule(time_zone="UTC", days=("fri",), hours=("22:00", "06:00")), now=NOW)
 
 
 def test_csv_rows_are_read_with_their_line_numbers() -> None:
