@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import tempfile
 import wave
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -50,10 +52,12 @@ def speak(
 
 def festival_speak(text: str, rate: int) -> npt.NDArray[np.int16]:
     """`text` spoken by Festival's default voice (`text2wave`), resampled to `rate`."""
-    wav = subprocess.run(
-        ["text2wave", "-o", "/dev/stdout"], input=text.encode(), capture_output=True, check=True
-    ).stdout
-    return _wav_at(wav, rate)
+    with tempfile.TemporaryDirectory() as directory:  # text2wave seeks in its output
+        path = Path(directory) / "speech.wav"
+        subprocess.run(
+            ["text2wave", "-o", str(path)], input=text.encode(), capture_output=True, check=True
+        )
+        return _wav_at(path.read_bytes(), rate)
 
 
 def speech_span(pcm: npt.NDArray[np.int16], *, level: int = 300) -> tuple[int, int]:
