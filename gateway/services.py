@@ -18,6 +18,7 @@ from gateway.call.config import SessionConfig, TurnModels
 from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
 from gateway.call.lookup import CallerLookup
+from gateway.call.voicemail import VoicemailBounds
 from gateway.call.writes import WritePolicy
 from gateway.drain import Draining
 from gateway.event_feed import EventFeed
@@ -190,6 +191,10 @@ def build_services(
         recording_finish_timeout_s=settings.recording_finish_timeout_s,
         events=events,
         prices=prices,
+        voicemail=VoicemailBounds(
+            decision_timeout_s=settings.voicemail_decision_timeout_s,
+            message_end_timeout_s=settings.voicemail_message_end_timeout_s,
+        ),
     )
     lookup = CallerLookup(
         database=database,

@@ -138,6 +138,13 @@ class Settings(BaseSettings):
 
     # Outbound calls: how long the callee's phone may ring.
     outbound_ring_timeout_s: int = Field(default=60, ge=5, le=600)
+    # Outbound calls of an assistant with a voicemail plan: the agent waits this long at
+    # most for a verdict on who answered (then greets), and a machine's greeting this long
+    # at most for its end (then the message is left anyway).
+    voicemail_decision_timeout_s: float = Field(default=35.0, gt=0, le=120)
+    voicemail_message_end_timeout_s: float = Field(default=45.0, gt=0, le=300)
+    # Twilio's answering-machine detection: its MachineDetectionTimeout (3-59 s).
+    twilio_amd_timeout_s: int = Field(default=30, ge=3, le=59)
 
     # LiveKit (SIP trunks, dispatch rules, rooms); e.g. http://127.0.0.1:7880.
     livekit_url: str | None = None

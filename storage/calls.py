@@ -121,6 +121,7 @@ class CallStore(Protocol):
     async def record_carrier_answer(
         self, call_id: str, answered_by: str, *, at: datetime
     ) -> None: ...
+    async def carrier_answer(self, call_id: str) -> str | None: ...
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord: ...
     async def get_call_by_sid(self, call_sid: str) -> CallRecord | None: ...
     async def list_calls(
@@ -676,6 +677,13 @@ class CallRepository:
                     "expires_at": at + CARRIER_NOTE_KEEP,
                 }
             )
+
+    @_driver_errors
+    async def carrier_answer(self, call_id: str) -> str | None:
+        """The carrier's answering-machine verdict kept beside the call, if any
+        (`record_carrier_answer`; one read by `_id`: a screened call's gate polls it)."""
+        doc = await _carrier_notes(CARRIER_ANSWERS).find_one({"_id": call_id})
+        return str(doc["answered_by"]) if doc is not None else None
 
     @_driver_errors
     async def get_call(self, call_id: str, *, with_turns: bool = True) -> CallRecord:

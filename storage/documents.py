@@ -156,6 +156,8 @@ class AssistantDocument(Document):
     analysis: dict[str, Any] | None = None
     # None: stored before assistants chose their events (they send the default ones).
     webhook_events: list[str] | None = None
+    # A `VoicemailPlan`, field by field (None: no plan).
+    voicemail: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -532,6 +532,25 @@ class AnalysisPlan(BaseModel):
         )
 
 
+class VoicemailPlan(BaseModel):
+    """What an outbound call of the assistant does when a machine answers: hang up at once,
+    or wait for the greeting to end (the beep) and leave `message` (its `{{placeholders}}`
+    filled from the call's metadata like the greeting), then hang up."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    action: Literal["hangup", "leave_message"]
+    message: str = Field(
+        default="", max_length=1_000, description="said after the beep (leave_message)"
+    )
+
+    @model_validator(mode="after")
+    def _message_to_leave(self) -> VoicemailPlan:
+        if self.action == "leave_message" and not self.message.strip():
+            raise ValueError("leave_message needs a message")
+        return self
+
+
 class AssistantConfig(BaseModel):
     """What an operator sets on an assistant (validated; the same model the API publishes).
 
@@ -573,6 +592,10 @@ class AssistantConfig(BaseModel):
         default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
         max_length=len(get_args(WebhookEventType)),
         description="the event types sent to webhook_url (every event is stored and streamed)",
+    )
+    voicemail: VoicemailPlan | None = Field(
+        default=None,
+        description="outbound calls: what to do when an answering machine picks up",
     )
 
     @field_validator("webhook_events")

@@ -34,6 +34,7 @@ from storage import (
     SipTrunkRecord,
     TurnRecord,
     TurnTakingConfig,
+    VoicemailPlan,
     WebhookEventType,
     unstorable_key,
 )
@@ -209,6 +210,8 @@ class AssistantPatch(_Input):
     webhook_events: list[WebhookEventType] | None = Field(
         default=None, description="the event types sent to webhook_url (replaces the list)"
     )
+    # Replaces the plan; null removes it.
+    voicemail: VoicemailPlan | None = None
 
 
 class AssistantOut(AssistantConfig):

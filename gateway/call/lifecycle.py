@@ -43,6 +43,15 @@ from gateway.call.lease import OwnEnding
 from gateway.call.plan import plan_call
 from gateway.call.session import CallSession
 from gateway.call.transport import CallTransport
+from gateway.call.voicemail import (
+    VOICEMAIL,
+    CalleeVerdict,
+    Greet,
+    HangUpOnMachine,
+    VoicemailBounds,
+    VoicemailGate,
+    verdict_of_answered_by,
+)
 from gateway.call.writes import CallWrites, WritePolicy
 from gateway.logs import call_id_var
 from gateway.metrics import GatewayMetrics
@@ -224,6 +233,7 @@ class CallRuntime:
     recording_finish_timeout_s: float = 10.0  # then the outbox salvages the upload
     events: CallEvents | None = None  # None: the call publishes no events (unit tests)
     prices: PriceTable = EXAMPLE_PRICES  # what a finished call's usage costs
+    voicemail: VoicemailBounds = field(default_factory=VoicemailBounds)
     outage_goodbye: str = (
         "I am sorry, I have to end this call because of a technical problem. "
         "Please call again later. Goodbye."
@@ -238,6 +248,10 @@ class CallLifecycle:
         self._rt = runtime
         self._leg = leg
         self.session: CallSession | None = None
+        # An outbound call screened for a machine (its assistant has a voicemail plan): made
+        # in `answer()` before the leg's transport is asked for, so a leg can add its
+        # detector (`add_listener`); fed by carrier verdicts (`/twilio/amd`).
+        self.callee_gate: VoicemailGate | None = None
         self._transport: LegTransport | None = None
         self._recording: CallRecording | None = None
         self._tasks: list[asyncio.Task[None]] = []  # the pacer, the maximum duration
@@ -297,6 +311,12 @@ class CallLifecycle:
             # Stored with the status: a sweeper costs the call from here if its gateway dies.
             self._progress(CallStatus.IN_PROGRESS, answered_at=self._answered_at)
             plan = await plan_call(self.call, assistants=rt.assistants, catalog=rt.catalog)
+            gate = None
+            if plan.voicemail is not None:
+                # Twilio's verdict may reach another gateway: it is stored, and looked for.
+                poll = self._stored_verdict if self.call.transport == "twilio" else None
+                gate = VoicemailGate(plan.voicemail, bounds=rt.voicemail, poll=poll)
+                self.callee_gate = gate
             if plan.recording and rt.recordings_enabled:
                 self._recording = self._leg.recording()
                 self._recording.start()
@@ -313,11 +333,14 @@ class CallLifecycle:
                 metrics=rt.metrics,
                 on_end=self.request_end,
                 on_turn=self._turn_event,
+                screen=gate,
             )
             rt.metrics.calls_started_total += 1
             rt.metrics.calls_active += 1
             self._counted = True
-            await self.session.start()
+            await self.session.start(greet=gate is None)
+            if gate is not None:
+                self._tasks.append(asyncio.create_task(self._screen(gate), name="voicemail"))
             self._tasks.append(
                 asyncio.create_task(self._end_after(plan.max_duration_s), name="max-duration")
             )
@@ -338,6 +361,26 @@ class CallLifecycle:
                     await events.status(self.call, status)
 
             self.beside(publish, "call.status event")
+
+    async def _stored_verdict(self) -> tuple[CalleeVerdict, bool] | None:
+        """The carrier's verdict on who answered, if one is stored beside the call."""
+        answered_by = await self._rt.store.carrier_answer(self.call.id)
+        return verdict_of_answered_by(answered_by) if answered_by else None
+
+    async def _screen(self, gate: VoicemailGate) -> None:
+        """Act on the gate's outcome: greet a person, hang up on a machine, or leave the
+        message once its greeting ended (the call then ends `voicemail`)."""
+        outcome = await gate.outcome()
+        session = self.session
+        if session is None or self.ended.is_set():
+            return
+        log.info("callee screened", extra={"outcome": repr(outcome)})
+        if isinstance(outcome, Greet):
+            session.greet()
+        elif isinstance(outcome, HangUpOnMachine):
+            self.request_end(VOICEMAIL, CallStatus.COMPLETED)
+        else:
+            session.leave_message(outcome.text)
 
     async def _turn_event(self, turn: TurnRecord) -> None:
         if self._rt.events is not None:

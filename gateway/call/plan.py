@@ -11,7 +11,7 @@ from gateway.call.persona import Persona, PersonaLLM, fill
 from gateway.errors import MissingPlaceholders
 from gateway.providers.base import Providers
 from gateway.providers.catalog import ProviderCatalog
-from storage import AssistantRepository, CallRecord, TurnTakingConfig
+from storage import AssistantRepository, CallRecord, Direction, TurnTakingConfig, VoicemailPlan
 
 DEFAULT_MAX_DURATION_S = 4 * 3600  # calls of the default assistant
 
@@ -34,7 +34,7 @@ class TurnPlan:
     def for_call(cls, config: TurnTakingConfig, call: CallRecord, *, language: str) -> TurnPlan:
         """Fill the idle lines from the call's values (checked when the call was opened; a
         name missing since is left as written rather than failing the call)."""
-        values = {"from_number": call.from_number, "to_number": call.to_number, **call.metadata}
+        values = call_values(call)
 
         def filled(template: str) -> str:
             try:
@@ -56,6 +56,25 @@ class CallPlan:
     turns: TurnPlan | None  # None: the process's default turn-taking
     max_duration_s: float
     recording: bool  # the assistant's choice; calls without an assistant are recorded
+    # Outbound calls of an assistant with a voicemail plan: its message filled for the call.
+    voicemail: VoicemailPlan | None = None
+
+
+def call_values(call: CallRecord) -> dict[str, str]:
+    """What a call's `{{placeholders}}` are filled from: its numbers and its metadata."""
+    return {"from_number": call.from_number, "to_number": call.to_number, **call.metadata}
+
+
+def voicemail_plan(plan: VoicemailPlan | None, call: CallRecord) -> VoicemailPlan | None:
+    """The assistant's voicemail plan for `call` (outbound calls only), its message filled
+    (checked when the call was placed; a name missing since is left as written)."""
+    if plan is None or call.direction is not Direction.OUTBOUND:
+        return None
+    try:
+        message = fill(plan.message, call_values(call))
+    except MissingPlaceholders:
+        message = plan.message
+    return plan.model_copy(update={"message": message})
 
 
 async def plan_call(
@@ -77,4 +96,5 @@ async def plan_call(
         ),
         max_duration_s=float(config.max_duration_s if config else DEFAULT_MAX_DURATION_S),
         recording=config.recording if config else True,
+        voicemail=voicemail_plan(config.voicemail if config else None, call),
     )

@@ -62,6 +62,15 @@ async def _org_of(accounts: AccountRepository, assistant: AssistantRecord | None
     return default_org.id if default_org else None
 
 
+def _voicemail_message(assistant: AssistantRecord, direction: Direction) -> tuple[str, ...]:
+    """The voicemail message an outbound call of `assistant` may leave (its placeholders are
+    checked when the call is placed)."""
+    plan = assistant.config.voicemail
+    if plan is None or direction is not Direction.OUTBOUND:
+        return ()
+    return (plan.message,)
+
+
 async def open_call(
     store: CallStore,
     accounts: AccountRepository,
@@ -92,6 +101,7 @@ async def open_call(
             also=(
                 assistant.config.turn_taking.idle_reprompt,
                 assistant.config.turn_taking.idle_goodbye,
+                *_voicemail_message(assistant, direction),
             ),
         )
     return await store.create_call(

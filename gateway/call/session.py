@@ -53,6 +53,7 @@ from gateway.call.turn_taking import (
     TurnTaking,
 )
 from gateway.call.usage import UsageMeter
+from gateway.call.voicemail import VOICEMAIL, CalleeVerdict, VoicemailGate
 from gateway.errors import ProviderError
 from gateway.metrics import GatewayMetrics
 from gateway.providers.base import HangUp, Providers, STTStream
@@ -78,8 +79,13 @@ class CallSession:
         clock: Callable[[], float] = time.monotonic,
         metrics: GatewayMetrics | None = None,
         on_turn: Callable[[TurnRecord], Awaitable[object]] | None = None,
+        screen: VoicemailGate | None = None,
     ) -> None:
         self.call_id = call_id
+        # An outbound call screened for a machine: the callee's sound and words go to the
+        # gate (not to the agent) until it decides; a machine's go nowhere after that.
+        self._screen = screen
+        self._unanswered = 0  # utterances begun before the greeting: not answered
         self._on_end = on_end
         self._providers = providers
         self._clock = clock
@@ -150,8 +156,9 @@ class CallSession:
 
     # ----------------------------------------------------------------- driver API
 
-    async def start(self) -> None:
-        """Open the STT stream and let the agent greet first."""
+    async def start(self, *, greet: bool = True) -> None:
+        """Open the STT stream and let the agent greet first (`greet=False`: not yet; the
+        call is screened and `greet()` or `leave_message()` follows)."""
         try:
             self._stt_stream = await self._providers.stt.open_stream(
                 call_id=self.call_id, sample_rate=self._turns.stt_rate
@@ -168,12 +175,31 @@ class CallSession:
                 call_id=self.call_id, sample_rate=self._turns.stt_rate
             )
         self._stt_task = asyncio.create_task(self._consume_transcripts(), name="stt")
+        if greet:
+            self._agent.reply()
+
+    def greet(self) -> None:
+        """The screened callee is a person: the agent greets now (what they said before is
+        not answered: the greeting is)."""
+        if self._closed:
+            return
+        self._unanswered = self._turns.utterances_open
         self._agent.reply()
+
+    def leave_message(self, text: str) -> None:
+        """A machine's greeting ended: say `text`, then the call ends (`voicemail`)."""
+        if not self._closed:
+            self._agent.say(text, then=HangUp(reason=VOICEMAIL))
 
     async def on_audio(self, frame: AudioFrame) -> None:
         """Take one frame of caller audio at the transport's rate."""
         if self._closed:
             return
+        screen = self._screen
+        if screen is not None and screen.screening:
+            screen.on_audio(frame)
+            if screen.decision is CalleeVerdict.MACHINE:
+                return  # a machine: nothing it plays interrupts the message
         await self._carry_out(self._turns.feed(frame))
         await self._overlap.after_frame()
 
@@ -293,6 +319,8 @@ class CallSession:
         assert self._stt_stream is not None
         async for transcript in self._stt_stream.transcripts():
             text = transcript.text.strip()
+            if self._screen is not None and self._screened(text, final=transcript.is_final):
+                continue
             if not transcript.is_final:
                 await self._overlap.on_interim(text)
                 await self._more_words(text)
@@ -311,6 +339,21 @@ class CallSession:
             else:
                 log.info("utterance with no words ignored")
                 self._await_caller()
+
+    def _screened(self, text: str, *, final: bool) -> bool:
+        """True if the callee's words are no turn: heard while the call is screened (they
+        go to the gate), or said before the agent greeted (the greeting answers them)."""
+        screen = self._screen
+        assert screen is not None
+        if screen.screening:
+            screen.on_transcript(text, final)
+        elif not final or self._unanswered == 0:
+            return False
+        if final:
+            self._turns.take_utterance()
+            self._unanswered = max(0, self._unanswered - 1)
+            log.info("callee words before the greeting not answered", extra={"words": text})
+        return True
 
     async def _caller_turn(
         self, text: str | None, start_ms: float, end_ms: float, latency: TurnLatency | None

@@ -157,6 +157,11 @@ class TurnTaking:
         return self._speaking
 
     @property
+    def utterances_open(self) -> int:
+        """Utterances begun and not yet matched with their final transcript."""
+        return len(self._awaiting_text) + (1 if self._speaking else 0)
+
+    @property
     def speech_ms(self) -> float:
         """How long the current utterance has lasted up to its last speech (its trailing
         silence does not count; 0 when the caller is not speaking)."""
