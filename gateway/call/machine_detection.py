@@ -21,6 +21,9 @@ Rules, in the order they can fire (all times from the first frame fed):
 - once `machine`: `machine_done` at a beep, or after `greeting_end_silence_ms` of silence.
 A `human` or `unknown` verdict is final; the detector then ignores what it is fed.
 
+`GateDetector` runs one for a call's `VoicemailGate` (as its `CalleeListener`) and hands
+the decisions to the gate.
+
 Order of calls: `on_audio()` for every frame of the callee in order (or `observe()` with
 frames already classified), `on_transcript()` whenever the STT hands a transcript, and
 `tick()` when time passes with no frame; each returns the decisions it made (usually none).
@@ -28,7 +31,11 @@ frames already classified), `on_transcript()` whenever the STT hands a transcrip
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,9 +44,10 @@ import numpy.typing as npt
 
 from audio.beep import Beep, BeepDetector
 from audio.vad import EnergyVAD, FrameClassifier
+from gateway.call.voicemail import CalleeVerdict, VoicemailGate
 
-# The values of `gateway.call.voicemail.CalleeVerdict`.
-Verdict = Literal["human", "machine", "machine_done", "unknown"]
+log = logging.getLogger(__name__)
+
 Reason = Literal["beep", "words", "long-greeting", "short-greeting", "silence", "timeout"]
 
 # Phrases of answering-machine and voicemail greetings (lower case, words as STT spells them).
@@ -59,6 +67,7 @@ MACHINE_PHRASES = (
     r"please record",
     r"the (person|number|party) you (are|have) (calling|called|trying)",
 )
+_FINAL = (CalleeVerdict.HUMAN, CalleeVerdict.UNKNOWN, CalleeVerdict.MACHINE_DONE)
 _MACHINE_WORDS = re.compile(r"\b(" + "|".join(MACHINE_PHRASES) + r")\b")
 
 
@@ -84,7 +93,7 @@ class DetectionConfig:
 class Detection:
     """A decision: `verdict` at `at_ms` (audio time), and why."""
 
-    verdict: Verdict
+    verdict: CalleeVerdict
     at_ms: float
     reason: Reason
     detail: str = ""
@@ -105,7 +114,7 @@ class MachineDetector:
         self._beeps: BeepDetector | None = None
         self._rate = 0
         self._samples = 0
-        self.verdict: Verdict | None = None
+        self.verdict: CalleeVerdict | None = None
         self.decisions: list[Detection] = []
         # The greeting: from its first confirmed speech to the last speech frame.
         self._greeting_start: float | None = None
@@ -119,7 +128,7 @@ class MachineDetector:
     @property
     def decided(self) -> bool:
         """True once nothing more will come: a person, unknown, or a machine's greeting over."""
-        return self.verdict in ("human", "unknown", "machine_done")
+        return self.verdict in _FINAL
 
     @property
     def position_ms(self) -> float:
@@ -162,8 +171,12 @@ class MachineDetector:
         out: list[Detection] = []
         for beep in beeps or []:
             if self.verdict is None:
-                out += self._decide("machine", beep.end_ms, "beep", f"{beep.frequency_hz:.0f} Hz")
-            out += self._decide("machine_done", beep.end_ms, "beep", f"{beep.frequency_hz:.0f} Hz")
+                out += self._decide(
+                    CalleeVerdict.MACHINE, beep.end_ms, "beep", f"{beep.frequency_hz:.0f} Hz"
+                )
+            out += self._decide(
+                CalleeVerdict.MACHINE_DONE, beep.end_ms, "beep", f"{beep.frequency_hz:.0f} Hz"
+            )
             return out
         if speech and not toning:
             if self._run_start is None:
@@ -185,7 +198,7 @@ class MachineDetector:
             self._words_after = self._now
         phrase = machine_words(text)
         if phrase is not None and self.verdict is None:
-            return self._decide("machine", self._now, "words", phrase)
+            return self._decide(CalleeVerdict.MACHINE, self._now, "words", phrase)
         return self._rules(self._now)
 
     def tick(self, now_ms: float) -> list[Detection]:
@@ -202,25 +215,77 @@ class MachineDetector:
         start = self._greeting_start
         silence = now - self._last_speech if start is not None else 0.0
         speaking = start is not None and silence < config.human_silence_ms
-        if self.verdict == "machine":
+        if self.verdict is CalleeVerdict.MACHINE:
             if start is not None and not self._toning and silence >= config.greeting_end_silence_ms:
-                return self._decide("machine_done", now, "silence")
+                return self._decide(CalleeVerdict.MACHINE_DONE, now, "silence")
             return []
         if start is not None and self._last_speech - start >= config.machine_greeting_ms:
-            return self._decide("machine", now, "long-greeting", f"{now - start:.0f} ms")
+            return self._decide(
+                CalleeVerdict.MACHINE, now, "long-greeting", f"{now - start:.0f} ms"
+            )
         if start is not None and not speaking and not self._toning:
             words_due = config.transcript_wait_ms > 0 and self._words_after < self._last_speech
             if not words_due or silence >= config.human_silence_ms + config.transcript_wait_ms:
                 length = self._last_speech - start
-                return self._decide("human", now, "short-greeting", f"{length:.0f} ms")
+                return self._decide(CalleeVerdict.HUMAN, now, "short-greeting", f"{length:.0f} ms")
         if now >= config.max_decision_ms:
-            return self._decide("unknown", now, "timeout")
+            return self._decide(CalleeVerdict.UNKNOWN, now, "timeout")
         return []
 
     def _decide(
-        self, verdict: Verdict, at_ms: float, reason: Reason, detail: str = ""
+        self, verdict: CalleeVerdict, at_ms: float, reason: Reason, detail: str = ""
     ) -> list[Detection]:
         self.verdict = verdict
         detection = Detection(verdict, at_ms, reason, detail)
         self.decisions.append(detection)
         return [detection]
+
+
+class GateDetector:
+    """A call's `CalleeListener`: a `MachineDetector` on the callee's audio and words whose
+    decisions become the gate's verdicts. `keep_time()` runs beside the call while it is
+    screened: if the callee's frames stop (a line that sends nothing in silence), the
+    detector's bounds still hold, on the wall clock since the listener was made (~ the
+    answer, the audio's origin)."""
+
+    def __init__(
+        self,
+        gate: VoicemailGate,
+        config: DetectionConfig | None = None,
+        *,
+        vad: FrameClassifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.detector = MachineDetector(config, vad=vad)
+        self._gate = gate
+        self._clock = clock
+        self._made_at = clock()
+        self._heard_at = self._made_at  # when the last frame came
+
+    def on_audio(self, pcm: npt.NDArray[np.int16], sample_rate: int) -> None:
+        self._heard_at = self._clock()
+        self._hand_over(self.detector.on_audio(pcm, sample_rate))
+
+    def on_transcript(self, text: str, final: bool) -> None:
+        self._hand_over(self.detector.on_transcript(text, final=final))
+
+    async def keep_time(self, interval_s: float = 0.25) -> None:
+        """Tick the detector while no frames come, until it has decided."""
+        while not self.detector.decided:
+            await asyncio.sleep(interval_s)
+            now = self._clock()
+            if now - self._heard_at >= interval_s:
+                self._hand_over(self.detector.tick(1000.0 * (now - self._made_at)))
+
+    def _hand_over(self, decisions: list[Detection]) -> None:
+        for decision in decisions:
+            log.info(
+                "machine detection",
+                extra={
+                    "verdict": decision.verdict.value,
+                    "at_ms": round(decision.at_ms),
+                    "reason": decision.reason,
+                    "detail": decision.detail,
+                },
+            )
+            self._gate.verdict(decision.verdict, decision.at_ms)
