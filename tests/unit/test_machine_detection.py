@@ -1,9 +1,12 @@
 """The machine detector's rules on frames already classified (exact times), and on speech
 (espeak-ng through a mu-law round trip): a short answer then silence is a person at once,
 a long greeting or machine words are a machine, a beep ends the greeting, nothing in time
-is unknown; a decided detector ignores what it is fed."""
+is unknown; a decided detector ignores what it is fed. `GateDetector` hands decisions to
+the call's gate and keeps the bound when no frames come."""
 
 from __future__ import annotations
+
+import asyncio
 
 import numpy as np
 import numpy.typing as npt
@@ -11,12 +14,16 @@ import pytest
 
 from audio.beep import Beep
 from audio.codec import ulaw_decode, ulaw_encode
+from audio.frames import AudioFrame
 from gateway.call.machine_detection import (
     Detection,
     DetectionConfig,
+    GateDetector,
     MachineDetector,
     machine_words,
 )
+from gateway.call.voicemail import CalleeVerdict, VoicemailGate
+from storage import VoicemailPlan
 from tests.espeak import needs_espeak, speak
 
 FRAME_MS = 20.0
@@ -171,3 +178,42 @@ def test_a_machine_greeting_and_its_beep_on_the_phone() -> None:
     beep_end_ms = 1000.0 * (2 * silence.size + greeting.size + beep.size) / 8000
     assert detector.decisions[1].reason == "beep"
     assert abs(detector.decisions[1].at_ms - beep_end_ms) <= 40.0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_gate_detector_hands_its_decisions_to_the_gate() -> None:
+    gate = VoicemailGate(VoicemailPlan(action="leave_message", message="Call us back."))
+    detector = GateDetector(gate, DetectionConfig(machine_greeting_ms=1000.0))
+    gate.add_listener(detector)
+    rng = np.random.default_rng(1)
+    quiet = np.zeros(160, dtype=np.int16)
+    for _ in range(10):
+        gate.on_audio(AudioFrame(quiet, 8000))
+    for _ in range(60):  # loud noise: speech to an energy VAD, and no tone
+        gate.on_audio(AudioFrame((rng.standard_normal(160) * 3000).astype(np.int16), 8000))
+    assert gate.decision is CalleeVerdict.MACHINE
+    gate.on_transcript("please leave a message", True)  # decided already: no second verdict
+    assert [d.verdict for d in detector.detector.decisions] == ["machine"]
+
+
+async def test_a_gate_detector_keeps_time_when_no_frames_come() -> None:
+    gate = VoicemailGate(VoicemailPlan(action="hangup"))
+    clock = _Clock()
+    detector = GateDetector(gate, DetectionConfig(max_decision_ms=1500.0), clock=clock)
+    ticking = asyncio.create_task(detector.keep_time(interval_s=0.001))
+    try:
+        while not detector.detector.decided:
+            clock.now += 0.1
+            await asyncio.sleep(0.002)
+    finally:
+        await asyncio.wait_for(ticking, 5)
+    assert gate.decision is CalleeVerdict.UNKNOWN
+    [decision] = detector.detector.decisions
+    assert decision.reason == "timeout" and decision.at_ms >= 1500.0
