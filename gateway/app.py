@@ -43,7 +43,7 @@ from gateway.livekit.webhook import livekit_webhook
 from gateway.providers.base import Providers
 from gateway.services import Services, build_services, running
 from gateway.settings import Settings
-from gateway.twilio.routes import twilio_status, twilio_voice
+from gateway.twilio.routes import twilio_amd, twilio_status, twilio_voice
 from gateway.twilio.stream import twilio_stream_endpoint
 from gateway.web_assets import WebAssets
 from storage import open_database
@@ -154,6 +154,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         Route("/events", events.stream_events, methods=["GET"]),
         Route("/twilio/voice", twilio_voice, methods=["POST"]),
         Route("/twilio/status", twilio_status, methods=["POST"]),
+        Route("/twilio/amd", twilio_amd, methods=["POST"]),
         WebSocketRoute("/twilio/stream", twilio_stream_endpoint),
         Route("/livekit/webhook", livekit_webhook, methods=["POST"]),
         *dashboard_routes(),

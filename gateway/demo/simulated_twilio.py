@@ -186,6 +186,11 @@ class SimulatedTwilioCall:
             self._mic.append(mulaw[offset : offset + FRAME_BYTES].ljust(FRAME_BYTES, ULAW_SILENCE))
         self._mic_idle.clear()
 
+    @property
+    def mic_backlog_s(self) -> float:
+        """How long the speech queued on the microphone still plays."""
+        return len(self._mic) * FRAME_S
+
     async def wait_said(self) -> None:
         """Wait until the microphone queue has been sent."""
         await self._mic_idle.wait()

@@ -1,9 +1,11 @@
 """Twilio's HTTP webhooks: `POST /twilio/voice` answers with TwiML (an inbound call after
-its caller lookup, `gateway/call/lookup.py`), `POST /twilio/status` records call progress.
-Both verify `X-Twilio-Signature` over the public URL. A voice webhook for a call that ended
-or has had its stream (a replay) gets a hang-up, no token. A new call that this process
-has no room for (`gateway/call/admission.py`) is answered at once, before anything is read
-from the database, with `<Reject reason="busy"/>` (or OVERFLOW_TWIML); it is stored as
+its caller lookup, `gateway/call/lookup.py`), `POST /twilio/status` records call progress,
+`POST /twilio/amd` takes an outbound call's answering-machine verdict (`AnsweredBy`) to its
+voicemail gate (`gateway/call/voicemail.py`). Each verifies `X-Twilio-Signature` over the
+public URL. A voice webhook for a call that ended or has had its stream (a replay) gets a
+hang-up, no token. A new call that this process has no room for
+(`gateway/call/admission.py`) is answered at once, before anything is read from the
+database, with `<Reject reason="busy"/>` (or OVERFLOW_TWIML); it is stored as
 `busy`/`gateway-full` after the answer has gone.
 
 A final status (`completed`, `busy`, ...) never finishes a call under a live stream: the
@@ -29,6 +31,7 @@ from starlette.responses import Response
 
 from gateway.call.admission import GATEWAY_FULL, Refusal
 from gateway.call.records import CallInputLimits, open_call, record_refused_call
+from gateway.call.voicemail import verdict_of_answered_by
 from gateway.errors import (
     MissingPlaceholders,
     RequestInvalid,
@@ -329,3 +332,44 @@ def _served_elsewhere(services: Services, call: CallRecord) -> bool:
         and gateway_id is not None
         and gateway_id != services.calls.live.gateway_id
     )
+
+
+async def twilio_amd(request: Request) -> Response:
+    """Take an asynchronous answering-machine verdict (`AsyncAmdStatusCallback`). A call
+    served here: its gate has it at once, and `answered_by` is written with the call's own
+    writes. Any other open call (another gateway serves it, or its stream has not started):
+    the verdict is kept beside the call (`record_carrier_answer`, never a rewrite of its
+    document), where the serving gateway's gate looks for it and the call's finish copies
+    it. A verdict for an unknown or finished call is ignored (204)."""
+    services: Services = request.app.state.services
+    form = await _verified_form(request, services)
+    answered_by = form.get("AnsweredBy", "")
+    call = await _status_target(
+        services, request.query_params.get("call_id"), form.get("CallSid", "")
+    )
+    verdict = verdict_of_answered_by(answered_by)
+    if call is None or verdict is None or call.ended_at is not None:
+        log.info(
+            "machine detection callback ignored",
+            extra={"call_sid": form.get("CallSid"), "answered_by": answered_by},
+        )
+        return Response(status_code=204)
+    call_id_var.set(call.id)
+    log.info(
+        "machine detection",
+        extra={
+            "answered_by": answered_by,
+            "detection_ms": form.get("MachineDetectionDuration"),
+            "call_sid": call.call_sid,
+        },
+    )
+    calls = services.database.calls
+    live = services.calls.live.get(call.id)
+    gate = live.callee_gate if live is not None else None
+    if live is not None:
+        live.beside(lambda: calls.set_answered_by(call.id, answered_by), "answered by")
+    if gate is not None:
+        gate.verdict(verdict[0], takes_message=verdict[1])
+    else:  # its gate (on whichever gateway, once it is made) finds it there
+        await calls.record_carrier_answer(call.id, answered_by, at=datetime.now(UTC))
+    return Response(status_code=204)

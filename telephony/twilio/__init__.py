@@ -31,7 +31,7 @@ from telephony.twilio.protocol import (
     StreamStopped,
     UnknownReceived,
 )
-from telephony.twilio.rest import TwilioCalls
+from telephony.twilio.rest import MachineDetection, TwilioCalls
 from telephony.twilio.signature import TwilioSignatureValidator
 from telephony.twilio.stream_token import StreamToken, issue_stream_token, verify_stream_token
 from telephony.twilio.twiml import (
@@ -53,6 +53,7 @@ __all__ = [
     "DtmfReceived",
     "InboundMediaGuard",
     "InboundMessage",
+    "MachineDetection",
     "Mark",
     "MarkPlayed",
     "Media",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from typing import Literal
 
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
@@ -25,6 +27,18 @@ log = logging.getLogger(__name__)
 # What the SDK lets through when Twilio cannot be reached or answers something unreadable
 # (requests' ConnectionError / Timeout, a socket error, a body that is not JSON).
 _UNREACHABLE = (requests.RequestException, OSError, ValueError)
+
+
+@dataclass(frozen=True, slots=True)
+class MachineDetection:
+    """Twilio's asynchronous answering-machine detection for a call: `Enable` answers as
+    soon as it knows (`human`, `machine_start`, `fax`, `unknown`); `DetectMessageEnd` waits
+    for a machine's greeting to end (`machine_end_beep` / `_silence` / `_other`). The verdict
+    is POSTed (signed) to `callback_url` while the call's TwiML runs."""
+
+    mode: Literal["Enable", "DetectMessageEnd"]
+    callback_url: str
+    timeout_s: int = 30  # MachineDetectionTimeout: then `unknown`
 
 
 class TwilioCalls:
@@ -63,12 +77,13 @@ class TwilioCalls:
         twiml: str,
         status_callback: str,
         ring_timeout_s: int = 60,
-        machine_detection: bool = False,
+        machine_detection: MachineDetection | None = None,
     ) -> str:
         """Place a call that runs `twiml` when answered; returns its CallSid.
 
         Every progress event (initiated, ringing, answered, completed) is POSTed to
-        `status_callback`; with `machine_detection`, Twilio adds `AnsweredBy`.
+        `status_callback`; with `machine_detection`, its verdict goes to its callback
+        (`AnsweredBy`, `MachineDetectionDuration`), asynchronously: the TwiML runs at once.
         """
         options: dict[str, object] = {
             "to": to,
@@ -79,8 +94,14 @@ class TwilioCalls:
             "status_callback_event": ["initiated", "ringing", "answered", "completed"],
             "timeout": ring_timeout_s,
         }
-        if machine_detection:
-            options["machine_detection"] = "Enable"
+        if machine_detection is not None:
+            options |= {
+                "machine_detection": machine_detection.mode,
+                "machine_detection_timeout": machine_detection.timeout_s,
+                "async_amd": "true",
+                "async_amd_status_callback": machine_detection.callback_url,
+                "async_amd_status_callback_method": "POST",
+            }
         try:
             call = await asyncio.to_thread(lambda: self._client.calls.create(**options))
         except TwilioRestException as exc:

@@ -9,6 +9,13 @@ Like Twilio, a call created with a `StatusCallback` gets signed progress callbac
 (`X-Twilio-Signature`, made with the SDK's own `RequestValidator`): `initiated` and
 `ringing` at once; the test then plays the callee with
 `POST /control/calls/{sid}/status {"status": "in-progress" | "completed" | "busy" | ...}`.
+
+A number scripted with `POST /control/numbers {"+15550001": {"answer": "human" | "busy" |
+"no-answer" | "failed" | "machine", ...options}}` (options: `tests/fakes/twilio_callee.py`
+`CalleeScript`) plays its callee by itself instead: progress callbacks, a Media Streams leg
+to the gateway, the answering-machine verdict if asked for, `completed` at the end. A REST
+update with `Status=completed` hangs it up. `GET /control/calls/{sid}` is its record
+(what the callee said and heard, and when).
 """
 
 from __future__ import annotations
@@ -27,11 +34,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
+from tests.fakes.twilio_callee import CalleeScript, ScriptedCallee
+
 _settings: dict[str, Any] = {}
 _calls: dict[str, dict[str, Any]] = {}
 _log: list[dict[str, Any]] = []
 _callbacks: dict[str, dict[str, Any]] = {}  # sid -> {"url", "form", "sequence", "answered"}
 _tasks: set[asyncio.Task[None]] = set()
+_numbers: dict[str, CalleeScript] = {}  # scripted callees by number
+_callees: dict[str, ScriptedCallee] = {}  # by CallSid
 
 
 def _defaults() -> dict[str, Any]:
@@ -109,12 +120,15 @@ async def create_call(request: Request) -> JSONResponse:
         return _error(400, 21205, "Url parameter is required.")
     sid = "CA" + secrets.token_hex(16)
     _calls[sid] = _resource(sid, account_sid, form)
+    script = _numbers.get(form["To"])
     if "StatusCallback" in form:
         _callbacks[sid] = {
             "url": form["StatusCallback"],
             "sequence": 0,
             "answered_at": None,
-            "machine_detection": "MachineDetection" in form,
+            # Synchronous AMD puts AnsweredBy on the answered callback; asynchronous AMD
+            # posts it to AsyncAmdStatusCallback instead.
+            "machine_detection": "MachineDetection" in form and form.get("AsyncAmd") != "true",
             "form": {
                 "AccountSid": account_sid,
                 "ApiVersion": "2010-04-01",
@@ -127,10 +141,36 @@ async def create_call(request: Request) -> JSONResponse:
                 "CallbackSource": "call-progress-events",
             },
         }
-        task = asyncio.create_task(_progress(sid, ["initiated", "ringing"]))
-        _tasks.add(task)
-        task.add_done_callback(_tasks.discard)
+    if script is not None:
+        if "Twiml" not in form and script.answer in ("human", "machine"):
+            return _error(400, 21205, "this fake's scripted callees follow inline Twiml only")
+        callee = ScriptedCallee(
+            sid=sid,
+            account_sid=account_sid,
+            form=form,
+            script=script,
+            auth_token=_settings["auth_token"],
+            send_status=_status_if_asked,
+        )
+        _callees[sid] = callee
+        _spawn(callee.run())
+    elif "StatusCallback" in form:
+        _spawn(_progress(sid, ["initiated", "ringing"]))
     return JSONResponse(_calls[sid], status_code=201)
+
+
+def _spawn(work: Any) -> None:
+    task = asyncio.create_task(work)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def _status_if_asked(sid: str, status: str) -> int | None:
+    """A scripted call's progress: its signed callback if it asked for them."""
+    if sid in _callbacks:
+        return await _send_status(sid, status)
+    _calls[sid]["status"] = status
+    return None
 
 
 async def _send_status(sid: str, status: str, answered_by: str | None = None) -> int:
@@ -145,7 +185,7 @@ async def _send_status(sid: str, status: str, answered_by: str | None = None) ->
     }
     if status == "in-progress":
         state["answered_at"] = time.monotonic()
-        if state["machine_detection"]:
+        if state["machine_detection"] or answered_by:
             form["AnsweredBy"] = answered_by or "human"
     if status == "completed" and state["answered_at"] is not None:
         duration = str(round(time.monotonic() - state["answered_at"]))
@@ -180,6 +220,9 @@ async def update_call(request: Request) -> JSONResponse:
         return _error(404, 20404, f"The requested resource {request.url.path} was not found")
     if "Status" in form:
         call["status"] = form["Status"]
+        callee = _callees.get(sid)
+        if callee is not None and form["Status"] in ("completed", "canceled"):
+            callee.hangup.set()  # Twilio ends the call: the stream gets `stop`
     call["date_updated"] = _rfc2822(datetime.now(UTC))
     return JSONResponse(call)
 
@@ -202,11 +245,36 @@ async def control_call_status(request: Request) -> JSONResponse:
     return JSONResponse({"callback_status": code})
 
 
+async def control_numbers(request: Request) -> JSONResponse:
+    """Script how numbers answer: `{"+1555...": {"answer": ..., ...options}}` (merged)."""
+    body = await request.json()
+    try:
+        scripts = {number: CalleeScript.parse(raw) for number, raw in body.items()}
+    except (TypeError, ValueError) as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    _numbers.update(scripts)
+    return JSONResponse({"numbers": sorted(_numbers)})
+
+
+async def control_call(request: Request) -> JSONResponse:
+    """A scripted call's record: what its callee said and heard, and when."""
+    callee = _callees.get(request.path_params["call_sid"])
+    if callee is None:
+        return JSONResponse({"error": "no scripted call with that sid"}, status_code=404)
+    return JSONResponse({**callee.snapshot(), "status": _calls[callee.record.sid]["status"]})
+
+
 async def control_log(request: Request) -> JSONResponse:
     return JSONResponse(_log)
 
 
 async def control_reset(request: Request) -> JSONResponse:
+    for callee in _callees.values():
+        callee.hangup.set()
+    running = [t for t in _tasks if not t.done()]
+    await asyncio.gather(*running, return_exceptions=True)
+    _numbers.clear()
+    _callees.clear()
     _log.clear()
     _calls.clear()
     _callbacks.clear()
@@ -225,6 +293,8 @@ app = Starlette(
         ),
         Route("/control", control, methods=["POST"]),
         Route("/control/calls/{call_sid}/status", control_call_status, methods=["POST"]),
+        Route("/control/calls/{call_sid}", control_call, methods=["GET"]),
+        Route("/control/numbers", control_numbers, methods=["POST"]),
         Route("/control/log", control_log, methods=["GET"]),
         Route("/control/reset", control_reset, methods=["POST"]),
     ]
