@@ -16,7 +16,8 @@ Rules, in the order they can fire (all times from the first frame fed):
   `machine`;
 - a greeting shorter than that, followed by `human_silence_ms` of silence: `human` at once
   (when transcripts are expected, `transcript_wait_ms` more at most for the utterance's
-  words, so that a short "You've reached Sam." is not taken for a person);
+  words, so that a short "You've reached Sam." is not taken for a person); with
+  `words_greeting_ms` set, longer greetings up to that are judged by their words too;
 - nothing decided by `max_decision_ms`: `unknown` (the caller treats it as a person);
 - once `machine`: `machine_done` at a beep, or after `greeting_end_silence_ms` of silence.
 A `human` or `unknown` verdict is final; the detector then ignores what it is fed.
@@ -87,6 +88,12 @@ class DetectionConfig:
     transcript_wait_ms: float = 0.0
     greeting_end_silence_ms: float = 1500.0
     min_speech_ms: float = 100.0
+    # With transcripts: greetings from `machine_greeting_ms` up to this are judged by their
+    # words (machine words: a machine; none, once they came or `long_words_wait_ms` after
+    # the silence: a person, e.g. a business answering "Good afternoon, Acme Dental, this
+    # is Sam, how can I help you?"); longer ones are a machine. None: length alone.
+    words_greeting_ms: float | None = None
+    long_words_wait_ms: float = 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,14 +226,19 @@ class MachineDetector:
             if start is not None and not self._toning and silence >= config.greeting_end_silence_ms:
                 return self._decide(CalleeVerdict.MACHINE_DONE, now, "silence")
             return []
-        if start is not None and self._last_speech - start >= config.machine_greeting_ms:
+        length = self._last_speech - start if start is not None else 0.0
+        judged_by_words = config.words_greeting_ms is not None
+        long_ms = config.words_greeting_ms or config.machine_greeting_ms
+        if start is not None and length >= long_ms:
             return self._decide(
                 CalleeVerdict.MACHINE, now, "long-greeting", f"{now - start:.0f} ms"
             )
         if start is not None and not speaking and not self._toning:
-            words_due = config.transcript_wait_ms > 0 and self._words_after < self._last_speech
-            if not words_due or silence >= config.human_silence_ms + config.transcript_wait_ms:
-                length = self._last_speech - start
+            wait_ms = config.transcript_wait_ms
+            if judged_by_words and length >= config.machine_greeting_ms:
+                wait_ms = max(wait_ms, config.long_words_wait_ms)
+            words_due = wait_ms > 0 and self._words_after < self._last_speech
+            if not words_due or silence >= config.human_silence_ms + wait_ms:
                 return self._decide(CalleeVerdict.HUMAN, now, "short-greeting", f"{length:.0f} ms")
         if now >= config.max_decision_ms:
             return self._decide(CalleeVerdict.UNKNOWN, now, "timeout")
