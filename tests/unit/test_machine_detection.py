@@ -108,6 +108,27 @@ def test_with_transcripts_expected_words_that_never_come_delay_a_person_boundedl
     assert decision.verdict == "human" and decision.at_ms == pytest.approx(600.0 + 1500.0)
 
 
+def test_judged_by_words_a_long_greeting_without_machine_words_is_a_person() -> None:
+    config = DetectionConfig(words_greeting_ms=5000.0, long_words_wait_ms=1000.0)
+    detector = MachineDetector(config)
+    # "Good afternoon, Acme Dental, this is Sam, how can I help you?": 3 s, then waits.
+    assert _feed(detector, "s" * 150 + "." * 45) == []  # past 2.4 s: no verdict yet
+    [decision] = detector.on_transcript("good afternoon acme dental how can i help you", final=True)
+    assert decision.verdict == "human" and decision.at_ms == pytest.approx(3000.0 + 900.0)
+
+
+def test_judged_by_words_machine_words_or_a_greeting_too_long_are_a_machine() -> None:
+    config = DetectionConfig(words_greeting_ms=5000.0)
+    worded = MachineDetector(config)
+    _feed(worded, "s" * 150)
+    [decision] = worded.on_transcript("sorry i missed your call leave a message", final=False)
+    assert (decision.verdict, decision.reason) == ("machine", "words")
+    endless = MachineDetector(config)
+    [decision] = _feed(endless, "s" * 260)
+    assert (decision.verdict, decision.reason) == ("machine", "long-greeting")
+    assert decision.at_ms == pytest.approx(5000.0)
+
+
 def test_nothing_said_in_time_is_unknown_also_on_a_line_with_no_frames() -> None:
     detector = MachineDetector(DetectionConfig(max_decision_ms=3000.0))
     assert _feed(detector, "." * 50) == []
