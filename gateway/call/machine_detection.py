@@ -120,7 +120,9 @@ class MachineDetector:
         self._vad = vad or EnergyVAD()
         self._beeps: BeepDetector | None = None
         self._rate = 0
-        self._samples = 0
+        self._samples = 0  # fed at `_rate` since `_origin_ms` (a new rate starts a new count)
+        self._origin_ms = 0.0
+        self._audio_ms = 0.0  # audio time at the end of the last frame fed
         self.verdict: CalleeVerdict | None = None
         self.decisions: list[Detection] = []
         # The greeting: from its first confirmed speech to the last speech frame.
@@ -149,10 +151,12 @@ class MachineDetector:
         if self.decided:
             return []
         if self._beeps is None or rate != self._rate:
-            self._beeps, self._rate = BeepDetector(rate), rate
-        start_ms = 1000.0 * self._samples / rate
+            self._beeps, self._rate, self._samples = BeepDetector(rate), rate, 0
+            self._origin_ms = self._audio_ms
+        start_ms = self._audio_ms
         self._samples += int(pcm.shape[0])
-        duration_ms = 1000.0 * self._samples / rate - start_ms
+        self._audio_ms = self._origin_ms + 1000.0 * self._samples / rate
+        duration_ms = self._audio_ms - start_ms
         beeps = self._beeps.feed(pcm)
         speech = self._vad.is_speech(pcm)
         return self.observe(
