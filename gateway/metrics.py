@@ -60,6 +60,11 @@ class GatewayMetrics:
     turns_judged_total: int = 0
     turns_judged_complete_total: int = 0
     caller_idle_prompts_total: int = 0  # reprompts and idle goodbyes said
+    # Outbound calls screened for an answering machine (gateway/call/voicemail.py): a person
+    # (or no verdict in time) greeted, a machine hung up on, a message left on a machine.
+    screened_greeted_total: int = 0
+    screened_hung_up_total: int = 0
+    screened_messages_left_total: int = 0
     keypad_entries_total: int = 0
     event_streams_active: int = 0  # GET /events clients connected to this process
     event_streams_dropped_total: int = 0  # clients dropped for not reading (buffer full)

@@ -375,11 +375,15 @@ class CallLifecycle:
         if session is None or self.ended.is_set():
             return
         log.info("callee screened", extra={"outcome": repr(outcome)})
+        metrics = self._rt.metrics
         if isinstance(outcome, Greet):
+            metrics.screened_greeted_total += 1
             session.greet()
         elif isinstance(outcome, HangUpOnMachine):
+            metrics.screened_hung_up_total += 1
             self.request_end(VOICEMAIL, CallStatus.COMPLETED)
         else:
+            metrics.screened_messages_left_total += 1
             session.leave_message(outcome.text)
 
     async def _turn_event(self, turn: TurnRecord) -> None:

@@ -137,8 +137,6 @@ class VoicemailGate:
         self._takes_message = True  # False: a fax
         self._decided = asyncio.Event()
         self._done = asyncio.Event()  # the machine's greeting ended
-        self.decided_after_s: float | None = None  # from the gate's making to its decision
-        self.done_after_s: float | None = None  # ... to the machine's greeting ending
 
     @property
     def undecided(self) -> bool:
@@ -163,22 +161,18 @@ class VoicemailGate:
         """A source's verdict (`at_ms`: when in the call it was reached, for the log). The
         first decision is kept; `machine_done` decides `machine` too if it comes first.
         `takes_message=False` (a fax): hang up whatever the plan says."""
-        now = self._clock() - self._started_at
-        extra = {"verdict": verdict.value, "at_ms": at_ms, "after_s": round(now, 3)}
+        after_s = round(self._clock() - self._started_at, 3)
+        extra = {"verdict": verdict.value, "at_ms": at_ms, "after_s": after_s}
+        done = verdict is CalleeVerdict.MACHINE_DONE
         if self._decision is None:
-            decided = CalleeVerdict.MACHINE if verdict is CalleeVerdict.MACHINE_DONE else verdict
-            self._decision = decided
+            self._decision = CalleeVerdict.MACHINE if done else verdict
             self._takes_message = takes_message
-            self.decided_after_s = now
             self._decided.set()
             log.info("callee verdict", extra=extra)
-        elif verdict is not CalleeVerdict.MACHINE_DONE or self._decision is not (
-            CalleeVerdict.MACHINE
-        ):
+        elif not (done and self._decision is CalleeVerdict.MACHINE):
             log.debug("later callee verdict ignored", extra=extra)
             return
-        if verdict is CalleeVerdict.MACHINE_DONE and not self._done.is_set():
-            self.done_after_s = now
+        if done and not self._done.is_set():
             self._done.set()
             log.info("the machine's greeting ended", extra=extra)
 

@@ -104,7 +104,8 @@ class CalleeRecord:
     machine_detection: str | None
     statuses: list[dict[str, Any]] = field(default_factory=list)
     speech: list[dict[str, Any]] = field(default_factory=list)  # {what, text, start_ms, end_ms}
-    amd: dict[str, Any] | None = None  # {answered_by, at_ms, duration_ms, callback_status}
+    # {answered_by, sent_ms, at_ms (answered), duration_ms, callback_status}
+    amd: dict[str, Any] | None = None
     agent_audio: list[list[float]] = field(default_factory=list)  # [start_ms, end_ms]
     ended_ms: float | None = None
     ended_by: str | None = None  # gateway | rest | callee
@@ -278,7 +279,8 @@ class ScriptedCallee:
         call = self._call
         if self.hangup.is_set() or (call is not None and call.log.closed_at is not None):
             return  # the call ended before the detection did
-        duration_ms = round(self._ms(time.monotonic()))
+        sent_ms = self._ms(time.monotonic())
+        duration_ms = round(sent_ms)
         form = {
             "AccountSid": self._account_sid,
             "CallSid": self._sid,
@@ -290,7 +292,8 @@ class ScriptedCallee:
             response = await http.post(url, data=form, headers={"X-Twilio-Signature": signature})
         self.record.amd = {
             "answered_by": answered_by,
-            "at_ms": self._ms(time.monotonic()),
+            "sent_ms": sent_ms,
+            "at_ms": self._ms(time.monotonic()),  # its answer came back
             "duration_ms": duration_ms,
             "callback_status": response.status_code,
         }

@@ -79,6 +79,19 @@ async def _setup(http: httpx.AsyncClient, gateway: GatewayProcess) -> tuple[str,
         "/assistants", json=_assistant("survey", {"action": "hangup"}), headers=h
     )
     assert leave.status_code == hang_up.status_code == 201, leave.text + hang_up.text
+    # The message's placeholders are checked when a call is placed, like the greeting's.
+    missing = await http.post(
+        "/call/outbound",
+        json={
+            "assistant_id": leave.json()["id"],
+            "to_number": MACHINE,
+            "from_number": FROM,
+            "metadata": {"customer": "Dana"},
+        },
+        headers=h,
+    )
+    assert missing.status_code == 422, missing.text
+    assert missing.json()["error"]["details"][0]["loc"][-1] == "day"
     return leave.json()["id"], hang_up.json()["id"]
 
 
@@ -231,3 +244,35 @@ async def test_a_verdict_taken_by_another_gateway(
     started = f'"msg": "media stream started", "call_id": "{call_id}"'
     assert started in b.log_text() and started not in a.log_text()
     assert f'"msg": "machine detection", "call_id": "{call_id}"' in a.log_text()
+
+
+async def test_a_rest_hang_up_ends_a_scripted_call(
+    stack: GatewayProcess, twilio_fake: FakeServer
+) -> None:
+    """Twilio's `Status=completed` update hangs the callee up: `stop` on its stream, the
+    gateway ends the call, `completed` follows (the fake as the dialer's tests use it)."""
+    gateway = stack
+    talker = "+15550100008"
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        script = {talker: {"answer": "human", "talk_s": 120}}
+        (await http.post(twilio_fake.url + "/control/numbers", json=script)).raise_for_status()
+        leave_id, _ = await _setup(http, gateway)
+        call_id, call_sid = await _place(http, gateway, leave_id, talker)
+        deadline = time.monotonic() + 60
+        while True:  # the greeting is heard
+            record = (await http.get(f"{twilio_fake.url}/control/calls/{call_sid}")).json()
+            if record["agent_audio"]:
+                break
+            assert time.monotonic() < deadline, record
+            await asyncio.sleep(0.1)
+        hung_up = await http.post(
+            f"{twilio_fake.url}/2010-04-01/Accounts/{TWILIO_ACCOUNT}/Calls/{call_sid}.json",
+            data={"Status": "completed"},
+            auth=(TWILIO_ACCOUNT, gateway.auth_token),
+        )
+        assert hung_up.status_code == 200, hung_up.text
+        call = await _finished(http, gateway, call_id)
+        callee = await _callee(twilio_fake, call_sid)
+    assert callee["ended_by"] == "rest" and callee["ended_ms"] < 60_000
+    assert [s["status"] for s in callee["statuses"]][-1] == "completed"
+    assert call["status"] == "completed" and call["end_reason"] == "caller-hung-up", call
