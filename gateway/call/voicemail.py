@@ -70,7 +70,8 @@ def verdict_of_answered_by(answered_by: str) -> tuple[CalleeVerdict, bool] | Non
 
 
 class CalleeListener(Protocol):
-    """Hears the callee while the gate is undecided (e.g. a machine detector)."""
+    """Hears the callee while the gate is undecided, and a machine until its greeting ended
+    (e.g. a machine detector, whose `machine_done` is the beep)."""
 
     def on_audio(self, pcm: npt.NDArray[np.int16], sample_rate: int) -> None:
         """One frame of the callee's audio at `sample_rate`."""
