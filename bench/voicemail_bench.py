@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from audio.beep import BeepDetector
 from audio.codec import ulaw_decode, ulaw_encode
 from audio.vad import Endpointer, SpeechEnded, SpeechStarted
 from gateway.call.machine_detection import Detection, DetectionConfig, MachineDetector
@@ -337,6 +338,40 @@ def cost(clips: list[Clip]) -> None:
         f"\ncost: {statistics.median(runs):.1f} µs per 20 ms frame (median of 5 passes "
         f"over {len(frames)} frames of speech, 8 kHz; EnergyVAD + beep detector + rules)"
     )
+    for rate in (8000, 16000):
+        pcm = speech if rate == RATE else soxr.resample(speech, RATE, rate).astype(np.int16)
+        size = rate // 50
+        blocks = [pcm[i : i + size] for i in range(0, pcm.size - size + 1, size)]
+        passes = []
+        for _ in range(5):
+            beeps = BeepDetector(rate)
+            t0 = time.perf_counter_ns()
+            for block in blocks:
+                beeps.feed(block)
+            passes.append((time.perf_counter_ns() - t0) / 1000 / len(blocks))
+        print(
+            f"      the beep detector alone at {rate} Hz: {statistics.median(passes):.1f} µs/frame"
+        )
+
+
+def beep_census(clips: list[Clip], line: str) -> None:
+    """The beep detector over every whole clip: beeps found, and beeps found in speech."""
+    found = false = 0
+    for clip in clips:
+        detector = BeepDetector(RATE)
+        heard = []
+        for i in range(0, clip.pcm.size - FRAME + 1, FRAME):
+            heard += detector.feed(clip.pcm[i : i + FRAME])
+        if clip.beep_end_ms is not None:
+            found += any(abs(b.end_ms - clip.beep_end_ms) <= 40 for b in heard)
+        false += sum(
+            1 for b in heard if clip.beep_end_ms is None or abs(b.end_ms - clip.beep_end_ms) > 40
+        )
+    with_beep = sum(c.beep_end_ms is not None for c in clips)
+    print(
+        f"\nbeep detector over whole clips, {line}: {found}/{with_beep} beeps found, "
+        f"{false} false beeps in {len(clips)} clips of speech"
+    )
 
 
 def main() -> None:
@@ -397,6 +432,8 @@ def main() -> None:
             [run(c, plain, None) for c in noisy],
             verbose=args.verbose,
         )
+        beep_census(noisy, "noisy line")
+    beep_census(clips, "quiet line")
     cost(clips)
 
 
