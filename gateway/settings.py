@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     # at most for its end (then the message is left anyway).
     voicemail_decision_timeout_s: float = Field(default=35.0, gt=0, le=120)
     voicemail_message_end_timeout_s: float = Field(default=45.0, gt=0, le=300)
+    # LiveKit SIP (no carrier detection): the gateway's machine detector decides within this
+    # long of the answer (a greeting's length, its words, a beep); undecided is `unknown`.
+    livekit_machine_detection_s: float = Field(default=6.0, ge=1.0, le=60)
     # Twilio's answering-machine detection: its MachineDetectionTimeout (3-59 s).
     twilio_amd_timeout_s: int = Field(default=30, ge=3, le=59)
 

@@ -11,7 +11,8 @@ its greeting is waited out until `machine_done` (the beep; bounded by
 `voicemail`.
 
 While the gate is undecided, the callee's audio frames and transcripts go to the
-`CalleeListener`s added to it (a detector); once it has decided they cost nothing.
+`CalleeListener`s added to it (a detector), and after `machine` until the greeting ended
+(the detector hears the beep); once it has decided they cost nothing.
 
 Order of calls: `verdict()` any number of times from any source (the first decision is
 kept; only `machine_done` after `machine` moves it on); `on_audio()` / `on_transcript()`
@@ -69,7 +70,8 @@ def verdict_of_answered_by(answered_by: str) -> tuple[CalleeVerdict, bool] | Non
 
 
 class CalleeListener(Protocol):
-    """Hears the callee while the gate is undecided (e.g. a machine detector)."""
+    """Hears the callee while the gate is undecided, and a machine until its greeting ended
+    (e.g. a machine detector, whose `machine_done` is the beep)."""
 
     def on_audio(self, pcm: npt.NDArray[np.int16], sample_rate: int) -> None:
         """One frame of the callee's audio at `sample_rate`."""
@@ -176,16 +178,22 @@ class VoicemailGate:
             log.info("the machine's greeting ended", extra=extra)
 
     def on_audio(self, frame: AudioFrame) -> None:
-        """A frame of the callee's audio: heard by the listeners while undecided."""
-        if self._decision is None:
+        """A frame of the callee's audio: heard by the listeners while undecided, and after
+        `machine` until its greeting ended (a detector's `machine_done` is its beep)."""
+        if self._listened():
             for listener in self._listeners:
                 listener.on_audio(frame.pcm, frame.rate)
 
     def on_transcript(self, text: str, final: bool) -> None:
-        """The callee's words: heard by the listeners while undecided."""
-        if self._decision is None:
+        """The callee's words: heard by the listeners as its audio is."""
+        if self._listened():
             for listener in self._listeners:
                 listener.on_transcript(text, final)
+
+    def _listened(self) -> bool:
+        if self._decision is None:
+            return True
+        return self._decision is CalleeVerdict.MACHINE and not self._done.is_set()
 
     async def outcome(self) -> GateOutcome:
         """Wait for the decision (bounded), and for a machine's greeting to end when a

@@ -9,7 +9,9 @@ track, waits for the caller's audio and for the caller to hear the agent's track
 call is answered and the caller's audio feeds it. The caller is the SIP participant, or for
 a web call the one standard participant whose identity the gateway minted the browser's
 token for (anyone else in the room is ignored). The room is left and deleted once the
-call's final write is done.
+call's final write is done. An outbound call screened for an answering machine (its
+assistant has a voicemail plan) gets a `GateDetector` on the callee's audio and words: a
+SIP bridge reports no machine, so the gateway decides.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from gateway.call.lifecycle import (
     LegTransport,
 )
 from gateway.call.lookup import CallerLookup
+from gateway.call.machine_detection import DetectionConfig, GateDetector
 from gateway.call.records import CallInputLimits, record_refused_call
 from gateway.errors import GatewayFull, MissingPlaceholders
 from gateway.livekit.egress import RoomRecording
@@ -259,6 +262,12 @@ class LiveKitRoom:
     def transport(self, recording: CallRecording | None) -> LegTransport:
         assert self._source is not None and self._caller is not None
         caller = self._caller.identity
+        gate = self.lifecycle.callee_gate
+        if gate is not None:  # screened for a machine: LiveKit's SIP bridge does not detect one
+            bound_ms = 1000.0 * self._settings.livekit_machine_detection_s
+            detector = GateDetector(gate, DetectionConfig(max_decision_ms=bound_ms))
+            gate.add_listener(detector)
+            self._tasks.append(asyncio.create_task(detector.keep_time(), name="lk-amd"))
         return LiveKitTransport(
             source=self._source,
             on_mark=self.lifecycle.on_mark,

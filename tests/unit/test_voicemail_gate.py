@@ -145,7 +145,7 @@ async def test_the_poll_keeps_looking_for_the_end_of_the_greeting() -> None:
     assert not seen
 
 
-async def test_listeners_hear_the_callee_only_while_undecided() -> None:
+async def test_listeners_hear_the_callee_while_undecided_and_a_machine_until_it_is_done() -> None:
     gate = VoicemailGate(LEAVE, bounds=SLOW)
     ears = Ears()
     gate.add_listener(ears)
@@ -153,7 +153,20 @@ async def test_listeners_hear_the_callee_only_while_undecided() -> None:
     gate.on_audio(frame)
     gate.on_transcript("hi you've reached", False)
     gate.verdict(CalleeVerdict.MACHINE)
-    gate.on_audio(frame)
+    gate.on_audio(frame)  # a detector listens for the beep
     gate.on_transcript("Sam", True)
-    assert ears.frames == [8000]
-    assert ears.words == [("hi you've reached", False)]
+    gate.verdict(CalleeVerdict.MACHINE_DONE)
+    gate.on_audio(frame)
+    gate.on_transcript("beep", True)
+    assert ears.frames == [8000, 8000]
+    assert ears.words == [("hi you've reached", False), ("Sam", True)]
+
+
+async def test_listeners_hear_nothing_once_a_person_is_decided() -> None:
+    gate = VoicemailGate(LEAVE, bounds=SLOW)
+    ears = Ears()
+    gate.add_listener(ears)
+    gate.verdict(CalleeVerdict.HUMAN)
+    gate.on_audio(AudioFrame(np.zeros(160, dtype=np.int16), 8000))
+    gate.on_transcript("hello", True)
+    assert ears.frames == [] and ears.words == []
