@@ -249,8 +249,11 @@ async def ready(request: Request) -> JSONResponse:
 
 
 async def metrics(request: Request) -> PlainTextResponse:
+    """This process's metrics; a worker of `serve --workers N`: the whole gateway's."""
     services: Services = request.app.state.services
-    return PlainTextResponse(services.metrics.render(), media_type="text/plain; version=0.0.4")
+    shared = services.shared_metrics
+    text = shared.render() if shared is not None else services.metrics.render()
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
 def _version() -> str:
