@@ -252,7 +252,7 @@ async def metrics(request: Request) -> PlainTextResponse:
     """This process's metrics; a worker of `serve --workers N`: the whole gateway's."""
     services: Services = request.app.state.services
     shared = services.shared_metrics
-    text = shared.render() if shared is not None else services.metrics.render()
+    text = await shared.scrape() if shared is not None else services.metrics.render()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

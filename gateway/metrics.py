@@ -149,7 +149,7 @@ class GatewayMetrics:
 
     def add_counters(self, other: GatewayMetrics) -> None:
         """Add `other`'s counters and histograms to these (its gauges are not added)."""
-        for name in self._scalar_names():
+        for name in _SCALARS:
             if name not in _GAUGES:
                 setattr(self, name, getattr(self, name) + getattr(other, name))
         for key, count in other.calls_refused.items():
@@ -164,7 +164,7 @@ class GatewayMetrics:
     def to_json(self) -> dict[str, Any]:
         """Every value, JSON-ready; `from_json` reads it back."""
         return {
-            **{name: getattr(self, name) for name in self._scalar_names()},
+            **{name: getattr(self, name) for name in _SCALARS},
             "calls_refused": [[a, c, n] for (a, c), n in self.calls_refused.items()],
             "provider_failures": dict(self.provider_failures),
             "inbound_lookups": dict(self.inbound_lookups),
@@ -180,7 +180,7 @@ class GatewayMetrics:
         shape."""
         metrics = cls()
         try:
-            for name in metrics._scalar_names():
+            for name in _SCALARS:
                 value = data.get(name, 0)
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise ValueError(f"{name}: not a number")
@@ -202,15 +202,12 @@ class GatewayMetrics:
             raise ValueError(f"not a metrics snapshot: {exc!r}") from exc
         return metrics
 
-    def _scalar_names(self) -> list[str]:
-        return [f.name for f in fields(self) if isinstance(getattr(self, f.name), int | float)]
-
     def render(self, *, workers: Sequence[WorkerGauges] | None = None) -> str:
         """The metrics in the Prometheus text exposition format: this process's, or (with
         `workers`, the live workers' gauges) a whole `serve --workers N` gateway's once
         combined (`gateway/worker_metrics.py`)."""
         lines = []
-        for name in self._scalar_names():
+        for name in _SCALARS:
             value = getattr(self, name)
             kind = "gauge" if name in _GAUGES else "counter"
             lines.append(f"# TYPE voice_gateway_{name} {kind}")
@@ -250,3 +247,7 @@ class GatewayMetrics:
             lines.append(f'{name}_sum{{stage="{stage}"}} {hist.total:.1f}')
             lines.append(f'{name}_count{{stage="{stage}"}} {hist.n}')
         return "\n".join(lines) + "\n"
+
+
+# The plain counters and gauges (not the labelled families), in the order they are exported.
+_SCALARS = tuple(f.name for f in fields(GatewayMetrics) if isinstance(f.default, int | float))

@@ -194,3 +194,18 @@ def test_a_worker_without_a_predecessor_starts_from_zero_and_an_unreadable_file_
     assert _line(shared.render(), "voice_gateway_workers") == "1"
     shared.stop()
     assert WorkerSnapshot.parse((tmp_path / "worker-0.json").read_text()).pid == 1
+
+
+async def test_a_scrape_publishes_on_the_loop_and_combines_in_a_thread(tmp_path: Path) -> None:
+    mine, theirs = GatewayMetrics(), GatewayMetrics()
+    mine.calls_started_total, theirs.calls_started_total = 2, 3
+    other = SharedMetrics(tmp_path, worker=1, metrics=theirs, stale_s=10)
+    other.start()
+    shared = SharedMetrics(tmp_path, worker=0, metrics=mine, stale_s=10)
+    shared.start()
+    mine.calls_started_total = 4
+    text = await shared.scrape()
+    assert _line(text, "voice_gateway_calls_started_total") == "7"
+    assert _line(text, "voice_gateway_workers") == "2"  # both of this process: both exist
+    published = WorkerSnapshot.parse((tmp_path / "worker-0.json").read_text())
+    assert published.metrics.calls_started_total == 4
