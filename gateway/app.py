@@ -299,6 +299,11 @@ _PUBLIC_PATHS: dict[str, Any] = {
         "get": {
             "operationId": "metrics",
             "summary": "Prometheus metrics",
+            "description": (
+                "The whole gateway's, whichever worker of `serve --workers N` answers: "
+                "counters summed over the workers (a restarted worker's included), gauges "
+                "over the live ones, `voice_gateway_workers` the live workers."
+            ),
             "tags": ["ops"],
             "responses": {"200": {"description": "Prometheus text format"}},
         }
