@@ -249,8 +249,11 @@ async def ready(request: Request) -> JSONResponse:
 
 
 async def metrics(request: Request) -> PlainTextResponse:
+    """This process's metrics; a worker of `serve --workers N`: the whole gateway's."""
     services: Services = request.app.state.services
-    return PlainTextResponse(services.metrics.render(), media_type="text/plain; version=0.0.4")
+    shared = services.shared_metrics
+    text = await shared.scrape() if shared is not None else services.metrics.render()
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
 def _version() -> str:
@@ -296,6 +299,11 @@ _PUBLIC_PATHS: dict[str, Any] = {
         "get": {
             "operationId": "metrics",
             "summary": "Prometheus metrics",
+            "description": (
+                "The whole gateway's, whichever worker of `serve --workers N` answers: "
+                "counters summed over the workers (a restarted worker's included), gauges "
+                "over the live ones, `voice_gateway_workers` the live workers."
+            ),
             "tags": ["ops"],
             "responses": {"200": {"description": "Prometheus text format"}},
         }

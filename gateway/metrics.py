@@ -1,11 +1,31 @@
-"""Process metrics exported at `GET /metrics` in the Prometheus text format."""
+"""Process metrics exported at `GET /metrics` in the Prometheus text format.
+
+One `GatewayMetrics` lives in each gateway process. Alone (`serve --workers 1`, the
+in-process app of the tests) a process exports its own values. Under `serve --workers N`
+each worker publishes them to a directory its supervisor made for the run
+(`gateway/worker_metrics.py`: a file per worker, replaced atomically every second, at each
+scrape it answers and at its exit), and the worker that answers a scrape exports the
+gateway's:
+- counters and histograms are the sum over every worker's file, the dead ones' included:
+  a worker started in a dead one's place takes its last counters over as a retired total
+  and adds its own, so no counter goes backwards when a worker dies (as in Prometheus
+  client_python's multiprocess mode). A dead worker's counts since its last publication
+  (at most a second's) are lost;
+- gauges come from the live workers only (their process exists, their file is fresher
+  than METRICS_STALE_S): `calls_active` and `event_streams_active` summed,
+  `event_loop_lag_ms` the highest, and each worker's lag and live calls also per worker
+  (`voice_gateway_worker_event_loop_lag_ms{worker="0"}`, `..._worker_calls_active`);
+- `voice_gateway_workers` says how many workers are live (1 for a single process).
+The scraping worker publishes its own file before it reads the others', so two scrapes
+that two workers answer one after the other never see a counter go down.
+"""
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from gateway.call.latency import STAGES
 
@@ -30,6 +50,20 @@ class _Histogram:
         self.counts[bisect.bisect_left(LATENCY_BUCKETS_MS, value)] += 1
         self.total += value
         self.n += 1
+
+    def add(self, other: _Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+        self.n += other.n
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerGauges:
+    """The gauges of one live worker of `serve --workers N`, exported per worker."""
+
+    worker: int
+    calls_active: int
+    event_loop_lag_ms: float
 
 
 @dataclass(slots=True)
@@ -113,17 +147,85 @@ class GatewayMetrics:
         for stage, value in latency_ms.items():
             self.turn_latency.setdefault(stage, _Histogram()).observe(value)
 
-    def render(self) -> str:
-        """The metrics in the Prometheus text exposition format."""
+    def add_counters(self, other: GatewayMetrics) -> None:
+        """Add `other`'s counters and histograms to these (its gauges are not added)."""
+        for name in _SCALARS:
+            if name not in _GAUGES:
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+        for key, count in other.calls_refused.items():
+            self.calls_refused[key] = self.calls_refused.get(key, 0) + count
+        for provider, count in other.provider_failures.items():
+            self.provider_failures[provider] = self.provider_failures.get(provider, 0) + count
+        for outcome, count in other.inbound_lookups.items():
+            self.inbound_lookups[outcome] = self.inbound_lookups.get(outcome, 0) + count
+        for stage, hist in other.turn_latency.items():
+            self.turn_latency.setdefault(stage, _Histogram()).add(hist)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every value, JSON-ready; `from_json` reads it back."""
+        return {
+            **{name: getattr(self, name) for name in _SCALARS},
+            "calls_refused": [[a, c, n] for (a, c), n in self.calls_refused.items()],
+            "provider_failures": dict(self.provider_failures),
+            "inbound_lookups": dict(self.inbound_lookups),
+            "turn_latency": {
+                stage: {"counts": list(h.counts), "total": h.total, "n": h.n}
+                for stage, h in self.turn_latency.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GatewayMetrics:
+        """The metrics `to_json` wrote (a value it names not is 0); ValueError for any other
+        shape."""
+        metrics = cls()
+        try:
+            for name in _SCALARS:
+                value = data.get(name, 0)
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(f"{name}: not a number")
+                setattr(metrics, name, type(getattr(metrics, name))(value))
+            for arrival, cause, count in data.get("calls_refused", []):
+                metrics.calls_refused[(str(arrival), str(cause))] = int(count)
+            for provider, count in dict(data.get("provider_failures", {})).items():
+                metrics.provider_failures[str(provider)] = int(count)
+            for outcome, count in dict(data.get("inbound_lookups", {})).items():
+                metrics.inbound_lookups[str(outcome)] = int(count)
+            for stage, hist in dict(data.get("turn_latency", {})).items():
+                counts = [int(c) for c in hist["counts"]]
+                if len(counts) != len(LATENCY_BUCKETS_MS) + 1:
+                    raise ValueError(f"turn_latency {stage}: {len(counts)} buckets")
+                metrics.turn_latency[str(stage)] = _Histogram(
+                    counts, float(hist["total"]), int(hist["n"])
+                )
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"not a metrics snapshot: {exc!r}") from exc
+        return metrics
+
+    def render(self, *, workers: Sequence[WorkerGauges] | None = None) -> str:
+        """The metrics in the Prometheus text exposition format: this process's, or (with
+        `workers`, the live workers' gauges) a whole `serve --workers N` gateway's once
+        combined (`gateway/worker_metrics.py`)."""
         lines = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int | float):
-                continue
-            kind = "gauge" if f.name in _GAUGES else "counter"
-            lines.append(f"# TYPE voice_gateway_{f.name} {kind}")
+        for name in _SCALARS:
+            value = getattr(self, name)
+            kind = "gauge" if name in _GAUGES else "counter"
+            lines.append(f"# TYPE voice_gateway_{name} {kind}")
             text = f"{value:.1f}" if isinstance(value, float) else str(value)
-            lines.append(f"voice_gateway_{f.name} {text}")
+            lines.append(f"voice_gateway_{name} {text}")
+        lines.append("# TYPE voice_gateway_workers gauge")
+        lines.append(f"voice_gateway_workers {1 if workers is None else len(workers)}")
+        if workers is not None:
+            ordered = sorted(workers, key=lambda w: w.worker)
+            lines.append("# TYPE voice_gateway_worker_calls_active gauge")
+            for w in ordered:
+                lines.append(
+                    f'voice_gateway_worker_calls_active{{worker="{w.worker}"}} {w.calls_active}'
+                )
+            lines.append("# TYPE voice_gateway_worker_event_loop_lag_ms gauge")
+            for w in ordered:
+                lag = f"{w.event_loop_lag_ms:.1f}"
+                lines.append(f'voice_gateway_worker_event_loop_lag_ms{{worker="{w.worker}"}} {lag}')
         lines.append("# TYPE voice_gateway_calls_refused_total counter")
         for (arrival, cause), count in sorted(self.calls_refused.items()):
             labels = f'arrival="{arrival}",cause="{cause}"'
@@ -145,3 +247,7 @@ class GatewayMetrics:
             lines.append(f'{name}_sum{{stage="{stage}"}} {hist.total:.1f}')
             lines.append(f'{name}_count{{stage="{stage}"}} {hist.n}')
         return "\n".join(lines) + "\n"
+
+
+# The plain counters and gauges (not the labelled families), in the order they are exported.
+_SCALARS = tuple(f.name for f in fields(GatewayMetrics) if isinstance(f.default, int | float))

@@ -32,6 +32,7 @@ from gateway.providers.registry import build_default_providers
 from gateway.readiness import DatabaseProbe
 from gateway.recording.bucket import RecordingBucket
 from gateway.settings import Settings
+from gateway.worker_metrics import SharedMetrics
 from storage import (
     CallRecord,
     CallStatus,
@@ -93,6 +94,9 @@ class Services:
     capacity: OrganizationCapacity  # the organisations' caps on live calls (outbound starts)
     # Set on SIGTERM (gateway/drain.py): /ready says 503, new calls are refused.
     draining: Draining = field(default_factory=Draining)
+    # A worker of `serve --workers N`: its metrics shared with the others (METRICS_DIR), so
+    # /metrics answers for the whole gateway. None: this process alone.
+    shared_metrics: SharedMetrics | None = None
 
 
 def build_services(
@@ -271,6 +275,16 @@ def build_services(
             calls=database.calls,
             retry_after_s=settings.admission_retry_after_s,
         ),
+        shared_metrics=(
+            SharedMetrics(
+                settings.metrics_dir,
+                worker=settings.worker_index or 0,
+                metrics=metrics,
+                stale_s=settings.metrics_stale_s,
+            )
+            if settings.metrics_dir is not None
+            else None
+        ),
     )
 
 
@@ -283,7 +297,11 @@ async def running(services: Services) -> AsyncIterator[None]:
     outbound path, which needs these services: `gateway/app.py` runs it inside this
     (`gateway.campaigns.placing.campaign_dialer`), so it stops before the calls end.
     At the end, every call this process still serves is ended (`gateway-shutdown`) before
-    anything stops, then the event streams and their pollers."""
+    anything stops, then the event streams and their pollers. A worker of `serve --workers
+    N` publishes its metrics from the start to the end (its last snapshot after all that)."""
+    shared = services.shared_metrics
+    if shared is not None:
+        shared.start()
     await services.lease.start()
     sweep_s = min(10.0, services.settings.call_lease_s / 3)  # a third of a lease, at most 10 s
     prune = services.database.claims.prune_expired  # a scan on FerretDB: once a minute
@@ -299,6 +317,8 @@ async def running(services: Services) -> AsyncIterator[None]:
             name="pruning",
         ),
     ]
+    if shared is not None:
+        tasks.append(asyncio.create_task(shared.run(), name="metrics-publish"))
     try:
         yield
     finally:
@@ -318,6 +338,8 @@ async def running(services: Services) -> AsyncIterator[None]:
             services.recordings.close()
         if services.livekit is not None:
             await services.livekit.aclose()
+        if shared is not None:
+            shared.stop()
 
 
 async def _every(seconds: float, one_round: Callable[[], Awaitable[object]], what: str) -> None:

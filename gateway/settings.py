@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     # index (WORKER_INDEX, set by `serve` for its workers, not by operators).
     workers: int | None = Field(default=None, ge=1, le=256)
     worker_index: int | None = Field(default=None, ge=0)
+    # `serve --workers N` makes a directory for the run where each worker publishes its
+    # metrics (METRICS_DIR, set by `serve` for its workers, not by operators), so that
+    # /metrics answers for the whole gateway (gateway/worker_metrics.py). A worker whose
+    # snapshot is older than METRICS_STALE_S (stuck) is left out of the gauges.
+    metrics_dir: Path | None = None
+    metrics_stale_s: float = Field(default=10.0, ge=2, le=3600)
     # The externally visible base URL (what Twilio calls); http maps to ws, https to wss.
     public_url: str = "http://127.0.0.1:8080"
 

@@ -21,6 +21,10 @@ has its own gateway id and lease, so the calls of a worker that died are finishe
 by the others' sweepers once its lease expires, as any dead gateway's are; the restarted
 worker is a new gateway and takes none of them over.
 
+The supervisor makes a directory for the run (METRICS_DIR) where each worker publishes its
+metrics, so that `GET /metrics`, whichever worker answers it, is the whole gateway's
+(`gateway/worker_metrics.py`); it removes it at the end.
+
 SIGTERM / SIGINT to the supervisor is forwarded to every worker (each drains as a single
 `serve` does); the supervisor returns once all have exited. Each worker dies with the
 supervisor even if it is SIGKILLed (`gateway.worker` asks for PR_SET_PDEATHSIG).
@@ -32,10 +36,12 @@ import contextlib
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -333,13 +339,18 @@ def supervise_workers(
     except OSError as exc:  # as uvicorn says it when it binds alone
         log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
         return 1
+    # Each worker publishes its metrics here, and the one that answers `GET /metrics` reads
+    # them all (gateway/worker_metrics.py); made for this run, removed after it.
+    metrics_dir = tempfile.mkdtemp(prefix="voice-gateway-metrics-")
     env = {
         **os.environ,
         "MONGODB_URL": mongodb_url,  # the embedded server the supervisor started, or the same
         "HOST": host,
         "PORT": str(sock.getsockname()[1]),
+        "METRICS_DIR": metrics_dir,
     }
     try:
         return WorkerSupervisor(count, sock, env, policy or RestartPolicy()).run()
     finally:
         sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -125,3 +125,5 @@ def test_calls_limit_is_validated(client: TestClient) -> None:
 def test_metrics_are_prometheus_text(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert "voice_gateway_outbound_frames_total 0" in text
+    assert "voice_gateway_workers 1" in text  # one process, no metrics directory: its own
+    assert "voice_gateway_worker_event_loop_lag_ms" not in text
