@@ -16,7 +16,8 @@ While the gate is undecided, the callee's audio frames and transcripts go to the
 
 Order of calls: `verdict()` any number of times from any source (the first decision is
 kept; only `machine_done` after `machine` moves it on); `on_audio()` / `on_transcript()`
-while `undecided`; `outcome()` once, by the call's lifecycle, which acts on it.
+while `undecided`; `outcome()` once, by the call's lifecycle, which acts on it (or, if it
+raised, `settle()`: what to do with what is known).
 """
 
 from __future__ import annotations
@@ -90,8 +91,16 @@ class VoicemailBounds:
     decision_timeout_s: float = 35.0
     # A machine's greeting that has not ended by then: the message is said anyway.
     message_end_timeout_s: float = 45.0
-    # How often a verdict stored by another gateway is looked for while undecided.
-    poll_interval_s: float = 0.25
+    # How often a verdict stored beside the call (another gateway took the carrier's
+    # callback, or it came before the stream started here) is looked for: at once, then
+    # after `poll_interval_s`, each wait `POLL_GROWTH` times longer up to
+    # `poll_max_interval_s` (one `_id` read each: ~30 over a screening of 80 s). A verdict
+    # taken here wakes the gate at once whatever the interval.
+    poll_interval_s: float = 1.0
+    poll_max_interval_s: float = 3.0
+
+
+POLL_GROWTH = 1.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +147,7 @@ class VoicemailGate:
         self._takes_message = True  # False: a fax
         self._decided = asyncio.Event()
         self._done = asyncio.Event()  # the machine's greeting ended
+        self._poll_step_s = self._bounds.poll_interval_s  # grows while nothing is found
 
     @property
     def undecided(self) -> bool:
@@ -198,18 +208,30 @@ class VoicemailGate:
     async def outcome(self) -> GateOutcome:
         """Wait for the decision (bounded), and for a machine's greeting to end when a
         message is to be left (bounded); what the agent does then."""
+        self._poll_step_s = self._bounds.poll_interval_s
         await self._wait(self._decided, self._bounds.decision_timeout_s, self._undecided)
         if self._decision is None:
             log.info("no callee verdict in time: treated as a person")
+        elif self._decision is CalleeVerdict.MACHINE and self._leaves_message():
+            await self._wait(self._done, self._bounds.message_end_timeout_s, self._greeting_on)
+            if not self._done.is_set():
+                log.info("the machine's greeting did not end in time: the message is left now")
+        return self.settle()
+
+    def settle(self) -> GateOutcome:
+        """What the agent does now, with what is known (the end of `outcome()`, or screening
+        cut short by an error): undecided is decided `unknown` and greeted, so the callee's
+        words reach the agent; a machine is hung up on, or its message left at once."""
+        if self._decision is None:
             self.verdict(CalleeVerdict.UNKNOWN)
         if self._decision is not CalleeVerdict.MACHINE:
             return Greet()
-        if self.plan.action == "hangup" or not self._takes_message:
+        if not self._leaves_message():
             return HangUpOnMachine()
-        await self._wait(self._done, self._bounds.message_end_timeout_s, self._greeting_on)
-        if not self._done.is_set():
-            log.info("the machine's greeting did not end in time: the message is left now")
         return LeaveMessage(self.plan.message)
+
+    def _leaves_message(self) -> bool:
+        return self.plan.action == "leave_message" and self._takes_message
 
     def _undecided(self) -> bool:
         return self._decision is None
@@ -232,7 +254,11 @@ class VoicemailGate:
             left = deadline - self._clock()
             if left <= 0:
                 return
-            step = left if self._poll is None else min(left, self._bounds.poll_interval_s)
+            step = left
+            if self._poll is not None:
+                step = min(left, self._poll_step_s)
+                grown = self._poll_step_s * POLL_GROWTH
+                self._poll_step_s = min(grown, self._bounds.poll_max_interval_s)
             try:
                 async with asyncio.timeout(step):
                     await event.wait()
@@ -245,4 +271,6 @@ class VoicemailGate:
                 return await poll()
         except (StorageError, TimeoutError) as exc:  # looked for again at the next interval
             log.warning("looking for a stored callee verdict failed: %r", exc)
-            return None
+        except Exception:  # not expected: logged whole, and looked for again all the same
+            log.exception("looking for a stored callee verdict failed")
+        return None
