@@ -93,14 +93,9 @@ class VoicemailBounds:
     message_end_timeout_s: float = 45.0
     # How often a verdict stored beside the call (another gateway took the carrier's
     # callback, or it came before the stream started here) is looked for: at once, then
-    # after `poll_interval_s`, each wait `POLL_GROWTH` times longer up to
-    # `poll_max_interval_s` (one `_id` read each: ~30 over a screening of 80 s). A verdict
-    # taken here wakes the gate at once whatever the interval.
+    # every `poll_interval_s` (one `_id` read each; 1 s: a verdict taken by another gateway
+    # is acted on within about a second). A verdict taken here wakes the gate at once.
     poll_interval_s: float = 1.0
-    poll_max_interval_s: float = 3.0
-
-
-POLL_GROWTH = 1.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +142,6 @@ class VoicemailGate:
         self._takes_message = True  # False: a fax
         self._decided = asyncio.Event()
         self._done = asyncio.Event()  # the machine's greeting ended
-        self._poll_step_s = self._bounds.poll_interval_s  # grows while nothing is found
 
     @property
     def undecided(self) -> bool:
@@ -208,7 +202,6 @@ class VoicemailGate:
     async def outcome(self) -> GateOutcome:
         """Wait for the decision (bounded), and for a machine's greeting to end when a
         message is to be left (bounded); what the agent does then."""
-        self._poll_step_s = self._bounds.poll_interval_s
         await self._wait(self._decided, self._bounds.decision_timeout_s, self._undecided)
         if self._decision is None:
             log.info("no callee verdict in time: treated as a person")
@@ -254,11 +247,7 @@ class VoicemailGate:
             left = deadline - self._clock()
             if left <= 0:
                 return
-            step = left
-            if self._poll is not None:
-                step = min(left, self._poll_step_s)
-                grown = self._poll_step_s * POLL_GROWTH
-                self._poll_step_s = min(grown, self._bounds.poll_max_interval_s)
+            step = left if self._poll is None else min(left, self._bounds.poll_interval_s)
             try:
                 async with asyncio.timeout(step):
                     await event.wait()
