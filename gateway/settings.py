@@ -9,13 +9,24 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audio.models import models_dir
 from gateway.errors import ConfigError
 from gateway.pricing import EXAMPLE_PRICES, PriceTable
 from storage import TurnTakingConfig
+
+# Twilio's answering-machine verdict, due by TWILIO_AMD_TIMEOUT_S, reaches a call's gate
+# within this (the callback's delivery, another gateway's note read at the next poll).
+AMD_VERDICT_MARGIN_S = 3.0
 
 
 class HttpToolSetting(BaseModel):
@@ -153,6 +164,9 @@ class Settings(BaseSettings):
     # long of the answer (a greeting's length, its words, a beep); undecided is `unknown`.
     livekit_machine_detection_s: float = Field(default=6.0, ge=1.0, le=60)
     # Twilio's answering-machine detection: its MachineDetectionTimeout (3-59 s).
+    # VOICEMAIL_DECISION_TIMEOUT_S must exceed it by AMD_VERDICT_MARGIN_S (and exceed
+    # LIVEKIT_MACHINE_DETECTION_S): a gate that gave up first would greet a machine, and
+    # ignore the verdict that came after.
     twilio_amd_timeout_s: int = Field(default=30, ge=3, le=59)
 
     # LiveKit (SIP trunks, dispatch rules, rooms); e.g. http://127.0.0.1:7880.
@@ -336,6 +350,23 @@ class Settings(BaseSettings):
     # gateway took it this long after, the refusing gateway serves it (room again) or
     # stores it busy/gateway-full and closes its room (the caller is hung up).
     livekit_dispatch_grace_s: float = Field(default=10.0, ge=0.5, le=120)
+
+    @model_validator(mode="after")
+    def _voicemail_waits_for_the_detectors(self) -> Settings:
+        least = self.twilio_amd_timeout_s + AMD_VERDICT_MARGIN_S
+        if self.voicemail_decision_timeout_s < least:
+            raise ValueError(
+                f"VOICEMAIL_DECISION_TIMEOUT_S ({self.voicemail_decision_timeout_s:g}) must be"
+                f" at least TWILIO_AMD_TIMEOUT_S ({self.twilio_amd_timeout_s}) + "
+                f"{AMD_VERDICT_MARGIN_S:g} s: Twilio's verdict (by then at the latest) has to "
+                "reach the call before it gives up and greets"
+            )
+        if self.voicemail_decision_timeout_s <= self.livekit_machine_detection_s:
+            raise ValueError(
+                f"VOICEMAIL_DECISION_TIMEOUT_S ({self.voicemail_decision_timeout_s:g}) must "
+                f"exceed LIVEKIT_MACHINE_DETECTION_S ({self.livekit_machine_detection_s:g})"
+            )
+        return self
 
     @field_validator("public_url")
     @classmethod

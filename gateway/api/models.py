@@ -155,7 +155,11 @@ class OutboundCallRequest(_CallMetadata):
         default=None, description="LiveKit only: outbound trunk (default: the only one)"
     )
     machine_detection: bool = Field(
-        default=False, description="Twilio only: answering-machine detection"
+        default=False,
+        description=(
+            "Twilio only: answering-machine detection (synchronous: the call's `answered_by`;"
+            " an assistant's voicemail plan screens its calls whatever this says)"
+        ),
     )
 
 

@@ -369,22 +369,32 @@ class CallLifecycle:
 
     async def _screen(self, gate: VoicemailGate) -> None:
         """Act on the gate's outcome: greet a person, hang up on a machine, or leave the
-        message once its greeting ended (the call then ends `voicemail`)."""
-        outcome = await gate.outcome()
+        message once its greeting ended (the call then ends `voicemail`). Screening that
+        fails goes on with what is known (`settle()`: undecided is greeted); acting on it
+        that fails ends the call (`agent-error`): never a silent agent until max duration."""
+        try:
+            outcome = await gate.outcome()
+        except Exception:
+            log.exception("screening the callee failed: going on with what is known")
+            outcome = gate.settle()
         session = self.session
         if session is None or self.ended.is_set():
             return
         log.info("callee screened", extra={"outcome": repr(outcome)})
         metrics = self._rt.metrics
-        if isinstance(outcome, Greet):
-            metrics.screened_greeted_total += 1
-            session.greet()
-        elif isinstance(outcome, HangUpOnMachine):
-            metrics.screened_hung_up_total += 1
-            self.request_end(VOICEMAIL, CallStatus.COMPLETED)
-        else:
-            metrics.screened_messages_left_total += 1
-            session.leave_message(outcome.text)
+        try:
+            if isinstance(outcome, Greet):
+                metrics.screened_greeted_total += 1
+                session.greet()
+            elif isinstance(outcome, HangUpOnMachine):
+                metrics.screened_hung_up_total += 1
+                self.request_end(VOICEMAIL, CallStatus.COMPLETED)
+            else:
+                metrics.screened_messages_left_total += 1
+                session.leave_message(outcome.text)
+        except Exception:
+            log.exception("acting on the screening failed: the call ends")
+            self.request_end("agent-error", CallStatus.FAILED)
 
     async def _turn_event(self, turn: TurnRecord) -> None:
         if self._rt.events is not None:

@@ -113,7 +113,12 @@ async def place_call(
         await on_stored(call)
     if trunk is None:
         try:
-            sid = await dial_twilio(services, call, machine_detection=dial.machine_detection)
+            sid = await dial_twilio(
+                services,
+                call,
+                machine_detection=dial.machine_detection,
+                voicemail=assistant.config.voicemail,
+            )
         except CarrierError as exc:
             unreachable = isinstance(exc, CarrierUnavailable)
             await db.calls.finish_call(

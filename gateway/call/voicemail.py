@@ -16,7 +16,8 @@ While the gate is undecided, the callee's audio frames and transcripts go to the
 
 Order of calls: `verdict()` any number of times from any source (the first decision is
 kept; only `machine_done` after `machine` moves it on); `on_audio()` / `on_transcript()`
-while `undecided`; `outcome()` once, by the call's lifecycle, which acts on it.
+while `undecided`; `outcome()` once, by the call's lifecycle, which acts on it (or, if it
+raised, `settle()`: what to do with what is known).
 """
 
 from __future__ import annotations
@@ -90,8 +91,11 @@ class VoicemailBounds:
     decision_timeout_s: float = 35.0
     # A machine's greeting that has not ended by then: the message is said anyway.
     message_end_timeout_s: float = 45.0
-    # How often a verdict stored by another gateway is looked for while undecided.
-    poll_interval_s: float = 0.25
+    # How often a verdict stored beside the call (another gateway took the carrier's
+    # callback, or it came before the stream started here) is looked for: at once, then
+    # every `poll_interval_s` (one `_id` read each; 1 s: a verdict taken by another gateway
+    # is acted on within about a second). A verdict taken here wakes the gate at once.
+    poll_interval_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,15 +205,26 @@ class VoicemailGate:
         await self._wait(self._decided, self._bounds.decision_timeout_s, self._undecided)
         if self._decision is None:
             log.info("no callee verdict in time: treated as a person")
+        elif self._decision is CalleeVerdict.MACHINE and self._leaves_message():
+            await self._wait(self._done, self._bounds.message_end_timeout_s, self._greeting_on)
+            if not self._done.is_set():
+                log.info("the machine's greeting did not end in time: the message is left now")
+        return self.settle()
+
+    def settle(self) -> GateOutcome:
+        """What the agent does now, with what is known (the end of `outcome()`, or screening
+        cut short by an error): undecided is decided `unknown` and greeted, so the callee's
+        words reach the agent; a machine is hung up on, or its message left at once."""
+        if self._decision is None:
             self.verdict(CalleeVerdict.UNKNOWN)
         if self._decision is not CalleeVerdict.MACHINE:
             return Greet()
-        if self.plan.action == "hangup" or not self._takes_message:
+        if not self._leaves_message():
             return HangUpOnMachine()
-        await self._wait(self._done, self._bounds.message_end_timeout_s, self._greeting_on)
-        if not self._done.is_set():
-            log.info("the machine's greeting did not end in time: the message is left now")
         return LeaveMessage(self.plan.message)
+
+    def _leaves_message(self) -> bool:
+        return self.plan.action == "leave_message" and self._takes_message
 
     def _undecided(self) -> bool:
         return self._decision is None
@@ -245,4 +260,6 @@ class VoicemailGate:
                 return await poll()
         except (StorageError, TimeoutError) as exc:  # looked for again at the next interval
             log.warning("looking for a stored callee verdict failed: %r", exc)
-            return None
+        except Exception:  # not expected: logged whole, and looked for again all the same
+            log.exception("looking for a stored callee verdict failed")
+        return None

@@ -2,16 +2,21 @@
 audio to the media stream endpoint with a stream token bound to the call's id (the
 CallSid comes later), and every progress event goes to `/twilio/status?call_id=`.
 
-A call whose assistant has a voicemail plan (or that asked for machine detection) is
-placed with Twilio's asynchronous answering-machine detection, its verdict sent to
-`/twilio/amd?call_id=`: `DetectMessageEnd` when a message is to be left (the verdict comes
-once the machine's greeting ended, the beep), `Enable` otherwise (at once)."""
+A call whose assistant has a voicemail plan is placed with Twilio's asynchronous
+answering-machine detection, its verdict sent to `/twilio/amd?call_id=` (the call's
+voicemail gate waits for it): `DetectMessageEnd` when a message is to be left (the verdict
+comes once the machine's greeting ended, the beep), `Enable` otherwise (at once). A call
+that only asked for machine detection (`machine_detection`, no voicemail plan) keeps
+Twilio's synchronous `Enable`: the TwiML (the stream, the agent's greeting) waits for the
+verdict, which comes as `AnsweredBy` on the `in-progress` status callback; nothing screens
+the call."""
 
 from __future__ import annotations
 
 import time
 
 from gateway.services import Services
+from gateway.settings import Settings
 from storage import CallRecord, VoicemailPlan
 from telephony.twilio import (
     MachineDetection,
@@ -27,23 +32,31 @@ def outbound_token_subject(call_id: str) -> str:
 
 
 def machine_detection_for(
-    services: Services, call: CallRecord, plan: VoicemailPlan | None, *, asked: bool
+    settings: Settings, call_id: str, plan: VoicemailPlan | None, *, asked: bool
 ) -> MachineDetection | None:
-    """The answering-machine detection to place `call` with (None: none)."""
-    if plan is None and not asked:
-        return None
-    leaves_message = plan is not None and plan.action == "leave_message"
-    settings = services.settings
+    """The answering-machine detection to place call `call_id` with (None: none): see the
+    module docstring."""
+    if plan is None:
+        if not asked:
+            return None
+        return MachineDetection(mode="Enable", timeout_s=settings.twilio_amd_timeout_s)
     return MachineDetection(
-        mode="DetectMessageEnd" if leaves_message else "Enable",
-        callback_url=settings.public_url_for(f"/twilio/amd?call_id={call.id}"),
+        mode="DetectMessageEnd" if plan.action == "leave_message" else "Enable",
+        callback_url=settings.public_url_for(f"/twilio/amd?call_id={call_id}"),
         timeout_s=settings.twilio_amd_timeout_s,
     )
 
 
-async def dial_twilio(services: Services, call: CallRecord, *, machine_detection: bool) -> str:
+async def dial_twilio(
+    services: Services,
+    call: CallRecord,
+    *,
+    machine_detection: bool,
+    voicemail: VoicemailPlan | None,
+) -> str:
     """Ask Twilio to place `call`; returns its CallSid (`CarrierError` if Twilio refuses).
-    Its assistant's voicemail plan (read here) asks for machine detection too."""
+    `voicemail`: its assistant's plan (the caller holds the assistant; nothing is read from
+    the database here, so nothing but the carrier can fail once the call is stored)."""
     settings, rest = services.settings, services.twilio.rest
     assert rest is not None
     ring_s = settings.outbound_ring_timeout_s
@@ -57,15 +70,13 @@ async def dial_twilio(services: Services, call: CallRecord, *, machine_detection
     twiml = connect_stream_twiml(
         stream_url_for(settings.public_url), {"call_id": call.id, "token": token}
     )
-    assistant = None
-    if call.assistant_id is not None:
-        assistant = await services.database.assistants.get_any(call.assistant_id)
-    plan = assistant.config.voicemail if assistant is not None else None
     return await rest.create_call(
         to=call.to_number,
         from_=call.from_number,
         twiml=twiml,
         status_callback=settings.public_url_for(f"/twilio/status?call_id={call.id}"),
         ring_timeout_s=ring_s,
-        machine_detection=machine_detection_for(services, call, plan, asked=machine_detection),
+        machine_detection=machine_detection_for(
+            settings, call.id, voicemail, asked=machine_detection
+        ),
     )

@@ -31,13 +31,15 @@ _UNREACHABLE = (requests.RequestException, OSError, ValueError)
 
 @dataclass(frozen=True, slots=True)
 class MachineDetection:
-    """Twilio's asynchronous answering-machine detection for a call: `Enable` answers as
-    soon as it knows (`human`, `machine_start`, `fax`, `unknown`); `DetectMessageEnd` waits
-    for a machine's greeting to end (`machine_end_beep` / `_silence` / `_other`). The verdict
-    is POSTed (signed) to `callback_url` while the call's TwiML runs."""
+    """Twilio's answering-machine detection for a call: `Enable` answers as soon as it knows
+    (`human`, `machine_start`, `fax`, `unknown`); `DetectMessageEnd` waits for a machine's
+    greeting to end (`machine_end_beep` / `_silence` / `_other`). With a `callback_url` it
+    is asynchronous: the call's TwiML runs at once and the verdict is POSTed (signed) there.
+    Without, it is synchronous: the TwiML waits for the verdict, which comes as `AnsweredBy`
+    on the `in-progress` status callback."""
 
     mode: Literal["Enable", "DetectMessageEnd"]
-    callback_url: str
+    callback_url: str | None = None
     timeout_s: int = 30  # MachineDetectionTimeout: then `unknown`
 
 
@@ -82,8 +84,8 @@ class TwilioCalls:
         """Place a call that runs `twiml` when answered; returns its CallSid.
 
         Every progress event (initiated, ringing, answered, completed) is POSTed to
-        `status_callback`; with `machine_detection`, its verdict goes to its callback
-        (`AnsweredBy`, `MachineDetectionDuration`), asynchronously: the TwiML runs at once.
+        `status_callback`; with `machine_detection`, Twilio adds its verdict (`AnsweredBy`):
+        to the `in-progress` callback, or (asynchronous, a `callback_url`) to its own.
         """
         options: dict[str, object] = {
             "to": to,
@@ -98,6 +100,9 @@ class TwilioCalls:
             options |= {
                 "machine_detection": machine_detection.mode,
                 "machine_detection_timeout": machine_detection.timeout_s,
+            }
+        if machine_detection is not None and machine_detection.callback_url is not None:
+            options |= {
                 "async_amd": "true",
                 "async_amd_status_callback": machine_detection.callback_url,
                 "async_amd_status_callback_method": "POST",

@@ -227,7 +227,8 @@ async def test_a_verdict_taken_by_another_gateway(
     }
     via_b = "+15550100007"
     with run_gateway(mongo_url, tmp_path_factory.mktemp("gateway-b"), env) as b:
-        script = {via_b: {"answer": "machine", "stream_via": b.base_url}}
+        # Time to spare on a loaded machine: the callee would hang up after 30 s.
+        script = {via_b: {"answer": "machine", "stream_via": b.base_url, "talk_s": 90}}
         async with httpx.AsyncClient(base_url=a.base_url, timeout=20) as http:
             scripted = await http.post(twilio_fake.url + "/control/numbers", json=script)
             scripted.raise_for_status()

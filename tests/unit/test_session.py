@@ -194,6 +194,7 @@ class MemoryStore:
     finished: list[tuple[CallStatus, str]] = field(default_factory=list)
     latencies: list[dict[str, float]] = field(default_factory=list)
     turns_down: bool = False  # every turn write fails, as with the database away
+    turns_wait: asyncio.Event | None = None  # turn writes hang until it is set
     finish_fails: bool = False
 
     async def add_turn(
@@ -208,6 +209,8 @@ class MemoryStore:
         latency: Mapping[str, float] | None = None,
         turn_id: str | None = None,
     ) -> TurnRecord:
+        if self.turns_wait is not None:
+            await self.turns_wait.wait()
         if self.turns_down:
             raise StorageError("database away")
         self.turns.append({"speaker": speaker, "text": text, "interrupted": interrupted})
@@ -478,11 +481,31 @@ class SlowSTT(ScriptedSTT):
         self._queue.put_nowait(Transcript(text, False))
 
 
+class HeldSTT(SlowSTT):
+    """A final transcript comes when the test releases it (in order): what the caller said
+    is judged exactly when the test says, whatever the machine's load."""
+
+    def __init__(self, texts: list[str]) -> None:
+        super().__init__(texts, None)
+        self.owed: list[str] = []  # utterances ended, their transcripts not released
+
+    async def end_utterance(self) -> None:
+        self.owed.append(self.texts.pop(0) if self.texts else "")
+
+    def release(self) -> None:
+        self._queue.put_nowait(Transcript(self.owed.pop(0), True))
+
+    def taken(self) -> bool:
+        """True once the session took every released transcript (and acted on it up to its
+        next wait: it acts on a transcript as it takes it)."""
+        return self._queue.empty()
+
+
 async def _call_with(
-    stt: ScriptedSTT, turn: TurnTakingConfig = SILENCE_400
+    stt: ScriptedSTT, turn: TurnTakingConfig = SILENCE_400, speed: float = 5.0
 ) -> tuple[CallLifecycle, MemoryStore, FakeTransport]:
     ref: list[CallLifecycle] = []
-    transport = FakeTransport(ref)
+    transport = FakeTransport(ref, speed)
     store = MemoryStore()
     agent = LocalScriptedAgent(greeting="Hello, how can I help?")
     call = await _answered(
@@ -531,18 +554,41 @@ async def test_a_pause_that_no_words_come_to_decide_ends_and_the_agent_goes_on()
 async def test_an_acknowledgement_judged_while_the_caller_talks_again_keeps_the_agent_paused() -> (
     None
 ):
-    stt = SlowSTT(["i want to book an appointment", "uh-huh", "wait no"], delay_s=0.3)
-    call, store, transport = await _call_with(stt)
-    await _feed(call, _silence(3000) + _speech(800) + _silence(1000))
-    await _until(lambda: transport.played_samples > 0)
-    # "uh-huh", then more speech before its transcript comes (0.3 s later).
-    await _feed(call, _speech(300) + _silence(400) + _speech(9000) + _silence(2000))
+    # Each step waits for the one before (the transcripts come when released, the agent's
+    # audio plays in real time): the order is the test's, not the machine's.
+    stt = HeldSTT(["i want to book an appointment", "uh-huh", "wait no"])
+    call, store, transport = await _call_with(stt, speed=0.5)
+    await _feed(call, _silence(3000))
+    await _until(lambda: len(store.turns) == 1)  # the greeting, all played
+    await _feed(call, _speech(800) + _silence(1000))
+    await _until(lambda: len(stt.owed) == 1)
+    greeting = transport.played_samples
+    stt.release()  # "i want to book an appointment"
+    await _until(lambda: transport.played_samples > greeting)  # the answer plays (3.4 s)
+    # "uh-huh" over it: the agent pauses; its transcript is owed.
+    await _feed(call, _speech(300) + _silence(400))
+    await _until(lambda: len(stt.owed) == 1)
+    assert transport.pauses == 1 and transport.clears == 0
+    # The caller talks again, then "uh-huh" is judged: an acknowledgement, but the caller
+    # is speaking, so the agent stays paused.
+    await _feed(call, _speech(300))
+    stt.release()
+    await _until(stt.taken)
+    assert transport.resumes == 0 and transport.clears == 0
+    # The caller goes on: long speech interrupts the agent; "wait no" is the caller's turn.
+    await _feed(call, _speech(8700) + _silence(2000))
+    await _until(lambda: len(stt.owed) == 1)
+    stt.release()
+    await _until(lambda: len(store.turns) >= 5)
     await _hang_up(call)
     await transport.aclose()
     assert transport.resumes == 0  # never played over the caller's second utterance
     assert transport.clears >= 1
-    assert [t["speaker"] for t in store.turns][-3:] == ["agent", "caller", "agent"]
+    said = [(t["speaker"], t["text"]) for t in store.turns]
+    assert [speaker for speaker, _ in said] == ["agent", "caller", "agent", "caller", "agent"]
+    assert said[3] == ("caller", "wait no")  # "uh-huh" was no turn
     assert store.turns[-3]["interrupted"]
+    assert BOOKING.startswith(str(said[2][1]))
 
 
 async def test_a_keypad_entry_over_the_agent_stores_its_cut_turn_first() -> None:
@@ -671,6 +717,12 @@ async def test_a_tts_that_drops_mid_turn_gives_way_to_the_fallback_apology() -> 
     assert store.finished == [(CallStatus.COMPLETED, "caller-hung-up")]
 
 
+def _tone(text: str) -> int:
+    """The samples at RATE that ToneTTS plays for `text` (100 ms a word), less a resampler's
+    margin."""
+    return len(text.split()) * RATE // 10 - 100
+
+
 async def test_a_database_that_stays_away_ends_the_call_politely() -> None:
     ref: list[CallLifecycle] = []
     transport = FakeTransport(ref)
@@ -681,16 +733,27 @@ async def test_a_database_that_stays_away_ends_the_call_politely() -> None:
         LocalScriptedAgent(greeting="Hello, how can I help?"),
         ToneTTS(),
     )
-    policy = WritePolicy(attempt_timeout_s=0.5, outage_s=1.0, retry_base_s=0.05)
+    # The database hangs (writes in flight, none failed yet) while the caller talks; then it
+    # refuses, and after `outage_s` of refusals the call ends. Each step waits for the one
+    # before: the outage is timed from the first refusal, after the agent answered.
+    store.turns_wait = asyncio.Event()
+    policy = WritePolicy(attempt_timeout_s=60, outage_s=1.0, retry_base_s=0.05)
     call = await _answered("call-1", providers, store, ref, transport, metrics, policy)
-    # The caller talks on; the agent answers although nothing can be stored.
-    await _feed(call, _silence(3000) + _speech(1000) + _silence(3000))
+    await _feed(call, _silence(3000))
+    await _until(lambda: transport.played_samples >= _tone("Hello, how can I help?"))
+    # The caller talks; the agent answers although nothing is stored.
+    await _feed(call, _speech(1000) + _silence(1000))
+    answered = _tone("Hello, how can I help? We are open from nine to five, Monday to Friday.")
+    await _until(lambda: transport.played_samples >= answered)
+    before = transport.played_samples
+    store.turns_wait.set()  # now it refuses every write
     await asyncio.wait_for(call.finished(), 30)
     await transport.aclose()
     assert store.finished == [(CallStatus.FAILED, "storage-unavailable")]
     assert transport.hung_up and store.turns == []
-    # The goodbye was played after the greeting (about 1.1 s of tone for its 11 words).
-    assert transport.played_samples > 2400 * 11
+    # The goodbye was played after the answer: all of it.
+    goodbye = call._rt.outage_goodbye
+    assert transport.played_samples - before >= _tone(goodbye)
     assert metrics.calls_active == 0
 
 

@@ -20,6 +20,7 @@ from gateway.call.voicemail import (
     VoicemailGate,
     verdict_of_answered_by,
 )
+from gateway.settings import AMD_VERDICT_MARGIN_S, Settings
 from storage import AssistantConfig, StorageError, VoicemailPlan
 
 LEAVE = VoicemailPlan(action="leave_message", message="Hi Dana, call us back.")
@@ -170,3 +171,74 @@ async def test_listeners_hear_nothing_once_a_person_is_decided() -> None:
     gate.on_audio(AudioFrame(np.zeros(160, dtype=np.int16), 8000))
     gate.on_transcript("hello", True)
     assert ears.frames == [] and ears.words == []
+
+
+async def test_an_unexpected_poll_error_is_logged_and_looked_for_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    polls = 0
+
+    async def poll() -> tuple[CalleeVerdict, bool] | None:
+        nonlocal polls
+        polls += 1
+        if polls == 1:
+            raise RuntimeError("a bug, not the database")
+        return (CalleeVerdict.HUMAN, True)
+
+    gate = VoicemailGate(LEAVE, bounds=SLOW, poll=poll)
+    assert await asyncio.wait_for(gate.outcome(), 5) == Greet()
+    assert polls == 2
+    [failed] = [r for r in caplog.records if "stored callee verdict failed" in r.message]
+    assert failed.exc_info is not None  # with its traceback
+
+
+async def test_the_poll_reads_once_an_interval_while_nothing_is_stored() -> None:
+    """One `_id` read at once, then one per interval (a loaded machine only reads less);
+    by default once a second, not four times."""
+    polls = 0
+
+    async def poll() -> tuple[CalleeVerdict, bool] | None:
+        nonlocal polls
+        polls += 1
+        return None
+
+    bounds = VoicemailBounds(decision_timeout_s=1.0, poll_interval_s=0.2)
+    gate = VoicemailGate(LEAVE, bounds=bounds, poll=poll)
+    assert await asyncio.wait_for(gate.outcome(), 30) == Greet()
+    assert 1 <= polls <= 7
+    assert VoicemailBounds().poll_interval_s == 1.0
+
+
+def test_settle_acts_on_what_is_known() -> None:
+    """Screening cut short (an error): undecided is `unknown` and greeted (the callee's
+    words reach the agent again); a machine is hung up on or gets its message at once."""
+    gate = VoicemailGate(LEAVE, bounds=SLOW)
+    assert gate.settle() == Greet()
+    assert gate.decision is CalleeVerdict.UNKNOWN and not gate.screening
+    machine = VoicemailGate(LEAVE, bounds=SLOW)
+    machine.verdict(CalleeVerdict.MACHINE)
+    assert machine.settle() == LeaveMessage(LEAVE.message)
+    fax = VoicemailGate(LEAVE, bounds=SLOW)
+    fax.verdict(CalleeVerdict.MACHINE, takes_message=False)
+    assert fax.settle() == HangUpOnMachine()
+    hang_up = VoicemailGate(HANG_UP, bounds=SLOW)
+    hang_up.verdict(CalleeVerdict.MACHINE)
+    assert hang_up.settle() == HangUpOnMachine()
+
+
+def test_the_decision_outlasts_the_detectors() -> None:
+    """A gate that gave up before Twilio's verdict was due would greet a machine."""
+    base = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert base.voicemail_decision_timeout_s >= base.twilio_amd_timeout_s + AMD_VERDICT_MARGIN_S
+    with pytest.raises(ValidationError, match="TWILIO_AMD_TIMEOUT_S"):
+        Settings(_env_file=None, twilio_amd_timeout_s=40)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="TWILIO_AMD_TIMEOUT_S"):
+        Settings(_env_file=None, voicemail_decision_timeout_s=32)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="LIVEKIT_MACHINE_DETECTION_S"):
+        Settings(_env_file=None, livekit_machine_detection_s=40)  # type: ignore[call-arg]
+    longer = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        twilio_amd_timeout_s=50,
+        voicemail_decision_timeout_s=53,
+    )
+    assert longer.voicemail_decision_timeout_s == 53

@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from gateway.call.config import SessionConfig
 from gateway.call.lifecycle import CallLifecycle, CallRuntime, LiveCalls
-from gateway.call.voicemail import CalleeVerdict, VoicemailBounds, VoicemailGate
+from gateway.call.session import CallSession
+from gateway.call.voicemail import CalleeVerdict, GateOutcome, VoicemailBounds, VoicemailGate
 from gateway.metrics import GatewayMetrics
 from gateway.providers.base import Providers
 from gateway.providers.catalog import ProviderCatalog
@@ -159,4 +161,44 @@ async def test_a_person_is_greeted_after_the_verdict_and_hello_is_no_turn() -> N
     call.request_end("caller-hung-up")
     await call.finished()
     assert store.finished == [(CallStatus.COMPLETED, "caller-hung-up")]
+    await transport.aclose()
+
+
+async def test_screening_that_fails_greets_rather_than_staying_silent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gate's wait raised (a bug, a poll error nobody foresaw): logged, the callee is
+    taken for a person, greeted, and their words are turns again."""
+
+    async def broken(self: VoicemailGate) -> GateOutcome:
+        raise RuntimeError("screening broke")
+
+    monkeypatch.setattr(VoicemailGate, "outcome", broken)
+    call, gate, store, transport, _ = await _screened(["what is this about"])
+    await _until(lambda: len(store.turns) == 1)
+    assert store.turns[0]["text"] == "Hello Dana, this is Acme."
+    assert gate.decision is CalleeVerdict.UNKNOWN
+    await _feed(call, _silence(1000) + _speech(600) + _silence(600))
+    await _until(lambda: len(store.turns) >= 3)
+    assert store.turns[1] == {
+        "speaker": "caller",
+        "text": "what is this about",
+        "interrupted": False,
+    }
+    call.request_end("caller-hung-up")
+    await call.finished()
+    await transport.aclose()
+
+
+async def test_acting_on_the_screening_that_fails_ends_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(self: CallSession) -> None:
+        raise RuntimeError("greeting broke")
+
+    monkeypatch.setattr(CallSession, "greet", broken)
+    call, gate, store, transport, _ = await _screened([])
+    gate.verdict(CalleeVerdict.HUMAN)
+    await asyncio.wait_for(call.finished(), 10)
+    assert store.finished == [(CallStatus.FAILED, "agent-error")]
     await transport.aclose()
