@@ -240,10 +240,13 @@ async def listen(ws: WebSocket) -> None:
                 break
             if message.get("bytes") is not None:
                 data = message["bytes"]
+                # Consecutive audio messages are one entry: their bytes, and each size.
                 if _log and _log[-1]["kind"] == "audio" and _log[-1]["conn"] == conn:
                     _log[-1]["bytes"] += len(data)
+                    _log[-1]["sizes"].append(len(data))
                 else:
-                    _log.append({"conn": conn, "kind": "audio", "bytes": len(data)})
+                    sizes = [len(data)]
+                    _log.append({"conn": conn, "kind": "audio", "bytes": len(data), "sizes": sizes})
                 await listener.audio(data)
                 continue
             body = json.loads(message["text"])
