@@ -4,13 +4,14 @@ one code tree against another, interleaved (A, B, A, B) because a shared machine
 Starts the Deepgram, OpenAI and Cartesia fakes of tests/fakes once; then, for each round and
 each side (`--sides name=ROOT,...`: a source tree, e.g. an export of the commit before a
 change), starts `voice-gateway serve --workers 1` from that tree (energy VAD, silence end of
-turn, embedded FerretDB) and runs `bench/workers_bench.py`'s level twice: `--silent` calls
-that stay quiet after the greeting, then `--talking` calls that ask a question every few
-seconds. Reports per run: the gateway's CPU over the steady window (% of one core, and per
-call; FerretDB apart), late outbound frames, and reply latency p50 / p99 (end of speech to
-first frame out). With `--profile DIR`, py-spy (`--pyspy`) samples the gateway during each
-steady window and the top functions by own time and the chosen call paths are printed
-(profiling costs the shared machine CPU: take CPU figures from runs without it).
+turn, embedded FerretDB, a new one for each run) and runs `bench/workers_bench.py`'s level:
+`--silent` calls that stay quiet after the greeting, then (another gateway) `--talking`
+calls that ask a question every few seconds. Reports per run: the gateway's CPU over the
+steady window (% of one core, and per call; FerretDB apart), late outbound frames, and
+reply latency p50 / p99 (end of speech to first frame out). With `--profile DIR`, py-spy
+(`--pyspy`) samples the gateway during each steady window and the top functions by own
+time and the chosen call paths are printed (profiling costs the shared machine CPU: take
+CPU figures from runs without it).
 
     python bench/cpu_bench.py --sides before=/tmp/base,after=. [--silent 64] [--talking 32]
         [--rounds 2] [--seconds 20] [--ramp-s 10] [--profile DIR]
@@ -169,55 +170,56 @@ def main() -> int:
         httpx.post(ct + "/control", json={"ms_per_char": 20}).raise_for_status()
         for rnd in range(1, args.rounds + 1):
             for side, root in sides:
-                port = _free_port()
-                base = f"http://127.0.0.1:{port}"
-                token = uuid.uuid4().hex
-                gateway_env = {
-                    **os.environ,
-                    "PYTHONPATH": str(root),
-                    "PUBLIC_URL": base,
-                    "TWILIO_AUTH_TOKEN": token,
-                    "GATEWAY_API_KEY": API_KEY,
-                    "DATA_DIR": str(work / f"data-{rnd}-{side}"),
-                    "LOG_LEVEL": "WARNING",
-                    "TURN_VAD": "energy",
-                    "TURN_END_OF_TURN": "silence",
-                    "VAD_SILENCE_MS": "300",
-                    # Measured, not refused: admission stays out of the way.
-                    "MAX_LIVE_CALLS": "1000",
-                    "MAX_LOOP_LAG_MS": "10000",
-                    "MAX_PENDING_STREAMS": "1000",
-                    "DEEPGRAM_API_KEY": "test-deepgram-key",
-                    "DEEPGRAM_BASE_URL": dg.replace("http://", "ws://"),
-                    "OPENAI_API_KEY": "test-openai-key",
-                    "OPENAI_BASE_URL": oa + "/v1",
-                    "CARTESIA_API_KEY": "test-cartesia-key",
-                    "CARTESIA_BASE_URL": ct,
-                    **dict(e.split("=", 1) for e in args.env),
-                }
-                gateway_env.pop("MONGODB_URL", None)
-                serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
-                         "--workers", "1"]  # fmt: skip
-                log = work / f"gateway-{rnd}-{side}.log"
-                with _gateway(serve, base + "/health", gateway_env, log, root) as proc:
-                    for mode, calls in levels:
-                        out = (args.profile or work) / f"{side}-{mode}-{rnd}.txt"
+                for mode, calls in levels:
+                    # A new gateway and database for each run: every run starts alike.
+                    port = _free_port()
+                    base = f"http://127.0.0.1:{port}"
+                    token = uuid.uuid4().hex
+                    gateway_env = {
+                        **os.environ,
+                        "PYTHONPATH": str(root),
+                        "PUBLIC_URL": base,
+                        "TWILIO_AUTH_TOKEN": token,
+                        "GATEWAY_API_KEY": API_KEY,
+                        "DATA_DIR": str(work / f"data-{rnd}-{side}-{mode}"),
+                        "LOG_LEVEL": "WARNING",
+                        "TURN_VAD": "energy",
+                        "TURN_END_OF_TURN": "silence",
+                        "VAD_SILENCE_MS": "300",
+                        # Measured, not refused: admission stays out of the way.
+                        "MAX_LIVE_CALLS": "1000",
+                        "MAX_LOOP_LAG_MS": "10000",
+                        "MAX_PENDING_STREAMS": "1000",
+                        "DEEPGRAM_API_KEY": "test-deepgram-key",
+                        "DEEPGRAM_BASE_URL": dg.replace("http://", "ws://"),
+                        "OPENAI_API_KEY": "test-openai-key",
+                        "OPENAI_BASE_URL": oa + "/v1",
+                        "CARTESIA_API_KEY": "test-cartesia-key",
+                        "CARTESIA_BASE_URL": ct,
+                        **dict(e.split("=", 1) for e in args.env),
+                    }
+                    gateway_env.pop("MONGODB_URL", None)
+                    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
+                             "--workers", "1"]  # fmt: skip
+                    log = work / f"gateway-{rnd}-{side}-{mode}.log"
+                    out = (args.profile or work) / f"{side}-{mode}-{rnd}.txt"
+                    with _gateway(serve, base + "/health", gateway_env, log, root) as proc:
                         level = _run_level(
                             base, token, proc.pid, 1, calls, args.seconds, mode == "talking",
                             args.ramp_s,
                         )  # fmt: skip
                         with _profiled(pyspy, proc.pid, out, args.ramp_s + 6, args.seconds - 6):
                             r = asyncio.run(level)
-                        results[side, mode].append(r)
-                        sys.stdout.write(
-                            f"{rnd:>5} {side:>8} {mode:>8} {calls:>5} {r['failed']:>6.0f} "
-                            f"{r['cpu_pct']:>8.1f} {r['cpu_per_call']:>7.3f} "
-                            f"{r['ferretdb_pct']:>8.1f} {r['frames']:>7.0f} "
-                            f"{r['late_pct']:>7.3f} {r['reply_p50']:>9.0f} {r['reply_p99']:>9.0f}\n"
-                        )
-                        sys.stdout.flush()
-                        if pyspy is not None and out.exists():
-                            sys.stdout.write(_summary(out, args.top))
+                    results[side, mode].append(r)
+                    sys.stdout.write(
+                        f"{rnd:>5} {side:>8} {mode:>8} {calls:>5} {r['failed']:>6.0f} "
+                        f"{r['cpu_pct']:>8.1f} {r['cpu_per_call']:>7.3f} "
+                        f"{r['ferretdb_pct']:>8.1f} {r['frames']:>7.0f} "
+                        f"{r['late_pct']:>7.3f} {r['reply_p50']:>9.0f} {r['reply_p99']:>9.0f}\n"
+                    )
+                    sys.stdout.flush()
+                    if pyspy is not None and out.exists():
+                        sys.stdout.write(_summary(out, args.top))
     sys.stdout.write("medians over rounds (% of a core per call; late %; reply p50 ms):\n")
     for (side, mode), runs in results.items():
         sys.stdout.write(
