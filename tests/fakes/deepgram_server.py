@@ -211,7 +211,11 @@ async def listen(ws: WebSocket) -> None:
     auth = ws.headers.get("authorization", "")
     _connections += 1
     conn = _connections
-    _log.append({"conn": conn, "kind": "open", "path": ws.url.path, "query": query, "auth": auth})
+    extensions = ws.headers.get("sec-websocket-extensions")  # what the client offered
+    _log.append(
+        {"conn": conn, "kind": "open", "path": ws.url.path, "query": query, "auth": auth,
+         "extensions": extensions}
+    )  # fmt: skip
     if auth != f"Token {_state['api_key']}":
         await ws.send_denial_response(
             JSONResponse({"err_code": "INVALID_AUTH", "err_msg": "Invalid credentials."}, 401)

@@ -78,6 +78,7 @@ async def test_deepgram_interims_then_one_final_per_turn_on_finalize(dg: FakeSer
     log = dg.log()
     [opened] = [e for e in log if e["kind"] == "open"]
     assert opened["auth"] == "Token test-deepgram-key"
+    assert opened["extensions"] is None  # no permessage-deflate: audio is sent as it is
     query = opened["query"]
     assert isinstance(query, dict)
     assert (query["encoding"], query["sample_rate"], query["model"]) == ("mulaw", "8000", "nova-3")
