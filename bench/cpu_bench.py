@@ -101,8 +101,12 @@ def _gateway(
         _wait_up(url, proc)
         yield proc
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        proc.terminate()  # it drains (DRAIN_TIMEOUT_S) before it exits
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @contextlib.contextmanager
@@ -220,13 +224,21 @@ def main() -> int:
                     sys.stdout.flush()
                     if pyspy is not None and out.exists():
                         sys.stdout.write(_summary(out, args.top))
-    sys.stdout.write("medians over rounds (% of a core per call; late %; reply p50 ms):\n")
-    for (side, mode), runs in results.items():
+    sys.stdout.write(
+        "medians over the runs where no call failed (a failed call leaves fewer calls to share "
+        "the CPU; % of a core per call; late %; reply p50 ms):\n"
+    )
+    for (side, mode), every in results.items():
+        runs = [r for r in every if not r["failed"]]
+        if not runs:
+            sys.stdout.write(f"  {side:>8} {mode:>8}: every run had failed calls\n")
+            continue
         sys.stdout.write(
             f"  {side:>8} {mode:>8}: "
             f"{statistics.median(r['cpu_per_call'] for r in runs):.3f} %/call, "
             f"late {statistics.median(r['late_pct'] for r in runs):.3f} %, "
-            f"reply p50 {statistics.median(r['reply_p50'] for r in runs):.0f} ms\n"
+            f"reply p50 {statistics.median(r['reply_p50'] for r in runs):.0f} ms "
+            f"({len(runs)} of {len(every)} runs)\n"
         )
     sys.stdout.write(f"logs in {work}\n")
     return 0
