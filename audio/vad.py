@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 _FULL_SCALE_POWER = 32768.0**2
 _NO_POWER = 1e-12  # -120 dBFS: what an empty frame, or digital silence, measures
+_FLOOR_MIN_POWER = 1e-9  # -90 dBFS: a digitally silent line does not make every sound speech
 
 
 def frame_power(pcm: npt.NDArray[np.int16]) -> float:
@@ -66,8 +67,8 @@ class EnergyVAD:
     def __init__(
         self, *, margin_db: float = 12.0, min_level_dbfs: float = -48.0, window_frames: int = 100
     ) -> None:
-        self._margin = 10.0 ** (margin_db / 10.0)
-        self._min_power = 10.0 ** (min_level_dbfs / 10.0)
+        self._margin = math.pow(10.0, margin_db / 10.0)
+        self._min_power = math.pow(10.0, min_level_dbfs / 10.0)
         self._window = window_frames
         self._frames = 0
         # (frame number, power) of the frames that may still become the window's minimum,
@@ -90,9 +91,6 @@ class EnergyVAD:
             floor.popleft()
         floor_power = max(floor[0][1], _FLOOR_MIN_POWER)
         return power > self._min_power and power > floor_power * self._margin
-
-
-_FLOOR_MIN_POWER = 1e-9  # -90 dBFS: a digitally silent line does not make every sound speech
 
 
 class Endpointer:
