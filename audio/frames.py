@@ -1,5 +1,6 @@
-"""Audio frames: the `AudioFrame` value, and `FrameQueue`, the one place where agent audio
-is cut into whole 20 ms frames and a frame cut short is padded with silence."""
+"""Audio frames: the `AudioFrame` value; `FrameQueue`, the one place where agent audio is
+cut into whole 20 ms frames and a frame cut short is padded with silence; and
+`ChunkGatherer`, which joins caller frames into larger chunks for a recogniser."""
 
 from __future__ import annotations
 
@@ -104,3 +105,41 @@ class FrameQueue:
         self._frames.clear()
         self._partial = np.zeros(0, dtype=np.int16)
         self._markers.clear()
+
+
+class ChunkGatherer:
+    """Caller audio gathered into chunks of at least `chunk_ms`, so that a recogniser's
+    socket carries a few larger messages instead of one per 20 ms frame.
+
+    `add()` keeps a frame and returns the chunk it completes (the frames gathered so far,
+    joined, once they reach `chunk_ms`; frames are never split), else None. `flush()`
+    returns whatever is gathered, however short (an end of turn must not wait for a chunk
+    to fill), or None if nothing is. Chunks are new arrays; the frames added may be reused.
+    """
+
+    def __init__(self, rate: int, *, chunk_ms: int) -> None:
+        self.chunk_samples = max(1, rate * chunk_ms // 1000)
+        self._frames: list[PCM16] = []
+        self._samples = 0
+
+    @property
+    def gathered_samples(self) -> int:
+        """Samples added and not yet handed out."""
+        return self._samples
+
+    def add(self, pcm: PCM16) -> PCM16 | None:
+        """Keep `pcm`; return the chunk it completes, or None."""
+        self._frames.append(pcm)
+        self._samples += int(pcm.shape[0])
+        if self._samples < self.chunk_samples:
+            return None
+        return self.flush()
+
+    def flush(self) -> PCM16 | None:
+        """Hand out everything gathered (None if nothing is)."""
+        if not self._frames:
+            return None
+        chunk = np.concatenate(self._frames) if len(self._frames) > 1 else self._frames[0].copy()
+        self._frames.clear()
+        self._samples = 0
+        return chunk

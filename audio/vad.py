@@ -4,6 +4,7 @@ adaptive noise floor; pure and synchronous)."""
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -11,14 +12,22 @@ import numpy as np
 import numpy.typing as npt
 
 _FULL_SCALE_POWER = 32768.0**2
+_NO_POWER = 1e-12  # -120 dBFS: what an empty frame, or digital silence, measures
+_FLOOR_MIN_POWER = 1e-9  # -90 dBFS: a digitally silent line does not make every sound speech
+
+
+def frame_power(pcm: npt.NDArray[np.int16]) -> float:
+    """Mean power of a frame relative to full scale (plus -120 dB, so a log is defined):
+    integer energy, one dot product over the samples (about 1 µs for 20 ms at 8 kHz)."""
+    if pcm.size == 0:
+        return _NO_POWER
+    samples = pcm.astype(np.int64)
+    return int(np.dot(samples, samples)) / (pcm.size * _FULL_SCALE_POWER) + _NO_POWER
 
 
 def frame_level_dbfs(pcm: npt.NDArray[np.int16]) -> float:
     """RMS level of a frame in dB relative to full scale."""
-    if pcm.size == 0:
-        return -120.0
-    power = float(np.mean(np.square(pcm, dtype=np.float64)))
-    return 10.0 * float(np.log10(power / _FULL_SCALE_POWER + 1e-12))
+    return 10.0 * math.log10(frame_power(pcm))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,24 +59,38 @@ class EnergyVAD:
     The floor is the quietest frame of the last `window_frames` (minimum statistics):
     speech always has pauses between words, so the minimum follows the background even
     while someone talks, and a steady noise stops counting as speech within the window.
+
+    Per frame: one integer dot product and a sliding minimum (a deque of increasing
+    powers), compared as powers, not decibels: a few microseconds.
     """
 
     def __init__(
         self, *, margin_db: float = 12.0, min_level_dbfs: float = -48.0, window_frames: int = 100
     ) -> None:
-        self._margin_db = margin_db
-        self._min_level = min_level_dbfs
-        self._levels: collections.deque[float] = collections.deque(maxlen=window_frames)
+        self._margin = math.pow(10.0, margin_db / 10.0)
+        self._min_power = math.pow(10.0, min_level_dbfs / 10.0)
+        self._window = window_frames
+        self._frames = 0
+        # (frame number, power) of the frames that may still become the window's minimum,
+        # powers increasing: the first is the minimum of the window.
+        self._floor: collections.deque[tuple[int, float]] = collections.deque()
 
     @property
     def noise_floor_dbfs(self) -> float:
-        return min(self._levels) if self._levels else -90.0
+        return 10.0 * math.log10(self._floor[0][1]) if self._floor else -90.0
 
     def is_speech(self, pcm: npt.NDArray[np.int16]) -> bool:
-        level = frame_level_dbfs(pcm)
-        self._levels.append(level)
-        floor = max(self.noise_floor_dbfs, -90.0)
-        return level > self._min_level and level > floor + self._margin_db
+        power = frame_power(pcm)
+        number = self._frames
+        self._frames += 1
+        floor = self._floor
+        while floor and floor[-1][1] >= power:
+            floor.pop()
+        floor.append((number, power))
+        if floor[0][0] <= number - self._window:
+            floor.popleft()
+        floor_power = max(floor[0][1], _FLOOR_MIN_POWER)
+        return power > self._min_power and power > floor_power * self._margin
 
 
 class Endpointer:

@@ -149,7 +149,10 @@ class TurnTaking:
         self._continuous = stt.continuous
         self.stt_name = stt.name  # whose audio `PushAudio` frames are (usage is counted by it)
         self.stt_rate = stt.input_rate(self._rate)
-        self._resampler = StreamResampler(self._rate, self.stt_rate)
+        # None: the STT takes the transport's rate, and its frames as they come.
+        self._resampler = (
+            None if self.stt_rate == self._rate else StreamResampler(self._rate, self.stt_rate)
+        )
 
     @property
     def caller_speaking(self) -> bool:
@@ -181,7 +184,10 @@ class TurnTaking:
 
     def feed(self, frame: AudioFrame) -> list[TurnStep]:
         """Take one frame of caller audio; return what to do with it, in order."""
-        stt_frame = AudioFrame(self._resampler.process(frame.pcm), self.stt_rate)
+        resampler = self._resampler
+        stt_frame = (
+            frame if resampler is None else AudioFrame(resampler.process(frame.pcm), self.stt_rate)
+        )
         self._keep_for_judge(frame)
         was_speaking = self._speaking
         was_hearing = self._endpointer.hearing

@@ -1,11 +1,15 @@
-"""Streaming speech-to-text on Deepgram's live WebSocket (`/v1/listen`, official SDK).
+"""Streaming speech-to-text on Deepgram's live WebSocket (`/v1/listen`, the official SDK's
+socket client and message types).
 
 Audio goes at the transport's own rate: 8 kHz calls are sent as `mulaw` (what Twilio
 delivers, so nothing is resampled), 16/24/48 kHz ones as `linear16`. Every frame is sent,
-agent speech included, so interim results can barge in before the VAD is sure.
+agent speech included, so interim results can barge in before the VAD is sure. Frames go
+out gathered in chunks of `chunk_ms` (80 ms: one WebSocket message where there were four,
+each with its own client framing, mask and write); interim words come up to a chunk later.
 
 Turn-taking stays with the session's VAD, the same on every provider: at its end of
-turn the stream sends `Finalize`, Deepgram answers with the last `is_final` result
+turn the stream sends what it has gathered, however short, then `Finalize` (the end of a
+turn never waits for a chunk to fill), Deepgram answers with the last `is_final` result
 (`from_finalize: true`), and the stream yields one final `Transcript` made of every
 final piece since the previous one. If that answer does not come in `finalize_timeout_s`
 the words already final are used, so a turn is never lost to a slow socket.
@@ -13,6 +17,10 @@ the words already final are used, so a turn is never lost to a slow socket.
 A socket that drops mid-call is reopened with backoff; audio not yet covered by a final
 result (up to `replay_s`) is sent again on the new socket so the turn in progress keeps
 its words. `KeepAlive` goes out whenever no audio has been sent for `keepalive_s`.
+
+The socket is opened here rather than by the SDK's `listen.v1.connect`, the same request
+(URL, query, `Authorization: Token`), so that it offers no permessage-deflate: the SDK's
+client compresses every audio message, which costs CPU for a few kB/s saved.
 """
 
 from __future__ import annotations
@@ -24,16 +32,18 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from deepgram import AsyncDeepgramClient
-from deepgram.core.api_error import ApiError
+import numpy as np
+import numpy.typing as npt
 from deepgram.environment import DeepgramClientEnvironment
+from deepgram.listen.v1.socket_client import AsyncV1SocketClient
 from deepgram.listen.v1.types.listen_v1results import ListenV1Results
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.asyncio.client import connect as websocket_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from audio.codec import ulaw_encode
-from audio.frames import AudioFrame
+from audio.frames import AudioFrame, ChunkGatherer
 from gateway.errors import ProviderError
 from gateway.providers.base import Transcript
 
@@ -71,17 +81,18 @@ class DeepgramSTT:
         finalize_timeout_s: float = 1.0,
         keepalive_s: float = 4.0,
         replay_s: float = 5.0,
+        chunk_ms: int = 80,
         on_reconnect: Callable[[], None] | None = None,
     ) -> None:
-        self._client = AsyncDeepgramClient(
-            api_key=api_key, environment=deepgram_environment(base_url)
-        )
+        self._listen_url = deepgram_environment(base_url).production + "/v1/listen"
+        self._headers = {"Authorization": f"Token {api_key}"}
         self._model = model
         self._language = language
         self._endpointing_ms = endpointing_ms
         self._finalize_timeout_s = finalize_timeout_s
         self._keepalive_s = keepalive_s
         self._replay_s = replay_s
+        self._chunk_ms = chunk_ms
         self._on_reconnect = on_reconnect
 
     def input_rate(self, transport_rate: int) -> int:
@@ -93,6 +104,11 @@ class DeepgramSTT:
         stream = DeepgramStream(self, call_id=call_id, sample_rate=sample_rate)
         await stream.connect()
         return stream
+
+    def listen_url(self, sample_rate: int) -> str:
+        """The live transcription URL for a stream at `sample_rate`, with its options."""
+        query = {k: str(v) for k, v in self.connect_options(sample_rate).items()}
+        return f"{self._listen_url}?{urlencode(query)}"
 
     def connect_options(self, sample_rate: int) -> dict[str, Any]:
         return {
@@ -130,8 +146,9 @@ class DeepgramStream:
         self._interim = ""  # the latest interim words after the final pieces
         self._finalizes_pending = 0
         self._finalize_timer: asyncio.TimerHandle | None = None
+        self._gathered = ChunkGatherer(sample_rate, chunk_ms=stt._chunk_ms)
         # Audio sent since the last final result, replayed after a reconnect.
-        max_chunks = int(stt._replay_s * 50) + 1
+        max_chunks = int(stt._replay_s * 1000 / stt._chunk_ms) + 1
         self._unconfirmed: collections.deque[bytes] = collections.deque(maxlen=max_chunks)
         self._last_send = time.monotonic()
         self.reconnects = 0
@@ -139,7 +156,18 @@ class DeepgramStream:
     # --------------------------------------------------------------- STTStream
 
     async def push(self, frame: AudioFrame) -> None:
-        data = ulaw_encode(frame.pcm) if self._mulaw else frame.pcm.astype("<i2").tobytes()
+        chunk = self._gathered.add(frame.pcm)
+        if chunk is not None:
+            await self._send_chunk(chunk)
+
+    async def _send_gathered(self) -> None:
+        """Send what is gathered now, however short (before `Finalize` / `CloseStream`)."""
+        chunk = self._gathered.flush()
+        if chunk is not None:
+            await self._send_chunk(chunk)
+
+    async def _send_chunk(self, pcm: npt.NDArray[np.int16]) -> None:
+        data = ulaw_encode(pcm) if self._mulaw else pcm.astype("<i2").tobytes()
         self._unconfirmed.append(data)
         if not self._connected.is_set():
             return  # kept in `_unconfirmed`; sent when the socket is back
@@ -150,6 +178,7 @@ class DeepgramStream:
             self._connected.clear()  # the reader notices too and reconnects
 
     async def end_utterance(self) -> None:
+        await self._send_gathered()  # the turn's tail goes ahead of `Finalize`
         self._finalizes_pending += 1
         loop = asyncio.get_running_loop()
         if self._finalize_timer is None:
@@ -174,6 +203,7 @@ class DeepgramStream:
             self._finalize_timer.cancel()
         if self._keepalive is not None:
             self._keepalive.cancel()
+        await self._send_gathered()
         if self._connected.is_set():
             with contextlib.suppress(ConnectionClosed, WebSocketException, OSError):
                 await self._socket.send_close_stream()
@@ -199,15 +229,20 @@ class DeepgramStream:
     async def _open_socket(self) -> None:
         stack = contextlib.AsyncExitStack()
         try:
-            self._socket = await stack.enter_async_context(
-                self._stt._client.listen.v1.connect(**self._stt.connect_options(self._rate))
+            connection = await stack.enter_async_context(
+                websocket_connect(
+                    self._stt.listen_url(self._rate),
+                    additional_headers=self._stt._headers,
+                    compression=None,
+                )
             )
-        except ApiError as exc:
+            # The SDK types the legacy client's protocol; it calls only `send` and `recv`.
+            self._socket = AsyncV1SocketClient(websocket=connection)  # type: ignore[arg-type]
+        except InvalidStatus as exc:
             await stack.aclose()
+            status = exc.response.status_code
             raise ProviderError(
-                f"Deepgram refused the stream: {exc.body}",
-                provider="deepgram",
-                status=exc.status_code,
+                f"Deepgram refused the stream: HTTP {status}", provider="deepgram", status=status
             ) from exc
         except (OSError, WebSocketException) as exc:
             await stack.aclose()

@@ -96,6 +96,7 @@ def build_default_providers(
             base_url=settings.deepgram_base_url,
             model=settings.deepgram_model,
             language=settings.deepgram_language,
+            chunk_ms=settings.deepgram_chunk_ms,
             on_reconnect=on_stt_reconnect,
         )
         fallback_stt = _local_stt(settings, prewarm=0)

@@ -125,6 +125,9 @@ class MediaStreamProtocol:
         if self.state is StreamState.STOPPED:
             return  # anything after `stop` is ignored
         message = parse_message(text)
+        if type(message) is Media and self.state is StreamState.STREAMING:
+            self._on_media(message)  # the message of every 20 ms, checked first
+            return
         if isinstance(message, Connected):
             return
         if isinstance(message, Unknown):
@@ -135,16 +138,7 @@ class MediaStreamProtocol:
             return
         if self.state is not StreamState.STREAMING:
             raise ProtocolError(POLICY_VIOLATION, f"{type(message).__name__.lower()} before start")
-        if isinstance(message, Media):
-            if len(message.payload) > MAX_MEDIA_FRAMES * FRAME_BYTES:
-                raise ProtocolError(
-                    POLICY_VIOLATION,
-                    f"media payload of {len(message.payload)} bytes: over {MAX_MEDIA_FRAMES} "
-                    f"frames of {FRAME_BYTES}",
-                )
-            if message.track in ("inbound", "inbound_track"):
-                self._events.append(AudioReceived(message.payload, message.timestamp_ms))
-        elif isinstance(message, Mark):
+        if isinstance(message, Mark):
             if message.name in self.pending_marks:
                 self.pending_marks.remove(message.name)
             self._events.append(MarkPlayed(message.name))
@@ -154,6 +148,16 @@ class MediaStreamProtocol:
             self.state = StreamState.STOPPED
             self._frames.clear()
             self._events.append(StreamStopped(message))
+
+    def _on_media(self, message: Media) -> None:
+        if len(message.payload) > MAX_MEDIA_FRAMES * FRAME_BYTES:
+            raise ProtocolError(
+                POLICY_VIOLATION,
+                f"media payload of {len(message.payload)} bytes: over {MAX_MEDIA_FRAMES} "
+                f"frames of {FRAME_BYTES}",
+            )
+        if message.track in ("inbound", "inbound_track"):
+            self._events.append(AudioReceived(message.payload, message.timestamp_ms))
 
     def connection_lost(self) -> None:
         """The socket is gone (closed by either side, or dropped): the stream is over."""

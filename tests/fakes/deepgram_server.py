@@ -211,7 +211,11 @@ async def listen(ws: WebSocket) -> None:
     auth = ws.headers.get("authorization", "")
     _connections += 1
     conn = _connections
-    _log.append({"conn": conn, "kind": "open", "path": ws.url.path, "query": query, "auth": auth})
+    extensions = ws.headers.get("sec-websocket-extensions")  # what the client offered
+    _log.append(
+        {"conn": conn, "kind": "open", "path": ws.url.path, "query": query, "auth": auth,
+         "extensions": extensions}
+    )  # fmt: skip
     if auth != f"Token {_state['api_key']}":
         await ws.send_denial_response(
             JSONResponse({"err_code": "INVALID_AUTH", "err_msg": "Invalid credentials."}, 401)
@@ -240,10 +244,13 @@ async def listen(ws: WebSocket) -> None:
                 break
             if message.get("bytes") is not None:
                 data = message["bytes"]
+                # Consecutive audio messages are one entry: their bytes, and each size.
                 if _log and _log[-1]["kind"] == "audio" and _log[-1]["conn"] == conn:
                     _log[-1]["bytes"] += len(data)
+                    _log[-1]["sizes"].append(len(data))
                 else:
-                    _log.append({"conn": conn, "kind": "audio", "bytes": len(data)})
+                    sizes = [len(data)]
+                    _log.append({"conn": conn, "kind": "audio", "bytes": len(data), "sizes": sizes})
                 await listener.audio(data)
                 continue
             body = json.loads(message["text"])

@@ -78,6 +78,7 @@ async def test_deepgram_interims_then_one_final_per_turn_on_finalize(dg: FakeSer
     log = dg.log()
     [opened] = [e for e in log if e["kind"] == "open"]
     assert opened["auth"] == "Token test-deepgram-key"
+    assert opened["extensions"] is None  # no permessage-deflate: audio is sent as it is
     query = opened["query"]
     assert isinstance(query, dict)
     assert (query["encoding"], query["sample_rate"], query["model"]) == ("mulaw", "8000", "nova-3")
@@ -85,6 +86,61 @@ async def test_deepgram_interims_then_one_final_per_turn_on_finalize(dg: FakeSer
     assert sent == ["Finalize", "Finalize", "CloseStream"]
     audio_bytes = sum(int(e["bytes"]) for e in log if e["kind"] == "audio")  # type: ignore[call-overload]
     assert audio_bytes == 8 * (200 + 1200 + 700 + 800 + 700)  # mu-law: one byte a sample
+
+
+def _audio_sizes(log: list[dict[str, object]]) -> list[object]:
+    """The fake's log as the audio message sizes and the control messages, in order."""
+    out: list[object] = []
+    for entry in log:
+        if entry["kind"] == "audio":
+            out += entry["sizes"]  # type: ignore[arg-type]
+        elif entry["kind"] == "json":
+            out.append(entry["data"]["type"])  # type: ignore[index]
+    return out
+
+
+async def _logged(fake: FakeServer, until: str, count: int = 1) -> list[object]:
+    """The fake's log once it holds `count` control messages `until` (polled, bounded)."""
+    for _ in range(500):
+        sent = _audio_sizes(fake.log())
+        if sent.count(until) >= count:
+            return sent
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the fake never got {until}: {_audio_sizes(fake.log())}")
+
+
+async def test_deepgram_audio_goes_in_chunks_and_finalize_flushes_the_tail(
+    dg: FakeServer,
+) -> None:
+    """80 ms chunks (4 frames of 8 kHz mu-law: 640 bytes); the end of a turn sends the part
+    of a chunk gathered so far ahead of `Finalize`, without waiting for more audio."""
+    dg.control(utterances=["What are your opening hours?"])
+    stream = await _stt(dg, chunk_ms=80).open_stream(call_id="c7", sample_rate=8000)
+    transcripts = aiter(stream.transcripts())
+    # 1 300 ms of speech then 700 ms of silence: 100 frames = 25 chunks, none left over.
+    await _push(stream, _frames("speech", 1300) + _frames("silence", 700))
+    # Three more frames (60 ms): less than a chunk, held back...
+    await _push(stream, _frames("silence", 60))
+    assert _audio_sizes(dg.log()) == [640] * 25
+    # ... until the turn ends: they go at once, ahead of `Finalize`, and the final comes
+    # with no more audio pushed.
+    await stream.end_utterance()
+    assert await _logged(dg, "Finalize") == [640] * 25 + [480, "Finalize"]
+    assert await _next_final(transcripts, []) == "What are your opening hours?"
+    # A partial chunk at the close goes ahead of `CloseStream`.
+    await _push(stream, _frames("silence", 20))
+    await stream.aclose()
+    assert (await _logged(dg, "CloseStream"))[-3:] == ["Finalize", 160, "CloseStream"]
+
+
+async def test_deepgram_chunks_of_linear16_and_of_a_size_between_frames(dg: FakeServer) -> None:
+    """At 16 kHz a chunk is linear16 (2 bytes a sample); a chunk size that is no whole
+    number of frames is reached with whole frames (70 ms: 4 frames of 20 ms, 80 ms)."""
+    stream = await _stt(dg, chunk_ms=70).open_stream(call_id="c8", sample_rate=16000)
+    await _push(stream, _frames("silence", 200, rate=16000))
+    await stream.end_utterance()
+    assert await _logged(dg, "Finalize") == [2560, 2560, 1280, "Finalize"]
+    await stream.aclose()
 
 
 async def test_deepgram_keepalive_while_no_audio_flows(dg: FakeServer) -> None:

@@ -1,9 +1,10 @@
-"""FrameQueue: agent audio cut into whole 20 ms frames, padded at a marker, cleared at once."""
+"""FrameQueue: agent audio cut into whole 20 ms frames, padded at a marker, cleared at once.
+ChunkGatherer: caller frames joined into chunks of at least `chunk_ms`, flushed on demand."""
 
 import numpy as np
 import pytest
 
-from audio.frames import FRAME_MS, FrameQueue, samples_per_frame
+from audio.frames import FRAME_MS, ChunkGatherer, FrameQueue, samples_per_frame
 
 
 def _ramp(start: int, count: int) -> np.ndarray:
@@ -130,3 +131,32 @@ def test_any_split_of_the_input_gives_the_same_frames() -> None:
     frames = [item for item in out if isinstance(item, np.ndarray)]
     assert all(frame.shape == (160,) for frame in frames)
     assert np.array_equal(np.concatenate(frames), pcm)  # 8000 samples: 50 whole frames
+
+
+def test_chunks_of_whole_frames_in_order() -> None:
+    gatherer = ChunkGatherer(8000, chunk_ms=80)
+    assert gatherer.chunk_samples == 640
+    frames = [_ramp(160 * i, 160) for i in range(9)]
+    chunks = [gatherer.add(frame) for frame in frames]
+    assert [c is None for c in chunks] == [True, True, True, False, True, True, True, False, True]
+    first, second = (c for c in chunks if c is not None)
+    assert np.array_equal(first, np.concatenate(frames[:4]))
+    assert np.array_equal(second, np.concatenate(frames[4:8]))
+    assert gatherer.gathered_samples == 160
+    tail = gatherer.flush()  # the end of a turn: what is gathered, however short
+    assert tail is not None and np.array_equal(tail, frames[8])
+    assert gatherer.flush() is None and gatherer.gathered_samples == 0
+
+
+def test_chunk_size_between_frames_is_reached_with_whole_frames() -> None:
+    gatherer = ChunkGatherer(16000, chunk_ms=70)  # 1 120 samples: 3.5 frames of 320
+    sizes = [c.shape[0] for i in range(8) if (c := gatherer.add(_ramp(320 * i, 320))) is not None]
+    assert sizes == [1280, 1280]
+
+
+def test_chunks_do_not_share_the_frames_memory() -> None:
+    gatherer = ChunkGatherer(8000, chunk_ms=20)
+    frame = _ramp(0, 160)
+    chunk = gatherer.add(frame)
+    frame[:] = 0  # the driver reuses its buffer
+    assert chunk is not None and chunk[5] == 5

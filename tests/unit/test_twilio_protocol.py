@@ -129,6 +129,21 @@ def test_serialize_outbound_messages_exactly() -> None:
     assert Clear(sid).serialize() == '{"event":"clear","streamSid":"MZ1"}'
 
 
+def test_outbound_media_is_the_compact_json_of_its_fields() -> None:
+    """The media message is written without a dict; it must still be that dict's JSON,
+    a stream sid that needs escaping included."""
+    for sid in ("MZ" + "a" * 32, 'M"Z\\1', "MZ\u00e9\n"):
+        payload = bytes(range(256))
+        expected = {
+            "event": "media",
+            "streamSid": sid,
+            "media": {"payload": base64.b64encode(payload).decode()},
+        }
+        text = OutboundMedia(StreamSid(sid), payload).serialize()
+        assert json.loads(text) == expected
+        assert text == json.dumps(expected, separators=(",", ":"))
+
+
 @pytest.mark.parametrize(
     ("text", "code"),
     [
@@ -140,6 +155,11 @@ def test_serialize_outbound_messages_exactly() -> None:
         ('{"event": "mark", "mark": {"name": 5}}', 1007),
         ('{"event": "start", "start": {"callSid": "CA1"}}', 1007),
         ('{"event": "media", "media": {"payload": "AA==", "timestamp": "x"}}', 1007),
+        ('{"event": "media", "media": {"payload": "AA==AA=="}}', 1007),  # data after padding
+        ('{"event": "media", "media": {"payload": "AA\\nA"}}', 1007),  # not the alphabet
+        ('{"event": "media", "media": {"payload": "AAA"}}', 1007),  # padding missing
+        ('{"event": "media", "media": {"payload": 5}}', 1007),
+        ('{"event": "media", "media": []}', 1007),
         ("x" * 70_000, 1009),
     ],
 )

@@ -69,6 +69,18 @@ def test_noise_floor_adapts_to_louder_background() -> None:
     assert vad.noise_floor_dbfs > -45
 
 
+def test_noise_floor_is_the_quietest_frame_of_the_window() -> None:
+    """The sliding minimum against the plain one, over levels that rise, fall and repeat."""
+    rng = np.random.default_rng(7)
+    vad = EnergyVAD(window_frames=10)
+    levels: list[float] = []
+    for dbfs in np.concatenate([rng.uniform(-70, -20, 200), np.full(30, -50.0)]):
+        frame = _noise(20, dbfs=float(dbfs), seed=len(levels))
+        levels.append(frame_level_dbfs(frame))
+        vad.is_speech(frame)
+        assert abs(vad.noise_floor_dbfs - min(levels[-10:])) < 1e-9
+
+
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_espeak_speech_through_the_phone_path() -> None:
     from gateway.demo.simulated_twilio import espeak_mulaw
