@@ -10,6 +10,10 @@ counting 1, 2, 3, ... per organisation, and every read here is a lookup by `_id`
   there (other gateways may have stored many since this process's hint) and insert after
   it. A place is taken by one insert
   and never freed, so a reader that found `n` can rely on `n + 1` being the next event.
+  Within one process an organisation's places are taken one publish at a time (a lock per
+  organisation): concurrent publishers of one process would all try the same place and
+  all but one would search the head again, a storm that grows with the calls talking at
+  once (a quarter of a talking call's CPU at 32 calls). Only other processes collide.
 - read after `n`: look up `n + 1`, `n + 2`, ... until one is missing (after the first
   found, several at once). A poll that finds nothing new costs one lookup, however many
   events are stored (the embedded FerretDB build uses the `_id` index for it:
@@ -103,6 +107,7 @@ class EventRepository:
         # (places are only ever added), found again by search when missing.
         self._heads: dict[str, int] = {}
         self._head_locks: dict[str, asyncio.Lock] = {}
+        self._place_locks: dict[str, asyncio.Lock] = {}  # one place-taker per organisation
 
     @_driver_errors
     async def publish(
@@ -122,7 +127,6 @@ class EventRepository:
         if before is not None:
             return before
         org = org_id or _NO_ORG
-        seq = await self._known_head(org) + 1
         doc = {
             "org_id": org_id,
             "call_id": call_id,
@@ -131,13 +135,15 @@ class EventRepository:
             "at": _stored_time(at),
             "body": body,
         }
-        while True:
-            try:
-                await _events().insert_one({"_id": _place(org_id, seq), "seq": seq, **doc})
-                break
-            except DuplicateKeyError:  # taken by another gateway: after the head as it is now
-                seq = await self._head_from(org, seq) + 1
-        self._heads[org] = max(self._heads.get(org, 0), seq)
+        async with self._place_locks.setdefault(org, asyncio.Lock()):
+            seq = await self._known_head(org) + 1
+            while True:
+                try:
+                    await _events().insert_one({"_id": _place(org_id, seq), "seq": seq, **doc})
+                    break
+                except DuplicateKeyError:  # taken by another process: after the head as it is
+                    seq = await self._head_from(org, seq) + 1
+            self._heads[org] = max(self._heads.get(org, 0), seq)
         try:
             await _keys().insert_one({"_id": key, "seq": seq, "org_id": org_id})
         except DuplicateKeyError:
