@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
-from audio.frames import AudioFrame
+from audio.frames import AudioFrame, samples_per_frame
 from gateway.call.admission import GATEWAY_FULL, Admission
 from gateway.call.lifecycle import (
     CallEnding,
@@ -40,6 +40,7 @@ from gateway.call.machine_detection import DetectionConfig, GateDetector
 from gateway.call.records import CallInputLimits, record_refused_call
 from gateway.errors import GatewayFull, MissingPlaceholders
 from gateway.livekit.egress import RoomRecording
+from gateway.livekit.fanout import narrow_room_events
 from gateway.livekit.transport import RATE, LiveKitTransport
 from gateway.logs import call_id_var
 from gateway.settings import Settings
@@ -63,6 +64,8 @@ WEB_JOIN_GRACE_S = 10.0
 # A refused dispatch's Retry-After: LiveKit's webhook client (go-retryablehttp) honours it
 # for a 503, so its few retries come a second apart, each free to reach another gateway.
 LIVEKIT_RETRY_AFTER_S = 1
+# The caller's audio comes from the SDK in chunks of this many ms (split into 20 ms frames).
+CALLER_CHUNK_MS = 40
 ATTR_ORG = "voice_gateway.org_id"
 ATTR_ASSISTANT = "voice_gateway.assistant_id"
 ATTR_CALL = "voice_gateway.call_id"
@@ -194,7 +197,16 @@ class LiveKitRoom:
             room.on("sip_dtmf_received", self._on_dtmf)
         room.on("local_track_subscribed", lambda *_: self._heard_by_caller.set())
         token = self._livekit.agent_token(self.room_name, self.identity)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        steps: dict[str, float] = {}
+
+        def step(name: str) -> None:
+            steps[name] = round(1000 * (loop.time() - started))
+
         await room.connect(self._livekit.ws_url, token)
+        step("joined_ms")
+        narrow_room_events(room)  # off the other rooms' per-frame events (fanout.py)
         log.info("joined room", extra={"room": self.room_name})
         if self._web_caller is not None and self._web_caller in room.remote_participants:
             self._web_caller_joined = True  # the browser was in the room before the agent
@@ -202,6 +214,7 @@ class LiveKitRoom:
         track = rtc.LocalAudioTrack.create_audio_track("agent", self._source)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         await room.local_participant.publish_track(track, options)
+        step("published_ms")
 
         if self._web_caller is None:
             ring_s = self._settings.outbound_ring_timeout_s + 30.0
@@ -211,10 +224,14 @@ class LiveKitRoom:
         if caller_track is None:
             self.lifecycle.request_end("no-answer", CallStatus.NO_ANSWER)
             return
+        step("caller_audio_ms")
         # Speak only once the caller receives our track, so the greeting is not lost.
         await self._until_ended(self._heard_by_caller.wait(), 3.0)
+        step("heard_ms")
         # Recorded from the answer on (greeting included); the egress starts beside the call.
         await self.lifecycle.answer()
+        step("answered_ms")
+        log.info("room call answered", extra={"room": self.room_name, **steps})
         self._tasks.append(asyncio.create_task(self._read_caller(caller_track), name="lk-mic"))
         await self.lifecycle.ended.wait()
 
@@ -237,14 +254,23 @@ class LiveKitRoom:
         return None
 
     async def _read_caller(self, track: rtc.Track) -> None:
-        stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=20)
+        """Feed the caller's audio to the call in 20 ms frames; the SDK resamples it to RATE
+        and hands it over `CALLER_CHUNK_MS` at a time (one event per chunk, fanned out to
+        every subscriber of the SDK's events: fewer is cheaper)."""
+        stream = rtc.AudioStream(
+            track, sample_rate=RATE, num_channels=1, frame_size_ms=CALLER_CHUNK_MS
+        )
+        frame_samples = samples_per_frame(RATE)
+        metrics = self._runtime.metrics
         try:
             async for event in stream:
-                if self.lifecycle.ended.is_set():
-                    break
-                pcm = np.frombuffer(event.frame.data, dtype=np.int16).copy()
-                self._runtime.metrics.inbound_frames_total += 1
-                await self.lifecycle.on_audio(AudioFrame(pcm, RATE))
+                chunk = np.frombuffer(event.frame.data, dtype=np.int16).copy()
+                for offset in range(0, chunk.shape[0], frame_samples):
+                    if self.lifecycle.ended.is_set():
+                        return
+                    metrics.inbound_frames_total += 1
+                    pcm = chunk[offset : offset + frame_samples]
+                    await self.lifecycle.on_audio(AudioFrame(pcm, RATE))
         finally:
             await stream.aclose()
 
