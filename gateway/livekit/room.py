@@ -5,8 +5,9 @@
 first (LiveKit's `participant_joined` webhook for inbound SIP calls, `POST /call/outbound`
 for outbound ones, `POST /web-calls` for browser callers). One `LiveKitRoom` per room: it
 takes the call (its lease), joins with a token the gateway mints, publishes the agent's
-track, waits for the caller's audio and for the caller to hear the agent's track, then the
-call is answered and the caller's audio feeds it. The caller is the SIP participant, or for
+track and waits for the caller's audio; then the call is answered and the caller's audio
+feeds it, while the agent's first words wait in the transport (`held`) until the caller
+receives the agent's track (made meanwhile, not lost). The caller is the SIP participant, or for
 a web call the one standard participant whose identity the gateway minted the browser's
 token for (anyone else in the room is ignored). The room is left and deleted once the
 call's final write is done. An outbound call screened for an answering machine (its
@@ -113,6 +114,7 @@ class LiveKitRoom:
         self._web_caller_joined = False
         self._caller_audio: asyncio.Queue[rtc.Track] = asyncio.Queue(maxsize=1)
         self._heard_by_caller = asyncio.Event()
+        self._transport: LiveKitTransport | None = None  # made by `transport()`
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---------------------------------------------------------------- room events
@@ -225,12 +227,15 @@ class LiveKitRoom:
             self.lifecycle.request_end("no-answer", CallStatus.NO_ANSWER)
             return
         step("caller_audio_ms")
-        # Speak only once the caller receives our track, so the greeting is not lost.
-        await self._until_ended(self._heard_by_caller.wait(), 3.0)
-        step("heard_ms")
         # Recorded from the answer on (greeting included); the egress starts beside the call.
+        # Answered now, so the greeting is being made while the caller's subscription to
+        # our track completes; its audio is held until then, so it is not lost.
         await self.lifecycle.answer()
         step("answered_ms")
+        await self._until_ended(self._heard_by_caller.wait(), 3.0)
+        step("heard_ms")
+        if self._transport is not None:
+            self._transport.release()
         log.info("room call answered", extra={"room": self.room_name, **steps})
         self._tasks.append(asyncio.create_task(self._read_caller(caller_track), name="lk-mic"))
         await self.lifecycle.ended.wait()
@@ -294,8 +299,9 @@ class LiveKitRoom:
             detector = GateDetector(gate, DetectionConfig(max_decision_ms=bound_ms))
             gate.add_listener(detector)
             self._tasks.append(asyncio.create_task(detector.keep_time(), name="lk-amd"))
-        return LiveKitTransport(
+        self._transport = LiveKitTransport(
             source=self._source,
+            held=not self._heard_by_caller.is_set(),
             on_mark=self.lifecycle.on_mark,
             metrics=self._runtime.metrics,
             # A browser caller has no phone call to refer elsewhere: a transfer fails and
@@ -306,6 +312,7 @@ class LiveKitRoom:
                 else lambda to: self._livekit.transfer_sip(self.room_name, caller, to)
             ),
         )
+        return self._transport
 
     async def close(self, ending: CallEnding) -> None:
         """Leave the room and close it (which hangs the SIP caller up)."""

@@ -42,7 +42,10 @@ class LiveKitTransport:
         metrics: GatewayMetrics,
         transfer: Callable[[str], Awaitable[None]] | None = None,
         max_queued_ms: int = 2000,
+        held: bool = False,
     ) -> None:
+        """`held`: capture nothing until `release()` (the caller does not receive the track
+        yet): the agent's first words are made meanwhile and wait here."""
         self._source = source
         self._on_mark = on_mark
         self._transfer = transfer
@@ -56,6 +59,7 @@ class LiveKitTransport:
         self._space.set()
         self._closed = False
         self._paused = False  # the caller speaks over the agent: hold the queued audio
+        self._held = held  # nobody hears the track yet: hold the queued audio
         self._last_capture = float("-inf")
 
     async def play(self, pcm: PCM16) -> None:
@@ -81,6 +85,12 @@ class LiveKitTransport:
         self._paused = False
         self._last_capture = float("-inf")  # the pause was no underrun
         self._wakeup.set()
+
+    def release(self) -> None:
+        """The caller receives the track: what was held starts to play."""
+        if self._held:
+            self._held = False
+            self._wakeup.set()
 
     async def clear(self) -> None:
         self._generation += 1
@@ -130,7 +140,7 @@ class LiveKitTransport:
             # a frame still being captured counts in the source's `queued_duration`.
             for name in self._frames.pop_markers():
                 self._mark_reached(loop, name)
-            pcm = None if self._paused else self._frames.pop_frame()
+            pcm = None if self._paused or self._held else self._frames.pop_frame()
             if pcm is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()

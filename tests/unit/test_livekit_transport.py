@@ -80,7 +80,9 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_transport(*, max_queued_ms: int = 2000) -> AsyncIterator[Harness]:
+async def running_transport(
+    *, max_queued_ms: int = 2000, held: bool = False
+) -> AsyncIterator[Harness]:
     source = NotingSource()
     metrics = GatewayMetrics()
     reports: list[MarkReport] = []
@@ -89,7 +91,7 @@ async def running_transport(*, max_queued_ms: int = 2000) -> AsyncIterator[Harne
         reports.append(MarkReport(name, source.queued_duration, len(source.captured)))
 
     transport = LiveKitTransport(
-        source=source, on_mark=on_mark, metrics=metrics, max_queued_ms=max_queued_ms
+        source=source, on_mark=on_mark, metrics=metrics, max_queued_ms=max_queued_ms, held=held
     )
     track = rtc.LocalAudioTrack.create_audio_track("agent", source)
     stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=10)
@@ -151,6 +153,23 @@ async def test_frames_go_in_two_at_a_time_but_never_across_a_mark() -> None:
         assert h.source.capture_sizes == [CAPTURE_FRAMES, 1, CAPTURE_FRAMES]
         assert h.metrics.outbound_frames_total == 5
         assert [m.name for m in h.marks] == ["a", "b"]
+
+
+async def test_held_audio_waits_for_release_even_through_a_clear() -> None:
+    async with running_transport(held=True) as h:
+        await h.transport.play(_speech(3))
+        await h.transport.mark("a")
+        await asyncio.sleep(0.1)
+        assert h.source.captured == [] and h.marks == []
+        await h.transport.clear()  # a barge-in before the caller hears the track
+        await h.transport.play(_speech(2, first=10))
+        await h.transport.mark("b")
+        await asyncio.sleep(0.1)
+        assert h.source.captured == []
+        h.transport.release()
+        await h.wait_mark("b")
+        assert [int(f[0]) for f in h.source.captured] == [10, 11]
+        assert h.metrics.outbound_underruns_total == 0
 
 
 async def test_a_mark_is_reported_once_the_audio_before_it_has_left_the_source() -> None:
