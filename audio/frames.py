@@ -92,6 +92,11 @@ class FrameQueue:
         self._taken += 1
         return self._frames.popleft()
 
+    @property
+    def marker_due(self) -> bool:
+        """Whether a marker has every frame before it popped (`pop_markers` would take it)."""
+        return bool(self._markers) and self._markers[0][0] <= self._taken
+
     def pop_markers(self) -> list[str]:
         """Take the markers reached: those with every frame before them popped, in order."""
         reached: list[str] = []

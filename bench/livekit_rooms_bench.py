@@ -1,20 +1,25 @@
-"""Room calls: N SIP callers in N LiveKit rooms against one gateway process.
+"""Room calls: N SIP callers in N LiveKit rooms against one gateway (`--workers` processes).
 
-Starts a real livekit-server (with Redis) whose webhooks reach `voice-gateway serve`
-(embedded FerretDB, local providers). For N in a rising series, N test participants of
-kind SIP join their own rooms at once, then keep asking questions for `--call-seconds`.
-Reports per N: time from joining to the greeting's first audio (webhook, join, subscribe,
-first TTS audio), time from the end of each question to the answer's first audio at the
-caller (includes the 600 ms end-of-turn silence), the agent frames the gateway published
-and how often its audio source ran dry mid-speech, and the gateway's CPU per call.
+Starts a real livekit-server (with Redis) whose webhooks reach `voice-gateway serve
+--workers W` (embedded FerretDB; the provider fakes, or `--providers local`). For N in a
+rising series, N test participants of kind SIP join their own rooms at once, then keep
+asking questions for `--call-seconds`. Reports per N: time from joining to the greeting's
+first audio (webhook, join, subscribe, first TTS audio; p50 / p95 / max), time from the end
+of each question to the answer's first audio at the caller (includes the end-of-turn
+silence), the agent frames the gateway published and how often its audio source ran dry mid-
+speech (summed over the workers: each worker's `/metrics` is read on a connection whose
+`/health` named it), the rooms each worker served, and the gateway's CPU per call (its
+worker processes; the supervisor and FerretDB apart).
 
-    python bench/livekit_rooms_bench.py [--levels 1,4,8] [--call-seconds 20]
+    python bench/livekit_rooms_bench.py [--levels 1,4,8] [--call-seconds 20] [--workers 1]
+        [--providers fakes|local]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -39,6 +44,36 @@ LINES = ("What are your opening hours?", "How much does it cost?", "Where are yo
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _gateway_pids(pid: int, workers: int) -> list[int]:
+    """The processes that serve calls: `pid` itself under one worker, else its workers."""
+    if workers == 1:
+        return [pid]
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"gateway.worker" in cmdline:
+                found.append(int(child))
+    return found
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _per_worker(base: str, workers: int) -> dict[int, dict[str, float]]:
+    """Each worker's counters: new connections until every worker has answered one."""
+    seen: dict[int, dict[str, float]] = {}
+    deadline = time.monotonic() + 30
+    while len(seen) < workers and time.monotonic() < deadline:
+        async with httpx.AsyncClient(base_url=base) as http:
+            worker = (await http.get("/health")).json().get("worker", 0)
+            if worker not in seen:
+                seen[worker] = _counters((await http.get("/metrics")).text)
+    return seen
 
 
 def _counters(text: str) -> dict[str, float]:
@@ -80,48 +115,105 @@ async def _one_call(
 
 
 async def _level(
-    server: LiveKitServer, base: str, pid: int, n: int, seconds: float, speech: list[object]
+    server: LiveKitServer,
+    base: str,
+    pids: list[int],
+    workers: int,
+    n: int,
+    seconds: float,
+    speech: list[object],
 ) -> str:
-    async with httpx.AsyncClient(base_url=base) as http:
-        before = _counters((await http.get("/metrics")).text)
-        cpu0 = _cpu_s(pid)
-        results = await asyncio.gather(
-            *(_one_call(server, speech, seconds) for _ in range(n)), return_exceptions=True
-        )
-        cpu = _cpu_s(pid) - cpu0
-        await asyncio.sleep(1.0)
-        after = _counters((await http.get("/metrics")).text)
+    before = await _per_worker(base, workers)
+    cpu0 = sum(_cpu_s(pid) for pid in pids)
+    results = await asyncio.gather(
+        *(_one_call(server, speech, seconds) for _ in range(n)), return_exceptions=True
+    )
+    cpu = sum(_cpu_s(pid) for pid in pids) - cpu0
+    await asyncio.sleep(1.0)
+    after = await _per_worker(base, workers)
+
+    def delta(name: str, worker: int) -> float:
+        return after[worker][f"voice_gateway_{name}"] - before[worker][f"voice_gateway_{name}"]
+
+    seen = sorted(set(before) & set(after))
     ok = [r for r in results if not isinstance(r, BaseException)]
     greetings = [g for g, _ in ok]
     answers = [a for _, group in ok for a in group]
-    frames = (
-        after["voice_gateway_outbound_frames_total"] - before["voice_gateway_outbound_frames_total"]
-    )
-    dry = (
-        after["voice_gateway_outbound_underruns_total"]
-        - before["voice_gateway_outbound_underruns_total"]
-    )
+    frames = sum(delta("outbound_frames_total", w) for w in seen)
+    dry = sum(delta("outbound_underruns_total", w) for w in seen)
+    spread = "+".join(f"{delta('calls_started_total', w):.0f}" for w in seen)
     return (
-        f"| {n} | {n - len(ok)} | {statistics.median(greetings):.0f} / {max(greetings):.0f} | "
-        f"{statistics.median(answers):.0f} / {max(answers):.0f} | {frames:.0f} | "
-        f"{100 * dry / frames if frames else 0:.3f} % | {100 * cpu / (n * seconds):.1f} % |"
+        f"| {n} | {n - len(ok)} | {statistics.median(greetings):.0f} / "
+        f"{_percentile(greetings, 0.95):.0f} / {max(greetings):.0f} | "
+        f"{statistics.median(answers):.0f} / {_percentile(answers, 0.95):.0f} | {frames:.0f} | "
+        f"{100 * dry / frames if frames else 0:.3f} % | {spread} | "
+        f"{100 * cpu / (n * seconds):.1f} % |"
     )
+
+
+def _start_fakes(stack: contextlib.ExitStack, work: Path) -> dict[str, str]:
+    """Start the three provider fakes (stopped with `stack`); the gateway's settings for them."""
+    urls = {}
+    for name in ("deepgram", "openai", "cartesia"):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        out = stack.enter_context((work / f"{name}.log").open("wb"))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", f"tests.fakes.{name}_server:app",
+             "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        stack.callback(proc.wait, 20)
+        stack.callback(proc.terminate)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/", timeout=2)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {name} fake did not start") from None
+                time.sleep(0.2)
+        urls[name] = url
+    httpx.post(urls["cartesia"] + "/control", json={"ms_per_char": 20}).raise_for_status()
+    return {
+        "TURN_VAD": "energy",
+        "TURN_END_OF_TURN": "silence",
+        "VAD_SILENCE_MS": "300",
+        "DEEPGRAM_API_KEY": "test-deepgram-key",
+        "DEEPGRAM_BASE_URL": urls["deepgram"].replace("http://", "ws://"),
+        "OPENAI_API_KEY": "test-openai-key",
+        "OPENAI_BASE_URL": urls["openai"] + "/v1",
+        "CARTESIA_API_KEY": "test-cartesia-key",
+        "CARTESIA_BASE_URL": urls["cartesia"],
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,4,8")
     parser.add_argument("--call-seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--providers",
+        choices=("fakes", "local"),
+        default="fakes",
+        help="fakes: the Deepgram, OpenAI and Cartesia wire fakes of tests/fakes, each a "
+        "local server answering at once (the Twilio benches' set-up); local: PocketSphinx, "
+        "the scripted agent and espeak-ng in the gateway process",
+    )
     args = parser.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     speech: list[object] = [espeak_pcm16k(line) for line in LINES]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(os.environ.get("BENCH_KEEP_DIR") or tmp)
         work.mkdir(parents=True, exist_ok=True)
+        provider_env = {} if args.providers == "local" else _start_fakes(stack, work)
         with run_livekit_server(work, webhook_url=base + "/livekit/webhook") as server:
             env = {
                 **os.environ,
+                **provider_env,
                 "PUBLIC_URL": base,
                 "DATA_DIR": str(work / "data"),
                 "LIVEKIT_URL": server.url,
@@ -132,7 +224,8 @@ def main() -> int:
             env.pop("MONGODB_URL", None)
             log = (work / "gateway.log").open("wb")
             gateway = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+                [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
+                 "--workers", str(args.workers)],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
             try:
@@ -146,14 +239,25 @@ def main() -> int:
                             sys.stderr.write("the gateway did not start\n")
                             return 1
                         time.sleep(0.2)
+                while (
+                    args.workers > 1
+                    and len(_gateway_pids(gateway.pid, args.workers)) < args.workers
+                ):
+                    if time.monotonic() > deadline:
+                        sys.stderr.write("the workers did not start\n")
+                        return 1
+                    time.sleep(0.2)
+                pids = _gateway_pids(gateway.pid, args.workers)
                 sys.stdout.write(
-                    "| rooms | failed | join → greeting ms p50 / max | end of question → "
-                    "answer ms p50 / max | agent frames | source ran dry | gateway CPU per call |\n"
-                    "| --- | --- | --- | --- | --- | --- | --- |\n"
+                    f"workers {args.workers}, providers {args.providers}\n"
+                    "| rooms | failed | join → greeting ms p50 / p95 / max | end of question → "
+                    "answer ms p50 / p95 | agent frames | source ran dry | rooms per worker | "
+                    "gateway CPU per call |\n"
+                    "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
                 )
                 for n in (int(x) for x in args.levels.split(",")):
                     row = asyncio.run(
-                        _level(server, base, gateway.pid, n, args.call_seconds, speech)
+                        _level(server, base, pids, args.workers, n, args.call_seconds, speech)
                     )
                     sys.stdout.write(row + "\n")
                     sys.stdout.flush()

@@ -5,8 +5,9 @@
 first (LiveKit's `participant_joined` webhook for inbound SIP calls, `POST /call/outbound`
 for outbound ones, `POST /web-calls` for browser callers). One `LiveKitRoom` per room: it
 takes the call (its lease), joins with a token the gateway mints, publishes the agent's
-track, waits for the caller's audio and for the caller to hear the agent's track, then the
-call is answered and the caller's audio feeds it. The caller is the SIP participant, or for
+track and waits for the caller's audio; then the call is answered and the caller's audio
+feeds it, while the agent's first words wait in the transport (`held`) until the caller
+receives the agent's track (made meanwhile, not lost). The caller is the SIP participant, or for
 a web call the one standard participant whose identity the gateway minted the browser's
 token for (anyone else in the room is ignored). The room is left and deleted once the
 call's final write is done. An outbound call screened for an answering machine (its
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
-from audio.frames import AudioFrame
+from audio.frames import AudioFrame, samples_per_frame
 from gateway.call.admission import GATEWAY_FULL, Admission
 from gateway.call.lifecycle import (
     CallEnding,
@@ -40,6 +41,7 @@ from gateway.call.machine_detection import DetectionConfig, GateDetector
 from gateway.call.records import CallInputLimits, record_refused_call
 from gateway.errors import GatewayFull, MissingPlaceholders
 from gateway.livekit.egress import RoomRecording
+from gateway.livekit.fanout import narrow_room_events
 from gateway.livekit.transport import RATE, LiveKitTransport
 from gateway.logs import call_id_var
 from gateway.settings import Settings
@@ -63,6 +65,8 @@ WEB_JOIN_GRACE_S = 10.0
 # A refused dispatch's Retry-After: LiveKit's webhook client (go-retryablehttp) honours it
 # for a 503, so its few retries come a second apart, each free to reach another gateway.
 LIVEKIT_RETRY_AFTER_S = 1
+# The caller's audio comes from the SDK in chunks of this many ms (split into 20 ms frames).
+CALLER_CHUNK_MS = 40
 ATTR_ORG = "voice_gateway.org_id"
 ATTR_ASSISTANT = "voice_gateway.assistant_id"
 ATTR_CALL = "voice_gateway.call_id"
@@ -110,6 +114,7 @@ class LiveKitRoom:
         self._web_caller_joined = False
         self._caller_audio: asyncio.Queue[rtc.Track] = asyncio.Queue(maxsize=1)
         self._heard_by_caller = asyncio.Event()
+        self._transport: LiveKitTransport | None = None  # made by `transport()`
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---------------------------------------------------------------- room events
@@ -194,7 +199,16 @@ class LiveKitRoom:
             room.on("sip_dtmf_received", self._on_dtmf)
         room.on("local_track_subscribed", lambda *_: self._heard_by_caller.set())
         token = self._livekit.agent_token(self.room_name, self.identity)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        steps: dict[str, float] = {}
+
+        def step(name: str) -> None:
+            steps[name] = round(1000 * (loop.time() - started))
+
         await room.connect(self._livekit.ws_url, token)
+        step("joined_ms")
+        narrow_room_events(room)  # off the other rooms' per-frame events (fanout.py)
         log.info("joined room", extra={"room": self.room_name})
         if self._web_caller is not None and self._web_caller in room.remote_participants:
             self._web_caller_joined = True  # the browser was in the room before the agent
@@ -202,6 +216,7 @@ class LiveKitRoom:
         track = rtc.LocalAudioTrack.create_audio_track("agent", self._source)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         await room.local_participant.publish_track(track, options)
+        step("published_ms")
 
         if self._web_caller is None:
             ring_s = self._settings.outbound_ring_timeout_s + 30.0
@@ -211,10 +226,17 @@ class LiveKitRoom:
         if caller_track is None:
             self.lifecycle.request_end("no-answer", CallStatus.NO_ANSWER)
             return
-        # Speak only once the caller receives our track, so the greeting is not lost.
-        await self._until_ended(self._heard_by_caller.wait(), 3.0)
+        step("caller_audio_ms")
         # Recorded from the answer on (greeting included); the egress starts beside the call.
+        # Answered now, so the greeting is being made while the caller's subscription to
+        # our track completes; its audio is held until then, so it is not lost.
         await self.lifecycle.answer()
+        step("answered_ms")
+        await self._until_ended(self._heard_by_caller.wait(), 3.0)
+        step("heard_ms")
+        if self._transport is not None:
+            self._transport.release()
+        log.info("room call answered", extra={"room": self.room_name, **steps})
         self._tasks.append(asyncio.create_task(self._read_caller(caller_track), name="lk-mic"))
         await self.lifecycle.ended.wait()
 
@@ -237,14 +259,23 @@ class LiveKitRoom:
         return None
 
     async def _read_caller(self, track: rtc.Track) -> None:
-        stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=20)
+        """Feed the caller's audio to the call in 20 ms frames; the SDK resamples it to RATE
+        and hands it over `CALLER_CHUNK_MS` at a time (one event per chunk, fanned out to
+        every subscriber of the SDK's events: fewer is cheaper)."""
+        stream = rtc.AudioStream(
+            track, sample_rate=RATE, num_channels=1, frame_size_ms=CALLER_CHUNK_MS
+        )
+        frame_samples = samples_per_frame(RATE)
+        metrics = self._runtime.metrics
         try:
             async for event in stream:
-                if self.lifecycle.ended.is_set():
-                    break
-                pcm = np.frombuffer(event.frame.data, dtype=np.int16).copy()
-                self._runtime.metrics.inbound_frames_total += 1
-                await self.lifecycle.on_audio(AudioFrame(pcm, RATE))
+                chunk = np.frombuffer(event.frame.data, dtype=np.int16).copy()
+                for offset in range(0, chunk.shape[0], frame_samples):
+                    if self.lifecycle.ended.is_set():
+                        return
+                    metrics.inbound_frames_total += 1
+                    pcm = chunk[offset : offset + frame_samples]
+                    await self.lifecycle.on_audio(AudioFrame(pcm, RATE))
         finally:
             await stream.aclose()
 
@@ -268,8 +299,9 @@ class LiveKitRoom:
             detector = GateDetector(gate, DetectionConfig(max_decision_ms=bound_ms))
             gate.add_listener(detector)
             self._tasks.append(asyncio.create_task(detector.keep_time(), name="lk-amd"))
-        return LiveKitTransport(
+        self._transport = LiveKitTransport(
             source=self._source,
+            held=not self._heard_by_caller.is_set(),
             on_mark=self.lifecycle.on_mark,
             metrics=self._runtime.metrics,
             # A browser caller has no phone call to refer elsewhere: a transfer fails and
@@ -280,6 +312,7 @@ class LiveKitRoom:
                 else lambda to: self._livekit.transfer_sip(self.room_name, caller, to)
             ),
         )
+        return self._transport
 
     async def close(self, ending: CallEnding) -> None:
         """Leave the room and close it (which hangs the SIP caller up)."""

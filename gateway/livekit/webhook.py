@@ -1,7 +1,9 @@
 """`POST /livekit/webhook`: LiveKit's signed room events. A SIP participant joining a room
 starts an inbound call; its caller leaving, or the room finishing, ends the call it holds;
 an egress ending completes its call's recording. An event about nothing of ours is still
-answered 200: LiveKit retries non-2xx answers.
+answered 200: LiveKit retries non-2xx answers; an event the gateway does nothing with
+(`room_started`, `track_published`, a participant other than a SIP caller joining) is
+answered 200 at once, unclaimed.
 
 Before any of that: the body is capped by `BodySizeLimit` (`LIVEKIT_MAX_BODY_BYTES` on this
 path: 413 beyond, signed or not), the token in `Authorization` is verified from the header
@@ -51,6 +53,10 @@ async def livekit_webhook(request: Request) -> Response:
     )
     event = verified_event(token, await request.body())  # capped by `BodySizeLimit`
     extra = {"event": event.event, "event_id": event.id, "room": event.room.name}
+    if not _acted_on(event):
+        # room_started, track_published, the agent's own joining...: nothing to do, so
+        # nothing to claim (each claim is a database write while the rooms are joining).
+        return JSONResponse({"ok": True})
     if event.event == "participant_joined" and event.participant.kind == models.ParticipantInfo.SIP:
         # A new call while draining: 503, retried by the balancer (or LiveKit) elsewhere.
         services.draining.refuse_new_call()
@@ -82,6 +88,13 @@ async def livekit_webhook(request: Request) -> Response:
             rooms.dispatch_refused(event.id, event.room.name, attributes, keep_until=keep_until)
         raise
     return JSONResponse({"ok": True})
+
+
+def _acted_on(event: api.WebhookEvent) -> bool:
+    """Whether `_act` does anything with `event`."""
+    if event.event == "participant_joined":
+        return bool(event.participant.kind == models.ParticipantInfo.SIP)
+    return event.event in ("participant_left", "room_finished", "egress_ended")
 
 
 async def _act(services: Services, rooms: LiveKitRooms, event: api.WebhookEvent) -> None:

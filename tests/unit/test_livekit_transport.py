@@ -1,6 +1,6 @@
 """The LiveKit transport against a real `rtc.AudioSource` (no room needed): 20 ms frames in
-order, padding at a mark, marks reported once their audio has left the source, clear,
-close, back-pressure and underruns.
+order (two to a capture, never across a mark), padding at a mark, marks reported once
+their audio has left the source, clear, close, back-pressure and underruns.
 
 The source is LiveKit's own, with its real time-bounded queue; the test subclass only
 notes each frame handed to it. What actually leaves the source is heard through a local
@@ -21,7 +21,7 @@ import numpy as np
 from livekit import rtc
 
 from audio.frames import PCM16
-from gateway.livekit.transport import RATE, LiveKitTransport
+from gateway.livekit.transport import CAPTURE_FRAMES, RATE, LiveKitTransport
 from gateway.metrics import GatewayMetrics
 
 FRAME = 320  # 20 ms at 16 kHz
@@ -30,14 +30,19 @@ EPSILON_S = 1e-6  # asyncio may run a timer a clock tick early
 
 
 class NotingSource(rtc.AudioSource):
-    """LiveKit's audio source, noting every frame handed to it."""
+    """LiveKit's audio source, noting every 20 ms frame handed to it (a capture may hand
+    over several) and how many frames each capture held."""
 
     def __init__(self) -> None:
         super().__init__(RATE, 1, queue_size_ms=SOURCE_QUEUE_MS)
         self.captured: list[PCM16] = []
+        self.capture_sizes: list[int] = []
 
     async def capture_frame(self, frame: rtc.AudioFrame) -> None:
-        self.captured.append(np.frombuffer(frame.data, dtype=np.int16).copy())
+        pcm = np.frombuffer(frame.data, dtype=np.int16).copy()
+        assert pcm.size % FRAME == 0, "captures are whole 20 ms frames"
+        self.captured.extend(pcm[k : k + FRAME] for k in range(0, pcm.size, FRAME))
+        self.capture_sizes.append(pcm.size // FRAME)
         await super().capture_frame(frame)
 
 
@@ -75,7 +80,9 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_transport(*, max_queued_ms: int = 2000) -> AsyncIterator[Harness]:
+async def running_transport(
+    *, max_queued_ms: int = 2000, held: bool = False
+) -> AsyncIterator[Harness]:
     source = NotingSource()
     metrics = GatewayMetrics()
     reports: list[MarkReport] = []
@@ -84,7 +91,7 @@ async def running_transport(*, max_queued_ms: int = 2000) -> AsyncIterator[Harne
         reports.append(MarkReport(name, source.queued_duration, len(source.captured)))
 
     transport = LiveKitTransport(
-        source=source, on_mark=on_mark, metrics=metrics, max_queued_ms=max_queued_ms
+        source=source, on_mark=on_mark, metrics=metrics, max_queued_ms=max_queued_ms, held=held
     )
     track = rtc.LocalAudioTrack.create_audio_track("agent", source)
     stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=10)
@@ -134,6 +141,35 @@ async def test_20_ms_frames_leave_in_order_with_padding_at_a_mark() -> None:
         await h.wait_for(lambda: np.count_nonzero(h.heard_audio()) >= played.size)
         heard = h.heard_audio()
         assert np.array_equal(heard[heard != 0], played)
+
+
+async def test_frames_go_in_two_at_a_time_but_never_across_a_mark() -> None:
+    async with running_transport() as h:
+        await h.transport.play(_speech(3))
+        await h.transport.mark("a")  # after the third frame: it goes in alone
+        await h.transport.play(_speech(2, first=10))
+        await h.transport.mark("b")
+        await h.wait_mark("b")
+        assert h.source.capture_sizes == [CAPTURE_FRAMES, 1, CAPTURE_FRAMES]
+        assert h.metrics.outbound_frames_total == 5
+        assert [m.name for m in h.marks] == ["a", "b"]
+
+
+async def test_held_audio_waits_for_release_even_through_a_clear() -> None:
+    async with running_transport(held=True) as h:
+        await h.transport.play(_speech(3))
+        await h.transport.mark("a")
+        await asyncio.sleep(0.1)
+        assert h.source.captured == [] and h.marks == []
+        await h.transport.clear()  # a barge-in before the caller hears the track
+        await h.transport.play(_speech(2, first=10))
+        await h.transport.mark("b")
+        await asyncio.sleep(0.1)
+        assert h.source.captured == []
+        h.transport.release()
+        await h.wait_mark("b")
+        assert [int(f[0]) for f in h.source.captured] == [10, 11]
+        assert h.metrics.outbound_underruns_total == 0
 
 
 async def test_a_mark_is_reported_once_the_audio_before_it_has_left_the_source() -> None:
