@@ -16,7 +16,12 @@ and claimed by `_id`, and every document has one writer:
   first contact number `first_n` (the previous batch's `first_n + count`) and `count`; its
   rows go to `campaign_rows` docs `<campaign>:<b>:<k>` (k = 1.. `chunks`, <= 2000 rows each,
   `chunk_rows` saying how many, so a page reads only the chunks it shows);
-  then the batch is marked `committed`. Only committed batches hold contacts, so an upload
+  then the batch is marked `checking_at` (now), the numbers of every other batch committed
+  or checking (within `_CHECKING_S`) are read, and if none is among its own the batch is
+  marked `committed`; else it gives up (`ContactsRaced`, nothing added). Of two racing
+  uploads holding a number, at least one sees the other (each writes its mark before it
+  reads the other's), so a number is never added twice; both may give up (the client
+  sends again). Only committed batches hold contacts, so an upload
   that fails or dies adds none (its numbers `n` stay unused: ids may have gaps). Batches
   may commit out of order (a later, smaller upload first): readers load contacts by the
   committed batches they have not read (`contacts_missing`), never "after the last n".
@@ -42,7 +47,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -54,7 +59,7 @@ from pymongo.errors import DuplicateKeyError
 from storage.call_index import last_taken, update_if
 from storage.calls import _driver_errors, _stored_time, _utc
 from storage.documents import CallDocument
-from storage.errors import CampaignNotFound, CampaignStateConflict
+from storage.errors import CampaignNotFound, CampaignStateConflict, ContactsRaced
 
 CAMPAIGNS = "campaigns"
 CAMPAIGN_BATCHES = "campaign_batches"
@@ -67,6 +72,8 @@ CHUNK_ROWS = 2000
 _CHUNK_BYTES = 4 * 1024 * 1024  # well under BSON's 16 MiB per document
 _WINDOW = 16  # lookups in flight at once
 _CHUNKS_PER_INSERT = 4
+# An upload marked `checking` longer ago than this died before committing: ignored.
+_CHECKING_S = 300.0
 
 # The indexes `open_database` creates: the `_id` reads above serve FerretDB; these serve
 # MongoDB's scans (an organisation's campaigns, the active ones, a campaign's states).
@@ -589,6 +596,12 @@ class CampaignRepository:
                     ordered=False,
                 )
             await _collection(CAMPAIGN_BATCHES).update_one(
+                {"_id": f"{campaign_id}:{b}"}, {"$set": {"checking_at": datetime.now(UTC)}}
+            )
+            raced = await self._raced(campaign_id, b, {row[0] for row in stored})
+            if raced:
+                raise ContactsRaced(sorted(raced))
+            await _collection(CAMPAIGN_BATCHES).update_one(
                 {"_id": f"{campaign_id}:{b}"}, {"$set": {"committed": True}}
             )
         except BaseException as exc:
@@ -600,12 +613,47 @@ class CampaignRepository:
             raise
         return len(stored)
 
+    async def _raced(self, campaign_id: str, b: int, numbers: set[str]) -> set[str]:
+        """`numbers` that another batch, committed or being checked (not for longer than
+        `_CHECKING_S`), also holds."""
+        head = await self._batch_head(campaign_id)
+        others = [x for x in range(1, head + 1) if x != b]
+        fresh = datetime.now(UTC) - timedelta(seconds=_CHECKING_S)
+        places: list[tuple[int, int, int]] = []
+        for start in range(0, len(others), _WINDOW):
+            raws = await asyncio.gather(
+                *(self._batch_raw(campaign_id, x) for x in others[start : start + _WINDOW])
+            )
+            for raw in raws:
+                if raw is None:
+                    continue
+                checking = _time(raw.get("checking_at"))
+                if not raw.get("committed") and (checking is None or checking < fresh):
+                    continue
+                batch = _Batch(
+                    b=int(raw["b"]),
+                    first_n=int(raw["first_n"]),
+                    count=int(raw["count"]),
+                    chunk_rows=tuple(int(r) for r in raw.get("chunk_rows", ())),
+                )
+                places += [(batch.b, k, first_n) for k, first_n, _ in batch.chunk_places()]
+        found: set[str] = set()
+        for start in range(0, len(places), 64):
+            chunks = await asyncio.gather(
+                *(self._chunk(campaign_id, *p) for p in places[start : start + 64])
+            )
+            found |= {d.to_number for chunk in chunks for d in chunk if d.to_number in numbers}
+        return found
+
     async def _drop_rows(self, campaign_id: str, b: int, chunks: int) -> bool:
         """Drop an abandoned batch's rows unless it is committed (True then) or unknown."""
         try:
             raw = await self._batch_raw(campaign_id, b)
             if raw is None or raw.get("committed") is not False:
                 return raw is not None and bool(raw.get("committed"))
+            await _collection(CAMPAIGN_BATCHES).update_one(
+                {"_id": f"{campaign_id}:{b}"}, {"$set": {"checking_at": None}}
+            )
             for k in range(1, chunks + 1):
                 await _collection(CAMPAIGN_ROWS).delete_one({"_id": f"{campaign_id}:{b}:{k}"})
         except Exception:  # noqa: BLE001 - not known uncommitted: its rows are kept
