@@ -7,8 +7,10 @@ next one only when there is none yet, or when the holder's heartbeat is judged d
 the lost-call sweeper judges it (`BeatWatch`: unchanged for a whole lease on this process's
 own clock). A leader that reads a higher term steps down at once. A gateway that may not
 start calls (it drains, or its admission refuses) claims no term, and a leader in that
-state gives its term up (marks it `released`, once none of its placing tasks is still
-storing a call) so that a gateway that can dial takes the campaign over at once.
+state gives the term of an active campaign up (marks it `released`, once none of its
+placing tasks is still storing a call and its done contacts are published) so that a
+gateway that can dial takes the campaign over at once, adopting its attempts in flight by
+their claims. Alone, it takes the campaign back once it may start calls again.
 
 Each tick (`campaign_tick_s`), for each campaign it leads, the leader:
 1. re-reads the campaign: paused starts nothing; cancelled starts nothing, turns its
@@ -204,7 +206,7 @@ class DialerConfig:
     # A contact whose call this gateway could not place (refused by its own admission,
     # drain or configuration, or a storage error before the call was stored) is put back,
     # its attempt not counted, and tried again after this long.
-    refused_backoff_s: float = 30.0
+    refused_backoff_s: float = 5.0
 
 
 @dataclass(slots=True)
@@ -420,7 +422,13 @@ class CampaignDialer:
             await self._publish_owed(lead)
         if not lead.in_flight and await self._settled(lead):
             del self._leads[cid]
-        elif not may_start and not lead.unpublished and not self._placing(lead):
+        elif (
+            not may_start
+            and campaign.state == CampaignState.ACTIVE
+            and not lead.unpublished
+            and not self._placing(lead)
+            and not any(a.refused for a in lead.in_flight.values())
+        ):
             # Draining or refusing calls: step down so that a gateway that may start calls
             # leads (its attempts in flight are adopted there, by their claims).
             await self._store.release_term(cid, lead.term)
