@@ -70,6 +70,8 @@ test_error_tree.py` fails when a new one is not listed. Dependencies point one w
     ├── DeliveryBusy            a delivery a gateway is sending right now        -> 409
     ├── CampaignStateConflict   a change a campaign's state forbids (resume a cancelled
     │                           one, contacts for a completed one)               -> 409
+    ├── ContactsRaced           an upload racing another one with the same numbers:
+    │                           nothing added, send it again                     -> 409
     └── SecretRotationRaced     two rotations of a webhook secret at once        -> 409
     WebhookError                webhooks/errors.py
     ├── UnsafeURL               a URL the SSRF guard refuses -> 422 when an assistant is
@@ -108,6 +110,7 @@ from storage import redact_credentials
 from storage.errors import (
     CallNotFound,
     CampaignStateConflict,
+    ContactsRaced,
     DeliveryBusy,
     InvalidCursor,
     NotFound,
@@ -473,6 +476,7 @@ HTTP_ERROR_HANDLERS = {
     DeliveryBusy: _conflict,
     SecretRotationRaced: _conflict,
     CampaignStateConflict: _conflict,
+    ContactsRaced: _conflict,
     UnsafeURL: _unsafe_url,
     NotConfigured: _not_configured,
     GatewayFull: _gateway_full,

@@ -6,19 +6,34 @@ FerretDB 1.24 answers only `_id` equality in SQL and has no atomic conditional u
 and claimed by `_id`, and every document has one writer:
 
 - `campaigns`: `_id` = the campaign id; written by the API (create, pause/resume/cancel)
-  and, for active -> completed only, by the dialer (`mark_completed`).
+  and, for active -> completed only, by the dialer (`mark_completed`). Both read-check-write
+  the `state` field (no atomic conditional update), so a racing pause or completion can
+  overwrite a cancel: a cancel is therefore also a unique insert in `campaign_cancels`
+  (`_id` = the campaign id), and every read of a campaign answers `cancelled` when that
+  document exists, whatever its `state` field says (cancel wins).
 - `campaign_batches`: `_id` = `<campaign>:<b>`, b = 1, 2, ...: one upload. The upload
   claims the place by a unique insert (a racing upload takes the next one), stating its
   first contact number `first_n` (the previous batch's `first_n + count`) and `count`; its
   rows go to `campaign_rows` docs `<campaign>:<b>:<k>` (k = 1.. `chunks`, <= 2000 rows each,
   `chunk_rows` saying how many, so a page reads only the chunks it shows);
-  then the batch is marked `committed`. Only committed batches hold contacts, so an upload
-  that fails or dies adds none (its numbers `n` stay unused: ids may have gaps).
+  then the batch is marked `checking_at` (now), the numbers of every other batch committed
+  or checking (within `_CHECKING_S`) are read, and if none is among its own the batch is
+  marked `committed`; else it gives up (`ContactsRaced`, nothing added). Of two racing
+  uploads holding a number, at least one sees the other (each writes its mark before it
+  reads the other's), so a number is never added twice; both may give up (the client
+  sends again). Only committed batches hold contacts, so an upload
+  that fails or dies adds none (its numbers `n` stay unused: ids may have gaps). Batches
+  may commit out of order (a later, smaller upload first): readers load contacts by the
+  committed batches they have not read (`contacts_missing`), never "after the last n".
   The campaign's contact count is the sum of its committed batches' counts.
 - `campaign_contacts`: `_id` = `<campaign>:<n>`: a contact's mutable state, written only by
   the campaign's dialer leader; absent means pending with no attempt yet.
-- `campaign_attempts`: `_id` = `<campaign>:<n>:<attempt>`: the claim of one attempt.
-- `campaign_terms`: `_id` = `<campaign>:<t>`: term t of the dialer's leadership.
+- `campaign_attempts`: `_id` = `<campaign>:<n>:<attempt>`: the claim of one attempt;
+  deleted by its claimant only when no call was stored for it (a refusal by the gateway
+  itself), so that the attempt may be claimed again.
+- `campaign_terms`: `_id` = `<campaign>:<t>`: term t of the dialer's leadership; its holder
+  marks it `released` when it steps down (a draining gateway), so others take the next.
+- `campaign_cancels`: `_id` = the campaign id: the campaign was cancelled (see above).
 
 A chunk's rows are stored as one JSON text (`[[number, time zone, [key, value, ...]], ...]`):
 FerretDB 1.24 stores no nested arrays, metadata keys need not be storable field names, and
@@ -28,10 +43,11 @@ one string is the cheapest thing for FerretDB to write and read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -43,7 +59,7 @@ from pymongo.errors import DuplicateKeyError
 from storage.call_index import last_taken, update_if
 from storage.calls import _driver_errors, _stored_time, _utc
 from storage.documents import CallDocument
-from storage.errors import CampaignNotFound, CampaignStateConflict
+from storage.errors import CampaignNotFound, CampaignStateConflict, ContactsRaced
 
 CAMPAIGNS = "campaigns"
 CAMPAIGN_BATCHES = "campaign_batches"
@@ -51,10 +67,13 @@ CAMPAIGN_ROWS = "campaign_rows"
 CAMPAIGN_CONTACTS = "campaign_contacts"
 CAMPAIGN_ATTEMPTS = "campaign_attempts"
 CAMPAIGN_TERMS = "campaign_terms"
+CAMPAIGN_CANCELS = "campaign_cancels"
 CHUNK_ROWS = 2000
 _CHUNK_BYTES = 4 * 1024 * 1024  # well under BSON's 16 MiB per document
 _WINDOW = 16  # lookups in flight at once
 _CHUNKS_PER_INSERT = 4
+# An upload marked `checking` longer ago than this died before committing: ignored.
+_CHECKING_S = 300.0
 
 # The indexes `open_database` creates: the `_id` reads above serve FerretDB; these serve
 # MongoDB's scans (an organisation's campaigns, the active ones, a campaign's states).
@@ -286,6 +305,14 @@ class _Batch:
     count: int
     chunk_rows: tuple[int, ...]  # rows in chunk 1, 2, ...
 
+    def chunk_places(self) -> list[tuple[int, int, int]]:
+        """(k, first n, rows) of every chunk."""
+        out, n = [], self.first_n
+        for k, rows in enumerate(self.chunk_rows, start=1):
+            out.append((k, n, rows))
+            n += rows
+        return out
+
     def chunks_after(self, after_n: int) -> list[tuple[int, int]]:
         """(k, first n) of the chunks holding contacts past `after_n`."""
         out, n = [], self.first_n
@@ -381,11 +408,25 @@ class CampaignRepository:
             raise CampaignNotFound(f"no campaign {campaign_id!r}")
         return raw
 
+    async def _cancelled(self, campaign_id: str) -> bool:
+        found = await _collection(CAMPAIGN_CANCELS).find_one({"_id": campaign_id}, {"_id": 1})
+        return found is not None
+
+    async def _record(self, raw: dict[str, Any]) -> CampaignRecord:
+        """The campaign with its contact count; `cancelled` if a cancel is stored (it wins
+        over whatever a racing writer left in `state`)."""
+        campaign_id = str(raw["_id"])
+        count, cancelled = await asyncio.gather(
+            self._contact_count(campaign_id), self._cancelled(campaign_id)
+        )
+        if cancelled and raw.get("state") != CampaignState.CANCELLED.value:
+            raw = {**raw, "state": CampaignState.CANCELLED.value}
+        return _campaign(raw, count)
+
     @_driver_errors
     async def get(self, org_id: str, campaign_id: str) -> CampaignRecord:
         """The organisation's campaign; `CampaignNotFound` (also for another's)."""
-        raw = await self._raw(org_id, campaign_id)
-        return _campaign(raw, await self._contact_count(campaign_id))
+        return await self._record(await self._raw(org_id, campaign_id))
 
     @_driver_errors
     async def set_state(
@@ -397,15 +438,20 @@ class CampaignRepository:
         if state not in _MOVES:
             raise ValueError(f"the API does not set a campaign {state.value}")
         for _ in range(5):
-            raw = await self._raw(org_id, campaign_id)
-            current = CampaignState(raw["state"])
+            record = await self._record(await self._raw(org_id, campaign_id))
+            current = record.state
             if current == state:
-                return _campaign(raw, await self._contact_count(campaign_id))
+                return record
             if current not in _MOVES[state]:
                 raise CampaignStateConflict(
                     f"campaign {campaign_id!r} is {current.value}: it cannot be {state.value}"
                 )
             now = _stored_time(at or datetime.now(UTC))
+            if state == CampaignState.CANCELLED:
+                # The unique insert is the cancel; the state field follows (best effort:
+                # a racing pause or completion may overwrite it, the insert still wins).
+                with contextlib.suppress(DuplicateKeyError):
+                    await _collection(CAMPAIGN_CANCELS).insert_one({"_id": campaign_id, "at": now})
             if await update_if(
                 _collection(CAMPAIGNS),
                 campaign_id,
@@ -550,20 +596,69 @@ class CampaignRepository:
                     ordered=False,
                 )
             await _collection(CAMPAIGN_BATCHES).update_one(
+                {"_id": f"{campaign_id}:{b}"}, {"$set": {"checking_at": datetime.now(UTC)}}
+            )
+            raced = await self._raced(campaign_id, b, {row[0] for row in stored})
+            if raced:
+                raise ContactsRaced(sorted(raced))
+            await _collection(CAMPAIGN_BATCHES).update_one(
                 {"_id": f"{campaign_id}:{b}"}, {"$set": {"committed": True}}
             )
-        except BaseException:
-            # The batch stays uncommitted (adds nothing); its rows are dropped if we can.
-            await asyncio.shield(self._drop_rows(campaign_id, b, len(chunks)))
+        except BaseException as exc:
+            # Uncommitted, the batch adds nothing and its rows are dropped if we can; but the
+            # commit may have landed though its reply was lost: then the rows are kept.
+            committed = await asyncio.shield(self._drop_rows(campaign_id, b, len(chunks)))
+            if committed and isinstance(exc, Exception):
+                return len(stored)
             raise
         return len(stored)
 
-    async def _drop_rows(self, campaign_id: str, b: int, chunks: int) -> None:
+    async def _raced(self, campaign_id: str, b: int, numbers: set[str]) -> set[str]:
+        """`numbers` that another batch, committed or being checked (not for longer than
+        `_CHECKING_S`), also holds."""
+        head = await self._batch_head(campaign_id)
+        others = [x for x in range(1, head + 1) if x != b]
+        fresh = datetime.now(UTC) - timedelta(seconds=_CHECKING_S)
+        places: list[tuple[int, int, int]] = []
+        for start in range(0, len(others), _WINDOW):
+            raws = await asyncio.gather(
+                *(self._batch_raw(campaign_id, x) for x in others[start : start + _WINDOW])
+            )
+            for raw in raws:
+                if raw is None:
+                    continue
+                checking = _time(raw.get("checking_at"))
+                if not raw.get("committed") and (checking is None or checking < fresh):
+                    continue
+                batch = _Batch(
+                    b=int(raw["b"]),
+                    first_n=int(raw["first_n"]),
+                    count=int(raw["count"]),
+                    chunk_rows=tuple(int(r) for r in raw.get("chunk_rows", ())),
+                )
+                places += [(batch.b, k, first_n) for k, first_n, _ in batch.chunk_places()]
+        found: set[str] = set()
+        for start in range(0, len(places), 64):
+            chunks = await asyncio.gather(
+                *(self._chunk(campaign_id, *p) for p in places[start : start + 64])
+            )
+            found |= {d.to_number for chunk in chunks for d in chunk if d.to_number in numbers}
+        return found
+
+    async def _drop_rows(self, campaign_id: str, b: int, chunks: int) -> bool:
+        """Drop an abandoned batch's rows unless it is committed (True then) or unknown."""
         try:
+            raw = await self._batch_raw(campaign_id, b)
+            if raw is None or raw.get("committed") is not False:
+                return raw is not None and bool(raw.get("committed"))
+            await _collection(CAMPAIGN_BATCHES).update_one(
+                {"_id": f"{campaign_id}:{b}"}, {"$set": {"checking_at": None}}
+            )
             for k in range(1, chunks + 1):
                 await _collection(CAMPAIGN_ROWS).delete_one({"_id": f"{campaign_id}:{b}:{k}"})
-        except Exception:  # noqa: BLE001 - the batch is uncommitted either way: rows unread
-            return
+        except Exception:  # noqa: BLE001 - not known uncommitted: its rows are kept
+            return False
+        return False
 
     @_driver_errors
     async def contacts(
@@ -634,20 +729,43 @@ class CampaignRepository:
         raws = (
             await _collection(CAMPAIGNS).find({"state": CampaignState.ACTIVE.value}).to_list(None)
         )
-        counts = await asyncio.gather(*(self._contact_count(str(r["_id"])) for r in raws))
-        return [_campaign(r, c) for r, c in zip(raws, counts, strict=True)]
+        records = await asyncio.gather(*(self._record(r) for r in raws))
+        return [r for r in records if r.state == CampaignState.ACTIVE]
 
     @_driver_errors
     async def get_any(self, campaign_id: str) -> CampaignRecord | None:
         raw = await _collection(CAMPAIGNS).find_one({"_id": campaign_id})
         if raw is None:
             return None
-        return _campaign(raw, await self._contact_count(campaign_id))
+        return await self._record(raw)
 
     @_driver_errors
     async def all_contacts(self, campaign_id: str) -> list[ContactRecord]:
         """Every committed contact with its state, n ascending."""
         data, states = await asyncio.gather(self._data(campaign_id), self._states(campaign_id))
+        return [_contact(campaign_id, d, states.get(d.n)) for d in data]
+
+    @_driver_errors
+    async def contacts_missing(
+        self, campaign_id: str, have: Collection[int]
+    ) -> list[ContactRecord]:
+        """The committed contacts whose n is not in `have`, with their states, n ascending:
+        the chunks of every committed batch holding such a contact are read (batches may
+        commit out of order, so "after the last n" would skip an earlier, slower upload)."""
+        places = [
+            (batch.b, k, first_n)
+            for batch in await self._batches(campaign_id)
+            for k, first_n, rows in batch.chunk_places()
+            if any(n not in have for n in range(first_n, first_n + rows))
+        ]
+        data: list[_Data] = []
+        for start in range(0, len(places), 64):
+            chunks = await asyncio.gather(
+                *(self._chunk(campaign_id, *p) for p in places[start : start + 64])
+            )
+            data += [d for chunk in chunks for d in chunk if d.n not in have]
+        data.sort(key=lambda d: d.n)
+        states = await self._states_of(campaign_id, [d.n for d in data])
         return [_contact(campaign_id, d, states.get(d.n)) for d in data]
 
     @_driver_errors
@@ -672,7 +790,8 @@ class CampaignRepository:
 
     @_driver_errors
     async def current_term(self, campaign_id: str) -> tuple[int, str | None]:
-        """The latest term of the campaign's dialer leadership and its gateway (0, None: none)."""
+        """The latest term of the campaign's dialer leadership and its gateway (0, None: none;
+        gateway None also when its holder released it)."""
 
         async def taken(t: int) -> bool:
             found = await _collection(CAMPAIGN_TERMS).find_one(
@@ -684,7 +803,16 @@ class CampaignRepository:
         if term == 0:
             return 0, None
         raw = await _collection(CAMPAIGN_TERMS).find_one({"_id": f"{campaign_id}:{term}"})
-        return term, (str(raw["gateway_id"]) if raw is not None else None)
+        if raw is None or raw.get("released"):
+            return term, None
+        return term, str(raw["gateway_id"])
+
+    @_driver_errors
+    async def release_term(self, campaign_id: str, term: int) -> None:
+        """The holder of `term` steps down (its one writer): others may claim the next."""
+        await _collection(CAMPAIGN_TERMS).update_one(
+            {"_id": f"{campaign_id}:{term}"}, {"$set": {"released": True}}
+        )
 
     @_driver_errors
     async def claim_term(
@@ -734,6 +862,12 @@ class CampaignRepository:
         )
 
     @_driver_errors
+    async def release_attempt(self, campaign_id: str, n: int, attempt: int) -> None:
+        """The claimant gives its attempt back: no call was stored for it (refused by its
+        own gateway), so it may be claimed again."""
+        await _collection(CAMPAIGN_ATTEMPTS).delete_one({"_id": f"{campaign_id}:{n}:{attempt}"})
+
+    @_driver_errors
     async def attempt(self, campaign_id: str, n: int, attempt: int) -> AttemptRecord | None:
         raw = await _collection(CAMPAIGN_ATTEMPTS).find_one({"_id": f"{campaign_id}:{n}:{attempt}"})
         if raw is None:
@@ -752,8 +886,11 @@ class CampaignRepository:
 
     @_driver_errors
     async def mark_completed(self, campaign_id: str, *, at: datetime) -> None:
-        """active -> completed (nothing if it is paused, cancelled or completed by now)."""
+        """active -> completed (nothing if it is paused, cancelled or completed by now; a
+        cancel racing this still wins: see `_record`)."""
         now = _stored_time(at)
+        if await self._cancelled(campaign_id):
+            return
         await update_if(
             _collection(CAMPAIGNS),
             campaign_id,
@@ -768,5 +905,4 @@ class CampaignRepository:
         """The organisation's campaigns, newest first (a scan on FerretDB: campaigns are few)."""
         raws = await _collection(CAMPAIGNS).find({"org_id": org_id}).to_list(None)
         raws.sort(key=lambda r: (_time(r["created_at"]), str(r["_id"])), reverse=True)
-        counts = await asyncio.gather(*(self._contact_count(str(r["_id"])) for r in raws))
-        return [_campaign(r, c) for r, c in zip(raws, counts, strict=True)]
+        return list(await asyncio.gather(*(self._record(r) for r in raws)))

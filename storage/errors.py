@@ -24,6 +24,19 @@ class CampaignStateConflict(StorageError):
     completed campaign, cancel of a completed one, contacts added to either)."""
 
 
+class ContactsRaced(StorageError):
+    """An upload of contacts raced another upload to the same campaign holding some of the
+    same numbers (`numbers`): nothing of this upload was added; send it again."""
+
+    def __init__(self, numbers: list[str]) -> None:
+        shown = ", ".join(numbers[:5]) + (" ..." if len(numbers) > 5 else "")
+        super().__init__(
+            f"{len(numbers)} numbers of this upload were being added by another upload at "
+            f"the same time ({shown}): nothing was added, send it again"
+        )
+        self.numbers = numbers
+
+
 class InvalidCursor(StorageError):
     """A page cursor this store did not issue."""
 

@@ -7,9 +7,12 @@ calls (`storage.live_calls`: inbound, and outbound from stored to finished, ring
 included) are below max - reserved. Inbound calls are never refused for the cap: the
 reserve is there so that callers get through while campaigns run; an organisation over
 its cap (inbound calls above the reserve) simply starts no outbound call until it is back
-under. The check reads the count when a call is about to be stored, so starts racing on
-several gateways at one instant may overshoot by the number of those starts (one
-campaign's starts are serialised by its single leader)."""
+under. The check reads the count right before a call is stored (the campaign dialer
+counts again at each attempt's slot, inside the lock that makes one process store its
+campaign calls one at a time), so the cap is exceeded only by starts racing in the instant
+between one gateway's count and its store: at most one campaign start per other gateway
+storing a campaign call at that instant, plus the POST /call/outbound requests being
+stored then (on any gateway, this one included); the excess ends as those calls end."""
 
 from __future__ import annotations
 

@@ -5,28 +5,48 @@ Leadership. A campaign's leader is the gateway of its highest term (`campaign_te
 claimed by a unique insert). A gateway that leads no term of an active campaign claims the
 next one only when there is none yet, or when the holder's heartbeat is judged dead the way
 the lost-call sweeper judges it (`BeatWatch`: unchanged for a whole lease on this process's
-own clock). A leader that reads a higher term steps down at once.
+own clock). A leader that reads a higher term steps down at once. A gateway that may not
+start calls (it drains, or its admission refuses) claims no term, and a leader in that
+state gives the term of an active campaign up (marks it `released`, once none of its
+placing tasks is still storing a call and its done contacts are published) so that a
+gateway that can dial takes the campaign over at once, adopting its attempts in flight by
+their claims. Alone, it takes the campaign back once it may start calls again.
 
 Each tick (`campaign_tick_s`), for each campaign it leads, the leader:
-1. polls its attempts in flight: each call by `_id`; a finished call gives the attempt's
+1. re-reads the campaign: paused starts nothing; cancelled starts nothing, turns its
+   pending contacts `cancelled`, and lets live calls finish normally; contacts of batches
+   committed since are loaded (every committed contact it does not have: uploads may
+   commit out of order, so never "after the last n");
+2. polls its attempts in flight: each call by `_id`; a finished call gives the attempt's
    outcome (`outcomes.call_outcome`), and the contact is tried again after the backoff or
-   is done (`outcomes.after_attempt`); `campaign.contact_done` is published when done;
-2. re-reads the campaign: paused starts nothing; cancelled starts nothing, turns its pending
-   contacts `cancelled`, and lets live calls finish normally; new committed contacts are
-   loaded (after the last one it has);
+   is done (`outcomes.after_attempt`). A done contact's `campaign.contact_done` is
+   published first and only then is the contact saved done, so a contact stored done has
+   had its event; one whose event failed is still `calling` (or pending) in the store and
+   a later round or leader settles it again (the event's key dedupes). An attempt this
+   gateway claimed but stored no call for (refused by its own admission, drain, the
+   organisation's room, configuration, or a database error before the store) is put back:
+   its claim deleted, the contact pending after `refused_backoff_s`, the attempt not
+   counted;
 3. while the campaign is active and this gateway does not drain (nor refuses calls), starts
    attempts of the due contacts (their `next_at` passed, inside the window in their time
    zone) under `max_concurrency`, under the organisation's cap (`max_concurrent_calls` less
    `inbound_reserved_calls`, counted once per organisation per tick and decremented by each
    start), spaced `1 / calls_per_second` apart in real time (each start is scheduled at
-   its slot within the coming tick). Before every attempt the do-not-call list is read (a
-   listed number is done, outcome `do-not-call`, never dialled). An attempt is claimed
+   its slot within the coming two ticks). Before every attempt the do-not-call list is read
+   (a listed number is done, outcome `do-not-call`, never dialled). An attempt is claimed
    (`campaign_attempts`, a unique insert: two gateways never dial the same attempt), the
-   contact is saved `calling`, and the call is stored and dialled through the same path as
-   POST /call/outbound, with the contact's metadata as the call's metadata;
-4. once every contact is done or cancelled and nothing is in flight, marks the campaign
-   completed and publishes `campaign.completed` (pending contacts whose window never opens
-   again, e.g. `end_at` passed, count as settled: they stay pending, never called).
+   contact is saved `calling`, and at its slot the call is stored and dialled through the
+   same path as POST /call/outbound, with the contact's metadata as the call's metadata.
+   At the slot, before storing, the placing task checks again that the last round found
+   the campaign active and that this gateway may start calls, and counts the
+   organisation's room again (this process stores its calls one at a time, so its own
+   starts never overshoot the cap; starts on other gateways, or POST /call/outbound, in
+   the instant between that count and the store can: see `gateway.call.capacity`); if
+   not, the attempt is put back as above;
+4. once every contact is done or cancelled and nothing is in flight, publishes
+   `campaign.completed` and then marks the campaign completed (if marking fails, the next
+   round settles it again and the event's key dedupes); pending contacts whose window
+   never opens again (e.g. `end_at` passed) count as settled: they stay pending, uncalled.
 
 A campaign cancelled while no gateway led it (it was paused, say) is led once more by a
 gateway that had listed it active (the one of its last term, or any if that one is dead),
@@ -46,8 +66,10 @@ callbacks went to a gateway that died) is finished as `failed` / `carrier-status
 (an answered call holds a lease: the lost-call sweeper finishes it).
 
 Contacts' state has one writer, the leader's tick; the placing tasks only name the call in
-the attempt's claim. A database error in a campaign's tick drops this leader's memory of
-it; the next tick loads it again from the store (claims make that safe).
+the attempt's claim. A database error (or any unexpected error, logged with its traceback)
+in a campaign's round drops this leader's memory of it; the next tick loads it again from
+the store (claims make that safe). An error outside a campaign's round is logged and the
+next round goes on: the dialer task never ends but by cancellation.
 """
 
 from __future__ import annotations
@@ -60,7 +82,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from gateway.call.lease import BeatWatch
@@ -89,7 +111,6 @@ log = logging.getLogger(__name__)
 NOT_DIALLED = "not-dialled"  # end reason of a stored call its gateway never dialled
 STATUS_LOST = "carrier-status-lost"  # a dialled call whose final status never came
 _NEVER = math.inf
-_LOAD_PAGE = 5000
 
 
 class CampaignStore(Protocol):
@@ -98,25 +119,22 @@ class CampaignStore(Protocol):
     async def active(self) -> list[CampaignRecord]: ...
     async def get_any(self, campaign_id: str) -> CampaignRecord | None: ...
     async def all_contacts(self, campaign_id: str) -> list[ContactRecord]: ...
-    async def contacts(
-        self,
-        campaign_id: str,
-        *,
-        status: ContactStatus | None = None,
-        after_n: int = 0,
-        limit: int = 100,
+    async def contacts_missing(
+        self, campaign_id: str, have: Collection[int]
     ) -> list[ContactRecord]: ...
     async def save_contact(self, contact: ContactRecord) -> None: ...
     async def current_term(self, campaign_id: str) -> tuple[int, str | None]: ...
     async def claim_term(
         self, campaign_id: str, term: int, *, gateway_id: str, at: datetime
     ) -> bool: ...
+    async def release_term(self, campaign_id: str, term: int) -> None: ...
     async def claim_attempt(
         self, campaign_id: str, n: int, attempt: int, *, gateway_id: str, at: datetime
     ) -> bool: ...
     async def set_attempt_call(
         self, campaign_id: str, n: int, attempt: int, call_id: str
     ) -> None: ...
+    async def release_attempt(self, campaign_id: str, n: int, attempt: int) -> None: ...
     async def attempt(self, campaign_id: str, n: int, attempt: int) -> AttemptRecord | None: ...
     async def mark_completed(self, campaign_id: str, *, at: datetime) -> None: ...
 
@@ -185,6 +203,10 @@ class DialerConfig:
     # Longer than a dialled call can ring unanswered (the ring timeout, admission's hold
     # and `attempt_stale_s`): then its final status is judged lost.
     unanswered_s: float = 180.0
+    # A contact whose call this gateway could not place (refused by its own admission,
+    # drain or configuration, or a storage error before the call was stored) is put back,
+    # its attempt not counted, and tried again after this long.
+    refused_backoff_s: float = 5.0
 
 
 @dataclass(slots=True)
@@ -195,7 +217,7 @@ class _Attempt:
     call_id: str | None = None
     ours: bool = False  # placed by this process
     task: asyncio.Task[None] | None = None
-    failed: bool = False  # placing ended with no call stored
+    refused: bool = False  # placing ended with no call stored: put back, not counted
     dialling: bool = False  # the call is stored and named in the claim: dialling follows
     named: bool = False  # the call id is in the contact's call_ids (saved)
     read_at: float = -math.inf  # monotonic time its call was last read
@@ -211,11 +233,11 @@ class _Lead:
     due: list[tuple[float, int]] = field(default_factory=list)  # (ready at, n), pending only
     in_flight: dict[int, _Attempt] = field(default_factory=dict)
     next_dial: float = 0.0  # monotonic time of the next free dial slot
+    # Done contacts held in memory until `campaign.contact_done` is published; only then
+    # is the contact saved done (in the store it is still calling, or pending for a
+    # do-not-call: a new leader settles it again and publishes; the event's key dedupes).
     unpublished: list[ContactRecord] = field(default_factory=list)
-
-    @property
-    def max_n(self) -> int:
-        return max(self.contacts, default=0)
+    stopped: bool = False  # set each round: the campaign is not active, or we may not start
 
 
 def campaign_ref(campaign: CampaignRecord) -> CampaignRef:
@@ -278,6 +300,8 @@ class CampaignDialer:
                 await self.tick()
             except StorageError as exc:
                 log.warning("campaign dialer round failed: %s", exc)
+            except Exception:  # a bug must not stop this gateway's dialing for good
+                log.exception("campaign dialer round failed")
             await self._clock.sleep(self._config.tick_s)
 
     async def aclose(self) -> None:
@@ -319,10 +343,15 @@ class CampaignDialer:
             except StorageError as exc:
                 log.warning("campaign round failed: %s", exc, extra={"campaign_id": campaign_id})
                 self._leads.pop(campaign_id, None)  # loaded again from the store
+            except Exception:  # a bug in one campaign's round: the others go on
+                log.exception("campaign round failed", extra={"campaign_id": campaign_id})
+                self._leads.pop(campaign_id, None)
         self._metrics.campaign_rounds_total += 1
 
     async def _take_leads(self) -> None:
         """Lead each listed campaign whose leader is missing or dead (a term claimed)."""
+        if not self._may_start():  # draining or refusing: leave the campaigns to others
+            return
         candidates = [c for c in self._listed if c not in self._leads and c not in self._resting]
         terms: dict[str, tuple[int, str | None]] = {}
         for cid in candidates:
@@ -378,35 +407,45 @@ class CampaignDialer:
             del self._leads[cid]
             return
         lead.campaign = campaign
+        may_start = self._may_start()
+        lead.stopped = campaign.state != CampaignState.ACTIVE or not may_start
         if campaign.contact_count > len(lead.contacts):
-            await self._load_new(lead)
+            self._add_contacts(lead, await self._store.contacts_missing(cid, lead.contacts))
         try:
             await self._poll(lead)
             if campaign.state == CampaignState.CANCELLED:
                 await self._cancel_pending(lead)
-            elif campaign.state == CampaignState.ACTIVE and self._may_start():
+            elif campaign.state == CampaignState.ACTIVE and may_start:
                 await self._start_attempts(lead, rooms)
         finally:
             # One at a time: events racing for their organisation's next place cost retries.
             await self._publish_owed(lead)
         if not lead.in_flight and await self._settled(lead):
             del self._leads[cid]
+        elif (
+            not may_start
+            and campaign.state == CampaignState.ACTIVE
+            and not lead.unpublished
+            and not self._placing(lead)
+            and not any(a.refused for a in lead.in_flight.values())
+        ):
+            # Draining or refusing calls: step down so that a gateway that may start calls
+            # leads (its attempts in flight are adopted there, by their claims).
+            await self._store.release_term(cid, lead.term)
+            log.info("campaign leadership released", extra={"campaign_id": cid})
+            del self._leads[cid]
         elif campaign.state not in (CampaignState.ACTIVE, CampaignState.CANCELLED) and (
-            not lead.in_flight
+            not lead.in_flight and not lead.unpublished
         ):
             # Paused (or completed): not led until it is listed active again (then from a
             # load), watched meanwhile for a cancel.
             del self._leads[cid]
             self._resting.add(cid)
 
-    async def _load_new(self, lead: _Lead) -> None:
-        while True:
-            page = await self._store.contacts(
-                lead.campaign.id, after_n=lead.max_n, limit=_LOAD_PAGE
-            )
-            self._add_contacts(lead, page)
-            if len(page) < _LOAD_PAGE:
-                return
+    @staticmethod
+    def _placing(lead: _Lead) -> bool:
+        """Whether a placing task of this process is still storing or dialling a call."""
+        return any(a.task is not None and not a.task.done() for a in lead.in_flight.values())
 
     # -- attempts in flight
 
@@ -434,18 +473,20 @@ class CampaignDialer:
 
     async def _poll_one(self, lead: _Lead, att: _Attempt, mono: float) -> None:
         cid = lead.campaign.id
-        if att.call_id is None and not att.failed and not att.ours:
+        if att.refused:
+            await self._put_back(lead, att)
+            return
+        if att.call_id is None and not att.ours:
             claim = await self._store.attempt(cid, att.n, att.attempt)
             if claim is not None and claim.call_id is not None:
                 att.call_id = claim.call_id
                 att.dialling = True
         if att.call_id is None:
-            if att.failed or mono - att.seen >= self._config.attempt_stale_s:
-                if not att.failed:
-                    log.warning(
-                        "attempt judged not dialled",
-                        extra={"campaign_id": cid, "n": att.n, "attempt": att.attempt},
-                    )
+            if mono - att.seen >= self._config.attempt_stale_s:
+                log.warning(
+                    "attempt judged not dialled",
+                    extra={"campaign_id": cid, "n": att.n, "attempt": att.attempt},
+                )
                 await self._settle(lead, att, Outcome.FAILED)
             return
         if not att.named:
@@ -489,6 +530,30 @@ class CampaignDialer:
             return STATUS_LOST
         return None
 
+    async def _put_back(self, lead: _Lead, att: _Attempt) -> None:
+        """An attempt this gateway claimed but stored no call for (refused here): its claim
+        is given back and the contact is pending again, the attempt not counted. (A storage
+        error between the two leaves the contact `calling` with no claim: a later leader
+        judges it not dialled, as a dead gateway's.)"""
+        await self._store.release_attempt(lead.campaign.id, att.n, att.attempt)
+        now = self._clock.now()
+        next_at = now + timedelta(seconds=self._config.refused_backoff_s)
+        contact = dataclasses.replace(
+            lead.contacts[att.n],
+            status=ContactStatus.PENDING,
+            attempts=att.attempt - 1,
+            next_at=next_at,
+            updated_at=now,
+        )
+        await self._store.save_contact(contact)
+        lead.contacts[att.n] = contact
+        del lead.in_flight[att.n]
+        heapq.heappush(lead.due, (next_at.timestamp(), att.n))
+        log.info(
+            "campaign attempt put back: not placed here",
+            extra={"campaign_id": lead.campaign.id, "n": att.n, "attempt": att.attempt},
+        )
+
     async def _settle(self, lead: _Lead, att: _Attempt, outcome: Outcome) -> None:
         now = self._clock.now()
         contact = after_attempt(lead.contacts[att.n], outcome, lead.campaign.retry, now=now)
@@ -496,7 +561,8 @@ class CampaignDialer:
             CampaignState.CANCELLED
         ):
             contact = dataclasses.replace(contact, status=ContactStatus.CANCELLED, next_at=None)
-        await self._store.save_contact(contact)
+        if contact.status != ContactStatus.DONE:  # a done contact is saved once published
+            await self._store.save_contact(contact)
         lead.contacts[att.n] = contact
         del lead.in_flight[att.n]
         log.info(
@@ -517,6 +583,8 @@ class CampaignDialer:
             lead.unpublished.append(contact)  # published after the round's window of steps
 
     async def _publish_done(self, lead: _Lead, contact: ContactRecord) -> None:
+        """Publish `campaign.contact_done`, then save the contact done (so a contact stored
+        done has had its event; one not yet is settled again by a later leader)."""
         assert contact.outcome is not None
         try:
             await self._events.contact_done(
@@ -537,11 +605,17 @@ class CampaignDialer:
                 extra={"campaign_id": lead.campaign.id},
             )
             lead.unpublished.append(contact)
+            return
+        await self._store.save_contact(contact)
 
     async def _publish_owed(self, lead: _Lead) -> None:
         owed, lead.unpublished = lead.unpublished, []
-        for contact in owed:
-            await self._publish_done(lead, contact)
+        for i, contact in enumerate(owed):
+            try:
+                await self._publish_done(lead, contact)
+            except BaseException:
+                lead.unpublished += owed[i + 1 :]
+                raise
 
     async def _cancel_pending(self, lead: _Lead) -> None:
         now = self._clock.now()
@@ -615,7 +689,7 @@ class CampaignDialer:
             for lead in self._leads.values()
             if lead.campaign.org_id == org_id
             for att in lead.in_flight.values()
-            if att.ours and att.call_id is None and not att.failed
+            if att.ours and att.call_id is None and not att.refused
         )
 
     async def _begin(
@@ -636,9 +710,8 @@ class CampaignDialer:
                     next_at=None,
                     updated_at=now,
                 )
-                await self._store.save_contact(contact)
                 lead.contacts[n] = contact
-                lead.unpublished.append(contact)
+                lead.unpublished.append(contact)  # saved once published
                 return
             claimed = await self._store.claim_attempt(
                 campaign.id, n, att.attempt, gateway_id=self._me, at=now
@@ -666,7 +739,7 @@ class CampaignDialer:
             return
         self._metrics.campaign_attempts_total += 1
         task = asyncio.create_task(
-            self._place(campaign, contact, att, delay=delay),
+            self._place(lead, contact, att, delay=delay),
             name=f"campaign-dial-{campaign.id}-{n}",
         )
         att.task = task
@@ -674,11 +747,17 @@ class CampaignDialer:
         task.add_done_callback(self._tasks.discard)
 
     async def _place(
-        self, campaign: CampaignRecord, contact: ContactRecord, att: _Attempt, *, delay: float
+        self, lead: _Lead, contact: ContactRecord, att: _Attempt, *, delay: float
     ) -> None:
-        """Store and dial one attempt's call at its slot (`delay` from now)."""
+        """Store and dial one attempt's call at its slot (`delay` from now), unless by then
+        the campaign was paused or cancelled or this gateway may not start calls (put back,
+        the attempt not counted, like any failure before the call is stored)."""
+        campaign = lead.campaign
         if delay > 0:
             await self._clock.sleep(delay)
+        if lead.stopped or not self._may_start():
+            att.refused = True
+            return
         # This process stores its calls one at a time (dials stay concurrent): stores at
         # once race for their organisation's next place in the calls index and retry.
         await self._storing.acquire()
@@ -697,10 +776,17 @@ class CampaignDialer:
             att.dialling = True
 
         try:
+            # The organisation's room counted again right before this store (the round's
+            # count may be spent by other gateways or POST /call/outbound since): stores
+            # of this process are serial, so it overshoots only with starts elsewhere.
+            room = await self._capacity.outbound_room(campaign.org_id)
+            if room is not None and room <= 0:
+                att.refused = True
+                return
             await self._placer.place(campaign, contact, on_stored=stored)
         except (GatewayError, TelephonyError, StorageError) as exc:  # refused: its outcome
             if att.call_id is None:
-                att.failed = True
+                att.refused = True  # nothing stored: put back, not counted
             log.warning(
                 "campaign call not placed: %s",
                 exc,
@@ -708,7 +794,7 @@ class CampaignDialer:
             )
         except Exception:  # the attempt's task ends here: its outcome says how
             if att.call_id is None:
-                att.failed = True
+                att.refused = True
             log.exception(
                 "campaign call not placed",
                 extra={"campaign_id": campaign.id, "call_id": att.call_id, "n": contact.n},
@@ -733,11 +819,8 @@ class CampaignDialer:
         if lead.unpublished:
             return False
         now = self._clock.now()
-        if campaign.state == CampaignState.ACTIVE:
-            await self._store.mark_completed(campaign.id, at=now)
-            state = CampaignState.COMPLETED.value
-        else:
-            state = CampaignState.CANCELLED.value
+        active = campaign.state == CampaignState.ACTIVE
+        state = (CampaignState.COMPLETED if active else CampaignState.CANCELLED).value
         by_status: dict[str, int] = dict.fromkeys((s.value for s in ContactStatus), 0)
         by_outcome: dict[str, int] = {}
         for c in lead.contacts.values():
@@ -751,6 +834,10 @@ class CampaignDialer:
             by_status=by_status,
             by_outcome=by_outcome,
         )
+        # Published first: if marking fails, the campaign is still active and settled again
+        # by the next round or leader, publishing again (the event's key dedupes).
+        if active:
+            await self._store.mark_completed(campaign.id, at=now)
         log.info(
             "campaign completed",
             extra={"campaign_id": campaign.id, "state": state, "by_outcome": by_outcome},

@@ -20,7 +20,9 @@ from webhooks.campaign_events import CampaignEvents
 
 class ServicesPlacer:
     """Places an attempt's call as POST /call/outbound does (this process's admission,
-    drain and the organisation's cap are checked by the dialer before it claims)."""
+    drain and the organisation's cap are checked by the dialer each round and again at the
+    attempt's slot; a refusal here before the call is stored, e.g. `GatewayFull` when
+    admission filled meanwhile, puts the contact back with its attempt not counted)."""
 
     def __init__(self, services: Services) -> None:
         self._services = services

@@ -15,13 +15,14 @@ from storage import (
     CampaignState,
     CampaignStateConflict,
     ContactInput,
+    ContactsRaced,
     ContactStatus,
     Database,
     Outcome,
     RetryPolicy,
     Schedule,
 )
-from storage.campaigns import CAMPAIGN_BATCHES, CAMPAIGN_ROWS, _collection
+from storage.campaigns import CAMPAIGN_BATCHES, CAMPAIGN_ROWS, CAMPAIGNS, _collection
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -244,3 +245,82 @@ async def test_an_organisations_call_caps_round_trip(database: Database) -> None
         org.id, max_concurrent_calls=None, inbound_reserved_calls=0
     )
     assert cleared.max_concurrent_calls is None
+
+
+async def test_contacts_of_an_upload_committed_late_are_found(database: Database) -> None:
+    store = database.campaigns
+    camp = await store.create("org-a", _spec())
+    # Upload 1 (n 1, 2) still writing when upload 2 (n 3) commits.
+    await _collection(CAMPAIGN_BATCHES).insert_one(
+        {"_id": f"{camp.id}:1", "campaign_id": camp.id, "b": 1, "first_n": 1, "count": 2,
+         "chunks": 1, "chunk_rows": [2], "committed": False}
+    )  # fmt: skip
+    await _collection(CAMPAIGN_ROWS).insert_one(
+        {"_id": f"{camp.id}:1:1", "rows": '[["+15550000001",null,[]],["+15550000002",null,[]]]'}
+    )
+    assert await store.add_contacts(camp.id, _contacts(1, start=9)) == 1
+    first = await store.contacts_missing(camp.id, set())
+    assert [c.n for c in first] == [3]
+    await _collection(CAMPAIGN_BATCHES).update_one(
+        {"_id": f"{camp.id}:1"}, {"$set": {"committed": True}}
+    )
+    late = await store.contacts_missing(camp.id, {3})
+    assert [(c.n, c.to_number) for c in late] == [(1, "+15550000001"), (2, "+15550000002")]
+    assert await store.contacts_missing(camp.id, {1, 2, 3}) == []
+
+
+async def test_a_committed_upload_keeps_its_rows_whatever_its_reply(database: Database) -> None:
+    store = database.campaigns
+    camp = await store.create("org-a", _spec())
+    assert await store.add_contacts(camp.id, _contacts(3)) == 3
+    # The commit landed but its reply was lost: the clean-up must not drop the rows.
+    assert await store._drop_rows(camp.id, 1, 1) is True
+    assert [c.n for c in await store.all_contacts(camp.id)] == [1, 2, 3]
+
+
+async def test_cancel_wins_over_a_racing_pause_or_completion(database: Database) -> None:
+    store = database.campaigns
+    camp = await store.create("org-a", _spec())
+    await store.set_state("org-a", camp.id, CampaignState.CANCELLED)
+    # A pause that read `active` before the cancel writes last.
+    await _collection(CAMPAIGNS).update_one({"_id": camp.id}, {"$set": {"state": "paused"}})
+    assert (await store.get("org-a", camp.id)).state == CampaignState.CANCELLED
+    with pytest.raises(CampaignStateConflict):
+        await store.set_state("org-a", camp.id, CampaignState.ACTIVE)
+    # A completion racing it the same way.
+    await _collection(CAMPAIGNS).update_one({"_id": camp.id}, {"$set": {"state": "active"}})
+    assert camp.id not in {c.id for c in await store.active()}
+    await store.mark_completed(camp.id, at=T0)
+    got = await store.get_any(camp.id)
+    assert got is not None and got.state == CampaignState.CANCELLED
+    assert [c.state for c in await store.list("org-a")] == [CampaignState.CANCELLED]
+
+
+async def test_racing_uploads_never_add_a_number_twice(database: Database) -> None:
+    store = database.campaigns
+    for round_ in range(3):
+        camp = await store.create("org-a", _spec(f"race {round_}"))
+        results = await asyncio.gather(
+            store.add_contacts(camp.id, _contacts(5)),
+            store.add_contacts(camp.id, _contacts(5, start=3)),  # numbers 3, 4 in both
+            return_exceptions=True,
+        )
+        assert any(isinstance(r, ContactsRaced) for r in results), results
+        assert all(isinstance(r, ContactsRaced) or r == 5 for r in results), results
+        numbers = [c.to_number for c in await store.all_contacts(camp.id)]
+        assert len(numbers) == len(set(numbers))
+        # Nothing of a raced upload stays in the way: sent again, it is judged afresh.
+        again = await store.add_contacts(camp.id, _contacts(2, start=50))
+        assert again == 2
+
+
+async def test_released_terms_and_attempts(database: Database) -> None:
+    store = database.campaigns
+    camp = await store.create("org-a", _spec())
+    assert await store.claim_term(camp.id, 1, gateway_id="gw-a", at=T0)
+    await store.release_term(camp.id, 1)
+    assert await store.current_term(camp.id) == (1, None)
+    assert await store.claim_attempt(camp.id, 1, 1, gateway_id="gw-a", at=T0)
+    await store.release_attempt(camp.id, 1, 1)
+    assert await store.attempt(camp.id, 1, 1) is None
+    assert await store.claim_attempt(camp.id, 1, 1, gateway_id="gw-b", at=T0)

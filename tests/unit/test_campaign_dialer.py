@@ -18,6 +18,7 @@ from gateway.campaigns.clock import FakeClock
 from gateway.campaigns.dialer import CampaignDialer, DialerConfig
 from gateway.campaigns.outcomes import after_attempt, call_outcome
 from gateway.campaigns.schedule import inside
+from gateway.errors import GatewayFull
 from storage import (
     AttemptRecord,
     CallNotFound,
@@ -31,6 +32,7 @@ from storage import (
     Outcome,
     RetryPolicy,
     Schedule,
+    StorageError,
 )
 from webhooks.campaign_events import CampaignRef, ContactDone
 
@@ -111,6 +113,7 @@ class MemoryCampaigns:
     terms: dict[tuple[str, int], str] = field(default_factory=dict)
     attempts: dict[tuple[str, int, int], AttemptRecord] = field(default_factory=dict)
     completed: list[str] = field(default_factory=list)
+    released: set[tuple[str, int]] = field(default_factory=set)
 
     def add(self, campaign: CampaignRecord, contacts: list[ContactRecord]) -> None:
         self.campaigns[campaign.id] = dataclasses.replace(campaign, contact_count=len(contacts))
@@ -141,6 +144,18 @@ class MemoryCampaigns:
     ) -> list[ContactRecord]:
         return [c for c in self._merged(campaign_id) if c.n > after_n][:limit]
 
+    async def contacts_missing(
+        self, campaign_id: str, have: Collection[int]
+    ) -> list[ContactRecord]:
+        return sorted((c for c in self._merged(campaign_id) if c.n not in have), key=lambda c: c.n)
+
+    def commit(self, campaign_id: str, contacts: list[ContactRecord]) -> None:
+        """An upload committed (its numbers may come before others already committed)."""
+        self.data[campaign_id] = [*self.data[campaign_id], *contacts]
+        self.campaigns[campaign_id] = dataclasses.replace(
+            self.campaigns[campaign_id], contact_count=len(self.data[campaign_id])
+        )
+
     async def save_contact(self, contact: ContactRecord) -> None:
         self.states[(contact.campaign_id, contact.n)] = contact
 
@@ -148,7 +163,12 @@ class MemoryCampaigns:
         terms = [t for (c, t) in self.terms if c == campaign_id]
         if not terms:
             return 0, None
+        if (campaign_id, max(terms)) in self.released:
+            return max(terms), None
         return max(terms), self.terms[(campaign_id, max(terms))]
+
+    async def release_term(self, campaign_id: str, term: int) -> None:
+        self.released.add((campaign_id, term))
 
     async def claim_term(
         self, campaign_id: str, term: int, *, gateway_id: str, at: datetime
@@ -176,6 +196,9 @@ class MemoryCampaigns:
     async def set_attempt_call(self, campaign_id: str, n: int, attempt: int, call_id: str) -> None:
         key = (campaign_id, n, attempt)
         self.attempts[key] = dataclasses.replace(self.attempts[key], call_id=call_id)
+
+    async def release_attempt(self, campaign_id: str, n: int, attempt: int) -> None:
+        del self.attempts[(campaign_id, n, attempt)]
 
     async def attempt(self, campaign_id: str, n: int, attempt: int) -> AttemptRecord | None:
         return self.attempts.get((campaign_id, n, attempt))
@@ -619,28 +642,24 @@ async def test_paused_starts_nothing_and_resume_goes_on(paused: bool) -> None:
     assert len(w.carrier.dialled) == 5
 
 
-async def test_a_draining_gateway_starts_no_attempt_but_finishes_its_own() -> None:
+async def test_a_draining_leader_steps_down_and_another_gateway_goes_on() -> None:
     numbers = [f"+1555070{i:04d}" for i in range(1, 7)]
     w = _world({})
     w.store.add(_campaign(), _contacts(numbers))
     draining = False
     w.dialer("gw-a", may_start=lambda: not draining)
+    w.dialer("gw-b")
     w.clock.set(datetime(2026, 6, 1, 9, 0, tzinfo=NY))
     await w.run(step_s=1, until=lambda: len(w.carrier.dialled) >= 3, limit=timedelta(hours=1))
-    draining = True
-    await w.run(
-        step_s=60,
-        until=lambda: (
-            all(c.ended_at is not None for c in w.carrier.calls.values())
-            and not any(c.status == ContactStatus.CALLING for c in w.store.states.values())
-        ),
-        limit=timedelta(hours=2),
-    )
-    later = w.clock.now() + timedelta(hours=3)  # the window stays open: still nothing new
-    await w.run(step_s=60, until=lambda: w.clock.now() >= later, limit=timedelta(hours=4))
-    assert len(w.carrier.dialled) == 3
-    done = [c for c in w.store.states.values() if c.status == ContactStatus.DONE]
-    assert len(done) == 3 and not w.store.completed
+    assert w.store.terms[("camp1", 1)] == "gw-a"
+    draining = True  # gw-a starts nothing more and gives its term up; gw-b leads
+    await w.run(step_s=60, until=lambda: bool(w.store.completed), limit=timedelta(hours=2))
+    assert ("camp1", 1) in w.store.released and w.store.terms[("camp1", 2)] == "gw-b"
+    assert w.dialers["gw-a"].leads() == []
+    keys = [(d.n, d.attempt) for d in w.carrier.dialled]
+    assert sorted(keys) == [(n, 1) for n in range(1, 7)]  # each once, first attempt
+    assert {d.gateway for d in w.carrier.dialled} == {"gw-a", "gw-b"}
+    assert sorted(d.outcome for d in w.events.done) == ["completed"] * 6
 
 
 async def test_a_campaign_cancelled_while_paused_is_settled() -> None:
@@ -658,3 +677,171 @@ async def test_a_campaign_cancelled_while_paused_is_settled() -> None:
     assert w.events.completed_events[0][0] == "cancelled"
     statuses = [c.status for c in await w.store.all_contacts("camp1")]
     assert ContactStatus.PENDING not in statuses and ContactStatus.CANCELLED in statuses
+
+
+async def test_an_upload_committed_after_a_later_one_is_dialled() -> None:
+    numbers = [f"+1555090{i:04d}" for i in range(1, 5)]
+    w = _world({})
+    contacts = _contacts(numbers)
+    w.store.add(_campaign(), contacts[3:])  # n 4 committed first (a small upload)
+    w.dialer("gw-a")
+    w.clock.set(datetime(2026, 6, 1, 9, 0, tzinfo=NY))
+    await w.run(step_s=1, until=lambda: len(w.carrier.dialled) >= 1, limit=timedelta(hours=1))
+    w.store.commit("camp1", contacts[:3])  # n 1..3: a bigger upload, committed later
+    await w.run(step_s=60, until=lambda: bool(w.store.completed), limit=timedelta(hours=2))
+    assert sorted(d.n for d in w.carrier.dialled) == [1, 2, 3, 4]
+    assert len(w.events.done) == 4
+
+
+@dataclass
+class Refusing:
+    """A placer that refuses (as this gateway's admission does) its first `refusals` calls
+    before storing anything."""
+
+    inner: Placer
+    refusals: int
+
+    async def place(
+        self,
+        campaign: CampaignRecord,
+        contact: ContactRecord,
+        *,
+        on_stored: Callable[[str], Awaitable[None]],
+    ) -> None:
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise GatewayFull("live-calls", retry_after_s=1)
+        await self.inner.place(campaign, contact, on_stored=on_stored)
+
+
+async def test_a_refusal_by_our_own_gateway_does_not_use_up_the_attempt() -> None:
+    numbers = [f"+1555100{i:04d}" for i in range(1, 6)]
+    w = _world({})
+    w.store.add(_campaign(retry=RetryPolicy(max_attempts=1)), _contacts(numbers))
+    dialer = w.dialer("gw-a")
+    dialer._placer = Refusing(w.carrier.placer("gw-a"), refusals=3)
+    w.clock.set(datetime(2026, 6, 1, 9, 0, tzinfo=NY))
+    await w.run(step_s=60, until=lambda: bool(w.store.completed), limit=timedelta(hours=2))
+    assert sorted(d.n for d in w.carrier.dialled) == [1, 2, 3, 4, 5]
+    assert all(d.attempt == 1 for d in w.carrier.dialled)
+    assert sorted(d.outcome for d in w.events.done) == ["completed"] * 5
+    assert all(d.attempts == 1 for d in w.events.done)
+
+
+async def test_no_call_is_placed_after_a_pause_read_while_it_waited_for_its_slot() -> None:
+    numbers = [f"+1555110{i:04d}" for i in range(1, 4)]
+    w = _world({})
+    w.store.add(_campaign(), _contacts(numbers))
+    dialer = w.dialer("gw-a")
+    w.clock.set(datetime(2026, 6, 1, 9, 0, tzinfo=NY))
+    await dialer.tick()  # starts n 1 now and n 2 at its slot, a second on
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(w.carrier.dialled) == 1
+    w.store.set_state("camp1", CampaignState.PAUSED)
+    await dialer.tick()  # reads the pause
+    w.clock.advance(1.0)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(w.carrier.dialled) == 1  # n 2 was not placed
+    await dialer.tick()
+    w.store.set_state("camp1", CampaignState.ACTIVE)
+    await w.run(step_s=60, until=lambda: bool(w.store.completed), limit=timedelta(hours=2))
+    assert sorted((d.n, d.attempt) for d in w.carrier.dialled) == [(1, 1), (2, 1), (3, 1)]
+
+
+async def test_the_organisation_room_is_counted_again_right_before_a_start() -> None:
+    numbers = [f"+1555120{i:04d}" for i in range(1, 3)]
+    w = _world({}, cap=1)
+    w.store.add(_campaign(max_concurrency=1), _contacts(numbers))
+    dialer = w.dialer("gw-a")
+    w.clock.set(datetime(2026, 6, 1, 9, 0, tzinfo=NY))
+    other = _call(CallStatus.IN_PROGRESS, ended=False).model_copy(update={"id": "elsewhere"})
+
+    class Sneaky(Room):
+        """Another gateway takes the organisation's last place once this round counted."""
+
+        async def outbound_room(self, org_id: str | None) -> int | None:
+            room = await super().outbound_room(org_id)
+            self.carrier.calls.setdefault("elsewhere", other)
+            return room
+
+    dialer._capacity = Sneaky(w.carrier, w.clock, 1)
+    await dialer.tick()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert w.carrier.dialled == []  # counted again before the store: no room
+    dialer._capacity = w.room
+    w.carrier.calls["elsewhere"] = other.model_copy(update={"ended_at": w.clock.now()})
+    await w.run(step_s=60, until=lambda: bool(w.store.completed), limit=timedelta(hours=2))
+    assert sorted((d.n, d.attempt) for d in w.carrier.dialled) == [(1, 1), (2, 1)]
+
+
+async def test_campaign_completed_is_published_though_the_first_try_fails() -> None:
+    numbers = [f"+1555130{i:04d}" for i in range(1, 3)]
+    w = _world({})
+    w.store.add(_campaign(), _contacts(numbers))
+    w.dialer("gw-a")
+    failures = [StorageError("the events store is down")]
+    publish = w.events.completed
+
+    async def flaky(campaign: CampaignRef, **kwargs: object) -> None:
+        if failures:
+            raise failures.pop()
+        await publish(campaign, **kwargs)  # type: ignore[arg-type]
+
+    w.events.completed = flaky  # type: ignore[method-assign]
+    w.clock.set(datetime(2026, 6, 1, 9, 0, tzinfo=NY))
+    await w.run(step_s=60, until=lambda: bool(w.events.completed_events),
+                limit=timedelta(hours=2))  # fmt: skip
+    assert not failures and w.store.completed == ["camp1"]
+    assert w.events.completed_events[0][0] == "completed"
+
+
+async def test_contact_done_survives_a_failed_publish_and_a_reload() -> None:
+    numbers = [f"+1555140{i:04d}" for i in range(1, 4)]
+    w = _world({})
+    w.store.add(_campaign(), _contacts(numbers))
+    w.dialer("gw-a")
+    fails = {"done": 1}
+    publish = w.events.contact_done
+    get_any = w.store.get_any
+
+    async def flaky_done(campaign: CampaignRef, contact: ContactDone) -> None:
+        if fails["done"]:
+            fails["done"] -= 1
+            fails["get"] = 1  # then the next round's read fails: the lead is reloaded
+            raise StorageError("the events store is down")
+        await publish(campaign, contact)
+
+    async def flaky_get(campaign_id: str) -> CampaignRecord | None:
+        if fails.get("get"):
+            fails["get"] = 0
+            raise StorageError("the database is down")
+        return await get_any(campaign_id)
+
+    w.events.contact_done = flaky_done  # type: ignore[method-assign]
+    w.store.get_any = flaky_get  # type: ignore[method-assign]
+    w.clock.set(datetime(2026, 6, 1, 9, 0, tzinfo=NY))
+    await w.run(step_s=60, until=lambda: bool(w.store.completed), limit=timedelta(hours=2))
+    assert fails == {"done": 0, "get": 0}
+    assert sorted(d.n for d in w.events.done) == [1, 2, 3]
+
+
+async def test_an_unexpected_error_in_a_round_does_not_stop_the_dialer() -> None:
+    numbers = [f"+1555150{i:04d}" for i in range(1, 3)]
+    w = _world({})
+    w.store.add(_campaign(), _contacts(numbers))
+    w.dialer("gw-a")
+    get_any = w.store.get_any
+    bugs = [RuntimeError("a bug")]
+
+    async def buggy(campaign_id: str) -> CampaignRecord | None:
+        if bugs:
+            raise bugs.pop()
+        return await get_any(campaign_id)
+
+    w.store.get_any = buggy  # type: ignore[method-assign]
+    w.clock.set(datetime(2026, 6, 1, 9, 0, tzinfo=NY))
+    await w.run(step_s=60, until=lambda: bool(w.store.completed), limit=timedelta(hours=2))
+    assert not bugs and len(w.events.done) == 2
