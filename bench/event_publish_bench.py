@@ -53,7 +53,12 @@ async def _run(url: str, calls: int, rounds: int, counter: CommandCounter) -> No
     repo = db.events
     try:
         await repo.publish(  # the head is found once, before the measured rounds
-            key="warm", org_id="org", call_id="c0", type="call.turn", body="{}", at=datetime.now(UTC)
+            key="warm",
+            org_id="org",
+            call_id="c0",
+            type="call.turn",
+            body="{}",
+            at=datetime.now(UTC),
         )
         counter.counts.clear()
         counter.failed_inserts = 0
