@@ -66,7 +66,7 @@ _WINDOW = 64  # lookups in flight at once when walking entries or slots
 # a copy a reader stores once they are all there and settled (finished, or a day old).
 _BLOCK = 16
 _SETTLED_MS = 24 * 3600 * 1000
-_CACHED = 4096  # blocks and summaries kept in the process (about 10 MB at most)
+_CACHED = 1024  # blocks and summaries kept in the process (about 12 MB at most)
 _PLAN_MAX = 64  # blocks read at once by a page
 _UNIT3 = _BLOCK * _BLOCK  # blocks under a level-3 summary (4 096 entries)
 
@@ -237,10 +237,13 @@ class CallIndex:
                 blocks = [list(r["e"]) for r in raws if r is not None]
             units = [_summarise(block) for block in blocks if block is not None]
         else:
-            parts = [await self._summaries(org, level - 1, unit) for unit in below]
-            if any(p is None for p in parts):
-                return None
-            units = [_merge(p) for p in parts if p is not None]
+            parts: list[list[Summary]] = []
+            for unit in reversed(below):  # newest first: the first one missing ends it
+                part = await self._summaries(org, level - 1, unit)
+                if part is None:
+                    return None
+                parts.insert(0, part)
+            units = [_merge(p) for p in parts]
         with contextlib.suppress(DuplicateKeyError):
             await _collection(CALL_INDEX).insert_one(
                 {"_id": key, "e": [_summary_raw(u) for u in units]}
