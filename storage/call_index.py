@@ -18,6 +18,14 @@ the same; MongoDB keeps its own indexes on the calls for other tools.
   `<org>:late:<k>`. The entries not late are in (start, id) order, so a page is: binary
   search to the cursor, walk down taking the first matches, merged with the matching
   late entries. Each call read is checked against the whole filter on its document.
+  Entries are also copied 16 at a time into blocks `<org>:b:<k>` once settled, and
+  summarised: `<org>:s2:<k>` holds, for each of blocks 16k .. 16k+15, how many of its
+  entries (not late) have each final status, assistant and direction, and its last `m`;
+  `<org>:s3:<k>` the same for each 256-entry unit under it (4 096 entries). Both are
+  stored by the first reader who finds everything under them stored, and never change,
+  so a process keeps what it read (`_CACHED`). A filtered walk passes over the units whose
+  summary holds no match and reads only the blocks it needs: a rare filter costs a few
+  summaries, not the whole history.
 - `call_sids`: `_id` = the carrier's call id, naming the newest call with it.
 - `turn_slots`: `_id` = `<call id>:<index>`, naming the turn stored at that position: the
   insert is what claims the position; a call's turns are its slots 0, 1, 2, ...
