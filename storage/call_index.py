@@ -76,7 +76,8 @@ _BLOCK = 16
 _SETTLED_MS = 24 * 3600 * 1000
 _CACHED = 1024  # blocks and summaries kept in the process (about 12 MB at most)
 _PLAN_MAX = 64  # blocks read at once by a page
-_UNIT3 = _BLOCK * _BLOCK  # blocks under a level-3 summary (4 096 entries)
+_ENTRIES2 = _BLOCK * _BLOCK  # entries under a level-2 summary
+_ENTRIES3 = _ENTRIES2 * _BLOCK  # entries under a level-3 summary
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Key = tuple[int, str]  # (start in ms since the epoch, call id): the calls list's order
@@ -125,6 +126,9 @@ class CallIndex:
     async def _taken(self, seq: str, n: int) -> bool:
         found = await _collection(CALL_INDEX).find_one({"_id": f"{seq}:{n}"}, {"_id": 1})
         return found is not None
+
+    async def _taken_id(self, key: str) -> bool:
+        return await _collection(CALL_INDEX).find_one({"_id": key}, {"_id": 1}) is not None
 
     async def head(self, seq: str) -> int:
         """The last place taken in `seq` as of now (0: none): one lookup when the hint is
@@ -237,6 +241,9 @@ class CallIndex:
         if level == 2:
             blocks = [self._cached(f"{org}:b:{b}") for b in below]
             if any(b is None for b in blocks):
+                newest = f"{org}:b:{below[-1]}"  # the one most likely not stored yet
+                if blocks[-1] is None and not await self._taken_id(newest):
+                    return None
                 raws = await asyncio.gather(
                     *(_collection(CALL_INDEX).find_one({"_id": f"{org}:b:{b}"}) for b in below)
                 )
@@ -299,45 +306,56 @@ class CallIndex:
         self,
         org: str,
         n: int,
+        head: int,
         need: int,
-        bound: Callable[[Summary], int],
+        bound: Callable[[Summary], int] | None,
         not_before_ms: int | None,
         guess_max: int,
     ) -> tuple[list[int], int]:
         """Which blocks to read, top down from place `n`, for `need` more matches: blocks
         whose summary says they hold none are passed over (whole units of 256 and 4 096
         entries at once), and the plan ends once the summaries promise `need` (a block with
-        no summary may hold 16; at most `guess_max` of those). Returns the blocks and the
-        place below them (0: none left: the history ended, or the rest starts before
+        no summary may hold 16; at most `guess_max` of those). Summaries are read only for a
+        filter (`bound`: at most how many entries of a unit fit it; None: any entry does)
+        and for units that end at or below `head`. Returns the blocks and the place below
+        them (0: none left: the history ended, or the rest starts before
         `not_before_ms`)."""
+        selective = bound is not None
         plan: list[int] = []
         promised, unknown = 0, 0
         k = (n - 1) // _BLOCK  # the block of place n (complete below n only if n ends it)
         units2: dict[int, list[Summary] | None] = {}
+        units3: dict[int, list[Summary] | None] = {}
         while k >= 0 and promised < need and len(plan) < _PLAN_MAX and unknown < guess_max:
             whole = n >= _BLOCK * (k + 1)
-            if whole and (k + 1) % _UNIT3 == 0:  # a whole level-3 unit ends at block k
-                top = await self._summaries(org, 3, k // _UNIT3)
+            unit = k // _BLOCK
+            if selective and whole and (k + 1) % _BLOCK == 0:
+                # Block k ends a 256-entry unit below n: pass over whole units of those
+                # the 4 096-entry summary above them says hold no match.
+                top3 = unit // _BLOCK
+                if top3 not in units3:
+                    complete = head >= _ENTRIES3 * (top3 + 1)
+                    units3[top3] = await self._summaries(org, 3, top3) if complete else None
+                top = units3[top3]
                 skipped = False
-                for part in range(_BLOCK - 1, -1, -1) if top is not None else ():
-                    assert top is not None
-                    if not_before_ms is not None and top[part].m[0] < not_before_ms:
+                while top is not None and unit >= _BLOCK * top3:
+                    summary = top[unit % _BLOCK]
+                    if not_before_ms is not None and summary.m[0] < not_before_ms:
                         return plan, 0
-                    if bound(top[part]) > 0:
+                    if bound is None or bound(summary) > 0:
                         break
-                    k -= _BLOCK
-                    skipped = True
+                    unit, k, skipped = unit - 1, k - _BLOCK, True
                 if skipped:
                     continue
-            unit = k // _BLOCK
-            if whole and (k + 1) % _BLOCK == 0 and unit not in units2:
-                units2[unit] = await self._summaries(org, 2, unit)
+            if selective and whole and unit not in units2:
+                complete = head >= _ENTRIES2 * (unit + 1)
+                units2[unit] = await self._summaries(org, 2, unit) if complete else None
             summaries = units2.get(unit) if whole else None
             if summaries is not None:
                 summary = summaries[k % _BLOCK]
                 if not_before_ms is not None and summary.m[0] < not_before_ms:
                     return plan, 0
-                fits = bound(summary)
+                fits = bound(summary) if bound is not None else summary.n
             else:
                 fits, unknown = _BLOCK, unknown + 1
             if fits > 0:
@@ -412,7 +430,10 @@ class CallIndex:
         taken, guess_max = 0, (limit + 1) // _BLOCK + 2
         while n >= 1 and taken < limit + 1:
             need = limit + 1 - taken
-            ks, rest = await self._plan(org, n, need, bound, not_before_ms, guess_max)
+            selective = assistant_id is not None or direction is not None or status is not None
+            ks, rest = await self._plan(
+                org, n, head, need, bound if selective else None, not_before_ms, guess_max
+            )
             guess_max = min(2 * guess_max, _PLAN_MAX)
             read = await asyncio.gather(*(self._block(org, k, n) for k in ks))
             wanted: list[dict[str, Any]] = []
