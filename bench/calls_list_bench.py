@@ -153,7 +153,13 @@ def _params(where: CallFilter, cursor: str | None) -> dict[str, str]:
 
 
 async def _run(
-    url: str, sizes: list[int], reps: int, cold: bool, http: bool, warmup: int = 1
+    url: str,
+    sizes: list[int],
+    reps: int,
+    cold: bool,
+    http: bool,
+    warmup: int = 1,
+    only: str = "",
 ) -> dict[tuple[str, int], list[float]]:
     """One database, an organisation per size (`--sizes` are calls per organisation)."""
     database = await open_database(url, DB)
@@ -177,6 +183,8 @@ async def _run(
             for r in range(-warmup, reps):  # rounds below 0 warm up, not counted
                 for size in sizes:
                     for name, (where, cursor) in _pages(orgs[size], size).items():
+                        if only and not any(w in name for w in only.split(",")):
+                            continue
                         variants: list[tuple[str, Database | _Fresh]] = [("warm", warm)]
                         if cold:
                             variants.append(("cold", _Fresh()))
@@ -256,6 +264,9 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="also time each page on a fresh store")
     parser.add_argument("--http", action="store_true", help="also time GET /calls on a gateway")
     parser.add_argument("--warmup", type=int, default=1, help="rounds not counted")
+    parser.add_argument(
+        "--pages", default="", help="only the pages whose name has one of these (,)"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     with ExitStack() as stack:
@@ -264,7 +275,9 @@ def main() -> None:
             data = args.data_dir or stack.enter_context(tempfile.TemporaryDirectory())
             Path(data).mkdir(parents=True, exist_ok=True)
             url = stack.enter_context(embedded_ferretdb(Path(data))).url
-        figures = asyncio.run(_run(url, sizes, args.reps, args.cold, args.http, args.warmup))
+        figures = asyncio.run(
+            _run(url, sizes, args.reps, args.cold, args.http, args.warmup, args.pages)
+        )
     print("| page (50) | stored calls | p50 ms | p95 ms | n |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for (name, size), samples in sorted(figures.items(), key=lambda kv: (kv[0][0], kv[0][1])):
