@@ -18,6 +18,14 @@ the same; MongoDB keeps its own indexes on the calls for other tools.
   `<org>:late:<k>`. The entries not late are in (start, id) order, so a page is: binary
   search to the cursor, walk down taking the first matches, merged with the matching
   late entries. Each call read is checked against the whole filter on its document.
+  Entries are also copied 16 at a time into blocks `<org>:b:<k>` once settled, and
+  summarised: `<org>:s2:<k>` holds, for each of blocks 16k .. 16k+15, how many of its
+  entries (not late) have each final status, assistant and direction, and its last `m`;
+  `<org>:s3:<k>` the same for each 256-entry unit under it (4 096 entries). Both are
+  stored by the first reader who finds everything under them stored, and never change,
+  so a process keeps what it read (`_CACHED`). A filtered walk passes over the units whose
+  summary holds no match and reads only the blocks it needs: a rare filter costs a few
+  summaries, not the whole history.
 - `call_sids`: `_id` = the carrier's call id, naming the newest call with it.
 - `turn_slots`: `_id` = `<call id>:<index>`, naming the turn stored at that position: the
   insert is what claims the position; a call's turns are its slots 0, 1, 2, ...
@@ -35,7 +43,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,6 +74,10 @@ _WINDOW = 64  # lookups in flight at once when walking entries or slots
 # a copy a reader stores once they are all there and settled (finished, or a day old).
 _BLOCK = 16
 _SETTLED_MS = 24 * 3600 * 1000
+_CACHED = 1024  # blocks and summaries kept in the process (about 12 MB at most)
+_PLAN_MAX = 64  # blocks read at once by a page
+_ENTRIES2 = _BLOCK * _BLOCK  # entries under a level-2 summary
+_ENTRIES3 = _ENTRIES2 * _BLOCK  # entries under a level-3 summary
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Key = tuple[int, str]  # (start in ms since the epoch, call id): the calls list's order
@@ -102,6 +116,7 @@ class CallIndex:
 
     def __init__(self) -> None:
         self._heads: dict[str, int] = {}
+        self._stored: OrderedDict[str, Any] = OrderedDict()  # blocks and summaries read
 
     # -- the organisations' sequences
 
@@ -111,6 +126,9 @@ class CallIndex:
     async def _taken(self, seq: str, n: int) -> bool:
         found = await _collection(CALL_INDEX).find_one({"_id": f"{seq}:{n}"}, {"_id": 1})
         return found is not None
+
+    async def _taken_id(self, key: str) -> bool:
+        return await _collection(CALL_INDEX).find_one({"_id": key}, {"_id": 1}) is not None
 
     async def head(self, seq: str) -> int:
         """The last place taken in `seq` as of now (0: none): one lookup when the hint is
@@ -171,21 +189,91 @@ class CallIndex:
         """The call of entry `index_key` is finished with `status` (which never changes)."""
         await _collection(CALL_INDEX).update_one({"_id": index_key}, {"$set": {"s": status}})
 
+    def _cached(self, key: str) -> Any:
+        found = self._stored.get(key)
+        if found is not None:
+            self._stored.move_to_end(key)
+        return found
+
+    def _keep(self, key: str, value: Any) -> None:
+        """Keep a stored block or summary (never changed once stored) in the process."""
+        self._stored[key] = value
+        self._stored.move_to_end(key)
+        while len(self._stored) > _CACHED:
+            self._stored.popitem(last=False)
+
     async def _block(self, org: str, k: int, head: int) -> list[dict[str, Any] | None]:
-        """Entries `16k+1 .. 16k+16` (those up to `head`), in order: one lookup of their block
-        once it exists, else each entry (then the block is stored, if it is complete and
-        settled, for the next reader)."""
+        """Entries `16k+1 .. 16k+16` (those up to `head`), in order: its block once it exists
+        (kept in the process: a stored block never changes), else each entry (then the block
+        is stored, if it is complete and settled, for the next reader)."""
         first = _BLOCK * k + 1
         last = min(first + _BLOCK - 1, head)
-        block = await _collection(CALL_INDEX).find_one({"_id": f"{org}:b:{k}"})
-        if block is not None:
-            entries: list[dict[str, Any] | None] = list(block["e"])
+        key = f"{org}:b:{k}"
+        entries: list[dict[str, Any] | None] | None = self._cached(key)
+        if entries is None:
+            block = await _collection(CALL_INDEX).find_one({"_id": key})
+            if block is not None:
+                entries = list(block["e"])
+                self._keep(key, entries)
+        if entries is not None:
             return entries[: last - first + 1]
         got = list(await asyncio.gather(*(self._entry(org, n) for n in range(first, last + 1))))
         if last == first + _BLOCK - 1 and all(e is not None and _settled(e) for e in got):
             with contextlib.suppress(DuplicateKeyError):
-                await _collection(CALL_INDEX).insert_one({"_id": f"{org}:b:{k}", "e": got})
+                await _collection(CALL_INDEX).insert_one({"_id": key, "e": got})
+            self._keep(key, got)
         return got
+
+    async def _summaries(self, org: str, level: int, k: int) -> list[Summary] | None:
+        """The summaries of the 16 units under summary `k` of `level` (2: of blocks
+        `16k .. 16k+15`; 3: of the level-2 units `16k .. 16k+15`), once all of them are
+        stored; built from them (and stored) by the first reader who finds them all."""
+        key = f"{org}:s{level}:{k}"
+        cached: list[Summary] | None = self._cached(key)
+        if cached is not None:
+            return cached
+        stored = await _collection(CALL_INDEX).find_one({"_id": key})
+        if stored is not None:
+            units: list[Summary] = [_summary_of(raw) for raw in stored["e"]]
+            self._keep(key, units)
+            return units
+        below = range(_BLOCK * k, _BLOCK * (k + 1))
+        if level == 2:
+            blocks = [self._cached(f"{org}:b:{b}") for b in below]
+            if any(b is None for b in blocks):
+                newest = f"{org}:b:{below[-1]}"  # the one most likely not stored yet
+                if blocks[-1] is None and not await self._taken_id(newest):
+                    return None
+                raws = await asyncio.gather(
+                    *(_collection(CALL_INDEX).find_one({"_id": f"{org}:b:{b}"}) for b in below)
+                )
+                if any(r is None for r in raws):
+                    return None
+                blocks = [list(r["e"]) for r in raws if r is not None]
+            units = [_summarise(block) for block in blocks if block is not None]
+        else:
+            parts: list[list[Summary]] = []
+            for unit in reversed(below):  # newest first: the first one missing ends it
+                part = await self._summaries(org, level - 1, unit)
+                if part is None:
+                    return None
+                parts.insert(0, part)
+            units = [_merge(p) for p in parts]
+        with contextlib.suppress(DuplicateKeyError):
+            await _collection(CALL_INDEX).insert_one(
+                {"_id": key, "e": [_summary_raw(u) for u in units]}
+            )
+        self._keep(key, units)
+        return units
+
+    async def _m_at(self, org: str, n: int) -> Key | None:
+        """`m` of entry `n` (None: no entry), from a block this process keeps when it can."""
+        if n % _BLOCK == 0:
+            block = self._cached(f"{org}:b:{n // _BLOCK - 1}")
+            if block is not None and block[-1] is not None:
+                return _key(block[-1]["m"])
+        entry = await self._entry(org, n)
+        return _key(entry["m"]) if entry is not None else None
 
     async def _last_below(self, org: str, head: int, bound: Key) -> int:
         """The last place whose `m` is below `bound` (0: none): a binary search over the
@@ -194,8 +282,8 @@ class CallIndex:
             return 0
 
         async def below(n: int) -> bool:
-            entry = await self._entry(org, n)
-            return entry is not None and _key(entry["m"]) < bound
+            m = await self._m_at(org, n)
+            return m is not None and m < bound
 
         low, high = -1, (head - 1) // _BLOCK + 1  # blocks: low's last entry below, high's not
         if await below(head):
@@ -213,6 +301,68 @@ class CallIndex:
             if entry is not None and _key(entry["m"]) < bound:
                 place = _BLOCK * high + offset
         return place
+
+    async def _plan(
+        self,
+        org: str,
+        n: int,
+        head: int,
+        need: int,
+        bound: Callable[[Summary], int] | None,
+        not_before_ms: int | None,
+        guess_max: int,
+    ) -> tuple[list[int], int]:
+        """Which blocks to read, top down from place `n`, for `need` more matches: blocks
+        whose summary says they hold none are passed over (whole units of 256 and 4 096
+        entries at once), and the plan ends once the summaries promise `need` (a block with
+        no summary may hold 16; at most `guess_max` of those). Summaries are read only for a
+        filter (`bound`: at most how many entries of a unit fit it; None: any entry does)
+        and for units that end at or below `head`. Returns the blocks and the place below
+        them (0: none left: the history ended, or the rest starts before
+        `not_before_ms`)."""
+        selective = bound is not None
+        plan: list[int] = []
+        promised, unknown = 0, 0
+        k = (n - 1) // _BLOCK  # the block of place n (complete below n only if n ends it)
+        units2: dict[int, list[Summary] | None] = {}
+        units3: dict[int, list[Summary] | None] = {}
+        while k >= 0 and promised < need and len(plan) < _PLAN_MAX and unknown < guess_max:
+            whole = n >= _BLOCK * (k + 1)
+            unit = k // _BLOCK
+            if selective and whole and (k + 1) % _BLOCK == 0:
+                # Block k ends a 256-entry unit below n: pass over whole units of those
+                # the 4 096-entry summary above them says hold no match.
+                top3 = unit // _BLOCK
+                if top3 not in units3:
+                    complete = head >= _ENTRIES3 * (top3 + 1)
+                    units3[top3] = await self._summaries(org, 3, top3) if complete else None
+                top = units3[top3]
+                skipped = False
+                while top is not None and unit >= _BLOCK * top3:
+                    summary = top[unit % _BLOCK]
+                    if not_before_ms is not None and summary.m[0] < not_before_ms:
+                        return plan, 0
+                    if bound is None or bound(summary) > 0:
+                        break
+                    unit, k, skipped = unit - 1, k - _BLOCK, True
+                if skipped:
+                    continue
+            if selective and whole and unit not in units2:
+                complete = head >= _ENTRIES2 * (unit + 1)
+                units2[unit] = await self._summaries(org, 2, unit) if complete else None
+            summaries = units2.get(unit) if whole else None
+            if summaries is not None:
+                summary = summaries[k % _BLOCK]
+                if not_before_ms is not None and summary.m[0] < not_before_ms:
+                    return plan, 0
+                fits = bound(summary) if bound is not None else summary.n
+            else:
+                fits, unknown = _BLOCK, unknown + 1
+            if fits > 0:
+                plan.append(k)
+                promised += fits
+            k -= 1
+        return plan, _BLOCK * (k + 1)
 
     async def page(
         self,
@@ -240,6 +390,17 @@ class CallIndex:
                 and (status is None or entry.get("s") in (None, status))
             )
 
+        def bound(summary: Summary) -> int:
+            """At most how many entries of the unit can fit the filter."""
+            counts = [summary.n]
+            if assistant_id is not None:
+                counts.append(summary.a.get(assistant_id, 0))
+            if direction is not None:
+                counts.append(summary.d.get(direction, 0))
+            if status is not None:
+                counts.append(summary.s.get(status, 0) + summary.s.get(None, 0))
+            return min(counts)
+
         async def documents(entries: list[dict[str, Any]]) -> list[CallDocument]:
             calls = CallDocument.get_pymongo_collection()
             raws = await asyncio.gather(
@@ -263,17 +424,20 @@ class CallIndex:
             late.extend(e for e in got if e is not None and fits(e))
         for doc in await documents(late):
             found[str(doc.id)] = doc
-        # The ones in order, from the cursor's place down, a few blocks at a time; calls
-        # read only for as many entries as the page still lacks.
+        # The ones in order, from the cursor's place down: the blocks the summaries say may
+        # hold matches, as many as the page still lacks; calls read only for those taken.
         n = head if before is None else await self._last_below(org, head, before)
-        taken, blocks = 0, (limit + 1) // _BLOCK + 2
+        taken, guess_max = 0, (limit + 1) // _BLOCK + 2
         while n >= 1 and taken < limit + 1:
-            top = (n - 1) // _BLOCK
-            ks = range(top, max(-1, top - blocks), -1)
+            need = limit + 1 - taken
+            selective = assistant_id is not None or direction is not None or status is not None
+            ks, rest = await self._plan(
+                org, n, head, need, bound if selective else None, not_before_ms, guess_max
+            )
+            guess_max = min(2 * guess_max, _PLAN_MAX)
             read = await asyncio.gather(*(self._block(org, k, n) for k in ks))
-            blocks = 8
             wanted: list[dict[str, Any]] = []
-            need, below = limit + 1 - taken, _BLOCK * ks[-1]
+            below = rest
             places = (
                 (_BLOCK * k + 1 + offset, block[offset])
                 for k, block in zip(ks, read, strict=True)
@@ -499,6 +663,72 @@ def _settled(entry: dict[str, Any]) -> bool:
     """Whether an entry will not change: its call is finished (or a day old)."""
     now_ms = millis(datetime.now(UTC))
     return "s" in entry or int(entry["t"]) < now_ms - _SETTLED_MS
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a unit of entries (a block, 256 or 4 096 of them) holds, to pass it over: its
+    entries not late (`n`), of them how many per final status (None: not finished when
+    the block was stored), assistant and direction, and `m` of its last entry."""
+
+    n: int
+    s: dict[str | None, int]
+    a: dict[str | None, int]
+    d: dict[str | None, int]
+    m: Key
+
+
+def _count(into: dict[str | None, int], value: Any) -> None:
+    key = None if value is None else str(value)
+    into[key] = into.get(key, 0) + 1
+
+
+def _summarise(block: list[dict[str, Any] | None]) -> Summary:
+    s: dict[str | None, int] = {}
+    a: dict[str | None, int] = {}
+    d: dict[str | None, int] = {}
+    n = 0
+    for entry in block:
+        if entry is None or entry.get("late"):
+            continue
+        n += 1
+        _count(s, entry.get("s"))
+        _count(a, entry.get("a"))
+        _count(d, entry.get("d"))
+    last = block[-1]
+    assert last is not None  # a stored block is complete
+    return Summary(n=n, s=s, a=a, d=d, m=_key(last["m"]))
+
+
+def _merge(parts: list[Summary]) -> Summary:
+    s: dict[str | None, int] = {}
+    a: dict[str | None, int] = {}
+    d: dict[str | None, int] = {}
+    for part in parts:
+        for into, counts in ((s, part.s), (a, part.a), (d, part.d)):
+            for value, count in counts.items():
+                into[value] = into.get(value, 0) + count
+    return Summary(n=sum(p.n for p in parts), s=s, a=a, d=d, m=parts[-1].m)
+
+
+def _summary_raw(summary: Summary) -> dict[str, Any]:
+    """As stored: each count as a list of values and one of their counts (a value may not be
+    a field name, and FerretDB stores no arrays in arrays)."""
+    raw: dict[str, Any] = {"n": summary.n, "m": list(summary.m)}
+    for name, counts in (("s", summary.s), ("a", summary.a), ("d", summary.d)):
+        raw[name] = list(counts)
+        raw[name + "n"] = list(counts.values())
+    return raw
+
+
+def _summary_of(raw: dict[str, Any]) -> Summary:
+    def counts(name: str) -> dict[str | None, int]:
+        values, numbers = raw[name], raw[name + "n"]
+        return {
+            (None if v is None else str(v)): int(c) for v, c in zip(values, numbers, strict=True)
+        }
+
+    return Summary(n=int(raw["n"]), s=counts("s"), a=counts("a"), d=counts("d"), m=_key(raw["m"]))
 
 
 def _doc_key(doc: CallDocument) -> Key:

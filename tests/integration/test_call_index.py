@@ -17,7 +17,7 @@ from storage import (
     Direction,
     NewCall,
 )
-from storage.call_index import BACKFILL, CallIndex
+from storage.call_index import BACKFILL, CALL_INDEX, CallIndex, index_entries
 from storage.documents import CallDocument, MigrationDocument
 from storage.models import CallFilter, RecordingState
 
@@ -234,3 +234,87 @@ async def test_calls_stored_before_the_keys_are_keyed_once(database: Database) -
     found = await store.get_call_by_sid("CA-before-3")
     assert found is not None and found.id == str(ids[3])
     assert [c.id for c in await database.webhooks.owed_reports()] == [str(ids[0])]
+
+
+async def test_long_history_pages_pass_over_blocks_by_their_summaries(database: Database) -> None:
+    """A history past one 4 096-entry unit (bulk loaded, as the bench does), a few calls
+    stored late and a few not finished: rare and common filters, a deep cursor across the
+    late entries and a window answer what the calls say, first read (summaries built)
+    and again (summaries and blocks read, or kept in the process), and by a new process."""
+    org = "org-long"
+    statuses = ["completed"] * 8 + ["no-answer", "busy"]
+    rows: list[dict[str, object]] = []
+    for i in range(4400):
+        started = T0 - timedelta(days=30) + timedelta(seconds=37 * i)
+        rows.append(
+            {
+                "_id": PydanticObjectId(),
+                "org_id": org,
+                "transport": "twilio",
+                "call_sid": f"CAbulk{i}",
+                "from_number": "+15550001111",
+                "to_number": "+15550002222",
+                "direction": "outbound" if i % 3 == 0 else "inbound",
+                "assistant_id": "asst-rare" if i % 700 == 350 else "asst-main",
+                "metadata": {},
+                "status": "failed" if i % 500 == 250 else statuses[i % 10],
+                "started_at": started,
+                "ended_at": started + timedelta(seconds=65),
+                "report_pending": False,
+                "analysis_pending": False,
+                "analysis_gen": 0,
+            }
+        )
+    entries = index_entries(
+        [
+            (org, str(r["_id"]), r["started_at"], r["assistant_id"], r["direction"], r["status"])  # type: ignore[misc]
+            for r in rows
+        ]
+    )
+    for row, entry in zip(rows, entries, strict=True):
+        row["index_key"] = entry["_id"]
+    calls = CallDocument.get_pymongo_collection()
+    await calls.insert_many(rows)
+    await calls.database[CALL_INDEX].insert_many(entries)
+    store = database.calls
+    middle = T0 - timedelta(days=30) + timedelta(seconds=37 * 2200)
+    late: list[str] = []
+    for i in range(6):  # late: older than calls stored before them; two left unfinished
+        call = await store.create_call(
+            _new(org, sid=f"CA-late{i}", assistant="asst-rare", direction=Direction.INBOUND),
+            started_at=middle - timedelta(seconds=300 * i + 5),
+        )
+        late.append(call.id)
+        if i >= 2:
+            await store.finish_call(call.id, status=CallStatus.FAILED, end_reason="x", ended_at=T0)
+    current = [
+        await store.get_call(call_id, with_turns=False)
+        for call_id in [str(r["_id"]) for r in rows] + late
+    ]
+    deep = CallFilter(org_id=org, started_before=middle)
+    filters = [
+        CallFilter(org_id=org, status=CallStatus.FAILED),
+        CallFilter(org_id=org, assistant_id="asst-rare"),
+        CallFilter(org_id=org, assistant_id="asst-none"),
+        CallFilter(org_id=org, status=CallStatus.FAILED, direction=Direction.OUTBOUND),
+        CallFilter(org_id=org, started_after=middle - timedelta(hours=1), started_before=middle),
+        CallFilter(org_id=org, status=CallStatus.RINGING),
+    ]
+    for reader in (store, store, CallRepository()):
+        for where in filters:
+            assert await _all_pages(reader, where, 7) == _expected(current, where), where
+        first = await reader.list_calls(CallFilter(org_id=org), limit=50)
+        assert [c.id for c in first.items] == _expected(current, CallFilter(org_id=org))[:50]
+        common = await reader.list_calls(
+            CallFilter(org_id=org, status=CallStatus.NO_ANSWER), limit=50
+        )
+        want = _expected(current, CallFilter(org_id=org, status=CallStatus.NO_ANSWER))
+        assert [c.id for c in common.items] == want[:50]
+        # A deep cursor: the page after the first calls before the middle, late ones among.
+        page = await reader.list_calls(deep, limit=20)
+        ids = [c.id for c in page.items]
+        page = await reader.list_calls(CallFilter(org_id=org), limit=20, cursor=page.next_cursor)
+        ids += [c.id for c in page.items]
+        assert ids == _expected(current, deep)[:40]
+    stored = await calls.database[CALL_INDEX].count_documents({"_id": {"$regex": "^org-long:s"}})
+    assert stored > 0  # the summaries were built and stored
