@@ -219,6 +219,16 @@ def _collection(name: str) -> AsyncCollection[dict[str, Any]]:
     return CallDocument.get_pymongo_collection().database[name]
 
 
+async def _insert_once(collection: str, doc: dict[str, Any]) -> bool:
+    """Insert `doc` unless its `_id` is taken (FerretDB's one atomic check-and-set): True
+    for the one writer whose insert it was."""
+    try:
+        await _collection(collection).insert_one(doc)
+    except DuplicateKeyError:
+        return False
+    return True
+
+
 def _time(value: Any) -> datetime | None:
     return _utc(value) if isinstance(value, datetime) else None
 
@@ -819,40 +829,34 @@ class CampaignRepository:
         self, campaign_id: str, term: int, *, gateway_id: str, at: datetime
     ) -> bool:
         """Take term `term` (a unique insert): True for the one gateway that gets it."""
-        try:
-            await _collection(CAMPAIGN_TERMS).insert_one(
-                {
-                    "_id": f"{campaign_id}:{term}",
-                    "campaign_id": campaign_id,
-                    "term": term,
-                    "gateway_id": gateway_id,
-                    "at": _stored_time(at),
-                }
-            )
-        except DuplicateKeyError:
-            return False
-        return True
+        return await _insert_once(
+            CAMPAIGN_TERMS,
+            {
+                "_id": f"{campaign_id}:{term}",
+                "campaign_id": campaign_id,
+                "term": term,
+                "gateway_id": gateway_id,
+                "at": _stored_time(at),
+            },
+        )
 
     @_driver_errors
     async def claim_attempt(
         self, campaign_id: str, n: int, attempt: int, *, gateway_id: str, at: datetime
     ) -> bool:
         """Take attempt `attempt` of contact `n` (a unique insert): True for exactly one."""
-        try:
-            await _collection(CAMPAIGN_ATTEMPTS).insert_one(
-                {
-                    "_id": f"{campaign_id}:{n}:{attempt}",
-                    "campaign_id": campaign_id,
-                    "n": n,
-                    "attempt": attempt,
-                    "gateway_id": gateway_id,
-                    "claimed_at": _stored_time(at),
-                    "call_id": None,
-                }
-            )
-        except DuplicateKeyError:
-            return False
-        return True
+        return await _insert_once(
+            CAMPAIGN_ATTEMPTS,
+            {
+                "_id": f"{campaign_id}:{n}:{attempt}",
+                "campaign_id": campaign_id,
+                "n": n,
+                "attempt": attempt,
+                "gateway_id": gateway_id,
+                "claimed_at": _stored_time(at),
+                "call_id": None,
+            },
+        )
 
     @_driver_errors
     async def set_attempt_call(self, campaign_id: str, n: int, attempt: int, call_id: str) -> None:
