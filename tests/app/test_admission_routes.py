@@ -13,33 +13,25 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
-from gateway.settings import Settings
 from telephony.twilio import TwilioSignatureValidator
+from tests.app import PUBLIC, TOKEN, app_client
 
-PUBLIC = "https://gw.example.com"
-TOKEN = "test-auth-token"
 KEY = "test-api-key-7c1f9a2e4b6d8035"
 OVERFLOW = "<Response><Dial>+15550009999</Dial></Response>"
 
 
 @pytest.fixture
 def client(mongo_url: str) -> Iterator[TestClient]:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        public_url=PUBLIC,
-        twilio_auth_token=TOKEN,  # type: ignore[arg-type]
-        gateway_api_key=KEY,  # type: ignore[arg-type]
-        mongodb_url=mongo_url,
-        mongodb_db="app_" + uuid.uuid4().hex[:8],
+    with app_client(
+        mongo_url,
+        api_key=KEY,
         max_live_calls=1,
         max_loop_lag_ms=10_000,  # this test is about the bound on calls
         overflow_twiml=OVERFLOW,
         admission_retry_after_s=9,
         twilio_account_sid="AC" + "2" * 32,
         twilio_api_base_url="http://127.0.0.1:9",  # never reached: refused before dialling
-    )
-    with TestClient(create_app(settings), base_url=PUBLIC) as test_client:
+    ) as test_client:
         yield test_client
 
 

@@ -13,26 +13,19 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from gateway.app import create_app, drain
-from gateway.settings import Settings
+from gateway.app import drain
 from telephony.twilio import TwilioSignatureValidator
+from tests.app import PUBLIC, TOKEN, app_client
 
-PUBLIC = "https://gw.example.com"
-TOKEN = "test-auth-token"
 KEY = "test-api-key-7c1f9a2e4b6d8035"
 
 
 @pytest.fixture
 def client(mongo_url: str) -> Iterator[TestClient]:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        public_url=PUBLIC,
-        twilio_auth_token=TOKEN,  # type: ignore[arg-type]
-        gateway_api_key=KEY,  # type: ignore[arg-type]
-        mongodb_url=mongo_url,
-        mongodb_db="app_" + uuid.uuid4().hex[:8],
-    )
-    with TestClient(create_app(settings), base_url=PUBLIC) as test_client:
+    with app_client(
+        mongo_url,
+        api_key=KEY,
+    ) as test_client:
         yield test_client
 
 
