@@ -115,7 +115,8 @@ case "$cmd" in
     cd "$ROOT"
     "$VENV/bin/ruff" check .
     "$VENV/bin/mypy"
-    exec "$VENV/bin/pytest" -q "$@" ;;
+    # The slowest tests are listed after the run, to keep CI within its time.
+    exec "$VENV/bin/pytest" -q --durations=25 "$@" ;;
   bench)
     ensure_all
     ensure_livekit_server  # the room and web-call benches
