@@ -73,6 +73,10 @@ async def _per_worker(base: str, workers: int) -> dict[int, dict[str, float]]:
             worker = (await http.get("/health")).json().get("worker", 0)
             if worker not in seen:
                 seen[worker] = _counters((await http.get("/metrics")).text)
+                if "voice_gateway_workers" in seen[worker]:
+                    # A gateway whose /metrics sums its workers (gateway/worker_metrics.py):
+                    # one scrape is the whole gateway's (rooms per worker: their total).
+                    return {worker: seen[worker]}
     return seen
 
 

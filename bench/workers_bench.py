@@ -126,6 +126,10 @@ async def _per_worker_metrics(base: str, workers: int) -> dict[int, dict[str, fl
             worker = int((await http.get("/health")).json().get("worker", 0))
             if worker not in found:
                 found[worker] = _counters((await http.get("/metrics")).text)
+                if "voice_gateway_workers" in found[worker]:
+                    # A gateway whose /metrics sums its workers (gateway/worker_metrics.py):
+                    # one scrape is the whole gateway's.
+                    return {worker: found[worker]}
         if len(found) == workers:
             return found
     raise RuntimeError(f"reached only workers {sorted(found)}")
