@@ -34,8 +34,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-from workers_bench import API_KEY, _fake, _free_port, _process, _run_level, _wait_up
+from workers_bench import API_KEY, _free_port, _run_level, _wait_up, provider_fakes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,7 +156,6 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="vg-cpu-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    fakes = {name: _fake(name) for name in ("deepgram", "openai", "cartesia")}
     levels = [(m, n) for m, n in (("silent", args.silent), ("talking", args.talking)) if n]
     results: dict[tuple[str, str], list[dict[str, float]]] = collections.defaultdict(list)
     sys.stdout.write(
@@ -168,10 +166,7 @@ def main() -> int:
         f"{'reply p99':>9}\n"
     )
     with contextlib.ExitStack() as stack:
-        for name, (url, fake_args) in fakes.items():
-            stack.enter_context(_process(fake_args, url + "/", env, work / f"{name}.log"))
-        dg, oa, ct = (fakes[n][0] for n in ("deepgram", "openai", "cartesia"))
-        httpx.post(ct + "/control", json={"ms_per_char": 20}).raise_for_status()
+        dg, oa, ct = provider_fakes(stack, env, work)
         for rnd in range(1, args.rounds + 1):
             for side, root in sides:
                 for mode, calls in levels:

@@ -85,6 +85,19 @@ def _fake(name: str) -> tuple[str, list[str]]:
     return f"http://127.0.0.1:{port}", args
 
 
+def provider_fakes(
+    stack: contextlib.ExitStack, env: dict[str, str], work: Path
+) -> tuple[str, str, str]:
+    """Start the Deepgram, OpenAI and Cartesia fakes (logs in `work`) for as long as
+    `stack` lasts, Cartesia paced at 20 ms per character; their base URLs."""
+    fakes = {name: _fake(name) for name in ("deepgram", "openai", "cartesia")}
+    for name, (url, fake_args) in fakes.items():
+        stack.enter_context(_process(fake_args, url + "/", env, work / f"{name}.log"))
+    dg, oa, ct = (fakes[n][0] for n in ("deepgram", "openai", "cartesia"))
+    httpx.post(ct + "/control", json={"ms_per_char": 20}).raise_for_status()
+    return dg, oa, ct
+
+
 def _children(pid: int) -> dict[int, str]:
     """The processes whose parent is `pid`, with their command names."""
     found = {}
@@ -275,7 +288,6 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="vg-workers-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    fakes = {name: _fake(name) for name in ("deepgram", "openai", "cartesia")}
     sys.stdout.write(
         f"{args.calls} {args.mode} calls started over {args.ramp_s:g} s, "
         f"{args.seconds:g} s steady window "
@@ -285,10 +297,7 @@ def main() -> int:
         f"{'reply p50':>9} {'reply p99':>9}\n"
     )
     with contextlib.ExitStack() as stack:
-        for name, (url, fake_args) in fakes.items():
-            stack.enter_context(_process(fake_args, url + "/", env, work / f"{name}.log"))
-        dg, oa, ct = (fakes[n][0] for n in ("deepgram", "openai", "cartesia"))
-        httpx.post(ct + "/control", json={"ms_per_char": 20}).raise_for_status()
+        dg, oa, ct = provider_fakes(stack, env, work)
         for workers in (int(w) for w in args.workers.split(",")):
             port = _free_port()
             base = f"http://127.0.0.1:{port}"
