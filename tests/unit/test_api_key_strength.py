@@ -18,7 +18,7 @@ from storage import new_api_key
         ("changeme", "shorter than 24"),
         ("secret", "shorter than 24"),
         ("password", "shorter than 24"),
-        ("vg_" + secrets.token_hex(8), "shorter than 24"),
+        ("vg_3f9a1c7e5b2d8046", "shorter than 24"),  # a real key's shape, too short
         ("change-me-change-me-change-me", "placeholder word 'changeme'"),
         ("my-super-SECRET-gateway-key-2026", "placeholder word 'secret'"),
         ("your-api-key-goes-right-here-now", "placeholder word 'yourapikey'"),
@@ -48,6 +48,8 @@ def test_weak_keys_are_refused_with_the_reason(key: str, why: str) -> None:
         "test-key-" + uuid.uuid4().hex,  # what the integration tests use
         secrets.token_hex(16),
     ],
+    # Fixed ids: the keys are random, and parallel test workers must collect the same tests.
+    ids=["create-key", "demo", "suggested", "integration-tests", "hex"],
 )
 def test_random_keys_pass(key: str) -> None:
     assert weak_api_key_reason(key) is None
