@@ -115,8 +115,11 @@ case "$cmd" in
     cd "$ROOT"
     "$VENV/bin/ruff" check .
     "$VENV/bin/mypy"
-    # The slowest tests are listed after the run, to keep CI within its time.
-    exec "$VENV/bin/pytest" -q --durations=25 "$@" ;;
+    # Two test processes (TEST_WORKERS), each test file whole in one of them (its servers
+    # and module fixtures with it): most of a test's time is real-time audio and waiting on
+    # servers, so two halve the run without loading the cores much. The slowest tests are
+    # listed after the run, to keep CI within its time.
+    exec "$VENV/bin/pytest" -q -n "${TEST_WORKERS:-2}" --dist loadfile --durations=25 "$@" ;;
   bench)
     ensure_all
     ensure_livekit_server  # the room and web-call benches
