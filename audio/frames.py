@@ -1,6 +1,6 @@
 """Audio frames: the `AudioFrame` value; `FrameQueue`, the one place where agent audio is
 cut into whole 20 ms frames and a frame cut short is padded with silence; and
-`ChunkGatherer`, which joins caller frames into larger chunks for a recogniser."""
+`ChunkGatherer`, which joins caller frames' bytes into larger chunks for a recogniser."""
 
 from __future__ import annotations
 
@@ -17,10 +17,14 @@ FRAME_MS = 20
 
 @dataclass(frozen=True, slots=True)
 class AudioFrame:
-    """Mono PCM16 audio at a sample rate; the unit every layer above `audio/` passes around."""
+    """Mono PCM16 audio at a sample rate; the unit every layer above `audio/` passes around.
+    `ulaw`: the G.711 mu-law bytes `pcm` was decoded from, when it came off the wire so (a
+    Twilio media frame), so that a recogniser taking mu-law sends them as they came instead
+    of encoding them again. A frame made from changed audio (resampled) has none."""
 
     pcm: PCM16
     rate: int
+    ulaw: bytes | None = None
 
     @property
     def samples(self) -> int:
@@ -113,38 +117,39 @@ class FrameQueue:
 
 
 class ChunkGatherer:
-    """Caller audio gathered into chunks of at least `chunk_ms`, so that a recogniser's
-    socket carries a few larger messages instead of one per 20 ms frame.
+    """Caller audio, as the bytes a recogniser's socket carries (`sample_bytes` a sample),
+    gathered into chunks of at least `chunk_ms`, so that the socket carries a few larger
+    messages instead of one per 20 ms frame.
 
-    `add()` keeps a frame and returns the chunk it completes (the frames gathered so far,
-    joined, once they reach `chunk_ms`; frames are never split), else None. `flush()`
+    `add()` keeps a frame's bytes and returns the chunk it completes (the frames gathered so
+    far, joined, once they reach `chunk_ms`; frames are never split), else None. `flush()`
     returns whatever is gathered, however short (an end of turn must not wait for a chunk
-    to fill), or None if nothing is. Chunks are new arrays; the frames added may be reused.
+    to fill), or None if nothing is.
     """
 
-    def __init__(self, rate: int, *, chunk_ms: int) -> None:
-        self.chunk_samples = max(1, rate * chunk_ms // 1000)
-        self._frames: list[PCM16] = []
-        self._samples = 0
+    def __init__(self, rate: int, *, chunk_ms: int, sample_bytes: int) -> None:
+        self.chunk_bytes = max(1, rate * chunk_ms // 1000) * sample_bytes
+        self._pieces: list[bytes] = []
+        self._size = 0
 
     @property
-    def gathered_samples(self) -> int:
-        """Samples added and not yet handed out."""
-        return self._samples
+    def gathered_bytes(self) -> int:
+        """Bytes added and not yet handed out."""
+        return self._size
 
-    def add(self, pcm: PCM16) -> PCM16 | None:
-        """Keep `pcm`; return the chunk it completes, or None."""
-        self._frames.append(pcm)
-        self._samples += int(pcm.shape[0])
-        if self._samples < self.chunk_samples:
+    def add(self, data: bytes) -> bytes | None:
+        """Keep `data`; return the chunk it completes, or None."""
+        self._pieces.append(data)
+        self._size += len(data)
+        if self._size < self.chunk_bytes:
             return None
         return self.flush()
 
-    def flush(self) -> PCM16 | None:
+    def flush(self) -> bytes | None:
         """Hand out everything gathered (None if nothing is)."""
-        if not self._frames:
+        if not self._pieces:
             return None
-        chunk = np.concatenate(self._frames) if len(self._frames) > 1 else self._frames[0].copy()
-        self._frames.clear()
-        self._samples = 0
+        chunk = b"".join(self._pieces)
+        self._pieces.clear()
+        self._size = 0
         return chunk

@@ -1,6 +1,7 @@
 """The gateway's own work on one inbound 20 ms frame, without sockets: a Media Streams text
 message through the protocol, mu-law decoding, turn-taking (energy VAD, STT at 8 kHz as
-Deepgram takes it) and the audio's way to the STT (mu-law chunks where the tree has them).
+Deepgram takes it) and the audio's way to the STT (mu-law chunks where the tree has them, of
+the bytes as they came where its frames carry them).
 
     python bench/frame_path_bench.py [ROOT ...]
 
@@ -44,13 +45,22 @@ pcm = (np.random.default_rng(0).standard_normal(160) * 100).astype(np.int16)
 payload = base64.b64encode(ulaw_encode(pcm)).decode()
 text = json.dumps({"event": "media", "sequenceNumber": "2", "streamSid": "MZ1", "media": {
     "track": "inbound", "chunk": "1", "timestamp": "20", "payload": payload}})
+import inspect
+from audio.frames import AudioFrame
+CARRIES_ULAW = "ulaw" in getattr(AudioFrame, "__dataclass_fields__", {})
 try:
     from audio.frames import ChunkGatherer
-    gatherer = ChunkGatherer(8000, chunk_ms=80)
-    def to_stt(frame):
-        chunk = gatherer.add(frame.pcm)
-        if chunk is not None:
-            ulaw_encode(chunk)
+    if "sample_bytes" in inspect.signature(ChunkGatherer).parameters:
+        # a tree whose frames carry their mu-law bytes: gathered as they came
+        gatherer = ChunkGatherer(8000, chunk_ms=80, sample_bytes=1)
+        def to_stt(frame):
+            gatherer.add(frame.ulaw if frame.ulaw is not None else ulaw_encode(frame.pcm))
+    else:  # a tree that gathers PCM and encodes each chunk
+        gatherer = ChunkGatherer(8000, chunk_ms=80)
+        def to_stt(frame):
+            chunk = gatherer.add(frame.pcm)
+            if chunk is not None:
+                ulaw_encode(chunk)
 except ImportError:  # a tree from before chunking: every frame encoded
     def to_stt(frame):
         ulaw_encode(frame.pcm)
@@ -58,7 +68,8 @@ except ImportError:  # a tree from before chunking: every frame encoded
 def one_frame():
     protocol.receive_text(text)
     for event in protocol.events():
-        frame = AudioFrame(ulaw_decode(event.payload), 8000)
+        pcm = ulaw_decode(event.payload)
+        frame = AudioFrame(pcm, 8000, event.payload) if CARRIES_ULAW else AudioFrame(pcm, 8000)
         for step in turns.feed(frame):
             if isinstance(step, PushAudio):
                 to_stt(step.frame)

@@ -34,8 +34,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import numpy as np
-import numpy.typing as npt
 from deepgram.environment import DeepgramClientEnvironment
 from deepgram.listen.v1.socket_client import AsyncV1SocketClient
 from deepgram.listen.v1.types.listen_v1results import ListenV1Results
@@ -146,7 +144,9 @@ class DeepgramStream:
         self._interim = ""  # the latest interim words after the final pieces
         self._finalizes_pending = 0
         self._finalize_timer: asyncio.TimerHandle | None = None
-        self._gathered = ChunkGatherer(sample_rate, chunk_ms=stt._chunk_ms)
+        self._gathered = ChunkGatherer(
+            sample_rate, chunk_ms=stt._chunk_ms, sample_bytes=1 if self._mulaw else 2
+        )
         # Audio sent since the last final result, replayed after a reconnect.
         max_chunks = int(stt._replay_s * 1000 / stt._chunk_ms) + 1
         self._unconfirmed: collections.deque[bytes] = collections.deque(maxlen=max_chunks)
@@ -156,7 +156,13 @@ class DeepgramStream:
     # --------------------------------------------------------------- STTStream
 
     async def push(self, frame: AudioFrame) -> None:
-        chunk = self._gathered.add(frame.pcm)
+        if not self._mulaw:
+            data = frame.pcm.astype("<i2").tobytes()
+        elif frame.ulaw is not None:  # a Twilio frame: its bytes as they came
+            data = frame.ulaw
+        else:
+            data = ulaw_encode(frame.pcm)
+        chunk = self._gathered.add(data)
         if chunk is not None:
             await self._send_chunk(chunk)
 
@@ -166,8 +172,7 @@ class DeepgramStream:
         if chunk is not None:
             await self._send_chunk(chunk)
 
-    async def _send_chunk(self, pcm: npt.NDArray[np.int16]) -> None:
-        data = ulaw_encode(pcm) if self._mulaw else pcm.astype("<i2").tobytes()
+    async def _send_chunk(self, data: bytes) -> None:
         self._unconfirmed.append(data)
         if not self._connected.is_set():
             return  # kept in `_unconfirmed`; sent when the socket is back

@@ -195,7 +195,8 @@ class _MediaStream:
                         # write, but the call (and its recording) has ended.
                         if self._recorder is not None and not call.ended.is_set():
                             self._recorder.caller_audio(event.timestamp_ms, pcm)
-                        await call.on_audio(AudioFrame(pcm, TwilioPacer.sample_rate))
+                        frame = AudioFrame(pcm, TwilioPacer.sample_rate, event.payload)
+                        await call.on_audio(frame)
                 elif isinstance(event, MarkPlayed):
                     if call is not None:
                         call.on_mark(event.name)

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -244,13 +245,17 @@ async def listen(ws: WebSocket) -> None:
                 break
             if message.get("bytes") is not None:
                 data = message["bytes"]
-                # Consecutive audio messages are one entry: their bytes, and each size.
+                # Consecutive audio messages are one entry: their bytes, each size, and the
+                # CRC-32 of their bytes in order.
                 if _log and _log[-1]["kind"] == "audio" and _log[-1]["conn"] == conn:
                     _log[-1]["bytes"] += len(data)
                     _log[-1]["sizes"].append(len(data))
+                    _log[-1]["crc32"] = zlib.crc32(data, _log[-1]["crc32"])
                 else:
-                    sizes = [len(data)]
-                    _log.append({"conn": conn, "kind": "audio", "bytes": len(data), "sizes": sizes})
+                    _log.append({
+                        "conn": conn, "kind": "audio", "bytes": len(data), "sizes": [len(data)],
+                        "crc32": zlib.crc32(data),
+                    })  # fmt: skip
                 await listener.audio(data)
                 continue
             body = json.loads(message["text"])

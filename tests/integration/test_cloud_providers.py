@@ -4,11 +4,13 @@ speak each provider's WebSocket protocol (tests/fakes/deepgram_server.py, cartes
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
+from audio.codec import ulaw_decode
 from audio.frames import AudioFrame
 from gateway.errors import ProviderError
 from gateway.providers.base import SegmentDone, SpeechAudio, SpeechEvent, Transcript
@@ -140,6 +142,20 @@ async def test_deepgram_chunks_of_linear16_and_of_a_size_between_frames(dg: Fake
     await _push(stream, _frames("silence", 200, rate=16000))
     await stream.end_utterance()
     assert await _logged(dg, "Finalize") == [2560, 2560, 1280, "Finalize"]
+    await stream.aclose()
+
+
+async def test_deepgram_gets_a_twilio_frames_mu_law_bytes_as_they_came(dg: FakeServer) -> None:
+    """A frame decoded from mu-law carries its bytes: they go to Deepgram as they came, not
+    encoded again (0x7F and 0xFF both decode to 0; encoding 0 again gives 0xFF only)."""
+    stream = await _stt(dg, chunk_ms=80).open_stream(call_id="c9", sample_rate=8000)
+    payloads = [bytes([0x7F, 0x80 + i, 0x00 + i, 0xFF]) * 40 for i in range(8)]  # 8 frames
+    await _push(stream, [AudioFrame(ulaw_decode(p), 8000, p) for p in payloads])
+    await stream.end_utterance()
+    await _logged(dg, "Finalize")
+    audio = [e for e in dg.log() if e["kind"] == "audio"]
+    assert [e["sizes"] for e in audio] == [[640, 640]]
+    assert audio[0]["crc32"] == zlib.crc32(b"".join(payloads))
     await stream.aclose()
 
 
