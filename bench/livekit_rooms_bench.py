@@ -64,6 +64,15 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _live_workers(base: str) -> int:
+    """How many workers the gateway's combined /metrics says are live (0 if it says not)."""
+    try:
+        text = httpx.get(base + "/metrics", timeout=5).text
+    except httpx.TransportError:
+        return 0
+    return int(_counters(text).get("voice_gateway_workers", 0))
+
+
 async def _per_worker(base: str, workers: int) -> dict[int, dict[str, float]]:
     """Each worker's counters: new connections until every worker has answered one."""
     seen: dict[int, dict[str, float]] = {}
@@ -75,8 +84,9 @@ async def _per_worker(base: str, workers: int) -> dict[int, dict[str, float]]:
                 seen[worker] = _counters((await http.get("/metrics")).text)
                 if "voice_gateway_workers" in seen[worker]:
                     # A gateway whose /metrics sums its workers (gateway/worker_metrics.py):
-                    # one scrape is the whole gateway's (rooms per worker: their total).
-                    return {worker: seen[worker]}
+                    # one scrape is the whole gateway's (rooms per worker: their total),
+                    # under one key whichever worker answered it.
+                    return {-1: seen[worker]}
     return seen
 
 
@@ -252,6 +262,13 @@ def main() -> int:
                         return 1
                     time.sleep(0.2)
                 pids = _gateway_pids(gateway.pid, args.workers)
+                # A worker serves once it is ready (the first one starts alone): until then
+                # every room would go to the others.
+                while args.workers > 1 and _live_workers(base) < args.workers:
+                    if time.monotonic() > deadline:
+                        sys.stderr.write("the workers did not become ready\n")
+                        return 1
+                    time.sleep(0.2)
                 sys.stdout.write(
                     f"workers {args.workers}, providers {args.providers}\n"
                     "| rooms | failed | join → greeting ms p50 / p95 / max | end of question → "

@@ -411,6 +411,9 @@ async def _gateway_full(request: Request, exc: Exception) -> Response:
     # Logged and counted where the call was refused (the route knows its carrier).
     response = error_response(503, "gateway_full", str(exc))
     response.headers["Retry-After"] = str(exc.retry_after_s)
+    # This process is full: the retry comes on a new connection, which the kernel may hand
+    # to another worker on the port (or a balancer to another gateway).
+    response.headers["Connection"] = "close"
     return response
 
 
@@ -418,6 +421,7 @@ async def _draining(request: Request, exc: Exception) -> Response:
     log.info("new call refused: the gateway drains", extra={"path": request.url.path})
     response = error_response(503, "draining", str(exc) or "this gateway is shutting down")
     response.headers["Retry-After"] = "1"
+    response.headers["Connection"] = "close"  # the retry goes elsewhere, not to this process
     return response
 
 

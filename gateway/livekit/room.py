@@ -4,15 +4,17 @@
 `LiveKitRooms` holds the rooms this process serves. A room is served once, whoever asks
 first (LiveKit's `participant_joined` webhook for inbound SIP calls, `POST /call/outbound`
 for outbound ones, `POST /web-calls` for browser callers). One `LiveKitRoom` per room: it
-takes the call (its lease), joins with a token the gateway mints, publishes the agent's
-track and waits for the caller's audio; then the call is answered and the caller's audio
-feeds it, while the agent's first words wait in the transport (`held`) until the caller
-receives the agent's track (made meanwhile, not lost). The caller is the SIP participant, or for
-a web call the one standard participant whose identity the gateway minted the browser's
-token for (anyone else in the room is ignored). The room is left and deleted once the
-call's final write is done. An outbound call screened for an answering machine (its
-assistant has a voicemail plan) gets a `GateDetector` on the callee's audio and words: a
-SIP bridge reports no machine, so the gateway decides.
+takes the call (its lease), joins with a token the gateway mints and publishes the agent's
+track. An inbound SIP call is answered then (its bridge answered; the caller is in the
+room); an outbound or web call once the caller's audio arrives. The agent's first words
+wait in the transport (`held`) until the caller receives the agent's track (made
+meanwhile, not lost), and the caller's audio feeds the call from when it arrives. The
+caller is the SIP participant, or for a web call the one standard participant whose
+identity the gateway minted the browser's token for (anyone else in the room is ignored).
+The room is left and deleted once the call's final write is done. An outbound call
+screened for an answering machine (its assistant has a voicemail plan) gets a
+`GateDetector` on the callee's audio and words: a SIP bridge reports no machine, so the
+gateway decides.
 """
 
 from __future__ import annotations
@@ -222,11 +224,14 @@ class LiveKitRoom:
             ring_s = self._settings.outbound_ring_timeout_s + 30.0
         else:  # the browser's token lets it connect only this long
             ring_s = self._settings.web_call_token_ttl_s + WEB_JOIN_GRACE_S
-        caller_track = await self._until_ended(self._caller_audio.get(), ring_s)
-        if caller_track is None:
-            self.lifecycle.request_end("no-answer", CallStatus.NO_ANSWER)
-            return
-        step("caller_audio_ms")
+        caller_track: rtc.Track | None = None
+        self._caller = self._dispatched_caller()
+        if self._caller is None:  # an outbound or web call: answered once its audio arrives
+            caller_track = await self._until_ended(self._caller_audio.get(), ring_s)
+            if caller_track is None:
+                self.lifecycle.request_end("no-answer", CallStatus.NO_ANSWER)
+                return
+            step("caller_audio_ms")
         # Recorded from the answer on (greeting included); the egress starts beside the call.
         # Answered now, so the greeting is being made while the caller's subscription to
         # our track completes; its audio is held until then, so it is not lost.
@@ -236,9 +241,28 @@ class LiveKitRoom:
         step("heard_ms")
         if self._transport is not None:
             self._transport.release()
+        if caller_track is None:  # a dispatched caller's audio may come after the greeting
+            caller_track = await self._until_ended(self._caller_audio.get(), ring_s)
+            step("caller_audio_ms")
         log.info("room call answered", extra={"room": self.room_name, **steps})
-        self._tasks.append(asyncio.create_task(self._read_caller(caller_track), name="lk-mic"))
+        if caller_track is not None:
+            self._tasks.append(
+                asyncio.create_task(self._read_caller(caller_track), name="lk-mic")
+            )
         await self.lifecycle.ended.wait()
+
+    def _dispatched_caller(self) -> rtc.RemoteParticipant | None:
+        """An inbound SIP call's caller, already in the room when the agent joins: its
+        bridge has answered, so the call is answered at once and the greeting made while the
+        subscriptions to each other's audio complete (each takes a WebRTC negotiation: the
+        greeting would otherwise wait for both in turn). None for an outbound call (the
+        callee answers when its audio comes) and a web call."""
+        if self._web_caller is not None or self.call.direction != Direction.INBOUND:
+            return None
+        for participant in self._room.remote_participants.values():
+            if participant.kind == _SIP:
+                return participant
+        return None
 
     async def _until_ended(
         self, awaitable: Coroutine[Any, Any, Any], timeout_s: float

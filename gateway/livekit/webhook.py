@@ -56,13 +56,13 @@ async def livekit_webhook(request: Request) -> Response:
     if not _acted_on(event):
         # room_started, track_published, the agent's own joining...: nothing to do, so
         # nothing to claim (each claim is a database write while the rooms are joining).
-        return JSONResponse({"ok": True})
+        return _answered()
     if event.event == "participant_joined" and event.participant.kind == models.ParticipantInfo.SIP:
         # A new call while draining: 503, retried by the balancer (or LiveKit) elsewhere.
         services.draining.refuse_new_call()
     if not event.id:
         log.warning("livekit event without an id ignored", extra=extra)
-        return JSONResponse({"ok": True})
+        return _answered()
     keep_until = datetime.fromtimestamp(token.valid_until, UTC)
     if event.event == "participant_joined" and event.participant.kind == models.ParticipantInfo.SIP:
         # A full gateway leaves the dispatch unclaimed, for a retry elsewhere (503).
@@ -77,7 +77,7 @@ async def livekit_webhook(request: Request) -> Response:
     )
     if not fresh:
         log.warning("webhook event already handled: %s", event.id, extra=extra)
-        return JSONResponse({"ok": True})
+        return _answered()
     log.info("livekit event", extra=extra)
     try:
         await _act(services, rooms, event)
@@ -87,7 +87,14 @@ async def livekit_webhook(request: Request) -> Response:
             attributes = dict(event.participant.attributes)
             rooms.dispatch_refused(event.id, event.room.name, attributes, keep_until=keep_until)
         raise
-    return JSONResponse({"ok": True})
+    return _answered()
+
+
+def _answered() -> Response:
+    """200, closing the connection: LiveKit's webhook client keeps one connection alive, so
+    every room would land on the worker that took its first webhook; each event on a new
+    connection is handed by the kernel to any of the workers on the port."""
+    return JSONResponse({"ok": True}, headers={"Connection": "close"})
 
 
 def _acted_on(event: api.WebhookEvent) -> bool:
