@@ -20,7 +20,6 @@ CPU figures from runs without it).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import contextlib
 import os
@@ -34,7 +33,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from workers_bench import API_KEY, _free_port, _run_level, _wait_up, provider_fakes
+from workers_bench import API_KEY, _free_port, _run_level, _wait_up, provider_fakes, run_load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -208,7 +207,7 @@ def main() -> int:
                             args.ramp_s,
                         )  # fmt: skip
                         with _profiled(pyspy, proc.pid, out, args.ramp_s + 6, args.seconds - 6):
-                            r = asyncio.run(level)
+                            r = run_load(level)
                     results[side, mode].append(r)
                     sys.stdout.write(
                         f"{rnd:>5} {side:>8} {mode:>8} {calls:>5} {r['failed']:>6.0f} "

@@ -246,9 +246,7 @@ class LiveKitRoom:
             step("caller_audio_ms")
         log.info("room call answered", extra={"room": self.room_name, **steps})
         if caller_track is not None:
-            self._tasks.append(
-                asyncio.create_task(self._read_caller(caller_track), name="lk-mic")
-            )
+            self._tasks.append(asyncio.create_task(self._read_caller(caller_track), name="lk-mic"))
         await self.lifecycle.ended.wait()
 
     def _dispatched_caller(self) -> rtc.RemoteParticipant | None:
