@@ -43,6 +43,10 @@ from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+# Talking callers start asking at offsets spread over this long, as real callers' turns are
+# spread: started together (as before 2026-12-02), every call ended its turns in the same
+# instant, and the gateway met 100 replies at once every few seconds.
+STAGGER_S = 5.0
 API_KEY = secrets.token_urlsafe(32)
 LINES = ("What are your opening hours?", "How much does it cost?", "Can I book an appointment?")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -172,6 +176,7 @@ async def _one_call(
     done: asyncio.Event,
     on_greeted: Callable[[], None],
     delay_s: float,
+    offset_s: float = 0.0,
 ) -> tuple[str | None, list[float]]:
     await asyncio.sleep(delay_s)  # arrivals spread over the ramp, not all in one instant
     call = SimulatedTwilioCall(
@@ -184,6 +189,7 @@ async def _one_call(
         await call.wait_agent_silent(quiet_s=0.3, within_s=60)
         on_greeted()
         await steady.wait()
+        await asyncio.sleep(offset_s)  # callers do not all ask at the same instant
         i = 0
         while not done.is_set():
             if speech is None:
@@ -231,7 +237,16 @@ async def _run_level(
 
     tasks = [
         asyncio.create_task(
-            _one_call(base, token, speech, steady, done, on_greeted, ramp_s * i / calls)
+            _one_call(
+                base,
+                token,
+                speech,
+                steady,
+                done,
+                on_greeted,
+                ramp_s * i / calls,
+                STAGGER_S * i / calls if talk else 0.0,
+            )
         )
         for i in range(calls)
     ]
@@ -244,8 +259,10 @@ async def _run_level(
     procs = _children(supervisor)
     gateway = [supervisor, *(p for p, name in procs.items() if name != "ferretdb")]
     ferretdb = [p for p, name in procs.items() if name == "ferretdb"]
-    before = await _per_worker_metrics(base, workers)
     steady.set()
+    if talk:  # the window opens once every caller has started asking
+        await asyncio.sleep(STAGGER_S)
+    before = await _per_worker_metrics(base, workers)
     t0 = time.monotonic()
     cpu0 = sum(_cpu_s(p) for p in gateway), sum(_cpu_s(p) for p in ferretdb)
     load0 = _cpu_s(os.getpid())  # this process: the simulated callers

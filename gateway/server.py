@@ -16,6 +16,7 @@ wait forever for it (or for `timeout_graceful_shutdown`, then cut them).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -50,6 +51,8 @@ class GatewayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self.started:
+            _freeze_startup_heap()
         if self.started and self._on_started is not None:
             self._on_started()
 
@@ -81,3 +84,16 @@ class GatewayServer(uvicorn.Server):
             await asyncio.gather(self._draining, return_exceptions=True)
         self._before_shutdown()
         await super().shutdown(sockets)
+
+
+def _freeze_startup_heap() -> None:
+    """Collect once, then put every object alive now out of the garbage collector's reach
+    (`gc.freeze`). What the process loaded to serve (modules, SDKs, schemas, turn models:
+    about a million objects) lives as long as it does, yet each full collection walked all
+    of it: 90-120 ms with the event loop stopped, every second or two at 100 talking calls,
+    and each such stop made every call's outbound audio late. A full collection now walks
+    only what the calls made."""
+    gc.collect()
+    gc.freeze()
+    log.info("startup heap frozen", extra={"objects": gc.get_freeze_count()})
+
