@@ -68,3 +68,40 @@ async def test_the_head_is_found_by_search_at_any_size(database: Database) -> No
         assert await EventRepository().head(org) == 37 + fresh
         await _publish(EventRepository(), org, 100 + fresh)
     assert (await repo.get(org, 40)) is not None and (await repo.get(org, 41)) is None
+
+
+async def test_events_queued_together_are_stored_together_around_another_writers_place(
+    database: Database,
+) -> None:
+    """A process stores the events queued at once in one ordered insert; a place in the
+    middle taken by another process keeps those stored before it, and the rest go after
+    the head."""
+    from storage.events import _events  # the collection, to take a place as another gateway
+
+    org = _org()
+    repo = EventRepository()
+    assert await _publish(repo, org, 0) == 1  # this process's hint: the head is 1
+    await _events().insert_one(
+        {"_id": f"{org}:4", "seq": 4, "org_id": org, "call_id": "x", "type": "call.turn",
+         "key": f"{org}-other", "at": datetime.now(UTC), "body": "{}"}
+    )  # fmt: skip
+    seqs = await asyncio.gather(*(_publish(repo, org, n) for n in range(1, 11)))
+    assert sorted(seqs) == [2, 3, *range(5, 13)]
+    events, last = await EventRepository().read_after(org, 0, limit=100)
+    assert last == 12 and [e.seq for e in events] == list(range(1, 13))
+    mine = [e for e in events if e.key != f"{org}-other"]
+    assert sorted(e.body for e in mine) == sorted(f'{{"n":{n}}}' for n in range(11))
+
+
+async def test_hundreds_published_at_once_by_racing_processes_take_each_place_once(
+    database: Database,
+) -> None:
+    org = _org()
+    writers = [EventRepository() for _ in range(3)]
+    seqs = await asyncio.gather(
+        *(_publish(writers[i % 3], org, i, call=f"c{i % 7}") for i in range(600))
+    )
+    assert sorted(seqs) == list(range(1, 601))
+    events, last = await EventRepository().read_after(org, 0, limit=500)
+    more, last = await EventRepository().read_after(org, last, limit=500)
+    assert [e.seq for e in events + more] == list(range(1, 601)) and last == 600
