@@ -105,6 +105,13 @@ async def test_two_workers_share_one_port_serve_a_call_and_stop_on_sigterm(
         assert len(set(pids.values())) == 2 and gateway.pid not in pids.values()
         seen = await _workers_answering(gateway, {0, 1})
         assert set(seen) == {0, 1}
+        # Each worker froze its startup heap once serving (gateway/server.py).
+        frozen = [
+            json.loads(line) for line in gateway.log_text().splitlines()
+            if "startup heap frozen" in line
+        ]  # fmt: skip
+        assert sorted(entry["worker"] for entry in frozen) == [0, 1]
+        assert all(entry["objects"] > 10_000 for entry in frozen)
 
         call = SimulatedTwilioCall(
             base_url=gateway.base_url, public_url=gateway.base_url, auth_token=gateway.auth_token
