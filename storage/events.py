@@ -10,14 +10,16 @@ counting 1, 2, 3, ... per organisation, and every read here is a lookup by `_id`
   there (other gateways may have stored many since this process's hint) and insert after
   it. A place is taken by one insert
   and never freed, so a reader that found `n` can rely on `n + 1` being the next event.
-  Within one process an organisation's places are taken by one place-taker at a time (a
-  lock per organisation), which stores every event queued by then in one ordered insert
-  at consecutive places: concurrent publishers of one process would all try the same
-  place and all but one would search the head again, a storm that grows with the calls
-  talking at once (a quarter of a talking call's CPU at 32 calls), and one insert each
-  behind the lock could not keep up with hundreds of calls starting. Only other processes
-  collide; an insert that meets one keeps the events stored before it and places the rest
-  after the head.
+  Within one process an organisation's places are taken by one place-taker task, which
+  stores every event queued by then in one ordered insert at consecutive places:
+  concurrent publishers of one process would all try the same place and all but one would
+  search the head again, a storm that grows with the calls talking at once (a quarter of a
+  talking call's CPU at 32 calls), and one insert each in turn could not keep up with
+  hundreds of calls starting. Only other processes collide. An insert that fails keeps
+  the events stored before the failure (an ordered insert stops there; found by the
+  duplicate's index, else by looking the places up); if another process took the next
+  place the rest go after the head, else they fail with the error and their publishers
+  retry.
 - read after `n`: look up `n + 1`, `n + 2`, ... until one is missing (after the first
   found, several at once). A poll that finds nothing new costs one lookup, however many
   events are stored (the embedded FerretDB build uses the `_id` index for it:
@@ -37,13 +39,14 @@ key both insert; the loser's event keeps its place (no gap) but is marked and ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from storage.calls import _driver_errors, _stored_time, _utc
 from storage.documents import CallDocument
@@ -61,7 +64,10 @@ EVENT_INDEXES: dict[str, list[IndexModel]] = {
 _NO_ORG = "-"  # calls of no organisation (no assistant, no default organisation)
 _READ_MAX = 500
 _READ_WINDOW = 16  # lookups in flight at once when reading a run of new events
-_PLACE_BATCH = 200  # events stored in one insert at most
+# Events stored in one insert at most. FerretDB 1.24 inserts in chunks of 100 and honours
+# `ordered` only within one: past a duplicate in the first chunk it still stores the next
+# chunk (measured), which would store those events twice.
+_PLACE_BATCH = 100
 _DUPLICATE_KEY = 11000
 
 
@@ -113,9 +119,10 @@ class EventRepository:
         # (places are only ever added), found again by search when missing.
         self._heads: dict[str, int] = {}
         self._head_locks: dict[str, asyncio.Lock] = {}
-        self._place_locks: dict[str, asyncio.Lock] = {}  # one place-taker per organisation
-        # Events waiting for a place, per organisation (stored together: `_take_place`).
+        # Events waiting for a place, per organisation, and the task storing them
+        # (`_take_place`).
         self._queued: dict[str, list[tuple[dict[str, Any], asyncio.Future[int]]]] = {}
+        self._takers: dict[str, asyncio.Task[None]] = {}
 
     @_driver_errors
     async def publish(
@@ -159,15 +166,28 @@ class EventRepository:
 
     async def _take_place(self, org: str, org_id: str | None, doc: dict[str, Any]) -> int:
         """Store `doc` at the next free place of the organisation's sequence; its place.
-        Whoever holds the organisation's place lock stores every event queued by then in
-        one ordered insert, at consecutive places (a group commit): the events of many
-        calls talking at once cost one round trip, not one each behind the lock."""
+        One place-taker task per organisation stores every event queued by then in one
+        ordered insert, at consecutive places (a group commit): the events of many calls
+        talking at once cost one round trip, not one each in turn."""
         placed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queued.setdefault(org, []).append((doc, placed))
-        async with self._place_locks.setdefault(org, asyncio.Lock()):
-            if not placed.done():  # not stored by the holder before: store what is queued
-                await self._store_queued(org, org_id, self._queued.pop(org))
+        if org not in self._takers:
+            self._takers[org] = asyncio.create_task(
+                self._take_queued(org, org_id), name=f"event-places-{org}"
+            )
         return await placed
+
+    async def _take_queued(self, org: str, org_id: str | None) -> None:
+        """Store what is queued for `org`, batch after batch, until nothing is."""
+        try:
+            while self._queued.get(org):
+                # A failure reached the batch's publishers (each retries); go on.
+                with contextlib.suppress(Exception):
+                    await self._store_queued(org, org_id, self._queued.pop(org))
+        finally:
+            del self._takers[org]
+            for _, placed in self._queued.pop(org, []):  # only if this task was cancelled
+                placed.set_exception(RuntimeError("the event store stopped"))
 
     async def _store_queued(
         self, org: str, org_id: str | None, queued: list[tuple[dict[str, Any], asyncio.Future[int]]]
@@ -181,32 +201,34 @@ class EventRepository:
                     {"_id": _place(org_id, seq + i), "seq": seq + i, **doc}
                     for i, (doc, _) in enumerate(batch)
                 ]
+                failure: PyMongoError | None = None
+                taken_at: int | None = None  # the index of a place another process took
                 try:
                     await _events().insert_many(docs, ordered=True)
                     stored = len(batch)
-                except BulkWriteError as exc:  # those before the first failure are stored
-                    errors = exc.details.get("writeErrors") or [{}]
-                    if errors[0].get("code") != _DUPLICATE_KEY:
-                        raise
-                    stored = int(errors[0].get("index", exc.details.get("nInserted", 0)))
+                except PyMongoError as exc:  # an ordered insert keeps those before the failure
+                    failure = exc
+                    taken_at = _duplicate_at(exc)
+                    stored = taken_at if taken_at is not None else await _stored_before(docs)
                 for i, (_, placed) in enumerate(batch[:stored]):
                     placed.set_result(seq + i)
                 if stored:
                     self._heads[org] = max(self._heads.get(org, 0), seq + stored - 1)
-                if stored < len(batch):
-                    # `seq + stored` was taken by another process: the rest go after the
-                    # head as it is now.
-                    head = await self._head_from(org, seq + stored)
-                    self._heads[org] = max(self._heads.get(org, 0), head)
-                    queued = batch[stored:] + queued
-        except BaseException as exc:  # every event still waiting fails with it
-            for _, placed in batch + queued:
-                if placed.done():
+                if stored == len(batch):
                     continue
-                if isinstance(exc, Exception):
-                    placed.set_exception(exc)
-                else:
-                    placed.cancel()
+                if taken_at is None:
+                    assert failure is not None
+                    raise failure
+                # `seq + stored` was taken by another process: the rest go after the head
+                # as it is now.
+                head = await self._head_from(org, seq + stored)
+                self._heads[org] = max(self._heads.get(org, 0), head)
+                queued = batch[stored:] + queued
+        except BaseException as exc:  # every event still waiting fails with it
+            error = exc if isinstance(exc, Exception) else RuntimeError("the event store stopped")
+            for _, placed in batch + queued:
+                if not placed.done():
+                    placed.set_exception(error)
             raise
 
     async def _by_key(self, key: str) -> EventRecord | None:
@@ -303,6 +325,28 @@ class EventRepository:
             else:
                 high = mid
         return low
+
+
+def _duplicate_at(failure: PyMongoError) -> int | None:
+    """The index of the document an insert met a taken `_id` at (None: another failure)."""
+    if isinstance(failure, BulkWriteError):
+        errors = failure.details.get("writeErrors") or [{}]
+        if errors[0].get("code") == _DUPLICATE_KEY and "index" in errors[0]:
+            return int(errors[0]["index"])
+    return None
+
+
+async def _stored_before(docs: list[dict[str, Any]]) -> int:
+    """How many of `docs` an ordered insert that failed otherwise (a command error, a
+    connection lost mid-insert) stored: each place is looked up until one does not hold
+    its own event (raises if the database is away)."""
+    stored = 0
+    for doc in docs:
+        found = await _events().find_one({"_id": doc["_id"]}, {"key": 1})
+        if found is None or found.get("key") != doc["key"]:
+            break
+        stored += 1
+    return stored
 
 
 def _seen(task: asyncio.Future[Any]) -> None:

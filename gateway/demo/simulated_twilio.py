@@ -122,6 +122,7 @@ class SimulatedTwilioCall:
         # hundreds of these calls in one process).
         self._speaker_changed = asyncio.Event()
         self._playout_wake = asyncio.Event()  # set when the gateway sends media or a mark
+        self._playing_until = 0.0  # when the frame the playout took last ends
         self._tasks: list[asyncio.Task[None]] = []
         self._sequence = 0
         self._media_chunk = 0
@@ -221,7 +222,9 @@ class SimulatedTwilioCall:
     async def wait_agent_audio(self, within_s: float = 15.0) -> float:
         """Wait until agent audio is playing; return when it started."""
         deadline = time.monotonic() + within_s
-        while not self._speaker:
+        # Playing: audio queued, or a frame taken off the queue and still playing (the
+        # playout takes a lone frame the moment it comes, before this wait wakes up).
+        while not self._speaker and time.monotonic() >= self._playing_until:
             if time.monotonic() > deadline or self._closed.is_set():
                 raise TimeoutError("the agent did not speak")
             await self._speaker_change(deadline - time.monotonic())
@@ -357,6 +360,7 @@ class SimulatedTwilioCall:
                     self.log.clears.append(now)
                     pending = [item for item in self._speaker if isinstance(item, str)]
                     self._speaker.clear()
+                    self._playing_until = 0.0
                     self._speaker_idle_since = now
                     self._speaker_changed.set()
                     for name in pending:
@@ -377,6 +381,7 @@ class SimulatedTwilioCall:
             await self._echo_marks_async()
             if self._speaker and isinstance(self._speaker[0], bytes):
                 frame = self._speaker.popleft()
+                self._playing_until = time.monotonic() + FRAME_S
                 if self._record_audio and isinstance(frame, bytes):
                     self.log.played.append((time.monotonic(), frame))
                 if not self._speaker:

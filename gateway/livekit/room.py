@@ -67,6 +67,9 @@ WEB_JOIN_GRACE_S = 10.0
 # A refused dispatch's Retry-After: LiveKit's webhook client (go-retryablehttp) honours it
 # for a 503, so its few retries come a second apart, each free to reach another gateway.
 LIVEKIT_RETRY_AFTER_S = 1
+# An inbound SIP call is answered before the caller's audio arrives (its subscription is
+# a WebRTC negotiation, seconds at most under load): without it by then, the call ends.
+CALLER_AUDIO_WAIT_S = 20.0
 # The caller's audio comes from the SDK in chunks of this many ms (split into 20 ms frames).
 CALLER_CHUNK_MS = 40
 ATTR_ORG = "voice_gateway.org_id"
@@ -225,8 +228,10 @@ class LiveKitRoom:
         else:  # the browser's token lets it connect only this long
             ring_s = self._settings.web_call_token_ttl_s + WEB_JOIN_GRACE_S
         caller_track: rtc.Track | None = None
-        self._caller = self._dispatched_caller()
-        if self._caller is None:  # an outbound or web call: answered once its audio arrives
+        dispatched = self._dispatched_caller()
+        if dispatched is not None:
+            self._caller = dispatched
+        else:  # an outbound or web call: answered once its audio arrives
             caller_track = await self._until_ended(self._caller_audio.get(), ring_s)
             if caller_track is None:
                 self.lifecycle.request_end("no-answer", CallStatus.NO_ANSWER)
@@ -241,12 +246,20 @@ class LiveKitRoom:
         step("heard_ms")
         if self._transport is not None:
             self._transport.release()
-        if caller_track is None:  # a dispatched caller's audio may come after the greeting
-            caller_track = await self._until_ended(self._caller_audio.get(), ring_s)
-            step("caller_audio_ms")
         log.info("room call answered", extra={"room": self.room_name, **steps})
-        if caller_track is not None:
-            self._tasks.append(asyncio.create_task(self._read_caller(caller_track), name="lk-mic"))
+        if caller_track is None:  # a dispatched caller's audio may come after the greeting
+            caller_track = await self._until_ended(self._caller_audio.get(), CALLER_AUDIO_WAIT_S)
+            if caller_track is None:
+                if not self.lifecycle.ended.is_set():
+                    log.warning(
+                        "the caller's audio never arrived: the call ends",
+                        extra={"room": self.room_name, "waited_s": CALLER_AUDIO_WAIT_S},
+                    )
+                    self.lifecycle.request_end("caller-audio-missing", CallStatus.FAILED)
+                return
+            step("caller_audio_ms")
+            log.info("caller audio arrived", extra={"room": self.room_name, **steps})
+        self._tasks.append(asyncio.create_task(self._read_caller(caller_track), name="lk-mic"))
         await self.lifecycle.ended.wait()
 
     def _dispatched_caller(self) -> rtc.RemoteParticipant | None:
