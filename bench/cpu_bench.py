@@ -165,7 +165,7 @@ def main() -> int:
         f"{'reply p99':>9}\n"
     )
     with contextlib.ExitStack() as stack:
-        dg, oa, ct = provider_fakes(stack, env, work)
+        providers = provider_fakes(stack, env, work)
         for rnd in range(1, args.rounds + 1):
             for side, root in sides:
                 for mode, calls in levels:
@@ -181,19 +181,11 @@ def main() -> int:
                         "GATEWAY_API_KEY": API_KEY,
                         "DATA_DIR": str(work / f"data-{rnd}-{side}-{mode}"),
                         "LOG_LEVEL": "WARNING",
-                        "TURN_VAD": "energy",
-                        "TURN_END_OF_TURN": "silence",
-                        "VAD_SILENCE_MS": "300",
+                        **providers,
                         # Measured, not refused: admission stays out of the way.
                         "MAX_LIVE_CALLS": "1000",
                         "MAX_LOOP_LAG_MS": "10000",
                         "MAX_PENDING_STREAMS": "1000",
-                        "DEEPGRAM_API_KEY": "test-deepgram-key",
-                        "DEEPGRAM_BASE_URL": dg.replace("http://", "ws://"),
-                        "OPENAI_API_KEY": "test-openai-key",
-                        "OPENAI_BASE_URL": oa + "/v1",
-                        "CARTESIA_API_KEY": "test-cartesia-key",
-                        "CARTESIA_BASE_URL": ct,
                         **dict(e.split("=", 1) for e in args.env),
                     }
                     gateway_env.pop("MONGODB_URL", None)

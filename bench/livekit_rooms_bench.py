@@ -34,6 +34,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workers_bench import _wait_up, provider_fakes  # noqa: E402
+
 from tests.livekit_caller import RoomCaller, caller_token, espeak_pcm16k  # noqa: E402
 from tests.livekit_server import LiveKitServer, run_livekit_server  # noqa: E402
 from tests.net import free_port  # noqa: E402
@@ -165,44 +167,6 @@ async def _level(
     )
 
 
-def _start_fakes(stack: contextlib.ExitStack, work: Path) -> dict[str, str]:
-    """Start the three provider fakes (stopped with `stack`); the gateway's settings for them."""
-    urls = {}
-    for name in ("deepgram", "openai", "cartesia"):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        out = stack.enter_context((work / f"{name}.log").open("wb"))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", f"tests.fakes.{name}_server:app",
-             "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        stack.callback(proc.wait, 20)
-        stack.callback(proc.terminate)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(url + "/", timeout=2)
-                break
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the {name} fake did not start") from None
-                time.sleep(0.2)
-        urls[name] = url
-    httpx.post(urls["cartesia"] + "/control", json={"ms_per_char": 20}).raise_for_status()
-    return {
-        "TURN_VAD": "energy",
-        "TURN_END_OF_TURN": "silence",
-        "VAD_SILENCE_MS": "300",
-        "DEEPGRAM_API_KEY": "test-deepgram-key",
-        "DEEPGRAM_BASE_URL": urls["deepgram"].replace("http://", "ws://"),
-        "OPENAI_API_KEY": "test-openai-key",
-        "OPENAI_BASE_URL": urls["openai"] + "/v1",
-        "CARTESIA_API_KEY": "test-cartesia-key",
-        "CARTESIA_BASE_URL": urls["cartesia"],
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,4,8")
@@ -223,7 +187,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(os.environ.get("BENCH_KEEP_DIR") or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        provider_env = {} if args.providers == "local" else _start_fakes(stack, work)
+        fakes_env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        provider_env = {} if args.providers == "local" else provider_fakes(stack, fakes_env, work)
         with run_livekit_server(work, webhook_url=base + "/livekit/webhook") as server:
             env = {
                 **os.environ,
@@ -243,32 +208,16 @@ def main() -> int:
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
             try:
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        httpx.get(base + "/health", timeout=1)
-                        break
-                    except httpx.TransportError:
-                        if gateway.poll() is not None or time.monotonic() > deadline:
-                            sys.stderr.write("the gateway did not start\n")
-                            return 1
-                        time.sleep(0.2)
-                while (
-                    args.workers > 1
-                    and len(_gateway_pids(gateway.pid, args.workers)) < args.workers
-                ):
-                    if time.monotonic() > deadline:
-                        sys.stderr.write("the workers did not start\n")
-                        return 1
-                    time.sleep(0.2)
-                pids = _gateway_pids(gateway.pid, args.workers)
+                _wait_up(base + "/health", gateway)
                 # A worker serves once it is ready (the first one starts alone): until then
                 # every room would go to the others.
+                deadline = time.monotonic() + 60
                 while args.workers > 1 and _live_workers(base) < args.workers:
                     if time.monotonic() > deadline:
                         sys.stderr.write("the workers did not become ready\n")
                         return 1
                     time.sleep(0.2)
+                pids = _gateway_pids(gateway.pid, args.workers)
                 sys.stdout.write(
                     f"workers {args.workers}, providers {args.providers}\n"
                     "| rooms | failed | join → greeting ms p50 / p95 / max | end of question → "

@@ -99,17 +99,26 @@ def _fake(name: str) -> tuple[str, list[str]]:
     return f"http://127.0.0.1:{port}", args
 
 
-def provider_fakes(
-    stack: contextlib.ExitStack, env: dict[str, str], work: Path
-) -> tuple[str, str, str]:
+def provider_fakes(stack: contextlib.ExitStack, env: dict[str, str], work: Path) -> dict[str, str]:
     """Start the Deepgram, OpenAI and Cartesia fakes (logs in `work`) for as long as
-    `stack` lasts, Cartesia paced at 20 ms per character; their base URLs."""
+    `stack` lasts, Cartesia paced at 20 ms per character; the gateway's settings for them
+    (energy VAD, silence end of turn)."""
     fakes = {name: _fake(name) for name in ("deepgram", "openai", "cartesia")}
     for name, (url, fake_args) in fakes.items():
         stack.enter_context(_process(fake_args, url + "/", env, work / f"{name}.log"))
     dg, oa, ct = (fakes[n][0] for n in ("deepgram", "openai", "cartesia"))
     httpx.post(ct + "/control", json={"ms_per_char": 20}).raise_for_status()
-    return dg, oa, ct
+    return {
+        "TURN_VAD": "energy",
+        "TURN_END_OF_TURN": "silence",
+        "VAD_SILENCE_MS": "300",
+        "DEEPGRAM_API_KEY": "test-deepgram-key",
+        "DEEPGRAM_BASE_URL": dg.replace("http://", "ws://"),
+        "OPENAI_API_KEY": "test-openai-key",
+        "OPENAI_BASE_URL": oa + "/v1",
+        "CARTESIA_API_KEY": "test-cartesia-key",
+        "CARTESIA_BASE_URL": ct,
+    }
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -327,7 +336,7 @@ def main() -> int:
         f"{'reply p50':>9} {'reply p99':>9} {'callers %':>9}\n"
     )
     with contextlib.ExitStack() as stack:
-        dg, oa, ct = provider_fakes(stack, env, work)
+        providers = provider_fakes(stack, env, work)
         for workers in (int(w) for w in args.workers.split(",")):
             port = _free_port()
             base = f"http://127.0.0.1:{port}"
@@ -340,15 +349,7 @@ def main() -> int:
                 "GATEWAY_API_KEY": API_KEY,
                 "DATA_DIR": str(data),
                 "LOG_LEVEL": "WARNING",
-                "TURN_VAD": "energy",
-                "TURN_END_OF_TURN": "silence",
-                "VAD_SILENCE_MS": "300",
-                "DEEPGRAM_API_KEY": "test-deepgram-key",
-                "DEEPGRAM_BASE_URL": dg.replace("http://", "ws://"),
-                "OPENAI_API_KEY": "test-openai-key",
-                "OPENAI_BASE_URL": oa + "/v1",
-                "CARTESIA_API_KEY": "test-cartesia-key",
-                "CARTESIA_BASE_URL": ct,
+                **providers,
             }
             gateway_env.pop("MONGODB_URL", None)
             serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),

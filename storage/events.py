@@ -178,55 +178,55 @@ class EventRepository:
         return await placed
 
     async def _take_queued(self, org: str, org_id: str | None) -> None:
-        """Store what is queued for `org`, batch after batch, until nothing is."""
+        """Store what is queued for `org`, a batch at a time, until nothing is."""
         try:
-            while self._queued.get(org):
+            while queued := self._queued.get(org):
+                batch, self._queued[org] = queued[:_PLACE_BATCH], queued[_PLACE_BATCH:]
                 # A failure reached the batch's publishers (each retries); go on.
                 with contextlib.suppress(Exception):
-                    await self._store_queued(org, org_id, self._queued.pop(org))
+                    self._queued[org][:0] = await self._store_batch(org, org_id, batch)
         finally:
             del self._takers[org]
             for _, placed in self._queued.pop(org, []):  # only if this task was cancelled
                 placed.set_exception(RuntimeError("the event store stopped"))
 
-    async def _store_queued(
-        self, org: str, org_id: str | None, queued: list[tuple[dict[str, Any], asyncio.Future[int]]]
-    ) -> None:
-        batch: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
+    async def _store_batch(
+        self, org: str, org_id: str | None, batch: list[tuple[dict[str, Any], asyncio.Future[int]]]
+    ) -> list[tuple[dict[str, Any], asyncio.Future[int]]]:
+        """Store `batch` at the places after the head, in one ordered insert; the events
+        left to place again because another process took a place first."""
         try:
-            while queued:
-                batch, queued = queued[:_PLACE_BATCH], queued[_PLACE_BATCH:]
-                seq = await self._known_head(org) + 1
-                docs = [
-                    {"_id": _place(org_id, seq + i), "seq": seq + i, **doc}
-                    for i, (doc, _) in enumerate(batch)
-                ]
-                failure: PyMongoError | None = None
-                taken_at: int | None = None  # the index of a place another process took
-                try:
-                    await _events().insert_many(docs, ordered=True)
-                    stored = len(batch)
-                except PyMongoError as exc:  # an ordered insert keeps those before the failure
-                    failure = exc
-                    taken_at = _duplicate_at(exc)
-                    stored = taken_at if taken_at is not None else await _stored_before(docs)
-                for i, (_, placed) in enumerate(batch[:stored]):
-                    placed.set_result(seq + i)
-                if stored:
-                    self._heads[org] = max(self._heads.get(org, 0), seq + stored - 1)
-                if stored == len(batch):
-                    continue
-                if taken_at is None:
-                    assert failure is not None
-                    raise failure
-                # `seq + stored` was taken by another process: the rest go after the head
-                # as it is now.
-                head = await self._head_from(org, seq + stored)
-                self._heads[org] = max(self._heads.get(org, 0), head)
-                queued = batch[stored:] + queued
-        except BaseException as exc:  # every event still waiting fails with it
+            seq = await self._known_head(org) + 1
+            docs = [
+                {"_id": _place(org_id, seq + i), "seq": seq + i, **doc}
+                for i, (doc, _) in enumerate(batch)
+            ]
+            failure: PyMongoError | None = None
+            taken_at: int | None = None  # the index of a place another process took
+            try:
+                await _events().insert_many(docs, ordered=True)
+                stored = len(batch)
+            except PyMongoError as exc:  # an ordered insert keeps those before the failure
+                failure = exc
+                taken_at = _duplicate_at(exc)
+                stored = taken_at if taken_at is not None else await _stored_before(docs)
+            for i, (_, placed) in enumerate(batch[:stored]):
+                placed.set_result(seq + i)
+            if stored:
+                self._heads[org] = max(self._heads.get(org, 0), seq + stored - 1)
+            if stored == len(batch):
+                return []
+            if taken_at is None:
+                assert failure is not None
+                raise failure
+            # `seq + stored` was taken by another process: the rest go after the head as
+            # it is now.
+            head = await self._head_from(org, seq + stored)
+            self._heads[org] = max(self._heads.get(org, 0), head)
+            return batch[stored:]
+        except BaseException as exc:  # every event of the batch still waiting fails with it
             error = exc if isinstance(exc, Exception) else RuntimeError("the event store stopped")
-            for _, placed in batch + queued:
+            for _, placed in batch:
                 if not placed.done():
                     placed.set_exception(error)
             raise

@@ -349,13 +349,9 @@ class SimulatedTwilioCall:
                     self.log.last_media_at = now
                     if self._record_arrivals:
                         self.log.arrivals.append(now)
-                    self._speaker.append(base64.b64decode(message["media"]["payload"]))
-                    self._speaker_changed.set()
-                    self._playout_wake.set()
+                    self._to_speaker(base64.b64decode(message["media"]["payload"]))
                 elif event == "mark":
-                    self._speaker.append(message["mark"]["name"])
-                    self._speaker_changed.set()
-                    self._playout_wake.set()
+                    self._to_speaker(message["mark"]["name"])
                 elif event == "clear":
                     self.log.clears.append(now)
                     pending = [item for item in self._speaker if isinstance(item, str)]
@@ -394,6 +390,12 @@ class SimulatedTwilioCall:
                     self._playout_wake.clear()
                     await self._playout_wake.wait()
                 t_next = time.monotonic()
+
+    def _to_speaker(self, item: bytes | str) -> None:
+        """Queue agent audio or a mark for the playout, and wake it and the waits."""
+        self._speaker.append(item)
+        self._speaker_changed.set()
+        self._playout_wake.set()
 
     def _went_quiet(self) -> None:
         self._speaker_idle_since = time.monotonic()
