@@ -16,9 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from telephony.twilio import TwilioSignatureValidator
-
 from .conftest import GatewayProcess, run_gateway
+from .test_admission import _voice_webhook as voice_webhook
 from .test_workers import _all_ready, _embedded, _ready_pids, _until
 
 pytestmark = pytest.mark.timeout(300)
@@ -62,20 +61,9 @@ async def _scrape(http: httpx.AsyncClient, worker: int) -> str:
 
 async def _voice_webhook(http: httpx.AsyncClient, gateway: GatewayProcess, worker: int) -> bool:
     """Twilio's signed voice webhook of a new call, on `worker`; whether it was refused."""
-    form = {
-        "AccountSid": "AC" + "2" * 32,
-        "CallSid": "CA" + secrets.token_hex(16),
-        "CallStatus": "ringing",
-        "Direction": "inbound",
-        "From": "+15550003333",
-        "To": "+15550002222",
-    }
-    url = gateway.base_url + "/twilio/voice"
-    signature = TwilioSignatureValidator(gateway.auth_token).sign(url, form)
-    answer = await http.post(url, data=form, headers={"X-Twilio-Signature": signature})
-    assert answer.status_code == 200, answer.text
+    twiml = await voice_webhook(http, gateway, "CA" + secrets.token_hex(16))
     assert await _worker_of(http) == worker
-    return ET.fromstring(answer.text).find("./Reject") is not None
+    return ET.fromstring(twiml).find("./Reject") is not None
 
 
 async def _refuse(http: httpx.AsyncClient, gateway: GatewayProcess, worker: int, n: int) -> int:
