@@ -531,11 +531,17 @@ async def test_egress_ids_are_kept_stopped_at_hang_up_and_completed_by_the_webho
     # The assistant that does not record was never recorded.
     assert rooms["off"] not in started and not _starts_for(tap, rooms["off"])
     assert (await store.calls.get_call(calls["off"].id)).recording is None
-    # Hang-up stopped both egresses, with a token allowed to.
-    stops = [
-        lkapi.StopEgressRequest.FromString(e.body).egress_id for e in tap.exchanges("StopEgress")
-    ]
-    assert {started[rooms["ok"]], started[rooms["fail"]]} <= set(stops)
+
+    # Hang-up stopped both egresses, with a token allowed to. The stop comes after the call
+    # is stored as ended (the end's last steps), so it is waited for.
+    async def stopped() -> set[str]:
+        return {
+            lkapi.StopEgressRequest.FromString(e.body).egress_id
+            for e in tap.exchanges("StopEgress")
+        }
+
+    wanted = {started[rooms["ok"]], started[rooms["fail"]]}
+    await _until(stopped, lambda stops: wanted <= stops, 20, "egresses not stopped")
     assert all(_recording_grant(stack, e) for e in tap.exchanges("StopEgress"))
 
     # LiveKit says where the file went.
