@@ -57,7 +57,9 @@ def run_livekit_server(
 ) -> Iterator[LiveKitServer]:
     """Redis, then livekit-server --dev on free loopback ports, until the block ends.
 
-    With `webhook_url`, the server POSTs its signed room events there."""
+    With `webhook_url`, the server POSTs its signed room events there. It logs at
+    `LIVEKIT_LOG_LEVEL` (default `info`: `--dev` alone means `debug`, which writes every
+    offer and answer, megabytes a second while rooms join, on the cores the calls use)."""
     redis = shutil.which("redis-server")
     if redis is None:
         raise RuntimeError("redis-server is missing: `scripts/dev.sh test` installs it")
@@ -72,6 +74,7 @@ def run_livekit_server(
     try:
         wait_port(redis_port, redis_proc, redis_log, "redis-server")
         api_key, api_secret = "testkey", secrets.token_hex(32)
+        log_level = os.environ.get("LIVEKIT_LOG_LEVEL", "info")
         lk_log = work_dir / "livekit.log"
         # A free port may be taken (by an outgoing connection's ephemeral port) before the
         # server binds it: start again on other ports.
@@ -88,6 +91,8 @@ rtc:
   # A host candidate on 127.0.0.1 too: a browser (--allow-loopback-in-peer-connection)
   # then connects over loopback even where no other interface exists.
   enable_loopback_candidate: true
+logging:
+  level: {log_level}
 redis:
   address: 127.0.0.1:{redis_port}
 keys:
