@@ -96,4 +96,3 @@ def _freeze_startup_heap() -> None:
     gc.collect()
     gc.freeze()
     log.info("startup heap frozen", extra={"objects": gc.get_freeze_count()})
-
