@@ -3,8 +3,11 @@
 Starts a real livekit-server (with Redis) whose webhooks reach `voice-gateway serve
 --workers W` (embedded FerretDB; the provider fakes, or `--providers local`). For N in a
 rising series, N test participants of kind SIP join their own rooms at once, then keep
-asking questions for `--call-seconds`. Reports per N: time from joining to the greeting's
-first audio (webhook, join, subscribe, first TTS audio; p50 / p95 / max), time from the end
+asking questions for `--call-seconds`. Reports per N: time from the caller's joining to the
+greeting's first audio (the caller's own connection and publish, webhook, the agent's join,
+subscriptions, first TTS audio; p50 / p95 / max) and from the caller's connection being up
+(LiveKit then sends the `participant_joined` webhook the gateway answers; a real SIP bridge's
+participant is in the room then) to the greeting, time from the end
 of each question to the answer's first audio at the caller (includes the end-of-turn
 silence), the agent frames the gateway published and how often its audio source ran dry mid-
 speech (summed over the workers: each worker's `/metrics` is read on a connection whose
@@ -103,7 +106,8 @@ def _counters(text: str) -> dict[str, float]:
 
 async def _one_call(
     server: LiveKitServer, speech: list[object], seconds: float
-) -> tuple[float, list[float]]:
+) -> tuple[float, float, list[float]]:
+    """(join → greeting ms, connected → greeting ms, end of question → answer ms each)."""
     room = "call-" + uuid.uuid4().hex[:8]
     attributes = {"sip.phoneNumber": "+15550001111", "sip.callID": "SCL_" + room}
     caller = RoomCaller()
@@ -114,7 +118,9 @@ async def _one_call(
     )
     answers: list[float] = []
     try:
-        greeting = await caller.wait_agent_audio(within_s=60) - joined
+        heard = await caller.wait_agent_audio(within_s=60)
+        assert caller.connected_at is not None
+        greeting, after_connect = heard - joined, heard - caller.connected_at
         deadline = time.monotonic() + seconds
         i = 0
         while time.monotonic() < deadline:
@@ -127,7 +133,7 @@ async def _one_call(
         await caller.wait_agent_silent(quiet_s=0.3, within_s=60)
     finally:
         await caller.leave()
-    return greeting * 1000, [a * 1000 for a in answers]
+    return greeting * 1000, after_connect * 1000, [a * 1000 for a in answers]
 
 
 async def _level(
@@ -153,14 +159,16 @@ async def _level(
 
     seen = sorted(set(before) & set(after))
     ok = [r for r in results if not isinstance(r, BaseException)]
-    greetings = [g for g, _ in ok]
-    answers = [a for _, group in ok for a in group]
+    greetings = [g for g, _, _ in ok]
+    connected = [c for _, c, _ in ok]
+    answers = [a for _, _, group in ok for a in group]
     frames = sum(delta("outbound_frames_total", w) for w in seen)
     dry = sum(delta("outbound_underruns_total", w) for w in seen)
     spread = "+".join(f"{delta('calls_started_total', w):.0f}" for w in seen)
     return (
         f"| {n} | {n - len(ok)} | {statistics.median(greetings):.0f} / "
         f"{_percentile(greetings, 0.95):.0f} / {max(greetings):.0f} | "
+        f"{statistics.median(connected):.0f} / {_percentile(connected, 0.95):.0f} | "
         f"{statistics.median(answers):.0f} / {_percentile(answers, 0.95):.0f} | {frames:.0f} | "
         f"{100 * dry / frames if frames else 0:.3f} % | {spread} | "
         f"{100 * cpu / (n * seconds):.1f} % |"
@@ -220,10 +228,10 @@ def main() -> int:
                 pids = _gateway_pids(gateway.pid, args.workers)
                 sys.stdout.write(
                     f"workers {args.workers}, providers {args.providers}\n"
-                    "| rooms | failed | join → greeting ms p50 / p95 / max | end of question → "
-                    "answer ms p50 / p95 | agent frames | source ran dry | rooms per worker | "
-                    "gateway CPU per call |\n"
-                    "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+                    "| rooms | failed | join → greeting ms p50 / p95 / max | connected → "
+                    "greeting ms p50 / p95 | end of question → answer ms p50 / p95 | agent "
+                    "frames | source ran dry | rooms (all workers) | gateway CPU per call |\n"
+                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
                 )
                 for n in (int(x) for x in args.levels.split(",")):
                     row = asyncio.run(

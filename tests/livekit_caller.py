@@ -18,6 +18,7 @@ from livekit.protocol import sip as lksip
 
 from audio.frames import samples_per_frame
 from audio.resample import StreamResampler
+from gateway.livekit.fanout import narrow_room_events
 
 RATE = 16000
 FRAME = samples_per_frame(RATE)
@@ -102,11 +103,18 @@ class RoomCaller:
         self.left = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.speech_started_at: float | None = None
+        # When the room connection was up (monotonic): the participant is active then, and
+        # LiveKit sends its `participant_joined` webhook; the track is published after.
+        self.connected_at: float | None = None
 
     async def join(self, url: str, token: str) -> None:
         self.room.on("track_subscribed", self._on_track)
         self.room.on("disconnected", lambda *_: self.left.set())
         await self.room.connect(url, token)
+        self.connected_at = time.monotonic()
+        # Many callers share the bench's process: each room's listener takes only its own
+        # events, as the gateway's do (a SIP bridge is its own process, not N SDK rooms).
+        narrow_room_events(self.room)
         self._source = rtc.AudioSource(RATE, 1, queue_size_ms=60)
         track = rtc.LocalAudioTrack.create_audio_track("phone", self._source)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
