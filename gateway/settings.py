@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     livekit_api_secret: SecretStr | None = None
     # Agent audio queued in the room's audio source ahead of playout (what barge-in drops).
     livekit_lead_ms: int = Field(default=100, ge=20, le=1000)
+    # One WebRTC peer connection for the agent's publishing and subscribing, instead of one
+    # each: with one, every subscription renegotiates it and the greeting comes later.
+    livekit_single_peer_connection: bool = False
     # The LiveKit URL a browser connects to for a web call (`POST /web-calls` answers it):
     # unset, LIVEKIT_URL with http -> ws and https -> wss. Set it when browsers reach
     # LiveKit at another address than the gateway does (e.g. wss://lk.example.com).

@@ -42,8 +42,8 @@ from gateway.call.lookup import CallerLookup
 from gateway.call.machine_detection import DetectionConfig, GateDetector
 from gateway.call.records import CallInputLimits, record_refused_call
 from gateway.errors import GatewayFull, MissingPlaceholders
+from gateway.livekit.connection import RoomConnection
 from gateway.livekit.egress import RoomRecording
-from gateway.livekit.fanout import narrow_room_events
 from gateway.livekit.transport import RATE, LiveKitTransport
 from gateway.logs import call_id_var
 from gateway.settings import Settings
@@ -104,16 +104,22 @@ class LiveKitRoom:
         call: CallRecord,
         *,
         web_caller: str | None = None,
+        connection: RoomConnection | None = None,
     ) -> None:
         self._runtime = runtime
         self._livekit = livekit
         self._settings = settings
         self.room_name = room_name
         self.call = call
-        self.identity = f"agent-{call.id}"
         self._web_caller = web_caller
+        if connection is None:  # an inbound SIP call's is opened before its call is stored
+            connection = RoomConnection(
+                livekit, settings, room_name, f"agent-{call.id}", dtmf=web_caller is None
+            )
+        self.connection = connection
+        self.identity = connection.identity
         self.lifecycle = CallLifecycle(runtime, call, self)
-        self._room = rtc.Room()
+        self._room = connection.room
         self._source: rtc.AudioSource | None = None
         self._caller: rtc.RemoteParticipant | None = None
         self._web_caller_joined = False
@@ -124,7 +130,7 @@ class LiveKitRoom:
 
     # ---------------------------------------------------------------- room events
 
-    def _on_track_subscribed(
+    def on_track_subscribed(
         self,
         track: rtc.Track,
         publication: rtc.RemoteTrackPublication,
@@ -140,7 +146,7 @@ class LiveKitRoom:
             return participant.kind == _SIP
         return participant.kind == _STANDARD and participant.identity == self._web_caller
 
-    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+    def on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         self.caller_left(participant.identity)
 
     def caller_left(self, identity: str) -> None:
@@ -158,11 +164,11 @@ class LiveKitRoom:
         status = CallStatus.COMPLETED if self._caller is not None else CallStatus.CANCELED
         self.lifecycle.request_end("caller-hung-up", status)
 
-    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+    def on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         if participant.identity == self._web_caller:
             self._web_caller_joined = True
 
-    def _on_disconnected(self, reason: object) -> None:
+    def on_disconnected(self, reason: object) -> None:
         if self._web_caller_joined:
             # LiveKit closes a room once only agents are left in it, and that can reach us
             # before the browser's own leaving: a web call's room closing is its hang-up.
@@ -170,9 +176,12 @@ class LiveKitRoom:
             return
         self.lifecycle.request_end("room-closed", CallStatus.COMPLETED)
 
-    def _on_dtmf(self, dtmf: rtc.SipDTMF) -> None:
+    def on_sip_dtmf_received(self, dtmf: rtc.SipDTMF) -> None:
         task = asyncio.create_task(self.lifecycle.on_dtmf(dtmf.digit), name="dtmf")
         self._tasks.append(task)
+
+    def on_local_track_subscribed(self, *_: object) -> None:
+        self._heard_by_caller.set()
 
     # ------------------------------------------------------------------- the call
 
@@ -195,33 +204,14 @@ class LiveKitRoom:
     async def _serve(self) -> None:
         if self.lifecycle.ended.is_set():
             return  # ended before the room was joined (the dial failed)
-        room = self._room
-        room.on("track_subscribed", self._on_track_subscribed)
-        room.on("participant_connected", self._on_participant_connected)
-        room.on("participant_disconnected", self._on_participant_disconnected)
-        room.on("disconnected", self._on_disconnected)
-        if self._web_caller is None:  # a browser has no keypad: no DTMF on a web call
-            room.on("sip_dtmf_received", self._on_dtmf)
-        room.on("local_track_subscribed", lambda *_: self._heard_by_caller.set())
-        token = self._livekit.agent_token(self.room_name, self.identity)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        steps: dict[str, float] = {}
-
-        def step(name: str) -> None:
-            steps[name] = round(1000 * (loop.time() - started))
-
-        await room.connect(self._livekit.ws_url, token)
-        step("joined_ms")
-        narrow_room_events(room)  # off the other rooms' per-frame events (fanout.py)
-        log.info("joined room", extra={"room": self.room_name})
+        connection = self.connection
+        connection.attach(self)  # events of a join begun before the call are handed over
+        steps, step = connection.steps, connection.step
+        step("call_stored_ms")  # an inbound SIP call's join began before it was stored
+        await connection.opened()
+        room, self._source = self._room, connection.source
         if self._web_caller is not None and self._web_caller in room.remote_participants:
             self._web_caller_joined = True  # the browser was in the room before the agent
-        self._source = rtc.AudioSource(RATE, 1, queue_size_ms=self._settings.livekit_lead_ms)
-        track = rtc.LocalAudioTrack.create_audio_track("agent", self._source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await room.local_participant.publish_track(track, options)
-        step("published_ms")
 
         if self._web_caller is None:
             ring_s = self._settings.outbound_ring_timeout_s + 30.0
@@ -354,8 +344,7 @@ class LiveKitRoom:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self._room.disconnect()
+        await self.connection.close()
         with contextlib.suppress(LiveKitError):
             await self._livekit.delete_room(self.room_name)
         log.info("left room", extra={"room": self.room_name, "reason": ending.reason})
@@ -386,15 +375,27 @@ class LiveKitRooms:
         self._last_resorts: dict[str, asyncio.Task[None]] = {}
 
     def serve(
-        self, room_name: str, call: CallRecord, *, web_caller: str | None = None
+        self,
+        room_name: str,
+        call: CallRecord,
+        *,
+        web_caller: str | None = None,
+        connection: RoomConnection | None = None,
     ) -> LiveKitRoom:
         """Join `room_name` for `call` (once: a room already served is left as it is); its
-        caller is the SIP participant, or the participant `web_caller` for a web call."""
+        caller is the SIP participant, or the participant `web_caller` for a web call.
+        `connection`: the agent's, already joining (else the room makes its own)."""
         existing = self._rooms.get(room_name)
         if existing is not None:
             return existing
         room = LiveKitRoom(
-            self._runtime, self._livekit, self._settings, room_name, call, web_caller=web_caller
+            self._runtime,
+            self._livekit,
+            self._settings,
+            room_name,
+            call,
+            web_caller=web_caller,
+            connection=connection,
         )
         room.lifecycle.take()
         self._rooms[room_name] = room
@@ -436,10 +437,17 @@ class LiveKitRooms:
             arrival="livekit",
             retry_after_s=LIVEKIT_RETRY_AFTER_S,
         )
+        # The agent joins while the call is looked up and stored (connection.py).
+        connection = RoomConnection(self._livekit, self._settings, room_name, f"agent-{room_name}")
+        connection.start()
+        room: LiveKitRoom | None = None
         try:
-            return await self._open_inbound(room_name, attributes)
+            room = await self._open_inbound(room_name, attributes, connection)
+            return room
         finally:
             self._admission.release(room_name)  # the room's call holds its place from here
+            if room is None or room.connection is not connection:  # no call of its own
+                await asyncio.shield(connection.close())
 
     def admit_dispatch(
         self, event_id: str, room_name: str, attributes: Mapping[str, str], *, keep_until: datetime
@@ -542,7 +550,7 @@ class LiveKitRooms:
         return assistant
 
     async def _open_inbound(
-        self, room_name: str, attributes: Mapping[str, str]
+        self, room_name: str, attributes: Mapping[str, str], connection: RoomConnection
     ) -> LiveKitRoom | None:
         assistant = await self._dispatch_assistant(room_name, attributes)
         to_number = attributes.get("sip.trunkPhoneNumber", "")
@@ -560,7 +568,7 @@ class LiveKitRooms:
             log.error("assistant cannot answer: %s", exc, extra={"room": room_name})
             return None
         log.info("inbound SIP call", extra={"room": room_name, "call_id": call.id})
-        return self.serve(room_name, call)
+        return self.serve(room_name, call, connection=connection)
 
     async def _number_of(self, number: str, org_id: str) -> bool:
         """Whether the registry gives the called `number` to `org_id` (a bridge that names

@@ -326,3 +326,55 @@ async def test_a_trunk_left_on_a_reassigned_number_no_longer_reaches_its_assista
             await caller.leave()
         assert call["assistant_id"] is None  # the default assistant, not the old owner's
         await _logged(gateway, "called number is not registered", room)
+
+
+async def test_an_assistant_that_cannot_answer_leaves_no_agent_in_the_room(
+    room_stack: tuple[GatewayProcess, LiveKitServer],
+) -> None:
+    """The agent starts joining an inbound room as soon as its dispatch is claimed, before
+    the call is stored (gateway/livekit/connection.py). When no call can be opened (the
+    greeting needs a value nobody gave), the agent that joined leaves again and nothing
+    answers: no call is stored and the caller is not talked to."""
+    gateway, server = room_stack
+    number = "+15557770456"
+    assistant = {
+        "name": "Needs a name",
+        "system_prompt": "Help.",
+        "greeting": "Hello {{customer_name}}, thanks for calling.",
+    }
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+        _, rule_attributes = await dispatch_attributes(
+            http, gateway.api_key, server.url, server.api_key, server.api_secret,
+            assistant, [number],
+        )  # fmt: skip
+        room = "call-" + uuid.uuid4().hex[:8]
+        attributes = {
+            **rule_attributes,
+            "sip.phoneNumber": "+15550001111",
+            "sip.trunkPhoneNumber": number,
+            "sip.callID": "SCL_" + uuid.uuid4().hex[:8],
+        }
+        caller = RoomCaller()
+        token = caller_token(server.api_key, server.api_secret, room, "sip_unanswered", attributes)
+        await caller.join(server.url.replace("http://", "ws://"), token)
+        try:
+            await _logged(gateway, "assistant cannot answer", room, within_s=30)
+            deadline = time.monotonic() + 20
+            while True:  # the agent's early join may finish after the refusal: then it leaves
+                others = await _participants(server, room, but="sip_unanswered")
+                if not others:
+                    break
+                assert time.monotonic() < deadline, f"still in the room: {others}"
+                await asyncio.sleep(0.2)
+            calls = (await http.get("/calls", headers={"x-api-key": gateway.api_key})).json()
+            assert not [c for c in calls["items"] if c["metadata"].get("room") == room]
+            assert not caller.agent_frames  # nobody spoke to the caller
+        finally:
+            await caller.leave()
+
+
+async def _participants(server: LiveKitServer, room: str, *, but: str) -> list[str]:
+    """The identities in `room` other than `but`."""
+    async with lkapi.LiveKitAPI(server.url, server.api_key, server.api_secret) as lk:
+        listed = await lk.room.list_participants(lkapi.ListParticipantsRequest(room=room))
+    return [p.identity for p in listed.participants if p.identity != but]
