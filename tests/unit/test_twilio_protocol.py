@@ -160,6 +160,8 @@ def test_outbound_media_is_the_compact_json_of_its_fields() -> None:
         ('{"event": "media", "media": {"payload": "AAA"}}', 1007),  # padding missing
         ('{"event": "media", "media": {"payload": 5}}', 1007),
         ('{"event": "media", "media": []}', 1007),
+        ('{"event": "media", "n": ' + "[" * 2000 + "]" * 2000 + "}", 1007),  # too deep
+        ('{"event": "media", "n": 1' + "0" * 40 + "}", 1007),  # a number past 64 bits
         ("x" * 70_000, 1009),
     ],
 )
