@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     deepgram_language: str = "en"
     # Caller audio goes to Deepgram in messages of this much audio (fewer, larger WebSocket
     # messages cost less CPU); the end of a turn sends what is buffered with `Finalize`.
-    deepgram_chunk_ms: int = Field(default=80, ge=20, le=250)
+    deepgram_chunk_ms: int = Field(default=100, ge=20, le=250)
 
     # Cartesia TTS. The base URL may be ws(s):// or http(s)://.
     cartesia_api_key: SecretStr | None = None

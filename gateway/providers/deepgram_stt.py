@@ -4,7 +4,7 @@ socket client and message types).
 Audio goes at the transport's own rate: 8 kHz calls are sent as `mulaw` (what Twilio
 delivers, so nothing is resampled), 16/24/48 kHz ones as `linear16`. Every frame is sent,
 agent speech included, so interim results can barge in before the VAD is sure. Frames go
-out gathered in chunks of `chunk_ms` (80 ms: one WebSocket message where there were four,
+out gathered in chunks of `chunk_ms` (100 ms: one WebSocket message where there were five,
 each with its own client framing, mask and write); interim words come up to a chunk later.
 
 Turn-taking stays with the session's VAD, the same on every provider: at its end of
@@ -79,7 +79,7 @@ class DeepgramSTT:
         finalize_timeout_s: float = 1.0,
         keepalive_s: float = 4.0,
         replay_s: float = 5.0,
-        chunk_ms: int = 80,
+        chunk_ms: int = 100,
         on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self._listen_url = deepgram_environment(base_url).production + "/v1/listen"
