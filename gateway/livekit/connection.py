@@ -27,9 +27,13 @@ from livekit.rtc.room import EventTypes
 from gateway.livekit.fanout import narrow_room_events
 from gateway.livekit.transport import RATE
 from gateway.settings import Settings
+from telephony.errors import LiveKitError
 from telephony.livekit.admin import LiveKitAdmin
 
 log = logging.getLogger(__name__)
+
+# The longest a closing connection waits for its join under way to finish (so it can leave).
+CLOSE_JOIN_WAIT_S = 20.0
 
 # The SDK's room events a call acts on, each handed to the `RoomEvents` method `on_<name>`.
 _EVENTS: tuple[EventTypes, ...] = (
@@ -116,10 +120,16 @@ class RoomConnection:
             self._task = asyncio.create_task(self._open(), name=f"join-{self.room_name}")
 
     async def opened(self) -> None:
-        """Wait until joined with the agent's track published; raise what the join raised."""
+        """Wait until joined with the agent's track published; raise what the join raised
+        (`LiveKitError` if it was given up by `close()`)."""
         self.start()
         assert self._task is not None
-        await asyncio.shield(self._task)
+        try:
+            await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            if not self._task.cancelled():
+                raise  # the waiter itself was cancelled
+            raise LiveKitError("the agent's join was given up") from None
 
     async def _open(self) -> None:
         token = self._livekit.agent_token(self.room_name, self.identity)
@@ -138,10 +148,22 @@ class RoomConnection:
         self.step("published_ms")
 
     async def close(self) -> None:
-        """Stop joining if it still is, and leave the room."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Leave the room, once a join under way has finished (bounded by
+        `CLOSE_JOIN_WAIT_S`): the SDK's connect goes on in its native core when its waiter
+        is cancelled, and a room whose connect answer went unread cannot be left, so the
+        agent would stay in it."""
+        task = self._task
+        if task is not None and not task.done():
+            try:
+                async with asyncio.timeout(CLOSE_JOIN_WAIT_S):
+                    await asyncio.wait({task})
+            except TimeoutError:
+                log.warning(
+                    "the agent's join did not finish: given up",
+                    extra={"room": self.room_name, "waited_s": CLOSE_JOIN_WAIT_S},
+                )
+                task.cancel()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
         with contextlib.suppress(Exception):  # leaving a room that failed or already went
             await self.room.disconnect()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -438,7 +439,9 @@ class LiveKitRooms:
             retry_after_s=LIVEKIT_RETRY_AFTER_S,
         )
         # The agent joins while the call is looked up and stored (connection.py).
-        connection = RoomConnection(self._livekit, self._settings, room_name, f"agent-{room_name}")
+        # Its own identity: LiveKit drops a participant when another joins as the same one.
+        identity = f"agent-{room_name}-{secrets.token_hex(3)}"
+        connection = RoomConnection(self._livekit, self._settings, room_name, identity)
         connection.start()
         room: LiveKitRoom | None = None
         try:
