@@ -310,16 +310,7 @@ async def test_a_trunk_left_on_a_reassigned_number_no_longer_reaches_its_assista
             operator_numbers, mongo_url, gateway.db_name, "assign", number, "--org", "globex"
         )
         assert "still lists it" in printed  # the old organisation's inbound trunk
-        room = "call-" + uuid.uuid4().hex[:8]
-        attributes = {
-            **rule_attributes,
-            "sip.phoneNumber": "+15550001111",
-            "sip.trunkPhoneNumber": number,
-            "sip.callID": "SCL_" + uuid.uuid4().hex[:8],
-        }
-        caller = RoomCaller()
-        token = caller_token(server.api_key, server.api_secret, room, "sip_old", attributes)
-        await caller.join(server.url.replace("http://", "ws://"), token)
+        room, caller = await _sip_caller_joins(server, rule_attributes, number, "sip_old")
         try:
             call = await _call_in(http, gateway.api_key, room)
         finally:
@@ -347,16 +338,7 @@ async def test_an_assistant_that_cannot_answer_leaves_no_agent_in_the_room(
             http, gateway.api_key, server.url, server.api_key, server.api_secret,
             assistant, [number],
         )  # fmt: skip
-        room = "call-" + uuid.uuid4().hex[:8]
-        attributes = {
-            **rule_attributes,
-            "sip.phoneNumber": "+15550001111",
-            "sip.trunkPhoneNumber": number,
-            "sip.callID": "SCL_" + uuid.uuid4().hex[:8],
-        }
-        caller = RoomCaller()
-        token = caller_token(server.api_key, server.api_secret, room, "sip_unanswered", attributes)
-        await caller.join(server.url.replace("http://", "ws://"), token)
+        room, caller = await _sip_caller_joins(server, rule_attributes, number, "sip_unanswered")
         try:
             await _logged(gateway, "assistant cannot answer", room, within_s=30)
             deadline = time.monotonic() + 20
@@ -371,6 +353,24 @@ async def test_an_assistant_that_cannot_answer_leaves_no_agent_in_the_room(
             assert not caller.agent_frames  # nobody spoke to the caller
         finally:
             await caller.leave()
+
+
+async def _sip_caller_joins(
+    server: LiveKitServer, rule_attributes: dict[str, str], number: str, identity: str
+) -> tuple[str, RoomCaller]:
+    """A SIP caller from +15550001111 to `number` through the rule's attributes, joined to
+    a new room as `identity`: the room's name and the caller."""
+    room = "call-" + uuid.uuid4().hex[:8]
+    attributes = {
+        **rule_attributes,
+        "sip.phoneNumber": "+15550001111",
+        "sip.trunkPhoneNumber": number,
+        "sip.callID": "SCL_" + uuid.uuid4().hex[:8],
+    }
+    caller = RoomCaller()
+    token = caller_token(server.api_key, server.api_secret, room, identity, attributes)
+    await caller.join(server.url.replace("http://", "ws://"), token)
+    return room, caller
 
 
 async def _participants(server: LiveKitServer, room: str, *, but: str) -> list[str]:
