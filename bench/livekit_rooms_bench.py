@@ -159,6 +159,8 @@ async def _level(
 
     seen = sorted(set(before) & set(after))
     ok = [r for r in results if not isinstance(r, BaseException)]
+    for failure in (r for r in results if isinstance(r, BaseException)):
+        sys.stderr.write(f"a call failed: {failure!r}\n")
     greetings = [g for g, _, _ in ok]
     connected = [c for _, c, _ in ok]
     answers = [a for _, _, group in ok for a in group]
