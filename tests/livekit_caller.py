@@ -10,6 +10,7 @@ import contextlib
 import shutil
 import subprocess
 import time
+import uuid
 
 import httpx
 import numpy as np
@@ -19,6 +20,7 @@ from livekit.protocol import sip as lksip
 from audio.frames import samples_per_frame
 from audio.resample import StreamResampler
 from gateway.livekit.fanout import narrow_room_events
+from tests.livekit_server import LiveKitServer
 
 RATE = 16000
 FRAME = samples_per_frame(RATE)
@@ -188,3 +190,22 @@ class RoomCaller:
         with contextlib.suppress(Exception):
             await self._source.aclose()
         await self.room.disconnect()
+
+
+async def sip_caller_joins(
+    server: LiveKitServer, rule_attributes: dict[str, str], number: str, identity: str
+) -> tuple[str, dict[str, str], RoomCaller]:
+    """A SIP caller from +15550001111 to `number` through a dispatch rule's attributes,
+    joined to a new room as `identity` (what LiveKit's SIP bridge does): the room's name,
+    the participant's attributes and the caller."""
+    room = "call-" + uuid.uuid4().hex[:8]
+    attributes = {
+        **rule_attributes,
+        "sip.phoneNumber": "+15550001111",
+        "sip.trunkPhoneNumber": number,
+        "sip.callID": "SCL_" + uuid.uuid4().hex[:8],
+    }
+    caller = RoomCaller()
+    token = caller_token(server.api_key, server.api_secret, room, identity, attributes)
+    await caller.join(server.url.replace("http://", "ws://"), token)
+    return room, attributes, caller

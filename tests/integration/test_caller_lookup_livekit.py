@@ -4,7 +4,6 @@ the caller by the name the lookup gave, after the lookup was asked with the SIP 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 
 from tests.integration.conftest import GatewayProcess, run_gateway
 from tests.integration.test_livekit_calls import _call_in
-from tests.livekit_caller import RoomCaller, caller_token, dispatch_attributes
+from tests.livekit_caller import dispatch_attributes, sip_caller_joins
 from tests.livekit_server import LiveKitServer, run_livekit_server
 from tests.lookup_server import LookupServer, Scripted, run_lookup_server
 from tests.net import free_port
@@ -62,17 +61,8 @@ async def test_a_sip_caller_is_greeted_with_the_lookups_values(
         assistant_id, rule_attributes = await dispatch_attributes(
             http, key, server.url, server.api_key, server.api_secret, assistant, [NUMBER]
         )
-        room = "call-" + uuid.uuid4().hex[:8]
-        attributes = {
-            **rule_attributes,
-            "sip.phoneNumber": "+15550001111",
-            "sip.trunkPhoneNumber": NUMBER,
-            "sip.callID": "SCL_" + uuid.uuid4().hex[:8],
-        }
-        caller = RoomCaller()
-        await caller.join(
-            server.url.replace("http://", "ws://"),
-            caller_token(server.api_key, server.api_secret, room, "sip_caller", attributes),
+        room, attributes, caller = await sip_caller_joins(
+            server, rule_attributes, NUMBER, "sip_caller"
         )
         try:
             await caller.wait_agent_audio(within_s=30)

@@ -20,7 +20,13 @@ from livekit import api as lkapi
 
 from tests.integration.conftest import GatewayProcess, run_gateway, run_room_stack
 from tests.integration.test_management_api import create_key, operator_numbers
-from tests.livekit_caller import RoomCaller, caller_token, dispatch_attributes, espeak_pcm16k
+from tests.livekit_caller import (
+    RoomCaller,
+    caller_token,
+    dispatch_attributes,
+    espeak_pcm16k,
+    sip_caller_joins,
+)
 from tests.livekit_server import LiveKitServer, run_livekit_server
 from tests.net import free_port
 
@@ -77,17 +83,8 @@ async def test_sip_caller_in_a_room_talks_to_the_agent(
     key = gateway.api_key
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
         assistant_id, rule_attributes = await _dispatch_attributes(http, key, server)
-        room = "call-" + uuid.uuid4().hex[:8]
-        attributes = {
-            **rule_attributes,
-            "sip.phoneNumber": "+15550001111",
-            "sip.trunkPhoneNumber": "+15557770001",
-            "sip.callID": "SCL_" + uuid.uuid4().hex[:8],
-        }
-        caller = RoomCaller()
-        ws_url = server.url.replace("http://", "ws://")
-        await caller.join(
-            ws_url, caller_token(server.api_key, server.api_secret, room, "sip_caller", attributes)
+        room, attributes, caller = await sip_caller_joins(
+            server, rule_attributes, "+15557770001", "sip_caller"
         )
         try:
             # The webhook brings the agent in; it greets.
@@ -310,7 +307,7 @@ async def test_a_trunk_left_on_a_reassigned_number_no_longer_reaches_its_assista
             operator_numbers, mongo_url, gateway.db_name, "assign", number, "--org", "globex"
         )
         assert "still lists it" in printed  # the old organisation's inbound trunk
-        room, caller = await _sip_caller_joins(server, rule_attributes, number, "sip_old")
+        room, _, caller = await sip_caller_joins(server, rule_attributes, number, "sip_old")
         try:
             call = await _call_in(http, gateway.api_key, room)
         finally:
@@ -338,7 +335,7 @@ async def test_an_assistant_that_cannot_answer_leaves_no_agent_in_the_room(
             http, gateway.api_key, server.url, server.api_key, server.api_secret,
             assistant, [number],
         )  # fmt: skip
-        room, caller = await _sip_caller_joins(server, rule_attributes, number, "sip_unanswered")
+        room, _, caller = await sip_caller_joins(server, rule_attributes, number, "sip_unanswered")
         try:
             await _logged(gateway, "assistant cannot answer", room, within_s=30)
             deadline = time.monotonic() + 20
@@ -353,24 +350,6 @@ async def test_an_assistant_that_cannot_answer_leaves_no_agent_in_the_room(
             assert not caller.agent_frames  # nobody spoke to the caller
         finally:
             await caller.leave()
-
-
-async def _sip_caller_joins(
-    server: LiveKitServer, rule_attributes: dict[str, str], number: str, identity: str
-) -> tuple[str, RoomCaller]:
-    """A SIP caller from +15550001111 to `number` through the rule's attributes, joined to
-    a new room as `identity`: the room's name and the caller."""
-    room = "call-" + uuid.uuid4().hex[:8]
-    attributes = {
-        **rule_attributes,
-        "sip.phoneNumber": "+15550001111",
-        "sip.trunkPhoneNumber": number,
-        "sip.callID": "SCL_" + uuid.uuid4().hex[:8],
-    }
-    caller = RoomCaller()
-    token = caller_token(server.api_key, server.api_secret, room, identity, attributes)
-    await caller.join(server.url.replace("http://", "ws://"), token)
-    return room, caller
 
 
 async def _participants(server: LiveKitServer, room: str, *, but: str) -> list[str]:
