@@ -6,7 +6,8 @@ answer at once) and, for each worker count, `voice-gateway serve --workers W` on
 embedded FerretDB configured with all three (energy VAD, silence end of turn); then this
 process places `--calls` concurrent calls (started over `--ramp-s`) that stay silent after
 the greeting (`--mode silent`) or ask a question every few seconds (`--mode talking`) for a
-`--seconds` window that opens once every call was greeted. Reports, per W: the gateway
+`--seconds` window that opens once every call was greeted (or refused: admission's
+`<Reject>`). Reports, per W: calls failed and refused, the gateway
 processes' CPU over the window (% of one core, and per call), FerretDB's apart, the
 outbound frames sent > 20 ms behind schedule (each worker's own counters: /metrics read on
 the connection that /health said which worker it reached), the caller-side gaps between
@@ -183,20 +184,28 @@ async def _one_call(
     speech: list[bytes] | None,
     steady: asyncio.Event,
     done: asyncio.Event,
-    on_greeted: Callable[[], None],
+    on_greeted: Callable[[bool], None],
     delay_s: float,
     offset_s: float = 0.0,
-) -> tuple[str | None, list[float]]:
+) -> tuple[str | None, list[float]] | None:
+    """One call: its id and the gaps between agent frames; None if it was refused."""
     await asyncio.sleep(delay_s)  # arrivals spread over the ramp, not all in one instant
     call = SimulatedTwilioCall(
         base_url=base, public_url=base, auth_token=token, record_arrivals=True
     )
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-        await call.start(http)
+        try:
+            stream_url, params = await call.answer(http)
+        except RuntimeError as exc:  # no <Connect><Stream>: refused (admission), or broken
+            if "Reject" not in str(exc):
+                raise
+            on_greeted(False)
+            return None
+        await call.connect(stream_url, params)
     try:
         await call.wait_agent_audio(within_s=60)
         await call.wait_agent_silent(quiet_s=0.3, within_s=60)
-        on_greeted()
+        on_greeted(True)
         await steady.wait()
         await asyncio.sleep(offset_s)  # callers do not all ask at the same instant
         i = 0
@@ -239,7 +248,7 @@ async def _run_level(
     speech = [espeak_mulaw(line) for line in LINES] if talk else None
     steady, done, all_greeted, greeted = asyncio.Event(), asyncio.Event(), asyncio.Event(), [0]
 
-    def on_greeted() -> None:
+    def on_greeted(admitted: bool) -> None:  # greeted, or refused: either way settled
         greeted[0] += 1
         if greeted[0] == calls:
             all_greeted.set()
@@ -283,6 +292,7 @@ async def _run_level(
     done.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
+    refused = sum(1 for r in results if r is None)
     for kind in sorted({f"{type(r).__name__}: {r}"[:120] for r in failed}):
         sys.stderr.write(f"  a call failed: {kind}\n")
     gaps = [g for r in results if isinstance(r, tuple) for g in r[1]]
@@ -303,8 +313,9 @@ async def _run_level(
     gateway_pct = 100 * (cpu1[0] - cpu0[0]) / elapsed
     return {
         "failed": len(failed),
+        "refused": refused,
         "cpu_pct": gateway_pct,
-        "cpu_per_call": gateway_pct / calls,
+        "cpu_per_call": gateway_pct / max(1, calls - refused),
         "ferretdb_pct": 100 * (cpu1[1] - cpu0[1]) / elapsed,
         "load_pct": 100 * (load1 - load0) / elapsed,
         "frames": sent,
@@ -331,7 +342,8 @@ def main() -> int:
         f"{args.calls} {args.mode} calls started over {args.ramp_s:g} s, "
         f"{args.seconds:g} s steady window "
         "(shared machine: load generator, fakes and gateway on the same cores)\n"
-        f"{'workers':>7} {'failed':>6} {'gw CPU %':>8} {'%/call':>7} {'ferret %':>8} "
+        f"{'workers':>7} {'failed':>6} {'refused':>7} {'gw CPU %':>8} {'%/call':>7} "
+        f"{'ferret %':>8} "
         f"{'frames':>7} {'late %':>7} {'gap p50':>7} {'gap p99':>7} "
         f"{'reply p50':>9} {'reply p99':>9} {'callers %':>9}\n"
     )
@@ -369,7 +381,7 @@ def main() -> int:
                     )
                 )
             sys.stdout.write(
-                f"{workers:>7} {r['failed']:>6.0f} {r['cpu_pct']:>8.1f} "
+                f"{workers:>7} {r['failed']:>6.0f} {r['refused']:>7.0f} {r['cpu_pct']:>8.1f} "
                 f"{r['cpu_per_call']:>7.2f} {r['ferretdb_pct']:>8.1f} {r['frames']:>7.0f} "
                 f"{r['late_pct']:>7.3f} {r['gap_p50']:>7.1f} {r['gap_p99']:>7.1f} "
                 f"{r['reply_p50']:>9.0f} {r['reply_p99']:>9.0f} {r['load_pct']:>9.1f}\n"

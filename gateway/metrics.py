@@ -13,8 +13,9 @@ gateway's:
   (at most a second's) are lost;
 - gauges come from the live workers only (their process exists, their file is fresher
   than METRICS_STALE_S): `calls_active` and `event_streams_active` summed,
-  `event_loop_lag_ms` the highest, and each worker's lag and live calls also per worker
-  (`voice_gateway_worker_event_loop_lag_ms{worker="0"}`, `..._worker_calls_active`);
+  `event_loop_lag_ms` and `write_backlog_ms` the highest, and each worker's lag and live
+  calls also per worker (`voice_gateway_worker_event_loop_lag_ms{worker="0"}`,
+  `..._worker_calls_active`);
 - `voice_gateway_workers` says how many workers are live (1 for a single process).
 The scraping worker publishes its own file before it reads the others', so two scrapes
 that two workers answer one after the other never see a counter go down.
@@ -29,7 +30,7 @@ from typing import Any, Literal, get_args
 
 from gateway.call.latency import STAGES
 
-_GAUGES = ("calls_active", "event_streams_active", "event_loop_lag_ms")
+_GAUGES = ("calls_active", "event_streams_active", "event_loop_lag_ms", "write_backlog_ms")
 # Upper bounds (ms) of the per-turn latency histogram buckets.
 LATENCY_BUCKETS_MS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000)
 
@@ -108,6 +109,8 @@ class GatewayMetrics:
     # percentile over its window); stream sockets refused for the pending-start bound; refused
     # calls not stored because too many refusals were being stored at once.
     event_loop_lag_ms: float = 0.0
+    # How long the oldest of its calls' writes has waited to be stored (admission judges it).
+    write_backlog_ms: float = 0.0
     streams_refused_total: int = 0
     refused_calls_unstored_total: int = 0
     # New calls refused because this process was full, by arrival and cause.

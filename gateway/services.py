@@ -20,7 +20,7 @@ from gateway.call.lease import GatewayLease, LostCallSweeper
 from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
 from gateway.call.lookup import CallerLookup
 from gateway.call.voicemail import VoicemailBounds
-from gateway.call.writes import WritePolicy
+from gateway.call.writes import WriteBacklog, WritePolicy
 from gateway.drain import Draining
 from gateway.event_feed import EventFeed
 from gateway.livekit.room import LiveKitRooms
@@ -180,6 +180,7 @@ def build_services(
     )
     gateway_id = "gw-" + secrets.token_hex(6)
     live = LiveCalls(gateway_id)
+    backlog = WriteBacklog()
     runtime = CallRuntime(
         store=database.calls,
         assistants=database.assistants,
@@ -194,6 +195,7 @@ def build_services(
             outage_s=settings.call_write_outage_s,
             max_pending=settings.call_write_queue_max,
         ),
+        backlog=backlog,
         recording_finish_timeout_s=settings.recording_finish_timeout_s,
         events=events,
         prices=prices,
@@ -210,12 +212,19 @@ def build_services(
         max_answer_bytes=settings.inbound_lookup_max_bytes,
         secret_grace_s=settings.webhook_secret_grace_s,
     )
+
+    def sampled(lag_ms: float) -> None:  # 20 times a second: the gauges admission reads
+        metrics.loop_lag(lag_ms)
+        metrics.write_backlog_ms = backlog.oldest_ms()
+
     admission = Admission(
         live=live,
         max_live_calls=settings.max_live_calls,
-        lag=LoopLagMonitor(on_lag=metrics.loop_lag),
+        lag=LoopLagMonitor(on_lag=sampled),
         max_loop_lag_ms=settings.max_loop_lag_ms,
         metrics=metrics,
+        backlog=backlog,
+        max_write_wait_ms=settings.max_write_wait_ms or None,
     )
     livekit = livekit_admin(settings)
     rooms = (

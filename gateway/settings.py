@@ -337,13 +337,15 @@ class Settings(BaseSettings):
     # Admission control (README, Capacity): a process takes a new call only while it holds
     # fewer than MAX_LIVE_CALLS (calls served, and calls admitted whose leg is on its way)
     # and its event loop's lag (90th percentile over the last 2 s) is at most
-    # MAX_LOOP_LAG_MS. Otherwise a Twilio call is answered with OVERFLOW_TWIML (unset:
+    # MAX_LOOP_LAG_MS and no write of its calls has waited MAX_WRITE_WAIT_MS to be stored
+    # (0: not judged). Otherwise a Twilio call is answered with OVERFLOW_TWIML (unset:
     # `<Reject reason="busy"/>`) and stored busy/gateway-full, `POST /call/outbound` and
     # `POST /web-calls` get 503 with Retry-After: ADMISSION_RETRY_AFTER_S, and a LiveKit
     # dispatch webhook gets 503 with Retry-After: 1 (LiveKit retries it; behind a
     # balancer, possibly at another gateway).
     max_live_calls: int = Field(default=32, ge=1, le=10_000)
     max_loop_lag_ms: float = Field(default=50.0, gt=0, le=10_000)
+    max_write_wait_ms: float = Field(default=1000.0, ge=0, le=600_000)
     overflow_twiml: str | None = None
     admission_retry_after_s: int = Field(default=5, ge=1, le=3600)
     # How long an admitted Twilio call holds its place for its media stream to start here

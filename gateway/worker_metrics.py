@@ -100,8 +100,8 @@ def combine(
 
     Counters and histograms: summed over every snapshot (a dead worker's stay counted).
     Gauges: of the live workers only (`alive(pid)` and written at most `stale_s` before
-    `now`), `calls_active` and `event_streams_active` summed, `event_loop_lag_ms` the
-    highest."""
+    `now`), `calls_active` and `event_streams_active` summed, `event_loop_lag_ms` and
+    `write_backlog_ms` the highest."""
     total = GatewayMetrics()
     live: list[WorkerGauges] = []
     for snap in snapshots:
@@ -112,6 +112,7 @@ def combine(
         total.calls_active += m.calls_active
         total.event_streams_active += m.event_streams_active
         total.event_loop_lag_ms = max(total.event_loop_lag_ms, m.event_loop_lag_ms)
+        total.write_backlog_ms = max(total.write_backlog_ms, m.write_backlog_ms)
         live.append(WorkerGauges(snap.worker, m.calls_active, m.event_loop_lag_ms))
     return total, live
 
@@ -176,6 +177,7 @@ class SharedMetrics:
         own.calls_active = self._metrics.calls_active
         own.event_streams_active = self._metrics.event_streams_active
         own.event_loop_lag_ms = self._metrics.event_loop_lag_ms
+        own.write_backlog_ms = self._metrics.write_backlog_ms
         return WorkerSnapshot(self.worker, self._pid, self._clock(), own)
 
     def publish(self) -> WorkerSnapshot:

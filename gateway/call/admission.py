@@ -8,7 +8,11 @@ A process is full when either bound is reached:
   at `MAX_LIVE_CALLS`;
 - event-loop lag: `LoopLagMonitor` wakes every `interval_s` and records how late it woke;
   when the `quantile` of its last `window` samples is over `MAX_LOOP_LAG_MS`, the loop is
-  already late for the calls it has (their 20 ms frames go out late), whatever their count.
+  already late for the calls it has (their 20 ms frames go out late), whatever their count;
+- the database behind: a write of one of its calls (a turn, an event, the call's state) has
+  waited more than `MAX_WRITE_WAIT_MS` to be stored (`WriteBacklog`). Under a burst of
+  arrivals the embedded store falls behind before the loop does; each new call adds a
+  dozen writes, and its live calls' writes would time out and end them.
 
 A refusal is answered the way each carrier understands (the routes do it: `<Reject
 reason="busy"/>` for Twilio, 503 + Retry-After for the API and LiveKit's webhook), logged,
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.call.lifecycle import LiveCalls
+from gateway.call.writes import WriteBacklog
 from gateway.errors import GatewayFull
 from gateway.metrics import GatewayMetrics
 
@@ -38,7 +43,7 @@ log = logging.getLogger(__name__)
 GATEWAY_FULL = "gateway-full"  # the end reason of a refused call
 
 # Why a call was refused; the carrier (or API route) that brought it.
-RefusalCause = Literal["live-calls", "loop-lag"]
+RefusalCause = Literal["live-calls", "loop-lag", "write-backlog"]
 Arrival = Literal["twilio", "livekit", "outbound", "web"]
 
 
@@ -51,6 +56,8 @@ class Refusal:
     max_live: int
     lag_ms: float
     max_lag_ms: float
+    write_wait_ms: float = 0.0
+    max_write_wait_ms: float | None = None
 
     def log_fields(self) -> dict[str, object]:
         return {
@@ -59,6 +66,8 @@ class Refusal:
             "max_live_calls": self.max_live,
             "loop_lag_ms": round(self.lag_ms, 1),
             "max_loop_lag_ms": self.max_lag_ms,
+            "write_wait_ms": round(self.write_wait_ms, 1),
+            "max_write_wait_ms": self.max_write_wait_ms,
         }
 
 
@@ -117,8 +126,14 @@ class Admission:
         lag: LoopLagMonitor,
         max_loop_lag_ms: float,
         metrics: GatewayMetrics | None = None,
+        backlog: WriteBacklog | None = None,
+        max_write_wait_ms: float | None = None,
     ) -> None:
+        """`backlog`, `max_write_wait_ms`: the calls' writes and how long one may wait
+        (None: the database's pace is not judged)."""
         self._live = live
+        self.backlog = backlog if backlog is not None else WriteBacklog()
+        self.max_write_wait_ms = max_write_wait_ms
         self._metrics = metrics
         self.max_live_calls = max_live_calls
         self.lag = lag
@@ -131,14 +146,19 @@ class Admission:
     def refusal(self) -> Refusal | None:
         """Why one more call cannot be taken now (None: it can). O(1): no I/O, no scan."""
         live, lag_ms = self._live.occupancy(), self.lag.lag_ms
+        wait_ms, max_wait_ms = self.backlog.oldest_ms(), self.max_write_wait_ms
         cause: RefusalCause | None = None
         if live >= self.max_live_calls:
             cause = "live-calls"
         elif lag_ms > self.max_loop_lag_ms:
             cause = "loop-lag"
+        elif max_wait_ms is not None and wait_ms > max_wait_ms:
+            cause = "write-backlog"
         if cause is None:
             return None
-        return Refusal(cause, live, self.max_live_calls, lag_ms, self.max_loop_lag_ms)
+        return Refusal(
+            cause, live, self.max_live_calls, lag_ms, self.max_loop_lag_ms, wait_ms, max_wait_ms
+        )
 
     def admit(self, key: str, *, hold_s: float) -> Refusal | None:
         """Take the call `key` (a CallSid, a room, a request's own key) if there is room:

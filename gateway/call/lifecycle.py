@@ -52,7 +52,7 @@ from gateway.call.voicemail import (
     VoicemailGate,
     verdict_of_answered_by,
 )
-from gateway.call.writes import CallWrites, WritePolicy
+from gateway.call.writes import CallWrites, WriteBacklog, WritePolicy
 from gateway.logs import call_id_var
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import EXAMPLE_PRICES, PriceTable, price_call
@@ -230,6 +230,8 @@ class CallRuntime:
     live: LiveCalls
     recordings_enabled: bool  # a recordings bucket is configured
     writes: WritePolicy = field(default_factory=WritePolicy)
+    # The process's calls' writes waiting to be stored (admission judges the oldest).
+    backlog: WriteBacklog = field(default_factory=WriteBacklog)
     recording_finish_timeout_s: float = 10.0  # then the outbox salvages the upload
     events: CallEvents | None = None  # None: the call publishes no events (unit tests)
     prices: PriceTable = EXAMPLE_PRICES  # what a finished call's usage costs
@@ -256,7 +258,10 @@ class CallLifecycle:
         self._recording: CallRecording | None = None
         self._tasks: list[asyncio.Task[None]] = []  # the pacer, the maximum duration
         self._writes = CallWrites(
-            call_id=call.id, policy=runtime.writes, on_outage=self._storage_outage
+            call_id=call.id,
+            policy=runtime.writes,
+            on_outage=self._storage_outage,
+            backlog=runtime.backlog,
         )
         self._answering = asyncio.Lock()
         self._ending: CallEnding | None = None

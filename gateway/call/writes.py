@@ -14,6 +14,11 @@ they come.
 Order of calls: `start()` once, inside the running loop; `submit()` any number of times;
 `drain()` before the call's final write (it returns once the queue is empty or given up);
 `aclose()` at the very end.
+
+`WriteBacklog` (one per process, shared by its calls' writers) says how far the database is
+behind them: the age of the oldest write queued and not yet stored. Admission refuses new
+calls while it is over MAX_WRITE_WAIT_MS, so a database that falls behind under a burst of
+arrivals is not handed more calls' writes (`gateway/call/admission.py`).
 """
 
 from __future__ import annotations
@@ -48,7 +53,34 @@ class WritePolicy:
             delay = min(self.retry_cap_s, delay * 2)
 
 
-@dataclass(frozen=True, slots=True)
+class WriteBacklog:
+    """The writes of a process's calls queued and not yet stored (or given up), oldest
+    first; `oldest_ms()` is O(1)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        # Insertion ordered, so the first entry is the oldest write still waiting.
+        self._since: dict[object, float] = {}
+
+    def add(self, write: object) -> None:
+        self._since[write] = self._clock()
+
+    def discard(self, write: object) -> None:
+        self._since.pop(write, None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._since)
+
+    def oldest_ms(self) -> float:
+        """How long the oldest write still waiting has waited (0: none waits)."""
+        for since in self._since.values():
+            return max(0.0, (self._clock() - since) * 1000.0)
+        return 0.0
+
+
+# eq=False: a write is itself (identity hash), a key of `WriteBacklog`.
+@dataclass(frozen=True, slots=True, eq=False)
 class _Write:
     what: str
     write: Callable[[], Awaitable[object]]
@@ -65,8 +97,10 @@ class CallWrites:
         policy: WritePolicy,
         on_outage: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
+        backlog: WriteBacklog | None = None,
     ) -> None:
         self._call_id = call_id
+        self._backlog = backlog if backlog is not None else WriteBacklog(clock)
         self._policy = policy
         self._on_outage = on_outage
         self._clock = clock
@@ -105,6 +139,7 @@ class CallWrites:
             self._give_up(f"more than {self._policy.max_pending} writes waited", item)
             return
         self._queue.append(item)
+        self._backlog.add(item)
         self._idle.clear()
         self._wakeup.set()
         self.start()
@@ -125,6 +160,8 @@ class CallWrites:
             unwritten.insert(0, in_flight)  # cut off after a give-up
         self._in_flight = None
         self._queue.clear()
+        for item in unwritten:
+            self._backlog.discard(item)
         self._log_unwritten(unwritten)
         self._idle.set()
 
@@ -137,6 +174,7 @@ class CallWrites:
                 continue
             self._in_flight = self._queue[0]
             await self._store(self._in_flight)
+            self._backlog.discard(self._in_flight)  # stored, failed for good or given up
             self._in_flight = None
             if self._queue and self._given_up is None:
                 self._queue.popleft()
@@ -203,6 +241,8 @@ class CallWrites:
         if refused is not None:
             unwritten.append(refused)
         self._queue.clear()
+        for item in unwritten:
+            self._backlog.discard(item)
         self._idle.set()
         log.error("the call's writes are given up: %s", reason, extra={"call_id": self._call_id})
         self._log_unwritten(unwritten)

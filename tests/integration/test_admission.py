@@ -3,13 +3,17 @@
 answered `<Reject reason="busy"/>`, stored busy/gateway-full and counted; an outbound
 call is refused 503 with Retry-After and placed once there is room again; the two live
 calls finish normally with their transcripts. A LiveKit SIP dispatch to a full gateway is
-left for another gateway, and hung up (stored busy/gateway-full) when none takes it."""
+left for another gateway, and hung up (stored busy/gateway-full) when none takes it. A
+gateway whose database falls behind its calls' writes (its FerretDB stopped with SIGSTOP)
+refuses new calls until the writes are stored, and its live call loses nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +24,7 @@ import websockets
 
 from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 from telephony.twilio import TwilioSignatureValidator
+from tests.ferretdb_server import embedded_ferretdb
 from tests.livekit_caller import RoomCaller, caller_token, dispatch_attributes, espeak_pcm16k
 
 from .conftest import FakeServer, GatewayProcess, run_gateway, run_room_stack
@@ -194,6 +199,90 @@ async def test_a_full_gateway_refuses_new_calls_and_keeps_its_live_ones(
     log_text = gateway.log_text()
     refusals = [line for line in log_text.splitlines() if "call refused" in line]
     assert any(refused_sid in line and "live-calls" in line for line in refusals)
+
+
+async def _write_backlog_ms(http: httpx.AsyncClient) -> float:
+    return _metric((await http.get("/metrics")).text, "voice_gateway_write_backlog_ms")
+
+
+async def test_a_database_behind_the_calls_writes_refuses_new_calls_and_loses_nothing(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The gateway's own FerretDB is stopped (SIGSTOP) while a live call talks: the call goes
+    on, its turns wait in its write queue, and once the oldest has waited MAX_WRITE_WAIT_MS a
+    new Twilio call is refused busy (cause write-backlog). When the database runs again the
+    writes are stored, new calls are served again, and the live call's transcript is whole."""
+    work = tmp_path_factory.mktemp("admission-db")
+    env: dict[str, str | None] = {
+        "MAX_LIVE_CALLS": "10",
+        "MAX_LOOP_LAG_MS": "10000",
+        "MAX_WRITE_WAIT_MS": "300",
+        "VAD_SILENCE_MS": "400",
+    }
+    question = espeak_mulaw("What are your opening hours?")
+    with embedded_ferretdb(work / "db") as database:
+        assert database.pid is not None
+        with run_gateway(database.url, work, env) as gateway:
+            key = gateway.api_key
+            async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+                live = _call(gateway)
+                try:
+                    await live.start(http)
+                    await live.wait_agent_audio(within_s=20)
+                    await live.wait_agent_silent()
+                    os.kill(database.pid, signal.SIGSTOP)
+                    try:
+                        live.say(question)  # its turns are written while the database sleeps
+                        await live.wait_said()
+                        deadline = asyncio.get_running_loop().time() + 20
+                        while await _write_backlog_ms(http) <= 300:
+                            assert asyncio.get_running_loop().time() < deadline, "no backlog"
+                            await asyncio.sleep(0.05)
+                        refused_sid = "CA" + secrets.token_hex(16)
+                        twiml = await _voice_webhook(http, gateway, refused_sid)
+                    finally:
+                        os.kill(database.pid, signal.SIGCONT)
+                    reject = ET.fromstring(twiml).find("./Reject")
+                    assert reject is not None and reject.attrib == {"reason": "busy"}, twiml
+
+                    # The database runs again: the writes are stored and calls are taken.
+                    deadline = asyncio.get_running_loop().time() + 30
+                    while await _write_backlog_ms(http) > 0:
+                        assert asyncio.get_running_loop().time() < deadline, "still behind"
+                        await asyncio.sleep(0.05)
+                    later = _call(gateway)
+                    try:
+                        await later.start(http)
+                        await later.wait_agent_audio(within_s=20)
+                        await later.stop()
+                    finally:
+                        await later.aclose()
+
+                    await live.wait_agent_audio(within_s=20)  # the answer, if not yet heard
+                    await live.wait_agent_silent()
+                    await live.stop()
+                finally:
+                    await live.aclose()
+
+                stored = await _stored_by_sid(http, key, refused_sid)
+                assert (stored["status"], stored["end_reason"]) == ("busy", "gateway-full")
+                assert live.call_id is not None
+                deadline = asyncio.get_running_loop().time() + 30
+                while True:
+                    done = (
+                        await http.get(f"/calls/{live.call_id}", headers={"x-api-key": key})
+                    ).json()
+                    if done["status"] == "completed":
+                        break
+                    assert asyncio.get_running_loop().time() < deadline, done
+                    await asyncio.sleep(0.1)
+                speakers = [t["speaker"] for t in done["transcript"]]
+                assert speakers[:3] == ["agent", "caller", "agent"], done["transcript"]
+                metrics = (await http.get("/metrics")).text
+                prefix = "voice_gateway_calls_refused_total"
+                assert _metric(metrics, f'{prefix}{{arrival="twilio",cause="write-backlog"}}') == 1
+        refusals = [line for line in gateway.log_text().splitlines() if "call refused" in line]
+        assert any(refused_sid in line and "write-backlog" in line for line in refusals)
 
 
 async def _signed_socket(gateway: GatewayProcess) -> websockets.ClientConnection:

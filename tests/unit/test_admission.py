@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from gateway.call.admission import Admission, LoopLagMonitor, StreamSlots
 from gateway.call.lifecycle import LiveCalls
+from gateway.call.writes import WriteBacklog
 from gateway.errors import GatewayFull
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
@@ -141,6 +142,48 @@ def test_require_raises_gateway_full_counted_under_its_arrival() -> None:
     assert 'voice_gateway_calls_refused_total{arrival="twilio",cause="loop-lag"} 1' in text
     assert "# TYPE voice_gateway_event_loop_lag_ms gauge" in text
     assert "voice_gateway_event_loop_lag_ms 12.2" in text
+
+
+def test_a_database_behind_its_calls_writes_refuses_new_calls_until_it_catches_up() -> None:
+    now = [50.0]
+    backlog = WriteBacklog(lambda: now[0])
+    metrics = GatewayMetrics()
+    admission = Admission(
+        live=LiveCalls("gw-test"),
+        max_live_calls=10,
+        lag=LoopLagMonitor(),
+        max_loop_lag_ms=50,
+        metrics=metrics,
+        backlog=backlog,
+        max_write_wait_ms=1000,
+    )
+    turn, event = object(), object()  # two calls' writes, queued
+    backlog.add(turn)
+    now[0] += 0.5
+    backlog.add(event)
+    assert admission.admit("CA-one", hold_s=5) is None  # 500 ms: within the bound
+    now[0] += 0.6
+    refused = admission.admit("CA-two", hold_s=5)
+    assert refused is not None and refused.cause == "write-backlog"
+    assert refused.write_wait_ms == pytest.approx(1100.0)
+    assert refused.log_fields()["max_write_wait_ms"] == 1000
+    with pytest.raises(GatewayFull) as full:
+        admission.require("req", hold_s=5, arrival="web", retry_after_s=3)
+    assert full.value.cause == "write-backlog"
+    assert 'cause="write-backlog"} 1' in metrics.render()
+
+    backlog.discard(turn)  # stored: the oldest still waiting is 600 ms old
+    assert admission.admit("CA-three", hold_s=5) is None
+    backlog.discard(event)
+    assert backlog.oldest_ms() == 0.0
+
+    unjudged = Admission(
+        live=LiveCalls("gw-test"), max_live_calls=10, lag=LoopLagMonitor(), max_loop_lag_ms=50,
+        backlog=backlog, max_write_wait_ms=None,
+    )  # fmt: skip
+    backlog.add(turn)
+    now[0] += 3600
+    assert unjudged.admit("CA-four", hold_s=5) is None  # MAX_WRITE_WAIT_MS=0: not judged
 
 
 def test_stream_slots_bound_sockets_waiting_for_start() -> None:

@@ -1,7 +1,8 @@
 """The call transcript and its write queue with an in-memory store that can hang, fail and
 come back: turns are handed over without waiting, stored in the order they were said,
 retried while the store is away, and given up (the call told, the unwritten logged) past
-the outage bound."""
+the outage bound; the process's write backlog (what admission judges) ages with the
+oldest write waiting and empties as writes are stored or given up."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from gateway.call.latency import TurnLatency
 from gateway.call.transcript import CallTranscript
-from gateway.call.writes import CallWrites, WritePolicy
+from gateway.call.writes import CallWrites, WriteBacklog, WritePolicy
 from gateway.metrics import GatewayMetrics
 from gateway.providers.base import ChatMessage
 from storage import Speaker, StorageError, TurnRecord
@@ -89,8 +90,15 @@ def _transcript(
     )
 
 
-def _writes(clock: _Clock, outages: _Outages, policy: WritePolicy = POLICY) -> CallWrites:
-    writes = CallWrites(call_id="call-1", policy=policy, on_outage=outages, clock=clock)
+def _writes(
+    clock: _Clock,
+    outages: _Outages,
+    policy: WritePolicy = POLICY,
+    backlog: WriteBacklog | None = None,
+) -> CallWrites:
+    writes = CallWrites(
+        call_id="call-1", policy=policy, on_outage=outages, clock=clock, backlog=backlog
+    )
     writes.start()
     return writes
 
@@ -269,3 +277,48 @@ async def test_a_full_queue_logs_every_write_it_drops_and_stops_the_one_in_fligh
         assert sorted(unwritten.texts) == sorted(turns)  # nothing logged twice
     finally:
         logger.removeHandler(unwritten)
+
+
+async def test_the_backlog_ages_with_the_oldest_write_waiting_across_calls() -> None:
+    clock, store, outages = _Clock(), _Store(), _Outages()
+    backlog = WriteBacklog(clock)
+    first = _writes(clock, outages, backlog=backlog)
+    second = CallWrites(
+        call_id="call-2", policy=POLICY, on_outage=outages, clock=clock, backlog=backlog
+    )
+    assert (backlog.oldest_ms(), backlog.waiting) == (0.0, 0)
+    store.hang.clear()  # the database hangs
+    _transcript(store, clock, first).add_caller_turn("one", start_ms=0.0, end_ms=1.0)
+    await _attempted(store, 1)
+    clock.now += 0.4
+    _transcript(store, clock, second).add_caller_turn("two", start_ms=0.0, end_ms=1.0)
+    clock.now += 0.8
+    assert backlog.waiting == 2
+    assert backlog.oldest_ms() == pytest.approx(1200.0)  # the first call's write, in flight
+    store.hang.set()
+    assert await first.drain() and await second.drain()
+    assert (backlog.oldest_ms(), backlog.waiting) == (0.0, 0)
+    assert sorted(text for _, text, *_ in store.turns) == ["one", "two"]  # two calls: any order
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_writes_given_up_or_closed_leave_the_backlog() -> None:
+    clock, store, outages = _Clock(), _Store(), _Outages()
+    backlog = WriteBacklog(clock)
+    full = _writes(clock, outages, backlog=backlog)
+    store.hang.clear()
+    transcript = _transcript(store, clock, full)
+    transcript.add_caller_turn("t0", start_ms=0.0, end_ms=1.0)
+    await _attempted(store, 1)  # "t0" is in flight, held by the database
+    for n in range(1, POLICY.max_pending + 2):  # the queue fills: given up
+        transcript.add_caller_turn(f"t{n}", start_ms=0.0, end_ms=1.0)
+    assert full.given_up
+    assert backlog.waiting == 1  # only the write in flight, until its attempt ends
+    closed = _writes(clock, outages, backlog=backlog)
+    _transcript(store, clock, closed).add_caller_turn("late", start_ms=0.0, end_ms=1.0)
+    assert backlog.waiting == 2
+    await closed.aclose()  # the call ended with its write unstored (logged)
+    await full.aclose()
+    assert (backlog.oldest_ms(), backlog.waiting) == (0.0, 0)
+    store.hang.set()
