@@ -213,7 +213,7 @@ def build_services(
         secret_grace_s=settings.webhook_secret_grace_s,
     )
 
-    def sampled(lag_ms: float) -> None:  # 20 times a second: the gauges admission reads
+    def sampled(lag_ms: float) -> None:  # 20 times a second: what admission judges, exported
         metrics.loop_lag(lag_ms)
         metrics.write_backlog_ms = backlog.oldest_ms()
 

@@ -112,6 +112,7 @@ class CallWrites:
         self._given_up: str | None = None
         self._in_flight: _Write | None = None  # the write the writer is storing (queue[0])
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     @property
     def given_up(self) -> bool:
@@ -132,7 +133,7 @@ class CallWrites:
     ) -> None:
         """Queue `write` (called afresh for each attempt) after every write submitted before."""
         item = _Write(what, write, detail)
-        if self._given_up is not None:
+        if self._given_up is not None or self._closed:  # closed: no writer would store it
             self._log_unwritten([item])
             return
         if len(self._queue) >= self._policy.max_pending:
@@ -150,20 +151,24 @@ class CallWrites:
         return self._given_up is None
 
     async def aclose(self) -> None:
-        """Stop the writer; anything still queued is logged as not written."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        unwritten = list(self._queue)
-        in_flight = self._in_flight
-        if in_flight is not None and all(item is not in_flight for item in unwritten):
-            unwritten.insert(0, in_flight)  # cut off after a give-up
-        self._in_flight = None
-        self._queue.clear()
-        for item in unwritten:
-            self._backlog.discard(item)
-        self._log_unwritten(unwritten)
-        self._idle.set()
+        """Stop the writer; anything still queued is logged as not written (and so is
+        anything submitted later)."""
+        self._closed = True
+        try:
+            if self._task is not None:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        finally:
+            unwritten = list(self._queue)
+            in_flight = self._in_flight
+            if in_flight is not None and all(item is not in_flight for item in unwritten):
+                unwritten.insert(0, in_flight)  # cut off after a give-up
+            self._in_flight = None
+            self._queue.clear()
+            for item in unwritten:
+                self._backlog.discard(item)
+            self._log_unwritten(unwritten)
+            self._idle.set()
 
     async def _run(self) -> None:
         while True:
@@ -172,9 +177,11 @@ class CallWrites:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            self._in_flight = self._queue[0]
-            await self._store(self._in_flight)
-            self._backlog.discard(self._in_flight)  # stored, failed for good or given up
+            self._in_flight = item = self._queue[0]
+            try:
+                await self._store(item)
+            finally:
+                self._backlog.discard(item)  # stored, failed for good, given up or cut off
             self._in_flight = None
             if self._queue and self._given_up is None:
                 self._queue.popleft()

@@ -319,6 +319,7 @@ async def test_writes_given_up_or_closed_leave_the_backlog() -> None:
     _transcript(store, clock, closed).add_caller_turn("late", start_ms=0.0, end_ms=1.0)
     assert backlog.waiting == 2
     await closed.aclose()  # the call ended with its write unstored (logged)
+    _transcript(store, clock, closed).add_caller_turn("after", start_ms=2.0, end_ms=3.0)
     await full.aclose()
-    assert (backlog.oldest_ms(), backlog.waiting) == (0.0, 0)
+    assert (backlog.oldest_ms(), backlog.waiting) == (0.0, 0)  # "after" was only logged
     store.hang.set()
