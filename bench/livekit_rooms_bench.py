@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -42,6 +43,19 @@ from workers_bench import _wait_up, provider_fakes  # noqa: E402
 from tests.livekit_caller import RoomCaller, caller_token, espeak_pcm16k  # noqa: E402
 from tests.livekit_server import LiveKitServer, run_livekit_server  # noqa: E402
 from tests.net import free_port  # noqa: E402
+
+# Audio per SDK round trip of the test callers (capture and listen): all N callers run in
+# this process on the cores the gateway is measured on; at 20 ms they took half a core at 8
+# rooms (a real SIP bridge is a process of its own, usually on another machine).
+CALLER_FRAME_MS = int(os.environ.get("BENCH_CALLER_FRAME_MS", "40"))
+# The callers join with a peer connection per direction, as LiveKit's SIP bridge does
+# (tests/livekit_caller.py); BENCH_CALLER_SINGLE_PC=1 gives them one for both (the Python
+# SDK's default), as this bench's callers had until 2026-12-02.
+CALLER_SINGLE_PC = os.environ.get("BENCH_CALLER_SINGLE_PC", "") == "1"
+# With BENCH_KEEP_DIR, each call's caller-side moments go to rooms.jsonl there.
+TIMELINE = (
+    Path(os.environ["BENCH_KEEP_DIR"]) / "rooms.jsonl" if os.environ.get("BENCH_KEEP_DIR") else None
+)
 
 LINES = ("What are your opening hours?", "How much does it cost?", "Where are you located?")
 
@@ -110,7 +124,7 @@ async def _one_call(
     """(join → greeting ms, connected → greeting ms, end of question → answer ms each)."""
     room = "call-" + uuid.uuid4().hex[:8]
     attributes = {"sip.phoneNumber": "+15550001111", "sip.callID": "SCL_" + room}
-    caller = RoomCaller()
+    caller = RoomCaller(frame_ms=CALLER_FRAME_MS, single_peer_connection=CALLER_SINGLE_PC)
     joined = time.monotonic()
     await caller.join(
         server.url.replace("http://", "ws://"),
@@ -133,6 +147,12 @@ async def _one_call(
         await caller.wait_agent_silent(quiet_s=0.3, within_s=60)
     finally:
         await caller.leave()
+    if TIMELINE is not None:  # wall-clock times, beside the gateway's `room call answered`
+        wall = time.time() - time.monotonic()
+        moments = {"joined": joined, "connected": caller.connected_at, "heard": heard}
+        line = {"room": room, **{k: round(v + wall, 3) for k, v in moments.items() if v}}
+        with TIMELINE.open("a") as out:
+            out.write(json.dumps(line) + "\n")
     return greeting * 1000, after_connect * 1000, [a * 1000 for a in answers]
 
 

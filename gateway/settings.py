@@ -181,6 +181,10 @@ class Settings(BaseSettings):
     # One WebRTC peer connection for the agent's publishing and subscribing, instead of one
     # each: with one, every subscription renegotiates it and the greeting comes later.
     livekit_single_peer_connection: bool = False
+    # Forward the LiveKit SDK's native logs (libwebrtc's debug lines included, ~1 000 a
+    # second in a busy process) into the gateway's logs, one native-to-Python call each.
+    # Unset, they stay native: errors go to stderr, more with RUST_LOG (e.g. warn).
+    livekit_native_logs: bool = False
     # The LiveKit URL a browser connects to for a web call (`POST /web-calls` answers it):
     # unset, LIVEKIT_URL with http -> ws and https -> wss. Set it when browsers reach
     # LiveKit at another address than the gateway does (e.g. wss://lk.example.com).

@@ -8,13 +8,21 @@ import subprocess
 import time
 from pathlib import Path
 
+# Ports this process handed out: the kernel may give a port that is free again (nothing
+# bound yet) to the next caller, and two servers of one test were then told the same port.
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now, not handed out before by
+    this process."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:

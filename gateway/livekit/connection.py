@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from livekit import rtc
 from livekit.rtc.room import EventTypes
 
-from gateway.livekit.fanout import narrow_room_events
+from gateway.livekit.fanout import keep_native_logs_native, narrow_room_events
 from gateway.livekit.transport import RATE
 from gateway.settings import Settings
 from telephony.errors import LiveKitError
@@ -87,6 +87,8 @@ class RoomConnection:
         self.identity = identity
         self.room = rtc.Room()
         self.source: rtc.AudioSource | None = None
+        if not settings.livekit_native_logs:
+            keep_native_logs_native()  # once per process (fanout.py)
         self._loop = asyncio.get_running_loop()
         self._started_at = self._loop.time()
         self.steps: dict[str, int] = {}

@@ -11,6 +11,15 @@ wake-ups a second (12 800 at 16 rooms), all on the event loop that paces the cal
 acts on or forwards: its own room events, RPC invocations, and the publish / unpublish
 answers its local participant waits for. It uses the SDK's private fields; if they are
 not there (another SDK version) the room is left as it was and that is logged once.
+
+`keep_native_logs_native()` stops the SDK forwarding its native core's logs: it asks for
+every log record down to trace level and hands each one (libwebrtc's verbose lines made
+debug records among them) to Python as an event of its own, on a native thread that takes
+the GIL for it, to be dropped there below INFO. Those were 84-93 % of the native events of
+a gateway with 4 rooms per process (about 1 000 a second while calls joined), and they
+held up the rooms' WebRTC work. The native core is initialised again with the SDK's own
+callback and log capture off (its C entry point replaces the configuration); its logger
+then writes to stderr what RUST_LOG enables (errors when unset).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from livekit import rtc
+from livekit.rtc import _ffi_client
 from livekit.rtc._ffi_client import FfiClient
 
 log = logging.getLogger(__name__)
@@ -28,6 +38,7 @@ log = logging.getLogger(__name__)
 # `LocalParticipant.publish_track` / `unpublish_track`, which wait on the room's queue).
 _ROOM_KINDS = frozenset({"rpc_method_invocation", "publish_track", "unpublish_track"})
 _warned = False
+_native_logs_kept = False
 
 
 def room_event_filter(room_handle: int) -> Callable[[Any], bool]:
@@ -67,3 +78,22 @@ def narrow_room_events(room: rtc.Room) -> bool:
                 subscribers[i] = (subscriber, loop, accept)
                 return True
     return False
+
+
+def keep_native_logs_native() -> bool:
+    """Once per process: the SDK's native logs stay native (see the module's docstring);
+    whether they do. Uses the SDK's private fields; another SDK version is left as it is,
+    logged once."""
+    global _native_logs_kept
+    if _native_logs_kept:
+        return True
+    try:
+        lib = FfiClient.instance._ffi_lib
+        callback = _ffi_client.ffi_event_callback
+        version = rtc.__version__.encode("ascii")
+        lib.livekit_ffi_initialize(callback, False, b"python", version)
+    except (AttributeError, TypeError) as exc:
+        log.warning("the LiveKit SDK's native logs are forwarded as before: %r", exc)
+        return False
+    _native_logs_kept = True
+    return True

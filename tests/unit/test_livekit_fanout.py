@@ -1,7 +1,15 @@
 """The narrowed subscription of a room to the LiveKit SDK's events: its own room events and
-the answers its listener forwards pass; other rooms' events and every capture do not."""
+the answers its listener forwards pass; other rooms' events and every capture do not. The
+SDK's native logs stay native once asked (a fresh process each: the native core is one per
+process), and its errors still reach stderr."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from livekit import rtc
 from livekit.rtc._proto import ffi_pb2 as proto_ffi
@@ -34,3 +42,64 @@ def test_a_room_takes_its_own_events_and_the_answers_its_listener_forwards() -> 
 
 async def test_a_room_not_connected_is_left_as_it_is() -> None:
     assert narrow_room_events(rtc.Room()) is False
+
+
+# Counts the native events that reach Python while a room fails to connect (a closed port:
+# the native core logs its attempts and retries), with the native logs kept native or not.
+_PROBE = """
+import asyncio, collections, ctypes, json, sys
+from livekit import rtc
+from livekit.rtc import _ffi_client
+from livekit.rtc._proto import ffi_pb2
+from gateway.livekit.fanout import keep_native_logs_native
+
+kinds = collections.Counter()
+forward = _ffi_client.ffi_event_callback
+
+def counted(data, size):
+    event = ffi_pb2.FfiEvent()
+    event.ParseFromString(ctypes.string_at(data, int(size)))
+    kinds[event.WhichOneof("message")] += 1
+    forward(data, size)
+
+_ffi_client.ffi_event_callback = _ffi_client.ffi_cb_fnc(counted)  # before the core starts
+kept = keep_native_logs_native() if sys.argv[1] == "keep" else None
+
+async def main():
+    try:
+        await asyncio.wait_for(rtc.Room().connect("ws://127.0.0.1:9", "not.a.token"), 20)
+    except Exception:
+        pass
+    await asyncio.sleep(1.5)  # the native logger flushes its batches every second
+
+asyncio.run(main())
+print(json.dumps({"kept": kept, "events": dict(kinds)}))
+"""
+
+
+def _probe(tmp_path: Path, mode: str) -> tuple[dict[str, object], str]:
+    script = tmp_path / "probe.py"
+    script.write_text(_PROBE)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("RUST_LOG", None)
+    done = subprocess.run(
+        [sys.executable, str(script), mode], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def test_native_logs_stay_native_and_errors_still_reach_stderr(tmp_path: Path) -> None:
+    kept, kept_stderr = _probe(tmp_path, "keep")
+    forwarded, _ = _probe(tmp_path, "forward")
+    kept_events = kept["events"]
+    forwarded_events = forwarded["events"]
+    assert isinstance(kept_events, dict) and isinstance(forwarded_events, dict)
+    assert kept["kept"] is True
+    assert kept_events.get("connect") == forwarded_events.get("connect") == 1
+    # Forwarded, every native log record of the failed connect crossed into Python; kept,
+    # only those logged while the core started, before it was told.
+    assert forwarded_events.get("logs", 0) >= 20, forwarded_events
+    assert kept_events.get("logs", 0) <= 5, kept_events
+    assert "error while connecting to a room" in kept_stderr  # errors are still written
