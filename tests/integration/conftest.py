@@ -83,22 +83,29 @@ def run_gateway(
         base, auth_token, api_key, log_path, env["MONGODB_DB"], proc.pid, process=proc
     )
     try:
-        _wait_until_up(base + "/health", proc, process.log_text)
+        _wait_until_up(base + "/health", proc, process.log_text, is_gateway=True)
         yield process
     finally:
         _stop(proc)
 
 
-def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log_text: Callable[[], str]) -> None:
+def _wait_until_up(
+    url: str,
+    proc: subprocess.Popen[bytes],
+    log_text: Callable[[], str],
+    *,
+    is_gateway: bool = False,
+) -> None:
+    """Wait until `url` answers (a gateway's: its own /health, since another server on a
+    port it was given, another test process's bound first, answers too, and the gateway
+    then exits, its port taken)."""
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"{url} exited:\n" + log_text())
         try:
             answer = httpx.get(url, timeout=1)
-            # The gateway's own /health: another server on a port it was given (another test
-            # process's, bound first) answers too, and the gateway then exits, port taken.
-            if answer.status_code == 200 and "status" in answer.json():
+            if not is_gateway or (answer.status_code == 200 and "status" in answer.json()):
                 return
         except (httpx.TransportError, ValueError):
             pass
