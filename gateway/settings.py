@@ -349,7 +349,7 @@ class Settings(BaseSettings):
     # balancer, possibly at another gateway).
     max_live_calls: int = Field(default=32, ge=1, le=10_000)
     max_loop_lag_ms: float = Field(default=50.0, gt=0, le=10_000)
-    max_write_wait_ms: float = Field(default=1000.0, ge=0, le=600_000)
+    max_write_wait_ms: float = Field(default=2000.0, ge=0, le=600_000)
     overflow_twiml: str | None = None
     admission_retry_after_s: int = Field(default=5, ge=1, le=3600)
     # How long an admitted Twilio call holds its place for its media stream to start here
