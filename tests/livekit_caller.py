@@ -123,6 +123,7 @@ class RoomCaller:
         # LiveKit sends its `participant_joined` webhook; the track is published after.
         self.connected_at: float | None = None
         self._last_loud = float("-inf")  # when the agent's latest loud frame arrived
+        self._loud_since = float("-inf")  # ... and the first of that stretch of loud frames
         self._loud = asyncio.Event()  # set by each loud frame
 
     async def join(self, url: str, token: str) -> None:
@@ -157,6 +158,8 @@ class RoomCaller:
                 rms = float(np.sqrt(np.mean(pcm * pcm))) if pcm.size else 0.0
                 self.agent_frames.append((now, rms))
                 if rms > SPEAKING_RMS:
+                    if now - self._last_loud > 0.1:  # a new stretch of the agent's audio
+                        self._loud_since = now
                     self._last_loud = now
                     self._loud.set()
         finally:
@@ -192,9 +195,10 @@ class RoomCaller:
         return self._last_loud > time.monotonic() - window_s
 
     async def wait_agent_audio(self, within_s: float = 20.0) -> float:
-        """Wait until the agent is heard (a loud frame in the last 100 ms); returns when that
-        frame arrived."""
-        deadline = time.monotonic() + within_s
+        """Wait until the agent is heard (a loud frame in the last 100 ms); returns when its
+        audio began to arrive, and never earlier than this call."""
+        start = time.monotonic()
+        deadline = start + within_s
         while not self.agent_speaking(0.1):
             self._loud.clear()
             left = deadline - time.monotonic()
@@ -202,7 +206,7 @@ class RoomCaller:
                 raise AssertionError("the agent did not speak")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._loud.wait(), left)
-        return self._last_loud
+        return max(self._loud_since, start)
 
     async def wait_agent_silent(self, quiet_s: float = 0.8, within_s: float = 40.0) -> float:
         """Wait until the agent has been quiet for `quiet_s`; returns when its audio stopped."""

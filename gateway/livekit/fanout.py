@@ -19,11 +19,15 @@ the GIL for it, to be dropped there below INFO. Those were 84-93 % of the native
 a gateway with 4 rooms per process (about 1 000 a second while calls joined), and they
 held up the rooms' WebRTC work. The native core is initialised again with the SDK's own
 callback and log capture off (its C entry point replaces the configuration); its logger
-then writes to stderr what RUST_LOG enables (errors when unset).
+then writes to stderr, as plain text, what RUST_LOG enables when the core first starts
+(errors when unset): its warnings (a connect retried, a publication timed out) are no
+longer in the gateway's logs, nor is LIVEKIT_RTC_DEBUG's output. LIVEKIT_NATIVE_LOGS=true
+forwards them all as before.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 # `LocalParticipant.publish_track` / `unpublish_track`, which wait on the room's queue).
 _ROOM_KINDS = frozenset({"rpc_method_invocation", "publish_track", "unpublish_track"})
 _warned = False
+_native_logs_tried = False
 _native_logs_kept = False
 
 
@@ -82,17 +87,18 @@ def narrow_room_events(room: rtc.Room) -> bool:
 
 def keep_native_logs_native() -> bool:
     """Once per process: the SDK's native logs stay native (see the module's docstring);
-    whether they do. Uses the SDK's private fields; another SDK version is left as it is,
-    logged once."""
-    global _native_logs_kept
-    if _native_logs_kept:
-        return True
+    whether they do. Uses the SDK's private fields and C entry point; with another SDK
+    version that does not fit, the logs are forwarded as before, logged once."""
+    global _native_logs_tried, _native_logs_kept
+    if _native_logs_tried:
+        return _native_logs_kept
+    _native_logs_tried = True
     try:
         lib = FfiClient.instance._ffi_lib
         callback = _ffi_client.ffi_event_callback
         version = rtc.__version__.encode("ascii")
         lib.livekit_ffi_initialize(callback, False, b"python", version)
-    except (AttributeError, TypeError) as exc:
+    except (AttributeError, TypeError, ctypes.ArgumentError) as exc:  # not this SDK's shape
         log.warning("the LiveKit SDK's native logs are forwarded as before: %r", exc)
         return False
     _native_logs_kept = True

@@ -70,7 +70,7 @@ async def main():
         await asyncio.wait_for(rtc.Room().connect("ws://127.0.0.1:9", "not.a.token"), 20)
     except Exception:
         pass
-    await asyncio.sleep(1.5)  # the native logger flushes its batches every second
+    await asyncio.sleep(1.5)  # the native logger forwards records from a task of its own
 
 asyncio.run(main())
 print(json.dumps({"kept": kept, "events": dict(kinds)}))
