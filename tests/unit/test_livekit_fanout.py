@@ -70,7 +70,13 @@ async def main():
         await asyncio.wait_for(rtc.Room().connect("ws://127.0.0.1:9", "not.a.token"), 20)
     except Exception:
         pass
-    await asyncio.sleep(1.5)  # the native logger forwards records from a task of its own
+    # The native logger forwards records from a task of its own. Forwarded: wait for them
+    # (bounded); kept native, none may come: a window of 1.5 s to show it.
+    deadline = asyncio.get_running_loop().time() + (30 if sys.argv[1] != "keep" else 1.5)
+    while asyncio.get_running_loop().time() < deadline:
+        if sys.argv[1] != "keep" and kinds["logs"] >= 20:
+            break
+        await asyncio.sleep(0.05)
 
 asyncio.run(main())
 print(json.dumps({"kept": kept, "events": dict(kinds)}))
