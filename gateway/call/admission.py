@@ -1,7 +1,7 @@
 """Admission control: whether this process takes one more call, decided in O(1) before any
 work is done for the call, so that the calls it serves never pay for the ones it cannot.
 
-A process is full when either bound is reached:
+A process is full when any of these bounds is reached:
 - live calls: the calls it serves (`LiveCalls`, a call counts from `take()` until its final
   write) plus the calls it has admitted whose leg has not arrived yet (a Twilio call
   between its voice webhook and its media stream, an outbound Twilio call while it rings),
@@ -11,8 +11,8 @@ A process is full when either bound is reached:
   already late for the calls it has (their 20 ms frames go out late), whatever their count;
 - the database behind: a write of one of its calls (a turn, an event, the call's state) has
   waited more than `MAX_WRITE_WAIT_MS` to be stored (`WriteBacklog`). Under a burst of
-  arrivals the embedded store falls behind before the loop does; each new call adds a
-  dozen writes, and its live calls' writes would time out and end them.
+  arrivals the embedded store falls behind before the loop does; each new call adds about
+  eight writes before its first exchange, and live calls whose writes keep failing end.
 
 A refusal is answered the way each carrier understands (the routes do it: `<Reject
 reason="busy"/>` for Twilio, 503 + Retry-After for the API and LiveKit's webhook), logged,
