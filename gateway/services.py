@@ -179,7 +179,7 @@ def build_services(
         retry_window_s=settings.analysis_timeout_s,
     )
     gateway_id = "gw-" + secrets.token_hex(6)
-    live = LiveCalls(gateway_id)
+    live = LiveCalls(gateway_id, room_weight=settings.livekit_call_weight)
     backlog = WriteBacklog()
     runtime = CallRuntime(
         store=database.calls,

@@ -348,6 +348,9 @@ class Settings(BaseSettings):
     # dispatch webhook gets 503 with Retry-After: 1 (LiveKit retries it; behind a
     # balancer, possibly at another gateway).
     max_live_calls: int = Field(default=32, ge=1, le=10_000)
+    # The places of MAX_LIVE_CALLS a LiveKit room call (SIP, web, outbound) holds: its WebRTC
+    # stack costs a process several Twilio calls' CPU (README, Capacity). 4: 8 rooms a process.
+    livekit_call_weight: int = Field(default=4, ge=1, le=1000)
     max_loop_lag_ms: float = Field(default=50.0, gt=0, le=10_000)
     max_write_wait_ms: float = Field(default=2000.0, ge=0, le=600_000)
     overflow_twiml: str | None = None

@@ -35,6 +35,7 @@ async def place_web_call(req: ApiRequest) -> BaseModel:
         hold_s=settings.admission_hold_s,
         arrival="web",
         retry_after_s=settings.admission_retry_after_s,
+        weight=services.admission.room_weight,
     )
     try:
         return await _place_web_call(req, body)

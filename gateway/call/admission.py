@@ -1,11 +1,15 @@
-"""Admission control: whether this process takes one more call, decided in O(1) before any
-work is done for the call, so that the calls it serves never pay for the ones it cannot.
+"""Admission control: whether this process takes one more call, decided with no I/O before
+any work is done for the call, so that the calls it serves never pay for the ones it cannot.
 
 A process is full when any of these bounds is reached:
 - live calls: the calls it serves (`LiveCalls`, a call counts from `take()` until its final
   write) plus the calls it has admitted whose leg has not arrived yet (a Twilio call
   between its voice webhook and its media stream, an outbound Twilio call while it rings),
-  at `MAX_LIVE_CALLS`;
+  at `MAX_LIVE_CALLS` places. A LiveKit room call (SIP, web; an outbound one from when its
+  room is served) holds `LIVEKIT_CALL_WEIGHT` places: its WebRTC stack in the process costs
+  several Twilio calls, and a bound counted in calls let rooms in until every room's
+  audio broke up. A call is taken while its places fit (one room always fits an empty
+  process, whatever the weight);
 - event-loop lag: `LoopLagMonitor` wakes every `interval_s` and records how late it woke;
   when the `quantile` of its last `window` samples is over `MAX_LOOP_LAG_MS`, the loop is
   already late for the calls it has (their 20 ms frames go out late), whatever their count;
@@ -58,12 +62,14 @@ class Refusal:
     max_lag_ms: float
     write_wait_ms: float = 0.0
     max_write_wait_ms: float | None = None
+    weight: int = 1  # the places the refused call would have held
 
     def log_fields(self) -> dict[str, object]:
         return {
             "cause": self.cause,
             "live_calls": self.live,
             "max_live_calls": self.max_live,
+            "call_weight": self.weight,
             "loop_lag_ms": round(self.lag_ms, 1),
             "max_loop_lag_ms": self.max_lag_ms,
             "write_wait_ms": round(self.write_wait_ms, 1),
@@ -143,12 +149,18 @@ class Admission:
         self.refusals_storing = 0
         self.refusal_writes = asyncio.Semaphore(1)
 
-    def refusal(self) -> Refusal | None:
-        """Why one more call cannot be taken now (None: it can). O(1): no I/O, no scan."""
+    @property
+    def room_weight(self) -> int:
+        """The places a LiveKit room call holds (`LIVEKIT_CALL_WEIGHT`)."""
+        return self._live.room_weight
+
+    def refusal(self, weight: int = 1) -> Refusal | None:
+        """Why one more call, holding `weight` places, cannot be taken now (None: it can).
+        No I/O; the places held for calls on their way are summed (at most the bound)."""
         live, lag_ms = self._live.occupancy(), self.lag.lag_ms
         wait_ms, max_wait_ms = self.backlog.oldest_ms(), self.max_write_wait_ms
         cause: RefusalCause | None = None
-        if live >= self.max_live_calls:
+        if live + min(weight, self.max_live_calls) > self.max_live_calls:
             cause = "live-calls"
         elif lag_ms > self.max_loop_lag_ms:
             cause = "loop-lag"
@@ -157,17 +169,25 @@ class Admission:
         if cause is None:
             return None
         return Refusal(
-            cause, live, self.max_live_calls, lag_ms, self.max_loop_lag_ms, wait_ms, max_wait_ms
+            cause,
+            live,
+            self.max_live_calls,
+            lag_ms,
+            self.max_loop_lag_ms,
+            wait_ms,
+            max_wait_ms,
+            weight,
         )
 
-    def admit(self, key: str, *, hold_s: float) -> Refusal | None:
+    def admit(self, key: str, *, hold_s: float, weight: int = 1) -> Refusal | None:
         """Take the call `key` (a CallSid, a room, a request's own key) if there is room:
         its place is held at once, with no await between the check and the hold (so a burst
         cannot slip past the bound), until its leg is taken (`LiveCalls.add` frees places
-        held under its call id or CallSid), `release(key)`, or `hold_s` passes."""
-        refused = self.refusal()
+        held under its call id or CallSid), `release(key)`, or `hold_s` passes. `weight`:
+        the places it holds (`room_weight` for a LiveKit room call)."""
+        refused = self.refusal(weight)
         if refused is None:
-            self._live.expect(key, hold_s=hold_s)
+            self._live.expect(key, hold_s=hold_s, weight=weight)
         return refused
 
     def admit_held(self, key: str, *, hold_s: float) -> None:
@@ -179,10 +199,12 @@ class Admission:
         """Give up the place held for `key` (taken by its call, or never to be used)."""
         self._live.release(key)
 
-    def require(self, key: str, *, hold_s: float, arrival: Arrival, retry_after_s: int) -> None:
+    def require(
+        self, key: str, *, hold_s: float, arrival: Arrival, retry_after_s: int, weight: int = 1
+    ) -> None:
         """`admit()`, refusing with `GatewayFull` (503 + Retry-After at the HTTP edge),
         logged and counted under `arrival`."""
-        refused = self.admit(key, hold_s=hold_s)
+        refused = self.admit(key, hold_s=hold_s, weight=weight)
         if refused is None:
             return
         self.refused(refused, arrival=arrival, key=key)

@@ -72,6 +72,9 @@ from webhooks.call_events import CallEvents
 log = logging.getLogger(__name__)
 
 STORAGE_UNAVAILABLE = "storage-unavailable"
+# The transports of LiveKit room calls (SIP and outbound: "livekit"; browser: "web"): each
+# runs a WebRTC stack in the process, several times a Twilio call's CPU (README, Capacity).
+ROOM_TRANSPORTS = frozenset({"livekit", "web"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,37 +136,47 @@ class ReportsOwed(Protocol):
 class LiveCalls:
     """The calls this process serves; each holds this gateway's lease (`gateway_id`)."""
 
-    def __init__(self, gateway_id: str) -> None:
+    def __init__(self, gateway_id: str, *, room_weight: int = 1) -> None:
+        """`room_weight`: the places of the admission bound a LiveKit room call holds (any
+        other call holds one)."""
         self.gateway_id = gateway_id
+        self.room_weight = room_weight
         self._calls: dict[str, CallLifecycle] = {}
+        self._served_weight = 0  # the places the calls in `_calls` hold
         # Calls that ended here but whose final write failed (the database was away): how
         # they ended, for this gateway's sweeper to store once the database is back (a few
         # bytes per such call, only until then).
         self._unfinished: dict[str, OwnEnding] = {}
         # Calls admitted here whose leg has not arrived yet (a Twilio call between its voice
         # webhook and its media stream, an outbound call while it rings): key (CallSid or
-        # call id) -> when (monotonic) the place it holds is given up.
-        self._expected: dict[str, float] = {}
+        # call id) -> when (monotonic) the places it holds are given up, and how many.
+        self._expected: dict[str, tuple[float, int]] = {}
         self._none_left = asyncio.Event()  # set while no call is served here
         self._none_left.set()
 
-    def expect(self, key: str, *, hold_s: float, now: float | None = None) -> None:
-        """Hold a place for an admitted call until its leg arrives (`add`), `release(key)`,
-        or `hold_s` passes (its leg went to another gateway, or never came)."""
-        self._expected[key] = (time.monotonic() if now is None else now) + hold_s
+    def weight_of(self, transport: str) -> int:
+        """The places of the admission bound a call on `transport` holds."""
+        return self.room_weight if transport in ROOM_TRANSPORTS else 1
+
+    def expect(self, key: str, *, hold_s: float, now: float | None = None, weight: int = 1) -> None:
+        """Hold `weight` places for an admitted call until its leg arrives (`add`),
+        `release(key)`, or `hold_s` passes (its leg went to another gateway, or never came)."""
+        self._expected[key] = ((time.monotonic() if now is None else now) + hold_s, weight)
 
     def release(self, key: str) -> None:
         """The admitted call `key` is taken or given up: its place is free."""
         self._expected.pop(key, None)
 
     def occupancy(self, now: float | None = None) -> int:
-        """Calls served here plus places held for admitted calls (expired holds dropped:
-        there are at most the admission bound of them)."""
+        """The places held: by the calls served here (a room call `room_weight`) and for
+        admitted calls (expired holds dropped: there are at most the admission bound)."""
+        held = 0
         if self._expected:
             now = time.monotonic() if now is None else now
-            for key in [k for k, until in self._expected.items() if until <= now]:
+            for key in [k for k, (until, _) in self._expected.items() if until <= now]:
                 del self._expected[key]
-        return len(self._calls) + len(self._expected)
+            held = sum(weight for _, weight in self._expected.values())
+        return self._served_weight + held
 
     def count(self) -> int:
         """How many calls this process serves (no `__len__`: an empty one stays truthy)."""
@@ -185,6 +198,8 @@ class LiveCalls:
         return list(self._calls.values())
 
     def add(self, call: CallLifecycle) -> None:
+        if call.call.id not in self._calls:
+            self._served_weight += self.weight_of(call.call.transport)
         self._calls[call.call.id] = call
         self._expected.pop(call.call.id, None)  # its place was held since it was admitted
         if call.call.call_sid:
@@ -206,6 +221,7 @@ class LiveCalls:
     def discard(self, call: CallLifecycle) -> None:
         if self._calls.get(call.call.id) is call:
             del self._calls[call.call.id]
+            self._served_weight -= self.weight_of(call.call.transport)
         if not self._calls:
             self._none_left.set()
 

@@ -437,6 +437,7 @@ class LiveKitRooms:
             hold_s=self._settings.admission_hold_s,
             arrival="livekit",
             retry_after_s=LIVEKIT_RETRY_AFTER_S,
+            weight=self._admission.room_weight,
         )
         # The agent joins while the call is looked up and stored (connection.py).
         # Its own identity: LiveKit drops a participant when another joins as the same one.
@@ -460,7 +461,7 @@ class LiveKitRooms:
         again, holding a place, when the call is opened (`serve_inbound`)."""
         if room_name in self._rooms or ATTR_CALL in attributes:
             return
-        refusal = self._admission.refusal()
+        refusal = self._admission.refusal(self._admission.room_weight)
         if refusal is None:
             return
         self.dispatch_refused(event_id, room_name, attributes, keep_until=keep_until)
@@ -496,7 +497,7 @@ class LiveKitRooms:
             )
             if not fresh:
                 return  # a gateway took the call (or a retry here did)
-            if self._admission.refusal() is None:  # room again: the call is ours after all
+            if self._admission.refusal(self._admission.room_weight) is None:  # room again
                 log.info("refused dispatch taken after all", extra=extra)
                 await self.serve_inbound(room_name, attributes)
                 return

@@ -382,13 +382,14 @@ async def test_sockets_waiting_for_start_are_bounded_and_idle_streams_closed(
 async def test_a_full_gateway_leaves_a_livekit_dispatch_then_hangs_it_up(
     mongo_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """One live SIP room call (MAX_LIVE_CALLS=1): a second SIP caller's dispatch is refused
-    503 + Retry-After (LiveKit retries it); no other gateway takes it, so after the grace the
-    refusing gateway stores it busy/gateway-full and closes its room (the caller is hung
+    """One live SIP room call, holding LIVEKIT_CALL_WEIGHT (4) of MAX_LIVE_CALLS=4 places:
+    a second SIP caller's dispatch is refused 503 + Retry-After (LiveKit retries it), and so
+    is an outbound call (one place); no other gateway takes the dispatch, so after the grace
+    the refusing gateway stores it busy/gateway-full and closes its room (the caller is hung
     up); the first call goes on and is answered."""
     work = tmp_path_factory.mktemp("admission-lk")
     env: dict[str, str | None] = {
-        "MAX_LIVE_CALLS": "1",
+        "MAX_LIVE_CALLS": "4",
         "MAX_LOOP_LAG_MS": "10000",
         "LIVEKIT_DISPATCH_GRACE_S": "2",
         "VAD_SILENCE_MS": "500",
@@ -396,7 +397,7 @@ async def test_a_full_gateway_leaves_a_livekit_dispatch_then_hangs_it_up(
     with run_room_stack(mongo_url, work, env) as (gateway, server):
         key = gateway.api_key
         async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
-            _, rule_attributes = await dispatch_attributes(
+            assistant_id, rule_attributes = await dispatch_attributes(
                 http,
                 key,
                 server.url,
@@ -437,6 +438,12 @@ async def test_a_full_gateway_leaves_a_livekit_dispatch_then_hangs_it_up(
                 metrics = (await http.get("/metrics")).text
                 prefix = "voice_gateway_calls_refused_total"
                 assert _metric(metrics, f'{prefix}{{arrival="livekit",cause="live-calls"}}') >= 1
+                # The room's four places are all there are: an outbound call does not fit.
+                outbound = {"assistant_id": assistant_id, "to_number": "+15550002222"}
+                full = await http.post("/call/outbound", headers={"x-api-key": key}, json=outbound)
+                assert full.status_code == 503, full.text
+                assert full.json()["error"]["code"] == "gateway_full"
+                assert int(full.headers["retry-after"]) >= 1
 
                 # The live call never noticed.
                 first.say(espeak_pcm16k("What are your opening hours?"))

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import cast
 
 import pytest
 from pydantic import ValidationError
 
 from gateway.call.admission import Admission, LoopLagMonitor, StreamSlots
-from gateway.call.lifecycle import LiveCalls
+from gateway.call.lifecycle import CallLifecycle, LiveCalls
 from gateway.call.writes import WriteBacklog
 from gateway.errors import GatewayFull
 from gateway.metrics import GatewayMetrics
@@ -123,6 +125,65 @@ def test_admitted_calls_hold_their_place_until_taken_released_or_expired() -> No
 
     # A hold runs out (its stream went to another worker): the place is free again.
     assert live.occupancy(now=time.monotonic() + 11) == 0
+
+
+@dataclass
+class _Record:
+    id: str
+    transport: str
+    call_sid: str = ""
+
+
+@dataclass
+class _Served:
+    """What `LiveCalls` reads of a call it serves: its record."""
+
+    call: _Record
+
+
+def _served(call_id: str, transport: str) -> CallLifecycle:
+    return cast(CallLifecycle, _Served(_Record(call_id, transport)))
+
+
+def test_a_room_call_holds_the_room_weight_of_places() -> None:
+    live = LiveCalls("gw-test", room_weight=4)
+    admission = _admission(live, max_live=10)
+    assert admission.room_weight == 4
+    # Two rooms on their way hold 8 places of 10: a third room does not fit, Twilio calls do.
+    assert admission.admit("room-a", hold_s=10, weight=4) is None
+    assert admission.admit("room-b", hold_s=10, weight=4) is None
+    refused = admission.admit("room-c", hold_s=10, weight=4)
+    assert refused is not None
+    assert (refused.cause, refused.live, refused.weight) == ("live-calls", 8, 4)
+    assert refused.log_fields()["call_weight"] == 4
+    assert admission.admit("CA-one", hold_s=10) is None
+    assert admission.admit("CA-two", hold_s=10) is None
+    assert admission.admit("CA-three", hold_s=10) is not None  # 10 places of 10
+    assert live.occupancy(now=time.monotonic() + 11) == 0  # the holds ran out
+
+    # Served calls weigh by their transport: a SIP or web room 4 places, a Twilio call 1.
+    calls = [_served("c1", "livekit"), _served("c2", "web"), _served("c3", "twilio")]
+    for call in calls:
+        live.add(call)
+    assert (live.occupancy(), live.count()) == (9, 3)
+    live.add(calls[0])  # the same call taken again: counted once
+    assert live.occupancy() == 9
+    live.discard(calls[1])
+    assert (live.occupancy(), live.count()) == (5, 2)
+    live.discard(calls[1])  # gone already
+    assert live.occupancy() == 5
+    assert admission.refusal(weight=4) is None and admission.refusal(weight=6) is not None
+
+
+def test_one_room_always_fits_an_empty_process() -> None:
+    live = LiveCalls("gw-test", room_weight=4)
+    admission = _admission(live, max_live=2)  # fewer places than a room weighs
+    assert admission.admit("room-a", hold_s=10, weight=4) is None
+    refused = admission.admit("CA-one", hold_s=10)
+    assert refused is not None and refused.live == 4
+    assert Settings().livekit_call_weight == 4
+    with pytest.raises(ValidationError):
+        Settings(livekit_call_weight=0)
 
 
 def test_require_raises_gateway_full_counted_under_its_arrival() -> None:
