@@ -12,7 +12,9 @@ of each question to the answer's first audio at the caller (includes the end-of-
 silence), the agent frames the gateway published and how often its audio source ran dry mid-
 speech (summed over the workers: each worker's `/metrics` is read on a connection whose
 `/health` named it), the rooms each worker served, and the gateway's CPU per call (its
-worker processes; the supervisor and FerretDB apart).
+worker processes; the supervisor and FerretDB apart). A caller hung up before it was
+greeted counts as refused (the gateway was full: `MAX_LIVE_CALLS`, `LIVEKIT_CALL_WEIGHT`),
+any other call that did not go through as failed.
 
     python bench/livekit_rooms_bench.py [--levels 1,4,8] [--call-seconds 20] [--workers 1]
         [--providers fakes|local]
@@ -58,6 +60,22 @@ TIMELINE = (
 )
 
 LINES = ("What are your opening hours?", "How much does it cost?", "Where are you located?")
+
+
+class _Refused(Exception):
+    """The gateway hung the caller up before it greeted it: the call was refused (full)."""
+
+
+async def _greeted(caller: RoomCaller) -> float:
+    """When the agent's first audio reached `caller`; `_Refused` if the room closed first."""
+    heard = asyncio.ensure_future(caller.wait_agent_audio(within_s=60))
+    left = asyncio.ensure_future(caller.left.wait())
+    done, _ = await asyncio.wait({heard, left}, return_when=asyncio.FIRST_COMPLETED)
+    if heard in done:
+        left.cancel()
+        return heard.result()
+    heard.cancel()
+    raise _Refused
 
 
 def _cpu_s(pid: int) -> float:
@@ -132,7 +150,7 @@ async def _one_call(
     )
     answers: list[float] = []
     try:
-        heard = await caller.wait_agent_audio(within_s=60)
+        heard = await _greeted(caller)
         assert caller.connected_at is not None
         greeting, after_connect = heard - joined, heard - caller.connected_at
         deadline = time.monotonic() + seconds
@@ -179,8 +197,10 @@ async def _level(
 
     seen = sorted(set(before) & set(after))
     ok = [r for r in results if not isinstance(r, BaseException)]
+    refused = sum(1 for r in results if isinstance(r, _Refused))
     for failure in (r for r in results if isinstance(r, BaseException)):
-        sys.stderr.write(f"a call failed: {failure!r}\n")
+        if not isinstance(failure, _Refused):
+            sys.stderr.write(f"a call failed: {failure!r}\n")
     greetings = [g for g, _, _ in ok]
     connected = [c for _, c, _ in ok]
     answers = [a for _, _, group in ok for a in group]
@@ -188,7 +208,7 @@ async def _level(
     dry = sum(delta("outbound_underruns_total", w) for w in seen)
     spread = "+".join(f"{delta('calls_started_total', w):.0f}" for w in seen)
     return (
-        f"| {n} | {n - len(ok)} | {statistics.median(greetings):.0f} / "
+        f"| {n} | {n - len(ok) - refused} | {refused} | {statistics.median(greetings):.0f} / "
         f"{_percentile(greetings, 0.95):.0f} / {max(greetings):.0f} | "
         f"{statistics.median(connected):.0f} / {_percentile(connected, 0.95):.0f} | "
         f"{statistics.median(answers):.0f} / {_percentile(answers, 0.95):.0f} | {frames:.0f} | "
@@ -250,10 +270,10 @@ def main() -> int:
                 pids = _gateway_pids(gateway.pid, args.workers)
                 sys.stdout.write(
                     f"workers {args.workers}, providers {args.providers}\n"
-                    "| rooms | failed | join → greeting ms p50 / p95 / max | connected → "
+                    "| rooms | failed | refused | join → greeting ms p50 / p95 / max | connected → "
                     "greeting ms p50 / p95 | end of question → answer ms p50 / p95 | agent "
                     "frames | source ran dry | rooms (all workers) | gateway CPU per call |\n"
-                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
                 )
                 for n in (int(x) for x in args.levels.split(",")):
                     row = asyncio.run(
