@@ -17,7 +17,7 @@ from gateway.call.admission import Admission, LoopLagMonitor, StreamSlots
 from gateway.call.capacity import OrganizationCapacity
 from gateway.call.config import SessionConfig, TurnModels
 from gateway.call.lease import GatewayLease, LostCallSweeper
-from gateway.call.lifecycle import CallEnding, CallRuntime, LiveCalls
+from gateway.call.lifecycle import ROOM_TRANSPORTS, CallEnding, CallRuntime, LiveCalls
 from gateway.call.lookup import CallerLookup
 from gateway.call.voicemail import VoicemailBounds
 from gateway.call.writes import WriteBacklog, WritePolicy
@@ -238,7 +238,7 @@ def build_services(
     )
 
     async def lost(call: CallRecord) -> None:
-        if rooms is not None and call.transport in ("livekit", "web"):  # both hold a room
+        if rooms is not None and call.transport in ROOM_TRANSPORTS:  # both hold a room
             await rooms.close_lost(call)
 
     sweeper = LostCallSweeper(

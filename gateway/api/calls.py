@@ -97,10 +97,15 @@ async def place_outbound_call(req: ApiRequest) -> BaseModel:
     key = "outbound-" + secrets.token_hex(8)
     hold_s = settings.outbound_ring_timeout_s + settings.admission_hold_s
     admission = req.services.admission
+    body = req.body_as(OutboundCallRequest)  # parsed already: this reads nothing
+    weight = admission.room_weight if body.call_service == "livekit" else 1
     admission.require(
-        key, hold_s=hold_s, arrival="outbound", retry_after_s=settings.admission_retry_after_s
+        key,
+        hold_s=hold_s,
+        arrival="outbound",
+        retry_after_s=settings.admission_retry_after_s,
+        weight=weight,
     )
-    body = req.body_as(OutboundCallRequest)
     try:
         placed = await place_call(
             req.services,

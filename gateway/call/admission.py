@@ -5,8 +5,8 @@ A process is full when any of these bounds is reached:
 - live calls: the calls it serves (`LiveCalls`, a call counts from `take()` until its final
   write) plus the calls it has admitted whose leg has not arrived yet (a Twilio call
   between its voice webhook and its media stream, an outbound Twilio call while it rings),
-  at `MAX_LIVE_CALLS` places. A LiveKit room call (SIP, web; an outbound one from when its
-  room is served) holds `LIVEKIT_CALL_WEIGHT` places: its WebRTC stack in the process costs
+  at `MAX_LIVE_CALLS` places. A LiveKit room call (SIP, web, outbound) holds
+  `LIVEKIT_CALL_WEIGHT` places: its WebRTC stack in the process costs
   several Twilio calls, and a bound counted in calls let rooms in until every room's
   audio broke up. A call is taken while its places fit (one room always fits an empty
   process, whatever the weight);
@@ -56,7 +56,7 @@ class Refusal:
     """A call this process does not take, and the figures it was judged on."""
 
     cause: RefusalCause
-    live: int
+    live: int  # places held (a room call holds `room_weight`)
     max_live: int
     lag_ms: float
     max_lag_ms: float

@@ -142,7 +142,8 @@ class LiveCalls:
         self.gateway_id = gateway_id
         self.room_weight = room_weight
         self._calls: dict[str, CallLifecycle] = {}
-        self._served_weight = 0  # the places the calls in `_calls` hold
+        self._weights: dict[str, int] = {}  # the places each call in `_calls` holds
+        self._served_weight = 0  # their sum
         # Calls that ended here but whose final write failed (the database was away): how
         # they ended, for this gateway's sweeper to store once the database is back (a few
         # bytes per such call, only until then).
@@ -198,8 +199,9 @@ class LiveCalls:
         return list(self._calls.values())
 
     def add(self, call: CallLifecycle) -> None:
-        if call.call.id not in self._calls:
-            self._served_weight += self.weight_of(call.call.transport)
+        weight = self.weight_of(call.call.transport)
+        self._served_weight += weight - self._weights.get(call.call.id, 0)
+        self._weights[call.call.id] = weight
         self._calls[call.call.id] = call
         self._expected.pop(call.call.id, None)  # its place was held since it was admitted
         if call.call.call_sid:
@@ -221,7 +223,7 @@ class LiveCalls:
     def discard(self, call: CallLifecycle) -> None:
         if self._calls.get(call.call.id) is call:
             del self._calls[call.call.id]
-            self._served_weight -= self.weight_of(call.call.transport)
+            self._served_weight -= self._weights.pop(call.call.id, 0)
         if not self._calls:
             self._none_left.set()
 

@@ -37,8 +37,13 @@ class ServicesPlacer:
         services, settings = self._services, self._services.settings
         key = "campaign-" + secrets.token_hex(8)
         hold_s = settings.outbound_ring_timeout_s + settings.admission_hold_s
-        services.admission.require(
-            key, hold_s=hold_s, arrival="outbound", retry_after_s=settings.admission_retry_after_s
+        admission = services.admission
+        admission.require(
+            key,
+            hold_s=hold_s,
+            arrival="outbound",
+            retry_after_s=settings.admission_retry_after_s,
+            weight=admission.room_weight if campaign.call_service == "livekit" else 1,
         )
 
         async def stored(call: CallRecord) -> None:
@@ -67,8 +72,12 @@ class ServicesPlacer:
 def build_dialer(services: Services) -> CampaignDialer:
     settings, db = services.settings, services.database
 
+    # Whether an attempt of any campaign would be admitted: one of a LiveKit campaign holds
+    # a room's places, so with LiveKit configured the dialer waits for that many.
+    weight = services.admission.room_weight if services.rooms is not None else 1
+
     def may_start() -> bool:
-        return not services.draining.active and services.admission.refusal() is None
+        return not services.draining.active and services.admission.refusal(weight) is None
 
     return CampaignDialer(
         config=DialerConfig(

@@ -172,7 +172,15 @@ def test_a_room_call_holds_the_room_weight_of_places() -> None:
     assert (live.occupancy(), live.count()) == (5, 2)
     live.discard(calls[1])  # gone already
     assert live.occupancy() == 5
-    assert admission.refusal(weight=4) is None and admission.refusal(weight=6) is not None
+    room = _served("c3", "livekit")  # another lifecycle under c3's id: its weight replaces
+    live.add(room)
+    assert live.occupancy() == 8
+    live.discard(calls[2])  # no longer the one served under c3
+    assert live.occupancy() == 8
+    live.discard(room)
+    assert (live.occupancy(), live.count()) == (4, 1)
+    assert admission.refusal(weight=6) is None  # 4 + 6 places of 10: an exact fit
+    assert admission.refusal(weight=7) is not None
 
 
 def test_one_room_always_fits_an_empty_process() -> None:
