@@ -40,6 +40,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sip_callers import (  # noqa: E402
+    GoCallers,
+    GoRoomCaller,
+    build_sip_caller,
+    opus_packets,
+    write_clip,
+)
 from workers_bench import _wait_up, provider_fakes  # noqa: E402
 
 from tests.livekit_caller import RoomCaller, caller_token, espeak_pcm16k  # noqa: E402
@@ -66,7 +73,10 @@ class _Refused(Exception):
     """The gateway hung the caller up before it greeted it: the call was refused (full)."""
 
 
-async def _greeted(caller: RoomCaller) -> float:
+Caller = RoomCaller | GoRoomCaller
+
+
+async def _greeted(caller: Caller) -> float:
     """When the agent's first audio reached `caller`; `_Refused` if the room closed first."""
     heard = asyncio.ensure_future(caller.wait_agent_audio(within_s=60))
     left = asyncio.ensure_future(caller.left.wait())
@@ -137,12 +147,17 @@ def _counters(text: str) -> dict[str, float]:
 
 
 async def _one_call(
-    server: LiveKitServer, speech: list[object], seconds: float
+    server: LiveKitServer, speech: list[object], seconds: float, go: GoCallers | None
 ) -> tuple[float, float, list[float]]:
-    """(join → greeting ms, connected → greeting ms, end of question → answer ms each)."""
+    """(join → greeting ms, connected → greeting ms, end of question → answer ms each).
+    `speech`: the questions (PCM for the Python callers, clip numbers for `go`'s)."""
     room = "call-" + uuid.uuid4().hex[:8]
     attributes = {"sip.phoneNumber": "+15550001111", "sip.callID": "SCL_" + room}
-    caller = RoomCaller(frame_ms=CALLER_FRAME_MS, single_peer_connection=CALLER_SINGLE_PC)
+    caller: Caller = (
+        go.caller()
+        if go is not None
+        else RoomCaller(frame_ms=CALLER_FRAME_MS, single_peer_connection=CALLER_SINGLE_PC)
+    )
     joined = time.monotonic()
     await caller.join(
         server.url.replace("http://", "ws://"),
@@ -182,13 +197,18 @@ async def _level(
     n: int,
     seconds: float,
     speech: list[object],
+    go: GoCallers | None,
 ) -> str:
+    if go is not None:
+        await go.start()
     before = await _per_worker(base, workers)
     cpu0 = sum(_cpu_s(pid) for pid in pids)
     results = await asyncio.gather(
-        *(_one_call(server, speech, seconds) for _ in range(n)), return_exceptions=True
+        *(_one_call(server, speech, seconds, go) for _ in range(n)), return_exceptions=True
     )
     cpu = sum(_cpu_s(pid) for pid in pids) - cpu0
+    if go is not None:
+        await go.aclose()
     await asyncio.sleep(1.0)
     after = await _per_worker(base, workers)
 
@@ -201,6 +221,8 @@ async def _level(
     for failure in (r for r in results if isinstance(r, BaseException)):
         if not isinstance(failure, _Refused):
             sys.stderr.write(f"a call failed: {failure!r}\n")
+    if not ok:
+        return f"| {n} | {n - refused} | {refused} | no call was greeted |"
     greetings = [g for g, _, _ in ok]
     connected = [c for _, c, _ in ok]
     answers = [a for _, _, group in ok for a in group]
@@ -230,13 +252,27 @@ def main() -> int:
         "local server answering at once (the Twilio benches' set-up); local: PocketSphinx, "
         "the scripted agent and espeak-ng in the gateway process",
     )
+    parser.add_argument(
+        "--callers",
+        choices=("python", "go"),
+        default="python",
+        help="python: tests/livekit_caller.py, the Python SDK in this process; go: "
+        "tools/sip-caller (server-sdk-go and pion, as LiveKit's SIP bridge), Opus made once",
+    )
     args = parser.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     speech: list[object] = [espeak_pcm16k(line) for line in LINES]
+    binary = build_sip_caller() if args.callers == "go" else None
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(os.environ.get("BENCH_KEEP_DIR") or tmp)
         work.mkdir(parents=True, exist_ok=True)
+        clips = []
+        if binary is not None:
+            for i, pcm in enumerate(speech):
+                clips.append(work / f"question-{i}.opus")
+                write_clip(clips[-1], opus_packets(pcm))  # type: ignore[arg-type]
+            speech = list(range(len(clips)))
         fakes_env = {**os.environ, "PYTHONPATH": str(ROOT)}
         provider_env = {} if args.providers == "local" else provider_fakes(stack, fakes_env, work)
         with run_livekit_server(work, webhook_url=base + "/livekit/webhook") as server:
@@ -269,15 +305,21 @@ def main() -> int:
                     time.sleep(0.2)
                 pids = _gateway_pids(gateway.pid, args.workers)
                 sys.stdout.write(
-                    f"workers {args.workers}, providers {args.providers}\n"
+                    f"workers {args.workers}, providers {args.providers}, "
+                    f"callers {args.callers}\n"
                     "| rooms | failed | refused | join → greeting ms p50 / p95 / max | connected → "
                     "greeting ms p50 / p95 | end of question → answer ms p50 / p95 | agent "
                     "frames | source ran dry | rooms (all workers) | gateway CPU per call |\n"
                     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
                 )
                 for n in (int(x) for x in args.levels.split(",")):
+                    go = (
+                        GoCallers(binary, clips, work / "sip-caller.log")
+                        if binary is not None
+                        else None
+                    )
                     row = asyncio.run(
-                        _level(server, base, pids, args.workers, n, args.call_seconds, speech)
+                        _level(server, base, pids, args.workers, n, args.call_seconds, speech, go)
                     )
                     sys.stdout.write(row + "\n")
                     sys.stdout.flush()
