@@ -35,7 +35,7 @@ OPUS_SET_BITRATE = 4002
 def build_sip_caller() -> Path:
     """The Go caller's binary, built into the per-user cache once per source change."""
     script = ROOT / "scripts" / "ensure-sip-caller.sh"
-    out = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True)
+    out = subprocess.run(["bash", str(script)], check=True, stdout=subprocess.PIPE, text=True)
     return Path(out.stdout.strip())
 
 
@@ -59,6 +59,7 @@ def opus_packets(pcm16k: np.ndarray, *, bitrate: int = 32000) -> list[bytes]:
         ctypes.c_int32,
     ]
     lib.opus_encoder_destroy.argtypes = [ctypes.c_void_p]
+    lib.opus_encoder_destroy.restype = None
     error = ctypes.c_int()
     encoder = lib.opus_encoder_create(OPUS_RATE, 1, OPUS_APPLICATION_VOIP, ctypes.byref(error))
     if not encoder or error.value != 0:
@@ -127,13 +128,17 @@ class GoCallers:
 
     async def _read(self) -> None:
         assert self._process is not None and self._process.stdout is not None
-        async for line in self._process.stdout:
-            if self._trace is not None:
-                self._trace.write(line)
-            event = json.loads(line)
-            caller = self._callers.get(event.get("id", ""))
-            if caller is not None:
-                caller.on_event(event)
+        try:
+            async for line in self._process.stdout:
+                if self._trace is not None:
+                    self._trace.write(line)
+                event = json.loads(line)
+                caller = self._callers.get(event.get("id", ""))
+                if caller is not None:
+                    caller.on_event(event)
+        finally:  # the process ended (or spoke nonsense): nobody is in a room any more
+            for caller in self._callers.values():
+                caller.on_event({"ev": "left"})
 
     async def aclose(self) -> None:
         if self._process is None:
@@ -189,11 +194,16 @@ class GoRoomCaller:
             self.left.set()
             self._connected.set()
             self._changed.set()
+            self._said.set()
 
     async def join(self, url: str, token: str) -> None:
         self._callers.send({"op": "join", "id": self.id, "url": url, "token": token})
-        await asyncio.wait_for(self._connected.wait(), 60)
-        if self._error is not None or self.connected_at is None:
+        try:
+            await asyncio.wait_for(self._connected.wait(), 60)
+        except TimeoutError:
+            self._error = "no answer in 60 s"
+        if self._error is not None or self.connected_at is None or self.left.is_set():
+            self._callers.send({"op": "leave", "id": self.id})
             raise AssertionError(f"the caller could not join: {self._error}")
 
     def say(self, clip: int) -> None:
@@ -202,6 +212,8 @@ class GoRoomCaller:
 
     async def wait_said(self) -> None:
         await self._said.wait()
+        if self.left.is_set():
+            raise AssertionError("the call ended while the caller spoke")
 
     async def wait_agent_audio(self, within_s: float = 20.0) -> float:
         """Wait until the agent is heard; when its audio began, never earlier than this call."""

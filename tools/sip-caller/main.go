@@ -80,7 +80,8 @@ type caller struct {
 
 func (c *caller) say(clip int) {
 	clips := *c.clips
-	if clip < 0 || clip >= len(clips) {
+	if clip < 0 || clip >= len(clips) || len(clips[clip]) == 0 {
+		c.out.emit(map[string]any{"ev": "said", "id": c.id, "t": monotonic()}) // nothing to say
 		return
 	}
 	c.mu.Lock()
@@ -132,7 +133,11 @@ func (c *caller) listen(track *webrtc.TrackRemote) {
 			if err != nil {
 				return
 			}
-			packets <- len(p.Payload)
+			select {
+			case packets <- len(p.Payload):
+			case <-c.done:
+				return
+			}
 		}
 	}()
 	for {
@@ -148,8 +153,12 @@ func (c *caller) listen(track *webrtc.TrackRemote) {
 				continue
 			}
 			now := time.Now()
+			if loud && now.Sub(last) > stretchGap { // the check had not ended the stretch yet
+				c.out.emit(map[string]any{"ev": "quiet", "id": c.id, "t": lastMono})
+				loud = false
+			}
 			lastMono = monotonic()
-			if !loud || now.Sub(last) > stretchGap {
+			if !loud {
 				loud = true
 				c.out.emit(map[string]any{"ev": "loud", "id": c.id, "t": lastMono})
 			}
@@ -167,9 +176,12 @@ func (c *caller) listen(track *webrtc.TrackRemote) {
 
 func (c *caller) leave() {
 	c.once.Do(func() {
+		c.mu.Lock()
 		close(c.done)
-		if c.room != nil {
-			c.room.Disconnect()
+		room := c.room
+		c.mu.Unlock()
+		if room != nil {
+			room.Disconnect()
 		}
 		c.out.emit(map[string]any{"ev": "left", "id": c.id})
 	})
@@ -190,6 +202,13 @@ func join(c *caller, url, token string) {
 		return
 	}
 	c.mu.Lock()
+	select {
+	case <-c.done: // left while joining: leave the room just joined
+		c.mu.Unlock()
+		room.Disconnect()
+		return
+	default:
+	}
 	c.room = room
 	c.mu.Unlock()
 	c.out.emit(map[string]any{"ev": "connected", "id": c.id, "t": monotonic()})
