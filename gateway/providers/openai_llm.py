@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import openai
-from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
+from openai import AsyncOpenAI, AsyncStream
 
 from gateway.errors import ProviderError
 from gateway.providers.base import (
@@ -116,6 +115,37 @@ class _PendingToolCall:
         return parsed if isinstance(parsed, dict) else {}
 
 
+def _chunk_events(
+    chunk: object, calls: dict[int, _PendingToolCall], model: str
+) -> Iterator[LLMEvent]:
+    """The text and usage of one `chat.completion.chunk`; tool-call fragments go into
+    `calls`. Raises `ProviderError` on a chunk not shaped like one."""
+    try:
+        if not isinstance(chunk, dict):
+            raise TypeError("not an object")
+        usage = chunk.get("usage")
+        if usage:
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            yield Usage(int(prompt or 0), int(completion or 0), model)
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if content:
+                yield TextDelta(str(content))
+            for call in delta.get("tool_calls") or ():
+                index = int(call["index"])
+                pending = calls.setdefault(index, _PendingToolCall())
+                pending.id = pending.id or call.get("id") or f"call_{index}"
+                function = call.get("function")
+                if function is not None:
+                    pending.name += function.get("name") or ""
+                    pending.arguments.append(function.get("arguments") or "")
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise ProviderError(
+            f"malformed chat.completion.chunk ({exc!r})", provider=OpenAIChatLLM.name
+        ) from exc
+
+
 class OpenAIChatLLM:
     """`LLM` on `chat.completions` with `stream=True`; the greeting is spoken as configured.
 
@@ -209,31 +239,31 @@ class OpenAIChatLLM:
         self, messages: list[dict[str, Any]], calls: dict[int, _PendingToolCall]
     ) -> AsyncIterator[LLMEvent]:
         try:
-            stream = await self._client.chat.completions.create(
-                model=self._model,
-                messages=cast(list[ChatCompletionMessageParam], messages),
-                tools=cast(list[ChatCompletionFunctionToolParam], self._tools),
+            # Plain JSON both ways: `chat.completions.create` first walks the request through
+            # its typed schema (2.8 ms of CPU with 13 messages, half of what a request cost)
+            # and builds a model object of every chunk (0.3 ms each, 40 chunks a sentence or
+            # two); the SDK still sends, retries, maps errors and parses the events.
+            stream = await self._client.post(
+                "/chat/completions",
+                body={
+                    "model": self._model,
+                    "messages": messages,
+                    "tools": self._tools,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                },
+                cast_to=object,
                 stream=True,
-                stream_options={"include_usage": True},
+                stream_cls=AsyncStream[object],
             )
             async for chunk in stream:
-                if chunk.usage is not None:
-                    yield Usage(
-                        chunk.usage.prompt_tokens, chunk.usage.completion_tokens, self._model
-                    )
-                for choice in chunk.choices:
-                    delta = choice.delta
-                    if delta.content:
-                        yield TextDelta(delta.content)
-                    for call in delta.tool_calls or ():
-                        pending = calls.setdefault(call.index, _PendingToolCall())
-                        pending.id = pending.id or call.id or f"call_{call.index}"
-                        if call.function is not None:
-                            pending.name += call.function.name or ""
-                            pending.arguments.append(call.function.arguments or "")
+                for event in _chunk_events(chunk, calls, self._model):
+                    yield event
         except openai.APIStatusError as exc:
             raise ProviderError(str(exc), provider=self.name, status=exc.status_code) from exc
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise ProviderError(str(exc), provider=self.name) from exc
+        except openai.APIError as exc:  # an error event in the stream
             raise ProviderError(str(exc), provider=self.name) from exc
 
     async def _run_tool(self, call: _PendingToolCall) -> tuple[str, LLMEvent | None]:

@@ -6,7 +6,9 @@ is scripted from the last user message: "bye" -> a goodbye and an `end_call` too
 "transfer" -> `transfer_call`; "press" -> `send_dtmf`; "weather" -> the assistant's
 `get_weather` HTTP tool, and once the tool's result is in the messages, a reply quoting
 it; "long" -> a long answer, tokens 50 ms apart; "fail" -> HTTP 500; "slow" -> tokens
-50 ms apart; anything else -> an echo.
+50 ms apart; "break off" -> one word, then an error event in the stream (as OpenAI sends
+one when a reply fails midway); "garble" -> one word, then a chunk whose `choices` is not
+a list; anything else -> an echo.
 
 Non-streaming requests (`stream` absent or false: post-call analysis) get one
 `chat.completion` object with `usage`, scripted by a marker anywhere in the messages:
@@ -94,6 +96,14 @@ async def _events(body: dict[str, Any], said: str) -> AsyncIterator[bytes]:
     yield _sse(_chunk({"role": "assistant", "content": ""}))
     delay = 0.05 if "slow" in said.lower() or "long" in said.lower() else 0.0
     words, tool = _script(said, body["messages"], tools)
+    if "break off" in said.lower() or "garble" in said.lower():
+        yield _sse(_chunk({"content": "Well,"}))
+        if "garble" in said.lower():
+            yield _sse({**_chunk({}), "choices": 5})
+        else:
+            yield _sse({"error": {"message": "The server had an error", "type": "server_error"}})
+        yield _sse("[DONE]")
+        return
     for word in words:
         if delay:
             await asyncio.sleep(delay)

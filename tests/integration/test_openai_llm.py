@@ -93,6 +93,25 @@ def _text(events: list[LLMEvent]) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 
+@pytest.mark.parametrize("said", ["please break off", "garble it"])
+async def test_a_reply_that_breaks_midway_is_a_provider_error(
+    openai_base_url: str, said: str
+) -> None:
+    """An error event or a chunk not shaped like one, after some text: the text came out
+    and then a `ProviderError` (the call's turn handling speaks its fallback)."""
+    llm = _llm(openai_base_url)
+    history = [ChatMessage("assistant", "Hello"), ChatMessage("user", said)]
+    got: list[LLMEvent] = []
+    try:
+        with pytest.raises(ProviderError) as caught:
+            async for event in llm.respond(history, call_id="c1"):
+                got.append(event)
+    finally:
+        await llm.aclose()
+    assert got == [TextDelta("Well,")]
+    assert caught.value.provider == "openai"
+
+
 async def test_transfer_only_to_a_configured_destination(openai_base_url: str) -> None:
     events = await _collect(
         _llm(openai_base_url, transfer_targets=["+15550001111"]), "transfer me please"
