@@ -6,9 +6,11 @@ is scripted from the last user message: "bye" -> a goodbye and an `end_call` too
 "transfer" -> `transfer_call`; "press" -> `send_dtmf`; "weather" -> the assistant's
 `get_weather` HTTP tool, and once the tool's result is in the messages, a reply quoting
 it; "long" -> a long answer, tokens 50 ms apart; "fail" -> HTTP 500; "slow" -> tokens
-50 ms apart; "break off" -> one word, then an error event in the stream (as OpenAI sends
-one when a reply fails midway); "garble" -> one word, then a chunk whose `choices` is not
-a list; anything else -> an echo.
+50 ms apart; a reply that breaks midway, each one word and then: "break off" -> an error
+event in the stream (as OpenAI sends one when a reply fails midway), "garble" -> a chunk
+whose `choices` is not a list, "scramble" -> an event whose data is not JSON, "refuse
+midway" -> an error object in place of a chunk (as some compatible servers send), "odd
+content" -> a chunk whose `content` is a list; anything else -> an echo.
 
 Non-streaming requests (`stream` absent or false: post-call analysis) get one
 `chat.completion` object with `usage`, scripted by a marker anywhere in the messages:
@@ -90,18 +92,26 @@ def _script(
     return ["You", " said:", f" {said}.", " Anything", " else?"], None
 
 
+# What follows the first word of a reply that breaks midway, by the marker said.
+_BREAKS: dict[str, dict[str, Any] | str] = {
+    "break off": {"error": {"message": "The server had an error", "type": "server_error"}},
+    "garble": {**_chunk({}), "choices": 5},
+    "scramble": '{"id": "chatcmpl-fake", "choices": [',
+    "refuse midway": {"object": "error", "message": "model overloaded", "code": 503},
+    "odd content": _chunk({"content": [{"type": "text", "text": "Hi"}]}),
+}
+
+
 async def _events(body: dict[str, Any], said: str) -> AsyncIterator[bytes]:
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     tools = [t["function"]["name"] for t in body.get("tools") or []]
     yield _sse(_chunk({"role": "assistant", "content": ""}))
     delay = 0.05 if "slow" in said.lower() or "long" in said.lower() else 0.0
     words, tool = _script(said, body["messages"], tools)
-    if "break off" in said.lower() or "garble" in said.lower():
+    breaks = [bad for marker, bad in _BREAKS.items() if marker in said.lower()]
+    if breaks:
         yield _sse(_chunk({"content": "Well,"}))
-        if "garble" in said.lower():
-            yield _sse({**_chunk({}), "choices": 5})
-        else:
-            yield _sse({"error": {"message": "The server had an error", "type": "server_error"}})
+        yield _sse(breaks[0])
         yield _sse("[DONE]")
         return
     for word in words:

@@ -93,12 +93,15 @@ def _text(events: list[LLMEvent]) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 
-@pytest.mark.parametrize("said", ["please break off", "garble it"])
+@pytest.mark.parametrize(
+    "said", ["please break off", "garble it", "scramble it", "refuse midway", "odd content"]
+)
 async def test_a_reply_that_breaks_midway_is_a_provider_error(
     openai_base_url: str, said: str
 ) -> None:
-    """An error event or a chunk not shaped like one, after some text: the text came out
-    and then a `ProviderError` (the call's turn handling speaks its fallback)."""
+    """An error event, an event that is not JSON, an error object or a chunk not shaped
+    like one, after some text: the text came out and then a `ProviderError` (the call's
+    turn handling speaks its fallback), never a reply cut short in silence."""
     llm = _llm(openai_base_url)
     history = [ChatMessage("assistant", "Hello"), ChatMessage("user", said)]
     got: list[LLMEvent] = []
