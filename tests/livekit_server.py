@@ -7,14 +7,20 @@ server's SIP APIs answer "sip not connected (redis required)", so both always ru
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+
+from google.protobuf.json_format import MessageToJson
+from livekit import api as lkapi
 
 from tests.net import free_port, wait_port
 
@@ -27,6 +33,20 @@ class LiveKitServer:
     api_key: str
     api_secret: str
     redis_port: int
+
+
+def signed_webhook(server: LiveKitServer, event: lkapi.WebhookEvent) -> tuple[bytes, str]:
+    """The body and Authorization header livekit-server sends for `event` (a JWT valid five
+    minutes whose sha256 claim covers the JSON body)."""
+    body = MessageToJson(event).encode()
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    token = (
+        lkapi.AccessToken(server.api_key, server.api_secret)
+        .with_sha256(digest)
+        .with_ttl(timedelta(minutes=5))
+        .to_jwt()
+    )
+    return body, token
 
 
 def _binary() -> str:

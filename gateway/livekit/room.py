@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +68,12 @@ WEB_JOIN_GRACE_S = 10.0
 # A refused dispatch's Retry-After: LiveKit's webhook client (go-retryablehttp) honours it
 # for a 503, so its few retries come a second apart, each free to reach another gateway.
 LIVEKIT_RETRY_AFTER_S = 1
+# Under `serve --workers N`, how often a worker that refused a dispatch offers it on the port
+# again (`Handoff`), until a worker takes it or the grace is over.
+HANDOFF_EVERY_S = 0.5
+# Offers a refused dispatch once more on this gateway's port, on a new connection (which the
+# kernel may hand to any worker): True once a worker took it (or it had been taken).
+Handoff = Callable[[], Awaitable[bool]]
 # An inbound SIP call is answered before the caller's audio arrives (its subscription is
 # a WebRTC negotiation, seconds at most under load): without it by then, the call ends.
 CALLER_AUDIO_WAIT_S = 20.0
@@ -454,43 +460,77 @@ class LiveKitRooms:
                 await asyncio.shield(connection.close())
 
     def admit_dispatch(
-        self, event_id: str, room_name: str, attributes: Mapping[str, str], *, keep_until: datetime
+        self,
+        event_id: str,
+        room_name: str,
+        attributes: Mapping[str, str],
+        *,
+        keep_until: datetime,
+        handoff: Handoff | None = None,
+        offered: bool = False,
     ) -> None:
         """Before a SIP caller's dispatch is claimed: `GatewayFull` if this process has no
         room for a new call, with its last resort scheduled (`dispatch_refused`). Checked
-        again, holding a place, when the call is opened (`serve_inbound`)."""
+        again, holding a place, when the call is opened (`serve_inbound`). A dispatch another
+        worker `offered` here (its `Handoff`) is refused quietly: that worker counted the
+        refusal and keeps its last resort."""
         if room_name in self._rooms or ATTR_CALL in attributes:
             return
         refusal = self._admission.refusal(self._admission.room_weight)
         if refusal is None:
             return
-        self.dispatch_refused(event_id, room_name, attributes, keep_until=keep_until)
-        self._admission.refused(refusal, arrival="livekit", key=room_name)
+        if offered:
+            log.debug("offered dispatch refused", extra={"room": room_name, "event_id": event_id})
+        else:
+            self.dispatch_refused(
+                event_id, room_name, attributes, keep_until=keep_until, handoff=handoff
+            )
+            self._admission.refused(refusal, arrival="livekit", key=room_name)
         raise GatewayFull(refusal.cause, retry_after_s=LIVEKIT_RETRY_AFTER_S)
 
     def dispatch_refused(
-        self, event_id: str, room_name: str, attributes: Mapping[str, str], *, keep_until: datetime
+        self,
+        event_id: str,
+        room_name: str,
+        attributes: Mapping[str, str],
+        *,
+        keep_until: datetime,
+        handoff: Handoff | None = None,
     ) -> None:
         """A SIP caller's dispatch was refused here (full) and given back to LiveKit's
-        retries (`participant_joined` event `event_id`). The last resort, after
-        LIVEKIT_DISPATCH_GRACE_S: a gateway that took the call has claimed the event by then;
-        if none has, this one claims it and serves the call if it has room now, else stores
-        it busy/gateway-full and closes the room (the caller is hung up, not left in a
-        silent room)."""
+        retries (`participant_joined` event `event_id`). Under `serve --workers N` it is also
+        offered to the other workers (`handoff`, every HANDOFF_EVERY_S): LiveKit's few
+        retries, each on a new connection, may all land on this worker again. The last
+        resort, after LIVEKIT_DISPATCH_GRACE_S: a gateway that took the call has claimed the
+        event by then; if none has, this one claims it and serves the call if it has room
+        now, else stores it busy/gateway-full and closes the room (the caller is hung up,
+        not left in a silent room)."""
         if event_id in self._last_resorts:
             return
         task = asyncio.create_task(
-            self._last_resort(event_id, room_name, dict(attributes), keep_until),
+            self._last_resort(event_id, room_name, dict(attributes), keep_until, handoff),
             name=f"dispatch-{room_name}",
         )
         self._last_resorts[event_id] = task
         task.add_done_callback(lambda _: self._last_resorts.pop(event_id, None))
 
     async def _last_resort(
-        self, event_id: str, room_name: str, attributes: dict[str, str], keep_until: datetime
+        self,
+        event_id: str,
+        room_name: str,
+        attributes: dict[str, str],
+        keep_until: datetime,
+        handoff: Handoff | None,
     ) -> None:
-        await asyncio.sleep(self._settings.livekit_dispatch_grace_s)
         extra = {"room": room_name, "event_id": event_id}
+        loop = asyncio.get_running_loop()
+        grace_over = loop.time() + self._settings.livekit_dispatch_grace_s
+        while handoff is not None and loop.time() + HANDOFF_EVERY_S < grace_over:
+            await asyncio.sleep(HANDOFF_EVERY_S)
+            if await handoff():
+                log.info("refused dispatch taken when offered again", extra=extra)
+                return
+        await asyncio.sleep(max(0.0, grace_over - loop.time()))
         try:
             fresh = await self._database.claims.claim_event(
                 event_id, event="participant_joined", now=datetime.now(UTC), keep_until=keep_until

@@ -16,19 +16,24 @@ A SIP caller's `participant_joined` that this process has no room for (admission
 is given back, if the process filled up meanwhile) and the webhook is answered 503 with
 `Retry-After: 1`. LiveKit's webhook client retries a 5xx a few
 times (go-retryablehttp's default: 4 retries), and a balancer in front of several gateways
-may hand a retry to one with room. Nothing is stored for it then (another gateway may
-still take the call). After LIVEKIT_DISPATCH_GRACE_S the refusing gateway tries to claim
-the event itself: if no gateway took the call, it serves it if it has room by then, else
-stores it busy/gateway-full and closes the room, so the caller is hung up rather than left
-in a silent room (`LiveKitRooms.dispatch_refused`).
+may hand a retry to one with room. Under `serve --workers N` the refusing worker also offers
+the same signed request on its own port again every 0.5 s, each time on a new connection
+that the kernel may give to any worker, until one takes it (`OFFERED_HEADER` marks these,
+so a full worker refuses them without counting the call again). Nothing is stored for it
+then (another gateway may still take the call). After LIVEKIT_DISPATCH_GRACE_S the refusing
+gateway tries to claim the event itself: if no gateway took the call, it serves it if it
+has room by then, else stores it busy/gateway-full and closes the room, so the caller is
+hung up rather than left in a silent room (`LiveKitRooms.dispatch_refused`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
+import httpx
 from livekit import api
 from livekit.protocol import models
 from starlette.requests import Request
@@ -36,11 +41,17 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.errors import GatewayFull, NotConfigured
 from gateway.livekit.egress import record_egress_ended
-from gateway.livekit.room import LiveKitRooms
+from gateway.livekit.room import Handoff, LiveKitRooms
 from gateway.services import Services
+from gateway.settings import Settings
 from telephony.livekit import verified_event, verified_webhook_token
 
 log = logging.getLogger(__name__)
+
+# Marks a refused dispatch that a worker offers again on its own port (`_handoff`).
+OFFERED_HEADER = "x-voice-gateway-offered"
+# How long an offer may take: the worker that takes it answers once the call is opened.
+HANDOFF_TIMEOUT_S = 15.0
 
 
 async def livekit_webhook(request: Request) -> Response:
@@ -64,10 +75,21 @@ async def livekit_webhook(request: Request) -> Response:
         log.warning("livekit event without an id ignored", extra=extra)
         return _answered()
     keep_until = datetime.fromtimestamp(token.valid_until, UTC)
+    offered = OFFERED_HEADER in request.headers
+    handoff = None
     if event.event == "participant_joined" and event.participant.kind == models.ParticipantInfo.SIP:
         # A full gateway leaves the dispatch unclaimed, for a retry elsewhere (503).
+        if not offered:
+            handoff = _handoff(services.settings, await request.body(), request.headers)
         attributes = dict(event.participant.attributes)
-        rooms.admit_dispatch(event.id, event.room.name, attributes, keep_until=keep_until)
+        rooms.admit_dispatch(
+            event.id,
+            event.room.name,
+            attributes,
+            keep_until=keep_until,
+            handoff=handoff,
+            offered=offered,
+        )
     claims = services.database.claims
     fresh = await claims.claim_event(
         event.id,
@@ -83,11 +105,39 @@ async def livekit_webhook(request: Request) -> Response:
         await _act(services, rooms, event)
     except Exception as exc:  # given back so LiveKit's retry is acted on, then answered as usual
         await claims.release_event(event.id)
-        if isinstance(exc, GatewayFull):  # full by the time it was opened: as above
+        if isinstance(exc, GatewayFull) and not offered:  # full by the time it was opened
             attributes = dict(event.participant.attributes)
-            rooms.dispatch_refused(event.id, event.room.name, attributes, keep_until=keep_until)
+            rooms.dispatch_refused(
+                event.id, event.room.name, attributes, keep_until=keep_until, handoff=handoff
+            )
         raise
     return _answered()
+
+
+def _handoff(settings: Settings, body: bytes, headers: Mapping[str, str]) -> Handoff | None:
+    """Under `serve --workers N` (a worker has an index), a refused dispatch's request as it
+    came, sent again to this gateway's port for another worker to take; None otherwise."""
+    if settings.worker_index is None:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/livekit/webhook"
+    sent = {
+        "authorization": headers.get("authorization", ""),
+        "content-type": headers.get("content-type", "application/webhook+json"),
+        OFFERED_HEADER: str(settings.worker_index),
+    }
+
+    async def offer() -> bool:
+        # A client of its own each time: a new connection, which any worker may accept.
+        try:
+            async with httpx.AsyncClient(timeout=HANDOFF_TIMEOUT_S) as http:
+                answer = await http.post(url, content=body, headers=sent)
+        except httpx.HTTPError as exc:
+            log.debug("offering a refused dispatch failed: %r", exc)
+            return False
+        return answer.status_code == 200
+
+    return offer
 
 
 def _answered() -> Response:

@@ -3,7 +3,8 @@
 answered `<Reject reason="busy"/>`, stored busy/gateway-full and counted; an outbound
 call is refused 503 with Retry-After and placed once there is room again; the two live
 calls finish normally with their transcripts. A LiveKit SIP dispatch to a full gateway is
-left for another gateway, and hung up (stored busy/gateway-full) when none takes it. A
+left for another gateway, and hung up (stored busy/gateway-full) when none takes it; under
+`serve --workers 2` a dispatch refused by a full worker is taken by the other one. A
 gateway whose database falls behind its calls' writes (its FerretDB stopped with SIGSTOP)
 refuses new calls until the writes are stored, and its live call loses nothing."""
 
@@ -21,11 +22,14 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from livekit import api as lkapi
 
 from gateway.demo.simulated_twilio import SimulatedTwilioCall, espeak_mulaw
 from telephony.twilio import TwilioSignatureValidator
 from tests.ferretdb_server import embedded_ferretdb
 from tests.livekit_caller import RoomCaller, caller_token, dispatch_attributes, espeak_pcm16k
+from tests.livekit_server import run_livekit_server, signed_webhook
+from tests.net import free_port
 
 from .conftest import FakeServer, GatewayProcess, run_gateway, run_room_stack
 
@@ -471,3 +475,122 @@ async def _stored_in_room(
             return dict(found[0])
         assert asyncio.get_running_loop().time() < deadline, f"no call stored for {room}"
         await asyncio.sleep(0.1)
+
+
+async def _post_to_worker(
+    gateway: GatewayProcess, worker: int, body: bytes, auth: str
+) -> httpx.Response:
+    """POST a signed LiveKit webhook to worker `worker` of `serve --workers N`: on a
+    connection whose `/health` that worker answered (each new one goes to any worker)."""
+    headers = {"Authorization": auth, "Content-Type": "application/webhook+json"}
+    for _ in range(500):
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30, limits=limits) as http:
+            if (await http.get("/health")).json().get("worker") == worker:
+                return await http.post("/livekit/webhook", content=body, headers=headers)
+    raise AssertionError(f"worker {worker} took none of 500 connections")
+
+
+async def test_a_dispatch_a_full_worker_refuses_is_taken_by_the_other_worker(
+    mongo_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`serve --workers 2`, one room a worker (MAX_LIVE_CALLS=4, LIVEKIT_CALL_WEIGHT=4).
+    livekit-server's webhooks go nowhere: the test delivers them, signed as it does, each to
+    a chosen worker, and never retries. The first SIP caller's dispatch goes to worker 0,
+    which serves it; the second's goes to worker 0 too, which is full: 503. Worker 0 offers
+    it on the port again until worker 1 takes it, long before the grace is over: the second
+    caller is greeted, its call is served by worker 1 (not stored busy), and the refusal is
+    counted once however often worker 0 was offered it again."""
+    work = tmp_path_factory.mktemp("handoff")
+    nowhere = f"http://127.0.0.1:{free_port()}/livekit/webhook"
+    with run_livekit_server(work, webhook_url=nowhere) as server:
+        env: dict[str, str | None] = {
+            "LIVEKIT_URL": server.url,
+            "LIVEKIT_API_KEY": server.api_key,
+            "LIVEKIT_API_SECRET": server.api_secret,
+            "MAX_LIVE_CALLS": "4",
+            "LIVEKIT_CALL_WEIGHT": "4",
+            "LIVEKIT_DISPATCH_GRACE_S": "120",
+        }
+        with run_gateway(mongo_url, work, env, workers=2) as gateway:
+            key = gateway.api_key
+            async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
+                _, rule_attributes = await dispatch_attributes(
+                    http,
+                    key,
+                    server.url,
+                    server.api_key,
+                    server.api_secret,
+                    {"name": "Rooms", "system_prompt": "Be brief.", "greeting": "Hello there."},
+                    ["+15557770002"],
+                )
+                ws_url = server.url.replace("http://", "ws://")
+                callers: list[RoomCaller] = []
+
+                async def dispatched(to_worker: int) -> tuple[str, str, httpx.Response]:
+                    """A SIP caller in a new room, and its dispatch sent to `to_worker`."""
+                    room, identity = "call-" + secrets.token_hex(4), "sip_" + secrets.token_hex(3)
+                    attributes = {
+                        **rule_attributes,
+                        "sip.phoneNumber": "+15550003333",
+                        "sip.trunkPhoneNumber": "+15557770002",
+                        "sip.callID": "SCL_" + secrets.token_hex(4),
+                    }
+                    caller = RoomCaller()
+                    callers.append(caller)
+                    token = caller_token(
+                        server.api_key, server.api_secret, room, identity, attributes
+                    )
+                    await caller.join(ws_url, token)
+                    event = lkapi.WebhookEvent(
+                        event="participant_joined",
+                        id="EV_" + secrets.token_hex(6),
+                        room=lkapi.Room(name=room),
+                        participant=lkapi.ParticipantInfo(
+                            identity=identity,
+                            kind=lkapi.ParticipantInfo.Kind.SIP,
+                            attributes=attributes,
+                        ),
+                    )
+                    body, auth = signed_webhook(server, event)
+                    return room, event.id, await _post_to_worker(gateway, to_worker, body, auth)
+
+                try:
+                    _, first_event, answer = await dispatched(0)
+                    assert answer.status_code == 200, answer.text
+                    await callers[0].wait_agent_audio(within_s=30)
+
+                    second_room, second_event, answer = await dispatched(0)
+                    assert answer.status_code == 503, answer.text
+                    assert answer.json()["error"]["code"] == "gateway_full"
+                    await callers[1].wait_agent_audio(within_s=60)
+                    served = await _stored_in_room(http, key, second_room)
+                    assert served["status"] == "in-progress", served
+                    assert not callers[0].left.is_set()
+                finally:
+                    for caller in callers:
+                        await caller.leave()
+
+                async def counted() -> float:
+                    metrics = (await http.get("/metrics")).text
+                    prefix = "voice_gateway_calls_refused_total"
+                    return _metric(metrics, f'{prefix}{{arrival="livekit",cause="live-calls"}}')
+
+                deadline = asyncio.get_running_loop().time() + 30
+                while await counted() < 1:  # each worker publishes its counts every second
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(2.5)  # any count of an offer would be published by now
+                assert await counted() == 1
+        lines = [json.loads(line) for line in gateway.log_text().splitlines() if line[:1] == "{"]
+        acted: dict[str, list[int]] = {}
+        for line in lines:
+            if line.get("msg") == "livekit event":
+                acted.setdefault(line["event_id"], []).append(line["worker"])
+        # Each acted on once, the second by the worker that did not refuse it.
+        assert (acted[first_event], acted[second_event]) == ([0], [1]), acted
+        taken = [
+            line for line in lines if line.get("msg") == "refused dispatch taken when offered again"
+        ]
+        assert [(line["worker"], line["room"]) for line in taken] == [(0, second_room)], taken
+        assert not any("refused by every gateway" in line.get("msg", "") for line in lines)

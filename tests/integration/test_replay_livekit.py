@@ -6,23 +6,19 @@ body is refused before it is read whole."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-from google.protobuf.json_format import MessageToJson
 from livekit import api as lkapi
 
-from tests.livekit_server import LiveKitServer, run_livekit_server
+from tests.livekit_server import LiveKitServer, run_livekit_server, signed_webhook
 from tests.net import free_port
 
 from .conftest import GatewayProcess, run_gateway
@@ -56,20 +52,6 @@ def stack(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             shared = {**env, "TWILIO_AUTH_TOKEN": a.auth_token, "GATEWAY_API_KEY": a.api_key}
             with run_gateway(mongo_url, tmp_path_factory.mktemp("lk-replay-b"), shared) as b:
                 yield _Stack(server, a, b)
-
-
-def _signed(server: LiveKitServer, event: lkapi.WebhookEvent) -> tuple[bytes, str]:
-    """The body and Authorization header livekit-server sends for `event` (a JWT valid five
-    minutes whose sha256 claim covers the JSON body)."""
-    body = MessageToJson(event).encode()
-    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    token = (
-        lkapi.AccessToken(server.api_key, server.api_secret)
-        .with_sha256(digest)
-        .with_ttl(timedelta(minutes=5))
-        .to_jwt()
-    )
-    return body, token
 
 
 async def _post(gateway: GatewayProcess, body: bytes, auth: str) -> httpx.Response:
@@ -139,7 +121,7 @@ async def test_a_replayed_participant_joined_is_acted_on_once(stack: _Stack) -> 
         id="EV_" + uuid.uuid4().hex[:12],
         created_at=int(time.time()),
     )
-    body, auth = _signed(stack.server, joined)
+    body, auth = signed_webhook(stack.server, joined)
     assert (await _post(stack.a, body, auth)).status_code == 200
     deadline = time.monotonic() + 30
     while not await _calls_in(stack, room):
@@ -166,7 +148,7 @@ async def test_a_replayed_participant_joined_is_acted_on_once(stack: _Stack) -> 
         id="EV_" + uuid.uuid4().hex[:12],
         created_at=int(time.time()),
     )
-    assert (await _post(stack.a, *_signed(stack.server, finished))).status_code == 200
+    assert (await _post(stack.a, *signed_webhook(stack.server, finished))).status_code == 200
     deadline = time.monotonic() + 30
     while True:
         calls = await _calls_in(stack, room)
@@ -184,7 +166,7 @@ async def test_an_oversized_webhook_body_is_refused(stack: _Stack) -> None:
         id="EV_" + uuid.uuid4().hex[:12],
         created_at=int(time.time()),
     )
-    body, auth = _signed(stack.server, event)
+    body, auth = signed_webhook(stack.server, event)
     assert (await _post_declared(stack.a, body, auth))[0] == 413
     # The gateway's body cap answers before any reading.
     assert (await _post_declared(stack.a, body, ""))[0] == 413
@@ -198,7 +180,7 @@ async def test_an_oversized_webhook_body_is_refused(stack: _Stack) -> None:
         id="EV_" + uuid.uuid4().hex[:12],
         created_at=int(time.time()),
     )
-    body, auth = _signed(stack.server, mid)
+    body, auth = signed_webhook(stack.server, mid)
     for authorization in (auth, ""):
         status, answer = await _post_declared(stack.a, body, authorization)
         assert status == 413 and answer["error"]["code"] == "too_large", answer
