@@ -7,7 +7,9 @@ in `storage.call_index`), then these are timed through the storage API, one at a
 
 - stream start: `create_call` + `set_stream`,
 - status callback: `get_call_by_sid` + `set_status` (what Twilio's callback route does),
-- turn insert: `add_turn` (three per call, the first one seeds the call's position),
+- turn insert: `add_turn` (three per call, the first one seeds the call's position), as
+  the gateway stores a turn (its id, the first attempt); and one tried again with the
+  same id (its answer lost), which reads the stored turn first,
 - finish: `finish_call`,
 - lease renewal: a gateway's heartbeat (`HeartbeatWriter.beat`),
 - outbox claim: `claim_many` with one delivery queued,
@@ -36,7 +38,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from storage import CallFilter, CallStatus, Direction, NewCall, open_database
+from storage import CallFilter, CallStatus, Direction, NewCall, new_turn_id, open_database
 from storage.documents import CallDocument, TurnDocument
 from storage.leases import HeartbeatWriter
 from tests.ferretdb_server import embedded_ferretdb
@@ -180,18 +182,19 @@ async def _measure(url: str, db: str, size: int, reps: int) -> dict[str, list[fl
                 await store.set_status(call.id, CallStatus.IN_PROGRESS)
 
             await _timed(series("status callback (by sid + set_status)"), callback)
-            for k in range(3):
+            turn = functools.partial(
+                store.add_turn, call_id, speaker="agent", text="Hi", start_ms=0, end_ms=500
+            )
+            turn_ids = [new_turn_id() for _ in range(3)]
+            for turn_id in turn_ids:  # as the gateway stores one: its id, the first attempt
                 await _timed(
                     series("turn insert (add_turn)"),
-                    functools.partial(
-                        store.add_turn,
-                        call_id,
-                        speaker="agent",
-                        text="Hi",
-                        start_ms=k * 1000,
-                        end_ms=k * 1000 + 500,
-                    ),
+                    functools.partial(turn, turn_id=turn_id, first_attempt=True),
                 )
+            await _timed(  # a write whose answer was lost, tried again: stored once
+                series("turn insert tried again (add_turn, its id sent before)"),
+                functools.partial(turn, turn_id=turn_ids[-1]),
+            )
             await _timed(
                 series("finish (finish_call)"),
                 functools.partial(

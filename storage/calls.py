@@ -100,6 +100,7 @@ class CallStore(Protocol):
         interrupted: bool = False,
         latency: Mapping[str, float] | None = None,
         turn_id: str | None = None,
+        first_attempt: bool = False,
     ) -> TurnRecord: ...
     async def update_turn(
         self, turn_id: str, *, text: str, end_ms: float, interrupted: bool
@@ -506,11 +507,18 @@ class CallRepository:
         interrupted: bool = False,
         latency: Mapping[str, float] | None = None,
         turn_id: str | None = None,
+        first_attempt: bool = False,
     ) -> TurnRecord:
         """Store one turn at the call's next position: a single insert. With `turn_id`
-        (`new_turn_id()`) a retry of a write whose answer was lost stores nothing twice."""
+        (`new_turn_id()`) a retry of a write whose answer was lost stores nothing twice;
+        `first_attempt` says the id was never sent before, so no earlier attempt is looked
+        for (one read fewer per turn)."""
         oid = _object_id(turn_id, what="turn") if turn_id is not None else None
-        if oid is not None and (stored := await TurnDocument.get(oid)) is not None:
+        if (
+            oid is not None
+            and not first_attempt
+            and (stored := await TurnDocument.get(oid)) is not None
+        ):
             # An earlier attempt was stored although its answer never came.
             return _turn_record(stored)
         turn_oid = oid if oid is not None else PydanticObjectId()

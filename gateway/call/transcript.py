@@ -127,9 +127,12 @@ class CallTranscript:
             turn_id=new_turn_id(),  # one id for every attempt: a retry stores it once
         )
         stored: list[TurnRecord] = []  # the turn as stored, for its event
+        attempts = 0
 
         async def write() -> None:
-            stored[:] = [await add()]
+            nonlocal attempts
+            attempts += 1
+            stored[:] = [await add(first_attempt=attempts == 1)]
 
         detail = {"speaker": speaker, "text": text, "start_ms": round(start_ms, 1)}
         self._writes.submit(f"{speaker} turn", write, detail=detail)

@@ -370,8 +370,9 @@ async def test_the_carrier_end_and_a_retried_turn_are_each_stored_once(
     # A turn whose insert landed but whose answer was lost is tried again: stored once.
     turn_id = new_turn_id()
     first = await calls.add_turn(
-        call.id, speaker="caller", text="hi", start_ms=0, end_ms=1, turn_id=turn_id
-    )
+        call.id, speaker="caller", text="hi", start_ms=0, end_ms=1, turn_id=turn_id,
+        first_attempt=True,
+    )  # fmt: skip
     again = await calls.add_turn(
         call.id, speaker="caller", text="hi", start_ms=0, end_ms=1, turn_id=turn_id
     )

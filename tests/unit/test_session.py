@@ -208,6 +208,7 @@ class MemoryStore:
         interrupted: bool = False,
         latency: Mapping[str, float] | None = None,
         turn_id: str | None = None,
+        first_attempt: bool = False,
     ) -> TurnRecord:
         if self.turns_wait is not None:
             await self.turns_wait.wait()

@@ -37,6 +37,7 @@ class _Store:
         self.hang.set()  # set: writes go through
         self.down = False
         self.attempts = 0
+        self.tried: list[tuple[str | None, bool]] = []  # (turn id, first attempt) each try
         self.attempted = asyncio.Event()
         self.turns: list[tuple[Speaker, str, float, float, bool]] = []
         self.latencies: list[Mapping[str, float] | None] = []
@@ -53,8 +54,10 @@ class _Store:
         interrupted: bool = False,
         latency: Mapping[str, float] | None = None,
         turn_id: str | None = None,
+        first_attempt: bool = False,
     ) -> TurnRecord:
         self.attempts += 1
+        self.tried.append((turn_id, first_attempt))
         self.attempted.set()
         await self.hang.wait()
         if self.down:
@@ -191,6 +194,9 @@ async def test_a_write_that_hangs_is_bounded_and_retried_once_stored() -> None:
     store.hang.set()
     assert await writes.drain()
     assert [text for _, text, *_ in store.turns] == ["hello"]
+    # One id for every attempt; only the first says no earlier one can have been stored.
+    assert len({turn_id for turn_id, _ in store.tried}) == 1
+    assert [first for _, first in store.tried] == [True] + [False] * (len(store.tried) - 1)
     await writes.aclose()
 
 
