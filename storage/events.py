@@ -126,21 +126,41 @@ class EventRepository:
 
     @_driver_errors
     async def publish(
-        self, *, key: str, org_id: str | None, call_id: str, type: str, body: str, at: datetime
+        self,
+        *,
+        key: str,
+        org_id: str | None,
+        call_id: str,
+        type: str,
+        body: str,
+        at: datetime,
+        fresh: bool = False,
     ) -> EventRecord:
         """Store the event `key` names at the end of its organisation's sequence, or return
         the one stored before under `key`. Shielded: a cancelled caller does not stop it
-        between the event and its key (see the module's docstring)."""
+        between the event and its key (see the module's docstring). `fresh`: the key is new
+        as far as the caller knows, so it is not looked up first (one read fewer); if it was
+        stored after all, the key's insert says so and the earlier event is returned."""
         task = asyncio.ensure_future(
-            self._publish(key=key, org_id=org_id, call_id=call_id, type=type, body=body, at=at)
+            self._publish(
+                key=key, org_id=org_id, call_id=call_id, type=type, body=body, at=at, fresh=fresh
+            )
         )
         task.add_done_callback(_seen)  # its failure, once no caller awaits it any more
         return await asyncio.shield(task)
 
     async def _publish(
-        self, *, key: str, org_id: str | None, call_id: str, type: str, body: str, at: datetime
+        self,
+        *,
+        key: str,
+        org_id: str | None,
+        call_id: str,
+        type: str,
+        body: str,
+        at: datetime,
+        fresh: bool,
     ) -> EventRecord:
-        before = await self._by_key(key)
+        before = None if fresh else await self._by_key(key)
         if before is not None:
             return before
         org = org_id or _NO_ORG

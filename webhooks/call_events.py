@@ -118,13 +118,15 @@ class CallEvents:
             body=lambda id, at: call_status_body(call, status, event_id=id, at=at),
         )
 
-    async def turn(self, call: CallRecord, turn: TurnRecord) -> EventRecord:
-        """A transcript turn was stored (final: turns are stored once, when said)."""
+    async def turn(self, call: CallRecord, turn: TurnRecord, *, fresh: bool = False) -> EventRecord:
+        """A transcript turn was stored (final: turns are stored once, when said). `fresh`:
+        just stored by this process, so its event is not looked for first."""
         return await self.publish(
             call,
             CALL_TURN,
             part=turn.index,
             body=lambda id, at: call_turn_body(call, turn, event_id=id, at=at),
+            fresh=fresh,
         )
 
     async def before_report(self, call: CallRecord) -> None:
@@ -210,10 +212,12 @@ class CallEvents:
         *,
         body: Callable[[str, datetime], str],
         part: str | int | None = None,
+        fresh: bool = False,
     ) -> EventRecord:
         """Store the event (`body(event id, time)`; once per key), tell `on_published`, and
-        queue its delivery if the call's assistant sends `type` to a webhook."""
-        record, _ = await self._publish(call, type, body=body, part=part)
+        queue its delivery if the call's assistant sends `type` to a webhook. `fresh`: see
+        `EventRepository.publish`."""
+        record, _ = await self._publish(call, type, body=body, part=part, fresh=fresh)
         return record
 
     async def _publish(
@@ -223,12 +227,19 @@ class CallEvents:
         *,
         body: Callable[[str, datetime], str],
         part: str | int | None = None,
+        fresh: bool = False,
     ) -> tuple[EventRecord, bool]:
         key = event_key(call.id, type, part)
         event_id = delivery_id(key)
         at = self._clock()
         record = await self._events.publish(
-            key=key, org_id=call.org_id, call_id=call.id, type=type, body=body(event_id, at), at=at
+            key=key,
+            org_id=call.org_id,
+            call_id=call.id,
+            type=type,
+            body=body(event_id, at),
+            at=at,
+            fresh=fresh,
         )
         if self._on_published is not None:
             try:

@@ -420,8 +420,8 @@ class CallLifecycle:
             self.request_end("agent-error", CallStatus.FAILED)
 
     async def _turn_event(self, turn: TurnRecord) -> None:
-        if self._rt.events is not None:
-            await self._rt.events.turn(self.call, turn)
+        if self._rt.events is not None:  # the turn was just stored here: its event is new
+            await self._rt.events.turn(self.call, turn, fresh=True)
 
     async def _end_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -14,7 +14,9 @@ def _org() -> str:
     return "org_" + uuid.uuid4().hex[:8]
 
 
-async def _publish(repo: EventRepository, org: str, n: int, *, call: str = "c1") -> int:
+async def _publish(
+    repo: EventRepository, org: str, n: int, *, call: str = "c1", fresh: bool = False
+) -> int:
     event = await repo.publish(
         key=f"{org}-{call}-{n}",
         org_id=org,
@@ -22,6 +24,7 @@ async def _publish(repo: EventRepository, org: str, n: int, *, call: str = "c1")
         type="call.turn",
         body=f'{{"n":{n}}}',
         at=datetime.now(UTC),
+        fresh=fresh,
     )
     return event.seq
 
@@ -54,9 +57,11 @@ async def test_a_fact_is_published_once(database: Database) -> None:
     assert first == again == 1
     racing = await asyncio.gather(*(_publish(EventRepository(), org, 8) for _ in range(5)))
     assert len(set(racing)) == 1
+    # Published as new (not looked up first) although it was stored: the earlier stands.
+    assert await _publish(other, org, 7, fresh=True) == first
     events, last = await repo.read_after(org, 0)
     assert [e.key for e in events] == [f"{org}-c1-7", f"{org}-c1-8"]
-    assert last >= 2  # racing duplicates keep their places and are passed over
+    assert last >= 3  # duplicates keep their places and are passed over
 
 
 async def test_the_head_is_found_by_search_at_any_size(database: Database) -> None:
