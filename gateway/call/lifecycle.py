@@ -419,9 +419,9 @@ class CallLifecycle:
             log.exception("acting on the screening failed: the call ends")
             self.request_end("agent-error", CallStatus.FAILED)
 
-    async def _turn_event(self, turn: TurnRecord) -> None:
-        if self._rt.events is not None:  # the turn was just stored here: its event is new
-            await self._rt.events.turn(self.call, turn, fresh=True)
+    async def _turn_event(self, turn: TurnRecord, first_attempt: bool) -> None:
+        if self._rt.events is not None:  # just stored here: on a first attempt, a new event
+            await self._rt.events.turn(self.call, turn, fresh=first_attempt)
 
     async def _end_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

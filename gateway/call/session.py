@@ -78,7 +78,7 @@ class CallSession:
         on_end: Callable[[str, CallStatus], None],
         clock: Callable[[], float] = time.monotonic,
         metrics: GatewayMetrics | None = None,
-        on_turn: Callable[[TurnRecord], Awaitable[object]] | None = None,
+        on_turn: Callable[[TurnRecord, bool], Awaitable[object]] | None = None,
         screen: VoicemailGate | None = None,
     ) -> None:
         self.call_id = call_id

@@ -53,7 +53,7 @@ class CallTranscript:
         clock: Callable[[], float],
         started_at: float,
         metrics: GatewayMetrics | None = None,
-        on_turn: Callable[[TurnRecord], Awaitable[object]] | None = None,
+        on_turn: Callable[[TurnRecord, bool], Awaitable[object]] | None = None,
     ) -> None:
         self._call_id = call_id
         self._on_turn = on_turn
@@ -138,10 +138,13 @@ class CallTranscript:
         self._writes.submit(f"{speaker} turn", write, detail=detail)
         on_turn = self._on_turn
         if on_turn is not None:
+            published = 0
 
             async def publish() -> None:
+                nonlocal published
                 if stored:  # nothing to report of a turn whose write failed for good
-                    await on_turn(stored[0])
+                    published += 1  # a retry looks for what an earlier attempt stored
+                    await on_turn(stored[0], published == 1)
 
             # Logged as unwritten by name only: the turn's own line carries what was said.
             self._writes.submit(f"{speaker} turn event", publish)

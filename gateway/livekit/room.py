@@ -527,9 +527,13 @@ class LiveKitRooms:
         grace_over = loop.time() + self._settings.livekit_dispatch_grace_s
         while handoff is not None and loop.time() + HANDOFF_EVERY_S < grace_over:
             await asyncio.sleep(HANDOFF_EVERY_S)
-            if await handoff():
-                log.info("refused dispatch taken when offered again", extra=extra)
-                return
+            try:
+                if await handoff():
+                    log.info("refused dispatch taken when offered again", extra=extra)
+                    return
+            except Exception:  # the offers stop; LiveKit's retries and the grace stand
+                log.exception("offering a refused dispatch failed", extra=extra)
+                handoff = None
         await asyncio.sleep(max(0.0, grace_over - loop.time()))
         try:
             fresh = await self._database.claims.claim_event(

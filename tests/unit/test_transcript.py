@@ -200,6 +200,34 @@ async def test_a_write_that_hangs_is_bounded_and_retried_once_stored() -> None:
     await writes.aclose()
 
 
+async def test_a_turn_event_is_published_as_new_only_on_its_first_attempt() -> None:
+    """The turn's event follows the turn; its first attempt says the event is new (not
+    looked up first), and a retry after a failure says it may have been stored."""
+    clock, store, outages = _Clock(), _Store(), _Outages()
+    policy = WritePolicy(attempt_timeout_s=1.0, outage_s=30.0, retry_base_s=0.001)
+    writes = _writes(clock, outages, policy)
+    published: list[tuple[str, bool]] = []
+
+    async def on_turn(turn: TurnRecord, first_attempt: bool) -> None:
+        published.append((turn.id, first_attempt))
+        if len(published) == 1:
+            raise StorageError("the answer was lost")
+
+    transcript = CallTranscript(
+        call_id="call-1",
+        store=store,  # type: ignore[arg-type]
+        writes=writes,
+        clock=clock,
+        started_at=clock.now,
+        on_turn=on_turn,
+    )
+    transcript.add_caller_turn("hello", start_ms=0.0, end_ms=1.0)
+    assert await writes.drain()
+    [(turn_id, _)] = store.tried
+    assert published == [(turn_id, True), (turn_id, False)]
+    await writes.aclose()
+
+
 async def test_past_the_outage_bound_the_call_is_told_and_the_unwritten_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
