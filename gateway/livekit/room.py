@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -71,6 +72,9 @@ LIVEKIT_RETRY_AFTER_S = 1
 # Under `serve --workers N`, how often a worker that refused a dispatch offers it on the port
 # again (`Handoff`), until a worker takes it or the grace is over.
 HANDOFF_EVERY_S = 0.5
+# A refused dispatch is remembered this long past its grace: LiveKit's retries of it (a
+# few, a second or so apart) are refused without being counted or logged again.
+REFUSALS_REMEMBERED_S = 60.0
 # Offers a refused dispatch once more on this gateway's port, on a new connection (which the
 # kernel may hand to any worker): True once a worker took it (or it had been taken).
 Handoff = Callable[[], Awaitable[bool]]
@@ -380,6 +384,9 @@ class LiveKitRooms:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Refused dispatches waiting for their last resort, by webhook event id.
         self._last_resorts: dict[str, asyncio.Task[None]] = {}
+        # When this process first refused each recent dispatch (monotonic), by event id:
+        # LiveKit's retries of it are refused without being counted again.
+        self._refused_at: dict[str, float] = {}
 
     def serve(
         self,
@@ -472,21 +479,35 @@ class LiveKitRooms:
         """Before a SIP caller's dispatch is claimed: `GatewayFull` if this process has no
         room for a new call, with its last resort scheduled (`dispatch_refused`). Checked
         again, holding a place, when the call is opened (`serve_inbound`). A dispatch another
-        worker `offered` here (its `Handoff`) is refused quietly: that worker counted the
-        refusal and keeps its last resort."""
+        worker `offered` here (its `Handoff`) is refused quietly, as it was counted where it
+        was first refused; so is LiveKit's retry of a dispatch this process refused lately
+        (counted once)."""
         if room_name in self._rooms or ATTR_CALL in attributes:
             return
         refusal = self._admission.refusal(self._admission.room_weight)
         if refusal is None:
             return
-        if offered:
-            log.debug("offered dispatch refused", extra={"room": room_name, "event_id": event_id})
-        else:
+        if not offered:
+            # A last resort unless one waits already. After one ended, a retry may be of a call
+            # whose taker failed since; if the call is served, the first offer says so.
             self.dispatch_refused(
                 event_id, room_name, attributes, keep_until=keep_until, handoff=handoff
             )
+        if offered or not self._first_refusal(event_id):
+            log.debug("dispatch refused again", extra={"room": room_name, "event_id": event_id})
+        else:
             self._admission.refused(refusal, arrival="livekit", key=room_name)
         raise GatewayFull(refusal.cause, retry_after_s=LIVEKIT_RETRY_AFTER_S)
+
+    def _first_refusal(self, event_id: str) -> bool:
+        """Whether this process has not refused dispatch `event_id` lately (it has now)."""
+        now = time.monotonic()
+        horizon = self._settings.livekit_dispatch_grace_s + REFUSALS_REMEMBERED_S
+        for old in [e for e, at in self._refused_at.items() if now - at > horizon]:
+            del self._refused_at[old]
+        first = event_id not in self._refused_at
+        self._refused_at.setdefault(event_id, now)
+        return first
 
     def dispatch_refused(
         self,
