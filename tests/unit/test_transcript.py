@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
 import pytest
@@ -81,7 +81,11 @@ POLICY = WritePolicy(attempt_timeout_s=5.0, outage_s=30.0, max_pending=8, retry_
 
 
 def _transcript(
-    store: _Store, clock: _Clock, writes: CallWrites, metrics: GatewayMetrics | None = None
+    store: _Store,
+    clock: _Clock,
+    writes: CallWrites,
+    metrics: GatewayMetrics | None = None,
+    on_turn: Callable[[TurnRecord, bool], Awaitable[object]] | None = None,
 ) -> CallTranscript:
     return CallTranscript(
         call_id="call-1",
@@ -90,6 +94,7 @@ def _transcript(
         clock=clock,
         started_at=clock.now,
         metrics=metrics,
+        on_turn=on_turn,
     )
 
 
@@ -213,14 +218,7 @@ async def test_a_turn_event_is_published_as_new_only_on_its_first_attempt() -> N
         if len(published) == 1:
             raise StorageError("the answer was lost")
 
-    transcript = CallTranscript(
-        call_id="call-1",
-        store=store,  # type: ignore[arg-type]
-        writes=writes,
-        clock=clock,
-        started_at=clock.now,
-        on_turn=on_turn,
-    )
+    transcript = _transcript(store, clock, writes, on_turn=on_turn)
     transcript.add_caller_turn("hello", start_ms=0.0, end_ms=1.0)
     assert await writes.drain()
     [(turn_id, _)] = store.tried
