@@ -8,10 +8,13 @@ turn, embedded FerretDB, a new one for each run) and runs `bench/workers_bench.p
 `--silent` calls that stay quiet after the greeting, then (another gateway) `--talking`
 calls that ask a question every few seconds. Reports per run: the gateway's CPU over the
 steady window (% of one core, and per call; FerretDB apart), late outbound frames, and
-reply latency p50 / p99 (end of speech to first frame out). With `--profile DIR`, py-spy
-(`--pyspy`) samples the gateway during each steady window and the top functions by own
-time and the chosen call paths are printed (profiling costs the shared machine CPU: take
-CPU figures from runs without it).
+reply latency p50 / p99 (end of speech to first frame out), and the host's speed over the
+run (`speed_probe.py`: the CPU time of a fixed piece of work, median) with the per-call CPU
+divided by it ("norm"): on a shared host the same code costs up to half as much again from
+one run to the next, and the normalised figure compares runs taken minutes apart. With
+`--profile DIR`, py-spy (`--pyspy`) samples the gateway during each steady window and the
+top functions by own time and the chosen call paths are printed (profiling costs the
+shared machine CPU: take CPU figures from runs without it).
 
     python bench/cpu_bench.py --sides before=/tmp/base,after=. [--silent 64] [--talking 32]
         [--rounds 2] [--seconds 20] [--ramp-s 10] [--profile DIR]
@@ -33,6 +36,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from speed_probe import speed_probe
 from workers_bench import API_KEY, _free_port, _run_level, _wait_up, provider_fakes, run_load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,7 +166,7 @@ def main() -> int:
         "(shared machine: load generator, fakes and gateway on the same 2 cores)\n"
         f"{'round':>5} {'side':>8} {'mode':>8} {'calls':>5} {'failed':>6} {'gw CPU %':>8} "
         f"{'%/call':>7} {'ferret %':>8} {'frames':>7} {'late %':>7} {'reply p50':>9} "
-        f"{'reply p99':>9}\n"
+        f"{'reply p99':>9} {'probe ms':>8} {'norm':>6}\n"
     )
     with contextlib.ExitStack() as stack:
         providers = provider_fakes(stack, env, work)
@@ -198,21 +202,28 @@ def main() -> int:
                             base, token, proc.pid, 1, calls, args.seconds, mode == "talking",
                             args.ramp_s,
                         )  # fmt: skip
-                        with _profiled(pyspy, proc.pid, out, args.ramp_s + 6, args.seconds - 6):
+                        with (
+                            _profiled(pyspy, proc.pid, out, args.ramp_s + 6, args.seconds - 6),
+                            speed_probe() as probe,
+                        ):
                             r = run_load(level)
+                    r["probe_ms"] = probe.median_ms
+                    r["norm"] = r["cpu_per_call"] / probe.median_ms
                     results[side, mode].append(r)
                     sys.stdout.write(
                         f"{rnd:>5} {side:>8} {mode:>8} {calls:>5} {r['failed']:>6.0f} "
                         f"{r['cpu_pct']:>8.1f} {r['cpu_per_call']:>7.3f} "
                         f"{r['ferretdb_pct']:>8.1f} {r['frames']:>7.0f} "
-                        f"{r['late_pct']:>7.3f} {r['reply_p50']:>9.0f} {r['reply_p99']:>9.0f}\n"
+                        f"{r['late_pct']:>7.3f} {r['reply_p50']:>9.0f} {r['reply_p99']:>9.0f} "
+                        f"{r['probe_ms']:>8.3f} {r['norm']:>6.3f}\n"
                     )
                     sys.stdout.flush()
                     if pyspy is not None and out.exists():
                         sys.stdout.write(_summary(out, args.top))
     sys.stdout.write(
         "medians over the runs where no call failed (a failed call leaves fewer calls to share "
-        "the CPU; % of a core per call; late %; reply p50 ms):\n"
+        "the CPU; % of a core per call; the same divided by the probe's ms; late %; reply p50 "
+        "ms):\n"
     )
     for (side, mode), every in results.items():
         runs = [r for r in every if not r["failed"]]
@@ -222,6 +233,7 @@ def main() -> int:
         sys.stdout.write(
             f"  {side:>8} {mode:>8}: "
             f"{statistics.median(r['cpu_per_call'] for r in runs):.3f} %/call, "
+            f"norm {statistics.median(r['norm'] for r in runs):.3f}, "
             f"late {statistics.median(r['late_pct'] for r in runs):.3f} %, "
             f"reply p50 {statistics.median(r['reply_p50'] for r in runs):.0f} ms "
             f"({len(runs)} of {len(every)} runs)\n"
