@@ -119,16 +119,22 @@ class FrameQueue:
 class ChunkGatherer:
     """Caller audio, as the bytes a recogniser's socket carries (`sample_bytes` a sample),
     gathered into chunks of at least `chunk_ms`, so that the socket carries a few larger
-    messages instead of one per 20 ms frame.
+    messages instead of one per 20 ms frame. While the caller is quiet (`add(quiet=True)`)
+    a chunk may grow to `quiet_chunk_ms`: no words are on their way then, so fewer messages
+    cost nothing; the first frame that is not quiet sends everything gathered with it.
 
     `add()` keeps a frame's bytes and returns the chunk it completes (the frames gathered so
-    far, joined, once they reach `chunk_ms`; frames are never split), else None. `flush()`
-    returns whatever is gathered, however short (an end of turn must not wait for a chunk
-    to fill), or None if nothing is.
+    far, joined, once they reach the chunk size; frames are never split), else None.
+    `flush()` returns whatever is gathered, however short (an end of turn must not wait for
+    a chunk to fill), or None if nothing is.
     """
 
-    def __init__(self, rate: int, *, chunk_ms: int, sample_bytes: int) -> None:
+    def __init__(
+        self, rate: int, *, chunk_ms: int, sample_bytes: int, quiet_chunk_ms: int | None = None
+    ) -> None:
         self.chunk_bytes = max(1, rate * chunk_ms // 1000) * sample_bytes
+        quiet_bytes = max(1, rate * (quiet_chunk_ms or chunk_ms) // 1000) * sample_bytes
+        self.quiet_chunk_bytes = max(self.chunk_bytes, quiet_bytes)
         self._pieces: list[bytes] = []
         self._size = 0
 
@@ -137,11 +143,11 @@ class ChunkGatherer:
         """Bytes added and not yet handed out."""
         return self._size
 
-    def add(self, data: bytes) -> bytes | None:
+    def add(self, data: bytes, *, quiet: bool = False) -> bytes | None:
         """Keep `data`; return the chunk it completes, or None."""
         self._pieces.append(data)
         self._size += len(data)
-        if self._size < self.chunk_bytes:
+        if self._size < (self.quiet_chunk_bytes if quiet else self.chunk_bytes):
             return None
         return self.flush()
 

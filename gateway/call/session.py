@@ -266,7 +266,7 @@ class CallSession:
         for step in steps:
             if isinstance(step, PushAudio):
                 if self._stt_stream is not None:
-                    await self._stt_stream.push(step.frame)
+                    await self._stt_stream.push(step.frame, quiet=step.quiet)
                     frame = step.frame
                     self._meter.stt_audio(self._turns.stt_name, frame.samples, frame.rate)
             elif isinstance(step, CallerSound | SoundGone | CallerStarted):

@@ -46,9 +46,11 @@ class EndOfTurn:
 
 @dataclass(frozen=True, slots=True)
 class PushAudio:
-    """Send `frame` (at the STT's rate) to the STT stream."""
+    """Send `frame` (at the STT's rate) to the STT stream; `quiet`: the VAD hears nothing
+    in it and the caller is not mid-utterance."""
 
     frame: AudioFrame
+    quiet: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +210,8 @@ class TurnTaking:
                 steps.append(CallerStarted(event.at_ms))
         # The frame that ends an utterance still belongs to it.
         if self._continuous or self._speaking or was_speaking:
-            steps.append(PushAudio(stt_frame))
+            quiet = not (self._speaking or was_speaking or self._endpointer.hearing)
+            steps.append(PushAudio(stt_frame, quiet))
         else:
             self._preroll.append(stt_frame)
         for event in events:

@@ -39,7 +39,10 @@ class STTStream(Protocol):
     # as its final words); False: it decodes what it holds (slower, rougher).
     live_words: bool
 
-    async def push(self, frame: AudioFrame) -> None: ...
+    async def push(self, frame: AudioFrame, *, quiet: bool = False) -> None:
+        """Take a frame of the caller's audio; `quiet`: the VAD hears nothing in it and the
+        caller is not mid-utterance (a recogniser may batch such audio more)."""
+        ...
 
     async def end_utterance(self) -> None:
         """Ask for the final transcript of everything pushed since the last final one."""

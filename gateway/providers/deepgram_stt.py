@@ -6,6 +6,10 @@ delivers, so nothing is resampled), 16/24/48 kHz ones as `linear16`. Every frame
 agent speech included, so interim results can barge in before the VAD is sure. Frames go
 out gathered in chunks of `chunk_ms` (100 ms: one WebSocket message where there were five,
 each with its own client framing, mask and write); interim words come up to a chunk later.
+While the VAD hears nothing and the caller is not mid-utterance, chunks grow to
+`quiet_chunk_ms` (250 ms, the top of what Deepgram advises a message to carry): most of a
+call is such audio, and no words are on their way in it. The first frame the VAD hears
+goes at once with everything gathered before it, so the onset of speech is not held back.
 
 Turn-taking stays with the session's VAD, the same on every provider: at its end of
 turn the stream sends what it has gathered, however short, then `Finalize` (the end of a
@@ -80,6 +84,7 @@ class DeepgramSTT:
         keepalive_s: float = 4.0,
         replay_s: float = 5.0,
         chunk_ms: int = 100,
+        quiet_chunk_ms: int = 250,
         on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self._listen_url = deepgram_environment(base_url).production + "/v1/listen"
@@ -91,6 +96,7 @@ class DeepgramSTT:
         self._keepalive_s = keepalive_s
         self._replay_s = replay_s
         self._chunk_ms = chunk_ms
+        self._quiet_chunk_ms = quiet_chunk_ms
         self._on_reconnect = on_reconnect
 
     def input_rate(self, transport_rate: int) -> int:
@@ -144,25 +150,31 @@ class DeepgramStream:
         self._interim = ""  # the latest interim words after the final pieces
         self._finalizes_pending = 0
         self._finalize_timer: asyncio.TimerHandle | None = None
+        sample_bytes = 1 if self._mulaw else 2
         self._gathered = ChunkGatherer(
-            sample_rate, chunk_ms=stt._chunk_ms, sample_bytes=1 if self._mulaw else 2
+            sample_rate,
+            chunk_ms=stt._chunk_ms,
+            sample_bytes=sample_bytes,
+            quiet_chunk_ms=stt._quiet_chunk_ms,
         )
-        # Audio sent since the last final result, replayed after a reconnect.
-        max_chunks = int(stt._replay_s * 1000 / stt._chunk_ms) + 1
-        self._unconfirmed: collections.deque[bytes] = collections.deque(maxlen=max_chunks)
+        # Audio sent since the last final result (its newest `replay_s`, in whole chunks),
+        # replayed after a reconnect.
+        self._unconfirmed: collections.deque[bytes] = collections.deque()
+        self._unconfirmed_bytes = 0
+        self._replay_bytes = int(stt._replay_s * sample_rate) * sample_bytes
         self._last_send = time.monotonic()
         self.reconnects = 0
 
     # --------------------------------------------------------------- STTStream
 
-    async def push(self, frame: AudioFrame) -> None:
+    async def push(self, frame: AudioFrame, *, quiet: bool = False) -> None:
         if not self._mulaw:
             data = frame.pcm.astype("<i2").tobytes()
         elif frame.ulaw is not None:  # a Twilio frame: its bytes as they came
             data = frame.ulaw
         else:
             data = ulaw_encode(frame.pcm)
-        chunk = self._gathered.add(data)
+        chunk = self._gathered.add(data, quiet=quiet)
         if chunk is not None:
             await self._send_chunk(chunk)
 
@@ -173,7 +185,14 @@ class DeepgramStream:
             await self._send_chunk(chunk)
 
     async def _send_chunk(self, data: bytes) -> None:
-        self._unconfirmed.append(data)
+        unconfirmed = self._unconfirmed
+        unconfirmed.append(data)
+        self._unconfirmed_bytes += len(data)
+        while (
+            len(unconfirmed) > 1
+            and self._unconfirmed_bytes - len(unconfirmed[0]) >= self._replay_bytes
+        ):
+            self._unconfirmed_bytes -= len(unconfirmed.popleft())
         if not self._connected.is_set():
             return  # kept in `_unconfirmed`; sent when the socket is back
         try:
@@ -325,6 +344,7 @@ class DeepgramStream:
             return
         self._interim = ""
         self._unconfirmed.clear()
+        self._unconfirmed_bytes = 0
         if text:
             self._final_pieces.append(text)
             # The words so far, for a turn judged on them (the final comes on `Finalize`).

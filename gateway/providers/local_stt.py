@@ -139,7 +139,7 @@ class PocketSphinxStream:
         hypothesis = self._decoder.hyp()
         return _clean(hypothesis.hypstr) if hypothesis is not None else ""
 
-    async def push(self, frame: AudioFrame) -> None:
+    async def push(self, frame: AudioFrame, *, quiet: bool = False) -> None:
         if self._closed:
             return
         chunk = np.ascontiguousarray(frame.pcm, dtype=np.int16).tobytes()

@@ -97,6 +97,7 @@ def build_default_providers(
             model=settings.deepgram_model,
             language=settings.deepgram_language,
             chunk_ms=settings.deepgram_chunk_ms,
+            quiet_chunk_ms=settings.deepgram_quiet_chunk_ms,
             on_reconnect=on_stt_reconnect,
         )
         fallback_stt = _local_stt(settings, prewarm=0)

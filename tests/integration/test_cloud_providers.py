@@ -135,6 +135,25 @@ async def test_deepgram_audio_goes_in_chunks_and_finalize_flushes_the_tail(
     assert (await _logged(dg, "CloseStream"))[-3:] == ["Finalize", 160, "CloseStream"]
 
 
+async def test_deepgram_quiet_audio_goes_in_larger_chunks_until_a_frame_is_heard(
+    dg: FakeServer,
+) -> None:
+    """Quiet audio (the VAD hears nothing) goes in chunks of 250 ms or more (13 frames, 2 080
+    bytes) where others go in 100 ms ones; the first frame heard goes at once, with the
+    quiet frames gathered before it."""
+    stream = await _stt(dg).open_stream(call_id="c10", sample_rate=8000)
+    for frame in _frames("silence", 600):  # 30 frames: two chunks, four frames held
+        await stream.push(frame, quiet=True)
+    heard = _frames("speech", 20)[0]
+    await stream.push(heard)
+    for _ in range(500):  # no more audio and no `Finalize`: the chunk goes as it is
+        if _audio_sizes(dg.log()) == [2080, 2080, 800]:
+            break
+        await asyncio.sleep(0.02)
+    assert _audio_sizes(dg.log()) == [2080, 2080, 800]
+    await stream.aclose()
+
+
 async def test_deepgram_chunks_of_linear16_and_of_a_size_between_frames(dg: FakeServer) -> None:
     """At 16 kHz a chunk is linear16 (2 bytes a sample); a chunk size that is no whole
     number of frames is reached with whole frames (70 ms: 4 frames of 20 ms, 80 ms)."""

@@ -160,3 +160,22 @@ def test_mu_law_chunks_count_one_byte_a_sample() -> None:
     chunks = [gatherer.add(bytes([i]) * 160) for i in range(4)]
     assert chunks[:3] == [None, None, None]
     assert chunks[3] == b"".join(bytes([i]) * 160 for i in range(4))
+
+
+def test_quiet_audio_gathers_into_larger_chunks_and_a_heard_frame_sends_them_at_once() -> None:
+    gatherer = ChunkGatherer(8000, chunk_ms=100, sample_bytes=1, quiet_chunk_ms=250)
+    assert (gatherer.chunk_bytes, gatherer.quiet_chunk_bytes) == (800, 2000)
+    frames = [bytes([i]) * 160 for i in range(20)]
+    quiet = [gatherer.add(frame, quiet=True) for frame in frames[:17]]
+    # 13 quiet frames (260 ms) make a chunk, where 5 would have made one of 100 ms.
+    assert [i for i, c in enumerate(quiet) if c is not None] == [12]
+    assert quiet[12] == b"".join(frames[:13])
+    # The first frame heard goes with the four quiet ones before it (100 ms reached).
+    assert gatherer.add(frames[17]) == b"".join(frames[13:18])
+    assert gatherer.add(frames[18]) is None and gatherer.gathered_bytes == 160
+
+
+def test_a_quiet_chunk_is_never_smaller_than_a_chunk() -> None:
+    gatherer = ChunkGatherer(8000, chunk_ms=100, sample_bytes=1, quiet_chunk_ms=40)
+    assert gatherer.quiet_chunk_bytes == gatherer.chunk_bytes == 800
+    assert ChunkGatherer(8000, chunk_ms=80, sample_bytes=2).quiet_chunk_bytes == 1280

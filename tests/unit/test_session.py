@@ -124,7 +124,7 @@ class ScriptedSTT:
         self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
         return self
 
-    async def push(self, frame: AudioFrame) -> None:
+    async def push(self, frame: AudioFrame, *, quiet: bool = False) -> None:
         assert frame.rate == 16000
         self.pushed += 1
 

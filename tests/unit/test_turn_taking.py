@@ -139,6 +139,20 @@ def test_a_continuous_stt_gets_every_frame_and_no_replay() -> None:
     assert sum(_kinds(s).count("PushAudio") for s in steps) == len(steps)
 
 
+def test_a_continuous_stt_is_told_which_frames_are_quiet() -> None:
+    """Quiet: the VAD hears nothing and no utterance is under way (a recogniser may batch
+    such audio); the first frame it hears is not, nor is any frame up to the utterance's
+    end, its trailing silence included."""
+    turns = _turns(_STT(continuous=True), _Clock())
+    steps = _feed(turns, _silence(500) + _speech(400) + _silence(1000))
+    quiet = [s.quiet for frame_steps in steps for s in frame_steps if isinstance(s, PushAudio)]
+    assert len(quiet) == len(steps)
+    ended = next(i for i, s in enumerate(steps) if "UtteranceEnded" in _kinds(s))
+    assert quiet[:25] == [True] * 25
+    assert quiet[25 : ended + 1] == [False] * (ended + 1 - 25)  # heard, speech, its silence
+    assert ended < len(steps) - 1 and quiet[ended + 1 :] == [True] * (len(steps) - ended - 1)
+
+
 def test_a_fallback_stt_is_fed_at_its_own_rate() -> None:
     turns = _turns(_STT(), _Clock())
     turns.use_stt(_STT(rate=RATE))
