@@ -58,7 +58,12 @@ def _loop() -> None:
     """Time `_work` every PERIOD_S until stdin closes; print the median ms and the count."""
     times: list[float] = []
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
     _work()  # imports, caches
     while not stop.wait(PERIOD_S):
         t0 = time.thread_time()
