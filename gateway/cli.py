@@ -21,6 +21,7 @@ from gateway.logs import configure_logging
 from gateway.server import GatewayServer
 from gateway.settings import Settings
 from gateway.workers import default_workers, supervise_workers
+from gateway.ws_protocol import FastFrameProtocol
 from storage import (
     Database,
     EmbeddedFerretDB,
@@ -76,6 +77,7 @@ def gateway_server(
         ),
         limit_concurrency=settings.http_limit_concurrency,
         timeout_keep_alive=settings.http_keep_alive_s,
+        ws=FastFrameProtocol,
         ws_max_size=settings.max_ws_message_bytes + 1024,
         ws_ping_interval=None,
         # Media Streams carry base64 audio, which deflate barely shrinks, at 50 messages a

@@ -1,0 +1,152 @@
+"""uvicorn's sans-I/O WebSocket protocol with a short way for the frames a media stream
+carries fifty times a second per call.
+
+uvicorn (0.55, `websockets-sansio`) hands every received byte to the `websockets`
+library's frame parser, a generator that reads a frame a few bytes at a time and builds an
+enum and a frame object for it, then pauses the socket's reading after each message and
+resumes it when the app has taken the message (two `epoll_ctl` calls a message). At 64
+calls that parser alone took 29 % of a gateway's event-loop thread (py-spy, 2026-12-03).
+
+`FastFrameProtocol` parses the common case itself: a complete, final, masked text or binary
+frame with no reserved bits, no larger than `ws_max_size`. Its payload is unmasked by
+`websockets`' own C routine and given to the app exactly as uvicorn gives it (text decoded
+as UTF-8, 1007 if it is not; nothing once the app has closed). A frame cut by the TCP
+stream waits for the rest of it. Reading pauses only once `PAUSE_AT` messages wait for the
+app (the bound on what a connection may hold, with `ws_max_size` per message).
+
+Everything else goes to `websockets` as before, which therefore only ever sees whole
+frames, from a frame boundary: a ping or pong (it answers a ping), and from the first
+close, continuation or fragmented frame, or a frame it must refuse (reserved bits,
+unmasked, too large, unknown opcode: it fails the connection with the right code), the
+rest of the connection. The short way starts with the first bytes after the handshake,
+and only if none came with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a build without the C extension
+    from websockets.utils import apply_mask
+
+PAUSE_AT = 16  # messages waiting for the app before the socket's reading pauses
+
+_TEXT, _BINARY, _PING, _PONG = 0x1, 0x2, 0x9, 0xA
+
+
+class FastFrameProtocol(WebSocketsSansIOProtocol):
+    """`ws=` protocol class for `uvicorn.Config` (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._short_way = False  # frames are parsed here
+        self._handed_over = False  # `websockets` has been given frame bytes: it keeps them
+        self._pending = b""  # the start of a frame whose end has not arrived
+
+    @property
+    def short_way(self) -> bool:
+        """True while this protocol parses the frames itself."""
+        return self._short_way
+
+    def data_received(self, data: bytes) -> None:
+        if self._short_way:
+            self._frames(self._pending + data if self._pending else data)
+        elif self._short_way_ready():
+            self._short_way = True
+            self._frames(data)
+        elif self.handshake_initiated:  # frame bytes `websockets` keeps: early or handed over
+            self._handed_over = True
+            super().data_received(data)
+        else:  # the handshake request
+            super().data_received(data)
+            if self.handshake_initiated and not self._ends_clean(data):
+                self._handed_over = True  # frames came with the request
+
+    def _ends_clean(self, data: bytes) -> bool:
+        """True if the request's last bytes carried nothing after its head (no frame)."""
+        return (
+            data.endswith(b"\r\n\r\n") and not self.conn.reader.buffer and self.queue.qsize() <= 1
+        )
+
+    def _short_way_ready(self) -> bool:
+        """True once the handshake is done and no frame byte has reached `websockets`."""
+        return (
+            self.handshake_complete
+            and not self._handed_over
+            and not self.close_sent
+            and self.conn.state is State.OPEN
+            and not self.conn.reader.buffer
+        )
+
+    def _frames(self, buf: bytes) -> None:
+        """Take every whole frame in `buf`; keep a partial one for the next bytes."""
+        pos, end = 0, len(buf)
+        max_size = self.conn.max_size
+        while end - pos >= 2:
+            first, second = buf[pos], buf[pos + 1]
+            length, head = second & 0x7F, 2
+            if length == 126:
+                head = 4
+            elif length == 127:
+                head = 10
+            if end - pos < head:
+                break
+            if head > 2:
+                length = int.from_bytes(buf[pos + 2 : pos + head], "big")
+            opcode = first & 0x0F
+            # Final, no reserved bits, masked: the only frames a client may send unfragmented.
+            plain = (first & 0xF0) == 0x80 and (second & 0x80) == 0x80
+            data = plain and opcode in (_TEXT, _BINARY)
+            control = plain and opcode in (_PING, _PONG)
+            if not (data or control) or (max_size is not None and length > max_size):
+                self._hand_over(buf[pos:])  # from here on, all of it is `websockets`'
+                return
+            size = head + 4 + length
+            if end - pos < size:
+                break
+            if control:  # one whole frame: `websockets` is at a frame boundary again after it
+                super().data_received(buf[pos : pos + size])
+                if self.conn.state is not State.OPEN:  # it refused the frame
+                    self._hand_over(buf[pos + size :])
+                    return
+            else:
+                mask = buf[pos + head : pos + head + 4]
+                payload = apply_mask(buf[pos + head + 4 : pos + size], mask)
+                if not self._deliver(opcode == _TEXT, payload):
+                    return
+            pos += size
+        self._pending = buf[pos:] if pos < end else b""
+
+    def _hand_over(self, rest: bytes) -> None:
+        self._short_way = False
+        self._handed_over = True
+        self._pending = b""
+        if rest:
+            super().data_received(rest)
+
+    def _deliver(self, text: bool, payload: bytes) -> bool:
+        """Queue one message for the app, as uvicorn does; False if the connection failed."""
+        if self.close_sent:
+            return True  # the app is past `websocket.close`: read on until the peer's close
+        if text:
+            try:
+                decoded = payload.decode()
+            except UnicodeDecodeError:
+                self.logger.warning("invalid UTF-8 in a text frame: closed 1007")
+                self._short_way = False
+                self._handed_over = True
+                self.conn.send_close(1007)
+                self.handle_parser_exception()
+                return False
+            self.queue.put_nowait({"type": "websocket.receive", "text": decoded})
+        else:
+            self.queue.put_nowait({"type": "websocket.receive", "bytes": payload})
+        if not self.read_paused and self.queue.qsize() >= PAUSE_AT:
+            self.read_paused = True
+            self.transport.pause_reading()
+        return True
