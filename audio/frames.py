@@ -137,6 +137,7 @@ class ChunkGatherer:
         self.quiet_chunk_bytes = max(self.chunk_bytes, quiet_bytes)
         self._pieces: list[bytes] = []
         self._size = 0
+        self._quiet = False  # the last frame added was quiet
 
     @property
     def gathered_bytes(self) -> int:
@@ -147,9 +148,12 @@ class ChunkGatherer:
         """Keep `data`; return the chunk it completes, or None."""
         self._pieces.append(data)
         self._size += len(data)
-        if self._size < (self.quiet_chunk_bytes if quiet else self.chunk_bytes):
-            return None
-        return self.flush()
+        heard_after_quiet, self._quiet = self._quiet and not quiet, quiet
+        if heard_after_quiet or self._size >= (
+            self.quiet_chunk_bytes if quiet else self.chunk_bytes
+        ):
+            return self.flush()
+        return None
 
     def flush(self) -> bytes | None:
         """Hand out everything gathered (None if nothing is)."""

@@ -12,7 +12,7 @@ frame with no reserved bits, no larger than `ws_max_size`. Its payload is unmask
 `websockets`' own C routine and given to the app exactly as uvicorn gives it (text decoded
 as UTF-8, 1007 if it is not; nothing once the app has closed). A frame cut by the TCP
 stream waits for the rest of it. Reading pauses only once `PAUSE_AT` messages wait for the
-app (the bound on what a connection may hold, with `ws_max_size` per message).
+app (so a connection holds about `PAUSE_AT` times `ws_max_size` at most, plus one read).
 
 Everything else goes to `websockets` as before, which therefore only ever sees whole
 frames, from a frame boundary: a ping or pong (it answers a ping), and from the first
@@ -46,7 +46,8 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self._short_way = False  # frames are parsed here
         self._handed_over = False  # `websockets` has been given frame bytes: it keeps them
-        self._pending = b""  # the start of a frame whose end has not arrived
+        self._pending = bytearray()  # the start of a frame whose end has not arrived
+        self._needed = 0  # bytes `_pending` must reach before a frame may be whole
 
     @property
     def short_way(self) -> bool:
@@ -55,7 +56,14 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._short_way:
-            self._frames(self._pending + data if self._pending else data)
+            if not self._pending:
+                self._frames(data)
+                return
+            self._pending += data  # a frame cut by TCP: parsed again once it may be whole
+            if len(self._pending) >= self._needed:
+                buf = bytes(self._pending)
+                self._pending.clear()
+                self._frames(buf)
         elif self._short_way_ready():
             self._short_way = True
             self._frames(data)
@@ -68,10 +76,9 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
                 self._handed_over = True  # frames came with the request
 
     def _ends_clean(self, data: bytes) -> bool:
-        """True if the request's last bytes carried nothing after its head (no frame)."""
-        return (
-            data.endswith(b"\r\n\r\n") and not self.conn.reader.buffer and self.queue.qsize() <= 1
-        )
+        """True if the request's last bytes carried nothing after its head (no frame).
+        uvicorn's HTTP protocols hand over the request's head alone, so this holds there."""
+        return data.find(b"\r\n\r\n") == len(data) - 4 and not self.conn.reader.buffer
 
     def _short_way_ready(self) -> bool:
         """True once the handshake is done and no frame byte has reached `websockets`."""
@@ -95,7 +102,8 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
             elif length == 127:
                 head = 10
             if end - pos < head:
-                break
+                self._keep(buf[pos:], head)
+                return
             if head > 2:
                 length = int.from_bytes(buf[pos + 2 : pos + head], "big")
             opcode = first & 0x0F
@@ -108,10 +116,14 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
                 return
             size = head + 4 + length
             if end - pos < size:
-                break
+                self._keep(buf[pos:], size)
+                return
             if control:  # one whole frame: `websockets` is at a frame boundary again after it
                 super().data_received(buf[pos : pos + size])
-                if self.conn.state is not State.OPEN:  # it refused the frame
+                if self.conn.parser_exc is not None or self.transport.is_closing():
+                    self._short_way, self._handed_over = False, True  # it failed the connection
+                    return
+                if self.conn.state is not State.OPEN:  # closing: `websockets` takes the rest
                     self._hand_over(buf[pos + size :])
                     return
             else:
@@ -120,12 +132,18 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
                 if not self._deliver(opcode == _TEXT, payload):
                     return
             pos += size
-        self._pending = buf[pos:] if pos < end else b""
+        if pos < end:
+            self._keep(buf[pos:], 2)
+
+    def _keep(self, start: bytes, needed: int) -> None:
+        """Hold the start of a frame until at least `needed` bytes of it have arrived."""
+        self._pending[:] = start
+        self._needed = needed
 
     def _hand_over(self, rest: bytes) -> None:
         self._short_way = False
         self._handed_over = True
-        self._pending = b""
+        self._pending.clear()
         if rest:
             super().data_received(rest)
 

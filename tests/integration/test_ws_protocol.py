@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -27,8 +28,9 @@ TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 
 
 async def _echo(websocket: WebSocket) -> None:
-    """Echo text as "t:<text>" and bytes as "b:<size>"; on request, sleep to let messages
-    queue; the close code the app saw is sent back in the close reason."""
+    """Echo text as "t:<text>" and bytes as "b:<size>"; "hold" waits for the app's `release`
+    event first (messages queue meanwhile); `ended` is set once the app returns."""
+    state = websocket.app.state
     await websocket.accept()
     try:
         while True:
@@ -37,22 +39,34 @@ async def _echo(websocket: WebSocket) -> None:
                 return
             text = message.get("text")
             if text is not None:
-                if text.startswith("sleep "):
-                    await asyncio.sleep(float(text.split()[1]))
+                if text == "hold":
+                    await state.release.wait()
                 await websocket.send_text(f"t:{text}")
             else:
                 await websocket.send_text(f"b:{len(message['bytes'])}")
     except WebSocketDisconnect:
         return
+    finally:
+        state.ended.set()
 
 
 _SERVERS: dict[int, uvicorn.Server] = {}
+_APPS: dict[int, Starlette] = {}
+
+
+def _protocols(port: int) -> list[FastFrameProtocol]:
+    """The open WebSocket connections of the server on `port`."""
+    connections = _SERVERS[port].server_state.connections
+    return [c for c in connections if isinstance(c, FastFrameProtocol)]
 
 
 def _short_ways(port: int) -> list[bool]:
     """For each open connection of the server on `port`: whether it takes the short way."""
-    connections = _SERVERS[port].server_state.connections
-    return [c.short_way for c in connections if isinstance(c, FastFrameProtocol)]
+    return [c.short_way for c in _protocols(port)]
+
+
+def _app_state(port: int) -> State:
+    return _APPS[port].state
 
 
 @pytest.fixture
@@ -60,8 +74,10 @@ async def server() -> AsyncIterator[int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)  # clients wait in the backlog until uvicorn serves it
+    app = Starlette(routes=[WebSocketRoute("/ws", _echo)])
+    app.state.release, app.state.ended = asyncio.Event(), asyncio.Event()
     config = uvicorn.Config(
-        Starlette(routes=[WebSocketRoute("/ws", _echo)]),
+        app,
         ws=FastFrameProtocol,
         ws_max_size=MAX_SIZE,
         ws_ping_interval=None,
@@ -72,9 +88,9 @@ async def server() -> AsyncIterator[int]:
     uv = uvicorn.Server(config)
     task = asyncio.create_task(uv.serve(sockets=[sock]))
     port = sock.getsockname()[1]
-    _SERVERS[port] = uv
+    _SERVERS[port], _APPS[port] = uv, app
     yield port
-    del _SERVERS[port]
+    del _SERVERS[port], _APPS[port]
     uv.should_exit = True
     await asyncio.wait_for(task, 30)
     sock.close()
@@ -212,12 +228,37 @@ async def test_a_bad_frame_fails_the_connection_with_its_code(
 
 
 async def test_reading_pauses_only_once_messages_wait_for_the_app(server: int) -> None:
-    """The app sleeps on the first message while more arrive: they queue (up to PAUSE_AT
-    before the socket's reading pauses) and every one of them is answered, in order."""
+    """While the app holds the first message the others queue; once PAUSE_AT of them wait,
+    the socket's reading pauses; released, the app answers every one, in order, and reading
+    resumes."""
     async with _connect(server) as client:
+        [protocol] = _protocols(server)
+        await client.send(_frame(TEXT, b"hold"))
         count = PAUSE_AT * 3
-        await client.send(
-            _frame(TEXT, b"sleep 0.5")
-            + b"".join(_frame(TEXT, str(i).encode()) for i in range(count))
-        )
-        assert await client.texts(count + 1) == ["t:sleep 0.5"] + [f"t:{i}" for i in range(count)]
+        for i in range(count):
+            await client.send(_frame(TEXT, str(i).encode()))
+        for _ in range(1000):  # bounded: until this process has read them
+            if protocol.read_paused:
+                break
+            await asyncio.sleep(0.02)
+        assert protocol.read_paused and protocol.queue.qsize() >= PAUSE_AT
+        _app_state(server).release.set()
+        assert await client.texts(count + 1) == ["t:hold"] + [f"t:{i}" for i in range(count)]
+        await client.send(_frame(TEXT, b"more"))
+        assert await client.texts(1) == ["t:more"]
+        assert not protocol.read_paused
+
+
+async def test_a_ping_websockets_refuses_fails_the_connection_once(server: int) -> None:
+    """A ping over 125 bytes: 1002, and the app is told so once (not once more for the
+    frames after it)."""
+    async with _connect(server) as client:
+        await client.send(_frame(TEXT, b"fine"))
+        assert await client.texts(1) == ["t:fine"]
+        [protocol] = _protocols(server)
+        await client.send(_frame(PING, b"p" * 126) + _frame(TEXT, b"after"))
+        assert await client.close_code() == 1002
+        await asyncio.wait_for(_app_state(server).ended.wait(), 20)
+        left = [protocol.queue.get_nowait() for _ in range(protocol.queue.qsize())]
+        # The app took the 1002; what is left is the connection's loss (1005), as ever.
+        assert left == [{"type": "websocket.disconnect", "code": 1005}]

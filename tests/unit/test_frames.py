@@ -170,9 +170,12 @@ def test_quiet_audio_gathers_into_larger_chunks_and_a_heard_frame_sends_them_at_
     # 13 quiet frames (260 ms) make a chunk, where 5 would have made one of 100 ms.
     assert [i for i, c in enumerate(quiet) if c is not None] == [12]
     assert quiet[12] == b"".join(frames[:13])
-    # The first frame heard goes with the four quiet ones before it (100 ms reached).
+    # The first frame heard goes at once, with the quiet ones gathered before it...
     assert gatherer.add(frames[17]) == b"".join(frames[13:18])
-    assert gatherer.add(frames[18]) is None and gatherer.gathered_bytes == 160
+    # ... however few they are; the frames heard after it go in chunks of 100 ms.
+    assert [gatherer.add(f, quiet=True) for f in frames[18:19]] == [None]
+    assert gatherer.add(frames[19]) == frames[18] + frames[19]
+    assert [gatherer.add(frames[i % 20]) is None for i in range(5)] == [True] * 4 + [False]
 
 
 def test_a_quiet_chunk_is_never_smaller_than_a_chunk() -> None:
