@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 from speed_probe import speed_probe
+from workers_bench import _cpu_s, _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-TICKS = os.sysconf("SC_CLK_TCK")
 SIDES = ("uvicorn", "fast")
 
 
@@ -89,17 +89,6 @@ def _load(port: int, sockets: int, seconds: float) -> None:
         await asyncio.gather(*(_caller(port, seconds) for _ in range(sockets)))
 
     uvloop.run(run())
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_listening(port: int) -> None:
