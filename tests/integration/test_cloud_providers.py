@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import pytest
@@ -101,14 +101,21 @@ def _audio_sizes(log: list[dict[str, object]]) -> list[object]:
     return out
 
 
-async def _logged(fake: FakeServer, until: str, count: int = 1) -> list[object]:
-    """The fake's log once it holds `count` control messages `until` (polled, bounded)."""
+async def _sent_once(
+    fake: FakeServer, done: Callable[[list[object]], bool], what: str
+) -> list[object]:
+    """The fake's log (`_audio_sizes`) once `done` holds of it (polled, bounded)."""
     for _ in range(500):
         sent = _audio_sizes(fake.log())
-        if sent.count(until) >= count:
+        if done(sent):
             return sent
         await asyncio.sleep(0.02)
-    raise AssertionError(f"the fake never got {until}: {_audio_sizes(fake.log())}")
+    raise AssertionError(f"the fake never got {what}: {_audio_sizes(fake.log())}")
+
+
+async def _logged(fake: FakeServer, until: str, count: int = 1) -> list[object]:
+    """The fake's log once it holds `count` control messages `until`."""
+    return await _sent_once(fake, lambda sent: sent.count(until) >= count, until)
 
 
 async def test_deepgram_audio_goes_in_chunks_and_finalize_flushes_the_tail(
@@ -146,11 +153,9 @@ async def test_deepgram_quiet_audio_goes_in_larger_chunks_until_a_frame_is_heard
         await stream.push(frame, quiet=True)
     heard = _frames("speech", 20)[0]
     await stream.push(heard)
-    for _ in range(500):  # no more audio and no `Finalize`: the chunk goes as it is
-        if _audio_sizes(dg.log()) == [2080, 2080, 800]:
-            break
-        await asyncio.sleep(0.02)
-    assert _audio_sizes(dg.log()) == [2080, 2080, 800]
+    # No more audio and no `Finalize`: the chunk goes as it is.
+    expected: list[object] = [2080, 2080, 800]
+    assert await _sent_once(dg, lambda sent: sent == expected, "the heard chunk") == expected
     await stream.aclose()
 
 
