@@ -19,7 +19,8 @@ frames, from a frame boundary: a ping or pong (it answers a ping), and from the 
 close, continuation or fragmented frame, or a frame it must refuse (reserved bits,
 unmasked, too large, unknown opcode: it fails the connection with the right code), the
 rest of the connection. The short way starts with the first bytes after the handshake,
-and only if none came with it.
+and only if none came before it (uvicorn's HTTP protocol hands this one the request's head
+alone, so no frame arrives with it).
 """
 
 from __future__ import annotations
@@ -67,18 +68,10 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
         elif self._short_way_ready():
             self._short_way = True
             self._frames(data)
-        elif self.handshake_initiated:  # frame bytes `websockets` keeps: early or handed over
-            self._handed_over = True
-            super().data_received(data)
-        else:  # the handshake request
-            super().data_received(data)
-            if self.handshake_initiated and not self._ends_clean(data):
-                self._handed_over = True  # frames came with the request
-
-    def _ends_clean(self, data: bytes) -> bool:
-        """True if the request's last bytes carried nothing after its head (no frame).
-        uvicorn's HTTP protocols hand over the request's head alone, so this holds there."""
-        return data.find(b"\r\n\r\n") == len(data) - 4 and not self.conn.reader.buffer
+        else:
+            if self.handshake_initiated:  # frame bytes `websockets` keeps: early or handed over
+                self._handed_over = True
+            super().data_received(data)  # else the request's head (uvicorn passes it alone)
 
     def _short_way_ready(self) -> bool:
         """True once the handshake is done and no frame byte has reached `websockets`."""
