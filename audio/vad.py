@@ -56,22 +56,28 @@ class FrameClassifier(Protocol):
 class EnergyVAD:
     """Classifies frames as speech when they stand out from the noise floor.
 
-    The floor is the quietest frame of the last `window_frames` (minimum statistics):
-    speech always has pauses between words, so the minimum follows the background even
-    while someone talks, and a steady noise stops counting as speech within the window.
+    The floor is the quietest frame of the last `window_ms` (minimum statistics): speech
+    always has pauses between words, so the minimum follows the background even while
+    someone talks, and a steady noise stops counting as speech within the window. The
+    window counts samples at `rate`, so it spans the same time whatever the frames' length.
 
     Per frame: one integer dot product and a sliding minimum (a deque of increasing
     powers), compared as powers, not decibels: a few microseconds.
     """
 
     def __init__(
-        self, *, margin_db: float = 12.0, min_level_dbfs: float = -48.0, window_frames: int = 100
+        self,
+        *,
+        rate: int,
+        margin_db: float = 12.0,
+        min_level_dbfs: float = -48.0,
+        window_ms: int = 2000,
     ) -> None:
         self._margin = math.pow(10.0, margin_db / 10.0)
         self._min_power = math.pow(10.0, min_level_dbfs / 10.0)
-        self._window = window_frames
-        self._frames = 0
-        # (frame number, power) of the frames that may still become the window's minimum,
+        self._window = max(1, rate * window_ms // 1000)
+        self._samples = 0  # samples classified so far
+        # (first sample, power) of the frames that may still become the window's minimum,
         # powers increasing: the first is the minimum of the window.
         self._floor: collections.deque[tuple[int, float]] = collections.deque()
 
@@ -81,13 +87,14 @@ class EnergyVAD:
 
     def is_speech(self, pcm: npt.NDArray[np.int16]) -> bool:
         power = frame_power(pcm)
-        number = self._frames
-        self._frames += 1
+        first = self._samples
+        self._samples += int(pcm.shape[0])
         floor = self._floor
         while floor and floor[-1][1] >= power:
             floor.pop()
-        floor.append((number, power))
-        if floor[0][0] <= number - self._window:
+        floor.append((first, power))
+        # Frames that began before the window (the last `window` samples) leave it.
+        while floor[0][0] < self._samples - self._window and len(floor) > 1:
             floor.popleft()
         floor_power = max(floor[0][1], _FLOOR_MIN_POWER)
         return power > self._min_power and power > floor_power * self._margin
@@ -111,7 +118,7 @@ class Endpointer:
         self._rate = rate
         self._min_speech_ms = min_speech_ms
         self._silence_ms = silence_ms
-        self._vad = vad or EnergyVAD()
+        self._vad = vad or EnergyVAD(rate=rate)
         self._samples = 0
         self._in_speech = False
         self._run_start_ms: float | None = None  # start of the current candidate speech run

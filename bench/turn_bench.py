@@ -424,7 +424,7 @@ def _one_file(entry: dict[str, Any], corpus: str, rates: list[int]) -> dict[str,
         pcm, file_rate = read_wav(Path(corpus) / f"{rate // 1000}k" / entry["file"])
         assert file_rate == rate
         decisions = {
-            "energy": _decisions(EnergyVAD(), pcm, rate),
+            "energy": _decisions(EnergyVAD(rate=rate), pcm, rate),
             "silero": _decisions(_W.silero.stream(rate), pcm, rate),
         }
         caches = _Caches()

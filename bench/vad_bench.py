@@ -75,7 +75,7 @@ def _singles(make: Callable[[], Callable[[PCM], bool]], pcm: PCM, rate: int) -> 
 
 def _vad_table(silero: SileroModel) -> None:
     detectors: dict[str, Callable[[int], Callable[[], Callable[[PCM], bool]]]] = {
-        "EnergyVAD": lambda rate: lambda: EnergyVAD().is_speech,
+        "EnergyVAD": lambda rate: lambda: EnergyVAD(rate=rate).is_speech,
         "SileroVAD, gate -60 dBFS": lambda rate: lambda: silero.stream(rate).is_speech,
         "SileroVAD, no gate": lambda rate: lambda: silero.stream(rate, gate_dbfs=None).is_speech,
     }

@@ -109,15 +109,17 @@ class Detection:
 class MachineDetector:
     """Decides whether a person or a machine answered one call (see the module docstring).
 
-    `vad` classifies frames as speech (`EnergyVAD` unless given; the call's Silero stream
-    may be passed); a `BeepDetector` at the audio's rate is made at the first frame.
+    `vad` classifies frames as speech (the call's Silero stream may be passed); unless it is
+    given, an `EnergyVAD` is made at the first frame, as a `BeepDetector` is, at the audio's
+    rate.
     """
 
     def __init__(
         self, config: DetectionConfig | None = None, *, vad: FrameClassifier | None = None
     ) -> None:
         self.config = config or DetectionConfig()
-        self._vad = vad or EnergyVAD()
+        self._given_vad = vad
+        self._vad: FrameClassifier | None = vad
         self._beeps: BeepDetector | None = None
         self._rate = 0
         self._samples = 0  # fed at `_rate` since `_origin_ms` (a new rate starts a new count)
@@ -152,12 +154,14 @@ class MachineDetector:
             return []
         if self._beeps is None or rate != self._rate:
             self._beeps, self._rate, self._samples = BeepDetector(rate), rate, 0
+            self._vad = self._given_vad or EnergyVAD(rate=rate)
             self._origin_ms = self._audio_ms
         start_ms = self._audio_ms
         self._samples += int(pcm.shape[0])
         self._audio_ms = self._origin_ms + 1000.0 * self._samples / rate
         duration_ms = self._audio_ms - start_ms
         beeps = self._beeps.feed(pcm)
+        assert self._vad is not None  # made with the beep detector
         speech = self._vad.is_speech(pcm)
         return self.observe(
             start_ms, duration_ms, speech=speech, toning=self._beeps.toning, beeps=beeps

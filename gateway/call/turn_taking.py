@@ -129,11 +129,13 @@ class TurnTaking:
             rate=rate,
             min_speech_ms=min_speech_ms,
             silence_ms=end_of_turn.pause_ms,
-            vad=vad or EnergyVAD(),
+            vad=vad or EnergyVAD(rate=rate),
         )
-        # Audio kept from before the VAD confirmed speech, so the first syllable reaches STT.
-        frames_kept = max(1, preroll_ms // 20)
-        self._preroll: collections.deque[AudioFrame] = collections.deque(maxlen=frames_kept)
+        # Audio kept from before the VAD confirmed speech, so the first syllable reaches STT:
+        # the last frames that cover `preroll_ms` (one frame at least).
+        self._preroll_ms = preroll_ms
+        self._preroll: collections.deque[AudioFrame] = collections.deque()
+        self._preroll_kept_ms = 0.0
         self._speaking = False  # in an utterance: speech, or a pause not yet judged over
         self._start_ms = 0.0
         self._pause: _Pause | None = None
@@ -207,13 +209,14 @@ class TurnTaking:
                 if not self._continuous:
                     steps += [PushAudio(f) for f in self._preroll]
                 self._preroll.clear()
+                self._preroll_kept_ms = 0.0
                 steps.append(CallerStarted(event.at_ms))
         # The frame that ends an utterance still belongs to it.
         if self._continuous or self._speaking or was_speaking:
             quiet = not (self._speaking or was_speaking or self._endpointer.hearing)
             steps.append(PushAudio(stt_frame, quiet))
         else:
-            self._preroll.append(stt_frame)
+            self._keep_preroll(stt_frame)
         for event in events:
             if isinstance(event, SpeechEnded) and self._speaking:
                 steps += self._paused(event.at_ms)
@@ -279,6 +282,15 @@ class TurnTaking:
         ended_at = self._clock() - lag_s
         self._awaiting_text.append(Utterance(self._start_ms, speech_end_ms, ended_at))
         return [UtteranceEnded()]
+
+    def _keep_preroll(self, frame: AudioFrame) -> None:
+        preroll = self._preroll
+        preroll.append(frame)
+        self._preroll_kept_ms += frame.duration_ms
+        while len(preroll) > 1 and (
+            self._preroll_kept_ms - preroll[0].duration_ms >= self._preroll_ms
+        ):
+            self._preroll_kept_ms -= preroll.popleft().duration_ms
 
     def _keep_for_judge(self, frame: AudioFrame) -> None:
         """Keep the frame for the turn model: the turn's audio plus a pre-roll before it."""

@@ -100,6 +100,22 @@ def test_the_preroll_reaches_the_stt_before_the_speech_it_precedes() -> None:
     assert all(_kinds(steps) == ["PushAudio"] for steps in speech[6:])
 
 
+def test_with_40_ms_frames_the_preroll_and_the_onset_span_the_same_time() -> None:
+    clock = _Clock()
+    turns = _turns(_STT(rate=RATE), clock)
+    frames = _speech(400)
+    pairs = [np.concatenate([f.pcm for f in frames[i : i + 2]]) for i in range(0, 20, 2)]
+    _feed(turns, [AudioFrame(np.zeros(320, dtype=np.int16), RATE)] * 25)
+    speech = _feed(turns, [AudioFrame(pcm, RATE) for pcm in pairs])
+    # 120 ms of speech: the third frame. The pre-roll is the last frames that cover 300 ms.
+    assert speech[:2] == [[CallerSound()], []]
+    assert _kinds(speech[2]) == ["PushAudio"] * 8 + ["CallerStarted", "PushAudio"]
+    assert speech[2][8] == CallerStarted(at_ms=1000.0)
+    kept = [step.frame for step in speech[2][:8] if isinstance(step, PushAudio)]
+    assert sum(frame.duration_ms for frame in kept) == 320.0
+    assert [bool(frame.pcm.any()) for frame in kept] == [False] * 6 + [True] * 2
+
+
 def test_the_utterance_ends_after_the_silence_and_keeps_its_span() -> None:
     clock = _Clock()
     turns = _turns(_STT(), clock)

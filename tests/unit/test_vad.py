@@ -62,7 +62,7 @@ def test_short_pauses_inside_a_turn_do_not_end_it() -> None:
 
 
 def test_noise_floor_adapts_to_louder_background() -> None:
-    vad = EnergyVAD()
+    vad = EnergyVAD(rate=RATE)
     noise = _noise(3000, dbfs=-40.0)
     decisions = [vad.is_speech(noise[i : i + FRAME]) for i in range(0, len(noise), FRAME)]
     assert not any(decisions[-50:])
@@ -72,13 +72,24 @@ def test_noise_floor_adapts_to_louder_background() -> None:
 def test_noise_floor_is_the_quietest_frame_of_the_window() -> None:
     """The sliding minimum against the plain one, over levels that rise, fall and repeat."""
     rng = np.random.default_rng(7)
-    vad = EnergyVAD(window_frames=10)
+    vad = EnergyVAD(rate=RATE, window_ms=200)  # ten 20 ms frames
     levels: list[float] = []
     for dbfs in np.concatenate([rng.uniform(-70, -20, 200), np.full(30, -50.0)]):
         frame = _noise(20, dbfs=float(dbfs), seed=len(levels))
         levels.append(frame_level_dbfs(frame))
         vad.is_speech(frame)
         assert abs(vad.noise_floor_dbfs - min(levels[-10:])) < 1e-9
+
+
+def test_the_noise_floor_window_spans_the_same_time_with_40_ms_frames() -> None:
+    rng = np.random.default_rng(11)
+    vad = EnergyVAD(rate=RATE, window_ms=200)  # five 40 ms frames
+    levels: list[float] = []
+    for dbfs in rng.uniform(-70, -20, 120):
+        frame = _noise(40, dbfs=float(dbfs), seed=len(levels))
+        levels.append(frame_level_dbfs(frame))
+        vad.is_speech(frame)
+        assert abs(vad.noise_floor_dbfs - min(levels[-5:])) < 1e-9
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
