@@ -1,6 +1,7 @@
 """Audio frames: the `AudioFrame` value; `FrameQueue`, the one place where agent audio is
-cut into whole 20 ms frames and a frame cut short is padded with silence; and
-`ChunkGatherer`, which joins caller frames' bytes into larger chunks for a recogniser."""
+cut into whole 20 ms frames and a frame cut short is padded with silence; `FrameJoiner`,
+which joins a carrier's consecutive 20 ms caller frames into the 40 ms frames a call takes;
+and `ChunkGatherer`, which joins caller frames' bytes into larger chunks for a recogniser."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ import numpy.typing as npt
 PCM16 = npt.NDArray[np.int16]
 
 FRAME_MS = 20
+# Caller audio reaches a call in frames of this length, whatever the carrier sends: every
+# step a frame takes (decoding, VAD, turn-taking, the recogniser's socket, the recording)
+# costs per frame more than per sample, and 40 ms halves those steps at 20 ms of delay at
+# most (10 ms on average) before the VAD hears a sound or a pause.
+CALLER_FRAME_MS = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +122,56 @@ class FrameQueue:
         self._markers.clear()
 
 
+class FrameJoiner:
+    """Consecutive frames of stamped bytes (`sample_bytes` a sample at `rate`), joined into
+    blocks of at least `block_ms`: `add()` keeps a frame and returns the blocks ready, each
+    as (stamp of its first frame in ms, bytes). A frame joins the one before it only if its
+    stamp follows on (a gap, or audio stamped out of order, ends the block so far: a block
+    is one span of the stream's time); a frame of `block_ms` or more goes out alone.
+    `flush()` returns the block begun, however short, or None.
+    """
+
+    def __init__(self, rate: int, *, block_ms: int, sample_bytes: int = 1) -> None:
+        self._bytes_per_ms = rate * sample_bytes / 1000
+        self.block_bytes = max(1, rate * block_ms // 1000) * sample_bytes
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self._at_ms = 0  # the block's stamp
+        self._next_ms = 0.0  # where a frame that follows on is stamped
+
+    def add(self, data: bytes, at_ms: int) -> list[tuple[int, bytes]]:
+        """Keep a frame stamped `at_ms`; return the blocks it completes, in order."""
+        ready: list[tuple[int, bytes]] = []
+        if self._pieces and abs(at_ms - self._next_ms) >= 1.0:
+            ready.append(self._take())
+        if not self._pieces:
+            self._at_ms = at_ms
+            self._next_ms = float(at_ms)
+        self._pieces.append(data)
+        self._size += len(data)
+        self._next_ms += len(data) / self._bytes_per_ms
+        if self._size >= self.block_bytes:
+            ready.append(self._take())
+        return ready
+
+    def flush(self) -> tuple[int, bytes] | None:
+        """The block begun (at its stamp), however short; None if none is."""
+        return self._take() if self._pieces else None
+
+    def _take(self) -> tuple[int, bytes]:
+        block = self._at_ms, b"".join(self._pieces)
+        self._pieces.clear()
+        self._size = 0
+        return block
+
+
 class ChunkGatherer:
     """Caller audio, as the bytes a recogniser's socket carries (`sample_bytes` a sample),
     gathered into chunks of at least `chunk_ms`, so that the socket carries a few larger
-    messages instead of one per 20 ms frame. While the caller is quiet (`add(quiet=True)`)
-    a chunk may grow to `quiet_chunk_ms`: no words are on their way then, so fewer messages
-    cost nothing; the first frame that is not quiet sends everything gathered with it.
+    messages instead of one per caller frame. While the caller is quiet (`add(quiet=True)`)
+    a chunk may grow up to `quiet_chunk_ms` (a quiet frame that would take it past goes in
+    the next one): no words are on their way then, so fewer messages cost nothing; the first
+    frame that is not quiet sends everything gathered with it.
 
     `add()` keeps a frame's bytes and returns the chunk it completes (the frames gathered so
     far, joined, once they reach the chunk size; frames are never split), else None.
@@ -146,6 +196,16 @@ class ChunkGatherer:
 
     def add(self, data: bytes, *, quiet: bool = False) -> bytes | None:
         """Keep `data`; return the chunk it completes, or None."""
+        if (
+            quiet
+            and self._quiet
+            and self._pieces
+            and self._size + len(data) > self.quiet_chunk_bytes
+        ):
+            chunk = self.flush()
+            self._pieces.append(data)
+            self._size = len(data)
+            return chunk
         self._pieces.append(data)
         self._size += len(data)
         heard_after_quiet, self._quiet = self._quiet and not quiet, quiet

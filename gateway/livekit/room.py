@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
-from audio.frames import AudioFrame, samples_per_frame
+from audio.frames import CALLER_FRAME_MS, AudioFrame, samples_per_frame
 from gateway.call.admission import GATEWAY_FULL, Admission
 from gateway.call.lifecycle import (
     CallEnding,
@@ -81,8 +81,6 @@ Handoff = Callable[[], Awaitable[bool]]
 # An inbound SIP call is answered before the caller's audio arrives (its subscription is
 # a WebRTC negotiation, seconds at most under load): without it by then, the call ends.
 CALLER_AUDIO_WAIT_S = 20.0
-# The caller's audio comes from the SDK in chunks of this many ms (split into 20 ms frames).
-CALLER_CHUNK_MS = 40
 ATTR_ORG = "voice_gateway.org_id"
 ATTR_ASSISTANT = "voice_gateway.assistant_id"
 ATTR_CALL = "voice_gateway.call_id"
@@ -295,23 +293,21 @@ class LiveKitRoom:
         return None
 
     async def _read_caller(self, track: rtc.Track) -> None:
-        """Feed the caller's audio to the call in 20 ms frames; the SDK resamples it to RATE
-        and hands it over `CALLER_CHUNK_MS` at a time (one event per chunk, fanned out to
-        every subscriber of the SDK's events: fewer is cheaper)."""
+        """Feed the caller's audio to the call in `CALLER_FRAME_MS` frames, as the SDK hands
+        it over (resampled to RATE; one event per frame, fanned out to every subscriber of
+        the SDK's events: fewer is cheaper)."""
         stream = rtc.AudioStream(
-            track, sample_rate=RATE, num_channels=1, frame_size_ms=CALLER_CHUNK_MS
+            track, sample_rate=RATE, num_channels=1, frame_size_ms=CALLER_FRAME_MS
         )
         frame_samples = samples_per_frame(RATE)
         metrics = self._runtime.metrics
         try:
             async for event in stream:
-                chunk = np.frombuffer(event.frame.data, dtype=np.int16).copy()
-                for offset in range(0, chunk.shape[0], frame_samples):
-                    if self.lifecycle.ended.is_set():
-                        return
-                    metrics.inbound_frames_total += 1
-                    pcm = chunk[offset : offset + frame_samples]
-                    await self.lifecycle.on_audio(AudioFrame(pcm, RATE))
+                if self.lifecycle.ended.is_set():
+                    return
+                pcm = np.frombuffer(event.frame.data, dtype=np.int16).copy()
+                metrics.inbound_frames_total += pcm.shape[0] // frame_samples  # 20 ms ones
+                await self.lifecycle.on_audio(AudioFrame(pcm, RATE))
         finally:
             await stream.aclose()
 

@@ -10,7 +10,9 @@ before accept (HTTP 403) while MAX_PENDING_STREAMS sockets of this process wait 
 theirs. Once `start` checks out, the stream is the `CallLeg` of the call's
 `CallLifecycle`, and its media is held to the real clock (`InboundMediaGuard`): a stream
 that lies about time or floods is closed 1008, and so is one that sends nothing for
-STREAM_IDLE_TIMEOUT_S (its call ends `stream-idle`).
+STREAM_IDLE_TIMEOUT_S (its call ends `stream-idle`). Twilio's 20 ms media frames reach the
+call joined in pairs (`CALLER_FRAME_MS`, `FrameJoiner`): a frame waits for the next one, 20 ms
+at most while media flows; a gap in the stream's time sends it on alone.
 Unknown events are counted, and logged once per name.
 """
 
@@ -26,7 +28,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from audio.codec import ulaw_decode
-from audio.frames import AudioFrame
+from audio.frames import CALLER_FRAME_MS, AudioFrame, FrameJoiner
 from gateway.call.lifecycle import CallEnding, CallLifecycle, CallRecording, LegTransport
 from gateway.logs import call_id_var
 from gateway.recording.recorder import CallRecorder
@@ -97,6 +99,7 @@ class _MediaStream:
         self._pacer: TwilioPacer | None = None
         self._started_at = 0.0  # Twilio's media timestamps count from the stream's start
         self._guard: InboundMediaGuard | None = None
+        self._joiner = FrameJoiner(TwilioPacer.sample_rate, block_ms=CALLER_FRAME_MS)
         self._call_sid = ""
         self._close_code, self._close_reason = 1000, "call ended"
         self._last_message = 0.0  # loop time of the newest message (the idle watchdog's)
@@ -193,16 +196,9 @@ class _MediaStream:
             for event in self._protocol.events():
                 if isinstance(event, AudioReceived):
                     metrics.inbound_frames_total += 1
-                    if self._guard is not None:
-                        self._guard.check(event.timestamp_ms, len(event.payload), time.monotonic())
                     if call is not None:
-                        pcm = ulaw_decode(event.payload)
-                        # Once the end is asked for the socket stays open through the final
-                        # write, but the call (and its recording) has ended.
-                        if self._recorder is not None and not call.ended.is_set():
-                            self._recorder.caller_audio(event.timestamp_ms, pcm)
-                        frame = AudioFrame(pcm, TwilioPacer.sample_rate, event.payload)
-                        await call.on_audio(frame)
+                        for at_ms, ulaw in self._joiner.add(event.payload, event.timestamp_ms):
+                            await self._caller_audio(call, at_ms, ulaw)
                 elif isinstance(event, MarkPlayed):
                     if call is not None:
                         call.on_mark(event.name)
@@ -218,7 +214,22 @@ class _MediaStream:
                 elif isinstance(event, UnknownReceived):
                     self._on_unknown(event)
                 elif isinstance(event, StreamStopped):
+                    held = self._joiner.flush()  # the caller's last frame
+                    if held is not None and call is not None:
+                        await self._caller_audio(call, *held)
                     return CallEnding("caller-hung-up", CallStatus.COMPLETED)
+
+    async def _caller_audio(self, call: CallLifecycle, at_ms: int, ulaw: bytes) -> None:
+        """Caller audio stamped `at_ms` (Twilio's stream time), checked against the real
+        clock, recorded, and handed to the call."""
+        assert self._guard is not None  # made at `start`, before any call
+        self._guard.check(at_ms, len(ulaw), time.monotonic())
+        pcm = ulaw_decode(ulaw)
+        # Once the end is asked for the socket stays open through the final write, but the
+        # call (and its recording) has ended.
+        if self._recorder is not None and not call.ended.is_set():
+            self._recorder.caller_audio(at_ms, pcm)
+        await call.on_audio(AudioFrame(pcm, TwilioPacer.sample_rate, ulaw))
 
     def release_slot(self) -> None:
         """The socket is no longer waiting for `start` (it started, or it is closing)."""

@@ -145,16 +145,16 @@ async def test_deepgram_audio_goes_in_chunks_and_finalize_flushes_the_tail(
 async def test_deepgram_quiet_audio_goes_in_larger_chunks_until_a_frame_is_heard(
     dg: FakeServer,
 ) -> None:
-    """Quiet audio (the VAD hears nothing) goes in chunks of 250 ms or more (13 frames, 2 080
+    """Quiet audio (the VAD hears nothing) goes in chunks of up to 250 ms (12 frames, 1 920
     bytes) where others go in 100 ms ones; the first frame heard goes at once, with the
     quiet frames gathered before it."""
     stream = await _stt(dg).open_stream(call_id="c10", sample_rate=8000)
-    for frame in _frames("silence", 600):  # 30 frames: two chunks, four frames held
+    for frame in _frames("silence", 600):  # 30 frames: two chunks, six frames held
         await stream.push(frame, quiet=True)
     heard = _frames("speech", 20)[0]
     await stream.push(heard)
     # No more audio and no `Finalize`: the chunk goes as it is.
-    expected: list[object] = [2080, 2080, 800]
+    expected: list[object] = [1920, 1920, 1120]
     assert await _sent_once(dg, lambda sent: sent == expected, "the heard chunk") == expected
     await stream.aclose()
 

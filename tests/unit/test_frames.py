@@ -4,7 +4,7 @@ ChunkGatherer: caller frames joined into chunks of at least `chunk_ms`, flushed 
 import numpy as np
 import pytest
 
-from audio.frames import FRAME_MS, ChunkGatherer, FrameQueue, samples_per_frame
+from audio.frames import FRAME_MS, ChunkGatherer, FrameJoiner, FrameQueue, samples_per_frame
 
 
 def _ramp(start: int, count: int) -> np.ndarray:
@@ -167,11 +167,12 @@ def test_quiet_audio_gathers_into_larger_chunks_and_a_heard_frame_sends_them_at_
     assert (gatherer.chunk_bytes, gatherer.quiet_chunk_bytes) == (800, 2000)
     frames = [bytes([i]) * 160 for i in range(20)]
     quiet = [gatherer.add(frame, quiet=True) for frame in frames[:17]]
-    # 13 quiet frames (260 ms) make a chunk, where 5 would have made one of 100 ms.
+    # 12 quiet frames (240 ms) make a chunk, where 5 would have made one of 100 ms: the
+    # 13th would take it past 250 ms, so it goes in the next one.
     assert [i for i, c in enumerate(quiet) if c is not None] == [12]
-    assert quiet[12] == b"".join(frames[:13])
+    assert quiet[12] == b"".join(frames[:12])
     # The first frame heard goes at once, with the quiet ones gathered before it...
-    assert gatherer.add(frames[17]) == b"".join(frames[13:18])
+    assert gatherer.add(frames[17]) == b"".join(frames[12:18])
     # ... however few they are; the frames heard after it go in chunks of 100 ms.
     assert [gatherer.add(f, quiet=True) for f in frames[18:19]] == [None]
     assert gatherer.add(frames[19]) == frames[18] + frames[19]
@@ -182,3 +183,46 @@ def test_a_quiet_chunk_is_never_smaller_than_a_chunk() -> None:
     gatherer = ChunkGatherer(8000, chunk_ms=100, sample_bytes=1, quiet_chunk_ms=40)
     assert gatherer.quiet_chunk_bytes == gatherer.chunk_bytes == 800
     assert ChunkGatherer(8000, chunk_ms=80, sample_bytes=2).quiet_chunk_bytes == 1280
+
+
+def test_quiet_chunks_of_40_ms_frames_stay_within_the_quiet_size() -> None:
+    gatherer = ChunkGatherer(8000, chunk_ms=100, sample_bytes=1, quiet_chunk_ms=250)
+    frames = [bytes([i]) * 320 for i in range(14)]
+    chunks = [c for c in (gatherer.add(f, quiet=True) for f in frames) if c is not None]
+    assert [len(c) for c in chunks] == [1920, 1920]  # six frames each, not seven (280 ms)
+    assert b"".join(chunks) == b"".join(frames[:12])
+    assert gatherer.flush() == frames[12] + frames[13]
+
+
+def test_consecutive_frames_are_joined_in_pairs_at_the_first_ones_stamp() -> None:
+    joiner = FrameJoiner(8000, block_ms=40)
+    frames = [bytes([i]) * 160 for i in range(5)]
+    blocks = [joiner.add(frame, 1000 + 20 * i) for i, frame in enumerate(frames)]
+    assert blocks == [
+        [],
+        [(1000, frames[0] + frames[1])],
+        [],
+        [(1040, frames[2] + frames[3])],
+        [],
+    ]
+    assert joiner.flush() == (1080, frames[4])
+    assert joiner.flush() is None
+
+
+def test_a_gap_or_a_step_back_in_the_stamps_ends_the_block() -> None:
+    joiner = FrameJoiner(8000, block_ms=40)
+    a, b, c, d = (bytes([i]) * 160 for i in range(4))
+    assert joiner.add(a, 0) == []
+    assert joiner.add(b, 60) == [(0, a)]  # 40 ms of the stream's time missing
+    assert joiner.add(c, 40) == [(60, b)]  # stamped before the frame held
+    assert joiner.add(d, 60) == [(40, c + d)]
+
+
+def test_a_frame_of_a_block_or_more_goes_out_alone() -> None:
+    joiner = FrameJoiner(8000, block_ms=40)
+    small, big = b"\x01" * 160, b"\x02" * 480
+    assert joiner.add(small, 0) == []
+    assert joiner.add(big, 20) == [(0, small + big)]  # it follows on: joined, then out
+    assert joiner.add(big, 500) == [(500, big)]
+    assert joiner.add(small, 560) == []
+    assert joiner.add(big, 100) == [(560, small), (100, big)]
