@@ -1,7 +1,8 @@
 """Audio frames: the `AudioFrame` value; `FrameQueue`, the one place where agent audio is
 cut into whole 20 ms frames and a frame cut short is padded with silence; `FrameJoiner`,
-which joins a carrier's consecutive 20 ms caller frames into the 40 ms frames a call takes;
-and `ChunkGatherer`, which joins caller frames' bytes into larger chunks for a recogniser."""
+which joins a carrier's consecutive 20 ms caller frames into the 40 ms frames a call takes
+while the caller is quiet; and `ChunkGatherer`, which joins caller frames' bytes into larger
+chunks for a recogniser."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import numpy.typing as npt
 PCM16 = npt.NDArray[np.int16]
 
 FRAME_MS = 20
-# Caller audio reaches a call in frames of this length, whatever the carrier sends: every
-# step a frame takes (decoding, VAD, turn-taking, the recogniser's socket, the recording)
-# costs per frame more than per sample, and 40 ms halves those steps at 20 ms of delay at
-# most (10 ms on average) before the VAD hears a sound or a pause.
-CALLER_FRAME_MS = 40
+# While the caller is quiet (the VAD hears nothing, no utterance under way) their audio
+# reaches a call in frames of this length, in FRAME_MS ones otherwise: every step a frame
+# takes (decoding, VAD, turn-taking, the recogniser's socket, the recording) costs per frame
+# more than per sample, and a quiet line is most of a call. The onset of speech may be heard
+# up to 20 ms later; a pause, an end of turn and a barge-in's words are timed as before.
+QUIET_FRAME_MS = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +129,9 @@ class FrameJoiner:
     blocks of at least `block_ms`: `add()` keeps a frame and returns the blocks ready, each
     as (stamp of its first frame in ms, bytes). A frame joins the one before it only if its
     stamp follows on (a gap, or audio stamped out of order, ends the block so far: a block
-    is one span of the stream's time); a frame of `block_ms` or more goes out alone.
-    `flush()` returns the block begun, however short, or None.
+    is one span of the stream's time); a frame of `block_ms` or more goes out alone, and so
+    does one added with `join=False`, after the block begun. `flush()` returns the block
+    begun, however short, or None.
     """
 
     def __init__(self, rate: int, *, block_ms: int, sample_bytes: int = 1) -> None:
@@ -139,11 +142,14 @@ class FrameJoiner:
         self._at_ms = 0  # the block's stamp
         self._next_ms = 0.0  # where a frame that follows on is stamped
 
-    def add(self, data: bytes, at_ms: int) -> list[tuple[int, bytes]]:
+    def add(self, data: bytes, at_ms: int, *, join: bool = True) -> list[tuple[int, bytes]]:
         """Keep a frame stamped `at_ms`; return the blocks it completes, in order."""
         ready: list[tuple[int, bytes]] = []
-        if self._pieces and abs(at_ms - self._next_ms) >= 1.0:
+        if self._pieces and (not join or abs(at_ms - self._next_ms) >= 1.0):
             ready.append(self._take())
+        if not join:
+            ready.append((at_ms, data))
+            return ready
         if not self._pieces:
             self._at_ms = at_ms
             self._next_ms = float(at_ms)

@@ -430,6 +430,13 @@ class CallLifecycle:
 
     # ----------------------------------------------------------------- events
 
+    @property
+    def caller_quiet(self) -> bool:
+        """True while the caller is quiet (no session yet, or `CallSession.caller_quiet`):
+        a carrier hands over its audio in `QUIET_FRAME_MS` frames then, in 20 ms ones
+        otherwise."""
+        return self.session is None or self.session.caller_quiet
+
     async def on_audio(self, frame: AudioFrame) -> None:
         """A frame of the caller's audio at the transport's rate."""
         if self.session is not None and not self.ended.is_set():

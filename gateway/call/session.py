@@ -203,6 +203,11 @@ class CallSession:
         await self._carry_out(self._turns.feed(frame))
         await self._overlap.after_frame()
 
+    @property
+    def caller_quiet(self) -> bool:
+        """The VAD hears nothing and no utterance is under way (`TurnTaking.caller_quiet`)."""
+        return self._turns.caller_quiet
+
     def on_mark(self, name: str) -> None:
         """A mark came back: the audio before it has been played to the caller."""
         self._agent.on_mark(name)

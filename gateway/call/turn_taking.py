@@ -182,6 +182,12 @@ class TurnTaking:
         return self._endpointer.hearing
 
     @property
+    def caller_quiet(self) -> bool:
+        """True while the VAD hears nothing and no utterance is under way (no turn is timed
+        on the frames then: a carrier may hand them over in longer ones)."""
+        return not (self._speaking or self._endpointer.hearing)
+
+    @property
     def silence_ms(self) -> float:
         """How long since the caller's last speech."""
         return self._endpointer.position_ms - self._endpointer.last_speech_ms

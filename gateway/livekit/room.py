@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
-from audio.frames import CALLER_FRAME_MS, AudioFrame, samples_per_frame
+from audio.frames import QUIET_FRAME_MS, AudioFrame, samples_per_frame
 from gateway.call.admission import GATEWAY_FULL, Admission
 from gateway.call.lifecycle import (
     CallEnding,
@@ -293,21 +293,25 @@ class LiveKitRoom:
         return None
 
     async def _read_caller(self, track: rtc.Track) -> None:
-        """Feed the caller's audio to the call in `CALLER_FRAME_MS` frames, as the SDK hands
-        it over (resampled to RATE; one event per frame, fanned out to every subscriber of
-        the SDK's events: fewer is cheaper)."""
+        """Feed the caller's audio to the call: the SDK resamples it to RATE and hands it over
+        `QUIET_FRAME_MS` at a time (one event per frame, fanned out to every subscriber of
+        the SDK's events: fewer is cheaper); it goes on whole while the caller is quiet, in
+        20 ms frames otherwise."""
         stream = rtc.AudioStream(
-            track, sample_rate=RATE, num_channels=1, frame_size_ms=CALLER_FRAME_MS
+            track, sample_rate=RATE, num_channels=1, frame_size_ms=QUIET_FRAME_MS
         )
         frame_samples = samples_per_frame(RATE)
         metrics = self._runtime.metrics
+        lifecycle = self.lifecycle
         try:
             async for event in stream:
-                if self.lifecycle.ended.is_set():
-                    return
-                pcm = np.frombuffer(event.frame.data, dtype=np.int16).copy()
-                metrics.inbound_frames_total += pcm.shape[0] // frame_samples  # 20 ms ones
-                await self.lifecycle.on_audio(AudioFrame(pcm, RATE))
+                chunk = np.frombuffer(event.frame.data, dtype=np.int16).copy()
+                metrics.inbound_frames_total += chunk.shape[0] // frame_samples  # 20 ms ones
+                step = chunk.shape[0] if lifecycle.caller_quiet else frame_samples
+                for offset in range(0, chunk.shape[0], step):
+                    if lifecycle.ended.is_set():
+                        return
+                    await lifecycle.on_audio(AudioFrame(chunk[offset : offset + step], RATE))
         finally:
             await stream.aclose()
 

@@ -10,9 +10,10 @@ before accept (HTTP 403) while MAX_PENDING_STREAMS sockets of this process wait 
 theirs. Once `start` checks out, the stream is the `CallLeg` of the call's
 `CallLifecycle`, and its media is held to the real clock (`InboundMediaGuard`): a stream
 that lies about time or floods is closed 1008, and so is one that sends nothing for
-STREAM_IDLE_TIMEOUT_S (its call ends `stream-idle`). Twilio's 20 ms media frames reach the
-call joined in pairs (`CALLER_FRAME_MS`, `FrameJoiner`): a frame waits for the next one, 20 ms
-at most while media flows; a gap in the stream's time sends it on alone.
+STREAM_IDLE_TIMEOUT_S (its call ends `stream-idle`). While the caller is quiet, Twilio's 20
+ms media frames reach the call joined in pairs (`QUIET_FRAME_MS`, `FrameJoiner`): a frame
+waits for the next one, 20 ms while media flows; a gap in the stream's time sends it on
+alone. While an utterance is under way, each frame goes on as it comes.
 Unknown events are counted, and logged once per name.
 """
 
@@ -28,7 +29,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from audio.codec import ulaw_decode
-from audio.frames import CALLER_FRAME_MS, AudioFrame, FrameJoiner
+from audio.frames import QUIET_FRAME_MS, AudioFrame, FrameJoiner
 from gateway.call.lifecycle import CallEnding, CallLifecycle, CallRecording, LegTransport
 from gateway.logs import call_id_var
 from gateway.recording.recorder import CallRecorder
@@ -99,7 +100,7 @@ class _MediaStream:
         self._pacer: TwilioPacer | None = None
         self._started_at = 0.0  # Twilio's media timestamps count from the stream's start
         self._guard: InboundMediaGuard | None = None
-        self._joiner = FrameJoiner(TwilioPacer.sample_rate, block_ms=CALLER_FRAME_MS)
+        self._joiner = FrameJoiner(TwilioPacer.sample_rate, block_ms=QUIET_FRAME_MS)
         self._call_sid = ""
         self._close_code, self._close_reason = 1000, "call ended"
         self._last_message = 0.0  # loop time of the newest message (the idle watchdog's)
@@ -197,7 +198,10 @@ class _MediaStream:
                 if isinstance(event, AudioReceived):
                     metrics.inbound_frames_total += 1
                     if call is not None:
-                        for at_ms, ulaw in self._joiner.add(event.payload, event.timestamp_ms):
+                        joined = self._joiner.add(
+                            event.payload, event.timestamp_ms, join=call.caller_quiet
+                        )
+                        for at_ms, ulaw in joined:
                             await self._caller_audio(call, at_ms, ulaw)
                 elif isinstance(event, MarkPlayed):
                     if call is not None:

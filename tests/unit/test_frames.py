@@ -226,3 +226,12 @@ def test_a_frame_of_a_block_or_more_goes_out_alone() -> None:
     assert joiner.add(big, 500) == [(500, big)]
     assert joiner.add(small, 560) == []
     assert joiner.add(big, 100) == [(560, small), (100, big)]
+
+
+def test_a_frame_not_to_be_joined_goes_out_at_once_after_the_block_begun() -> None:
+    joiner = FrameJoiner(8000, block_ms=40)
+    a, b, c = (bytes([i]) * 160 for i in range(3))
+    assert joiner.add(a, 0) == []
+    assert joiner.add(b, 20, join=False) == [(0, a), (20, b)]
+    assert joiner.add(c, 40, join=False) == [(40, c)]
+    assert joiner.flush() is None

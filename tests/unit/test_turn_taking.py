@@ -116,6 +116,20 @@ def test_with_40_ms_frames_the_preroll_and_the_onset_span_the_same_time() -> Non
     assert [bool(frame.pcm.any()) for frame in kept] == [False] * 6 + [True] * 2
 
 
+def test_the_caller_is_quiet_from_the_end_of_a_turn_to_the_next_sound() -> None:
+    clock = _Clock()
+    turns = _turns(_STT(), clock)
+    quiet = []
+    for frame in _silence(200) + _speech(400) + _silence(1000):
+        turns.feed(frame)
+        quiet.append(turns.caller_quiet)
+    # Quiet through the silence; not from the first frame heard (a sound, then speech)
+    # through the pause that ends the turn (400 ms); quiet again once it has ended.
+    assert quiet[:10] == [True] * 10
+    assert quiet[10:49] == [False] * 39
+    assert quiet[49:] == [True] * 31
+
+
 def test_the_utterance_ends_after_the_silence_and_keeps_its_span() -> None:
     clock = _Clock()
     turns = _turns(_STT(), clock)
