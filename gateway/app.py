@@ -47,7 +47,7 @@ from gateway.providers.base import Providers
 from gateway.services import Services, build_services, running
 from gateway.settings import Settings
 from gateway.twilio.routes import twilio_amd, twilio_status, twilio_voice
-from gateway.twilio.stream import twilio_stream_endpoint
+from gateway.twilio.stream import TwilioStreamEndpoint
 from gateway.web_assets import WebAssets
 from storage import open_database
 
@@ -160,7 +160,7 @@ def create_app(settings: Settings, *, providers: Providers | None = None) -> Sta
         Route("/twilio/voice", twilio_voice, methods=["POST"]),
         Route("/twilio/status", twilio_status, methods=["POST"]),
         Route("/twilio/amd", twilio_amd, methods=["POST"]),
-        WebSocketRoute("/twilio/stream", twilio_stream_endpoint),
+        WebSocketRoute("/twilio/stream", TwilioStreamEndpoint()),
         Route("/livekit/webhook", livekit_webhook, methods=["POST"]),
         *dashboard_routes(),
         *web_assets.routes(),
