@@ -137,8 +137,8 @@ class Settings(BaseSettings):
     # Caller audio goes to Deepgram in messages of this much audio (fewer, larger WebSocket
     # messages cost less CPU); the end of a turn sends what is buffered with `Finalize`.
     deepgram_chunk_ms: int = Field(default=100, ge=20, le=250)
-    # ... and of this much while the VAD hears nothing and no utterance is under way (no
-    # words are on their way then); the first frame it hears goes at once.
+    # ... and of up to this much while the VAD hears nothing and no utterance is under way
+    # (no words are on their way then); the first frame it hears goes at once.
     deepgram_quiet_chunk_ms: int = Field(default=250, ge=20, le=250)
 
     # Cartesia TTS. The base URL may be ws(s):// or http(s)://.

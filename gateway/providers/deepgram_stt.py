@@ -6,7 +6,7 @@ delivers, so nothing is resampled), 16/24/48 kHz ones as `linear16`. Every frame
 agent speech included, so interim results can barge in before the VAD is sure. Frames go
 out gathered in chunks of `chunk_ms` (100 ms: one WebSocket message where there were five,
 each with its own client framing, mask and write); interim words come up to a chunk later.
-While the VAD hears nothing and the caller is not mid-utterance, chunks grow to
+While the VAD hears nothing and the caller is not mid-utterance, chunks grow up to
 `quiet_chunk_ms` (250 ms, the top of what Deepgram advises a message to carry): most of a
 call is such audio, and no words are on their way in it. The first frame the VAD hears
 goes at once with everything gathered before it, so the onset of speech is not held back.
