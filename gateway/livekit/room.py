@@ -307,7 +307,7 @@ class LiveKitRoom:
             async for event in stream:
                 chunk = np.frombuffer(event.frame.data, dtype=np.int16).copy()
                 metrics.inbound_frames_total += chunk.shape[0] // frame_samples  # 20 ms ones
-                step = chunk.shape[0] if lifecycle.caller_quiet else frame_samples
+                step = max(1, chunk.shape[0]) if lifecycle.caller_quiet else frame_samples
                 for offset in range(0, chunk.shape[0], step):
                     if lifecycle.ended.is_set():
                         return
