@@ -114,11 +114,18 @@ _SEGMENT = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
 
 def _words_of(key: str) -> set[str]:
     """The words a person may have written `key` with: its segments (split at separators,
-    case changes and digits) and runs of up to three of them, lower-cased. A placeholder
-    counts only as such a word, never as letters that happen to spell it inside a random
-    key ("...VODUMmY..." does not say "dummy")."""
+    case changes and digits) and runs of up to three segments of two characters or more
+    (every part of a placeholder of several words is: "your", "api", "key", "me"),
+    lower-cased. A placeholder counts only as such a word, never as letters that happen to
+    spell it inside a random key ("...VODUMmY..." and "...jDUmmyC..." do not say "dummy")."""
     segments = [s.lower() for s in _SEGMENT.findall(key)]
-    return {"".join(segments[i : i + n]) for n in (1, 2, 3) for i in range(len(segments) - n + 1)}
+    words = set(segments)
+    for n in (2, 3):
+        for i in range(len(segments) - n + 1):
+            run = segments[i : i + n]
+            if all(len(segment) >= 2 for segment in run):
+                words.add("".join(run))
+    return words
 
 
 def weak_api_key_reason(key: str) -> str | None:

@@ -63,3 +63,5 @@ def test_random_keys_pass_every_time() -> None:
 def test_a_random_key_that_happens_to_spell_a_placeholder_passes() -> None:
     # Seen in CI: letters of this create-key key spell "dummy" across case changes.
     assert weak_api_key_reason("vg_CGSmSR15urVrbzzaCBOiIfVODUMmYCQxT5oeomP_PkU") is None
+    # Seen in CI on 2026-12-03: "D" then "Ummy", one letter and a word, spell it too.
+    assert weak_api_key_reason("vg_F5GDjcxbjDUmmyC-HV73GjqT1qDdNVVEFo_PCBNlEg0") is None
