@@ -167,7 +167,7 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
             if control:  # one whole frame: `websockets` is at a frame boundary again after it
                 super().data_received(buf[pos : pos + size])
                 if self.conn.parser_exc is not None or self.transport.is_closing():
-                    self._short_way, self._handed_over = False, True  # it failed the connection
+                    self._hand_over()  # it failed the connection: nothing more to give it
                     return
                 if self.conn.state is not State.OPEN:  # closing: `websockets` takes the rest
                     self._hand_over(buf[pos + size :])
@@ -186,7 +186,8 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
         self._pending[:] = start
         self._needed = needed
 
-    def _hand_over(self, rest: bytes) -> None:
+    def _hand_over(self, rest: bytes = b"") -> None:
+        """Leave the rest of the connection, from `rest` on, to `websockets`."""
         self._short_way = False
         self._handed_over = True
         self._pending.clear()
@@ -202,8 +203,7 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
                 decoded = payload.decode()
             except UnicodeDecodeError:
                 self.logger.warning("invalid UTF-8 in a text frame: closed 1007")
-                self._short_way = False
-                self._handed_over = True
+                self._hand_over()
                 self.conn.send_close(1007)
                 self.handle_parser_exception()
                 return False
