@@ -219,8 +219,7 @@ class TurnTaking:
                 steps.append(CallerStarted(event.at_ms))
         # The frame that ends an utterance still belongs to it.
         if self._continuous or self._speaking or was_speaking:
-            quiet = not (self._speaking or was_speaking or self._endpointer.hearing)
-            steps.append(PushAudio(stt_frame, quiet))
+            steps.append(PushAudio(stt_frame, self.caller_quiet and not was_speaking))
         else:
             self._keep_preroll(stt_frame)
         for event in events:
