@@ -1,5 +1,5 @@
-"""Streaming speech-to-text on Deepgram's live WebSocket (`/v1/listen`, the official SDK's
-socket client and message types).
+"""Streaming speech-to-text on Deepgram's live WebSocket (`/v1/listen`; the official SDK
+gives its endpoints, the messages are read and written here as plain JSON).
 
 Audio goes at the transport's own rate: 8 kHz calls are sent as `mulaw` (what Twilio
 delivers, so nothing is resampled), 16/24/48 kHz ones as `linear16`. Every frame is sent,
@@ -24,7 +24,11 @@ its words. `KeepAlive` goes out whenever no audio has been sent for `keepalive_s
 
 The socket is opened here rather than by the SDK's `listen.v1.connect`, the same request
 (URL, query, `Authorization: Token`), so that it offers no permessage-deflate: the SDK's
-client compresses every audio message, which costs CPU for a few kB/s saved.
+client compresses every audio message, which costs CPU for a few kB/s saved. Its messages
+are not turned into the SDK's models either: building a `ListenV1Results` (a union tried
+member by member) cost more than everything else done with a result, and only the
+transcript, `is_final` and `from_finalize` are used. A message that is not a JSON object
+is logged and skipped.
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import orjson
 from deepgram.environment import DeepgramClientEnvironment
-from deepgram.listen.v1.socket_client import AsyncV1SocketClient
-from deepgram.listen.v1.types.listen_v1results import ListenV1Results
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as websocket_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
@@ -53,6 +57,10 @@ log = logging.getLogger(__name__)
 
 _RATES = (8000, 16000, 24000, 32000, 48000)
 _BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+# Deepgram's control messages, as its SDK writes them.
+_FINALIZE = '{"type": "Finalize"}'
+_CLOSE_STREAM = '{"type": "CloseStream"}'
+_KEEP_ALIVE = '{"type": "KeepAlive"}'
 
 
 def deepgram_environment(base_url: str | None) -> DeepgramClientEnvironment:
@@ -141,7 +149,7 @@ class DeepgramStream:
         self._mulaw = sample_rate == 8000
         self._out: asyncio.Queue[Transcript | None] = asyncio.Queue()
         self._stack: contextlib.AsyncExitStack | None = None
-        self._socket: Any = None
+        self._socket: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -193,10 +201,11 @@ class DeepgramStream:
             and self._unconfirmed_bytes - len(unconfirmed[0]) >= self._replay_bytes
         ):
             self._unconfirmed_bytes -= len(unconfirmed.popleft())
-        if not self._connected.is_set():
+        socket = self._socket
+        if socket is None or not self._connected.is_set():
             return  # kept in `_unconfirmed`; sent when the socket is back
         try:
-            await self._socket.send_media(data)
+            await socket.send(data)
             self._last_send = time.monotonic()
         except (ConnectionClosed, WebSocketException, OSError):
             self._connected.clear()  # the reader notices too and reconnects
@@ -209,9 +218,7 @@ class DeepgramStream:
             self._finalize_timer = loop.call_later(
                 self._stt._finalize_timeout_s, self._finalize_timed_out
             )
-        if self._connected.is_set():
-            with contextlib.suppress(ConnectionClosed, WebSocketException, OSError):
-                await self._socket.send_finalize()
+        await self._send_control(_FINALIZE)
 
     async def transcripts(self) -> AsyncIterator[Transcript]:
         while True:
@@ -228,9 +235,7 @@ class DeepgramStream:
         if self._keepalive is not None:
             self._keepalive.cancel()
         await self._send_gathered()
-        if self._connected.is_set():
-            with contextlib.suppress(ConnectionClosed, WebSocketException, OSError):
-                await self._socket.send_close_stream()
+        await self._send_control(_CLOSE_STREAM)
         if self._reader is not None:
             try:
                 async with asyncio.timeout(1.0):
@@ -241,6 +246,17 @@ class DeepgramStream:
                     await self._reader
         await self._disconnect()
         self._out.put_nowait(None)
+
+    async def _send_control(self, message: str) -> bool:
+        """Send a control message if the socket is up; whether it went."""
+        socket = self._socket
+        if socket is None or not self._connected.is_set():
+            return False
+        try:
+            await socket.send(message)
+        except (ConnectionClosed, WebSocketException, OSError):
+            return False
+        return True
 
     # ------------------------------------------------------------ connection
 
@@ -253,15 +269,13 @@ class DeepgramStream:
     async def _open_socket(self) -> None:
         stack = contextlib.AsyncExitStack()
         try:
-            connection = await stack.enter_async_context(
+            socket = await stack.enter_async_context(
                 websocket_connect(
                     self._stt.listen_url(self._rate),
                     additional_headers=self._stt._headers,
                     compression=None,
                 )
             )
-            # The SDK types the legacy client's protocol; it calls only `send` and `recv`.
-            self._socket = AsyncV1SocketClient(websocket=connection)  # type: ignore[arg-type]
         except InvalidStatus as exc:
             await stack.aclose()
             status = exc.response.status_code
@@ -272,8 +286,9 @@ class DeepgramStream:
             await stack.aclose()
             raise ProviderError(f"Deepgram unreachable: {exc}", provider="deepgram") from exc
         self._stack = stack
+        self._socket = socket
         for data in list(self._unconfirmed):
-            await self._socket.send_media(data)
+            await socket.send(data)
         self._last_send = time.monotonic()
         self._connected.set()
 
@@ -297,12 +312,22 @@ class DeepgramStream:
             await self._reconnect()
 
     async def _read_socket(self) -> None:
+        socket = self._socket
+        assert socket is not None  # set by `_open_socket`, before the reader reads
         while True:
-            message = await self._socket.recv()
-            if isinstance(message, ListenV1Results):
+            data = await socket.recv()
+            try:
+                message = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                message = None
+            if type(message) is not dict:
+                log.warning("Deepgram sent a message that is not a JSON object: skipped")
+                continue
+            kind = message.get("type")
+            if kind == "Results":
                 self._on_results(message)
-            elif getattr(message, "type", None) == "Error":
-                log.warning("Deepgram error: %s", getattr(message, "description", message))
+            elif kind == "Error":
+                log.warning("Deepgram error: %s", message.get("description") or message)
 
     async def _reconnect(self) -> None:
         await self._disconnect()
@@ -327,17 +352,14 @@ class DeepgramStream:
         while True:
             await asyncio.sleep(self._stt._keepalive_s / 2)
             idle = time.monotonic() - self._last_send
-            if self._connected.is_set() and idle >= self._stt._keepalive_s:
-                with contextlib.suppress(ConnectionClosed, WebSocketException, OSError):
-                    await self._socket.send_keep_alive()
-                    self._last_send = time.monotonic()
+            if idle >= self._stt._keepalive_s and await self._send_control(_KEEP_ALIVE):
+                self._last_send = time.monotonic()
 
     # --------------------------------------------------------------- results
 
-    def _on_results(self, results: ListenV1Results) -> None:
-        alternatives = results.channel.alternatives
-        text = alternatives[0].transcript.strip() if alternatives else ""
-        if not results.is_final:
+    def _on_results(self, results: dict[str, Any]) -> None:
+        text = _transcript(results)
+        if results.get("is_final") is not True:
             if text:
                 self._interim = text
                 self._out.put_nowait(Transcript(self._joined(text), is_final=False))
@@ -349,7 +371,7 @@ class DeepgramStream:
             self._final_pieces.append(text)
             # The words so far, for a turn judged on them (the final comes on `Finalize`).
             self._out.put_nowait(Transcript(self._joined(), is_final=False))
-        if results.from_finalize and self._finalizes_pending:
+        if results.get("from_finalize") is True and self._finalizes_pending:
             self._emit_final()
 
     async def words_so_far(self) -> str:
@@ -373,3 +395,12 @@ class DeepgramStream:
         if self._finalizes_pending:
             log.warning("Deepgram did not answer Finalize in time; using the final words so far")
             self._emit_final()
+
+
+def _transcript(results: dict[str, Any]) -> str:
+    """The first alternative's transcript of a `Results` message ("" if it has none)."""
+    channel = results.get("channel")
+    alternatives = channel.get("alternatives") if type(channel) is dict else None
+    first = alternatives[0] if type(alternatives) is list and alternatives else None
+    text = first.get("transcript") if type(first) is dict else None
+    return text.strip() if type(text) is str else ""

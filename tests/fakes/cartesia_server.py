@@ -11,7 +11,8 @@ Generation requests carry `context_id`, `model_id`, `transcript`, `voice`,
 
 The audio is a deterministic tone, `ms_per_char` per character of transcript.
 `drop_on_text: "..."` makes the server send one chunk of the transcript that contains
-it and then close the socket with 1011 (once).
+it and then close the socket with 1011 (once). `junk_first: true` makes each new socket
+first send two text messages that are not JSON objects (a client must skip them).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def _defaults() -> dict[str, Any]:
         "chunk_interval_ms": 0,
         "first_chunk_delay_ms": 0,
         "drop_on_text": None,
+        "junk_first": False,
     }
 
 
@@ -197,6 +199,8 @@ async def tts_websocket(ws: WebSocket) -> None:
             "path": ws.url.path,
             "query": dict(ws.query_params),
             "auth": auth,
+            "version": version,
+            "extensions": headers.get("sec-websocket-extensions"),  # what the client offered
         }
     )
     if key != _state["api_key"]:
@@ -206,6 +210,9 @@ async def tts_websocket(ws: WebSocket) -> None:
         await ws.send_denial_response(JSONResponse({"error": "cartesia-version is required"}, 400))
         return
     await ws.accept()
+    if _state["junk_first"]:
+        await ws.send_text("not json")
+        await ws.send_text("[1, 2]")
     conn = _Connection(ws, number)
     try:
         while not conn.dropped:

@@ -41,7 +41,12 @@ _connections = 0
 
 
 def _defaults() -> dict[str, Any]:
-    return {"api_key": "test-deepgram-key", "idle_timeout_s": 10.0, "drop_after_finals": None}
+    return {
+        "api_key": "test-deepgram-key",
+        "idle_timeout_s": 10.0,
+        "drop_after_finals": None,
+        "junk_first": False,  # two text messages that are not JSON objects, first thing
+    }
 
 
 _state.update(_defaults())
@@ -232,6 +237,9 @@ async def listen(ws: WebSocket) -> None:
         )
         return
     await ws.accept()
+    if _state["junk_first"]:
+        await ws.send_text("not json")
+        await ws.send_text("[1, 2]")
     listener = _Listener(ws, conn, query)
     try:
         while True:

@@ -216,6 +216,20 @@ async def test_deepgram_socket_drop_reconnects_and_keeps_transcribing(dg: FakeSe
     assert len([e for e in dg.log() if e["kind"] == "open"]) == 2
 
 
+async def test_deepgram_skips_a_message_that_is_not_a_json_object(
+    dg: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    dg.control(utterances=["Still heard."], junk_first=True)
+    stream = await _stt(dg).open_stream(call_id="c3j", sample_rate=8000)
+    transcripts = aiter(stream.transcripts())
+    await _push(stream, _frames("speech", 600) + _frames("silence", 700))
+    await stream.end_utterance()
+    assert await _next_final(transcripts, []) == "Still heard."
+    await stream.aclose()
+    skipped = [r for r in caplog.records if "not a JSON object" in r.getMessage()]
+    assert len(skipped) == 2
+
+
 async def test_deepgram_wrong_key_is_a_final_provider_error(dg: FakeServer) -> None:
     with pytest.raises(ProviderError) as refused:
         await _stt(dg, key="wrong").open_stream(call_id="c4", sample_rate=8000)
@@ -264,6 +278,29 @@ async def test_cartesia_turn_streams_sentences_as_continuations(cartesia: FakeSe
         "encoding": "pcm_s16le",
         "sample_rate": 8000,
     }
+
+
+async def test_cartesia_socket_offers_no_deflate_and_skips_what_is_not_json(
+    cartesia: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    cartesia.control(junk_first=True)
+    tts = _tts(cartesia)
+    connection = await tts.open(call_id="c5j", sample_rate=8000)
+    speech = connection.turn()
+    await speech.say("Hello there.")
+    await speech.finish()
+    events = await _collect(speech.audio())
+    await connection.aclose()
+    await tts.aclose()
+    assert events[-1] == SegmentDone(0)
+    heard = sum(len(e.pcm) for e in events if isinstance(e, SpeechAudio))
+    assert heard == int(8000 * 0.045 * len("Hello there."))
+    [opened] = [e for e in cartesia.log() if e["kind"] == "open"]
+    assert opened["path"] == "/tts/websocket"
+    assert opened["auth"] == "Bearer test-cartesia-key" and opened["version"]
+    assert opened["extensions"] is None  # no permessage-deflate: audio comes as it is
+    skipped = [r for r in caplog.records if "not a JSON object" in r.getMessage()]
+    assert len(skipped) == 2
 
 
 async def test_cartesia_cancel_stops_the_context(cartesia: FakeServer) -> None:
