@@ -7,7 +7,8 @@ change), starts `voice-gateway serve --workers 1` from that tree (energy VAD, si
 turn, embedded FerretDB, a new one for each run) and runs `bench/workers_bench.py`'s level:
 `--silent` calls that stay quiet after the greeting, then (another gateway) `--talking`
 calls that ask a question every few seconds. Reports per run: the gateway's CPU over the
-steady window (% of one core, and per call; FerretDB apart), late outbound frames, and
+steady window (% of one core, and per call; FerretDB apart; the kernel's share of it: socket
+reads and writes, epoll), late outbound frames, and
 reply latency p50 / p99 (end of speech to first frame out), and the host's speed over the
 run (`speed_probe.py`: the CPU time of a fixed piece of work, median) with the per-call CPU
 divided by it ("norm"): on a shared host the same code costs up to half as much again from
@@ -165,7 +166,7 @@ def main() -> int:
         f"--workers 1; steady window {args.seconds:g} s; calls started over {args.ramp_s:g} s "
         "(shared machine: load generator, fakes and gateway on the same 2 cores)\n"
         f"{'round':>5} {'side':>8} {'mode':>8} {'calls':>5} {'failed':>6} {'gw CPU %':>8} "
-        f"{'%/call':>7} {'ferret %':>8} {'frames':>7} {'late %':>7} {'reply p50':>9} "
+        f"{'%/call':>7} {'kernel':>6} {'ferret %':>8} {'frames':>7} {'late %':>7} {'reply p50':>9} "
         f"{'reply p99':>9} {'probe ms':>8} {'norm':>6}\n"
     )
     with contextlib.ExitStack() as stack:
@@ -213,6 +214,7 @@ def main() -> int:
                     sys.stdout.write(
                         f"{rnd:>5} {side:>8} {mode:>8} {calls:>5} {r['failed']:>6.0f} "
                         f"{r['cpu_pct']:>8.1f} {r['cpu_per_call']:>7.3f} "
+                        f"{100 * r['kernel_share']:>5.0f}% "
                         f"{r['ferretdb_pct']:>8.1f} {r['frames']:>7.0f} "
                         f"{r['late_pct']:>7.3f} {r['reply_p50']:>9.0f} {r['reply_p99']:>9.0f} "
                         f"{r['probe_ms']:>8.3f} {r['norm']:>6.3f}\n"

@@ -138,11 +138,16 @@ def _children(pid: int) -> dict[int, str]:
 
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of process `pid` (0 once it is gone)."""
+    return sum(_cpu_split_s(pid))
+
+
+def _cpu_split_s(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU seconds of process `pid` ((0, 0) once it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
+        return 0.0, 0.0
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def _counters(text: str) -> dict[str, float]:
@@ -283,9 +288,11 @@ async def _run_level(
     before = await _per_worker_metrics(base, workers)
     t0 = time.monotonic()
     cpu0 = sum(_cpu_s(p) for p in gateway), sum(_cpu_s(p) for p in ferretdb)
+    kernel0 = sum(_cpu_split_s(p)[1] for p in gateway)
     load0 = _cpu_s(os.getpid())  # this process: the simulated callers
     await asyncio.sleep(seconds)
     cpu1 = sum(_cpu_s(p) for p in gateway), sum(_cpu_s(p) for p in ferretdb)
+    kernel1 = sum(_cpu_split_s(p)[1] for p in gateway)
     load1 = _cpu_s(os.getpid())
     elapsed = time.monotonic() - t0
     after = await _per_worker_metrics(base, workers)
@@ -316,6 +323,8 @@ async def _run_level(
         "refused": refused,
         "cpu_pct": gateway_pct,
         "cpu_per_call": gateway_pct / max(1, calls - refused),
+        # The share of the gateway's CPU spent in the kernel (socket reads and writes, epoll).
+        "kernel_share": (kernel1 - kernel0) / max(1e-9, cpu1[0] - cpu0[0]),
         "ferretdb_pct": 100 * (cpu1[1] - cpu0[1]) / elapsed,
         "load_pct": 100 * (load1 - load0) / elapsed,
         "frames": sent,

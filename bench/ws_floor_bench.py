@@ -6,7 +6,8 @@ A server process (uvloop, one Starlette WebSocket route that reads and drops, or
 parses each message as the gateway does with `--parse`) and a load process (`--sockets`
 clients on the `websockets` library, sending on a 20 ms schedule) run per side, in turn,
 `--rounds` times; the server's CPU over a `--seconds` window is given as % of a core per
-socket, and divided by `speed_probe.py`'s median (the host's speed at the time).
+socket (and the kernel's share of it: reads, epoll), and divided by `speed_probe.py`'s
+median (the host's speed at the time).
 
     python bench/ws_floor_bench.py [--sockets 64] [--seconds 15] [--rounds 3] [--parse]
 """
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 from speed_probe import speed_probe
-from workers_bench import _cpu_s, _free_port
+from workers_bench import _cpu_split_s, _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("uvicorn", "fast")
@@ -116,15 +117,17 @@ def _run(side: str, args: argparse.Namespace) -> dict[str, float]:
         )
         with speed_probe() as probe:
             time.sleep(ramp_s)
-            cpu0, t0 = _cpu_s(server.pid), time.monotonic()
+            (user0, kernel0), t0 = _cpu_split_s(server.pid), time.monotonic()
             time.sleep(args.seconds)
-            cpu1, t1 = _cpu_s(server.pid), time.monotonic()
+            (user1, kernel1), t1 = _cpu_split_s(server.pid), time.monotonic()
         load.wait(timeout=60)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    per_socket = 100 * (cpu1 - cpu0) / (t1 - t0) / args.sockets
-    return {"per_socket": per_socket, "probe_ms": probe.median_ms}
+    cpu = user1 + kernel1 - user0 - kernel0
+    per_socket = 100 * cpu / (t1 - t0) / args.sockets
+    kernel = (kernel1 - kernel0) / max(1e-9, cpu)
+    return {"per_socket": per_socket, "kernel": kernel, "probe_ms": probe.median_ms}
 
 
 def main() -> int:
@@ -145,7 +148,7 @@ def main() -> int:
     sys.stdout.write(
         f"{args.sockets} sockets, 50 messages a second each; {args.seconds:g} s window"
         f"{'; each message parsed' if args.parse else ''}\n"
-        f"{'round':>5} {'side':>8} {'%/socket':>9} {'probe ms':>8} {'norm':>6}\n"
+        f"{'round':>5} {'side':>8} {'%/socket':>9} {'kernel':>6} {'probe ms':>8} {'norm':>6}\n"
     )
     results: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
     for rnd in range(1, args.rounds + 1):
@@ -154,7 +157,8 @@ def main() -> int:
             r["norm"] = r["per_socket"] / r["probe_ms"]
             results[side].append(r)
             sys.stdout.write(
-                f"{rnd:>5} {side:>8} {r['per_socket']:>9.3f} {r['probe_ms']:>8.3f} "
+                f"{rnd:>5} {side:>8} {r['per_socket']:>9.3f} {100 * r['kernel']:>5.0f}% "
+                f"{r['probe_ms']:>8.3f} "
                 f"{r['norm']:>6.3f}\n"
             )
             sys.stdout.flush()
