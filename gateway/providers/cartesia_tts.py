@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from gateway.errors import ProviderError
 from gateway.providers.base import SegmentDone, SpeechAudio, SpeechEvent
+from gateway.providers.sockets import next_json_object
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +151,7 @@ class CartesiaConnection:
         error: Exception
         try:
             while True:
-                data = await socket.recv()
-                try:
-                    event = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    event = None
-                if type(event) is not dict:
-                    log.warning("Cartesia sent a message that is not a JSON object: skipped")
-                    continue
+                event = await next_json_object(socket, "Cartesia")
                 queue = self._turns.get(str(event.get("context_id") or ""))
                 if queue is not None:
                     queue.put_nowait(event)

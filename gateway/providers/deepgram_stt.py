@@ -42,7 +42,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import orjson
 from deepgram.environment import DeepgramClientEnvironment
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as websocket_connect
@@ -52,6 +51,7 @@ from audio.codec import ulaw_encode
 from audio.frames import AudioFrame, ChunkGatherer
 from gateway.errors import ProviderError
 from gateway.providers.base import Transcript
+from gateway.providers.sockets import next_json_object
 
 log = logging.getLogger(__name__)
 
@@ -315,14 +315,7 @@ class DeepgramStream:
         socket = self._socket
         assert socket is not None  # set by `_open_socket`, before the reader reads
         while True:
-            data = await socket.recv()
-            try:
-                message = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                message = None
-            if type(message) is not dict:
-                log.warning("Deepgram sent a message that is not a JSON object: skipped")
-                continue
+            message = await next_json_object(socket, "Deepgram")
             kind = message.get("type")
             if kind == "Results":
                 self._on_results(message)
