@@ -287,12 +287,14 @@ async def _run_level(
         await asyncio.sleep(STAGGER_S)
     before = await _per_worker_metrics(base, workers)
     t0 = time.monotonic()
-    cpu0 = sum(_cpu_s(p) for p in gateway), sum(_cpu_s(p) for p in ferretdb)
-    kernel0 = sum(_cpu_split_s(p)[1] for p in gateway)
+    split0 = [_cpu_split_s(p) for p in gateway]  # (user, kernel) of each, read once
+    cpu0 = sum(map(sum, split0)), sum(_cpu_s(p) for p in ferretdb)
+    kernel0 = sum(kernel for _, kernel in split0)
     load0 = _cpu_s(os.getpid())  # this process: the simulated callers
     await asyncio.sleep(seconds)
-    cpu1 = sum(_cpu_s(p) for p in gateway), sum(_cpu_s(p) for p in ferretdb)
-    kernel1 = sum(_cpu_split_s(p)[1] for p in gateway)
+    split1 = [_cpu_split_s(p) for p in gateway]
+    cpu1 = sum(map(sum, split1)), sum(_cpu_s(p) for p in ferretdb)
+    kernel1 = sum(kernel for _, kernel in split1)
     load1 = _cpu_s(os.getpid())
     elapsed = time.monotonic() - t0
     after = await _per_worker_metrics(base, workers)
