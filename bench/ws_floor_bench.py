@@ -7,11 +7,9 @@ parses each message as the gateway does with `--parse`) and a load process (`--s
 clients on the `websockets` library, sending on a 20 ms schedule) run per side, in turn,
 `--rounds` times; the server's CPU over a `--seconds` window is given as % of a core per
 socket (and the kernel's share of it: reads, epoll), and divided by `speed_probe.py`'s
-median (the host's speed at the time). With `--pairs`, a third side runs the fast protocol
-reading in pairs (`FastFrameProtocol.read_in_pairs`, as a quiet caller's stream does).
+median (the host's speed at the time).
 
     python bench/ws_floor_bench.py [--sockets 64] [--seconds 15] [--rounds 3] [--parse]
-        [--pairs]
 """
 
 from __future__ import annotations
@@ -42,28 +40,24 @@ def _serve(port: int, side: str, parse: bool) -> None:
     from starlette.routing import WebSocketRoute
     from starlette.websockets import WebSocket
 
-    from gateway.ws_protocol import READ_PAIRS, FastFrameProtocol
+    from gateway.ws_protocol import FastFrameProtocol
     from telephony.twilio.messages import parse_message
 
     async def endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
-        pairs = side == "pairs"
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
             if parse:
                 parse_message(message["text"])
-            if pairs:  # after the first message: its size sets the threshold
-                websocket.scope["extensions"][READ_PAIRS]["set"](True)
-                pairs = False
 
     uvicorn.run(
         Starlette(routes=[WebSocketRoute("/ws", endpoint)]),
         host="127.0.0.1",
         port=port,
         loop="uvloop",
-        ws=FastFrameProtocol if side in ("fast", "pairs") else "websockets-sansio",
+        ws=FastFrameProtocol if side == "fast" else "websockets-sansio",
         ws_ping_interval=None,
         ws_per_message_deflate=False,
         log_level="warning",
@@ -142,7 +136,6 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parse", action="store_true", help="parse each message too")
-    parser.add_argument("--pairs", action="store_true", help="also the fast side in pairs")
     parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -154,13 +147,12 @@ def main() -> int:
         return 0
     sys.stdout.write(
         f"{args.sockets} sockets, 50 messages a second each; {args.seconds:g} s window"
-        f"{'; each message parsed' if args.parse else ''}"
-        f"{'; pairs: the fast side reading in pairs' if args.pairs else ''}\n"
+        f"{'; each message parsed' if args.parse else ''}\n"
         f"{'round':>5} {'side':>8} {'%/socket':>9} {'kernel':>6} {'probe ms':>8} {'norm':>6}\n"
     )
     results: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
     for rnd in range(1, args.rounds + 1):
-        for side in (*SIDES, "pairs") if args.pairs else SIDES:
+        for side in SIDES:
             r = _run(side, args)
             r["norm"] = r["per_socket"] / r["probe_ms"]
             results[side].append(r)

@@ -16,19 +16,6 @@ app (so a connection holds about `PAUSE_AT` times `ws_max_size` at most, plus on
 The messages wait in an `_Inbox`, not an `asyncio.Queue`: the same order and wake-ups for
 the app's `receive`, without the bookkeeping of a queue with bounds and `join()`.
 
-The app may ask for reads in pairs (`read_in_pairs`; the scope's extension `READ_PAIRS`
-offers it with `waiting`, the messages read and not yet received, 0 at the end of a read;
-`PairedReads` is the app's side). The kernel then makes the socket readable only once more
-than one message's bytes wait: `SO_RCVLOWAT` at one and a half times the last data frame,
-set again when a frame comes that is alone over it or not half of it (a `start`, a mark).
-A stream of small messages that the app handles two at a time anyway (a quiet caller's
-media, joined in 40 ms pairs) then costs one wake-up, one read and one resumption of the
-app a pair instead of one a message. A lone message is not held for long: a check every
-`STALL_CHECK_S` (on the loop clock's boundaries, so that all connections' checks share a
-wake-up) that finds nothing read since the one before stops reading in pairs until the
-next read (Twilio's `stop` and its close frame come with no media after them: they wait
-0.1-0.2 s).
-
 Everything else goes to `websockets` as before, which therefore only ever sees whole
 frames, from a frame boundary: a ping or pong (it answers a ping), and from the first
 close, continuation or fragmented frame, or a frame it must refuse (reserved bits,
@@ -42,9 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import math
-import socket
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from uvicorn._types import ASGIReceiveEvent
@@ -57,9 +41,6 @@ except ImportError:  # pragma: no cover - a build without the C extension
     from websockets.utils import apply_mask
 
 PAUSE_AT = 16  # messages waiting for the app before the socket's reading pauses
-# The scope extension: {"set": read_in_pairs, "waiting": messages read, not yet received}
-READ_PAIRS = "gateway.read_in_pairs"
-STALL_CHECK_S = 0.1  # reading in pairs, how long with nothing read before it stops
 
 _TEXT, _BINARY, _PING, _PONG = 0x1, 0x2, 0x9, 0xA
 
@@ -111,34 +92,6 @@ class _Inbox:
         return len(self._items)
 
 
-class PairedReads:
-    """The app's side of reading in pairs, for a stream whose small messages it joins in
-    pairs while they are unremarkable (a quiet caller's media): `after_message(join)`, after
-    each message, turns reading in pairs on or off with `join`, and says when a message the
-    app holds for its pair should go on alone: at the end of a read (nothing waiting) while
-    in pairs, its pair is the first message of the next read (a mark came between, or a
-    stall let one through), and holding it would put every pair after it a message late."""
-
-    def __init__(self, read_in_pairs: Callable[[bool], None], waiting: Callable[[], int]):
-        self._read_in_pairs = read_in_pairs
-        self._waiting = waiting
-        self.on = False
-
-    @classmethod
-    def of(cls, scope: Mapping[str, Any]) -> PairedReads | None:
-        """The connection's, if its server offers reading in pairs (`READ_PAIRS`)."""
-        offer = scope.get("extensions", {}).get(READ_PAIRS)
-        return None if offer is None else cls(offer["set"], offer["waiting"])
-
-    def after_message(self, join: bool) -> bool:
-        """Read in pairs while `join`; True: hand on the message held for its pair."""
-        if join is not self.on:
-            self.on = join
-            self._read_in_pairs(join)
-            return False
-        return join and not self._waiting()
-
-
 class FastFrameProtocol(WebSocketsSansIOProtocol):
     """`ws=` protocol class for `uvicorn.Config` (see the module docstring)."""
 
@@ -149,73 +102,13 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
         self._handed_over = False  # `websockets` has been given frame bytes: it keeps them
         self._pending = bytearray()  # the start of a frame whose end has not arrived
         self._needed = 0  # bytes `_pending` must reach before a frame may be whole
-        # Reads in pairs: asked for by the app; the socket's SO_RCVLOWAT (1: every byte
-        # wakes); the size of the last data frame.
-        self._pairs_wanted = False
-        self._lowat = 1
-        self._frame_size = 0
-        self.reads = 0  # of the socket, so far (the stall check's clock)
-        self._stall_check: asyncio.TimerHandle | None = None
 
     @property
     def short_way(self) -> bool:
         """True while this protocol parses the frames itself."""
         return self._short_way
 
-    @property
-    def reading_in_pairs(self) -> bool:
-        """True while the kernel holds a lone message back (SO_RCVLOWAT over one frame)."""
-        return self._lowat > 1
-
-    def handle_connect(self, event: Any) -> None:
-        super().handle_connect(event)
-        self.scope["extensions"][READ_PAIRS] = {
-            "set": self.read_in_pairs,
-            "waiting": self.queue.qsize,
-        }
-
-    def read_in_pairs(self, on: bool) -> None:
-        """Have the socket wake this connection once two messages wait (`on`), or for every
-        byte again (see the module docstring)."""
-        self._pairs_wanted = on
-        self._set_lowat(self._frame_size * 3 // 2 if on and self._frame_size else 1)
-
-    def _set_lowat(self, lowat: int) -> None:
-        if lowat == self._lowat or self.transport.is_closing():
-            return
-        try:
-            sock = self.transport.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
-        except OSError:  # the socket is going: it is read as it was
-            return
-        self._lowat = lowat
-        if lowat > 1 and self._stall_check is None:
-            self._check_stall(-1)
-
-    def _check_stall(self, reads_before: int) -> None:
-        """Every `STALL_CHECK_S` while reading in pairs: nothing read since the check before
-        (a lone message may be held) stops it until the next read."""
-        self._stall_check = None
-        if self._lowat == 1:
-            return
-        if self.reads == reads_before:
-            self._set_lowat(1)  # whatever waits is readable now
-            return
-        # On the loop's 100 ms boundaries: every connection's check runs in the same turn
-        # of the loop, so the checks add one wake-up a tick to the process, not one each.
-        due = (math.floor(self.loop.time() / STALL_CHECK_S) + 1) * STALL_CHECK_S
-        self._stall_check = self.loop.call_at(due, self._check_stall, self.reads)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._stall_check is not None:
-            self._stall_check.cancel()
-            self._stall_check = None
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
-        self.reads += 1
-        if self._pairs_wanted and self._lowat == 1 and self._frame_size:
-            self.read_in_pairs(True)  # a stall stopped it: the stream goes on
         if self._short_way:
             if not self._pending:
                 self._frames(data)
@@ -280,9 +173,6 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
                     self._hand_over(buf[pos + size :])
                     return
             else:
-                self._frame_size = size
-                if self._lowat > 1 and not size < self._lowat <= 2 * size:
-                    self._set_lowat(size * 3 // 2)  # frames of another size now (start, mark)
                 mask = buf[pos + head : pos + head + 4]
                 payload = apply_mask(buf[pos + head + 4 : pos + size], mask)
                 if not self._deliver(opcode == _TEXT, payload):
@@ -301,8 +191,6 @@ class FastFrameProtocol(WebSocketsSansIOProtocol):
         self._short_way = False
         self._handed_over = True
         self._pending.clear()
-        self._pairs_wanted = False
-        self._set_lowat(1)  # a close handshake is a few small frames
         if rest:
             super().data_received(rest)
 

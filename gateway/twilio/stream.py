@@ -37,7 +37,6 @@ from gateway.services import Services
 from gateway.twilio.outbound import outbound_token_subject
 from gateway.twilio.pacer import TwilioPacer
 from gateway.twilio.stream_claim import claim_stream
-from gateway.ws_protocol import PairedReads
 from storage import CallNotFound, CallStatus
 from telephony.errors import ProtocolError, SignatureError, StreamClosed
 from telephony.twilio import (
@@ -121,10 +120,6 @@ class _MediaStream:
         self._close_code, self._close_reason = 1000, "call ended"
         self._last_message = 0.0  # loop time of the newest message (the idle watchdog's)
         self._watchdog: asyncio.Task[None] | None = None
-        # The server's reads in pairs (`FastFrameProtocol`; None: a server without them), on
-        # while the caller is quiet: their frames are joined in pairs then, so the first of
-        # a pair may as well wait in the kernel for the second.
-        self._pairs = PairedReads.of(websocket.scope)
 
     async def run(self) -> None:
         ending = CallEnding("stream-closed", CallStatus.COMPLETED)
@@ -242,11 +237,6 @@ class _MediaStream:
                     if held is not None and call is not None:
                         await self._caller_audio(call, *held)
                     return CallEnding("caller-hung-up", CallStatus.COMPLETED)
-            pairs = self._pairs
-            if call is not None and pairs is not None and pairs.after_message(call.caller_quiet):
-                held = self._joiner.flush()  # the end of a read: its pair is in the next one
-                if held is not None:
-                    await self._caller_audio(call, *held)
 
     async def _caller_audio(self, call: CallLifecycle, at_ms: int, ulaw: bytes) -> None:
         """Caller audio stamped `at_ms` (Twilio's stream time), checked against the real

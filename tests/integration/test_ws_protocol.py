@@ -2,21 +2,16 @@
 itself reach the app as uvicorn gives them, whatever way TCP cuts them; pings are answered;
 fragmented, bad and oversized frames and closes go to `websockets`, which handles them as
 it always did. (Frames a client sends with its handshake request never reach a WebSocket
-protocol: uvicorn's HTTP protocol hands it the request's head alone.) Reading in pairs: a
-lone message waits in the kernel (its bytes are there, unread) until a second one comes, or
-until the stall check lets it through."""
+protocol: uvicorn's HTTP protocol hands it the request's head alone.)"""
 
 from __future__ import annotations
 
-import array
 import asyncio
 import base64
 import contextlib
-import fcntl
 import os
 import socket
 import struct
-import termios
 from collections.abc import AsyncIterator
 
 import pytest
@@ -26,8 +21,7 @@ from starlette.datastructures import State
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway import ws_protocol
-from gateway.ws_protocol import PAUSE_AT, READ_PAIRS, FastFrameProtocol
+from gateway.ws_protocol import PAUSE_AT, FastFrameProtocol
 
 MAX_SIZE = 4096
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
@@ -35,8 +29,7 @@ TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 
 async def _echo(websocket: WebSocket) -> None:
     """Echo text as "t:<text>" and bytes as "b:<size>"; "hold" waits for the app's `release`
-    event first (messages queue meanwhile); a text starting "pairs:on" or "pairs:off" turns
-    reading in pairs on or off first; `ended` is set once the app returns."""
+    event first (messages queue meanwhile); `ended` is set once the app returns."""
     state = websocket.app.state
     await websocket.accept()
     try:
@@ -48,8 +41,6 @@ async def _echo(websocket: WebSocket) -> None:
             if text is not None:
                 if text == "hold":
                     await state.release.wait()
-                elif text.startswith(("pairs:on", "pairs:off")):
-                    websocket.scope["extensions"][READ_PAIRS]["set"](text.startswith("pairs:on"))
                 await websocket.send_text(f"t:{text}")
             else:
                 await websocket.send_text(f"b:{len(message['bytes'])}")
@@ -271,101 +262,3 @@ async def test_a_ping_websockets_refuses_fails_the_connection_once(server: int) 
         left = [protocol.queue.get_nowait() for _ in range(protocol.queue.qsize())]
         # The app took the 1002; what is left is the connection's loss (1005), as ever.
         assert left == [{"type": "websocket.disconnect", "code": 1005}]
-
-
-def _unread(protocol: FastFrameProtocol) -> int:
-    """Bytes the kernel holds for the server's side of the connection, not read yet."""
-    count = array.array("i", [0])
-    fcntl.ioctl(protocol.transport.get_extra_info("socket").fileno(), termios.FIONREAD, count)
-    return count[0]
-
-
-def _lowat(protocol: FastFrameProtocol) -> int:
-    sock = protocol.transport.get_extra_info("socket")
-    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
-
-
-def _media_like(text: str) -> bytes:
-    """A text frame of a Twilio media message's size, starting with `text`."""
-    return _frame(TEXT, text.encode().ljust(340, b"."))
-
-
-async def test_reading_in_pairs_holds_a_lone_message_until_a_second_comes(
-    server: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(ws_protocol, "STALL_CHECK_S", 3600.0)  # no stall check here
-    async with _connect(server) as client:
-        [protocol] = _protocols(server)
-        on = _media_like("pairs:on")
-        await client.send(on)
-        assert (await client.texts(1))[0].startswith("t:pairs:on")
-        assert protocol.reading_in_pairs
-        assert _lowat(protocol) == len(on) * 3 // 2  # more than one frame, less than two
-
-        lone = _media_like("lone")
-        reads = protocol.reads
-        await client.send(lone)
-        for _ in range(1000):  # bounded: until the bytes are in the server's kernel buffer
-            if _unread(protocol) >= len(lone):
-                break
-            await asyncio.sleep(0.01)
-        for _ in range(20):  # turns of the loop: each polls the socket
-            await asyncio.sleep(0)
-        # Not read: its bytes still wait, and nothing was read (reading every byte, the
-        # first poll would have taken them).
-        assert _unread(protocol) == len(lone) and protocol.reads == reads
-
-        await client.send(_media_like("second"))
-        texts = await client.texts(2)
-        assert [t[:9] for t in texts] == ["t:lone...", "t:second."]
-        assert protocol.reads == reads + 1  # both in one read
-
-        await client.send(_media_like("pairs:off") + _media_like("with it"))
-        assert [t[:9] for t in await client.texts(2)] == ["t:pairs:o", "t:with it"]
-        assert not protocol.reading_in_pairs and _lowat(protocol) == 1
-        await client.send(_media_like("alone again"))
-        assert (await client.texts(1))[0].startswith("t:alone again")
-
-
-async def test_a_lone_message_and_a_close_are_let_through_by_the_stall_check(
-    server: int,
-) -> None:
-    """Reading in pairs with the real stall check: a message no other follows is answered
-    all the same, reading in pairs goes on after it, and a close is answered."""
-    async with _connect(server) as client:
-        [protocol] = _protocols(server)
-        await client.send(_media_like("pairs:on"))
-        await client.texts(1)
-        assert protocol.reading_in_pairs
-        await client.send(_media_like("nothing after me"))
-        assert (await client.texts(1))[0].startswith("t:nothing after me")
-        assert protocol.reading_in_pairs  # on again from the read of it
-        await client.send(_frame(CLOSE, struct.pack("!H", 1000)))
-        assert await client.close_code() == 1000
-
-
-async def test_the_threshold_follows_the_size_of_the_frames(
-    server: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Turned on after a small message, the first media-sized one (alone over the threshold)
-    is read at once and sets it again; a lone one after it waits for its pair."""
-    monkeypatch.setattr(ws_protocol, "STALL_CHECK_S", 3600.0)
-    async with _connect(server) as client:
-        [protocol] = _protocols(server)
-        await client.send(_frame(TEXT, b"pairs:on"))
-        await client.texts(1)
-        assert _lowat(protocol) == len(_frame(TEXT, b"pairs:on")) * 3 // 2
-        media = _media_like("media")
-        await client.send(media)
-        assert (await client.texts(1))[0].startswith("t:media")
-        assert _lowat(protocol) == len(media) * 3 // 2
-        await client.send(_media_like("lone"))
-        for _ in range(1000):
-            if _unread(protocol) >= len(media):
-                break
-            await asyncio.sleep(0.01)
-        for _ in range(20):
-            await asyncio.sleep(0)
-        assert _unread(protocol) == len(media)
-        await client.send(_media_like("pair"))
-        assert [t[:6] for t in await client.texts(2)] == ["t:lone", "t:pair"]
