@@ -201,14 +201,13 @@ class DeepgramStream:
             and self._unconfirmed_bytes - len(unconfirmed[0]) >= self._replay_bytes
         ):
             self._unconfirmed_bytes -= len(unconfirmed.popleft())
-        socket = self._socket
-        if socket is None or not self._connected.is_set():
-            return  # kept in `_unconfirmed`; sent when the socket is back
-        try:
-            await socket.send(data)
+        # Not sent (the socket is down, or the send failed): kept in `_unconfirmed`, sent
+        # when the socket is back; a failed send marks it down (the reader notices too and
+        # reconnects; marking a socket already down changes nothing).
+        if await self._send(data):
             self._last_send = time.monotonic()
-        except (ConnectionClosed, WebSocketException, OSError):
-            self._connected.clear()  # the reader notices too and reconnects
+        else:
+            self._connected.clear()
 
     async def end_utterance(self) -> None:
         await self._send_gathered()  # the turn's tail goes ahead of `Finalize`
@@ -218,7 +217,7 @@ class DeepgramStream:
             self._finalize_timer = loop.call_later(
                 self._stt._finalize_timeout_s, self._finalize_timed_out
             )
-        await self._send_control(_FINALIZE)
+        await self._send(_FINALIZE)
 
     async def transcripts(self) -> AsyncIterator[Transcript]:
         while True:
@@ -235,7 +234,7 @@ class DeepgramStream:
         if self._keepalive is not None:
             self._keepalive.cancel()
         await self._send_gathered()
-        await self._send_control(_CLOSE_STREAM)
+        await self._send(_CLOSE_STREAM)
         if self._reader is not None:
             try:
                 async with asyncio.timeout(1.0):
@@ -247,8 +246,8 @@ class DeepgramStream:
         await self._disconnect()
         self._out.put_nowait(None)
 
-    async def _send_control(self, message: str) -> bool:
-        """Send a control message if the socket is up; whether it went."""
+    async def _send(self, message: str | bytes) -> bool:
+        """Send audio or a control message if the socket is up; whether it went."""
         socket = self._socket
         if socket is None or not self._connected.is_set():
             return False
@@ -345,7 +344,7 @@ class DeepgramStream:
         while True:
             await asyncio.sleep(self._stt._keepalive_s / 2)
             idle = time.monotonic() - self._last_send
-            if idle >= self._stt._keepalive_s and await self._send_control(_KEEP_ALIVE):
+            if idle >= self._stt._keepalive_s and await self._send(_KEEP_ALIVE):
                 self._last_send = time.monotonic()
 
     # --------------------------------------------------------------- results
